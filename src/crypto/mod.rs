@@ -1,0 +1,11 @@
+//! Cryptography: batched AES-256-XTS, data keys in locked memory, and the
+//! fixed crypto thread pool that splits large buffers into chunks.
+
+pub mod key;
+pub mod locked;
+pub mod pool;
+pub mod xts;
+
+pub use key::{DataKey, KeyId, KeyKind};
+pub use pool::CryptoPool;
+pub use xts::{DataUnit, Tweak, XtsCipher};

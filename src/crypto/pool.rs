@@ -1,0 +1,124 @@
+//! The crypto thread pool: a fixed set of threads that transforms large
+//! buffers in parallel, chunk by chunk.
+//!
+//! A buffer no larger than one chunk is transformed inline by the caller: a
+//! thread hand-off costs microseconds, more than encrypting a few KiB.
+
+use super::xts::{DataUnit, Tweak, XtsCipher};
+use crate::limits::{CRYPTO_CHUNK_BYTES_DEFAULT, CRYPTO_CHUNK_BYTES_MIN};
+use rayon::prelude::*;
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The chunk size is below the minimum or not a multiple of 4 KiB.
+    #[error(
+        "chunk size {chunk_bytes} B must be a multiple of 4096 and at least {CRYPTO_CHUNK_BYTES_MIN}"
+    )]
+    BadChunkSize {
+        /// The size asked for.
+        chunk_bytes: usize,
+    },
+    /// The operating system refused to start the threads.
+    #[error("cannot start crypto threads: {0}")]
+    Spawn(String),
+}
+
+/// A fixed pool of crypto threads and the chunk size it cuts buffers into.
+pub struct CryptoPool {
+    threads: rayon::ThreadPool,
+    thread_count: usize,
+    chunk_bytes: usize,
+}
+
+impl std::fmt::Debug for CryptoPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoPool")
+            .field("thread_count", &self.thread_count)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .finish()
+    }
+}
+
+impl CryptoPool {
+    /// A pool of `thread_count` threads (0 = one per detected CPU) cutting
+    /// buffers into chunks of `chunk_bytes`.
+    pub fn new(thread_count: usize, chunk_bytes: usize) -> Result<Self, PoolError> {
+        if chunk_bytes < CRYPTO_CHUNK_BYTES_MIN || chunk_bytes % 4096 != 0 {
+            return Err(PoolError::BadChunkSize { chunk_bytes });
+        }
+        let thread_count = if thread_count == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            thread_count
+        };
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(thread_count)
+            .thread_name(|index| format!("lsvblk-crypto-{index}"))
+            .build()
+            .map_err(|e| PoolError::Spawn(e.to_string()))?;
+        Ok(Self {
+            threads,
+            thread_count,
+            chunk_bytes,
+        })
+    }
+
+    /// A pool with one thread per CPU and 512 KiB chunks.
+    pub fn with_defaults() -> Result<Self, PoolError> {
+        Self::new(0, CRYPTO_CHUNK_BYTES_DEFAULT)
+    }
+
+    /// Threads in the pool.
+    pub fn thread_count(&self) -> usize {
+        self.thread_count
+    }
+
+    /// Bytes per chunk.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
+    /// Encrypts `buf` in place (see [`XtsCipher::encrypt`]), in parallel when
+    /// it is larger than one chunk.
+    pub fn encrypt(&self, cipher: &XtsCipher, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        self.run(buf, unit, first, |chunk, tweak| {
+            cipher.encrypt(chunk, unit, tweak)
+        });
+    }
+
+    /// Decrypts `buf` in place (see [`XtsCipher::decrypt`]), in parallel when
+    /// it is larger than one chunk.
+    pub fn decrypt(&self, cipher: &XtsCipher, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        self.run(buf, unit, first, |chunk, tweak| {
+            cipher.decrypt(chunk, unit, tweak)
+        });
+    }
+
+    /// Runs `transform` over `buf`: inline for one chunk or less, otherwise
+    /// over chunks on the pool. Each chunk starts on a data-unit boundary and
+    /// gets the tweak of its first unit.
+    pub fn run(
+        &self,
+        buf: &mut [u8],
+        unit: DataUnit,
+        first: Tweak,
+        transform: impl Fn(&mut [u8], Tweak) + Sync,
+    ) {
+        // Chunks must hold whole data units (4096 is a multiple of 512 and of
+        // every unit we use; round down for odd test units).
+        let chunk_bytes = (self.chunk_bytes / unit.bytes()).max(1) * unit.bytes();
+        if buf.len() <= chunk_bytes {
+            transform(buf, first);
+            return;
+        }
+        let units_per_chunk = (chunk_bytes / unit.bytes()) as u64;
+        self.threads.install(|| {
+            buf.par_chunks_mut(chunk_bytes)
+                .enumerate()
+                .for_each(|(index, chunk)| {
+                    transform(chunk, first.add_units(index as u64 * units_per_chunk));
+                });
+        });
+    }
+}

@@ -1,0 +1,15 @@
+//! lsvblk: encrypted, log-structured virtual disks served over vhost-user-blk.
+//!
+//! The library is layered so that dependencies point one way:
+//! `volume` → {`crypto`, `store`}. `store` knows nothing about keys except
+//! their ids; `crypto` knows nothing about the log.
+//!
+//! Log messages and `Debug` output never contain key material: key types
+//! implement neither `Serialize` nor a `Debug` that shows bytes.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod crypto;
+pub mod limits;
+pub mod store;
+pub mod volume;

@@ -1,0 +1,52 @@
+//! Every bound in one place, each with its unit and reason.
+//!
+//! Channels, pools and buffers are sized from these; nothing is sized from a
+//! length that a guest or a file on disk chose.
+
+/// Default size of one XTS data unit and of one volume block, bytes.
+/// 4 KiB matches the page size and the guest's filesystem block size.
+pub const BLOCK_BYTES_DEFAULT: u32 = 4096;
+
+/// The smaller data unit we also support, bytes (one virtio sector).
+pub const SECTOR_BYTES: u32 = 512;
+
+/// Default chunk a large buffer is cut into for the crypto pool, bytes.
+/// Big enough that a thread hand-off (~µs) is noise next to the work (~50 µs).
+pub const CRYPTO_CHUNK_BYTES_DEFAULT: usize = 512 * 1024;
+
+/// Smallest chunk the crypto pool accepts, bytes: one 4 KiB data unit.
+pub const CRYPTO_CHUNK_BYTES_MIN: usize = 4096;
+
+/// Default target size of one segment file, bytes.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Smallest allowed segment target, bytes (small values are for tests).
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
+/// Largest allowed segment target, bytes.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 34;
+
+/// Largest single write, bytes. One write is one record, so this also bounds
+/// a record and the shadow buffer a write needs.
+pub const WRITE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Largest volume, bytes (2^56: block numbers stay far from u64 overflow).
+pub const VOLUME_BYTES_MAX: u64 = 1 << 56;
+
+/// Bytes appended between automatic checkpoints: bounds replay after a crash
+/// to about this much reading.
+pub const CHECKPOINT_INTERVAL_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Checkpoints kept on disk; older ones are deleted after a new one is durable.
+pub const CHECKPOINTS_KEPT: usize = 2;
+
+/// Sequence numbers skipped at every open. A write that was in flight at a
+/// crash may have left ciphertext on disk under a sequence number that replay
+/// never saw; skipping far past the highest seen keeps every XTS tweak unique.
+/// In-flight writes are bounded by queues × queue depth, far below this.
+pub const SEQ_REOPEN_GAP: u64 = 1 << 24;
+
+const _: () = assert!(CRYPTO_CHUNK_BYTES_DEFAULT >= CRYPTO_CHUNK_BYTES_MIN);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(BLOCK_BYTES_DEFAULT % SECTOR_BYTES == 0);
