@@ -72,7 +72,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
             found.push((seq, entry.path()));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
     Ok(found.into_iter().map(|(_, path)| path).collect())
 }
 

@@ -58,8 +58,9 @@
 //!
 //! A **seal** record is the last record of a segment that will never be
 //! appended to again; it is written only after every earlier record was
-//! synced. A segment ending in a seal must be valid throughout: any invalid
-//! record in it is corruption (an error). A segment without a seal was a log
+//! synced. A segment ending in a seal must be valid throughout: an invalid
+//! header or checksum table in it is corruption and opening fails; a block
+//! whose checksum fails is indexed anyway and reading it is an error. A segment without a seal was a log
 //! head when the writer stopped: replay stops at its first invalid record (the
 //! torn tail), cuts the file there and seals it.
 //!
@@ -120,7 +121,7 @@ mod segment;
 
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::CheckpointData;
+pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{AppendRecord, DataPiece, Log, LogConfig, ReadPiece, RecoveryReport, open};
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};

@@ -193,6 +193,18 @@ pub fn scan_segment(
                 offset += header.record_bytes();
             }
             Err(CheckError::Io(e)) => return Err(StoreError::io(path, e)),
+            // In a sealed segment the framing is intact, so a block that fails
+            // its checksum is damage to that block alone: index the record and
+            // let reads of the block report it. In an unsealed one it is a
+            // torn write, and the tail starts here.
+            Err(CheckError::Payload(header)) if sealed => {
+                records.push(ScannedRecord { offset, header });
+                offset += header.record_bytes();
+            }
+            Err(CheckError::Payload(_)) => {
+                stopped = Some((offset, "block checksum mismatch"));
+                break;
+            }
             Err(CheckError::Invalid(reason)) => {
                 stopped = Some((offset, reason));
                 break;
@@ -209,6 +221,8 @@ pub fn scan_segment(
 
 enum CheckError {
     Io(io::Error),
+    /// The header and checksum table are valid, a block is not.
+    Payload(RecordHeader),
     Invalid(&'static str),
 }
 
@@ -277,7 +291,7 @@ fn check_payload(file: &File, offset: u64, header: &RecordHeader) -> Result<(), 
         for (i, data) in chunk.chunks_exact(block_bytes).enumerate() {
             let want = get_u32(&table, (block + i) * 4);
             if crc32c::crc32c(data) != want {
-                return Err(CheckError::Invalid("block checksum mismatch"));
+                return Err(CheckError::Payload(*header));
             }
         }
         block += count;

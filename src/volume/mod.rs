@@ -223,7 +223,9 @@ impl Volume {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        if offset % u64::from(SECTOR_BYTES) != 0 || len % u64::from(SECTOR_BYTES) != 0 {
+        if !offset.is_multiple_of(u64::from(SECTOR_BYTES))
+            || !len.is_multiple_of(u64::from(SECTOR_BYTES))
+        {
             return Err(VolumeError::Misaligned { offset, len });
         }
         let size = self.superblock.size_bytes;
@@ -248,7 +250,7 @@ impl Volume {
         let block_bytes = u64::from(self.superblock.block_bytes);
         let first = offset / block_bytes;
         let end = (offset + buf.len() as u64).div_ceil(block_bytes);
-        if offset % block_bytes == 0 && buf.len() as u64 % block_bytes == 0 {
+        if offset.is_multiple_of(block_bytes) && (buf.len() as u64).is_multiple_of(block_bytes) {
             return self.read_blocks(first, buf);
         }
         // Part of a block: read whole blocks into a bounce buffer.
@@ -302,7 +304,8 @@ impl Volume {
         let block_bytes = u64::from(self.superblock.block_bytes);
         let first = offset / block_bytes;
         let end = (offset + data.len() as u64).div_ceil(block_bytes);
-        let aligned = offset % block_bytes == 0 && data.len() as u64 % block_bytes == 0;
+        let aligned =
+            offset.is_multiple_of(block_bytes) && (data.len() as u64).is_multiple_of(block_bytes);
         // A partial block is read, patched and rewritten; no other write may
         // touch that block in between (see `stripes`).
         let _held = self.stripes.lock(first, end, !aligned);
@@ -326,11 +329,13 @@ impl Volume {
         let block_bytes = u64::from(self.superblock.block_bytes);
         let mut shadow = vec![0u8; ((end - first) * block_bytes) as usize];
         let bs = block_bytes as usize;
-        if offset % block_bytes != 0 {
+        if !offset.is_multiple_of(block_bytes) {
             self.read_blocks(first, &mut shadow[..bs])?;
         }
         let data_end = offset + data.len() as u64;
-        if data_end % block_bytes != 0 && (end - 1 > first || offset % block_bytes == 0) {
+        if !data_end.is_multiple_of(block_bytes)
+            && (end - 1 > first || offset.is_multiple_of(block_bytes))
+        {
             let last = shadow.len() - bs;
             self.read_blocks(end - 1, &mut shadow[last..])?;
         }

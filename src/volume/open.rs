@@ -130,7 +130,7 @@ fn check_create_options(size_bytes: u64, options: &VolumeOptions) -> Result<(), 
             options.block_bytes
         ));
     }
-    if size_bytes == 0 || size_bytes % u64::from(options.block_bytes) != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(options.block_bytes)) {
         return bad(format!(
             "size {size_bytes} B: must be a positive multiple of the {} B block",
             options.block_bytes

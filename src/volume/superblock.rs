@@ -126,7 +126,7 @@ impl Superblock {
                 self.block_bytes
             ));
         }
-        if self.size_bytes == 0 || self.size_bytes % u64::from(self.block_bytes) != 0 {
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(u64::from(self.block_bytes)) {
             return Err(format!(
                 "size_bytes {} is not a positive multiple of the block size",
                 self.size_bytes

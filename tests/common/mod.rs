@@ -62,3 +62,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A temporary directory on tmpfs when there is one: crash tests reopen a
+/// volume thousands of times and each open syncs files, which tmpfs makes free.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Segment files of the volume in `dir`, in id order.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}

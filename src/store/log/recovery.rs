@@ -122,18 +122,16 @@ fn replay_plan(
         }
         plan.insert(*segment_id, *offset);
     }
-    let mut expected = checkpoint.segment_id_next;
-    for id in segment_ids
+    let uncovered = segment_ids
         .iter()
-        .filter(|id| **id >= checkpoint.segment_id_next)
-    {
+        .filter(|id| **id >= checkpoint.segment_id_next);
+    for (expected, id) in (checkpoint.segment_id_next..).zip(uncovered) {
         if *id != expected {
             return Err(StoreError::SegmentMissing {
                 segment_id: expected,
             });
         }
         plan.insert(*id, SEGMENT_HEADER_BYTES);
-        expected += 1;
     }
     Ok(plan.into_iter().collect())
 }
