@@ -12,4 +12,5 @@
 pub mod crypto;
 pub mod limits;
 pub mod store;
+pub mod vhost;
 pub mod volume;

@@ -44,7 +44,7 @@ fn discard_and_write_zeroes_read_back_zeros() {
     let volume = create(dir.path(), 1 << 20, 4096);
     volume.write(0, &pattern(64 * 1024, 1)).unwrap();
     volume.discard(4096, 8192).unwrap();
-    volume.write_zeroes(16384 + 512, 8192).unwrap();
+    volume.write_zeroes(16384 + 512, 8192, false).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     volume.read(0, &mut buf).unwrap();
     let mut expected = pattern(64 * 1024, 1);

@@ -67,7 +67,7 @@ fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
     volume.write(BLOCK, &first).unwrap();
     change(BLOCK, first, &mut image);
     // Zeros over two blocks (a record without payload).
-    volume.write_zeroes(6 * BLOCK, 2 * BLOCK).unwrap();
+    volume.write_zeroes(6 * BLOCK, 2 * BLOCK, false).unwrap();
     change(6 * BLOCK, vec![0; 2 * BLOCK as usize], &mut image);
     // A partial-block write (read-modify-write of one block).
     let second = pattern(1024, 3);

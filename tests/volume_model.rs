@@ -86,7 +86,8 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 );
             }
             Op::WriteZeroes { sector, sectors } => {
-                v.write_zeroes(sector * SECTOR, sectors * SECTOR).unwrap();
+                v.write_zeroes(sector * SECTOR, sectors * SECTOR, false)
+                    .unwrap();
                 model[(sector * SECTOR) as usize..][..(sectors * SECTOR) as usize].fill(0);
             }
             Op::Flush => v.flush().unwrap(),

@@ -261,6 +261,35 @@ impl Volume {
         Ok(())
     }
 
+    /// Reads `offset..offset + Σ len` into several buffers in order (a
+    /// scatter list, such as a guest's descriptors). Buffers that hold whole
+    /// blocks are read in place; otherwise one bounce buffer is used.
+    pub fn read_vectored(&self, offset: u64, bufs: &mut [&mut [u8]]) -> Result<(), VolumeError> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        self.check_range(offset, total)?;
+        let block_bytes = u64::from(self.superblock.block_bytes);
+        let in_place = offset.is_multiple_of(block_bytes)
+            && bufs
+                .iter()
+                .all(|b| (b.len() as u64).is_multiple_of(block_bytes));
+        if in_place {
+            let mut at = offset;
+            for buf in bufs.iter_mut() {
+                self.read_blocks(at / block_bytes, buf)?;
+                at += buf.len() as u64;
+            }
+            return Ok(());
+        }
+        let mut bounce = vec![0u8; total as usize];
+        self.read(offset, &mut bounce)?;
+        let mut at = 0;
+        for buf in bufs.iter_mut() {
+            buf.copy_from_slice(&bounce[at..at + buf.len()]);
+            at += buf.len();
+        }
+        Ok(())
+    }
+
     /// Reads whole blocks from `lba` into `buf`: ciphertext straight into the
     /// buffer, verified, then decrypted in place.
     fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
@@ -298,6 +327,23 @@ impl Volume {
             self.write_one(offset + index as u64 * WRITE_BYTES_MAX, piece)?;
         }
         Ok(())
+    }
+
+    /// Writes `data` at `offset`, encrypting it in place: for callers that
+    /// already copied the data (from guest memory, say) and need it no more.
+    pub fn write_owned(&self, offset: u64, mut data: Vec<u8>) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        let block_bytes = u64::from(self.superblock.block_bytes);
+        let aligned =
+            offset.is_multiple_of(block_bytes) && (data.len() as u64).is_multiple_of(block_bytes);
+        if !aligned || data.len() as u64 > WRITE_BYTES_MAX {
+            return self.write(offset, &data);
+        }
+        let first = offset / block_bytes;
+        let end = first + data.len() as u64 / block_bytes;
+        let _held = self.stripes.lock(first, end, false);
+        self.append_data(first, &mut data)
     }
 
     fn write_one(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
@@ -377,8 +423,10 @@ impl Volume {
     }
 
     /// Writes zeros over `len` bytes at `offset`, without storing any data
-    /// for the whole blocks inside the range.
-    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+    /// for the whole blocks inside the range. With `unmap` those blocks are
+    /// recorded as deallocated (like a discard) rather than as zeroed; both
+    /// read as zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), VolumeError> {
         self.check_writable()?;
         self.check_range(offset, len)?;
         let block_bytes = u64::from(self.superblock.block_bytes);
@@ -396,7 +444,12 @@ impl Volume {
         if tail_bytes > 0 {
             self.write(end * block_bytes, &vec![0u8; tail_bytes as usize])?;
         }
-        self.append_zero_records(RecordKind::Zeroes, first, end)
+        let kind = if unmap {
+            RecordKind::Discard
+        } else {
+            RecordKind::Zeroes
+        };
+        self.append_zero_records(kind, first, end)
     }
 
     fn append_zero_records(

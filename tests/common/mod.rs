@@ -42,6 +42,8 @@ pub fn open(dir: &Path, block_bytes: u32) -> Volume {
     Volume::open(dir, key(1), &options(block_bytes)).unwrap()
 }
 
+pub mod blkio_client;
+
 /// Recognisable data: every byte depends on position and a tag.
 pub fn pattern(len: usize, tag: u8) -> Vec<u8> {
     (0..len)
