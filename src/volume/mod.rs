@@ -178,6 +178,8 @@ impl std::fmt::Debug for Volume {
 
 mod open;
 
+pub use open::new_volume_id;
+
 impl Volume {
     /// The volume's superblock.
     pub fn superblock(&self) -> &Superblock {

@@ -22,12 +22,23 @@ impl Volume {
         key: DataKey,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
+        Self::create_with_id(dir, size_bytes, new_volume_id()?, key, None, options)
+    }
+
+    /// Creates a volume like [`Volume::create`] with a given volume id and the
+    /// key's wrapped blob (base64, sealed by the wrapping service for this
+    /// volume id), which the superblock keeps for later unwraps.
+    pub fn create_with_id(
+        dir: &Path,
+        size_bytes: u64,
+        volume_id: [u8; 16],
+        key: DataKey,
+        wrapped_blob: Option<String>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
         check_create_options(size_bytes, options)?;
         prepare_empty_dir(dir)?;
         let lock = VolumeLock::acquire(dir, false)?;
-        let mut volume_id = [0u8; 16];
-        getrandom::fill(&mut volume_id)
-            .map_err(|e| VolumeError::BadOption(format!("random source failed: {e}")))?;
         let now = unix_now_s();
         let superblock = Superblock {
             format: FORMAT_NAME.to_string(),
@@ -45,7 +56,7 @@ impl Volume {
             keys: vec![KeyEntry {
                 key_id: key.id(),
                 kind: key.kind(),
-                wrapped_blob: None,
+                wrapped_blob,
                 created_unix_s: now,
             }],
             created_unix_s: now,
@@ -109,6 +120,14 @@ impl Volume {
             _lock: lock,
         })
     }
+}
+
+/// A fresh random volume id.
+pub fn new_volume_id() -> Result<[u8; 16], VolumeError> {
+    let mut volume_id = [0u8; 16];
+    getrandom::fill(&mut volume_id)
+        .map_err(|e| VolumeError::BadOption(format!("random source failed: {e}")))?;
+    Ok(volume_id)
 }
 
 fn log_config(superblock: &Superblock, options: &VolumeOptions) -> Result<LogConfig, VolumeError> {
