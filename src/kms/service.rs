@@ -253,11 +253,13 @@ impl Service {
         entry.context = Some(request.context.clone());
         let claims = self.tokens.verify(&request.user_token, now_unix_s())?;
         entry.user = Some(claims.sub.clone());
+        // Authenticate the blob before anything else reads its header, so a
+        // tampered blob is always "bad_blob" (400), whichever byte changed.
+        let opened = self.open_blob(&blob)?;
         self.usable(blob.key_id)?;
         if blob.context != request.context {
             return Err(KmsError::ContextMismatch);
         }
-        let opened = self.open_blob(&blob)?;
         check_acl(&claims.sub, &opened.acl, blob.key_id)?;
         Ok(opened)
     }
@@ -270,8 +272,8 @@ impl Service {
             let blob = seal::parse(blob_bytes)?;
             entry.key_id = Some(blob.key_id);
             entry.context = Some(blob.context.clone());
-            self.usable(blob.key_id)?;
             let opened = self.open_blob(&blob)?;
+            self.usable(blob.key_id)?;
             let input = SealInput {
                 key: &opened.key,
                 created_unix_s: opened.created_unix_s,
