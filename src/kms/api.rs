@@ -226,6 +226,13 @@ pub struct Health {
     pub audit: String,
     /// The wrapping key (`null` when the backend is unusable).
     pub wrapping_key: Option<WrappingKeyInfo>,
+    /// When degraded: the error code (as in [`ErrorBody`]), so any client
+    /// reads a 503 health answer like any other error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When degraded: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The body of every error response.

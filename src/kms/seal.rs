@@ -316,7 +316,7 @@ pub fn parse(bytes: &[u8]) -> Result<UncheckedBlob<'_>, SealError> {
     let snapshot_id = reader.text16("snapshot id")?;
     let aad = &bytes[..reader.position];
     let sealed_bytes = reader.u32()? as usize;
-    if sealed_bytes > PAYLOAD_BYTES_MAX || sealed_bytes < TAG_BYTES {
+    if !(TAG_BYTES..=PAYLOAD_BYTES_MAX).contains(&sealed_bytes) {
         return Err(SealError::FieldTooLong {
             field: "sealed payload",
             bytes: sealed_bytes,

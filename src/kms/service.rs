@@ -416,8 +416,17 @@ impl Service {
         let healthy = audit.is_ok();
         let health = Health {
             status: if healthy { "ok" } else { "degraded" }.to_owned(),
-            audit: audit.err().unwrap_or_else(|| "ok".to_owned()),
+            audit: audit
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "ok".to_owned()),
             wrapping_key: Some(self.wrapping_key()),
+            error: audit
+                .as_ref()
+                .err()
+                .map(|_| KmsError::AuditUnwritable(String::new()).code().to_owned()),
+            message: audit.err(),
         };
         (healthy, health)
     }
