@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod crypto;
+pub mod kms;
 pub mod limits;
 pub mod store;
 pub mod vhost;

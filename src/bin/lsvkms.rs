@@ -1,0 +1,276 @@
+//! `lsvkms`: the key-wrapping service of lsvblk, and its admin commands.
+//!
+//! A thin CLI: parse, call `lsvblk::kms`, print. See `docs/kms.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use lsvblk::kms::audit::AuditKey;
+use lsvblk::kms::audit::verify::{check, verify};
+use lsvblk::kms::auth::token::{TokenSigner, parse_ttl};
+use lsvblk::kms::config::{self, Config, KekConfig, files};
+use lsvblk::kms::fsutil::effective_uid;
+use lsvblk::kms::kek::pkcs11::Pkcs11Config;
+use lsvblk::kms::keys::KeyStore;
+use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
+use lsvblk::kms::server;
+use lsvblk::kms::service::{Service, now_unix_s};
+
+/// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
+/// a data key only to an allow-listed service acting for a user on its ACL.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a state directory: wrapping key (version 1), token-signing key,
+    /// audit key and config.json.
+    Init(InitArgs),
+    /// Serve the HTTP+JSON API on the UNIX socket (and optionally TLS on TCP).
+    Serve(ServeArgs),
+    /// User tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct DirArg {
+    /// The state directory (`lsvkms init --dir`).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Wrapping-key backend: `file` (key files in DIR/kek, 0600) or `pkcs11`.
+    #[arg(long, default_value = "file")]
+    kek: String,
+    /// PKCS#11 module (with --kek pkcs11), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long)]
+    pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 token label (with --kek pkcs11).
+    #[arg(long)]
+    pkcs11_token: Option<String>,
+    /// File holding the token's user PIN, mode 0600 (with --kek pkcs11).
+    #[arg(long)]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// Uid allowed to call over the UNIX socket (repeatable; default: ours).
+    #[arg(long = "service-uid")]
+    service_uids: Vec<u32>,
+    /// The `iss` of the tokens this service signs (default: lsvkms@<hostname>).
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// UNIX socket to serve on (default: socket_path in config.json).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a token for USER, signed with this service's key, valid for TTL.
+    Issue {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The user name (matched against key ACLs).
+        #[arg(long)]
+        user: String,
+        /// Lifetime: 90s, 15m, 1h, 7d (at most 30d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every line's hash, the chain and the head file; exit 1 if broken.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Report every unwrap by a user not on the key's ACL and mark those keys
+    /// compromised; exit 2 if any was found.
+    Check {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init(args) => init(args),
+        Command::Serve(args) => serve(args),
+        Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
+        Command::Audit(AuditCommand::Verify { dir }) => audit_verify(&dir.dir),
+        Command::Audit(AuditCommand::Check { dir }) => audit_check(&dir.dir),
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let kek = match args.kek.as_str() {
+        "file" => KekConfig::File,
+        "pkcs11" => KekConfig::Pkcs11(Pkcs11Config {
+            module: args
+                .pkcs11_module
+                .context("--kek pkcs11 needs --pkcs11-module")?,
+            token_label: args
+                .pkcs11_token
+                .context("--kek pkcs11 needs --pkcs11-token")?,
+            pin_file: args
+                .pkcs11_pin_file
+                .context("--kek pkcs11 needs --pkcs11-pin-file")?,
+            key_label_prefix: "lsvkms-kek-v".into(),
+        }),
+        other => bail!("unknown --kek {other:?} (file or pkcs11)"),
+    };
+    let uids = if args.service_uids.is_empty() {
+        vec![effective_uid()]
+    } else {
+        args.service_uids
+    };
+    let issuer = args.issuer.unwrap_or_else(default_issuer);
+    let config = Config::default_for(kek, &uids, issuer);
+    config::init(&args.dir.dir, &config)
+        .with_context(|| format!("initialising {}", args.dir.dir.display()))?;
+    println!(
+        "initialised {} (wrapping key version 1, {:?} backend)",
+        args.dir.dir.display(),
+        args.kek
+    );
+    Ok(())
+}
+
+fn default_issuer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("lsvkms@{}", host.trim())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let dir = args.dir.dir;
+    let config = Config::load(&dir)?;
+    let signals = block_termination_signals()?;
+    let service = Arc::new(Service::open(&dir, &config).context("opening the service")?);
+    let socket = args
+        .socket
+        .unwrap_or_else(|| Config::resolve(&dir, &config.socket_path));
+    let listener = server::bind_unix(&socket, config.socket_mode_bits()?)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "lsvkms serving");
+    std::thread::Builder::new()
+        .name("kms-accept".into())
+        .spawn(move || server::serve_unix(listener, service))?;
+    let signal = wait_for(&signals);
+    tracing::info!(signal, "stopping");
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts
+/// later), so [`wait_for`] can take them synchronously.
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it;
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("pthread_sigmask failed");
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` was initialised by block_termination_signals and its
+    // signals are blocked in every thread, so sigwait receives them.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+fn issue(dir: &Path, user: &str, ttl: &str) -> Result<()> {
+    let ttl_s = parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    if ttl_s > TOKEN_TTL_S_MAX {
+        bail!("--ttl {ttl} is longer than 30 days");
+    }
+    let config = Config::load(dir)?;
+    let signer = TokenSigner::load(config.issuer.clone(), &dir.join(files::TOKEN_KEY))?;
+    println!("{}", signer.issue(user, now_unix_s(), ttl_s)?);
+    Ok(())
+}
+
+fn audit_paths(dir: &Path) -> Result<(PathBuf, AuditKey)> {
+    let config = Config::load(dir)?;
+    let key = AuditKey::load(&dir.join(files::AUDIT_KEY)).context("audit key")?;
+    Ok((Config::resolve(dir, &config.audit_path), key))
+}
+
+fn audit_verify(dir: &Path) -> Result<()> {
+    let (path, key) = audit_paths(dir)?;
+    match verify(&path, &key) {
+        Ok(report) => {
+            println!(
+                "audit log intact: {} records, head {}",
+                report.records,
+                if report.head_checked {
+                    "checked"
+                } else {
+                    "absent"
+                }
+            );
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("audit log BROKEN: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn audit_check(dir: &Path) -> Result<()> {
+    let (path, _key) = audit_paths(dir)?;
+    let keys = KeyStore::open(dir)?;
+    let report = check(&path, &keys)?;
+    for finding in &report.findings {
+        println!(
+            "line {} seq {}: key {} unwrapped by {:?} via {}: {}",
+            finding.line,
+            finding.seq,
+            finding.key_id,
+            finding.user,
+            finding.service,
+            finding.reason
+        );
+    }
+    for key_id in &report.compromised {
+        println!("key {key_id} marked COMPROMISED");
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    if !report.findings.is_empty() {
+        std::process::exit(2);
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! Appending to the audit log: group commit, fail closed.
+//!
+//! Callers hand an [`AuditEntry`] to one writer thread through a bounded
+//! queue and wait for its answer. The writer takes everything queued (up to
+//! [`AUDIT_BATCH_MAX`]), numbers and chains the records, writes them with
+//! one `write` and one `fdatasync`, and only then answers each caller. So
+//! one sync covers many concurrent calls, and no call gets an answer before
+//! its record is on stable storage.
+//!
+//! Fail closed: if the file's mode has no write bit (an operator's
+//! `chmod a-w`, honoured even for root), the batch is refused; if a write
+//! or sync fails, the log is **poisoned** and every later call is refused
+//! until restart (after a failed fsync the page cache's state is unknown).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AuditEntry, AuditKey, AuditRecord, GENESIS_HASH, decode_line, encode_line, rfc3339_utc,
+};
+use crate::kms::limits::{AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_QUEUE_MAX};
+
+/// The head file's contents: the newest durable record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Its seq (0: empty log).
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// Bytes the head file is padded to, so each rewrite is one small pwrite.
+const HEAD_BYTES: usize = 128;
+
+/// The head file of the log at `log_path`.
+pub fn head_path(log_path: &Path) -> PathBuf {
+    let mut name = log_path.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+/// Reads a head file (`None` if absent).
+pub fn read_head(path: &Path) -> io::Result<Option<Head>> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() <= HEAD_BYTES => {
+            let text = String::from_utf8_lossy(&bytes);
+            serde_json::from_str(text.trim_end())
+                .map(Some)
+                .map_err(io::Error::other)
+        }
+        Ok(_) => Err(io::Error::other("head file too large")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where appended lines go. A trait so tests can make writes and syncs fail.
+pub trait AuditSink: Send {
+    /// Appends bytes at the end.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything appended durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// `Err` with a reason if the sink must not be written now (read-only mode).
+    fn check_writable(&self) -> Result<(), String>;
+    /// Records the newest durable record (best effort, not synced).
+    fn set_head(&mut self, head: &Head);
+}
+
+/// The real sink: an append-only file and its head file.
+pub struct FileSink {
+    file: File,
+    head: File,
+}
+
+impl AuditSink for FileSink {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn check_writable(&self) -> Result<(), String> {
+        let meta = self.file.metadata().map_err(|e| format!("stat: {e}"))?;
+        if meta.nlink() == 0 {
+            return Err("audit log was deleted".into());
+        }
+        if meta.mode() & 0o222 == 0 {
+            return Err(format!(
+                "audit log is read-only (mode {:04o})",
+                meta.mode() & 0o7777
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_head(&mut self, head: &Head) {
+        let mut bytes = serde_json::to_vec(head).expect("head serializes");
+        bytes.resize(HEAD_BYTES, b' ');
+        let _ = self.head.write_all_at(&bytes, 0);
+    }
+}
+
+/// Why the audit log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditOpenError {
+    /// I/O on the log or head file.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The log's last line does not authenticate, or the head is ahead of the log.
+    #[error("audit log {path} is damaged: {reason} (run `lsvkms audit verify`)")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Opens (creating if needed) the log at `path`, cuts a torn last line (a
+/// crash mid-write: that call was never answered), authenticates the last
+/// line and checks it against the head file. Returns the sink and the head.
+pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), AuditOpenError> {
+    let io_err = |source| AuditOpenError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    let last = last_line(&mut file).map_err(io_err)?;
+    let head = match last {
+        None => Head {
+            seq: 0,
+            hash: GENESIS_HASH.into(),
+        },
+        Some(line) => {
+            let stored =
+                decode_line(key, &line).map_err(|e| damaged(path, format!("last line: {e}")))?;
+            Head {
+                seq: stored.record.seq,
+                hash: stored.hash,
+            }
+        }
+    };
+    let head_file_path = head_path(path);
+    if let Some(recorded) = read_head(&head_file_path).map_err(io_err)?
+        && recorded.seq > head.seq
+    {
+        return Err(damaged(
+            path,
+            format!(
+                "head says seq {} but the log ends at {}",
+                recorded.seq, head.seq
+            ),
+        ));
+    }
+    let head_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&head_file_path)
+        .map_err(io_err)?;
+    let mut sink = FileSink {
+        file,
+        head: head_file,
+    };
+    sink.set_head(&head);
+    Ok((sink, head))
+}
+
+fn damaged(path: &Path, reason: String) -> AuditOpenError {
+    AuditOpenError::Damaged {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// The last complete line (without `\n`), after cutting a torn tail.
+fn last_line(file: &mut File) -> io::Result<Option<Vec<u8>>> {
+    let bytes_total = file.metadata()?.len();
+    if bytes_total == 0 {
+        return Ok(None);
+    }
+    let window = bytes_total.min(2 * AUDIT_LINE_BYTES_MAX as u64 + 2);
+    let mut tail = vec![0u8; usize::try_from(window).expect("small window")];
+    file.seek(SeekFrom::Start(bytes_total - window))?;
+    file.read_exact(&mut tail)?;
+    if tail.last() != Some(&b'\n') {
+        let keep = tail
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        let cut_to = bytes_total - window + keep as u64;
+        if keep == 0 && window < bytes_total {
+            return Err(io::Error::other("torn tail longer than a line"));
+        }
+        tracing::warn!(
+            bytes = bytes_total - cut_to,
+            "cutting a torn last audit line"
+        );
+        file.set_len(cut_to)?;
+        file.sync_data()?;
+        tail.truncate(keep);
+    }
+    if tail.is_empty() {
+        return Ok(None);
+    }
+    tail.pop();
+    let start = tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    Ok(Some(tail[start..].to_vec()))
+}
+
+struct Job {
+    entry: AuditEntry,
+    reply: SyncSender<Result<u64, String>>,
+}
+
+/// The audit log as the service uses it: [`AuditLog::append`] returns only
+/// after the record is durable, or fails.
+pub struct AuditLog {
+    sender: SyncSender<Job>,
+    status: Arc<Mutex<Result<(), String>>>,
+}
+
+impl AuditLog {
+    /// Starts the writer thread over `sink`, continuing the chain after `head`.
+    pub fn start(sink: Box<dyn AuditSink>, key: AuditKey, head: Head) -> io::Result<Self> {
+        let (sender, receiver) = mpsc::sync_channel(AUDIT_QUEUE_MAX);
+        let status = Arc::new(Mutex::new(Ok(())));
+        let writer = Writer {
+            sink,
+            key,
+            head,
+            poisoned: None,
+            status: Arc::clone(&status),
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Self { sender, status })
+    }
+
+    /// A log that refuses everything (the file could not be opened).
+    pub fn refusing(reason: String) -> Self {
+        let (sender, _receiver) = mpsc::sync_channel(1);
+        Self {
+            sender,
+            status: Arc::new(Mutex::new(Err(reason))),
+        }
+    }
+
+    /// Appends `entry` durably; returns its seq. `Err` means the record is
+    /// not (known to be) durable: the caller must refuse the call.
+    pub fn append(&self, entry: AuditEntry) -> Result<u64, String> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.sender
+            .send(Job { entry, reply })
+            .map_err(|_| self.unhealthy_reason())?;
+        answer
+            .recv()
+            .map_err(|_| "audit writer stopped".to_owned())?
+    }
+
+    /// `Ok` or why the last append failed.
+    pub fn health(&self) -> Result<(), String> {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    fn unhealthy_reason(&self) -> String {
+        self.health()
+            .err()
+            .unwrap_or_else(|| "audit writer stopped".into())
+    }
+}
+
+struct Writer {
+    sink: Box<dyn AuditSink>,
+    key: AuditKey,
+    head: Head,
+    poisoned: Option<String>,
+    status: Arc<Mutex<Result<(), String>>>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<Job>) {
+        let mut batch = Vec::with_capacity(AUDIT_BATCH_MAX);
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            while batch.len() < AUDIT_BATCH_MAX {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.write_batch(&batch);
+            *self.status.lock().expect("status lock") =
+                result.as_ref().map(|_| ()).map_err(Clone::clone);
+            for (index, job) in batch.drain(..).enumerate() {
+                let answer = result.as_ref().map(|first_seq| first_seq + index as u64);
+                let _ = job.reply.send(answer.map_err(Clone::clone));
+            }
+        }
+    }
+
+    /// Writes and syncs the batch; returns the first record's seq.
+    fn write_batch(&mut self, batch: &[Job]) -> Result<u64, String> {
+        if let Some(reason) = &self.poisoned {
+            return Err(reason.clone());
+        }
+        self.sink.check_writable()?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut bytes = Vec::with_capacity(batch.len() * 512);
+        let mut head = self.head.clone();
+        for job in batch {
+            let record = AuditRecord {
+                seq: head.seq + 1,
+                time: rfc3339_utc(now_ms),
+                entry: job.entry.clone(),
+                prev: head.hash.clone(),
+            };
+            let (line, hash) = encode_line(&self.key, &record);
+            assert!(
+                line.len() <= AUDIT_LINE_BYTES_MAX,
+                "audit fields are bounded"
+            );
+            bytes.extend_from_slice(&line);
+            head = Head {
+                seq: record.seq,
+                hash,
+            };
+        }
+        if let Err(error) = self.sink.append(&bytes).and_then(|()| self.sink.sync()) {
+            let reason = format!("audit write/sync failed, refusing until restart: {error}");
+            tracing::error!("{reason}");
+            self.poisoned = Some(reason.clone());
+            return Err(reason);
+        }
+        let first_seq = self.head.seq + 1;
+        self.head = head;
+        self.sink.set_head(&self.head);
+        Ok(first_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::audit::Decision;
+
+    struct FlakySink {
+        fail_sync: bool,
+        lines: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AuditSink for FlakySink {
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            self.lines.lock().unwrap().extend_from_slice(bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            if self.fail_sync {
+                Err(io::Error::other("EIO"))
+            } else {
+                Ok(())
+            }
+        }
+        fn check_writable(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn set_head(&mut self, _head: &Head) {}
+    }
+
+    fn entry() -> AuditEntry {
+        AuditEntry {
+            service: "s".into(),
+            user: None,
+            action: "rotate".into(),
+            key_id: None,
+            context: None,
+            decision: Decision::Allow,
+            reason: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn failed_sync_refuses_and_stays_refused() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = FlakySink {
+            fail_sync: true,
+            lines,
+        };
+        let log = AuditLog::start(
+            Box::new(sink),
+            AuditKey::from_bytes([1; 32]),
+            Head {
+                seq: 0,
+                hash: GENESIS_HASH.into(),
+            },
+        )
+        .unwrap();
+        assert!(log.append(entry()).is_err());
+        assert!(log.append(entry()).is_err(), "poisoned until restart");
+        assert!(log.health().is_err());
+    }
+
+    #[test]
+    fn concurrent_appends_get_consecutive_seqs() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = FlakySink {
+            fail_sync: false,
+            lines: Arc::clone(&lines),
+        };
+        let log = Arc::new(
+            AuditLog::start(
+                Box::new(sink),
+                AuditKey::from_bytes([1; 32]),
+                Head {
+                    seq: 0,
+                    hash: GENESIS_HASH.into(),
+                },
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|_| log.append(entry()).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        assert_eq!(
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count(),
+            100
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! Per-key state: one JSON file per key, `DIR/keys/<key id>.json`, each
+//! replaced atomically (tmp + fsync + rename + dir fsync). A destroyed key's
+//! file stays (a tombstone), so "destroyed" survives restarts and a blob of
+//! that key is refused forever.
+//!
+//! Read-modify-write cycles hold an exclusive `flock` on `DIR/keys/.lock`,
+//! so the server and an offline `lsvkms audit check` never lose each
+//! other's updates. Reads need no lock: a rename is atomic.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{KeyId, KeyKind};
+
+use super::api::{KeyContext, KeyInfo, KeyState};
+use super::error::KmsError;
+use super::fsutil;
+use super::limits::STATE_FILE_BYTES_MAX;
+
+/// Everything the service keeps about a key (never its material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key's id.
+    pub key_id: KeyId,
+    /// Its kind.
+    pub key_type: KeyKind,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Set when the audit check found a non-ACL unwrap.
+    #[serde(default)]
+    pub compromised: bool,
+    /// Why it was marked compromised.
+    #[serde(default)]
+    pub compromised_reason: Option<String>,
+    /// Creation time, seconds since the UNIX epoch.
+    pub created_unix_s: u64,
+    /// Wrapping-key versions its blobs have been sealed under.
+    pub wrapping_key_versions: Vec<u32>,
+    /// The ACL sealed in its blob (for the audit check).
+    pub acl: Vec<String>,
+    /// The context sealed in its blob.
+    pub context: KeyContext,
+}
+
+impl KeyRecord {
+    /// The public view of the record.
+    pub fn info(&self) -> KeyInfo {
+        let status = if self.state == KeyState::Destroyed {
+            "destroyed"
+        } else if self.compromised {
+            "compromised"
+        } else {
+            self.state.name()
+        };
+        KeyInfo {
+            key_id: self.key_id,
+            key_type: self.key_type,
+            status: status.to_owned(),
+            state: self.state,
+            compromised: self.compromised,
+            created_unix_s: self.created_unix_s,
+            wrapping_key_versions: self.wrapping_key_versions.clone(),
+        }
+    }
+}
+
+/// The directory of key records.
+pub struct KeyStore {
+    dir: PathBuf,
+    in_process: Mutex<()>,
+}
+
+fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
+    KmsError::State(format!("{what}: {error}"))
+}
+
+impl KeyStore {
+    /// Opens (creating if needed) `DIR/keys`.
+    pub fn open(state_dir: &Path) -> Result<Self, KmsError> {
+        let dir = state_dir.join("keys");
+        if !dir.exists() {
+            fsutil::create_private_dir(&dir).map_err(|e| state_error("creating keys dir", e))?;
+        }
+        Ok(Self {
+            dir,
+            in_process: Mutex::new(()),
+        })
+    }
+
+    fn path(&self, key_id: KeyId) -> PathBuf {
+        self.dir.join(format!("{key_id}.json"))
+    }
+
+    /// The record of `key_id`, if the key is known.
+    pub fn get(&self, key_id: KeyId) -> Result<Option<KeyRecord>, KmsError> {
+        let path = self.path(key_id);
+        let bytes = match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(state_error(&path.display().to_string(), e)),
+        };
+        let record: KeyRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| state_error(&path.display().to_string(), e))?;
+        if record.key_id != key_id {
+            return Err(state_error(
+                &path.display().to_string(),
+                "holds another key's record",
+            ));
+        }
+        Ok(Some(record))
+    }
+
+    /// Stores the record of a new key; refuses if the id is already known.
+    pub fn create(&self, record: &KeyRecord) -> Result<(), KmsError> {
+        let _guard = self.lock()?;
+        let bytes = serde_json::to_vec_pretty(record).expect("records serialize");
+        fsutil::write_new(&self.path(record.key_id), &bytes, 0o600)
+            .and_then(|()| fsutil::fsync_dir(&self.dir))
+            .map_err(|e| state_error("storing new key", e))
+    }
+
+    /// Applies `change` to the stored record under the lock and stores the
+    /// result; `change` may refuse.
+    pub fn update(
+        &self,
+        key_id: KeyId,
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
+    ) -> Result<KeyRecord, KmsError> {
+        let _guard = self.lock()?;
+        let mut record = self.get(key_id)?.ok_or(KmsError::KeyNotFound(key_id))?;
+        change(&mut record)?;
+        let bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
+        fsutil::write_atomic(&self.path(key_id), &bytes, 0o600)
+            .map_err(|e| state_error("storing key", e))?;
+        Ok(record)
+    }
+
+    fn lock(&self) -> Result<StoreLock<'_>, KmsError> {
+        let guard = self.in_process.lock().expect("key store lock poisoned");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))
+            .map_err(|e| state_error("opening lock file", e))?;
+        // SAFETY: flock on an fd we own; blocks until the lock is ours. The
+        // lock is released when `file` is closed (dropped with the guard).
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(state_error("flock", std::io::Error::last_os_error()));
+        }
+        Ok(StoreLock {
+            _file: file,
+            _guard: guard,
+        })
+    }
+}
+
+struct StoreLock<'a> {
+    _file: File,
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+/// The state changes `POST /v1/keys/{id}/{action}` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAction {
+    /// Refuse unwraps until enabled.
+    Disable,
+    /// Serve unwraps again.
+    Enable,
+    /// Refuse unwraps forever.
+    Destroy,
+}
+
+impl KeyAction {
+    /// The action's name in paths and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAction::Disable => "disable",
+            KeyAction::Enable => "enable",
+            KeyAction::Destroy => "destroy",
+        }
+    }
+
+    /// Parses a path segment.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "disable" => Some(KeyAction::Disable),
+            "enable" => Some(KeyAction::Enable),
+            "destroy" => Some(KeyAction::Destroy),
+            _ => None,
+        }
+    }
+
+    /// The state after the action, or why it is not allowed. Destroy is
+    /// idempotent; nothing leaves `destroyed`.
+    pub fn apply(self, record: &KeyRecord) -> Result<KeyState, KmsError> {
+        match (self, record.state) {
+            (KeyAction::Destroy, _) => Ok(KeyState::Destroyed),
+            (_, KeyState::Destroyed) => Err(KmsError::InvalidTransition {
+                key_id: record.key_id,
+                action: self.name(),
+                state: "destroyed",
+            }),
+            (KeyAction::Disable, _) => Ok(KeyState::Disabled),
+            (KeyAction::Enable, _) => Ok(KeyState::Enabled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u8) -> KeyRecord {
+        KeyRecord {
+            key_id: KeyId([id; 16]),
+            key_type: KeyKind::Aes256Xts,
+            state: KeyState::Enabled,
+            compromised: false,
+            compromised_reason: None,
+            created_unix_s: 1,
+            wrapping_key_versions: vec![1],
+            acl: vec!["alice".into()],
+            context: KeyContext::default(),
+        }
+    }
+
+    #[test]
+    fn destroyed_is_forever_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        store.create(&record(1)).unwrap();
+        assert!(store.create(&record(1)).is_err(), "ids are unique");
+        let id = KeyId([1; 16]);
+        store
+            .update(id, |r| {
+                r.state = KeyAction::Destroy.apply(r)?;
+                Ok(())
+            })
+            .unwrap();
+        let reopened = KeyStore::open(dir.path()).unwrap();
+        let stored = reopened.get(id).unwrap().unwrap();
+        assert_eq!(stored.info().status, "destroyed");
+        assert!(KeyAction::Enable.apply(&stored).is_err());
+        assert!(reopened.get(KeyId([2; 16])).unwrap().is_none());
+    }
+}

@@ -1,0 +1,84 @@
+//! Every bound of the key-wrapping service, each with its unit and reason.
+//!
+//! Kept next to the service (not in `crate::limits`) so the service can be
+//! read and changed as one unit; nothing here is sized from a length a peer
+//! chose.
+
+/// Largest HTTP request or response head (request line + headers), bytes.
+/// Our requests carry a handful of short headers; curl's are ~100 bytes.
+pub const HTTP_HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// Most headers in one HTTP message.
+pub const HTTP_HEADERS_MAX: usize = 32;
+
+/// Largest HTTP body, bytes. The biggest request is an unwrap: a blob
+/// (≤ [`BLOB_BYTES_MAX`], ×4/3 for base64) plus a token and a context.
+pub const HTTP_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Largest response body the client accepts, bytes (an audit query with
+/// [`AUDIT_QUERY_RECORDS_MAX`] lines is the biggest answer).
+pub const HTTP_RESPONSE_BYTES_MAX: usize = AUDIT_QUERY_RECORDS_MAX * AUDIT_LINE_BYTES_MAX;
+
+/// Requests served on one connection before the server closes it, so one
+/// peer cannot hold a thread forever.
+pub const HTTP_REQUESTS_PER_CONNECTION_MAX: u32 = 100_000;
+
+/// Idle time a kept-alive connection may wait for its next request, ms.
+pub const HTTP_IDLE_MS_MAX: u64 = 30_000;
+
+/// Connections served at once; one more is answered 503 and closed.
+/// Each costs one thread (stack 256 KiB).
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// Entries in one ACL.
+pub const ACL_ENTRIES_MAX: usize = 64;
+
+/// Bytes in one user name (an ACL entry or a token's `sub`).
+pub const USER_BYTES_MAX: usize = 128;
+
+/// Bytes in a context id (volume id, snapshot id).
+pub const CONTEXT_ID_BYTES_MAX: usize = 128;
+
+/// Largest wrapped blob, bytes: the header, two context ids, the DEK, the
+/// ACL and the tag, with room to spare (checked at compile time in `seal`).
+pub const BLOB_BYTES_MAX: usize = 16 * 1024;
+
+/// Largest user token, bytes (a JWT of three base64url parts).
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
+/// Longest lifetime `lsvkms token issue` accepts, seconds (30 days).
+pub const TOKEN_TTL_S_MAX: u64 = 30 * 24 * 3600;
+
+/// Clock skew tolerated on a token's `iat` (issued in the future), seconds.
+pub const TOKEN_IAT_SKEW_S_MAX: u64 = 60;
+
+/// Largest audit line, bytes. Every field of a record is bounded above.
+pub const AUDIT_LINE_BYTES_MAX: usize = 8 * 1024;
+
+/// Records one audit write (one fdatasync) may carry: group commit batch.
+pub const AUDIT_BATCH_MAX: usize = 256;
+
+/// Records waiting for the audit writer; a full queue makes callers wait.
+pub const AUDIT_QUEUE_MAX: usize = 1024;
+
+/// Records one `GET /v1/audit` returns at most.
+pub const AUDIT_QUERY_RECORDS_MAX: usize = 1000;
+
+/// Largest audit log `audit verify`/`check` and the query read, bytes (1 TiB:
+/// a sanity bound, the walk streams line by line).
+pub const AUDIT_LOG_BYTES_MAX: u64 = 1 << 40;
+
+/// Wrapping-key versions; rotation past this is refused.
+pub const KEK_VERSIONS_MAX: u32 = 100_000;
+
+/// Largest state file we read (a key record, the config), bytes.
+pub const STATE_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Default client connect/read/write timeout, ms.
+pub const CLIENT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// PKCS#11 sessions the HSM backend keeps open (one per concurrent caller).
+pub const PKCS11_SESSIONS: usize = 4;
+
+const _: () = assert!(BLOB_BYTES_MAX * 4 / 3 + TOKEN_BYTES_MAX + 1024 < HTTP_BODY_BYTES_MAX);
+const _: () = assert!(AUDIT_BATCH_MAX <= AUDIT_QUEUE_MAX);

@@ -1,0 +1,36 @@
+//! `lsvkms`, the key-wrapping service, and its client.
+//!
+//! The service holds the versioned wrapping key, creates data keys (DEKs),
+//! seals them into wrapped blobs and releases a DEK only to an
+//! authenticated calling service acting for a user on the key's ACL
+//! (SPEC §3). Modules, one job each:
+//!
+//! - [`api`]: the JSON types both sides share;
+//! - [`seal`]: the wrapped-blob format (parses untrusted bytes);
+//! - [`kek`]: wrapping-key backends (file, PKCS#11);
+//! - [`auth`]: service identity, user tokens, the ACL check;
+//! - [`audit`]: the hash-chained audit log, its verification and the
+//!   compromise check;
+//! - [`keys`]: per-key state (enabled, disabled, destroyed, compromised);
+//! - [`service`]: the operations, independent of HTTP;
+//! - [`http`], [`server`], [`client`]: the wire.
+//!
+//! Log messages, errors and `Debug` output of this module never contain key
+//! material (tested in `tests/kms_no_key_in_logs.rs`).
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod kek;
+pub mod keys;
+pub mod limits;
+pub mod seal;
+pub mod server;
+pub mod service;
+
+pub use error::KmsError;

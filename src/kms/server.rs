@@ -1,0 +1,351 @@
+//! The HTTP server: a UNIX-socket listener (and optionally TLS over TCP),
+//! one thread per connection (at most [`CONNECTIONS_MAX`]), and the router
+//! that maps each endpoint onto a [`Service`] operation.
+//!
+//! Bodies are never logged; responses carrying key material are built in
+//! zeroized buffers.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::{DataKey, KeyId, KeyKind};
+
+use super::api::{
+    Base64Bytes, DataKeyRequest, ErrorBody, MinVersionRequest, RewrapRequest, RewrapResponse,
+    UnwrapRequest, base64_encode_into,
+};
+use super::auth::PeerIdentity;
+use super::auth::peer::unix_peer;
+use super::error::KmsError;
+use super::http::{HttpConn, HttpError, Request};
+use super::keys::KeyAction;
+use super::limits::{
+    CONNECTIONS_MAX, HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
+};
+use super::service::Service;
+
+/// Bytes reserved for a response that carries a key, so serializing never
+/// reallocates (a reallocation would leave a copy of the key behind).
+const KEY_RESPONSE_BYTES: usize = 16 * 1024;
+
+/// An HTTP reply: status and JSON body (zeroized on drop).
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl Reply {
+    fn json(value: &impl Serialize) -> Self {
+        let mut body = Zeroizing::new(Vec::with_capacity(KEY_RESPONSE_BYTES));
+        serde_json::to_writer(&mut *body, value).expect("responses serialize");
+        Reply { status: 200, body }
+    }
+
+    fn error(error: &KmsError) -> Self {
+        let body = ErrorBody {
+            error: error.code().to_owned(),
+            message: error.to_string(),
+        };
+        Reply {
+            status: error.http_status(),
+            ..Reply::json(&body)
+        }
+    }
+}
+
+/// A response that carries a plaintext key (borrowed from a zeroized string).
+#[derive(Serialize)]
+struct KeyResponse<'a> {
+    key_id: KeyId,
+    key_type: KeyKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrapped_blob: Option<Base64Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrapping_key_version: Option<u32>,
+    plaintext_key: &'a str,
+}
+
+fn key_reply(
+    key: &DataKey,
+    wrapped_blob: Option<Base64Bytes>,
+    wrapping_key_version: Option<u32>,
+) -> Reply {
+    let mut encoded = Zeroizing::new(String::with_capacity(128));
+    base64_encode_into(
+        &key.expose_secret()[..key.kind().material_bytes()],
+        &mut encoded,
+    );
+    Reply::json(&KeyResponse {
+        key_id: key.id(),
+        key_type: key.kind(),
+        wrapped_blob,
+        wrapping_key_version,
+        plaintext_key: &encoded,
+    })
+}
+
+fn parse_body<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, KmsError> {
+    serde_json::from_slice(body).map_err(|e| KmsError::BadRequest(format!("request body: {e}")))
+}
+
+fn parse_key_id(text: &str) -> Result<KeyId, KmsError> {
+    text.parse()
+        .map_err(|e: crate::crypto::key::ParseKeyIdError| KmsError::BadRequest(e.to_string()))
+}
+
+/// Answers one request.
+pub fn route(
+    service: &Service,
+    peer: &PeerIdentity,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Reply {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let result = match (method, segments.as_slice()) {
+        ("GET", ["v1", "health"]) => {
+            let (healthy, health) = service.health();
+            let mut reply = Reply::json(&health);
+            reply.status = if healthy { 200 } else { 503 };
+            return reply;
+        }
+        ("POST", ["v1", "datakey"]) => parse_body::<DataKeyRequest>(body)
+            .and_then(|request| service.datakey(peer, &request))
+            .map(|grant| {
+                key_reply(
+                    &grant.key,
+                    Some(Base64Bytes(grant.blob)),
+                    Some(grant.kek_version),
+                )
+            }),
+        ("POST", ["v1", "unwrap"]) => parse_body::<UnwrapRequest>(body)
+            .and_then(|request| service.unwrap(peer, &request))
+            .map(|opened| key_reply(&opened.key, None, None)),
+        ("POST", ["v1", "rewrap"]) => parse_body::<RewrapRequest>(body)
+            .and_then(|request| service.rewrap(peer, &request.wrapped_blob.0))
+            .map(|r| {
+                let response = RewrapResponse {
+                    key_id: r.key_id,
+                    wrapped_blob: Base64Bytes(r.blob),
+                    wrapping_key_version: r.kek_version,
+                };
+                Reply::json(&response)
+            }),
+        ("POST", ["v1", "wrapping-key", "rotate"]) => {
+            service.rotate(peer).map(|info| Reply::json(&info))
+        }
+        ("POST", ["v1", "wrapping-key", "min-version"]) => parse_body::<MinVersionRequest>(body)
+            .and_then(|request| service.set_min_version(peer, request.min_version))
+            .map(|info| Reply::json(&info)),
+        ("GET", ["v1", "wrapping-key"]) => service
+            .wrapping_key_info(peer)
+            .map(|info| Reply::json(&info)),
+        ("GET", ["v1", "keys", id]) => parse_key_id(id)
+            .and_then(|id| service.key_info(peer, id))
+            .map(|info| Reply::json(&info)),
+        ("POST", ["v1", "keys", id, action]) => match KeyAction::from_name(action) {
+            Some(action) => parse_key_id(id)
+                .and_then(|id| service.set_state(peer, id, action))
+                .map(|info| Reply::json(&info)),
+            None => Err(KmsError::NoRoute(path.to_owned())),
+        },
+        ("GET", ["v1", "audit"]) => audit_query(service, peer, query),
+        (_, segments) => Err(no_route(method, path, segments)),
+    };
+    result.unwrap_or_else(|error| Reply::error(&error))
+}
+
+fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
+    let known = matches!(
+        segments,
+        [
+            "v1",
+            "health" | "datakey" | "unwrap" | "rewrap" | "audit" | "wrapping-key"
+        ] | ["v1", "wrapping-key", "rotate" | "min-version"]
+            | ["v1", "keys", _]
+            | ["v1", "keys", _, "disable" | "enable" | "destroy"]
+    );
+    if known {
+        KmsError::MethodNotAllowed {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        }
+    } else {
+        KmsError::NoRoute(path.to_owned())
+    }
+}
+
+fn audit_query(service: &Service, peer: &PeerIdentity, query: &str) -> Result<Reply, KmsError> {
+    let mut key_id = None;
+    let mut limit = 100usize;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("key_id", value)) => key_id = Some(parse_key_id(value)?),
+            Some(("limit", value)) => {
+                limit = value
+                    .parse()
+                    .map_err(|_| KmsError::BadRequest("limit must be a number".into()))?;
+            }
+            _ => {
+                return Err(KmsError::BadRequest(format!(
+                    "unknown query parameter {pair:?}"
+                )));
+            }
+        }
+    }
+    let records = service.audit_query(peer, key_id, limit)?;
+    Ok(Reply::json(&serde_json::json!({ "records": records })))
+}
+
+/// Serves one connection until the peer closes it, it idles too long, or
+/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests.
+pub fn serve_connection<S: Read + Write>(service: &Service, peer: &PeerIdentity, stream: S) {
+    let mut conn = HttpConn::new(stream, HTTP_BODY_BYTES_MAX);
+    for _ in 0..HTTP_REQUESTS_PER_CONNECTION_MAX {
+        let request: Request = match conn.read_request() {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(HttpError::Io(e)) => {
+                tracing::debug!(error = %e, "connection ended");
+                return;
+            }
+            Err(e) => {
+                let error = match e {
+                    HttpError::TooLarge {
+                        bytes, bytes_max, ..
+                    } => KmsError::TooLarge { bytes, bytes_max },
+                    other => KmsError::BadRequest(other.to_string()),
+                };
+                let reply = Reply::error(&error);
+                let _ = conn.write_response(reply.status, &reply.body, false);
+                return;
+            }
+        };
+        let reply = route(
+            service,
+            peer,
+            &request.method,
+            &request.target,
+            &request.body,
+        );
+        tracing::debug!(method = %request.method, target = %request.target, status = reply.status, "request");
+        if conn
+            .write_response(reply.status, &reply.body, request.keep_alive)
+            .is_err()
+            || !request.keep_alive
+        {
+            return;
+        }
+    }
+}
+
+/// Counts live connections; the guard gives its slot back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
+        let previous = active.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(Arc::clone(active));
+        (previous < CONNECTIONS_MAX).then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Binds the UNIX socket at `path` with `mode`. A stale socket file (no
+/// server answers on it) is replaced; a live one is an error.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is served by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Accepts connections forever, one thread each.
+pub fn serve_unix(listener: UnixListener, service: Arc<Service>) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let peer = match unix_peer(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(error = %e, "SO_PEERCRED failed; dropping connection");
+                continue;
+            }
+        };
+        spawn_connection(&service, &active, peer, stream)?;
+    }
+    Ok(())
+}
+
+/// Serves `stream` on its own thread, or answers 503 if too many are live.
+pub fn spawn_connection<S>(
+    service: &Arc<Service>,
+    active: &Arc<AtomicUsize>,
+    peer: PeerIdentity,
+    stream: S,
+) -> io::Result<()>
+where
+    S: Read + Write + Send + TimeoutStream + 'static,
+{
+    let idle = Some(Duration::from_millis(HTTP_IDLE_MS_MAX));
+    stream.set_timeouts(idle)?;
+    let Some(slot) = Slot::take(active) else {
+        let mut conn = HttpConn::new(stream, 0);
+        let reply = Reply::error(&KmsError::Busy);
+        let _ = conn.write_response(reply.status, &reply.body, false);
+        return Ok(());
+    };
+    let service = Arc::clone(service);
+    std::thread::Builder::new()
+        .name("kms-conn".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let _slot = slot;
+            serve_connection(&service, &peer, stream);
+        })?;
+    Ok(())
+}
+
+/// Streams whose read and write timeouts can be set.
+pub trait TimeoutStream {
+    /// Sets both timeouts.
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimeoutStream for UnixStream {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
+}

@@ -1,0 +1,433 @@
+//! The service's operations, independent of HTTP: each authenticates the
+//! caller, decides, **writes the audit record** and only then acts or
+//! answers ("no audit record, no key"). A refusal is audited too; if its
+//! record cannot be written the caller gets 503 instead.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::crypto::{DataKey, KeyId};
+
+use super::api::{
+    DataKeyRequest, Health, KeyInfo, KeyState, UnwrapRequest, WrappingKeyInfo, validate_acl,
+};
+use super::audit::log::{AuditLog, AuditOpenError, open_file_sink};
+use super::audit::verify::query;
+use super::audit::{AuditEntry, AuditKey, Decision};
+use super::auth::token::TokenVerifier;
+use super::auth::{PeerIdentity, ServiceAllowList, check_acl};
+use super::config::{Config, files};
+use super::error::KmsError;
+use super::kek::{KekError, WrappingKeys};
+use super::keys::{KeyAction, KeyRecord, KeyStore};
+use super::limits::AUDIT_QUERY_RECORDS_MAX;
+use super::seal::{self, OpenedBlob, SealInput, UncheckedBlob};
+
+/// A new data key: its plaintext (for the calling service only) and its blob.
+pub struct DataKeyGrant {
+    /// The key (locked memory).
+    pub key: DataKey,
+    /// The wrapped blob.
+    pub blob: Vec<u8>,
+    /// The wrapping-key version it is sealed under.
+    pub kek_version: u32,
+}
+
+/// A rewrapped blob.
+pub struct Rewrapped {
+    /// The key inside.
+    pub key_id: KeyId,
+    /// The new blob.
+    pub blob: Vec<u8>,
+    /// Its wrapping-key version.
+    pub kek_version: u32,
+}
+
+/// The key-wrapping service.
+pub struct Service {
+    kek: Box<dyn WrappingKeys>,
+    keys: KeyStore,
+    audit: AuditLog,
+    audit_path: PathBuf,
+    services: ServiceAllowList,
+    tokens: TokenVerifier,
+}
+
+/// Seconds since the UNIX epoch.
+pub fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn kek_error(error: KekError) -> KmsError {
+    match error {
+        KekError::Retired {
+            version,
+            version_min,
+        } => KmsError::KekRetired {
+            version,
+            version_min,
+        },
+        KekError::UnknownVersion(version) => KmsError::UnknownKekVersion(version),
+        KekError::BadMinimum { .. } => KmsError::Conflict(error.to_string()),
+        other => KmsError::Kek(other.to_string()),
+    }
+}
+
+impl Service {
+    /// Opens everything the state directory `dir` configures. A damaged audit
+    /// log is fatal; an audit log that cannot be opened makes every call
+    /// fail with 503 (fail closed) while health reports why.
+    pub fn open(dir: &Path, config: &Config) -> Result<Self, KmsError> {
+        let kek = config.open_kek(dir).map_err(kek_error)?;
+        let keys = KeyStore::open(dir)?;
+        let tokens = config.token_verifier(dir)?;
+        let audit_path = Config::resolve(dir, &config.audit_path);
+        let audit_key = AuditKey::load(&dir.join(files::AUDIT_KEY))
+            .map_err(|e| KmsError::State(format!("audit key: {e}")))?;
+        let audit = match open_file_sink(&audit_path, &audit_key) {
+            Ok((sink, head)) => AuditLog::start(Box::new(sink), audit_key, head)
+                .map_err(|e| KmsError::Internal(format!("starting audit writer: {e}")))?,
+            Err(AuditOpenError::Io { path, source }) => {
+                tracing::error!(%path, error = %source, "audit log cannot be opened: every call will be refused");
+                AuditLog::refusing(format!("audit log {path}: {source}"))
+            }
+            Err(damaged) => return Err(KmsError::State(damaged.to_string())),
+        };
+        Ok(Self {
+            kek,
+            keys,
+            audit,
+            audit_path,
+            services: config.allow_list(),
+            tokens,
+        })
+    }
+
+    fn entry(&self, peer: &PeerIdentity, action: &str) -> AuditEntry {
+        let service = self
+            .services
+            .authenticate(peer)
+            .unwrap_or_else(|_| peer.describe());
+        AuditEntry {
+            service,
+            user: None,
+            action: action.to_owned(),
+            key_id: None,
+            context: None,
+            decision: Decision::Allow,
+            reason: "ok".to_owned(),
+        }
+    }
+
+    /// Audits the decision `outcome` stands for; a record that cannot be
+    /// written turns any outcome into [`KmsError::AuditUnwritable`].
+    fn decide<T>(
+        &self,
+        mut entry: AuditEntry,
+        outcome: Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        if let Err(error) = &outcome {
+            entry.decision = Decision::Deny;
+            entry.reason = error.code().to_owned();
+        }
+        match self.audit.append(entry) {
+            Ok(_) => outcome,
+            Err(reason) => Err(KmsError::AuditUnwritable(reason)),
+        }
+    }
+
+    /// After an allowed call failed to act: records that (best effort).
+    fn act_failed(&self, mut entry: AuditEntry, error: KmsError) -> KmsError {
+        entry.decision = Decision::Error;
+        entry.reason = error.code().to_owned();
+        if let Err(reason) = self.audit.append(entry) {
+            tracing::error!(%reason, "could not audit a failed action");
+        }
+        error
+    }
+
+    /// `POST /v1/datakey`: a new key, sealed under the current version.
+    pub fn datakey(
+        &self,
+        peer: &PeerIdentity,
+        request: &DataKeyRequest,
+    ) -> Result<DataKeyGrant, KmsError> {
+        let mut entry = self.entry(peer, "datakey");
+        entry.context = Some(request.context.clone());
+        let outcome = self.datakey_checked(peer, request, &mut entry);
+        let grant = self.decide(entry.clone(), outcome)?;
+        let record = KeyRecord {
+            key_id: grant.key.id(),
+            key_type: grant.key.kind(),
+            state: KeyState::Enabled,
+            compromised: false,
+            compromised_reason: None,
+            created_unix_s: now_unix_s(),
+            wrapping_key_versions: vec![grant.kek_version],
+            acl: request.acl.clone(),
+            context: request.context.clone(),
+        };
+        self.keys
+            .create(&record)
+            .map_err(|e| self.act_failed(entry, e))?;
+        Ok(grant)
+    }
+
+    fn datakey_checked(
+        &self,
+        peer: &PeerIdentity,
+        request: &DataKeyRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<DataKeyGrant, KmsError> {
+        self.services.authenticate(peer)?;
+        validate_acl(&request.acl)?;
+        request.context.validate()?;
+        let key =
+            DataKey::generate(request.key_type).map_err(|e| KmsError::Internal(e.to_string()))?;
+        entry.key_id = Some(key.id());
+        let input = SealInput {
+            key: &key,
+            created_unix_s: now_unix_s(),
+            acl: &request.acl,
+            context: &request.context,
+        };
+        let (blob, kek_version) = self.seal_current(&input)?;
+        Ok(DataKeyGrant {
+            key,
+            blob,
+            kek_version,
+        })
+    }
+
+    fn seal_current(&self, input: &SealInput<'_>) -> Result<(Vec<u8>, u32), KmsError> {
+        let version = self.kek.current_version();
+        let nonce =
+            seal::random_nonce().map_err(|e| KmsError::Internal(format!("random source: {e}")))?;
+        let blob_key = self.kek.blob_key(version, &nonce).map_err(kek_error)?;
+        Ok((seal::seal(input, version, &nonce, &blob_key), version))
+    }
+
+    /// The key's record if its state allows use.
+    fn usable(&self, key_id: KeyId) -> Result<KeyRecord, KmsError> {
+        let record = self
+            .keys
+            .get(key_id)?
+            .ok_or(KmsError::KeyNotFound(key_id))?;
+        match record.state {
+            KeyState::Enabled => Ok(record),
+            KeyState::Disabled => Err(KmsError::KeyDisabled(key_id)),
+            KeyState::Destroyed => Err(KmsError::KeyDestroyed(key_id)),
+        }
+    }
+
+    fn open_blob(&self, blob: &UncheckedBlob<'_>) -> Result<OpenedBlob, KmsError> {
+        let blob_key = self
+            .kek
+            .blob_key(blob.kek_version, &blob.nonce)
+            .map_err(kek_error)?;
+        Ok(blob.open(&blob_key)?)
+    }
+
+    /// `POST /v1/unwrap`: the DEK, if service, token and ACL all agree.
+    pub fn unwrap(
+        &self,
+        peer: &PeerIdentity,
+        request: &UnwrapRequest,
+    ) -> Result<OpenedBlob, KmsError> {
+        let mut entry = self.entry(peer, "unwrap");
+        let outcome = self.unwrap_checked(peer, request, &mut entry);
+        self.decide(entry, outcome)
+    }
+
+    fn unwrap_checked(
+        &self,
+        peer: &PeerIdentity,
+        request: &UnwrapRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<OpenedBlob, KmsError> {
+        self.services.authenticate(peer)?;
+        let blob = seal::parse(&request.wrapped_blob.0)?;
+        entry.key_id = Some(blob.key_id);
+        entry.context = Some(request.context.clone());
+        let claims = self.tokens.verify(&request.user_token, now_unix_s())?;
+        entry.user = Some(claims.sub.clone());
+        // Authenticate the blob before anything else reads its header, so a
+        // tampered blob is always "bad_blob" (400), whichever byte changed.
+        let opened = self.open_blob(&blob)?;
+        self.usable(blob.key_id)?;
+        if blob.context != request.context {
+            return Err(KmsError::ContextMismatch);
+        }
+        check_acl(&claims.sub, &opened.acl, blob.key_id)?;
+        Ok(opened)
+    }
+
+    /// `POST /v1/rewrap`: the same key sealed under the current version.
+    pub fn rewrap(&self, peer: &PeerIdentity, blob_bytes: &[u8]) -> Result<Rewrapped, KmsError> {
+        let mut entry = self.entry(peer, "rewrap");
+        let outcome = (|| {
+            self.services.authenticate(peer)?;
+            let blob = seal::parse(blob_bytes)?;
+            entry.key_id = Some(blob.key_id);
+            entry.context = Some(blob.context.clone());
+            let opened = self.open_blob(&blob)?;
+            self.usable(blob.key_id)?;
+            let input = SealInput {
+                key: &opened.key,
+                created_unix_s: opened.created_unix_s,
+                acl: &opened.acl,
+                context: &opened.context,
+            };
+            let (blob, kek_version) = self.seal_current(&input)?;
+            Ok(Rewrapped {
+                key_id: opened.key.id(),
+                blob,
+                kek_version,
+            })
+        })();
+        let rewrapped = self.decide(entry.clone(), outcome)?;
+        self.keys
+            .update(rewrapped.key_id, |record| {
+                if !record
+                    .wrapping_key_versions
+                    .contains(&rewrapped.kek_version)
+                {
+                    record.wrapping_key_versions.push(rewrapped.kek_version);
+                }
+                Ok(())
+            })
+            .map_err(|e| self.act_failed(entry, e))?;
+        Ok(rewrapped)
+    }
+
+    /// `POST /v1/keys/{id}/disable|enable|destroy`.
+    pub fn set_state(
+        &self,
+        peer: &PeerIdentity,
+        key_id: KeyId,
+        action: KeyAction,
+    ) -> Result<KeyInfo, KmsError> {
+        let mut entry = self.entry(peer, action.name());
+        entry.key_id = Some(key_id);
+        let outcome = self.services.authenticate(peer).and_then(|_| {
+            let record = self
+                .keys
+                .get(key_id)?
+                .ok_or(KmsError::KeyNotFound(key_id))?;
+            action.apply(&record).map(|_| ())
+        });
+        self.decide(entry.clone(), outcome)?;
+        let record = self
+            .keys
+            .update(key_id, |record| {
+                record.state = action.apply(record)?;
+                Ok(())
+            })
+            .map_err(|e| self.act_failed(entry, e))?;
+        tracing::info!(key_id = %key_id, action = action.name(), "key state changed");
+        Ok(record.info())
+    }
+
+    /// `GET /v1/keys/{id}`: status, type, created, versions; never material.
+    pub fn key_info(&self, peer: &PeerIdentity, key_id: KeyId) -> Result<KeyInfo, KmsError> {
+        let mut entry = self.entry(peer, "key_info");
+        entry.key_id = Some(key_id);
+        let outcome = self.services.authenticate(peer).and_then(|_| {
+            let record = self
+                .keys
+                .get(key_id)?
+                .ok_or(KmsError::KeyNotFound(key_id))?;
+            Ok(record.info())
+        });
+        self.decide(entry, outcome)
+    }
+
+    /// `POST /v1/wrapping-key/rotate`: a new wrapping-key version.
+    pub fn rotate(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
+        let entry = self.entry(peer, "rotate");
+        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
+        let version = self
+            .kek
+            .rotate()
+            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
+        tracing::info!(version, "wrapping key rotated");
+        Ok(self.wrapping_key())
+    }
+
+    /// `POST /v1/wrapping-key/min-version`: retire older versions.
+    pub fn set_min_version(
+        &self,
+        peer: &PeerIdentity,
+        version_min: u32,
+    ) -> Result<WrappingKeyInfo, KmsError> {
+        let entry = self.entry(peer, "set_min_version");
+        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
+        self.kek
+            .set_min_version(version_min)
+            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
+        Ok(self.wrapping_key())
+    }
+
+    /// `GET /v1/wrapping-key`.
+    pub fn wrapping_key_info(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
+        let entry = self.entry(peer, "wrapping_key_info");
+        self.decide(
+            entry,
+            self.services
+                .authenticate(peer)
+                .map(|_| self.wrapping_key()),
+        )
+    }
+
+    fn wrapping_key(&self) -> WrappingKeyInfo {
+        WrappingKeyInfo {
+            backend: self.kek.backend().to_owned(),
+            current_version: self.kek.current_version(),
+            min_version: self.kek.min_version(),
+        }
+    }
+
+    /// `GET /v1/audit`: the last `limit` records about `key_id` (or all).
+    pub fn audit_query(
+        &self,
+        peer: &PeerIdentity,
+        key_id: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, KmsError> {
+        let mut entry = self.entry(peer, "audit_read");
+        entry.key_id = key_id;
+        let outcome = self.services.authenticate(peer).and_then(|_| {
+            if limit == 0 || limit > AUDIT_QUERY_RECORDS_MAX {
+                return Err(KmsError::BadRequest(format!(
+                    "limit must be 1..={AUDIT_QUERY_RECORDS_MAX}"
+                )));
+            }
+            Ok(())
+        });
+        self.decide(entry, outcome)?;
+        query(&self.audit_path, key_id, limit).map_err(|e| KmsError::State(e.to_string()))
+    }
+
+    /// `GET /v1/health` (not audited, needs no identity).
+    pub fn health(&self) -> (bool, Health) {
+        let audit = self.audit.health();
+        let healthy = audit.is_ok();
+        let health = Health {
+            status: if healthy { "ok" } else { "degraded" }.to_owned(),
+            audit: audit
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "ok".to_owned()),
+            wrapping_key: Some(self.wrapping_key()),
+            error: audit
+                .as_ref()
+                .err()
+                .map(|_| KmsError::AuditUnwritable(String::new()).code().to_owned()),
+            message: audit.err(),
+        };
+        (healthy, health)
+    }
+}
