@@ -95,7 +95,7 @@ if [ -n "$(missing_libs "${QEMU_NEEDED[@]}")" ]; then
   log "QEMU needs: $(missing_libs "${QEMU_NEEDED[@]}" | tr '\n' ' ')"
   # Library dependencies declared by qemu-system-x86 (first alternative of each).
   d=$(deb_of qemu-system-x86 2>/dev/null) || { download qemu-system-x86; d=$(deb_of qemu-system-x86); }
-  mapfile -t libdeps < <(dpkg-deb -f "$d" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' | grep '^lib' | sort -u)
+  mapfile -t libdeps < <(dpkg-deb -f "$d" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' | grep -E '^(lib|zlib)' | sort -u)
   want=()
   for p in "${libdeps[@]}"; do is_installed "$p" || want+=("$p"); done
   [ ${#want[@]} -gt 0 ] || die "QEMU libraries missing but all of its Depends are installed"

@@ -23,6 +23,10 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+bad() { # usage / setup error: exit 2
+  log "error: $*"
+  exit 2
+}
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
@@ -49,19 +53,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$SCENARIO" ] || { log "--scenario is required"; usage; }
-[[ "$SCENARIO" =~ ^[a-z0-9_-]+$ ]] || die "bad scenario name: $SCENARIO"
-[ -f "$QEMU_DIR/scenarios/$SCENARIO.sh" ] || die "no such scenario: $QEMU_DIR/scenarios/$SCENARIO.sh"
-[ -z "$SECTORS" ] || [[ "$SECTORS" =~ ^[0-9]+$ ]] || die "--sectors must be a number"
-[[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || die "--num-queues must be a positive number"
-[[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "--smp must be a positive number"
-[[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive number of seconds"
-case $ACCEL in auto | tcg | kvm) ;; *) die "--accel must be auto, tcg or kvm" ;; esac
+[[ "$SCENARIO" =~ ^[a-z0-9_-]+$ ]] || bad "bad scenario name: $SCENARIO"
+[ -f "$QEMU_DIR/scenarios/$SCENARIO.sh" ] || bad "no such scenario: $QEMU_DIR/scenarios/$SCENARIO.sh"
+[ -z "$SECTORS" ] || [[ "$SECTORS" =~ ^[0-9]+$ ]] || bad "--sectors must be a number"
+[[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || bad "--num-queues must be a positive number"
+[[ "$SMP" =~ ^[1-9][0-9]*$ ]] || bad "--smp must be a positive number"
+[[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || bad "--timeout must be a positive number of seconds"
+case $ACCEL in auto | tcg | kvm) ;; *) bad "--accel must be auto, tcg or kvm" ;; esac
 if [ "$SCENARIO" != probe ]; then
   [ -n "$SOCK" ] || { log "--socket is required"; usage; }
-  [ -S "$SOCK" ] || die "$SOCK is not a UNIX socket (is the vhost-user-blk backend running?)"
+  [ -S "$SOCK" ] || bad "$SOCK is not a UNIX socket (is the vhost-user-blk backend running?)"
 fi
 for f in "$QEMU_BIN" "$KERNEL_DIR/vmlinuz" "$INITRD" "$INITRD_PROBE"; do
-  [ -e "$f" ] || die "$f missing: run qemu/fetch.sh and qemu/build-initramfs.sh"
+  [ -e "$f" ] || bad "$f missing: run qemu/fetch.sh and qemu/build-initramfs.sh"
 done
 if [ -z "$LOG" ]; then
   mkdir -p "$QEMU_DIR/out"
@@ -137,8 +141,10 @@ initrd=$INITRD
 [ "$SCENARIO" != probe ] || initrd=$INITRD_PROBE # no disk, no modules needed
 qemu_cmd "$accel" "$SCENARIO" "$SOCK" "$LOG" "$initrd"
 if [ "$PRINT_CMD" = 1 ]; then
-  printf 'QEMU_MODULE_DIR=%q' "$QEMU_MODULE_DIR"
-  printf ' %q' "${CMD[@]}"
+  # Shell-quoted only where needed, so it can be pasted.
+  q() { if [[ "$1" =~ ^[A-Za-z0-9_./=,:+@%-]+$ ]]; then printf '%s' "$1"; else printf '%q' "$1"; fi; }
+  printf 'QEMU_MODULE_DIR=%s' "$(q "$QEMU_MODULE_DIR")"
+  for a in "${CMD[@]}"; do printf ' %s' "$(q "$a")"; done
   printf '\n'
 fi
 

@@ -12,21 +12,25 @@
 #                                      -> must PASS (each queue carries I/O)
 # All QSD/QEMU processes and temp files are cleaned up on exit (trap).
 #
-# Usage: qemu/selftest-qsd.sh [--num-queues Q] [--smp N] [--no-negative] [--no-multiqueue] [--keep]
+# Usage: qemu/selftest-qsd.sh [--num-queues Q] [--smp N] [--logical-block-size B] [--no-negative] [--no-multiqueue] [--keep]
 #   --num-queues Q    queues for the write/verify boots (default 1)
 #   --smp N           guest CPUs for the write/verify boots (default 1; the guest
 #                     uses min(Q, N) queues)
+#   --logical-block-size B  QSD export's logical block size (default 512; the
+#                     guest checks it)
 #   --no-negative     skip step 4;  --no-multiqueue  skip step 5
 #   --keep            keep the temp dir (disk image, QSD logs)
+# Environment: LSVBLK_QSD=/path/to/qemu-storage-daemon picks the backend binary.
 # Console logs go to qemu/out/selftest-TIMESTAMP/. Exit status 0 = all as expected.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-QUEUES=1 SMP=1 NEGATIVE=1 MULTIQUEUE=1 KEEP=0
+QUEUES=1 SMP=1 LBS=512 NEGATIVE=1 MULTIQUEUE=1 KEEP=0
 while [ $# -gt 0 ]; do
   case $1 in
     --num-queues) QUEUES=${2:?}; shift 2 ;;
     --smp) SMP=${2:?}; shift 2 ;;
+    --logical-block-size) LBS=${2:?}; shift 2 ;;
     --no-negative) NEGATIVE=0; shift ;;
     --no-multiqueue) MULTIQUEUE=0; shift ;;
     --keep) KEEP=1; shift ;;
@@ -34,7 +38,10 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not installed (Debian: qemu-utils)"
+# qemu-storage-daemon: $LSVBLK_QSD, else the installed one (qemu-utils 10 here),
+# else the 7.2 one from the private QEMU root (Debian 12 ships it in
+# qemu-system-common, which fetch.sh unpacks).
+QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
 
 MIB=1048576
 SIZE=$((256 * MIB))
@@ -58,9 +65,9 @@ qsd_n=0
 start_qsd() {
   qsd_n=$((qsd_n + 1))
   rm -f "$SOCK"
-  qemu-storage-daemon \
+  "$QSD" \
     --blockdev "driver=file,node-name=file0,filename=$DISK" \
-    --export "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$1,logical-block-size=512" \
+    --export "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$1,logical-block-size=$LBS" \
     >"$TMPD/qsd-$qsd_n.log" 2>&1 &
   QSD_PID=$!
   for _ in $(seq 100); do
@@ -87,7 +94,8 @@ boot() {
   local label=$1 expect=$2 rc=0 t0
   shift 2
   t0=$(date +%s%N)
-  LAST_LINE=$("$QEMU_DIR/run-vm.sh" --socket "$SOCK" --log "$OUT/$label.log" --timeout 300 "$@") || rc=$?
+  LAST_LINE=$("$QEMU_DIR/run-vm.sh" --socket "$SOCK" --log "$OUT/$label.log" --timeout 300 \
+    --append "lsvblk.lbs=$LBS" "$@") || rc=$?
   local ms=$((($(date +%s%N) - t0) / 1000000))
   echo "$LAST_LINE"
   SUMMARY+=("$(printf '%-16s %6d.%01ds  %s' "$label" $((ms / 1000)) $((ms % 1000 / 100)) "${LAST_LINE% (*}")")
@@ -105,6 +113,8 @@ flip_byte() {
 t_all=$(date +%s)
 "$QEMU_DIR/fetch.sh"
 "$QEMU_DIR/build-initramfs.sh"
+[ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"
+log "backend: $QSD ($("$QSD" --version | head -n1))"
 
 truncate -s "$SIZE" "$DISK"
 log "disk $DISK: $SIZE bytes ($SECTORS sectors); console logs in $OUT"
