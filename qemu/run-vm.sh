@@ -158,7 +158,13 @@ log "booting scenario $SCENARIO ($accel, ${SMP} cpu, num-queues $QUEUES, timeout
 start=$(date +%s%N)
 rc=0
 # timeout: QEMU can hang instead of exiting after an emulation failure.
-timeout --kill-after=10 "$TIMEOUT" "${CMD[@]}" >"$LOG.stderr" 2>&1 </dev/null || rc=$?
+# Started in the background and waited for, so that a SIGINT/SIGTERM to this
+# script stops QEMU too (timeout puts QEMU in its own process group).
+timeout --kill-after=10 "$TIMEOUT" "${CMD[@]}" >"$LOG.stderr" 2>&1 </dev/null &
+qpid=$!
+trap 'kill -TERM "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; [ -z "$tailpid" ] || kill "$tailpid" 2>/dev/null; exit 130' INT TERM
+wait "$qpid" || rc=$?
+trap - INT TERM
 ms=$((($(date +%s%N) - start) / 1000000))
 wall=$(printf '%d.%01d' $((ms / 1000)) $((ms % 1000 / 100)))
 if [ -n "$tailpid" ]; then

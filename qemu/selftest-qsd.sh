@@ -53,7 +53,12 @@ OUT=$QEMU_DIR/out/selftest-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 QSD_PID=""
 
+RUNVM_PID=""
 cleanup() {
+  if [ -n "$RUNVM_PID" ]; then # interrupted during a boot: run-vm.sh stops its QEMU
+    kill -TERM "$RUNVM_PID" 2>/dev/null || true
+    wait "$RUNVM_PID" 2>/dev/null || true
+  fi
   stop_qsd
   if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
 }
@@ -94,8 +99,14 @@ boot() {
   local label=$1 expect=$2 rc=0 t0
   shift 2
   t0=$(date +%s%N)
-  LAST_LINE=$("$QEMU_DIR/run-vm.sh" --socket "$SOCK" --log "$OUT/$label.log" --timeout 300 \
-    --append "lsvblk.lbs=$LBS" "$@") || rc=$?
+  # In the background + wait, so a signal reaches the trap (and run-vm.sh) at once.
+  "$QEMU_DIR/run-vm.sh" --socket "$SOCK" --log "$OUT/$label.log" --timeout 300 \
+    --append "lsvblk.lbs=$LBS" "$@" >"$OUT/$label.result" &
+  RUNVM_PID=$!
+  wait "$RUNVM_PID" || rc=$?
+  RUNVM_PID=""
+  LAST_LINE=$(cat "$OUT/$label.result")
+  rm -f "$OUT/$label.result"
   local ms=$((($(date +%s%N) - t0) / 1000000))
   echo "$LAST_LINE"
   SUMMARY+=("$(printf '%-16s %6d.%01ds  %s' "$label" $((ms / 1000)) $((ms % 1000 / 100)) "${LAST_LINE% (*}")")
