@@ -49,4 +49,4 @@ pub const SEQ_REOPEN_GAP: u64 = 1 << 24;
 const _: () = assert!(CRYPTO_CHUNK_BYTES_DEFAULT >= CRYPTO_CHUNK_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(BLOCK_BYTES_DEFAULT % SECTOR_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES_DEFAULT.is_multiple_of(SECTOR_BYTES));

@@ -36,7 +36,7 @@ impl DataUnit {
     /// A data unit of `bytes`, which must be a non-zero multiple of 16 no
     /// larger than 1 MiB.
     pub fn new(bytes: u32) -> Option<Self> {
-        let valid = bytes > 0 && bytes % AES_BLOCK_BYTES as u32 == 0 && bytes <= 1 << 20;
+        let valid = bytes > 0 && bytes.is_multiple_of(AES_BLOCK_BYTES as u32) && bytes <= 1 << 20;
         valid.then_some(DataUnit(bytes))
     }
 
@@ -107,7 +107,7 @@ impl XtsCipher {
 
     fn apply(&self, buf: &mut [u8], unit: DataUnit, first: Tweak, direction: Direction) {
         assert!(
-            buf.len() % unit.bytes() == 0,
+            buf.len().is_multiple_of(unit.bytes()),
             "buffer of {} bytes is not a whole number of {}-byte data units",
             buf.len(),
             unit.bytes()
