@@ -34,15 +34,27 @@ pub struct CreateArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Benchmark only: store blocks UNENCRYPTED (null cipher), to measure
+    /// what crypto costs. Hidden, and only in builds with the `null-cipher`
+    /// feature; only such builds can open the volume afterwards.
+    #[cfg(feature = "null-cipher")]
+    #[arg(long, hide = true)]
+    unencrypted_benchmark_only: bool,
 }
 
 /// Creates the volume with a fresh data key from the service.
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
-        return Err(Failure::new(USAGE, anyhow::anyhow!("--acl has an empty user name")));
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!("--acl has an empty user name"),
+        ));
     }
     let volume_id = new_volume_id()?;
-    let context = KeyContext { volume_id: hex::encode(volume_id), snapshot_id: String::new() };
+    let context = KeyContext {
+        volume_id: hex::encode(volume_id),
+        snapshot_id: String::new(),
+    };
     let generated = client(&args.kms)
         .generate_data_key(&args.acl, &context)
         .map_err(|e| failure("asking lsvkms for a data key", e))?;
@@ -51,10 +63,23 @@ pub fn run(args: CreateArgs) -> Outcome {
     let options = VolumeOptions {
         block_bytes: args.block_size,
         segment_bytes: args.segment_size,
+        #[cfg(feature = "null-cipher")]
+        null_cipher: args.unencrypted_benchmark_only,
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(&args.volume, args.size, volume_id, generated.key, Some(wrapped), &options)?;
+    let volume = Volume::create_with_id(
+        &args.volume,
+        args.size,
+        volume_id,
+        generated.key,
+        Some(wrapped),
+        &options,
+    )?;
     volume.close()?;
+    #[cfg(feature = "null-cipher")]
+    if args.unencrypted_benchmark_only {
+        tracing::warn!("the volume is UNENCRYPTED (null cipher): for benchmarks only");
+    }
     if args.json {
         let out = serde_json::json!({
             "volume": args.volume,
@@ -66,7 +91,11 @@ pub fn run(args: CreateArgs) -> Outcome {
         });
         println!("{out}");
     } else {
-        println!("created volume {} ({} bytes)", args.volume.display(), args.size);
+        println!(
+            "created volume {} ({} bytes)",
+            args.volume.display(),
+            args.size
+        );
         println!("volume id: {}", hex::encode(volume_id));
         println!("key id:    {key_id}");
         println!("acl:       {}", args.acl.join(","));
