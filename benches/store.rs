@@ -10,12 +10,13 @@
 //!
 //! Method: each volume (1 GiB) is first filled with 1 MiB writes and flushed,
 //! so every read hits data. A repetition of a case issues 4 KiB requests at
-//! uniformly random 4 KiB-aligned offsets for `--rep-ms`, then flushes; the
-//! flush is *not* in the timed interval (it is there so that one case's
+//! uniformly random 4 KiB-aligned offsets for `--rep-ms` (a write repetition
+//! stops earlier after 192 MiB), then flushes; the flush is *not* in the
+//! timed interval (it is there so that one case's
 //! dirty pages are on disk before the next case starts). Reads mostly hit the
 //! host page cache (the volume fits in RAM): they measure index lookup,
-//! `pread` and decryption, not the disk. Cases run round-robin; the median of
-//! the repetitions is reported.
+//! `pread` and decryption, not the disk. Cases run round-robin (the order
+//! rotates per repetition); the median of the repetitions is reported.
 
 mod common;
 
@@ -28,9 +29,9 @@ use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
 use lsvblk::volume::{Volume, VolumeOptions};
 
 /// Repetitions per case when `--reps` is not given.
-const REPS_DEFAULT: usize = 5;
+const REPS_DEFAULT: usize = 7;
 /// Wall time of one repetition of one case when `--rep-ms` is not given.
-const REP_MS_DEFAULT: u64 = 2000;
+const REP_MS_DEFAULT: u64 = 700;
 /// Volume size for a real run.
 const VOLUME_BYTES: u64 = 1 << 30;
 /// Volume size for a smoke run under `cargo test` (debug-ish build).
@@ -39,6 +40,10 @@ const SMOKE_VOLUME_BYTES: u64 = 16 << 20;
 const IO_BYTES: usize = 4096;
 /// Request size used to fill a volume.
 const FILL_BYTES: usize = 1 << 20;
+/// Most bytes one write repetition writes: the log has no cleaner yet and
+/// the flush after each repetition runs at disk speed, so unbounded writes
+/// would make the run long and the disk full.
+const WRITE_CAP_BYTES: u64 = 192 << 20;
 /// Requests between two looks at the clock.
 const CLOCK_EVERY: u64 = 64;
 
@@ -144,8 +149,12 @@ fn main() {
         let volume = targets[case.volume].volume.as_ref().expect("open");
         run_case(volume, case.op, blocks, warm_up, &mut rng, &mut buf);
     }
-    for _ in 0..options.reps {
-        for case in &mut cases {
+    for rep in 0..options.reps {
+        // Rotate the order, so that no case always follows the same one
+        // (a write's flush, say).
+        for turn in 0..cases.len() {
+            let index = (turn + rep) % cases.len();
+            let case = &mut cases[index];
             let volume = targets[case.volume].volume.as_ref().expect("open");
             let iops = run_case(
                 volume,
@@ -219,8 +228,8 @@ fn fill(volume: &Volume, bytes: u64) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Runs `op` at random 4 KiB blocks for `duration`, flushes (untimed), and
-/// returns requests per second.
+/// Runs `op` at random 4 KiB blocks for `duration` (writes: at most
+/// [`WRITE_CAP_BYTES`]), flushes (untimed), and returns requests per second.
 fn run_case(
     volume: &Volume,
     op: Op,
@@ -247,7 +256,8 @@ fn run_case(
         }
         done += CLOCK_EVERY;
         let elapsed = start.elapsed();
-        if elapsed >= duration {
+        if elapsed >= duration || (op == Op::RandWrite && done * IO_BYTES as u64 >= WRITE_CAP_BYTES)
+        {
             break elapsed;
         }
     };
@@ -310,7 +320,7 @@ fn report(options: &Options, cases: &[Case], targets: &[Target], fill_s: &[f64],
     report.info(
         "method",
         "1 thread, in process; 4 KiB at uniform random aligned offsets of a filled volume; \
-         flush after each write repetition, untimed; default crypto pool",
+         writes capped at 192 MiB per repetition; flush after each write repetition, untimed; default crypto pool",
     );
     if let Some(cpu) = common::cpu_model() {
         report.info("cpu", &cpu);
