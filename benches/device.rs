@@ -66,9 +66,9 @@ use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use common::{Options, Report, median};
 
 /// Repetitions per case when `--reps` is not given.
-const REPS_DEFAULT: usize = 3;
+const REPS_DEFAULT: usize = 5;
 /// Longest wall time of one repetition of one case when `--rep-ms` is not given.
-const REP_MS_DEFAULT: u64 = 2000;
+const REP_MS_DEFAULT: u64 = 1200;
 /// Disk size for a real run, MiB (`--size-mb`).
 const SIZE_MB_DEFAULT: u64 = 1024;
 /// Disk size for a smoke run under `cargo test`, MiB.
