@@ -52,11 +52,21 @@ pub const TOKEN_TTL_S_MAX: u64 = 30 * 24 * 3600;
 /// Clock skew tolerated on a token's `iat` (issued in the future), seconds.
 pub const TOKEN_IAT_SKEW_S_MAX: u64 = 60;
 
+/// Verified tokens remembered (by hash) to skip re-verifying signatures;
+/// the cache is emptied when full.
+pub const TOKEN_CACHE_ENTRIES_MAX: usize = 4096;
+
 /// Largest audit line, bytes. Every field of a record is bounded above.
 pub const AUDIT_LINE_BYTES_MAX: usize = 8 * 1024;
 
 /// Records one audit write (one fdatasync) may carry: group commit batch.
 pub const AUDIT_BATCH_MAX: usize = 256;
+
+/// Longest the audit writer waits for more records to join a batch, µs.
+/// Below one fdatasync here (~250-400 µs) and above a client's turn-around
+/// (~100-150 µs), so callers in lockstep share one sync instead of taking
+/// turns; a lone caller never waits.
+pub const AUDIT_LINGER_US_MAX: u64 = 200;
 
 /// Records waiting for the audit writer; a full queue makes callers wait.
 pub const AUDIT_QUEUE_MAX: usize = 1024;

@@ -7,6 +7,19 @@
 //! one sync covers many concurrent calls, and no call gets an answer before
 //! its record is on stable storage.
 //!
+//! Callers in lockstep (two clients each waiting for its answer before
+//! asking again) would otherwise take turns, one record per sync: each
+//! arrives while the other's sync runs. So the writer lingers (at most
+//! [`AUDIT_LINGER_US_MAX`]) before writing while either
+//! - fewer records are gathered than the largest of the last
+//!   [`RECENT_BATCHES`] batches (callers that were recently concurrent
+//!   probably still are), or
+//! - calls that will append have started but not handed their record over
+//!   yet ([`AuditLog::begin_call`]).
+//!
+//! A lone caller never waits; after concurrency ends, the writer stops
+//! waiting within [`RECENT_BATCHES`] batches.
+//!
 //! Fail closed: if the file's mode has no write bit (an operator's
 //! `chmod a-w`, honoured even for root), the batch is refused; if a write
 //! or sync fails, the log is **poisoned** and every later call is refused
@@ -16,16 +29,19 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     AuditEntry, AuditKey, AuditRecord, GENESIS_HASH, decode_line, encode_line, rfc3339_utc,
 };
-use crate::kms::limits::{AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_QUEUE_MAX};
+use crate::kms::limits::{
+    AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_LINGER_US_MAX, AUDIT_QUEUE_MAX,
+};
 
 /// The head file's contents: the newest durable record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +259,25 @@ struct Job {
 pub struct AuditLog {
     sender: SyncSender<Job>,
     status: Arc<Mutex<Result<(), String>>>,
+    calls_in_progress: Arc<AtomicUsize>,
+}
+
+thread_local! {
+    /// Whether the call running on this thread is counted in
+    /// `calls_in_progress` and has not appended its first record yet.
+    static CALL_COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Counts one call as in progress until its first record is appended or
+/// the guard drops, whichever is first (see [`AuditLog::begin_call`]).
+pub struct CallGuard(Arc<AtomicUsize>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if CALL_COUNTED.replace(false) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl AuditLog {
@@ -250,17 +285,25 @@ impl AuditLog {
     pub fn start(sink: Box<dyn AuditSink>, key: AuditKey, head: Head) -> io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel(AUDIT_QUEUE_MAX);
         let status = Arc::new(Mutex::new(Ok(())));
+        let calls_in_progress = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             sink,
             key,
             head,
             poisoned: None,
             status: Arc::clone(&status),
+            calls_in_progress: Arc::clone(&calls_in_progress),
+            recent_batch_sizes: [1; RECENT_BATCHES],
+            batches_written: 0,
         };
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(receiver))?;
-        Ok(Self { sender, status })
+        Ok(Self {
+            sender,
+            status,
+            calls_in_progress,
+        })
     }
 
     /// A log that refuses everything (the file could not be opened).
@@ -269,13 +312,27 @@ impl AuditLog {
         Self {
             sender,
             status: Arc::new(Mutex::new(Err(reason))),
+            calls_in_progress: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Marks a call that will append a record as in progress until the
+    /// guard drops; the writer waits (briefly) for such calls to batch them.
+    pub fn begin_call(&self) -> CallGuard {
+        if !CALL_COUNTED.replace(true) {
+            self.calls_in_progress.fetch_add(1, Ordering::AcqRel);
+        }
+        CallGuard(Arc::clone(&self.calls_in_progress))
     }
 
     /// Appends `entry` durably; returns its seq. `Err` means the record is
     /// not (known to be) durable: the caller must refuse the call.
     pub fn append(&self, entry: AuditEntry) -> Result<u64, String> {
         let (reply, answer) = mpsc::sync_channel(1);
+        // No longer "about to append": the writer stops waiting for us.
+        if CALL_COUNTED.replace(false) {
+            self.calls_in_progress.fetch_sub(1, Ordering::AcqRel);
+        }
         self.sender
             .send(Job { entry, reply })
             .map_err(|_| self.unhealthy_reason())?;
@@ -302,25 +359,51 @@ struct Writer {
     head: Head,
     poisoned: Option<String>,
     status: Arc<Mutex<Result<(), String>>>,
+    calls_in_progress: Arc<AtomicUsize>,
+    recent_batch_sizes: [usize; RECENT_BATCHES],
+    batches_written: usize,
 }
+
+/// Batches whose sizes predict the next one's.
+pub const RECENT_BATCHES: usize = 4;
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Job>) {
         let mut batch = Vec::with_capacity(AUDIT_BATCH_MAX);
         while let Ok(first) = receiver.recv() {
             batch.push(first);
-            while batch.len() < AUDIT_BATCH_MAX {
-                match receiver.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&receiver, &mut batch);
             let result = self.write_batch(&batch);
+            self.recent_batch_sizes[self.batches_written % RECENT_BATCHES] = batch.len();
+            self.batches_written = self.batches_written.wrapping_add(1);
             *self.status.lock().expect("status lock") =
                 result.as_ref().map(|_| ()).map_err(Clone::clone);
             for (index, job) in batch.drain(..).enumerate() {
                 let answer = result.as_ref().map(|first_seq| first_seq + index as u64);
                 let _ = job.reply.send(answer.map_err(Clone::clone));
+            }
+        }
+    }
+
+    /// Adds whatever is queued to `batch`, then lingers (bounded) while more
+    /// records are expected (see the module doc).
+    fn gather(&self, receiver: &Receiver<Job>, batch: &mut Vec<Job>) {
+        let linger_end = Instant::now() + Duration::from_micros(AUDIT_LINGER_US_MAX);
+        let expected = self.recent_batch_sizes.iter().copied().max().unwrap_or(1);
+        while batch.len() < AUDIT_BATCH_MAX {
+            if let Ok(job) = receiver.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            let now = Instant::now();
+            let waiting_for_more =
+                batch.len() < expected || self.calls_in_progress.load(Ordering::Acquire) > 0;
+            if !waiting_for_more || now >= linger_end {
+                return;
+            }
+            match receiver.recv_timeout(linger_end - now) {
+                Ok(job) => batch.push(job),
+                Err(_) => return,
             }
         }
     }
