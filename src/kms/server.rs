@@ -340,9 +340,27 @@ pub fn spawn_connection<S>(
 where
     S: Read + Write + Send + TimeoutStream + 'static,
 {
-    let idle = Some(Duration::from_millis(HTTP_IDLE_MS_MAX));
-    stream.set_timeouts(idle)?;
+    stream.set_timeouts(Some(Duration::from_millis(HTTP_IDLE_MS_MAX)))?;
+    spawn_with_slot(service, active, stream, move |service, stream| {
+        serve_connection(service, &peer, stream)
+    })
+}
+
+/// Runs `serve(service, stream)` on its own thread if a connection slot is
+/// free; otherwise answers 503 (in plain HTTP: a TLS peer just sees the
+/// connection close) and drops the stream.
+pub fn spawn_with_slot<S, F>(
+    service: &Arc<Service>,
+    active: &Arc<AtomicUsize>,
+    stream: S,
+    serve: F,
+) -> io::Result<()>
+where
+    S: Read + Write + Send + 'static,
+    F: FnOnce(&Service, S) + Send + 'static,
+{
     let Some(slot) = Slot::take(active) else {
+        tracing::warn!("connection limit reached; refusing a connection");
         let mut conn = HttpConn::new(stream, 0);
         let reply = Reply::error(&KmsError::Busy);
         let _ = conn.write_response(reply.status, &reply.body, false);
@@ -354,7 +372,7 @@ where
         .stack_size(256 * 1024)
         .spawn(move || {
             let _slot = slot;
-            serve_connection(&service, &peer, stream);
+            serve(&service, stream);
         })?;
     Ok(())
 }

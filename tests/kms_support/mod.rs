@@ -25,6 +25,8 @@ pub struct Kms {
     pub socket: PathBuf,
     pub stderr_path: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Extra arguments for `lsvkms serve` (e.g. `--tcp`).
+    pub serve_args: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -40,6 +42,7 @@ impl Kms {
             dir,
             tmp,
             env,
+            serve_args: Vec::new(),
             child: None,
             starts: 0,
         };
@@ -84,6 +87,7 @@ impl Kms {
                 "--socket",
                 self.socket.to_str().unwrap(),
             ])
+            .args(&self.serve_args)
             .envs(self.env.iter().cloned())
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
