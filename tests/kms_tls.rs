@@ -101,10 +101,9 @@ fn call(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-#[test]
-fn tls_client_certificates_identify_the_calling_service() {
-    let mut kms = Kms::init(&[], Vec::new());
-    let pki = make_pki(kms.tmp.path());
+/// Allow-lists the client certificate by fingerprint (through the CLI) and
+/// starts the service with TLS on a free port.
+fn start_with_tls(kms: &mut Kms) -> u16 {
     let pem = kms.tmp.path().join("client.pem");
     let out = kms.run(&["tls", "fingerprint", "--cert", pem.to_str().unwrap()]);
     assert!(out.status.success());
@@ -135,6 +134,14 @@ fn tls_client_certificates_identify_the_calling_service() {
         file("ca.pem"),
     ];
     kms.start();
+    port
+}
+
+#[test]
+fn tls_client_certificates_identify_the_calling_service() {
+    let mut kms = Kms::init(&[], Vec::new());
+    let pki = make_pki(kms.tmp.path());
+    let port = start_with_tls(&mut kms);
 
     let request = br#"{"acl":["alice"],"context":{"volume_id":"remote-vol"}}"#;
     let (status, body) = call(
