@@ -189,6 +189,16 @@ fn main() {
         );
     }
     let (one, two) = (&runs[0], &runs[1]);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_1m: f64 = loadavg
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(-1.0);
+    println!(
+        "machine load average (1 min) at the end: {load_1m} on {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let json = serde_json::json!({
         "bench": "kms",
         "unwrap_rps": (two.rps()).round(),
@@ -198,6 +208,7 @@ fn main() {
         "unwrap_rps_1client": (one.rps()).round(),
         "unwrap_p50_ms_1client": one.percentile_ms(0.50),
         "unwrap_p99_ms_1client": one.percentile_ms(0.99),
+        "load_avg_1m": load_1m,
     });
     let line = json.to_string();
     std::fs::write(bench_dir.join("kms.json"), format!("{line}\n")).unwrap();
