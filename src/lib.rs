@@ -13,4 +13,5 @@ pub mod crypto;
 pub mod kms;
 pub mod limits;
 pub mod store;
+pub mod vhost;
 pub mod volume;

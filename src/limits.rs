@@ -49,4 +49,32 @@ pub const SEQ_REOPEN_GAP: u64 = 1 << 24;
 const _: () = assert!(CRYPTO_CHUNK_BYTES_DEFAULT >= CRYPTO_CHUNK_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(BLOCK_BYTES_DEFAULT % SECTOR_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES_DEFAULT.is_multiple_of(SECTOR_BYTES));
+
+/// Largest data payload of one virtio-blk request, bytes. Advertised to the
+/// guest as SEG_MAX × SIZE_MAX; the worker's buffers are sized from it.
+pub const REQUEST_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// Largest size of one guest data segment advertised (SIZE_MAX), bytes.
+/// One page: with SEG_MAX this caps a Linux guest's requests at
+/// REQUEST_BYTES_MAX however its buffers are laid out.
+pub const SEGMENT_SIZE_MAX: u32 = 4096;
+
+/// Most data segments per request advertised (SEG_MAX).
+pub const SEG_MAX: u32 = 1024;
+
+/// Most discard / write-zeroes segments per request (advertised and accepted).
+pub const DISCARD_SEGMENTS_MAX: u32 = 1;
+
+/// Largest discard or write-zeroes range advertised, in 512-byte sectors
+/// (4 GiB: a record covers at most u32::MAX blocks, far more than this).
+pub const DISCARD_SECTORS_MAX: u32 = 1 << 23;
+
+/// Largest virtqueue the device accepts, descriptors.
+pub const QUEUE_SIZE_MAX: u16 = 1024;
+
+/// Most virtqueues (one worker thread each).
+pub const QUEUES_MAX: usize = 16;
+
+const _: () = assert!(REQUEST_BYTES_MAX <= WRITE_BYTES_MAX);
+const _: () = assert!(SEG_MAX as u64 * SEGMENT_SIZE_MAX as u64 == REQUEST_BYTES_MAX);

@@ -140,9 +140,10 @@ fn map_locked(map_bytes: usize) -> io::Result<NonNull<u8>> {
     }
     // SAFETY: `addr` is a fresh mapping of `map_bytes` bytes that we own.
     let locked = unsafe {
-        if libc::mlock(addr, map_bytes) != 0 {
-            Err(io::Error::last_os_error())
-        } else if libc::madvise(addr, map_bytes, libc::MADV_DONTDUMP) != 0 {
+        // `||` stops at the first failure, so errno still describes it.
+        if libc::mlock(addr, map_bytes) != 0
+            || libc::madvise(addr, map_bytes, libc::MADV_DONTDUMP) != 0
+        {
             Err(io::Error::last_os_error())
         } else {
             Ok(())

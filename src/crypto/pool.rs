@@ -44,7 +44,7 @@ impl CryptoPool {
     /// A pool of `thread_count` threads (0 = one per detected CPU) cutting
     /// buffers into chunks of `chunk_bytes`.
     pub fn new(thread_count: usize, chunk_bytes: usize) -> Result<Self, PoolError> {
-        if chunk_bytes < CRYPTO_CHUNK_BYTES_MIN || chunk_bytes % 4096 != 0 {
+        if chunk_bytes < CRYPTO_CHUNK_BYTES_MIN || !chunk_bytes.is_multiple_of(4096) {
             return Err(PoolError::BadChunkSize { chunk_bytes });
         }
         let thread_count = if thread_count == 0 {

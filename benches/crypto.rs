@@ -1,0 +1,277 @@
+//! Crypto throughput, one process: our AES-256-XTS against its ceiling (raw
+//! AES-256 block encryption of the same buffer), the `xts-mode` crate and
+//! `openssl speed`; and the crypto pool on a large buffer.
+//!
+//! Run through `ci/bench.sh crypto [--reps N] [--rep-ms N]`. Single-thread
+//! figures encrypt one buffer per call, as a write of that size would: a
+//! 4096-byte call is one 4 KiB data unit, a 512-byte call one sector, like
+//! `openssl speed -bytes 4096` / `-bytes 512`.
+
+mod common;
+
+use std::hint::black_box;
+use std::process::Command;
+
+use aes::Aes256;
+use aes::cipher::{Array, BlockCipherEncrypt, KeyInit, consts::U16};
+use common::{Options, Report, Suite, Throughput, median};
+use lsvblk::crypto::{CryptoPool, DataUnit, Tweak, XtsCipher};
+use lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT;
+use xts_mode::{Xts128, get_tweak_default};
+
+/// Repetitions per case when `--reps` is not given.
+const REPS_DEFAULT: usize = 7;
+/// Wall time of one repetition of one case when `--rep-ms` is not given.
+const REP_MS_DEFAULT: u64 = 150;
+/// Bytes of the buffer the crypto pool is measured on.
+const POOL_BUFFER_BYTES: usize = 4 << 20;
+/// `openssl speed -seconds` per run.
+const OPENSSL_SECONDS: u32 = 1;
+
+type Block = Array<u8, U16>;
+
+fn main() {
+    let options = Options::from_args(REPS_DEFAULT, REP_MS_DEFAULT);
+    let key: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let xts_cipher = XtsCipher::new(&key);
+    let xts = &xts_cipher;
+    let data_key = Aes256::new_from_slice(&key[..32]).expect("32-byte key");
+    let oracle = Xts128::new(
+        Aes256::new_from_slice(&key[..32]).expect("32-byte key"),
+        Aes256::new_from_slice(&key[32..]).expect("32-byte key"),
+    );
+    let pool_1t = CryptoPool::new(1, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 1");
+    let pool_2t = CryptoPool::new(2, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 2");
+
+    let mut suite = Suite::new(options.clone());
+    for unit in [DataUnit::BYTES_4096, DataUnit::BYTES_512] {
+        add_single_thread_cases(&mut suite, xts, &data_key, &oracle, unit);
+    }
+    let mut sectors = vec![0x5au8; 4096];
+    let mut seq = 0u64;
+    suite.add(
+        "xts_512x8_mbps",
+        "XTS enc, 4 KiB call of 8 x 512 B units",
+        4096,
+        move || {
+            seq += 1;
+            xts.encrypt(&mut sectors, DataUnit::BYTES_512, Tweak::for_block(seq, 0));
+            black_box(&mut sectors);
+        },
+    );
+    let mut results = suite.run();
+
+    // The pools get a suite of their own: rayon workers spin for a while
+    // after a job, and on a 2-CPU machine that would slow whichever
+    // single-thread case ran next.
+    let mut pool_suite = Suite::new(options.clone());
+    for (pool, threads) in [(&pool_1t, 1), (&pool_2t, 2)] {
+        let mut big = vec![0x33u8; POOL_BUFFER_BYTES];
+        pool_suite.add(
+            &format!("pool_{threads}t_4m_mbps"),
+            &format!("CryptoPool enc, 4 MiB, {threads} thread(s)"),
+            POOL_BUFFER_BYTES,
+            move || {
+                pool.encrypt(xts, &mut big, DataUnit::BYTES_4096, Tweak(7));
+                black_box(&mut big);
+            },
+        );
+    }
+    results.extend(pool_suite.run());
+    // `--only` narrows the run to some of our cases (for profiling); a smoke
+    // run under `cargo test` skips the seconds openssl takes.
+    let (openssl_4k, openssl_512) = if options.only.is_none() && !options.smoke {
+        (
+            openssl_speed_mbps(4096, options.reps),
+            openssl_speed_mbps(512, options.reps),
+        )
+    } else {
+        (None, None)
+    };
+    report(&options, &results, openssl_4k, openssl_512);
+}
+
+/// Adds our XTS (encrypt and decrypt), raw AES and `xts-mode` on one call of
+/// one `unit`-sized data unit.
+fn add_single_thread_cases<'a>(
+    suite: &mut Suite<'a>,
+    xts: &'a XtsCipher,
+    data_key: &'a Aes256,
+    oracle: &'a Xts128<Aes256>,
+    unit: DataUnit,
+) {
+    let bytes = unit.bytes();
+    let size = if bytes == 4096 { "4k" } else { "512" };
+    let label = if bytes == 4096 { "4 KiB" } else { "512 B" };
+
+    let mut buf = vec![0xa5u8; bytes];
+    let mut seq = 0u64;
+    suite.add(
+        &format!("xts_{size}_mbps"),
+        &format!("XTS enc (ours), {label} unit"),
+        bytes,
+        move || {
+            seq += 1;
+            xts.encrypt(&mut buf, unit, Tweak::for_block(seq, 0));
+            black_box(&mut buf);
+        },
+    );
+    let mut buf = vec![0xa5u8; bytes];
+    suite.add(
+        &format!("xts_dec_{size}_mbps"),
+        &format!("XTS dec (ours), {label} unit"),
+        bytes,
+        move || {
+            xts.decrypt(&mut buf, unit, Tweak(9));
+            black_box(&mut buf);
+        },
+    );
+    let mut blocks = vec![Block::default(); bytes / 16];
+    let key = if bytes == 4096 {
+        "aes_ecb_mbps".to_owned()
+    } else {
+        format!("aes_ecb_{size}_mbps")
+    };
+    suite.add(
+        &key,
+        &format!("raw AES-256 encrypt_blocks, {label}"),
+        bytes,
+        move || {
+            data_key.encrypt_blocks(&mut blocks);
+            black_box(&mut blocks);
+        },
+    );
+    let mut buf = vec![0xa5u8; bytes];
+    suite.add(
+        &format!("xts_mode_{size}_mbps"),
+        &format!("xts-mode 0.6 enc, {label} unit"),
+        bytes,
+        move || {
+            oracle.encrypt_sector(&mut buf, get_tweak_default(3));
+            black_box(&mut buf);
+        },
+    );
+}
+
+/// Median single-thread AES-256-XTS encryption speed that `openssl speed`
+/// reports for `bytes`-byte calls over `reps` runs; `None` if openssl is
+/// missing or its output cannot be parsed.
+fn openssl_speed_mbps(bytes: usize, reps: usize) -> Option<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        let output = Command::new("openssl")
+            .args(["speed", "-mr", "-evp", "aes-256-xts", "-bytes"])
+            .arg(bytes.to_string())
+            .args(["-seconds", &OPENSSL_SECONDS.to_string()])
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        samples.push(parse_openssl_mr(&String::from_utf8_lossy(&output.stdout))?);
+    }
+    Some(median(&samples))
+}
+
+/// Bytes per second from `openssl speed -mr` output, in MB/s. The line looks
+/// like `+F:25:AES-256-XTS:6421277184.00` (the last field is bytes/s).
+fn parse_openssl_mr(stdout: &str) -> Option<f64> {
+    let line = stdout.lines().find(|line| line.starts_with("+F:"))?;
+    let bytes_per_s: f64 = line.rsplit(':').next()?.trim().parse().ok()?;
+    Some(bytes_per_s / common::MB_BYTES)
+}
+
+fn report(
+    options: &Options,
+    results: &[Throughput],
+    openssl_4k: Option<f64>,
+    openssl_512: Option<f64>,
+) {
+    let median = |key: &str| results.iter().find(|r| r.key == key).map(|r| r.median_mbps);
+    let mut report = Report::new("crypto", options);
+    if let Some(cpu) = common::cpu_model() {
+        report.info("cpu", &cpu);
+    }
+    report.info("cpu_features", &cpu_features());
+    for result in results {
+        report.throughput(result, "");
+    }
+    let note = "openssl speed -evp aes-256-xts, median of runs";
+    report.row(
+        "openssl_xts_4k_mbps",
+        "OpenSSL XTS enc, 4 KiB unit",
+        openssl_4k,
+        "MB/s",
+        note,
+    );
+    report.row(
+        "openssl_xts_512_mbps",
+        "OpenSSL XTS enc, 512 B unit",
+        openssl_512,
+        "MB/s",
+        note,
+    );
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let xts_4k = median("xts_4k_mbps");
+    let xts_512 = median("xts_512_mbps");
+    let rows = [
+        (
+            "ratio_xts_vs_ecb",
+            "ratio XTS/raw AES, 4 KiB",
+            ratio(xts_4k, median("aes_ecb_mbps")),
+        ),
+        (
+            "ratio_xts_512_vs_ecb",
+            "ratio XTS/raw AES, 512 B",
+            ratio(xts_512, median("aes_ecb_512_mbps")),
+        ),
+        (
+            "ratio_xts_vs_openssl",
+            "ratio XTS/OpenSSL, 4 KiB",
+            ratio(xts_4k, openssl_4k),
+        ),
+        (
+            "ratio_xts_512_vs_openssl",
+            "ratio XTS/OpenSSL, 512 B",
+            ratio(xts_512, openssl_512),
+        ),
+        (
+            "ratio_xts_vs_xts_mode",
+            "ratio XTS/xts-mode, 4 KiB",
+            ratio(xts_4k, median("xts_mode_4k_mbps")),
+        ),
+        (
+            "ratio_pool_2t_vs_1t",
+            "ratio pool 2 threads/1 thread",
+            ratio(median("pool_2t_4m_mbps"), median("pool_1t_4m_mbps")),
+        ),
+    ];
+    for (key, label, value) in rows {
+        report.row(key, label, value, "x", "of medians");
+    }
+    report.finish();
+}
+
+/// The AES-relevant CPU features present, e.g. `aes,avx512f,vaes`.
+fn cpu_features() -> String {
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("aes") {
+            features.push("aes");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            features.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            features.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("vaes") {
+            features.push("vaes");
+        }
+    }
+    features.join(",")
+}

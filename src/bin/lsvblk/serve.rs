@@ -1,0 +1,195 @@
+//! `lsvblk serve`: unwrap the key through lsvkms, open the volume, serve it
+//! over vhost-user-blk until SIGTERM/SIGINT, then flush and close.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine;
+use lsvblk::crypto::CryptoPool;
+use lsvblk::kms::api::KeyContext;
+use lsvblk::vhost::{DeviceOptions, Server};
+use lsvblk::volume::{Superblock, Volume, VolumeOptions};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use zeroize::Zeroizing;
+
+use crate::exit::{DATA, Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::kms::{client, failure, parse_kms_address};
+use crate::size::parse_size;
+
+/// Arguments of `lsvblk serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Volume directory.
+    #[arg(long)]
+    volume: PathBuf,
+    /// vhost-user socket to listen on (a stale socket file is replaced).
+    #[arg(long)]
+    socket: PathBuf,
+    /// The key-wrapping service: unix:PATH of its socket.
+    #[arg(long, value_parser = parse_kms_address)]
+    kms: PathBuf,
+    /// File holding the user's token (from `lsvkms token issue`).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Virtqueues offered to the guest (one worker thread each).
+    #[arg(long, default_value_t = 1)]
+    num_queues: u16,
+    /// Largest virtqueue size accepted (power of two).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    read_only: bool,
+    /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Crypto threads (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    crypto_threads: usize,
+    /// Requests larger than this are encrypted in parallel chunks (K/M suffixes).
+    #[arg(long, default_value = "512K", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Logical block size offered to the guest: 512 or 4096. Default: the
+    /// volume's block size.
+    #[arg(long)]
+    block_size: Option<u32>,
+}
+
+/// Serves until a signal; exit 0 after a clean flush and close.
+pub fn run(args: ServeArgs) -> Outcome {
+    let superblock = Superblock::load(&args.volume)?;
+    let device = device_options(&args, &superblock)?;
+    let key = unwrap_key(&args, &superblock)?;
+    let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
+        .map_err(|e| Failure::new(USAGE, e))?;
+    let options = VolumeOptions {
+        heads: usize::from(device.num_queues),
+        read_only: args.read_only,
+        pool: Some(Arc::new(pool)),
+        ..VolumeOptions::default()
+    };
+    let volume = Arc::new(Volume::open(&args.volume, key, &options)?);
+    report_recovery(&volume);
+    let server =
+        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    watch_signals(server.stop_handle())?;
+    tracing::info!(
+        volume = %args.volume.display(),
+        socket = %args.socket.display(),
+        key_id = %volume.current_key_id(),
+        read_only = args.read_only,
+        "serving"
+    );
+    server.run().map_err(|e| Failure::new(IO, e))?;
+    let volume = Arc::try_unwrap(volume)
+        .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use at shutdown")))?;
+    volume.close()?;
+    let _ = std::fs::remove_file(&args.socket);
+    tracing::info!("volume flushed and closed");
+    Ok(())
+}
+
+fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOptions, Failure> {
+    let serial = args
+        .serial
+        .clone()
+        .unwrap_or_else(|| superblock.volume_id.clone());
+    let device = DeviceOptions {
+        num_queues: args.num_queues,
+        queue_size: args.queue_size,
+        read_only: args.read_only,
+        serial: DeviceOptions::serial_from(&serial),
+        logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
+    };
+    device
+        .validate()
+        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    Ok(device)
+}
+
+/// Sends the volume's wrapped key and the user's token to lsvkms and gets
+/// the data key back only if the user is on the ACL sealed in the blob.
+fn unwrap_key(
+    args: &ServeArgs,
+    superblock: &Superblock,
+) -> Result<lsvblk::crypto::DataKey, Failure> {
+    let entry = superblock
+        .keys
+        .iter()
+        .find(|k| k.key_id == superblock.current_key_id)
+        .and_then(|k| k.wrapped_blob.as_ref())
+        .ok_or_else(|| {
+            Failure::new(
+                DATA,
+                anyhow::anyhow!(
+                    "the volume holds no wrapped key (was it made by `lsvblk create`?)"
+                ),
+            )
+        })?;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(entry)
+        .map_err(|e| {
+            Failure::new(
+                DATA,
+                anyhow::anyhow!("the volume's wrapped key is not base64: {e}"),
+            )
+        })?;
+    let token = Zeroizing::new(std::fs::read_to_string(&args.token_file).map_err(|e| {
+        Failure::new(
+            USAGE,
+            anyhow::anyhow!(
+                "cannot read --token-file {}: {e}",
+                args.token_file.display()
+            ),
+        )
+    })?);
+    let context = KeyContext {
+        volume_id: superblock.volume_id.clone(),
+        snapshot_id: String::new(),
+    };
+    let key = client(&args.kms)
+        .unwrap(&blob, &context, token.trim())
+        .map_err(|e| failure("lsvkms refused to unwrap the volume key", e))?;
+    if key.id() != superblock.current_key_id {
+        return Err(Failure::new(
+            DATA,
+            anyhow::anyhow!(
+                "lsvkms returned key {} but the volume uses {}",
+                key.id(),
+                superblock.current_key_id
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+fn report_recovery(volume: &Volume) {
+    let report = volume.recovery_report();
+    for skipped in &report.skipped_checkpoints {
+        tracing::warn!(%skipped, "a checkpoint was unusable; recovered from an older one");
+    }
+    if report.records_replayed > 0 || !report.torn_tails.is_empty() {
+        tracing::info!(
+            records = report.records_replayed,
+            segments = report.segments_replayed,
+            torn_tails = report.torn_tails.len(),
+            "recovered the log after an unclean stop"
+        );
+    }
+}
+
+/// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
+fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::new(SOFTWARE, e))?;
+    std::thread::Builder::new()
+        .name("lsvblk-signals".to_string())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "stopping: flushing and closing the volume");
+                stop.stop();
+            }
+        })
+        .map_err(|e| Failure::new(SOFTWARE, e))?;
+    Ok(())
+}

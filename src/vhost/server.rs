@@ -1,0 +1,152 @@
+//! Accepting vhost-user connections, one after another, until told to stop.
+//!
+//! A VMM may disconnect and come back (a VMM restart, a live migration
+//! source giving up): after each disconnect the volume is flushed and the
+//! same socket accepts the next connection. A stop request (SIGTERM/SIGINT
+//! in the daemon) ends the current connection, or wakes a waiting accept.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::{BlockBackend, DeviceOptions};
+use crate::volume::{Volume, VolumeError};
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be created.
+    #[error("cannot listen on {}: {reason}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        reason: String,
+    },
+    /// The vhost-user machinery failed outside any one connection.
+    #[error("vhost-user: {0}")]
+    Vhost(String),
+    /// Flushing the volume after a connection failed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+}
+
+/// Asks a running [`Server`] to stop; cheap to clone into a signal thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<ShutdownHandle>>>,
+    socket: PathBuf,
+}
+
+impl StopHandle {
+    /// Stops the server: the current connection is shut down (its requests
+    /// finish first), or the waiting accept is woken.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match current {
+            Some(handle) => handle.shutdown(),
+            // Nobody connected: wake the accept with a connection of our own.
+            None => drop(UnixStream::connect(&self.socket)),
+        }
+    }
+
+    /// True once a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one volume on one socket, connection after connection.
+pub struct Server {
+    volume: Arc<Volume>,
+    options: DeviceOptions,
+    listener: Listener,
+    stop: StopHandle,
+}
+
+impl Server {
+    /// Binds `socket` (replacing a stale socket file) for `volume`.
+    pub fn bind(
+        volume: Arc<Volume>,
+        socket: &Path,
+        options: DeviceOptions,
+    ) -> Result<Self, ServeError> {
+        let listener = Listener::new(socket, true).map_err(|e| ServeError::Listen {
+            path: socket.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let stop = StopHandle {
+            stop: Arc::new(AtomicBool::new(false)),
+            current: Arc::new(Mutex::new(None)),
+            socket: socket.to_path_buf(),
+        };
+        Ok(Self {
+            volume,
+            options,
+            listener,
+            stop,
+        })
+    }
+
+    /// A handle that stops this server from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Accepts and serves connections until stopped. The volume is flushed
+    /// after every connection.
+    pub fn run(mut self) -> Result<(), ServeError> {
+        let mut connections = 0u64;
+        while !self.stop.is_stopping() {
+            self.serve_one(connections)?;
+            connections += 1;
+            self.volume.flush()?;
+        }
+        Ok(())
+    }
+
+    fn serve_one(&mut self, number: u64) -> Result<(), ServeError> {
+        let backend = BlockBackend::new(Arc::clone(&self.volume), self.options.clone());
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new("lsvblk".to_string(), backend, memory)
+            .map_err(|e| ServeError::Vhost(e.to_string()))?;
+        tracing::info!(connection = number, "waiting for a vhost-user frontend");
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| ServeError::Vhost(e.to_string()))?;
+        *self.stop.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+        if self.stop.is_stopping() {
+            daemon.request_shutdown(); // the stop came while we were accepting
+        } else {
+            tracing::info!(connection = number, "frontend connected");
+        }
+        let result = daemon.wait();
+        self.stop
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for handler in daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        drop(daemon); // joins the queue workers: no request is in flight after this
+        match result {
+            Ok(()) => tracing::info!(connection = number, "frontend disconnected"),
+            Err(error) => {
+                tracing::warn!(connection = number, %error, "connection ended with an error")
+            }
+        }
+        Ok(())
+    }
+}

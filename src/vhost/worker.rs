@@ -1,0 +1,301 @@
+//! Draining one virtqueue: pop every available chain, parse it, execute it
+//! against the volume, write its status byte, and return it to the driver.
+//!
+//! Reads land in guest memory and are decrypted there, in place; writes are
+//! copied once out of guest memory into a shadow buffer that is encrypted in
+//! place (guest memory is never modified by a write).
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
+use virtio_queue::QueueOwnedT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+
+use super::backend::{GuestMemory, Shared};
+use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
+use crate::volume::VolumeError;
+
+/// One worker's view of the device while it drains a queue.
+pub(crate) struct QueueWorker<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) memory: &'a GuestMemory,
+}
+
+/// How one chain ends: its status and the bytes it put in guest buffers.
+struct Outcome {
+    head: u16,
+    status_addr: Option<vm_memory::GuestAddress>,
+    status: u8,
+    data_len: u32,
+}
+
+/// Writes gathered from one drain, appended together.
+#[derive(Default)]
+struct WriteBatch {
+    indexes: Vec<usize>,
+    items: Vec<(u64, Vec<u8>)>,
+}
+
+impl WriteBatch {
+    fn push(&mut self, index: usize, offset: u64, shadow: Vec<u8>) {
+        self.indexes.push(index);
+        self.items.push((offset, shadow));
+    }
+}
+
+/// Why an executed request failed: the host's fault, not the guest's.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("guest memory changed under the request: {0}")]
+    Memory(String),
+}
+
+impl QueueWorker<'_> {
+    /// Processes every chain now available on `vring`.
+    pub(crate) fn drain(&self, vring: &VringRwLock) -> io::Result<()> {
+        let mem = self.memory.memory();
+        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+            Ok(iter) => iter.collect(),
+            Err(error) => {
+                // A corrupt avail ring: nothing on this queue can be trusted
+                // until the driver resets it. Other queues carry on.
+                self.shared
+                    .guest_errors
+                    .log(&format!("queue unusable: {error}"));
+                return Ok(());
+            }
+        };
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let limits = DeviceLimits {
+            capacity_sectors: self.shared.geometry.capacity_sectors,
+            read_only: self.shared.options.read_only,
+        };
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
+        let mut writes = WriteBatch::default();
+        for chain in chains {
+            let head = chain.head_index();
+            let descs: Vec<Desc> = chain
+                .map(|d| Desc {
+                    addr: d.addr(),
+                    len: d.len(),
+                    writable: d.is_write_only(),
+                })
+                .collect();
+            let parsed = request::parse(&descs, &*mem, limits);
+            let index = outcomes.len();
+            outcomes.push(Outcome {
+                head,
+                status_addr: parsed.status,
+                status: 0,
+                data_len: 0,
+            });
+            match parsed.request {
+                Err(error) => {
+                    self.shared.guest_errors.log(&error.to_string());
+                    outcomes[index].status = error.status();
+                }
+                // Writes wait to be appended together (one pwritev for the
+                // whole batch); anything else runs after the writes before it.
+                Ok(Request::Write {
+                    sector,
+                    data,
+                    bytes,
+                }) => match gather(&mem, &data, bytes) {
+                    Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
+                    Err(error) => outcomes[index].status = self.host_failure(&error),
+                },
+                Ok(other) => {
+                    self.run_writes(&mut writes, &mut outcomes);
+                    let (status, data_len) = match self.execute(&other, &mem) {
+                        Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
+                        Err(error) => (self.host_failure(&error), 0),
+                    };
+                    outcomes[index].status = status;
+                    outcomes[index].data_len = data_len;
+                }
+            }
+        }
+        self.run_writes(&mut writes, &mut outcomes);
+        for outcome in &outcomes {
+            let used_len = self.write_status(outcome, &mem);
+            vring
+                .add_used(outcome.head, used_len)
+                .map_err(io::Error::other)?;
+        }
+        if vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the pending writes as one batch and records their status.
+    fn run_writes(&self, writes: &mut WriteBatch, outcomes: &mut [Outcome]) {
+        if writes.items.is_empty() {
+            return;
+        }
+        let indexes = std::mem::take(&mut writes.indexes);
+        let items = std::mem::take(&mut writes.items);
+        let status = match self
+            .shared
+            .volume
+            .write_batch(items)
+            .map_err(HostError::from)
+            .and_then(|()| self.writethrough())
+        {
+            Ok(()) => VIRTIO_BLK_S_OK as u8,
+            Err(error) => self.host_failure(&error),
+        };
+        for index in indexes {
+            outcomes[index].status = status;
+        }
+    }
+
+    fn host_failure(&self, error: &HostError) -> u8 {
+        self.shared.host_errors.log(&error.to_string());
+        virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8
+    }
+
+    /// Writes the status byte; returns the used length (bytes written to
+    /// device-writable buffers, status included), 0 without a status byte.
+    fn write_status(&self, outcome: &Outcome, mem: &GuestMemoryMmap) -> u32 {
+        let Some(status_addr) = outcome.status_addr else {
+            return 0; // nowhere to write a status: the driver sees length 0
+        };
+        if mem.write_obj(outcome.status, status_addr).is_err() {
+            self.shared
+                .guest_errors
+                .log("status byte outside guest memory");
+            return 0;
+        }
+        let data_len = if outcome.status == VIRTIO_BLK_S_OK as u8 {
+            outcome.data_len
+        } else {
+            0
+        };
+        data_len.saturating_add(1)
+    }
+
+    /// Executes a valid request; returns bytes written into guest buffers.
+    fn execute(&self, request: &Request, mem: &GuestMemoryMmap) -> Result<u32, HostError> {
+        let volume = &self.shared.volume;
+        match request {
+            Request::Read {
+                sector,
+                data,
+                bytes,
+            } => {
+                let mut buffers = guest_buffers(mem, data)?;
+                let mut slices: Vec<&mut [u8]> =
+                    buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
+                volume.read_vectored(sector * SECTOR_BYTES, &mut slices)?;
+                Ok(u32::try_from(*bytes).unwrap_or(u32::MAX))
+            }
+            Request::Write {
+                sector,
+                data,
+                bytes,
+            } => {
+                let shadow = gather(mem, data, *bytes)?;
+                volume.write_owned(sector * SECTOR_BYTES, shadow)?;
+                self.writethrough()?;
+                Ok(0)
+            }
+            Request::Flush => {
+                volume.flush()?;
+                Ok(0)
+            }
+            Request::GetId { data } => {
+                let serial = self.shared.options.serial;
+                let len = (data.len as usize).min(SERIAL_BYTES);
+                mem.write_slice(&serial[..len], data.addr)
+                    .map_err(|e| HostError::Memory(e.to_string()))?;
+                Ok(len as u32)
+            }
+            Request::Discard(ranges) => {
+                for range in ranges {
+                    volume.discard(range_offset(range), range_len(range))?;
+                }
+                self.writethrough()?;
+                Ok(0)
+            }
+            Request::WriteZeroes(ranges) => {
+                for range in ranges {
+                    volume.write_zeroes(range_offset(range), range_len(range), range.unmap)?;
+                }
+                self.writethrough()?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// In writethrough mode (the guest cleared `wce`) a write is durable
+    /// before it completes.
+    fn writethrough(&self) -> Result<(), HostError> {
+        if self.shared.wce.load(Ordering::Relaxed) == 0 {
+            self.shared.volume.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn range_offset(range: &SectorRange) -> u64 {
+    range.sector * SECTOR_BYTES
+}
+
+fn range_len(range: &SectorRange) -> u64 {
+    u64::from(range.sectors) * SECTOR_BYTES
+}
+
+/// A guest buffer as host memory, valid while the memory guard lives.
+struct GuestBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl GuestBuffer {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr+len` lies inside a guest memory region mapped for
+        // as long as the caller holds the memory guard (it does, for the whole
+        // request), and the parser checked the range is in guest memory. The
+        // guest may touch the same bytes concurrently; that is its own race on
+        // its own buffer, and we never make decisions on values read back
+        // from it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+/// Host views of the guest buffers `data` (split where they cross regions).
+fn guest_buffers(mem: &GuestMemoryMmap, data: &[Desc]) -> Result<Vec<GuestBuffer>, HostError> {
+    let mut buffers = Vec::with_capacity(data.len());
+    for desc in data {
+        for slice in mem.get_slices(desc.addr, desc.len as usize) {
+            let slice: VolatileSlice<'_, ()> =
+                slice.map_err(|e| HostError::Memory(e.to_string()))?;
+            let guard = slice.ptr_guard_mut();
+            buffers.push(GuestBuffer {
+                ptr: guard.as_ptr(),
+                len: slice.len(),
+            });
+        }
+    }
+    Ok(buffers)
+}
+
+/// Copies the guest buffers `data` (`bytes` in all) into one shadow buffer.
+fn gather(mem: &GuestMemoryMmap, data: &[Desc], bytes: u64) -> Result<Vec<u8>, HostError> {
+    let mut shadow = vec![0u8; bytes as usize];
+    let mut at = 0usize;
+    for desc in data {
+        let len = desc.len as usize;
+        mem.read_slice(&mut shadow[at..at + len], desc.addr)
+            .map_err(|e| HostError::Memory(e.to_string()))?;
+        at += len;
+    }
+    Ok(shadow)
+}

@@ -1,0 +1,111 @@
+//! The keys a volume's blocks are encrypted under, ready to use: each key's
+//! expanded AES-256-XTS schedule lives in locked memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::VolumeError;
+use crate::crypto::locked::LockedBox;
+use crate::crypto::{CryptoPool, DataKey, DataUnit, KeyId, Tweak, XtsCipher};
+
+/// How one key transforms blocks.
+enum Transform {
+    Xts(LockedBox<XtsCipher>),
+    /// Identity: only for benchmarks (`null-cipher` feature).
+    #[cfg(feature = "null-cipher")]
+    Null,
+}
+
+/// One usable key: its id, its schedule, and the key itself (kept so the
+/// volume can hand it on, e.g. to a re-encryptor, without asking the KMS).
+pub struct ActiveKey {
+    key: DataKey,
+    transform: Transform,
+}
+
+impl ActiveKey {
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.key.id()
+    }
+
+    /// Encrypts whole blocks in place with `pool`.
+    pub fn encrypt(&self, pool: &CryptoPool, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        match &self.transform {
+            Transform::Xts(cipher) => pool.encrypt(cipher.get(), buf, unit, first),
+            #[cfg(feature = "null-cipher")]
+            Transform::Null => {}
+        }
+    }
+
+    /// Decrypts whole blocks in place with `pool`.
+    pub fn decrypt(&self, pool: &CryptoPool, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        match &self.transform {
+            Transform::Xts(cipher) => pool.decrypt(cipher.get(), buf, unit, first),
+            #[cfg(feature = "null-cipher")]
+            Transform::Null => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys by id, and which one new writes use.
+#[derive(Debug)]
+pub struct Keyring {
+    current: Arc<ActiveKey>,
+    by_id: HashMap<KeyId, Arc<ActiveKey>>,
+}
+
+impl Keyring {
+    /// A keyring whose current (and only) key is `key`.
+    pub fn new(key: DataKey, null_cipher: bool) -> Result<Self, VolumeError> {
+        let active = Arc::new(activate(key, null_cipher)?);
+        let by_id = HashMap::from([(active.id(), Arc::clone(&active))]);
+        Ok(Self {
+            current: active,
+            by_id,
+        })
+    }
+
+    /// The key new writes use.
+    pub fn current(&self) -> &Arc<ActiveKey> {
+        &self.current
+    }
+
+    /// The key with `id`, if the volume holds it.
+    pub fn get(&self, id: &KeyId) -> Result<&Arc<ActiveKey>, VolumeError> {
+        self.by_id
+            .get(id)
+            .ok_or(VolumeError::UnknownKey { key_id: *id })
+    }
+}
+
+fn activate(key: DataKey, null_cipher: bool) -> Result<ActiveKey, VolumeError> {
+    let transform = if null_cipher {
+        null_transform()?
+    } else {
+        let cipher = XtsCipher::new(key.expose_secret());
+        let locked = LockedBox::new(cipher)
+            .map_err(|e| VolumeError::Key(crate::crypto::key::KeyError::Lock(e)))?;
+        crate::crypto::locked::scrub_stack();
+        Transform::Xts(locked)
+    };
+    Ok(ActiveKey { key, transform })
+}
+
+#[cfg(feature = "null-cipher")]
+fn null_transform() -> Result<Transform, VolumeError> {
+    Ok(Transform::Null)
+}
+
+#[cfg(not(feature = "null-cipher"))]
+fn null_transform() -> Result<Transform, VolumeError> {
+    Err(VolumeError::NullCipherUnavailable)
+}

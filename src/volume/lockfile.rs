@@ -1,0 +1,54 @@
+//! The volume lock: one process at a time may have a volume open for writing.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use super::VolumeError;
+
+/// File name of the lock file inside a volume directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// An flock(2) on the volume's lock file, released when dropped (or when the
+/// process dies, so a crash never leaves a stale lock).
+#[derive(Debug)]
+pub struct VolumeLock {
+    _file: File,
+}
+
+impl VolumeLock {
+    /// Takes the lock: exclusive for a writer, shared for a read-only open.
+    pub fn acquire(dir: &Path, read_only: bool) -> Result<Self, VolumeError> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| VolumeError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        let mode = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(VolumeError::Busy {
+                    path: dir.to_path_buf(),
+                });
+            }
+            return Err(VolumeError::Io {
+                path,
+                source: error,
+            });
+        }
+        Ok(Self { _file: file })
+    }
+}

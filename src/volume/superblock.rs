@@ -1,0 +1,165 @@
+//! `volume.json`: the superblock that names a volume and its geometry.
+//!
+//! JSON because it is small, rarely written, and an operator may want to read
+//! it; it never holds key material (only key ids and, later, wrapped blobs).
+//! It is replaced atomically: temporary file, fsync, rename, directory fsync.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::VolumeError;
+use crate::crypto::{KeyId, KeyKind};
+
+/// File name of the superblock inside a volume directory.
+pub const SUPERBLOCK_FILE: &str = "volume.json";
+/// The `format` field every superblock carries.
+pub const FORMAT_NAME: &str = "lsvblk-volume";
+/// Current superblock format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The cipher a volume's blocks are stored with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CipherName {
+    /// AES-256-XTS, the only cipher for real volumes.
+    Aes256Xts,
+    /// No encryption. Only for benchmarks measuring the cost of crypto; a
+    /// build without the `null-cipher` feature refuses such volumes.
+    Null,
+}
+
+/// One data key the volume knows, by id (never material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// The key's public id.
+    pub key_id: KeyId,
+    /// Its kind.
+    pub kind: KeyKind,
+    /// The key sealed by the wrapping service (base64), when one is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_blob: Option<String>,
+    /// When the key was first used, seconds since the Unix epoch.
+    pub created_unix_s: u64,
+}
+
+/// The superblock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// Superblock format version.
+    pub format_version: u32,
+    /// Random volume id, 32 hex digits; stamped into segments and checkpoints.
+    pub volume_id: String,
+    /// Capacity, bytes (a multiple of `block_bytes`).
+    pub size_bytes: u64,
+    /// Block and XTS data unit size: 512 or 4096.
+    pub block_bytes: u32,
+    /// Target segment size, bytes.
+    pub segment_bytes: u64,
+    /// Cipher of the stored blocks.
+    pub cipher: CipherName,
+    /// The key new writes use.
+    pub current_key_id: KeyId,
+    /// Every key the volume's blocks may be under.
+    pub keys: Vec<KeyEntry>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix_s: u64,
+}
+
+impl Superblock {
+    /// The volume id as raw bytes.
+    pub fn volume_id_bytes(&self) -> Result<[u8; 16], VolumeError> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&self.volume_id, &mut id).map_err(|_| VolumeError::NotAVolume {
+            path: PathBuf::from(SUPERBLOCK_FILE),
+            reason: format!("volume_id {:?} is not 32 hex digits", self.volume_id),
+        })?;
+        Ok(id)
+    }
+
+    /// log2 of the block size.
+    pub fn block_shift(&self) -> u8 {
+        self.block_bytes.trailing_zeros() as u8
+    }
+
+    /// Reads and checks the superblock of the volume in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, VolumeError> {
+        let path = dir.join(SUPERBLOCK_FILE);
+        let not_a_volume = |reason: String| VolumeError::NotAVolume {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_a_volume(format!("no {SUPERBLOCK_FILE}")));
+            }
+            Err(e) => return Err(VolumeError::Io { path, source: e }),
+        };
+        let superblock: Superblock = serde_json::from_str(&text)
+            .map_err(|e| not_a_volume(format!("{SUPERBLOCK_FILE} does not parse: {e}")))?;
+        if superblock.format != FORMAT_NAME {
+            return Err(not_a_volume(format!(
+                "format is {:?}, not {FORMAT_NAME:?}",
+                superblock.format
+            )));
+        }
+        if superblock.format_version != FORMAT_VERSION {
+            return Err(VolumeError::UnsupportedFormat {
+                path,
+                version: superblock.format_version,
+            });
+        }
+        superblock.check_geometry().map_err(not_a_volume)?;
+        superblock.volume_id_bytes()?;
+        Ok(superblock)
+    }
+
+    fn check_geometry(&self) -> Result<(), String> {
+        if !matches!(self.block_bytes, 512 | 4096) {
+            return Err(format!(
+                "block_bytes {} is not 512 or 4096",
+                self.block_bytes
+            ));
+        }
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(u64::from(self.block_bytes)) {
+            return Err(format!(
+                "size_bytes {} is not a positive multiple of the block size",
+                self.size_bytes
+            ));
+        }
+        if self.size_bytes > crate::limits::VOLUME_BYTES_MAX {
+            return Err(format!(
+                "size_bytes {} exceeds the maximum",
+                self.size_bytes
+            ));
+        }
+        let segment_range = crate::limits::SEGMENT_BYTES_MIN..=crate::limits::SEGMENT_BYTES_MAX;
+        if !segment_range.contains(&self.segment_bytes) {
+            return Err(format!("segment_bytes {} out of range", self.segment_bytes));
+        }
+        Ok(())
+    }
+
+    /// Writes the superblock into `dir` atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<(), VolumeError> {
+        let path = dir.join(SUPERBLOCK_FILE);
+        let tmp = dir.join(format!(".{SUPERBLOCK_FILE}.tmp"));
+        let io = |p: &Path, e| VolumeError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        };
+        let mut text = serde_json::to_string_pretty(self).expect("superblock serializes");
+        text.push('\n');
+        let mut file = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        file.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
+        file.sync_all().map_err(|e| io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        crate::store::sync_dir(dir)?;
+        Ok(())
+    }
+}

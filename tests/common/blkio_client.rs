@@ -1,0 +1,141 @@
+//! A small synchronous libblkio client (the `blkio` crate, pure Rust) that
+//! talks vhost-user-blk to a socket: what the tests and benchmarks use as the
+//! "VMM". Every I/O buffer lives in one region shared with the device.
+#![allow(dead_code)]
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+
+/// Bytes of the shared buffer region.
+pub const REGION_BYTES: usize = 16 << 20;
+
+/// A connected libblkio instance with its queues and one shared region.
+pub struct BlkClient {
+    // Field order matters: queues and region go before the instance.
+    pub queues: Vec<Blkioq>,
+    region: MemoryRegion,
+    blkio: Blkio,
+}
+
+/// A failed request: the negative errno libblkio reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoFailed(pub i32);
+
+impl BlkClient {
+    /// Connects to `socket` with `num_queues` queues, retrying while the
+    /// socket is not there yet (up to `wait`).
+    pub fn connect(socket: &Path, num_queues: i32, wait: Duration) -> Result<Self, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::try_connect(socket, num_queues) {
+                Ok(client) => return Ok(client),
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn try_connect(socket: &Path, num_queues: i32) -> Result<Self, String> {
+        let text = |e: blkio::Error| format!("{}: {}", e.errno(), e.message());
+        let mut blkio = Blkio::new("virtio-blk-vhost-user").map_err(text)?;
+        blkio
+            .set_str("path", socket.to_str().unwrap())
+            .map_err(text)?;
+        blkio.connect().map_err(text)?;
+        blkio.set_i32("num-queues", num_queues).map_err(text)?;
+        let outcome = blkio.start().map_err(text)?;
+        let region = blkio.alloc_mem_region(REGION_BYTES).map_err(text)?;
+        blkio.map_mem_region(&region).map_err(text)?;
+        Ok(Self {
+            queues: outcome.queues,
+            region,
+            blkio,
+        })
+    }
+
+    /// Disk size, bytes.
+    pub fn capacity(&self) -> u64 {
+        self.blkio.get_u64("capacity").unwrap()
+    }
+
+    /// A property of the device (e.g. "read-only" as bool).
+    pub fn get_bool(&self, name: &str) -> bool {
+        self.blkio.get_bool(name).unwrap()
+    }
+
+    /// The shared buffer region as a slice.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        // SAFETY: the region is REGION_BYTES of memory owned by `blkio`,
+        // mapped for as long as `self` lives; requests using it are complete
+        // whenever this method can be called (every call below waits).
+        unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, self.region.len) }
+    }
+
+    fn buffer_ptr(&self) -> *mut u8 {
+        self.region.addr as *mut u8
+    }
+
+    fn wait_one(&mut self, queue: usize) -> Result<(), IoFailed> {
+        let mut completions = [const { MaybeUninit::<Completion>::uninit() }; 1];
+        let done = self.queues[queue]
+            .do_io(&mut completions, 1, None, None)
+            .expect("do_io");
+        assert_eq!(done, 1);
+        // SAFETY: do_io initialised `done` completions.
+        let ret = unsafe { completions[0].assume_init_ref().ret };
+        if ret < 0 { Err(IoFailed(ret)) } else { Ok(()) }
+    }
+
+    /// Reads `len` bytes at `offset` through `queue`.
+    pub fn read(&mut self, queue: usize, offset: u64, len: usize) -> Result<Vec<u8>, IoFailed> {
+        assert!(len <= REGION_BYTES);
+        let ptr = self.buffer_ptr();
+        self.queues[queue].read(offset, ptr, len, 0, ReqFlags::empty());
+        self.wait_one(queue)?;
+        Ok(self.buffer()[..len].to_vec())
+    }
+
+    /// Writes `data` at `offset` through `queue`.
+    pub fn write(&mut self, queue: usize, offset: u64, data: &[u8]) -> Result<(), IoFailed> {
+        assert!(data.len() <= REGION_BYTES);
+        self.buffer()[..data.len()].copy_from_slice(data);
+        let ptr = self.buffer_ptr();
+        self.queues[queue].write(offset, ptr, data.len(), 0, ReqFlags::empty());
+        self.wait_one(queue)
+    }
+
+    /// Flushes through `queue`.
+    pub fn flush(&mut self, queue: usize) -> Result<(), IoFailed> {
+        self.queues[queue].flush(0, ReqFlags::empty());
+        self.wait_one(queue)
+    }
+
+    /// Discards a range through `queue`.
+    pub fn discard(&mut self, queue: usize, offset: u64, len: u64) -> Result<(), IoFailed> {
+        self.queues[queue].discard(offset, len, 0, ReqFlags::empty());
+        self.wait_one(queue)
+    }
+
+    /// Writes zeros over a range through `queue` (`unmap`: may deallocate).
+    pub fn write_zeroes(
+        &mut self,
+        queue: usize,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), IoFailed> {
+        let flags = if unmap {
+            ReqFlags::empty()
+        } else {
+            ReqFlags::NO_UNMAP
+        };
+        self.queues[queue].write_zeroes(offset, len, 0, flags);
+        self.wait_one(queue)
+    }
+}

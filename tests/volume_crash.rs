@@ -1,0 +1,233 @@
+//! Crash tests. A log holds several records; the last ones were never
+//! flushed. We cut the last segment at every byte offset of those records
+//! (and, separately, flip a bit at every one of their bytes), reopen, and
+//! check the durability contract:
+//! - reopen succeeds;
+//! - every write flushed before the cut is intact;
+//! - each unflushed write is all-old or all-new, never a mix.
+//!
+//! And: a corrupted record in a *sealed* segment gives a read error (or, if
+//! its framing is gone, an open error), never wrong data.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::{copy_dir, fast_tempdir, open, pattern, segment_files};
+use lsvblk::store::StoreError;
+use lsvblk::volume::{Volume, VolumeError, VolumeOptions};
+
+const BLOCK: u64 = 4096;
+const VOLUME_BYTES: u64 = 1 << 20;
+
+/// One unflushed write: its range and the images before and after it.
+struct Change {
+    offset: u64,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+/// Options with segments big enough that the whole test log is one segment.
+fn one_segment_options() -> VolumeOptions {
+    VolumeOptions {
+        segment_bytes: 8 << 20,
+        heads: 1,
+        ..common::options(4096)
+    }
+}
+
+/// Builds the log: flushed base data, then three unflushed changes, then a
+/// crash (drop without close). Returns the flushed image, the changes, and the
+/// segment length at the last flush.
+fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
+    let volume = Volume::create(dir, VOLUME_BYTES, common::key(1), &one_segment_options()).unwrap();
+    let base = pattern(64 * 1024, 1);
+    volume.write(0, &base).unwrap();
+    volume.flush().unwrap();
+    let mut image = vec![0u8; VOLUME_BYTES as usize];
+    image[..base.len()].copy_from_slice(&base);
+    let flushed_image = image.clone();
+    let segment = segment_files(dir).pop().unwrap();
+    let flushed_len = std::fs::metadata(&segment).unwrap().len();
+
+    let mut changes = Vec::new();
+    let mut change = |offset: u64, new: Vec<u8>, image: &mut Vec<u8>| {
+        let range = offset as usize..offset as usize + new.len();
+        changes.push(Change {
+            offset,
+            old: image[range.clone()].to_vec(),
+            new: new.clone(),
+        });
+        image[range].copy_from_slice(&new);
+    };
+    // Three blocks of new data over the base.
+    let first = pattern(3 * BLOCK as usize, 2);
+    volume.write(BLOCK, &first).unwrap();
+    change(BLOCK, first, &mut image);
+    // Zeros over two blocks (a record without payload).
+    volume.write_zeroes(6 * BLOCK, 2 * BLOCK, false).unwrap();
+    change(6 * BLOCK, vec![0; 2 * BLOCK as usize], &mut image);
+    // A partial-block write (read-modify-write of one block).
+    let second = pattern(1024, 3);
+    volume.write(10 * BLOCK + 512, &second).unwrap();
+    change(10 * BLOCK + 512, second, &mut image);
+    drop(volume); // crash: no flush, no seal, no checkpoint
+    (flushed_image, changes, flushed_len)
+}
+
+/// Opens a damaged copy and checks the contract.
+fn check_contract(dir: &Path, flushed: &[u8], changes: &[Change], what: &str) {
+    let volume = open(dir, 4096);
+    let mut all = vec![0u8; VOLUME_BYTES as usize];
+    volume
+        .read(0, &mut all)
+        .unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
+    // Outside the changed ranges, the flushed image must be intact.
+    let mut expected = flushed.to_vec();
+    for change in changes {
+        let range = change.offset as usize..change.offset as usize + change.new.len();
+        let got = &all[range.clone()];
+        assert!(
+            got == change.old || got == change.new,
+            "{what}: write at {} is a mix",
+            change.offset
+        );
+        expected[range].copy_from_slice(got);
+    }
+    assert!(all == expected, "{what}: flushed data damaged");
+}
+
+#[test]
+fn truncating_the_tail_at_every_byte_keeps_the_contract() {
+    let original = fast_tempdir();
+    let (flushed, changes, flushed_len) = build(original.path());
+    let segment = segment_files(original.path()).pop().unwrap();
+    let end = std::fs::metadata(&segment).unwrap().len();
+    assert!(
+        end > flushed_len + 3 * BLOCK,
+        "the unflushed records are in the last segment"
+    );
+    let name = segment.file_name().unwrap().to_owned();
+    for cut in flushed_len..=end {
+        let copy = fast_tempdir();
+        copy_dir(original.path(), copy.path());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(copy.path().join("segments").join(&name))
+            .unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+        check_contract(copy.path(), &flushed, &changes, &format!("cut at {cut}"));
+    }
+}
+
+#[test]
+fn flipping_a_bit_in_the_tail_keeps_the_contract() {
+    let original = fast_tempdir();
+    let (flushed, changes, flushed_len) = build(original.path());
+    let segment = segment_files(original.path()).pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let name = segment.file_name().unwrap().to_owned();
+    for at in flushed_len..bytes.len() as u64 {
+        let copy = fast_tempdir();
+        copy_dir(original.path(), copy.path());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(copy.path().join("segments").join(&name))
+            .unwrap();
+        file.write_all_at(&[bytes[at as usize] ^ (1 << (at % 8))], at)
+            .unwrap();
+        drop(file);
+        check_contract(
+            copy.path(),
+            &flushed,
+            &changes,
+            &format!("bit flip at {at}"),
+        );
+    }
+}
+
+/// Writes data, closes (which seals the segment and checkpoints), and
+/// returns the offset of the first data record's payload in the segment.
+fn sealed_volume(dir: &Path) -> std::path::PathBuf {
+    let volume = Volume::create(dir, VOLUME_BYTES, common::key(1), &one_segment_options()).unwrap();
+    volume.write(0, &pattern(4 * BLOCK as usize, 7)).unwrap();
+    volume.close().unwrap();
+    segment_files(dir).pop().unwrap()
+}
+
+#[test]
+fn a_corrupted_sealed_block_is_a_read_error_not_wrong_data() {
+    let dir = fast_tempdir();
+    let segment = sealed_volume(dir.path());
+    // Segment header (64) + record header (64) + table (4 × 4) = payload;
+    // damage one byte of the third block.
+    let payload = 64 + 64 + 16;
+    let at = payload + 2 * BLOCK + 100;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    drop(file);
+    let volume = open(dir.path(), 4096);
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = volume.read(2 * BLOCK, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VolumeError::Store(StoreError::Corrupt {
+                reason: "block checksum mismatch",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // The undamaged blocks of the same record still read correctly.
+    volume.read(BLOCK, &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        pattern(4 * BLOCK as usize, 7)[BLOCK as usize..2 * BLOCK as usize]
+    );
+}
+
+#[test]
+fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
+    let dir = fast_tempdir();
+    let segment = sealed_volume(dir.path());
+    // Make recovery replay the segment: remove every checkpoint.
+    for entry in std::fs::read_dir(dir.path().join("checkpoints")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0xee], 64 + 20).unwrap(); // inside the first record's LBA field
+    drop(file);
+    let err = Volume::open(dir.path(), common::key(1), &one_segment_options()).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::Store(StoreError::Corrupt { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_sealed_block_found_in_replay_is_still_a_read_error() {
+    let dir = fast_tempdir();
+    let segment = sealed_volume(dir.path());
+    for entry in std::fs::read_dir(dir.path().join("checkpoints")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0x00, 0x01, 0x02], 64 + 64 + 16 + 5)
+        .unwrap(); // block 0
+    drop(file);
+    let volume = open(dir.path(), 4096);
+    let mut buf = vec![0u8; BLOCK as usize];
+    assert!(volume.read(0, &mut buf).is_err());
+    volume.read(3 * BLOCK, &mut buf).unwrap();
+    assert_eq!(buf, pattern(4 * BLOCK as usize, 7)[3 * BLOCK as usize..]);
+}
