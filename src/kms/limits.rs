@@ -68,6 +68,14 @@ pub const AUDIT_BATCH_MAX: usize = 256;
 /// turns; a lone caller never waits.
 pub const AUDIT_LINGER_US_MAX: u64 = 200;
 
+/// The audit log grows ahead in chunks of this many bytes of padding, so
+/// each record's fdatasync overwrites in place (no size change to journal).
+pub const AUDIT_PREALLOC_BYTES: u64 = 1024 * 1024;
+
+/// Most bytes of an unanswered (torn) audit tail that opening sets aside;
+/// more is damage, not a crash: the service refuses to start.
+pub const AUDIT_CUT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 /// Records waiting for the audit writer; a full queue makes callers wait.
 pub const AUDIT_QUEUE_MAX: usize = 1024;
 

@@ -25,57 +25,17 @@
 //! or sync fails, the log is **poisoned** and every later call is refused
 //! until restart (after a failed fsync the page cache's state is unknown).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-use super::{
-    AuditEntry, AuditKey, AuditRecord, GENESIS_HASH, decode_line, encode_line, rfc3339_utc,
-};
+pub use super::file::{AuditOpenError, FileSink, Head, head_path, open_file_sink, read_head};
+use super::{AuditEntry, AuditKey, AuditRecord, encode_line, rfc3339_utc};
 use crate::kms::limits::{
     AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_LINGER_US_MAX, AUDIT_QUEUE_MAX,
 };
-
-/// The head file's contents: the newest durable record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    /// Its seq (0: empty log).
-    pub seq: u64,
-    /// Its hash.
-    pub hash: String,
-}
-
-/// Bytes the head file is padded to, so each rewrite is one small pwrite.
-const HEAD_BYTES: usize = 128;
-
-/// The head file of the log at `log_path`.
-pub fn head_path(log_path: &Path) -> PathBuf {
-    let mut name = log_path.as_os_str().to_owned();
-    name.push(".head");
-    PathBuf::from(name)
-}
-
-/// Reads a head file (`None` if absent).
-pub fn read_head(path: &Path) -> io::Result<Option<Head>> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() <= HEAD_BYTES => {
-            let text = String::from_utf8_lossy(&bytes);
-            serde_json::from_str(text.trim_end())
-                .map(Some)
-                .map_err(io::Error::other)
-        }
-        Ok(_) => Err(io::Error::other("head file too large")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
 
 /// Where appended lines go. A trait so tests can make writes and syncs fail.
 pub trait AuditSink: Send {
@@ -85,168 +45,9 @@ pub trait AuditSink: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// `Err` with a reason if the sink must not be written now (read-only mode).
     fn check_writable(&self) -> Result<(), String>;
-    /// Records the newest durable record (best effort, not synced).
+    /// Records the newest durable record (best effort, not synced); the
+    /// sink adds where it ends.
     fn set_head(&mut self, head: &Head);
-}
-
-/// The real sink: an append-only file and its head file.
-pub struct FileSink {
-    file: File,
-    head: File,
-}
-
-impl AuditSink for FileSink {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn check_writable(&self) -> Result<(), String> {
-        let meta = self.file.metadata().map_err(|e| format!("stat: {e}"))?;
-        if meta.nlink() == 0 {
-            return Err("audit log was deleted".into());
-        }
-        if meta.mode() & 0o222 == 0 {
-            return Err(format!(
-                "audit log is read-only (mode {:04o})",
-                meta.mode() & 0o7777
-            ));
-        }
-        Ok(())
-    }
-
-    fn set_head(&mut self, head: &Head) {
-        let mut bytes = serde_json::to_vec(head).expect("head serializes");
-        bytes.resize(HEAD_BYTES, b' ');
-        let _ = self.head.write_all_at(&bytes, 0);
-    }
-}
-
-/// Why the audit log cannot be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditOpenError {
-    /// I/O on the log or head file.
-    #[error("audit log {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// The log's last line does not authenticate, or the head is ahead of the log.
-    #[error("audit log {path} is damaged: {reason} (run `lsvkms audit verify`)")]
-    Damaged {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// Opens (creating if needed) the log at `path`, cuts a torn last line (a
-/// crash mid-write: that call was never answered), authenticates the last
-/// line and checks it against the head file. Returns the sink and the head.
-pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), AuditOpenError> {
-    let io_err = |source| AuditOpenError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err)?;
-    let last = last_line(&mut file).map_err(io_err)?;
-    let head = match last {
-        None => Head {
-            seq: 0,
-            hash: GENESIS_HASH.into(),
-        },
-        Some(line) => {
-            let stored =
-                decode_line(key, &line).map_err(|e| damaged(path, format!("last line: {e}")))?;
-            Head {
-                seq: stored.record.seq,
-                hash: stored.hash,
-            }
-        }
-    };
-    let head_file_path = head_path(path);
-    if let Some(recorded) = read_head(&head_file_path).map_err(io_err)?
-        && recorded.seq > head.seq
-    {
-        return Err(damaged(
-            path,
-            format!(
-                "head says seq {} but the log ends at {}",
-                recorded.seq, head.seq
-            ),
-        ));
-    }
-    let head_file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&head_file_path)
-        .map_err(io_err)?;
-    let mut sink = FileSink {
-        file,
-        head: head_file,
-    };
-    sink.set_head(&head);
-    Ok((sink, head))
-}
-
-fn damaged(path: &Path, reason: String) -> AuditOpenError {
-    AuditOpenError::Damaged {
-        path: path.display().to_string(),
-        reason,
-    }
-}
-
-/// The last complete line (without `\n`), after cutting a torn tail.
-fn last_line(file: &mut File) -> io::Result<Option<Vec<u8>>> {
-    let bytes_total = file.metadata()?.len();
-    if bytes_total == 0 {
-        return Ok(None);
-    }
-    let window = bytes_total.min(2 * AUDIT_LINE_BYTES_MAX as u64 + 2);
-    let mut tail = vec![0u8; usize::try_from(window).expect("small window")];
-    file.seek(SeekFrom::Start(bytes_total - window))?;
-    file.read_exact(&mut tail)?;
-    if tail.last() != Some(&b'\n') {
-        let keep = tail
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |at| at + 1);
-        let cut_to = bytes_total - window + keep as u64;
-        if keep == 0 && window < bytes_total {
-            return Err(io::Error::other("torn tail longer than a line"));
-        }
-        tracing::warn!(
-            bytes = bytes_total - cut_to,
-            "cutting a torn last audit line"
-        );
-        file.set_len(cut_to)?;
-        file.sync_data()?;
-        tail.truncate(keep);
-    }
-    if tail.is_empty() {
-        return Ok(None);
-    }
-    tail.pop();
-    let start = tail
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |at| at + 1);
-    Ok(Some(tail[start..].to_vec()))
 }
 
 struct Job {
@@ -435,6 +236,7 @@ impl Writer {
             head = Head {
                 seq: record.seq,
                 hash,
+                end_offset: 0,
             };
         }
         if let Err(error) = self.sink.append(&bytes).and_then(|()| self.sink.sync()) {
@@ -453,7 +255,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::audit::Decision;
+    use crate::kms::audit::{Decision, GENESIS_HASH};
 
     struct FlakySink {
         fail_sync: bool,
@@ -503,6 +305,7 @@ mod tests {
             Head {
                 seq: 0,
                 hash: GENESIS_HASH.into(),
+                end_offset: 0,
             },
         )
         .unwrap();
@@ -525,6 +328,7 @@ mod tests {
                 Head {
                     seq: 0,
                     hash: GENESIS_HASH.into(),
+                    end_offset: 0,
                 },
             )
             .unwrap(),
