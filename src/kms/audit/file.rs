@@ -188,6 +188,7 @@ pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), A
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(path)
         .map_err(io_err)?;
