@@ -184,7 +184,7 @@ fn a_forged_line_without_the_audit_key_fails_verify_but_check_still_sees_it() {
     let key_id = lsvblk::kms::seal::parse(&blob).unwrap().key_id;
     let path = kms.audit_path();
     let text = fs::read_to_string(&path).unwrap();
-    let last = text.lines().filter(|l| !l.is_empty()).last().unwrap();
+    let last = text.lines().rfind(|l| !l.is_empty()).unwrap();
     let forged = last
         .replace("\"user\":\"bob\"", "\"user\":\"eve\"")
         .replace("\"decision\":\"deny\"", "\"decision\":\"allow\"");
