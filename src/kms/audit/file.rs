@@ -23,6 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -163,6 +164,14 @@ pub enum AuditOpenError {
         #[source]
         source: io::Error,
     },
+    /// Another process has the log open for writing (a second `lsvkms
+    /// serve` on the same state directory): two writers would overwrite
+    /// each other's records.
+    #[error("audit log {path} is in use by another process")]
+    InUse {
+        /// The file.
+        path: String,
+    },
     /// The head names a record the log does not have, or the log is shorter.
     #[error("audit log {path} is damaged: {reason} (run `lsvkms audit verify`)")]
     Damaged {
@@ -192,6 +201,9 @@ pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), A
         .mode(0o600)
         .open(path)
         .map_err(io_err)?;
+    lock_exclusive(&file).map_err(|_| AuditOpenError::InUse {
+        path: path.display().to_string(),
+    })?;
     let size = file.metadata().map_err(io_err)?.len();
     let recorded = read_head(&head_path(path)).map_err(io_err)?;
     let start = scan_start(&file, key, recorded.as_ref(), size)
@@ -224,6 +236,16 @@ pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), A
     };
     sink.set_head(&last);
     Ok((sink, last))
+}
+
+/// Takes an exclusive, non-blocking `flock` on the log, held as long as
+/// the file stays open (the sink's lifetime).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock on an fd we own and keep open; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Where the forward scan starts: the record the head names, checked
@@ -369,7 +391,6 @@ mod tests {
             log.append(entry(n)).unwrap();
         }
         drop(log);
-        std::thread::sleep(std::time::Duration::from_millis(50));
         read_head(&head_path(path)).unwrap().unwrap()
     }
 
@@ -415,6 +436,20 @@ mod tests {
                 .unwrap()
                 .ends_with("ghost")
         );
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = AuditKey::from_bytes([5; 32]);
+        let first = open_file_sink(&path, &key).unwrap();
+        assert!(matches!(
+            open_file_sink(&path, &key),
+            Err(AuditOpenError::InUse { .. })
+        ));
+        drop(first);
+        open_file_sink(&path, &key).unwrap();
     }
 
     #[test]

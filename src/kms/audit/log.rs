@@ -58,9 +58,22 @@ struct Job {
 /// The audit log as the service uses it: [`AuditLog::append`] returns only
 /// after the record is durable, or fails.
 pub struct AuditLog {
-    sender: SyncSender<Job>,
+    // `None` only while dropping.
+    sender: Option<SyncSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Result<(), String>>>,
     calls_in_progress: Arc<AtomicUsize>,
+}
+
+impl Drop for AuditLog {
+    /// Closes the queue and waits for the writer, so the log file (and its
+    /// lock) is closed when this returns.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 thread_local! {
@@ -97,11 +110,12 @@ impl AuditLog {
             recent_batch_sizes: [1; RECENT_BATCHES],
             batches_written: 0,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(receiver))?;
         Ok(Self {
-            sender,
+            sender: Some(sender),
+            writer: Some(writer),
             status,
             calls_in_progress,
         })
@@ -111,7 +125,8 @@ impl AuditLog {
     pub fn refusing(reason: String) -> Self {
         let (sender, _receiver) = mpsc::sync_channel(1);
         Self {
-            sender,
+            sender: Some(sender),
+            writer: None,
             status: Arc::new(Mutex::new(Err(reason))),
             calls_in_progress: Arc::new(AtomicUsize::new(0)),
         }
@@ -135,6 +150,8 @@ impl AuditLog {
             self.calls_in_progress.fetch_sub(1, Ordering::AcqRel);
         }
         self.sender
+            .as_ref()
+            .expect("sender lives until drop")
             .send(Job { entry, reply })
             .map_err(|_| self.unhealthy_reason())?;
         answer
