@@ -124,8 +124,8 @@ fn default_kind() -> KeyKind {
     KeyKind::Aes256Xts
 }
 
-/// `POST /v1/unwrap` request.
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /v1/unwrap` request. Its `Debug` hides the token (a credential).
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnwrapRequest {
     /// The blob `datakey` or `rewrap` returned.
@@ -134,6 +134,16 @@ pub struct UnwrapRequest {
     pub context: KeyContext,
     /// The end user's token (a JWT signed with EdDSA).
     pub user_token: String,
+}
+
+impl std::fmt::Debug for UnwrapRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnwrapRequest")
+            .field("wrapped_blob", &self.wrapped_blob)
+            .field("context", &self.context)
+            .field("user_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `POST /v1/rewrap` request.
