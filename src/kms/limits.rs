@@ -26,6 +26,10 @@ pub const HTTP_REQUESTS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Idle time a kept-alive connection may wait for its next request, ms.
 pub const HTTP_IDLE_MS_MAX: u64 = 30_000;
 
+/// Time a peer that is not allow-listed may take to send its one request,
+/// ms: it is answered (403, audited) and closed, and cannot hold a slot.
+pub const STRANGER_IDLE_MS_MAX: u64 = 1_000;
+
 /// Connections served at once; one more is answered 503 and closed.
 /// Each costs one thread (stack 256 KiB).
 pub const CONNECTIONS_MAX: usize = 64;

@@ -29,6 +29,7 @@ use super::http::{HttpConn, HttpError, Request};
 use super::keys::KeyAction;
 use super::limits::{
     CONNECTIONS_MAX, HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
+    STRANGER_IDLE_MS_MAX,
 };
 use super::service::Service;
 
@@ -231,10 +232,17 @@ fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
 }
 
 /// Serves one connection until the peer closes it, it idles too long, or
-/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests.
+/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests. A peer that is
+/// not allow-listed gets one request (answered, audited) and is closed, so
+/// strangers cannot hold connection slots.
 pub fn serve_connection<S: Read + Write>(service: &Service, peer: &PeerIdentity, stream: S) {
     let mut conn = HttpConn::new(stream, HTTP_BODY_BYTES_MAX);
-    for _ in 0..HTTP_REQUESTS_PER_CONNECTION_MAX {
+    let requests_max = if service.is_allowed(peer) {
+        HTTP_REQUESTS_PER_CONNECTION_MAX
+    } else {
+        1
+    };
+    for _ in 0..requests_max {
         let request: Request = match conn.read_request() {
             Ok(Some(request)) => request,
             Ok(None) => return,
@@ -340,7 +348,12 @@ pub fn spawn_connection<S>(
 where
     S: Read + Write + Send + TimeoutStream + 'static,
 {
-    stream.set_timeouts(Some(Duration::from_millis(HTTP_IDLE_MS_MAX)))?;
+    let idle_ms = if service.is_allowed(&peer) {
+        HTTP_IDLE_MS_MAX
+    } else {
+        STRANGER_IDLE_MS_MAX
+    };
+    stream.set_timeouts(Some(Duration::from_millis(idle_ms)))?;
     spawn_with_slot(service, active, stream, move |service, stream| {
         serve_connection(service, &peer, stream)
     })

@@ -148,6 +148,11 @@ impl Service {
         error
     }
 
+    /// Whether `peer` is an allow-listed service.
+    pub fn is_allowed(&self, peer: &PeerIdentity) -> bool {
+        self.services.authenticate(peer).is_ok()
+    }
+
     /// Counts a call in progress (for audit group commit) until dropped.
     pub fn begin_call(&self) -> super::audit::log::CallGuard {
         self.audit.begin_call()
