@@ -39,10 +39,16 @@ pub struct CreateArgs {
 /// Creates the volume with a fresh data key from the service.
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
-        return Err(Failure::new(USAGE, anyhow::anyhow!("--acl has an empty user name")));
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!("--acl has an empty user name"),
+        ));
     }
     let volume_id = new_volume_id()?;
-    let context = KeyContext { volume_id: hex::encode(volume_id), snapshot_id: String::new() };
+    let context = KeyContext {
+        volume_id: hex::encode(volume_id),
+        snapshot_id: String::new(),
+    };
     let generated = client(&args.kms)
         .generate_data_key(&args.acl, &context)
         .map_err(|e| failure("asking lsvkms for a data key", e))?;
@@ -53,7 +59,14 @@ pub fn run(args: CreateArgs) -> Outcome {
         segment_bytes: args.segment_size,
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(&args.volume, args.size, volume_id, generated.key, Some(wrapped), &options)?;
+    let volume = Volume::create_with_id(
+        &args.volume,
+        args.size,
+        volume_id,
+        generated.key,
+        Some(wrapped),
+        &options,
+    )?;
     volume.close()?;
     if args.json {
         let out = serde_json::json!({
@@ -66,7 +79,11 @@ pub fn run(args: CreateArgs) -> Outcome {
         });
         println!("{out}");
     } else {
-        println!("created volume {} ({} bytes)", args.volume.display(), args.size);
+        println!(
+            "created volume {} ({} bytes)",
+            args.volume.display(),
+            args.size
+        );
         println!("volume id: {}", hex::encode(volume_id));
         println!("key id:    {key_id}");
         println!("acl:       {}", args.acl.join(","));
