@@ -162,6 +162,39 @@ impl BlkClient {
         self.wait_one(queue)
     }
 
+    /// Submits every write on `queue` before waiting for any (a deep queue,
+    /// as a guest keeps one), each from its own part of the region; returns
+    /// each write's result, in order.
+    pub fn write_at_once(
+        &mut self,
+        queue: usize,
+        writes: &[(u64, Vec<u8>)],
+    ) -> Vec<Result<(), IoFailed>> {
+        self.submit_writes(queue, writes);
+        wait_all(&mut self.queues[queue], writes.len())
+    }
+
+    /// Submits every write on `queue` (as [`BlkClient::write_at_once`]) and
+    /// returns without waiting: what a VMM leaves behind when it dies.
+    pub fn submit_writes(&mut self, queue: usize, writes: &[(u64, Vec<u8>)]) {
+        let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
+        assert!(total <= REGION_BYTES, "{total} B do not fit the region");
+        let base = self.buffer_ptr();
+        let mut at = 0;
+        for (index, (offset, data)) in writes.iter().enumerate() {
+            self.buffer()[at..at + data.len()].copy_from_slice(data);
+            // SAFETY: `at + len <= REGION_BYTES`, inside the region.
+            let ptr = unsafe { base.add(at) };
+            self.queues[queue].write(*offset, ptr, data.len(), index, ReqFlags::empty());
+            at += data.len();
+        }
+        // Hand the requests to the device now (min_completions 0: no wait).
+        let mut none: [MaybeUninit<Completion>; 0] = [];
+        self.queues[queue]
+            .do_io(&mut none, 0, None, None)
+            .expect("do_io");
+    }
+
     /// Flushes through `queue`.
     pub fn flush(&mut self, queue: usize) -> Result<(), IoFailed> {
         self.queues[queue].flush(0, ReqFlags::empty());
@@ -204,6 +237,29 @@ fn wait_one(queue: &mut Blkioq) -> Result<(), IoFailed> {
     // SAFETY: do_io initialised `done` completions.
     let ret = unsafe { completions[0].assume_init_ref().ret };
     if ret < 0 { Err(IoFailed(ret)) } else { Ok(()) }
+}
+
+/// Waits for `count` completions on `queue`, whose requests carry their
+/// index as user data; returns each request's result by index.
+fn wait_all(queue: &mut Blkioq, count: usize) -> Vec<Result<(), IoFailed>> {
+    let mut results = vec![None; count];
+    let mut completions = [const { MaybeUninit::<Completion>::uninit() }; 64];
+    let mut left = count;
+    while left > 0 {
+        let done = queue.do_io(&mut completions, 1, None, None).expect("do_io");
+        for completion in &completions[..done] {
+            // SAFETY: do_io initialised the first `done` completions.
+            let completion = unsafe { completion.assume_init_ref() };
+            let result = if completion.ret < 0 {
+                Err(IoFailed(completion.ret))
+            } else {
+                Ok(())
+            };
+            assert!(results[completion.user_data].replace(result).is_none());
+        }
+        left -= done;
+    }
+    results.into_iter().map(Option::unwrap).collect()
 }
 
 /// One queue of a [`BlkClient`] with its own slice of the shared region.
