@@ -36,6 +36,7 @@ pub struct Kms {
     tmp: tempfile::TempDir,
     state_dir: PathBuf,
     socket: PathBuf,
+    stderr_path: PathBuf,
     process: Option<Process>,
     names_next: AtomicU32,
 }
@@ -47,10 +48,12 @@ impl Kms {
         let tmp = super::fast_tempdir();
         let state_dir = tmp.path().join("kms-state");
         let socket = tmp.path().join("kms.sock");
+        let stderr_path = tmp.path().join("lsvkms.stderr");
         let mut kms = Kms {
             tmp,
             state_dir,
             socket,
+            stderr_path,
             process: None,
             names_next: AtomicU32::new(0),
         };
@@ -59,7 +62,6 @@ impl Kms {
             LSVKMS,
             &["init", "--dir", &state, "--issuer", "lsvblk-tests"],
         );
-        let stderr_path = kms.fresh_path("lsvkms", "stderr");
         let mut command = Command::new(LSVKMS);
         command.args([
             "serve",
@@ -68,7 +70,7 @@ impl Kms {
             "--socket",
             kms.socket.to_str().unwrap(),
         ]);
-        let mut process = Process::spawn(command, stderr_path);
+        let mut process = Process::spawn(command, kms.stderr_path.clone());
         let client = KmsClient::with_timeout(&kms.socket, Duration::from_secs(1));
         process.wait_until("lsvkms to answer a health check", || {
             client.health().is_ok()
@@ -109,12 +111,16 @@ impl Kms {
         process.signal_and_wait(libc::SIGTERM)
     }
 
-    /// What the service wrote to stderr so far.
+    /// SIGKILL and reap: the service crashes, leaving its socket file.
+    pub fn kill9(&mut self) {
+        let mut process = self.process.take().expect("lsvkms is running");
+        let status = process.signal_and_wait(libc::SIGKILL);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    }
+
+    /// What the service wrote to stderr so far (also once it has exited).
     pub fn stderr(&self) -> String {
-        self.process
-            .as_ref()
-            .map(Process::stderr)
-            .unwrap_or_default()
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 }
 
