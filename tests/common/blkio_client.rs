@@ -195,6 +195,23 @@ impl BlkClient {
             .expect("do_io");
     }
 
+    /// Writes the first `len` bytes of the region at each of `offsets`, all
+    /// submitted before waiting for any: a deep queue of large writes, more
+    /// than the region could hold one by one. Returns each write's result.
+    pub fn write_region_at_once(
+        &mut self,
+        queue: usize,
+        offsets: &[u64],
+        len: usize,
+    ) -> Vec<Result<(), IoFailed>> {
+        assert!(len <= REGION_BYTES);
+        let ptr = self.buffer_ptr();
+        for (index, offset) in offsets.iter().enumerate() {
+            self.queues[queue].write(*offset, ptr, len, index, ReqFlags::empty());
+        }
+        wait_all(&mut self.queues[queue], offsets.len())
+    }
+
     /// Flushes through `queue`.
     pub fn flush(&mut self, queue: usize) -> Result<(), IoFailed> {
         self.queues[queue].flush(0, ReqFlags::empty());

@@ -1,7 +1,8 @@
 //! Real `lsvkms` and `lsvblk serve` processes for integration tests, all in
 //! one temporary directory, never leaked: each process is killed and reaped
-//! when its handle drops (a failing assertion included), and should the test
-//! thread itself die, the kernel kills it (`PR_SET_PDEATHSIG`).
+//! when its handle drops (a failing assertion included), and should the
+//! thread that started it die without dropping it (a test run killed), the
+//! kernel kills it (`PR_SET_PDEATHSIG`).
 //!
 //! Each process's stderr goes to a file in the temporary directory, so tests
 //! can assert on what it said and failures can show it.
@@ -221,6 +222,11 @@ impl Daemon {
     /// its stderr) if it is still running then.
     pub fn wait_exit(&mut self, wait: Duration) -> ExitStatus {
         self.process.wait_exit(wait)
+    }
+
+    /// The daemon's process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 
     /// What the daemon wrote to stderr so far.
