@@ -741,6 +741,41 @@ fn writes_in_flight_at_sigterm_or_kill_9_are_each_whole_or_absent_after_a_restar
     stop_cleanly(&mut daemon);
 }
 
+/// Peak resident memory of a process, bytes (VmHWM).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * KIB
+}
+
+/// A guest chooses how many requests it keeps in flight, and how large:
+/// the daemon must not hold them all in memory at once. Here 85 writes of
+/// 4 MiB (340 MiB) are in flight on one queue (libblkio's 256-entry ring,
+/// three descriptors a request); a daemon that bounds what it holds per
+/// queue stays far below that.
+#[test]
+fn a_deep_queue_of_4_mib_writes_keeps_the_daemon_under_128_mib() {
+    const IN_FLIGHT: u64 = 85;
+    const PEAK_BYTES_MAX: u64 = 128 * MIB;
+    let setup = setup(IN_FLIGHT * REQUEST_BYTES_MAX, 4096, &[]);
+    let mut daemon = setup.serve(&[]);
+    let mut client = connect(&daemon, 1);
+    let data = Rng(10).bytes(REQUEST_BYTES_MAX as usize);
+    client.buffer()[..data.len()].copy_from_slice(&data);
+    let offsets: Vec<u64> = (0..IN_FLIGHT).map(|n| n * REQUEST_BYTES_MAX).collect();
+    let results = client.write_region_at_once(0, &offsets, data.len());
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let peak = peak_rss_bytes(daemon.pid());
+    for offset in [0, (IN_FLIGHT - 1) * REQUEST_BYTES_MAX] {
+        let got = client.read(0, offset, data.len()).unwrap();
+        assert_bytes_eq(&got, &data, offset, "a written block");
+    }
+    assert!(peak < PEAK_BYTES_MAX, "daemon peak RSS {} MiB", peak / MIB);
+    drop(client);
+    stop_cleanly(&mut daemon);
+}
+
 // --- 6. Reconnect -----------------------------------------------------------------
 
 #[test]
