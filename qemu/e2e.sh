@@ -30,7 +30,7 @@
 #   LSVBLK_BIN_DIR    directory with prebuilt lsvblk and lsvkms (no cargo build)
 #   LSVBLK_CARGO_PROFILE  cargo profile to build when LSVBLK_BIN_DIR is unset
 #                     (default release)
-# Logs (console of each boot, daemon logs) go to qemu/out/e2e-TIMESTAMP/.
+# Logs (console of each boot, daemon logs) go to qemu/out/e2e-TIMESTAMP-PID/.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -53,7 +53,7 @@ done
 MIB=1048576
 SIZE=$((256 * MIB))
 SECTORS=$((SIZE / 512))
-OUT=$QEMU_DIR/out/e2e-$(date +%Y%m%d-%H%M%S)
+OUT=$QEMU_DIR/out/e2e-$(date +%Y%m%d-%H%M%S)-$$
 mkdir -p "$OUT"
 TMPD=""
 KMS_PID="" SERVE_PID=""
