@@ -15,6 +15,7 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, V
 
 use super::backend::{GuestMemory, Shared};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
+use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::volume::VolumeError;
 
 /// One worker's view of the device while it drains a queue.
@@ -31,17 +32,25 @@ struct Outcome {
     data_len: u32,
 }
 
-/// Writes gathered from one drain, appended together.
+/// Writes gathered from one drain, appended together: at most
+/// `WRITE_BATCH_BYTES_MAX` of them, as the guest picks how many are in flight.
 #[derive(Default)]
 struct WriteBatch {
     indexes: Vec<usize>,
     items: Vec<(u64, Vec<u8>)>,
+    bytes: u64,
 }
 
 impl WriteBatch {
     fn push(&mut self, index: usize, offset: u64, shadow: Vec<u8>) {
+        self.bytes += shadow.len() as u64;
         self.indexes.push(index);
         self.items.push((offset, shadow));
+    }
+
+    /// True when a write of `bytes` more would take the batch past its limit.
+    fn is_full_for(&self, bytes: u64) -> bool {
+        self.bytes + bytes > WRITE_BATCH_BYTES_MAX
     }
 }
 
@@ -106,10 +115,17 @@ impl QueueWorker<'_> {
                     sector,
                     data,
                     bytes,
-                }) => match gather(&mem, &data, bytes) {
-                    Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
-                    Err(error) => outcomes[index].status = self.host_failure(&error),
-                },
+                }) => {
+                    // Before copying, not after: the copy is what the limit
+                    // bounds (a ring of 4 MiB writes is gigabytes).
+                    if writes.is_full_for(bytes) {
+                        self.run_writes(&mut writes, &mut outcomes);
+                    }
+                    match gather(&mem, &data, bytes) {
+                        Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
+                        Err(error) => outcomes[index].status = self.host_failure(&error),
+                    }
+                }
                 Ok(other) => {
                     self.run_writes(&mut writes, &mut outcomes);
                     let (status, data_len) = match self.execute(&other, &mem) {
@@ -139,8 +155,7 @@ impl QueueWorker<'_> {
         if writes.items.is_empty() {
             return;
         }
-        let indexes = std::mem::take(&mut writes.indexes);
-        let items = std::mem::take(&mut writes.items);
+        let WriteBatch { indexes, items, .. } = std::mem::take(writes);
         let status = match self
             .shared
             .volume

@@ -8,7 +8,7 @@ use base64::Engine;
 use lsvblk::crypto::CryptoPool;
 use lsvblk::kms::api::KeyContext;
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{Superblock, Volume, VolumeOptions};
+use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use zeroize::Zeroizing;
@@ -60,6 +60,8 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Outcome {
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
+    // Lock first: a second daemon on this volume must not get the key.
+    let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
     let key = unwrap_key(&args, &superblock)?;
     let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
         .map_err(|e| Failure::new(USAGE, e))?;
@@ -69,7 +71,7 @@ pub fn run(args: ServeArgs) -> Outcome {
         pool: Some(Arc::new(pool)),
         ..VolumeOptions::default()
     };
-    let volume = Arc::new(Volume::open(&args.volume, key, &options)?);
+    let volume = Arc::new(Volume::open_locked(&args.volume, lock, key, &options)?);
     report_recovery(&volume);
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
