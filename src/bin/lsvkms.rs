@@ -22,7 +22,7 @@ use lsvblk::kms::{server, tls};
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
