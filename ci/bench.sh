@@ -7,6 +7,10 @@
 # writes to target/bench/NAME.json. Common args: --reps N (repetitions, the
 # median is reported), --rep-ms N (length of one repetition), --only TEXT.
 # Example: ci/bench.sh crypto --reps 9
+#
+# A bench that needs cargo features lists them in Cargo.toml, one line in
+# [package.metadata.bench-features]: `NAME = ["feature", ...]`; it is built
+# with exactly those (e.g. null-cipher for the store and device benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +26,19 @@ name="$1"
 shift
 [ -f "benches/$name.rs" ] || { echo "ci/bench.sh: no benches/$name.rs" >&2; usage; }
 
+# The features bench NAME asks for, comma-separated (empty if none).
+bench_features() {
+  awk -v name="$1" '
+    /^\[/ { in_table = ($0 == "[package.metadata.bench-features]"); next }
+    in_table && $1 == name && $2 == "=" {
+      sub(/^[^=]*=[ \t]*\[/, ""); sub(/\].*$/, ""); gsub(/[" \t]/, ""); print; exit
+    }' Cargo.toml
+}
+features=$(bench_features "$name")
+feature_args=()
+[ -z "$features" ] || feature_args=(--features "$features")
+
 mkdir -p target/bench
 # Build first, so compiler output (on stderr) never lands among the results.
-cargo bench --no-run --bench "$name"
-exec cargo bench --quiet --bench "$name" -- "$@"
+cargo bench --no-run "${feature_args[@]}" --bench "$name"
+exec cargo bench --quiet "${feature_args[@]}" --bench "$name" -- "$@"

@@ -34,6 +34,12 @@ pub struct CreateArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Benchmark only: store blocks UNENCRYPTED (null cipher), to measure
+    /// what crypto costs. Hidden, and only in builds with the `null-cipher`
+    /// feature; only such builds can open the volume afterwards.
+    #[cfg(feature = "null-cipher")]
+    #[arg(long, hide = true)]
+    unencrypted_benchmark_only: bool,
 }
 
 /// Creates the volume with a fresh data key from the service.
@@ -57,6 +63,8 @@ pub fn run(args: CreateArgs) -> Outcome {
     let options = VolumeOptions {
         block_bytes: args.block_size,
         segment_bytes: args.segment_size,
+        #[cfg(feature = "null-cipher")]
+        null_cipher: args.unencrypted_benchmark_only,
         ..VolumeOptions::default()
     };
     let volume = Volume::create_with_id(
@@ -68,6 +76,10 @@ pub fn run(args: CreateArgs) -> Outcome {
         &options,
     )?;
     volume.close()?;
+    #[cfg(feature = "null-cipher")]
+    if args.unencrypted_benchmark_only {
+        tracing::warn!("the volume is UNENCRYPTED (null cipher): for benchmarks only");
+    }
     if args.json {
         let out = serde_json::json!({
             "volume": args.volume,
