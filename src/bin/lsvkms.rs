@@ -1,6 +1,6 @@
 //! `lsvkms`: the key-wrapping service of lsvblk, and its admin commands.
 //!
-//! A thin CLI: parse, call `lsvblk::kms`, print. See `docs/kms.md`.
+//! A thin CLI: parse, call `lsvblk::kms`, print. See README.md, "The key-wrapping service".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The wire format shared by the server and the client: JSON bodies of the
-//! HTTP API (`docs/kms.md` documents each endpoint).
+//! HTTP API (README.md, "The key-wrapping service" documents each endpoint).
 //!
 //! Byte strings travel as standard base64 (`wrapped_blob`, `plaintext_key`).
 //! No type here holds a plaintext key: the server writes `plaintext_key`
@@ -248,7 +248,7 @@ pub struct Health {
 /// The body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// Stable error code (`docs/kms.md`).
+    /// Stable error code (README.md, "The key-wrapping service").
     pub error: String,
     /// Human-readable detail; may change between versions.
     pub message: String,
