@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test (unit, integration,
-# doc). CI runs exactly this (through .ci/run); so should you before a push.
+# The one test command: formatting, lints, every Rust test (unit, property,
+# crash, integration with real lsvkms/lsvblk processes and libblkio, doc),
+# then the QEMU end-to-end test (a real Linux guest under TCG writing to an
+# encrypted lsvblk disk). CI runs exactly this (through .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,11 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-echo "== cargo test"
-cargo test --all-targets
+echo "== cargo test (library, binaries, tests/)"
+cargo test --lib --bins --tests
+echo "== cargo test --doc"
 cargo test --doc
+
+echo "== QEMU end-to-end: qemu/e2e.sh"
+cargo build --bins
+LSVBLK_BIN_DIR="$PWD/target/debug" qemu/e2e.sh

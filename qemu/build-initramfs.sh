@@ -13,6 +13,7 @@
 #   Rebuilds only when an input is newer than initrd.gz (or with --force).
 #   Run qemu/fetch.sh first.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 force=0

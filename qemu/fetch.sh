@@ -16,6 +16,7 @@
 # Needs: Debian 12 (bookworm) apt sources, root for apt-get install of the QEMU
 # library dependencies (not needed once they are installed).
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 DEBS=$CACHE/debs

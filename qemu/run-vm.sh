@@ -21,6 +21,7 @@
 # console log is printed.
 # Needs qemu/fetch.sh and qemu/build-initramfs.sh to have run.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bad() { # usage / setup error: exit 2

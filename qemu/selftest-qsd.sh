@@ -23,6 +23,7 @@
 # Environment: LSVBLK_QSD=/path/to/qemu-storage-daemon picks the backend binary.
 # Console logs go to qemu/out/selftest-TIMESTAMP/. Exit status 0 = all as expected.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 QUEUES=1 SMP=1 LBS=512 NEGATIVE=1 MULTIQUEUE=1 KEEP=0

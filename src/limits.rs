@@ -55,6 +55,12 @@ const _: () = assert!(BLOCK_BYTES_DEFAULT.is_multiple_of(SECTOR_BYTES));
 /// guest as SEG_MAX × SIZE_MAX; the worker's buffers are sized from it.
 pub const REQUEST_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
+/// Most bytes of guest writes a queue worker copies out before appending
+/// them (one batch, one pwritev). The guest picks how many writes it keeps
+/// in flight: without this bound a ring of 1024 writes of 4 MiB is 4 GiB of
+/// shadow buffers per queue. 16 MiB still batches 256 writes of 64 KiB.
+pub const WRITE_BATCH_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
 /// Largest size of one guest data segment advertised (SIZE_MAX), bytes.
 /// One page: with SEG_MAX this caps a Linux guest's requests at
 /// REQUEST_BYTES_MAX however its buffers are laid out.
@@ -77,4 +83,6 @@ pub const QUEUE_SIZE_MAX: u16 = 1024;
 pub const QUEUES_MAX: usize = 16;
 
 const _: () = assert!(REQUEST_BYTES_MAX <= WRITE_BYTES_MAX);
+// Any one request fits an empty batch.
+const _: () = assert!(REQUEST_BYTES_MAX <= WRITE_BATCH_BYTES_MAX);
 const _: () = assert!(SEG_MAX as u64 * SEGMENT_SIZE_MAX as u64 == REQUEST_BYTES_MAX);

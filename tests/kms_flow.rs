@@ -106,3 +106,16 @@ fn client_reports_a_dead_service_quickly_and_times_out_on_a_silent_one() {
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(listener);
 }
+
+#[test]
+fn a_second_server_on_the_same_state_directory_refuses_to_start() {
+    let mut kms = Kms::init(&[], Vec::new());
+    kms.start();
+    let dir = kms.dir.to_str().unwrap().to_owned();
+    let other = kms.tmp.path().join("other.sock");
+    let out = kms.run(&["serve", "--dir", &dir, "--socket", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(kms.client().health().is_ok(), "the first one still serves");
+}

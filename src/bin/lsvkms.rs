@@ -1,6 +1,6 @@
 //! `lsvkms`: the key-wrapping service of lsvblk, and its admin commands.
 //!
-//! A thin CLI: parse, call `lsvblk::kms`, print. See `docs/kms.md`.
+//! A thin CLI: parse, call `lsvblk::kms`, print. See README.md, "The key-wrapping service".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,13 +16,13 @@ use lsvblk::kms::fsutil::effective_uid;
 use lsvblk::kms::kek::pkcs11::Pkcs11Config;
 use lsvblk::kms::keys::KeyStore;
 use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
-use lsvblk::kms::server;
 use lsvblk::kms::service::{Service, now_unix_s};
+use lsvblk::kms::{server, tls};
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,6 +41,20 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// TLS helpers.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Print the SHA-256 fingerprint of a client certificate (PEM), the value
+    /// to put in tls_services[].cert_sha256 of config.json.
+    Fingerprint {
+        /// The certificate (PEM; the first one is used).
+        #[arg(long)]
+        cert: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -81,6 +95,20 @@ struct ServeArgs {
     /// UNIX socket to serve on (default: socket_path in config.json).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also serve TLS 1.3 on this TCP address (e.g. 127.0.0.1:8443); needs
+    /// --tls-cert, --tls-key and --client-ca. Callers must present a client
+    /// certificate whose fingerprint is in tls_services (config.json).
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "client_ca"])]
+    tcp: Option<String>,
+    /// Server certificate chain (PEM).
+    #[arg(long, requires = "tcp")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tcp")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate(s) that sign client certificates (PEM).
+    #[arg(long, requires = "tcp")]
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +152,11 @@ fn main() -> Result<()> {
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
         Command::Audit(AuditCommand::Verify { dir }) => audit_verify(&dir.dir),
         Command::Audit(AuditCommand::Check { dir }) => audit_check(&dir.dir),
+        Command::Tls(TlsCommand::Fingerprint { cert }) => {
+            let certs = tls::load_certs(&cert)?;
+            println!("{}", tls::fingerprint(&certs[0]));
+            Ok(())
+        }
     }
 }
 
@@ -167,15 +200,19 @@ fn default_issuer() -> String {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    let dir = args.dir.dir;
+    let dir = args.dir.dir.clone();
     let config = Config::load(&dir)?;
     let signals = block_termination_signals()?;
     let service = Arc::new(Service::open(&dir, &config).context("opening the service")?);
     let socket = args
         .socket
+        .clone()
         .unwrap_or_else(|| Config::resolve(&dir, &config.socket_path));
     let listener = server::bind_unix(&socket, config.socket_mode_bits()?)
         .with_context(|| format!("binding {}", socket.display()))?;
+    if let Some(address) = &args.tcp {
+        serve_tls(address, &args, &service)?;
+    }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
     std::thread::Builder::new()
         .name("kms-accept".into())
@@ -183,6 +220,21 @@ fn serve(args: ServeArgs) -> Result<()> {
     let signal = wait_for(&signals);
     tracing::info!(signal, "stopping");
     let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn serve_tls(address: &str, args: &ServeArgs, service: &Arc<Service>) -> Result<()> {
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.client_ca) else {
+        bail!("--tcp needs --tls-cert, --tls-key and --client-ca");
+    };
+    let config = tls::server_config(cert, key, ca)?;
+    let listener =
+        std::net::TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "lsvkms serving TLS");
+    let service = Arc::clone(service);
+    std::thread::Builder::new()
+        .name("kms-accept-tls".into())
+        .spawn(move || tls::serve_tcp(listener, config, service))?;
     Ok(())
 }
 

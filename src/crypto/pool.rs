@@ -95,6 +95,43 @@ impl CryptoPool {
         });
     }
 
+    /// Like [`CryptoPool::run`], with a side table cut in lockstep with the
+    /// buffer: `side_per_unit` bytes per data unit (a block checksum, say), so
+    /// each chunk is checksummed or verified while it is hot in cache. Stops
+    /// at the first error a chunk returns.
+    pub fn try_run_with_side<E: Send>(
+        &self,
+        buf: &mut [u8],
+        side: &mut [u8],
+        side_per_unit: usize,
+        unit: DataUnit,
+        first: Tweak,
+        transform: impl Fn(&mut [u8], &mut [u8], Tweak) -> Result<(), E> + Sync,
+    ) -> Result<(), E> {
+        assert_eq!(
+            side.len(),
+            buf.len() / unit.bytes() * side_per_unit,
+            "side table size"
+        );
+        let chunk_bytes = (self.chunk_bytes / unit.bytes()).max(1) * unit.bytes();
+        if buf.len() <= chunk_bytes {
+            return transform(buf, side, first);
+        }
+        let units_per_chunk = chunk_bytes / unit.bytes();
+        self.threads.install(|| {
+            buf.par_chunks_mut(chunk_bytes)
+                .zip(side.par_chunks_mut(units_per_chunk * side_per_unit))
+                .enumerate()
+                .try_for_each(|(index, (chunk, side))| {
+                    transform(
+                        chunk,
+                        side,
+                        first.add_units((index * units_per_chunk) as u64),
+                    )
+                })
+        })
+    }
+
     /// Runs `transform` over `buf`: inline for one chunk or less, otherwise
     /// over chunks on the pool. Each chunk starts on a data-unit boundary and
     /// gets the tweak of its first unit.

@@ -1,5 +1,5 @@
 //! The wire format shared by the server and the client: JSON bodies of the
-//! HTTP API (`docs/kms.md` documents each endpoint).
+//! HTTP API (README.md, "The key-wrapping service" documents each endpoint).
 //!
 //! Byte strings travel as standard base64 (`wrapped_blob`, `plaintext_key`).
 //! No type here holds a plaintext key: the server writes `plaintext_key`
@@ -124,8 +124,8 @@ fn default_kind() -> KeyKind {
     KeyKind::Aes256Xts
 }
 
-/// `POST /v1/unwrap` request.
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /v1/unwrap` request. Its `Debug` hides the token (a credential).
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnwrapRequest {
     /// The blob `datakey` or `rewrap` returned.
@@ -134,6 +134,16 @@ pub struct UnwrapRequest {
     pub context: KeyContext,
     /// The end user's token (a JWT signed with EdDSA).
     pub user_token: String,
+}
+
+impl std::fmt::Debug for UnwrapRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnwrapRequest")
+            .field("wrapped_blob", &self.wrapped_blob)
+            .field("context", &self.context)
+            .field("user_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `POST /v1/rewrap` request.
@@ -238,7 +248,7 @@ pub struct Health {
 /// The body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// Stable error code (`docs/kms.md`).
+    /// Stable error code (README.md, "The key-wrapping service").
     pub error: String,
     /// Human-readable detail; may change between versions.
     pub message: String,

@@ -55,7 +55,7 @@ pub enum ClientError {
     Api {
         /// HTTP status.
         status: u16,
-        /// Stable error code (`docs/kms.md`).
+        /// Stable error code (README.md, "The key-wrapping service").
         code: String,
         /// Detail.
         message: String,

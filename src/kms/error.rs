@@ -143,7 +143,7 @@ impl KmsError {
     }
 
     /// The stable, machine-readable error code (the `error` field of the
-    /// JSON body). Documented in `docs/kms.md`; never renamed.
+    /// JSON body). Documented in README.md, "The key-wrapping service"; never renamed.
     pub fn code(&self) -> &'static str {
         match self {
             KmsError::BadRequest(_) => "bad_request",

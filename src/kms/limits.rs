@@ -26,6 +26,10 @@ pub const HTTP_REQUESTS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Idle time a kept-alive connection may wait for its next request, ms.
 pub const HTTP_IDLE_MS_MAX: u64 = 30_000;
 
+/// Time a peer that is not allow-listed may take to send its one request,
+/// ms: it is answered (403, audited) and closed, and cannot hold a slot.
+pub const STRANGER_IDLE_MS_MAX: u64 = 1_000;
+
 /// Connections served at once; one more is answered 503 and closed.
 /// Each costs one thread (stack 256 KiB).
 pub const CONNECTIONS_MAX: usize = 64;
@@ -52,11 +56,29 @@ pub const TOKEN_TTL_S_MAX: u64 = 30 * 24 * 3600;
 /// Clock skew tolerated on a token's `iat` (issued in the future), seconds.
 pub const TOKEN_IAT_SKEW_S_MAX: u64 = 60;
 
+/// Verified tokens remembered (by hash) to skip re-verifying signatures;
+/// the cache is emptied when full.
+pub const TOKEN_CACHE_ENTRIES_MAX: usize = 4096;
+
 /// Largest audit line, bytes. Every field of a record is bounded above.
 pub const AUDIT_LINE_BYTES_MAX: usize = 8 * 1024;
 
 /// Records one audit write (one fdatasync) may carry: group commit batch.
 pub const AUDIT_BATCH_MAX: usize = 256;
+
+/// Longest the audit writer waits for more records to join a batch, µs.
+/// Below one fdatasync here (~250-400 µs) and above a client's turn-around
+/// (~100-150 µs), so callers in lockstep share one sync instead of taking
+/// turns; a lone caller never waits.
+pub const AUDIT_LINGER_US_MAX: u64 = 200;
+
+/// The audit log grows ahead in chunks of this many bytes of padding, so
+/// each record's fdatasync overwrites in place (no size change to journal).
+pub const AUDIT_PREALLOC_BYTES: u64 = 1024 * 1024;
+
+/// Most bytes of an unanswered (torn) audit tail that opening sets aside;
+/// more is damage, not a crash: the service refuses to start.
+pub const AUDIT_CUT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Records waiting for the audit writer; a full queue makes callers wait.
 pub const AUDIT_QUEUE_MAX: usize = 1024;

@@ -13,7 +13,7 @@
 //!   compromise check;
 //! - [`keys`]: per-key state (enabled, disabled, destroyed, compromised);
 //! - [`service`]: the operations, independent of HTTP;
-//! - [`http`], [`server`], [`client`]: the wire.
+//! - [`http`], [`server`], [`tls`], [`client`]: the wire.
 //!
 //! Log messages, errors and `Debug` output of this module never contain key
 //! material (tested in `tests/kms_no_key_in_logs.rs`).
@@ -32,5 +32,6 @@ pub mod limits;
 pub mod seal;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use error::KmsError;

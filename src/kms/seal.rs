@@ -16,7 +16,7 @@
 //! an HSM computes it (`CKM_AES_ECB`) and the wrapping key never leaves the
 //! HSM; the per-blob key lives for one call in zeroized memory.
 //!
-//! Layout (all integers little-endian; `docs/kms.md` has the same table):
+//! Layout (all integers little-endian; README.md, "The key-wrapping service" has the same table):
 //!
 //! | offset | bytes | field |
 //! |---|---|---|

@@ -29,6 +29,7 @@ use super::http::{HttpConn, HttpError, Request};
 use super::keys::KeyAction;
 use super::limits::{
     CONNECTIONS_MAX, HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
+    STRANGER_IDLE_MS_MAX,
 };
 use super::service::Service;
 
@@ -103,7 +104,8 @@ fn parse_key_id(text: &str) -> Result<KeyId, KmsError> {
         .map_err(|e: crate::crypto::key::ParseKeyIdError| KmsError::BadRequest(e.to_string()))
 }
 
-/// Answers one request.
+/// Answers one request. Every call except `GET /v1/health` is audited,
+/// including malformed ones.
 pub fn route(
     service: &Service,
     peer: &PeerIdentity,
@@ -112,58 +114,101 @@ pub fn route(
     body: &[u8],
 ) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if method == "GET" && path == "/v1/health" {
+        let (healthy, health) = service.health();
+        let mut reply = Reply::json(&health);
+        reply.status = if healthy { 200 } else { 503 };
+        return reply;
+    }
+    let _call = service.begin_call();
+    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| Reply::error(&error))
+}
+
+fn dispatch(
+    service: &Service,
+    peer: &PeerIdentity,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<Reply, KmsError> {
+    let refuse = |action: &str, error: KmsError| service.refuse(peer, action, error);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let result = match (method, segments.as_slice()) {
-        ("GET", ["v1", "health"]) => {
-            let (healthy, health) = service.health();
-            let mut reply = Reply::json(&health);
-            reply.status = if healthy { 200 } else { 503 };
-            return reply;
+    match (method, segments.as_slice()) {
+        ("POST", ["v1", "datakey"]) => {
+            let request: DataKeyRequest = parse_body(body).map_err(|e| refuse("datakey", e))?;
+            let grant = service.datakey(peer, &request)?;
+            Ok(key_reply(
+                &grant.key,
+                Some(Base64Bytes(grant.blob)),
+                Some(grant.kek_version),
+            ))
         }
-        ("POST", ["v1", "datakey"]) => parse_body::<DataKeyRequest>(body)
-            .and_then(|request| service.datakey(peer, &request))
-            .map(|grant| {
-                key_reply(
-                    &grant.key,
-                    Some(Base64Bytes(grant.blob)),
-                    Some(grant.kek_version),
-                )
-            }),
-        ("POST", ["v1", "unwrap"]) => parse_body::<UnwrapRequest>(body)
-            .and_then(|request| service.unwrap(peer, &request))
-            .map(|opened| key_reply(&opened.key, None, None)),
-        ("POST", ["v1", "rewrap"]) => parse_body::<RewrapRequest>(body)
-            .and_then(|request| service.rewrap(peer, &request.wrapped_blob.0))
-            .map(|r| {
-                let response = RewrapResponse {
-                    key_id: r.key_id,
-                    wrapped_blob: Base64Bytes(r.blob),
-                    wrapping_key_version: r.kek_version,
-                };
-                Reply::json(&response)
-            }),
-        ("POST", ["v1", "wrapping-key", "rotate"]) => {
-            service.rotate(peer).map(|info| Reply::json(&info))
+        ("POST", ["v1", "unwrap"]) => {
+            let request: UnwrapRequest = parse_body(body).map_err(|e| refuse("unwrap", e))?;
+            Ok(key_reply(&service.unwrap(peer, &request)?.key, None, None))
         }
-        ("POST", ["v1", "wrapping-key", "min-version"]) => parse_body::<MinVersionRequest>(body)
-            .and_then(|request| service.set_min_version(peer, request.min_version))
-            .map(|info| Reply::json(&info)),
-        ("GET", ["v1", "wrapping-key"]) => service
-            .wrapping_key_info(peer)
-            .map(|info| Reply::json(&info)),
-        ("GET", ["v1", "keys", id]) => parse_key_id(id)
-            .and_then(|id| service.key_info(peer, id))
-            .map(|info| Reply::json(&info)),
-        ("POST", ["v1", "keys", id, action]) => match KeyAction::from_name(action) {
-            Some(action) => parse_key_id(id)
-                .and_then(|id| service.set_state(peer, id, action))
-                .map(|info| Reply::json(&info)),
-            None => Err(KmsError::NoRoute(path.to_owned())),
-        },
+        ("POST", ["v1", "rewrap"]) => {
+            let request: RewrapRequest = parse_body(body).map_err(|e| refuse("rewrap", e))?;
+            let r = service.rewrap(peer, &request.wrapped_blob.0)?;
+            let response = RewrapResponse {
+                key_id: r.key_id,
+                wrapped_blob: Base64Bytes(r.blob),
+                wrapping_key_version: r.kek_version,
+            };
+            Ok(Reply::json(&response))
+        }
+        ("POST", ["v1", "wrapping-key", "rotate"]) => Ok(Reply::json(&service.rotate(peer)?)),
+        ("POST", ["v1", "wrapping-key", "min-version"]) => {
+            let request: MinVersionRequest =
+                parse_body(body).map_err(|e| refuse("set_min_version", e))?;
+            Ok(Reply::json(
+                &service.set_min_version(peer, request.min_version)?,
+            ))
+        }
+        ("GET", ["v1", "wrapping-key"]) => Ok(Reply::json(&service.wrapping_key_info(peer)?)),
+        ("GET", ["v1", "keys", id]) => {
+            let id = parse_key_id(id).map_err(|e| refuse("key_info", e))?;
+            Ok(Reply::json(&service.key_info(peer, id)?))
+        }
+        ("POST", ["v1", "keys", id, action]) => {
+            let Some(action) = KeyAction::from_name(action) else {
+                return Err(refuse("unknown", KmsError::NoRoute(path.to_owned())));
+            };
+            let id = parse_key_id(id).map_err(|e| refuse(action.name(), e))?;
+            Ok(Reply::json(&service.set_state(peer, id, action)?))
+        }
         ("GET", ["v1", "audit"]) => audit_query(service, peer, query),
-        (_, segments) => Err(no_route(method, path, segments)),
-    };
-    result.unwrap_or_else(|error| Reply::error(&error))
+        (_, segments) => Err(refuse("unknown", no_route(method, path, segments))),
+    }
+}
+
+fn audit_query(service: &Service, peer: &PeerIdentity, query: &str) -> Result<Reply, KmsError> {
+    let (key_id, limit) =
+        parse_audit_query(query).map_err(|e| service.refuse(peer, "audit_read", e))?;
+    let records = service.audit_query(peer, key_id, limit)?;
+    Ok(Reply::json(&serde_json::json!({ "records": records })))
+}
+
+fn parse_audit_query(query: &str) -> Result<(Option<KeyId>, usize), KmsError> {
+    let mut key_id = None;
+    let mut limit = 100usize;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("key_id", value)) => key_id = Some(parse_key_id(value)?),
+            Some(("limit", value)) => {
+                limit = value
+                    .parse()
+                    .map_err(|_| KmsError::BadRequest("limit must be a number".into()))?;
+            }
+            _ => {
+                return Err(KmsError::BadRequest(format!(
+                    "unknown query parameter {pair:?}"
+                )));
+            }
+        }
+    }
+    Ok((key_id, limit))
 }
 
 fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
@@ -186,33 +231,18 @@ fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
     }
 }
 
-fn audit_query(service: &Service, peer: &PeerIdentity, query: &str) -> Result<Reply, KmsError> {
-    let mut key_id = None;
-    let mut limit = 100usize;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("key_id", value)) => key_id = Some(parse_key_id(value)?),
-            Some(("limit", value)) => {
-                limit = value
-                    .parse()
-                    .map_err(|_| KmsError::BadRequest("limit must be a number".into()))?;
-            }
-            _ => {
-                return Err(KmsError::BadRequest(format!(
-                    "unknown query parameter {pair:?}"
-                )));
-            }
-        }
-    }
-    let records = service.audit_query(peer, key_id, limit)?;
-    Ok(Reply::json(&serde_json::json!({ "records": records })))
-}
-
 /// Serves one connection until the peer closes it, it idles too long, or
-/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests.
+/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests. A peer that is
+/// not allow-listed gets one request (answered, audited) and is closed, so
+/// strangers cannot hold connection slots.
 pub fn serve_connection<S: Read + Write>(service: &Service, peer: &PeerIdentity, stream: S) {
     let mut conn = HttpConn::new(stream, HTTP_BODY_BYTES_MAX);
-    for _ in 0..HTTP_REQUESTS_PER_CONNECTION_MAX {
+    let requests_max = if service.is_allowed(peer) {
+        HTTP_REQUESTS_PER_CONNECTION_MAX
+    } else {
+        1
+    };
+    for _ in 0..requests_max {
         let request: Request = match conn.read_request() {
             Ok(Some(request)) => request,
             Ok(None) => return,
@@ -318,9 +348,32 @@ pub fn spawn_connection<S>(
 where
     S: Read + Write + Send + TimeoutStream + 'static,
 {
-    let idle = Some(Duration::from_millis(HTTP_IDLE_MS_MAX));
-    stream.set_timeouts(idle)?;
+    let idle_ms = if service.is_allowed(&peer) {
+        HTTP_IDLE_MS_MAX
+    } else {
+        STRANGER_IDLE_MS_MAX
+    };
+    stream.set_timeouts(Some(Duration::from_millis(idle_ms)))?;
+    spawn_with_slot(service, active, stream, move |service, stream| {
+        serve_connection(service, &peer, stream)
+    })
+}
+
+/// Runs `serve(service, stream)` on its own thread if a connection slot is
+/// free; otherwise answers 503 (in plain HTTP: a TLS peer just sees the
+/// connection close) and drops the stream.
+pub fn spawn_with_slot<S, F>(
+    service: &Arc<Service>,
+    active: &Arc<AtomicUsize>,
+    stream: S,
+    serve: F,
+) -> io::Result<()>
+where
+    S: Read + Write + Send + 'static,
+    F: FnOnce(&Service, S) + Send + 'static,
+{
     let Some(slot) = Slot::take(active) else {
+        tracing::warn!("connection limit reached; refusing a connection");
         let mut conn = HttpConn::new(stream, 0);
         let reply = Reply::error(&KmsError::Busy);
         let _ = conn.write_response(reply.status, &reply.body, false);
@@ -332,7 +385,7 @@ where
         .stack_size(256 * 1024)
         .spawn(move || {
             let _slot = slot;
-            serve_connection(&service, &peer, stream);
+            serve(&service, stream);
         })?;
     Ok(())
 }

@@ -148,6 +148,26 @@ impl Service {
         error
     }
 
+    /// Whether `peer` is an allow-listed service.
+    pub fn is_allowed(&self, peer: &PeerIdentity) -> bool {
+        self.services.authenticate(peer).is_ok()
+    }
+
+    /// Counts a call in progress (for audit group commit) until dropped.
+    pub fn begin_call(&self) -> super::audit::log::CallGuard {
+        self.audit.begin_call()
+    }
+
+    /// Audits the refusal of a call that never reached an operation (bad
+    /// body, bad path) and returns the error to answer with.
+    pub fn refuse(&self, peer: &PeerIdentity, action: &str, error: KmsError) -> KmsError {
+        let entry = self.entry(peer, action);
+        match self.decide::<()>(entry, Err(error)) {
+            Err(error) => error,
+            Ok(()) => unreachable!("a refusal stays a refusal"),
+        }
+    }
+
     /// `POST /v1/datakey`: a new key, sealed under the current version.
     pub fn datakey(
         &self,

@@ -53,6 +53,9 @@ pub struct AppendRecord<'a> {
     pub key_id: KeyId,
     /// Ciphertext, `block_count` blocks, for `Data`.
     pub payload: &'a [u8],
+    /// The payload's block checksum table (CRC32C of each block, u32 LE),
+    /// if the caller computed it while the data was hot; else the log does.
+    pub checksums: Option<&'a [u8]>,
 }
 
 /// A looked-up piece of a range, ready to read.
@@ -238,14 +241,20 @@ impl Log {
             .iter()
             .map(|r| self.header_for(r, block_bytes))
             .collect();
-        let tables: Vec<Vec<u8>> = records
+        let tables: Vec<std::borrow::Cow<'_, [u8]>> = records
             .iter()
-            .map(|r| {
-                if r.kind == RecordKind::Data {
-                    block_checksums(r.payload, block_bytes)
-                } else {
-                    Vec::new()
+            .map(|r| match (r.kind, r.checksums) {
+                (RecordKind::Data, Some(given)) => {
+                    assert_eq!(
+                        given.len(),
+                        r.block_count as usize * 4,
+                        "checksum table size"
+                    );
+                    debug_assert_eq!(given, &block_checksums(r.payload, block_bytes)[..]);
+                    std::borrow::Cow::Borrowed(given)
                 }
+                (RecordKind::Data, None) => block_checksums(r.payload, block_bytes).into(),
+                _ => std::borrow::Cow::Borrowed(&[][..]),
             })
             .collect();
         let encoded: Vec<[u8; RECORD_HEADER_BYTES]> = headers
@@ -465,7 +474,36 @@ impl Log {
     /// verifies each block's checksum: damaged data is an error, never data.
     pub fn read_ciphertext(&self, piece: &DataPiece, buf: &mut [u8]) -> Result<(), StoreError> {
         let block_bytes = 1usize << self.config.block_shift;
+        let mut table = vec![0u8; piece.blocks as usize * 4];
+        self.read_ciphertext_unverified(piece, buf, &mut table)?;
+        for (i, block) in buf.chunks_exact(block_bytes).enumerate() {
+            if crc32c::crc32c(block) != get_u32(&table, i * 4) {
+                return Err(self.block_corrupt(piece, i as u64));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for block `index` of `piece` failing its checksum.
+    pub fn block_corrupt(&self, piece: &DataPiece, index: u64) -> StoreError {
+        StoreError::Corrupt {
+            path: segment::segment_path(&self.segments_dir, piece.segment_id),
+            offset_bytes: piece.payload_offset + (index << self.config.block_shift),
+            reason: "block checksum mismatch",
+        }
+    }
+
+    /// Reads the ciphertext of `piece` into `buf` and its block checksums
+    /// into `table` (4 bytes per block) without checking them: the caller
+    /// verifies each block (see [`Log::block_corrupt`]) before using it.
+    pub fn read_ciphertext_unverified(
+        &self,
+        piece: &DataPiece,
+        buf: &mut [u8],
+        table: &mut [u8],
+    ) -> Result<(), StoreError> {
         assert_eq!(buf.len() as u64, piece.blocks << self.config.block_shift);
+        assert_eq!(table.len() as u64, piece.blocks * 4);
         let path = || segment::segment_path(&self.segments_dir, piece.segment_id);
         let short = |offset| StoreError::Corrupt {
             path: path(),
@@ -477,20 +515,10 @@ impl Log {
         {
             return Err(short(piece.payload_offset));
         }
-        let mut table = vec![0u8; piece.blocks as usize * 4];
-        if !segment::read_exact_or_eof(&piece.file, &mut table, piece.table_offset)
+        if !segment::read_exact_or_eof(&piece.file, table, piece.table_offset)
             .map_err(|e| StoreError::io(&path(), e))?
         {
             return Err(short(piece.table_offset));
-        }
-        for (i, block) in buf.chunks_exact(block_bytes).enumerate() {
-            if crc32c::crc32c(block) != get_u32(&table, i * 4) {
-                return Err(StoreError::Corrupt {
-                    path: path(),
-                    offset_bytes: piece.payload_offset + (i * block_bytes) as u64,
-                    reason: "block checksum mismatch",
-                });
-            }
         }
         Ok(())
     }

@@ -370,7 +370,7 @@ fn data_bytes(data: &[Desc], writable: bool) -> Result<u64, GuestError> {
     if bytes > REQUEST_BYTES_MAX {
         return Err(GuestError::TooLarge { bytes });
     }
-    if bytes % SECTOR_BYTES != 0 {
+    if !bytes.is_multiple_of(SECTOR_BYTES) {
         return Err(GuestError::NotSectorMultiple { bytes });
     }
     Ok(bytes)
@@ -405,8 +405,8 @@ fn read_ranges<M: GuestMemoryBackend>(
     zeroes: bool,
 ) -> Result<Vec<SectorRange>, GuestError> {
     let bytes = data_bytes_any_multiple(data)?;
-    let count = bytes / u64::from(SEGMENT_BYTES);
-    if bytes % u64::from(SEGMENT_BYTES) != 0
+    let count = bytes.checked_div(u64::from(SEGMENT_BYTES)).unwrap_or(0);
+    if !bytes.is_multiple_of(u64::from(SEGMENT_BYTES))
         || count == 0
         || count > u64::from(DISCARD_SEGMENTS_MAX)
     {
@@ -437,7 +437,7 @@ fn data_bytes_any_multiple(data: &[Desc]) -> Result<u64, GuestError> {
                 writable: true,
             });
         }
-        if desc.len % SEGMENT_BYTES != 0 {
+        if !desc.len.is_multiple_of(SEGMENT_BYTES) {
             return Err(GuestError::BadSegments {
                 bytes: u64::from(desc.len),
             });

@@ -131,6 +131,7 @@ impl Server {
         } else {
             tracing::info!(connection = number, "frontend connected");
         }
+        let stopping = self.stop.is_stopping();
         let result = daemon.wait();
         self.stop
             .current
@@ -142,7 +143,13 @@ impl Server {
         }
         drop(daemon); // joins the queue workers: no request is in flight after this
         match result {
+            _ if stopping => {} // our own wake-up connection, or shut down on request
             Ok(()) => tracing::info!(connection = number, "frontend disconnected"),
+            // A VMM that exits just closes the socket: that is a disconnect,
+            // not an error worth a warning.
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!(connection = number, "frontend disconnected"),
             Err(error) => {
                 tracing::warn!(connection = number, %error, "connection ended with an error")
             }

@@ -15,12 +15,43 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, V
 
 use super::backend::{GuestMemory, Shared};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
+use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::volume::VolumeError;
 
 /// One worker's view of the device while it drains a queue.
 pub(crate) struct QueueWorker<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) memory: &'a GuestMemory,
+}
+
+/// How one chain ends: its status and the bytes it put in guest buffers.
+struct Outcome {
+    head: u16,
+    status_addr: Option<vm_memory::GuestAddress>,
+    status: u8,
+    data_len: u32,
+}
+
+/// Writes gathered from one drain, appended together: at most
+/// `WRITE_BATCH_BYTES_MAX` of them, as the guest picks how many are in flight.
+#[derive(Default)]
+struct WriteBatch {
+    indexes: Vec<usize>,
+    items: Vec<(u64, Vec<u8>)>,
+    bytes: u64,
+}
+
+impl WriteBatch {
+    fn push(&mut self, index: usize, offset: u64, shadow: Vec<u8>) {
+        self.bytes += shadow.len() as u64;
+        self.indexes.push(index);
+        self.items.push((offset, shadow));
+    }
+
+    /// True when a write of `bytes` more would take the batch past its limit.
+    fn is_full_for(&self, bytes: u64) -> bool {
+        self.bytes + bytes > WRITE_BATCH_BYTES_MAX
+    }
 }
 
 /// Why an executed request failed: the host's fault, not the guest's.
@@ -54,6 +85,8 @@ impl QueueWorker<'_> {
             capacity_sectors: self.shared.geometry.capacity_sectors,
             read_only: self.shared.options.read_only,
         };
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
+        let mut writes = WriteBatch::default();
         for chain in chains {
             let head = chain.head_index();
             let descs: Vec<Desc> = chain
@@ -64,8 +97,52 @@ impl QueueWorker<'_> {
                 })
                 .collect();
             let parsed = request::parse(&descs, &*mem, limits);
-            let used_len = self.complete(parsed, &mem);
-            vring.add_used(head, used_len).map_err(io::Error::other)?;
+            let index = outcomes.len();
+            outcomes.push(Outcome {
+                head,
+                status_addr: parsed.status,
+                status: 0,
+                data_len: 0,
+            });
+            match parsed.request {
+                Err(error) => {
+                    self.shared.guest_errors.log(&error.to_string());
+                    outcomes[index].status = error.status();
+                }
+                // Writes wait to be appended together (one pwritev for the
+                // whole batch); anything else runs after the writes before it.
+                Ok(Request::Write {
+                    sector,
+                    data,
+                    bytes,
+                }) => {
+                    // Before copying, not after: the copy is what the limit
+                    // bounds (a ring of 4 MiB writes is gigabytes).
+                    if writes.is_full_for(bytes) {
+                        self.run_writes(&mut writes, &mut outcomes);
+                    }
+                    match gather(&mem, &data, bytes) {
+                        Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
+                        Err(error) => outcomes[index].status = self.host_failure(&error),
+                    }
+                }
+                Ok(other) => {
+                    self.run_writes(&mut writes, &mut outcomes);
+                    let (status, data_len) = match self.execute(&other, &mem) {
+                        Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
+                        Err(error) => (self.host_failure(&error), 0),
+                    };
+                    outcomes[index].status = status;
+                    outcomes[index].data_len = data_len;
+                }
+            }
+        }
+        self.run_writes(&mut writes, &mut outcomes);
+        for outcome in &outcomes {
+            let used_len = self.write_status(outcome, &mem);
+            vring
+                .add_used(outcome.head, used_len)
+                .map_err(io::Error::other)?;
         }
         if vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
@@ -73,31 +150,49 @@ impl QueueWorker<'_> {
         Ok(())
     }
 
-    /// Runs a parsed chain, writes its status, and returns the used length
-    /// (bytes written to device-writable buffers, status included).
-    fn complete(&self, parsed: request::ParsedChain, mem: &GuestMemoryMmap) -> u32 {
-        let (status, data_len) = match parsed.request {
-            Err(error) => {
-                self.shared.guest_errors.log(&error.to_string());
-                (error.status(), 0)
-            }
-            Ok(request) => match self.execute(&request, mem) {
-                Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
-                Err(error) => {
-                    self.shared.host_errors.log(&error.to_string());
-                    (virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8, 0)
-                }
-            },
+    /// Appends the pending writes as one batch and records their status.
+    fn run_writes(&self, writes: &mut WriteBatch, outcomes: &mut [Outcome]) {
+        if writes.items.is_empty() {
+            return;
+        }
+        let WriteBatch { indexes, items, .. } = std::mem::take(writes);
+        let status = match self
+            .shared
+            .volume
+            .write_batch(items)
+            .map_err(HostError::from)
+            .and_then(|()| self.writethrough())
+        {
+            Ok(()) => VIRTIO_BLK_S_OK as u8,
+            Err(error) => self.host_failure(&error),
         };
-        let Some(status_addr) = parsed.status else {
+        for index in indexes {
+            outcomes[index].status = status;
+        }
+    }
+
+    fn host_failure(&self, error: &HostError) -> u8 {
+        self.shared.host_errors.log(&error.to_string());
+        virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8
+    }
+
+    /// Writes the status byte; returns the used length (bytes written to
+    /// device-writable buffers, status included), 0 without a status byte.
+    fn write_status(&self, outcome: &Outcome, mem: &GuestMemoryMmap) -> u32 {
+        let Some(status_addr) = outcome.status_addr else {
             return 0; // nowhere to write a status: the driver sees length 0
         };
-        if mem.write_obj(status, status_addr).is_err() {
+        if mem.write_obj(outcome.status, status_addr).is_err() {
             self.shared
                 .guest_errors
                 .log("status byte outside guest memory");
             return 0;
         }
+        let data_len = if outcome.status == VIRTIO_BLK_S_OK as u8 {
+            outcome.data_len
+        } else {
+            0
+        };
         data_len.saturating_add(1)
     }
 

@@ -38,6 +38,24 @@ impl ActiveKey {
         }
     }
 
+    /// Encrypts whole blocks in place on the calling thread.
+    pub fn encrypt_here(&self, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        match &self.transform {
+            Transform::Xts(cipher) => cipher.get().encrypt(buf, unit, first),
+            #[cfg(feature = "null-cipher")]
+            Transform::Null => {}
+        }
+    }
+
+    /// Decrypts whole blocks in place on the calling thread.
+    pub fn decrypt_here(&self, buf: &mut [u8], unit: DataUnit, first: Tweak) {
+        match &self.transform {
+            Transform::Xts(cipher) => cipher.get().decrypt(buf, unit, first),
+            #[cfg(feature = "null-cipher")]
+            Transform::Null => {}
+        }
+    }
+
     /// Decrypts whole blocks in place with `pool`.
     pub fn decrypt(&self, pool: &CryptoPool, buf: &mut [u8], unit: DataUnit, first: Tweak) {
         match &self.transform {

@@ -29,7 +29,9 @@ pub use superblock::{CipherName, KeyEntry, Superblock};
 use crate::crypto::key::KeyError;
 use crate::crypto::{CryptoPool, DataUnit, KeyId, Tweak};
 use crate::limits::{SECTOR_BYTES, WRITE_BYTES_MAX};
-use crate::store::{AppendRecord, Log, ReadPiece, RecordKind, RecoveryReport, StoreError};
+use crate::store::{
+    AppendRecord, DataPiece, Log, ReadPiece, RecordKind, RecoveryReport, StoreError,
+};
 use stripes::StripeLocks;
 
 /// What can go wrong with a volume.
@@ -306,18 +308,45 @@ impl Volume {
                 ReadPiece::Data(data) => {
                     let start = ((data.lba - lba) << shift) as usize;
                     let part = &mut buf[start..start + ((data.blocks << shift) as usize)];
-                    self.log.read_ciphertext(&data, part)?;
-                    let key = self.keyring.get(&data.key_id)?;
-                    key.decrypt(
-                        &self.pool,
-                        part,
-                        self.unit(),
-                        Tweak::for_block(data.seq, data.lba),
-                    );
+                    self.read_piece(&data, part)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Reads one piece's ciphertext into `part` (guest memory, for a vhost
+    /// read), then on the crypto pool verifies each block's checksum and
+    /// decrypts it in place, chunk by chunk while it is in cache.
+    fn read_piece(&self, piece: &DataPiece, part: &mut [u8]) -> Result<(), VolumeError> {
+        let mut checksums = vec![0u8; piece.blocks as usize * 4];
+        self.log
+            .read_ciphertext_unverified(piece, part, &mut checksums)?;
+        let key = self.keyring.get(&piece.key_id)?;
+        let unit = self.unit();
+        let first = Tweak::for_block(piece.seq, piece.lba);
+        let verified = self.pool.try_run_with_side(
+            part,
+            &mut checksums,
+            4,
+            unit,
+            first,
+            |chunk, side, tweak| {
+                for (index, (block, crc)) in chunk
+                    .chunks_exact(unit.bytes())
+                    .zip(side.chunks_exact(4))
+                    .enumerate()
+                {
+                    if crc32c::crc32c(block).to_le_bytes() != crc {
+                        // The tweak's low half is the chunk's first block number.
+                        return Err(tweak.0 as u64 - piece.lba + index as u64);
+                    }
+                }
+                key.decrypt_here(chunk, unit, tweak);
+                Ok(())
+            },
+        );
+        verified.map_err(|index| VolumeError::Store(self.log.block_corrupt(piece, index)))
     }
 
     /// Writes `data` at `offset`. Writes of up to 64 MiB are atomic across a
@@ -346,6 +375,60 @@ impl Volume {
         let end = first + data.len() as u64 / block_bytes;
         let _held = self.stripes.lock(first, end, false);
         self.append_data(first, &mut data)
+    }
+
+    /// Writes several buffers, each at its offset, appending them to the log
+    /// with one `pwritev`: the way to keep a deep queue of small writes cheap.
+    /// Each write is atomic on its own; they succeed or fail together.
+    /// Writes that are not whole blocks, or too large, go one by one.
+    pub fn write_batch(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        let block_bytes = u64::from(self.superblock.block_bytes);
+        let mut whole = Vec::with_capacity(writes.len());
+        for (offset, data) in writes {
+            self.check_range(offset, data.len() as u64)?;
+            let aligned = offset.is_multiple_of(block_bytes)
+                && (data.len() as u64).is_multiple_of(block_bytes)
+                && data.len() as u64 <= WRITE_BYTES_MAX;
+            if aligned && !data.is_empty() {
+                whole.push((offset / block_bytes, data));
+            } else {
+                self.write(offset, &data)?;
+            }
+        }
+        if whole.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(u64, u64)> = whole
+            .iter()
+            .map(|(lba, data)| (*lba, lba + (data.len() as u64 >> self.shift())))
+            .collect();
+        let _held = self.stripes.lock_ranges(&ranges, false);
+        let key = self.keyring.current();
+        let sealed: Vec<(u64, Vec<u8>)> = whole
+            .iter_mut()
+            .map(|(lba, data)| {
+                // Take the sequence number before encrypting: it is half of
+                // the XTS tweak, and no two writes under one key may share one.
+                let seq = self.log.next_seq();
+                (seq, self.encrypt_and_checksum(key, seq, *lba, data))
+            })
+            .collect();
+        let records: Vec<AppendRecord<'_>> = whole
+            .iter()
+            .zip(&sealed)
+            .map(|((lba, data), (seq, checksums))| AppendRecord {
+                kind: RecordKind::Data,
+                seq: *seq,
+                lba: *lba,
+                block_count: (data.len() >> self.shift()) as u32,
+                key_id: key.id(),
+                payload: data,
+                checksums: Some(checksums),
+            })
+            .collect();
+        self.log.append(head_hint(), &records)?;
+        Ok(())
     }
 
     fn write_one(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
@@ -395,11 +478,9 @@ impl Volume {
     /// Encrypts whole blocks in place under a fresh sequence number and
     /// appends them as one record.
     fn append_data(&self, lba: u64, shadow: &mut [u8]) -> Result<(), VolumeError> {
-        // Take the sequence number before encrypting: it is half of the XTS
-        // tweak, and two writes under one key must never share a tweak.
         let seq = self.log.next_seq();
         let key = self.keyring.current();
-        key.encrypt(&self.pool, shadow, self.unit(), Tweak::for_block(seq, lba));
+        let checksums = self.encrypt_and_checksum(key, seq, lba, shadow);
         let record = AppendRecord {
             kind: RecordKind::Data,
             seq,
@@ -407,9 +488,44 @@ impl Volume {
             block_count: (shadow.len() >> self.shift()) as u32,
             key_id: key.id(),
             payload: shadow,
+            checksums: Some(&checksums),
         };
         self.log.append(head_hint(), &[record])?;
         Ok(())
+    }
+
+    /// Encrypts whole blocks in place with the tweaks of (`seq`, block) and
+    /// returns their checksum table; each chunk is encrypted and checksummed
+    /// on the crypto pool while it is in cache.
+    fn encrypt_and_checksum(
+        &self,
+        key: &ActiveKey,
+        seq: u64,
+        lba: u64,
+        data: &mut [u8],
+    ) -> Vec<u8> {
+        let unit = self.unit();
+        let mut checksums = vec![0u8; data.len() / unit.bytes() * 4];
+        let first = Tweak::for_block(seq, lba);
+        let done: Result<(), ()> = self.pool.try_run_with_side(
+            data,
+            &mut checksums,
+            4,
+            unit,
+            first,
+            |chunk, side, tweak| {
+                key.encrypt_here(chunk, unit, tweak);
+                for (block, crc) in chunk
+                    .chunks_exact(unit.bytes())
+                    .zip(side.chunks_exact_mut(4))
+                {
+                    crc.copy_from_slice(&crc32c::crc32c(block).to_le_bytes());
+                }
+                Ok(())
+            },
+        );
+        debug_assert!(done.is_ok());
+        checksums
     }
 
     /// Discards `len` bytes at `offset`: the whole blocks inside the range
@@ -471,6 +587,7 @@ impl Volume {
                 block_count: blocks,
                 key_id: KeyId::default(),
                 payload: &[],
+                checksums: None,
             };
             self.log.append(head_hint(), &[record])?;
             lba += u64::from(blocks);

@@ -80,6 +80,21 @@ impl Volume {
     /// Opens the volume in `dir` with its data `key`, recovering from any
     /// crash (see `store` for what recovery does).
     pub fn open(dir: &Path, key: DataKey, options: &VolumeOptions) -> Result<Self, VolumeError> {
+        // Refuse a directory that is not a volume before touching it.
+        Superblock::load(dir)?;
+        let lock = VolumeLock::acquire(dir, options.read_only)?;
+        Self::open_locked(dir, lock, key, options)
+    }
+
+    /// Opens the volume in `dir` under a lock the caller already holds: a
+    /// daemon takes the lock before it asks the key service for the key, so
+    /// a second daemon is refused before any key is released to it.
+    pub fn open_locked(
+        dir: &Path,
+        lock: VolumeLock,
+        key: DataKey,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
         let superblock = Superblock::load(dir)?;
         if key.id() != superblock.current_key_id {
             return Err(VolumeError::WrongKey {
@@ -87,7 +102,6 @@ impl Volume {
                 got: key.id(),
             });
         }
-        let lock = VolumeLock::acquire(dir, options.read_only)?;
         let keyring = Keyring::new(key, superblock.cipher == CipherName::Null)?;
         let (log, report) = store::open(dir, log_config(&superblock, options)?)?;
         Self::assemble(dir, superblock, log, keyring, options, report, lock)

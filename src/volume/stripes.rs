@@ -39,11 +39,19 @@ impl StripeLocks {
     /// Locks every stripe that blocks [first, end) fall in, in index order
     /// (so two writers can never deadlock).
     pub fn lock(&self, first: u64, end: u64, exclusive: bool) -> Held<'_> {
+        self.lock_ranges(&[(first, end)], exclusive)
+    }
+
+    /// Locks every stripe any of the block ranges [first, end) falls in, each
+    /// stripe once, in index order.
+    pub fn lock_ranges(&self, ranges: &[(u64, u64)], exclusive: bool) -> Held<'_> {
         let mut wanted = [false; STRIPES];
-        let first_region = first >> REGION_SHIFT;
-        let last_region = (end.max(first + 1) - 1) >> REGION_SHIFT;
-        for region in first_region..=last_region.min(first_region + STRIPES as u64) {
-            wanted[(region % STRIPES as u64) as usize] = true;
+        for &(first, end) in ranges {
+            let first_region = first >> REGION_SHIFT;
+            let last_region = (end.max(first + 1) - 1) >> REGION_SHIFT;
+            for region in first_region..=last_region.min(first_region + STRIPES as u64) {
+                wanted[(region % STRIPES as u64) as usize] = true;
+            }
         }
         let chosen = self
             .stripes

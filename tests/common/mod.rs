@@ -43,6 +43,7 @@ pub fn open(dir: &Path, block_bytes: u32) -> Volume {
 }
 
 pub mod blkio_client;
+pub mod procs;
 
 /// Recognisable data: every byte depends on position and a tag.
 pub fn pattern(len: usize, tag: u8) -> Vec<u8> {
@@ -69,10 +70,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// volume thousands of times and each open syncs files, which tmpfs makes free.
 pub fn fast_tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
     }
     tempfile::tempdir().unwrap()
 }

@@ -23,7 +23,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, error: impl Into<anyhow::Error>) -> Self {
-        Self { code, error: error.into() }
+        Self {
+            code,
+            error: error.into(),
+        }
     }
 }
 
@@ -32,8 +35,14 @@ impl From<lsvblk::volume::VolumeError> for Failure {
         use lsvblk::volume::VolumeError as E;
         let code = match &error {
             E::Busy { .. } => BUSY,
-            E::NotAVolume { .. } | E::UnsupportedFormat { .. } | E::Store(_) | E::UnknownKey { .. } => DATA,
-            E::BadOption(_) | E::AlreadyExists { .. } | E::OutOfRange { .. } | E::Misaligned { .. } => USAGE,
+            E::NotAVolume { .. }
+            | E::UnsupportedFormat { .. }
+            | E::Store(_)
+            | E::UnknownKey { .. } => DATA,
+            E::BadOption(_)
+            | E::AlreadyExists { .. }
+            | E::OutOfRange { .. }
+            | E::Misaligned { .. } => USAGE,
             E::WrongKey { .. } | E::NullCipherUnavailable | E::ReadOnly => DATA,
             E::Io { .. } | E::Key(_) => IO,
             _ => SOFTWARE,

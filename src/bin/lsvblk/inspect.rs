@@ -55,7 +55,10 @@ pub fn run(args: InspectArgs) -> Outcome {
     } else {
         println!("volume      {}", args.volume.display());
         println!("volume id   {}", superblock.volume_id);
-        println!("size        {} bytes, {}-byte blocks", superblock.size_bytes, superblock.block_bytes);
+        println!(
+            "size        {} bytes, {}-byte blocks",
+            superblock.size_bytes, superblock.block_bytes
+        );
         println!("cipher      {:?}", superblock.cipher);
         println!("key id      {} (current)", superblock.current_key_id);
         println!("log         {segments} segments, {segment_bytes} bytes");
@@ -67,7 +70,8 @@ pub fn run(args: InspectArgs) -> Outcome {
 fn dir_stats(dir: &Path, extension: &str) -> Result<(u64, u64), Failure> {
     let mut count = 0;
     let mut bytes = 0;
-    let entries = std::fs::read_dir(dir).map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         if entry.path().extension().is_some_and(|x| x == extension) {
             count += 1;

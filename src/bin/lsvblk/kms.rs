@@ -24,8 +24,13 @@ pub fn client(socket: &PathBuf) -> KmsClient {
 pub fn failure(action: &str, error: ClientError) -> Failure {
     let code = match &error {
         ClientError::Unavailable { .. } | ClientError::Timeout { .. } => exit::KMS_UNAVAILABLE,
-        ClientError::Api { status: 401 | 403, .. } => exit::DENIED,
-        ClientError::Api { status: 404 | 409 | 400, .. } => exit::DENIED,
+        ClientError::Api {
+            status: 401 | 403, ..
+        } => exit::DENIED,
+        ClientError::Api {
+            status: 404 | 409 | 400,
+            ..
+        } => exit::DENIED,
         ClientError::Api { status: 503, .. } => exit::KMS_UNAVAILABLE,
         _ => exit::SOFTWARE,
     };

@@ -8,7 +8,7 @@ use base64::Engine;
 use lsvblk::crypto::CryptoPool;
 use lsvblk::kms::api::KeyContext;
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{Superblock, Volume, VolumeOptions};
+use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use zeroize::Zeroizing;
@@ -60,6 +60,8 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Outcome {
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
+    // Lock first: a second daemon on this volume must not get the key.
+    let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
     let key = unwrap_key(&args, &superblock)?;
     let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
         .map_err(|e| Failure::new(USAGE, e))?;
@@ -69,10 +71,10 @@ pub fn run(args: ServeArgs) -> Outcome {
         pool: Some(Arc::new(pool)),
         ..VolumeOptions::default()
     };
-    let volume = Arc::new(Volume::open(&args.volume, key, &options)?);
+    let volume = Arc::new(Volume::open_locked(&args.volume, lock, key, &options)?);
     report_recovery(&volume);
-    let server = Server::bind(Arc::clone(&volume), &args.socket, device)
-        .map_err(|e| Failure::new(IO, e))?;
+    let server =
+        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
     watch_signals(server.stop_handle())?;
     tracing::info!(
         volume = %args.volume.display(),
@@ -91,7 +93,10 @@ pub fn run(args: ServeArgs) -> Outcome {
 }
 
 fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOptions, Failure> {
-    let serial = args.serial.clone().unwrap_or_else(|| superblock.volume_id.clone());
+    let serial = args
+        .serial
+        .clone()
+        .unwrap_or_else(|| superblock.volume_id.clone());
     let device = DeviceOptions {
         num_queues: args.num_queues,
         queue_size: args.queue_size,
@@ -99,32 +104,64 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
     };
-    device.validate().map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    device
+        .validate()
+        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
     Ok(device)
 }
 
 /// Sends the volume's wrapped key and the user's token to lsvkms and gets
 /// the data key back only if the user is on the ACL sealed in the blob.
-fn unwrap_key(args: &ServeArgs, superblock: &Superblock) -> Result<lsvblk::crypto::DataKey, Failure> {
+fn unwrap_key(
+    args: &ServeArgs,
+    superblock: &Superblock,
+) -> Result<lsvblk::crypto::DataKey, Failure> {
     let entry = superblock
         .keys
         .iter()
         .find(|k| k.key_id == superblock.current_key_id)
         .and_then(|k| k.wrapped_blob.as_ref())
-        .ok_or_else(|| Failure::new(DATA, anyhow::anyhow!("the volume holds no wrapped key (was it made by `lsvblk create`?)")))?;
+        .ok_or_else(|| {
+            Failure::new(
+                DATA,
+                anyhow::anyhow!(
+                    "the volume holds no wrapped key (was it made by `lsvblk create`?)"
+                ),
+            )
+        })?;
     let blob = base64::engine::general_purpose::STANDARD
         .decode(entry)
-        .map_err(|e| Failure::new(DATA, anyhow::anyhow!("the volume's wrapped key is not base64: {e}")))?;
-    let token = Zeroizing::new(
-        std::fs::read_to_string(&args.token_file)
-            .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("cannot read --token-file {}: {e}", args.token_file.display())))?,
-    );
-    let context = KeyContext { volume_id: superblock.volume_id.clone(), snapshot_id: String::new() };
+        .map_err(|e| {
+            Failure::new(
+                DATA,
+                anyhow::anyhow!("the volume's wrapped key is not base64: {e}"),
+            )
+        })?;
+    let token = Zeroizing::new(std::fs::read_to_string(&args.token_file).map_err(|e| {
+        Failure::new(
+            USAGE,
+            anyhow::anyhow!(
+                "cannot read --token-file {}: {e}",
+                args.token_file.display()
+            ),
+        )
+    })?);
+    let context = KeyContext {
+        volume_id: superblock.volume_id.clone(),
+        snapshot_id: String::new(),
+    };
     let key = client(&args.kms)
         .unwrap(&blob, &context, token.trim())
         .map_err(|e| failure("lsvkms refused to unwrap the volume key", e))?;
     if key.id() != superblock.current_key_id {
-        return Err(Failure::new(DATA, anyhow::anyhow!("lsvkms returned key {} but the volume uses {}", key.id(), superblock.current_key_id)));
+        return Err(Failure::new(
+            DATA,
+            anyhow::anyhow!(
+                "lsvkms returned key {} but the volume uses {}",
+                key.id(),
+                superblock.current_key_id
+            ),
+        ));
     }
     Ok(key)
 }

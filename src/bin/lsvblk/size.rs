@@ -10,14 +10,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => return Err(format!("unknown size suffix in {text:?} (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix in {text:?} (use K, M, G or T)"
+                    ));
+                }
             };
             (&text[..i], shift)
         }
         _ => (text, 0),
     };
-    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
-    value.checked_shl(shift).filter(|v| v >> shift == value).ok_or_else(|| format!("{text:?} is too large"))
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    value
+        .checked_shl(shift)
+        .filter(|v| v >> shift == value)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]

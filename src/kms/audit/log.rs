@@ -7,59 +7,35 @@
 //! one sync covers many concurrent calls, and no call gets an answer before
 //! its record is on stable storage.
 //!
+//! Callers in lockstep (two clients each waiting for its answer before
+//! asking again) would otherwise take turns, one record per sync: each
+//! arrives while the other's sync runs. So the writer lingers (at most
+//! [`AUDIT_LINGER_US_MAX`]) before writing while either
+//! - fewer records are gathered than the largest of the last
+//!   [`RECENT_BATCHES`] batches (callers that were recently concurrent
+//!   probably still are), or
+//! - calls that will append have started but not handed their record over
+//!   yet ([`AuditLog::begin_call`]).
+//!
+//! A lone caller never waits; after concurrency ends, the writer stops
+//! waiting within [`RECENT_BATCHES`] batches.
+//!
 //! Fail closed: if the file's mode has no write bit (an operator's
 //! `chmod a-w`, honoured even for root), the batch is refused; if a write
 //! or sync fails, the log is **poisoned** and every later call is refused
 //! until restart (after a failed fsync the page cache's state is unknown).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-use super::{
-    AuditEntry, AuditKey, AuditRecord, GENESIS_HASH, decode_line, encode_line, rfc3339_utc,
+pub use super::file::{AuditOpenError, FileSink, Head, head_path, open_file_sink, read_head};
+use super::{AuditEntry, AuditKey, AuditRecord, encode_line, rfc3339_utc};
+use crate::kms::limits::{
+    AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_LINGER_US_MAX, AUDIT_QUEUE_MAX,
 };
-use crate::kms::limits::{AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_QUEUE_MAX};
-
-/// The head file's contents: the newest durable record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    /// Its seq (0: empty log).
-    pub seq: u64,
-    /// Its hash.
-    pub hash: String,
-}
-
-/// Bytes the head file is padded to, so each rewrite is one small pwrite.
-const HEAD_BYTES: usize = 128;
-
-/// The head file of the log at `log_path`.
-pub fn head_path(log_path: &Path) -> PathBuf {
-    let mut name = log_path.as_os_str().to_owned();
-    name.push(".head");
-    PathBuf::from(name)
-}
-
-/// Reads a head file (`None` if absent).
-pub fn read_head(path: &Path) -> io::Result<Option<Head>> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() <= HEAD_BYTES => {
-            let text = String::from_utf8_lossy(&bytes);
-            serde_json::from_str(text.trim_end())
-                .map(Some)
-                .map_err(io::Error::other)
-        }
-        Ok(_) => Err(io::Error::other("head file too large")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
 
 /// Where appended lines go. A trait so tests can make writes and syncs fail.
 pub trait AuditSink: Send {
@@ -69,168 +45,9 @@ pub trait AuditSink: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// `Err` with a reason if the sink must not be written now (read-only mode).
     fn check_writable(&self) -> Result<(), String>;
-    /// Records the newest durable record (best effort, not synced).
+    /// Records the newest durable record (best effort, not synced); the
+    /// sink adds where it ends.
     fn set_head(&mut self, head: &Head);
-}
-
-/// The real sink: an append-only file and its head file.
-pub struct FileSink {
-    file: File,
-    head: File,
-}
-
-impl AuditSink for FileSink {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn check_writable(&self) -> Result<(), String> {
-        let meta = self.file.metadata().map_err(|e| format!("stat: {e}"))?;
-        if meta.nlink() == 0 {
-            return Err("audit log was deleted".into());
-        }
-        if meta.mode() & 0o222 == 0 {
-            return Err(format!(
-                "audit log is read-only (mode {:04o})",
-                meta.mode() & 0o7777
-            ));
-        }
-        Ok(())
-    }
-
-    fn set_head(&mut self, head: &Head) {
-        let mut bytes = serde_json::to_vec(head).expect("head serializes");
-        bytes.resize(HEAD_BYTES, b' ');
-        let _ = self.head.write_all_at(&bytes, 0);
-    }
-}
-
-/// Why the audit log cannot be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditOpenError {
-    /// I/O on the log or head file.
-    #[error("audit log {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// The log's last line does not authenticate, or the head is ahead of the log.
-    #[error("audit log {path} is damaged: {reason} (run `lsvkms audit verify`)")]
-    Damaged {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// Opens (creating if needed) the log at `path`, cuts a torn last line (a
-/// crash mid-write: that call was never answered), authenticates the last
-/// line and checks it against the head file. Returns the sink and the head.
-pub fn open_file_sink(path: &Path, key: &AuditKey) -> Result<(FileSink, Head), AuditOpenError> {
-    let io_err = |source| AuditOpenError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err)?;
-    let last = last_line(&mut file).map_err(io_err)?;
-    let head = match last {
-        None => Head {
-            seq: 0,
-            hash: GENESIS_HASH.into(),
-        },
-        Some(line) => {
-            let stored =
-                decode_line(key, &line).map_err(|e| damaged(path, format!("last line: {e}")))?;
-            Head {
-                seq: stored.record.seq,
-                hash: stored.hash,
-            }
-        }
-    };
-    let head_file_path = head_path(path);
-    if let Some(recorded) = read_head(&head_file_path).map_err(io_err)?
-        && recorded.seq > head.seq
-    {
-        return Err(damaged(
-            path,
-            format!(
-                "head says seq {} but the log ends at {}",
-                recorded.seq, head.seq
-            ),
-        ));
-    }
-    let head_file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&head_file_path)
-        .map_err(io_err)?;
-    let mut sink = FileSink {
-        file,
-        head: head_file,
-    };
-    sink.set_head(&head);
-    Ok((sink, head))
-}
-
-fn damaged(path: &Path, reason: String) -> AuditOpenError {
-    AuditOpenError::Damaged {
-        path: path.display().to_string(),
-        reason,
-    }
-}
-
-/// The last complete line (without `\n`), after cutting a torn tail.
-fn last_line(file: &mut File) -> io::Result<Option<Vec<u8>>> {
-    let bytes_total = file.metadata()?.len();
-    if bytes_total == 0 {
-        return Ok(None);
-    }
-    let window = bytes_total.min(2 * AUDIT_LINE_BYTES_MAX as u64 + 2);
-    let mut tail = vec![0u8; usize::try_from(window).expect("small window")];
-    file.seek(SeekFrom::Start(bytes_total - window))?;
-    file.read_exact(&mut tail)?;
-    if tail.last() != Some(&b'\n') {
-        let keep = tail
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |at| at + 1);
-        let cut_to = bytes_total - window + keep as u64;
-        if keep == 0 && window < bytes_total {
-            return Err(io::Error::other("torn tail longer than a line"));
-        }
-        tracing::warn!(
-            bytes = bytes_total - cut_to,
-            "cutting a torn last audit line"
-        );
-        file.set_len(cut_to)?;
-        file.sync_data()?;
-        tail.truncate(keep);
-    }
-    if tail.is_empty() {
-        return Ok(None);
-    }
-    tail.pop();
-    let start = tail
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |at| at + 1);
-    Ok(Some(tail[start..].to_vec()))
 }
 
 struct Job {
@@ -241,8 +58,40 @@ struct Job {
 /// The audit log as the service uses it: [`AuditLog::append`] returns only
 /// after the record is durable, or fails.
 pub struct AuditLog {
-    sender: SyncSender<Job>,
+    // `None` only while dropping.
+    sender: Option<SyncSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Result<(), String>>>,
+    calls_in_progress: Arc<AtomicUsize>,
+}
+
+impl Drop for AuditLog {
+    /// Closes the queue and waits for the writer, so the log file (and its
+    /// lock) is closed when this returns.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+thread_local! {
+    /// Whether the call running on this thread is counted in
+    /// `calls_in_progress` and has not appended its first record yet.
+    static CALL_COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Counts one call as in progress until its first record is appended or
+/// the guard drops, whichever is first (see [`AuditLog::begin_call`]).
+pub struct CallGuard(Arc<AtomicUsize>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if CALL_COUNTED.replace(false) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl AuditLog {
@@ -250,33 +99,59 @@ impl AuditLog {
     pub fn start(sink: Box<dyn AuditSink>, key: AuditKey, head: Head) -> io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel(AUDIT_QUEUE_MAX);
         let status = Arc::new(Mutex::new(Ok(())));
+        let calls_in_progress = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             sink,
             key,
             head,
             poisoned: None,
             status: Arc::clone(&status),
+            calls_in_progress: Arc::clone(&calls_in_progress),
+            recent_batch_sizes: [1; RECENT_BATCHES],
+            batches_written: 0,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(receiver))?;
-        Ok(Self { sender, status })
+        Ok(Self {
+            sender: Some(sender),
+            writer: Some(writer),
+            status,
+            calls_in_progress,
+        })
     }
 
     /// A log that refuses everything (the file could not be opened).
     pub fn refusing(reason: String) -> Self {
         let (sender, _receiver) = mpsc::sync_channel(1);
         Self {
-            sender,
+            sender: Some(sender),
+            writer: None,
             status: Arc::new(Mutex::new(Err(reason))),
+            calls_in_progress: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Marks a call that will append a record as in progress until the
+    /// guard drops; the writer waits (briefly) for such calls to batch them.
+    pub fn begin_call(&self) -> CallGuard {
+        if !CALL_COUNTED.replace(true) {
+            self.calls_in_progress.fetch_add(1, Ordering::AcqRel);
+        }
+        CallGuard(Arc::clone(&self.calls_in_progress))
     }
 
     /// Appends `entry` durably; returns its seq. `Err` means the record is
     /// not (known to be) durable: the caller must refuse the call.
     pub fn append(&self, entry: AuditEntry) -> Result<u64, String> {
         let (reply, answer) = mpsc::sync_channel(1);
+        // No longer "about to append": the writer stops waiting for us.
+        if CALL_COUNTED.replace(false) {
+            self.calls_in_progress.fetch_sub(1, Ordering::AcqRel);
+        }
         self.sender
+            .as_ref()
+            .expect("sender lives until drop")
             .send(Job { entry, reply })
             .map_err(|_| self.unhealthy_reason())?;
         answer
@@ -302,25 +177,51 @@ struct Writer {
     head: Head,
     poisoned: Option<String>,
     status: Arc<Mutex<Result<(), String>>>,
+    calls_in_progress: Arc<AtomicUsize>,
+    recent_batch_sizes: [usize; RECENT_BATCHES],
+    batches_written: usize,
 }
+
+/// Batches whose sizes predict the next one's.
+pub const RECENT_BATCHES: usize = 4;
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Job>) {
         let mut batch = Vec::with_capacity(AUDIT_BATCH_MAX);
         while let Ok(first) = receiver.recv() {
             batch.push(first);
-            while batch.len() < AUDIT_BATCH_MAX {
-                match receiver.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&receiver, &mut batch);
             let result = self.write_batch(&batch);
+            self.recent_batch_sizes[self.batches_written % RECENT_BATCHES] = batch.len();
+            self.batches_written = self.batches_written.wrapping_add(1);
             *self.status.lock().expect("status lock") =
                 result.as_ref().map(|_| ()).map_err(Clone::clone);
             for (index, job) in batch.drain(..).enumerate() {
                 let answer = result.as_ref().map(|first_seq| first_seq + index as u64);
                 let _ = job.reply.send(answer.map_err(Clone::clone));
+            }
+        }
+    }
+
+    /// Adds whatever is queued to `batch`, then lingers (bounded) while more
+    /// records are expected (see the module doc).
+    fn gather(&self, receiver: &Receiver<Job>, batch: &mut Vec<Job>) {
+        let linger_end = Instant::now() + Duration::from_micros(AUDIT_LINGER_US_MAX);
+        let expected = self.recent_batch_sizes.iter().copied().max().unwrap_or(1);
+        while batch.len() < AUDIT_BATCH_MAX {
+            if let Ok(job) = receiver.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            let now = Instant::now();
+            let waiting_for_more =
+                batch.len() < expected || self.calls_in_progress.load(Ordering::Acquire) > 0;
+            if !waiting_for_more || now >= linger_end {
+                return;
+            }
+            match receiver.recv_timeout(linger_end - now) {
+                Ok(job) => batch.push(job),
+                Err(_) => return,
             }
         }
     }
@@ -352,6 +253,7 @@ impl Writer {
             head = Head {
                 seq: record.seq,
                 hash,
+                end_offset: 0,
             };
         }
         if let Err(error) = self.sink.append(&bytes).and_then(|()| self.sink.sync()) {
@@ -370,7 +272,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::audit::Decision;
+    use crate::kms::audit::{Decision, GENESIS_HASH};
 
     struct FlakySink {
         fail_sync: bool,
@@ -420,6 +322,7 @@ mod tests {
             Head {
                 seq: 0,
                 hash: GENESIS_HASH.into(),
+                end_offset: 0,
             },
         )
         .unwrap();
@@ -442,6 +345,7 @@ mod tests {
                 Head {
                     seq: 0,
                     hash: GENESIS_HASH.into(),
+                    end_offset: 0,
                 },
             )
             .unwrap(),

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::log::{Head, head_path, read_head};
-use super::{AuditKey, Decision, GENESIS_HASH, StoredRecord, decode_line, parse_line_unverified};
+use super::file::{Head, PAD, head_path, read_head, rest_is_padding};
+use super::{AuditKey, Decision, StoredRecord, decode_line, parse_line_unverified};
 use crate::crypto::KeyId;
 use crate::kms::error::KmsError;
 use crate::kms::keys::KeyStore;
@@ -51,10 +51,13 @@ pub enum VerifyError {
     },
 }
 
-/// Calls `each(line_number, line_without_newline)` for every line; a last
-/// line without `\n` is passed too (callers decide).
+/// Calls `each(line_number, line_without_newline, complete)` for every
+/// record line, up to the first empty line (where padding begins, see
+/// [`super::file`]); a last line without `\n` is passed too (callers
+/// decide). With `strict`, anything but padding after the end is an error.
 fn for_each_line(
     path: &Path,
+    strict: bool,
     mut each: impl FnMut(u64, &[u8], bool) -> Result<(), VerifyError>,
 ) -> Result<(), VerifyError> {
     let file = File::open(path)?;
@@ -70,6 +73,16 @@ fn for_each_line(
             return Ok(());
         }
         number += 1;
+        if line == [PAD] {
+            if strict && !rest_is_padding(&mut reader)? {
+                let reason = "bytes after the end of the log (a torn write? lsvkms sets it aside when it starts)";
+                return Err(VerifyError::Broken {
+                    line: number,
+                    reason: reason.into(),
+                });
+            }
+            return Ok(());
+        }
         let complete = line.last() == Some(&b'\n');
         if complete {
             line.pop();
@@ -86,12 +99,10 @@ fn for_each_line(
 /// Verifies every line's hash, the chain (`prev`, `seq`) and the head file.
 pub fn verify(log_path: &Path, key: &AuditKey) -> Result<VerifyReport, VerifyError> {
     let head = read_head(&head_path(log_path))?;
-    let mut previous = Head {
-        seq: 0,
-        hash: GENESIS_HASH.into(),
-    };
+    let mut previous = Head::genesis();
     let mut head_seen = head.as_ref().is_none_or(|h| h.seq == 0);
-    for_each_line(log_path, |line, bytes, complete| {
+    let mut offset = 0u64;
+    for_each_line(log_path, true, |line, bytes, complete| {
         let broken = |reason: String| VerifyError::Broken { line, reason };
         if !complete {
             return Err(broken("torn last line (no newline)".into()));
@@ -101,14 +112,18 @@ pub fn verify(log_path: &Path, key: &AuditKey) -> Result<VerifyReport, VerifyErr
         if let Some(head) = &head
             && head.seq == stored.record.seq
         {
-            if head.hash != stored.hash {
+            let ends_elsewhere =
+                head.end_offset != 0 && head.end_offset != offset + bytes.len() as u64 + 1;
+            if head.hash != stored.hash || ends_elsewhere {
                 return Err(broken("differs from the record the head file names".into()));
             }
             head_seen = true;
         }
+        offset += bytes.len() as u64 + 1;
         previous = Head {
             seq: stored.record.seq,
             hash: stored.hash,
+            end_offset: offset,
         };
         Ok(())
     })?;
@@ -175,7 +190,7 @@ pub struct CheckReport {
 /// exactly what this must see (run `audit verify` for authenticity).
 pub fn check(log_path: &Path, keys: &KeyStore) -> Result<CheckReport, VerifyError> {
     let mut report = CheckReport::default();
-    for_each_line(log_path, |line, bytes, _complete| {
+    for_each_line(log_path, false, |line, bytes, _complete| {
         let Ok(stored) = parse_line_unverified(bytes) else {
             report.unreadable_lines += 1;
             return Ok(());
@@ -251,7 +266,7 @@ pub fn query(
     limit: usize,
 ) -> Result<Vec<serde_json::Value>, VerifyError> {
     let mut kept = VecDeque::with_capacity(limit.min(1024));
-    for_each_line(log_path, |_line, bytes, complete| {
+    for_each_line(log_path, false, |_line, bytes, complete| {
         if !complete || limit == 0 {
             return Ok(());
         }

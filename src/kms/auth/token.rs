@@ -10,17 +10,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::kms::api::validate_user;
 use crate::kms::error::KmsError;
 use crate::kms::fsutil;
-use crate::kms::limits::{TOKEN_BYTES_MAX, TOKEN_IAT_SKEW_S_MAX};
+use crate::kms::limits::{TOKEN_BYTES_MAX, TOKEN_CACHE_ENTRIES_MAX, TOKEN_IAT_SKEW_S_MAX};
 
 /// The only JOSE header we write and accept.
 #[derive(Debug, Serialize, Deserialize)]
@@ -119,9 +121,15 @@ impl TokenSigner {
 }
 
 /// Verifies tokens of the issuers we trust.
+///
+/// A token whose signature verified is remembered (by its SHA-256, at most
+/// [`TOKEN_CACHE_ENTRIES_MAX`] of them) so repeated calls with the same token
+/// skip the Ed25519 verification (~50 µs); its times are checked on every
+/// use, so a cached token still expires.
 #[derive(Clone, Default)]
 pub struct TokenVerifier {
     issuers: HashMap<String, VerifyingKey>,
+    verified: Arc<Mutex<HashMap<[u8; 32], Claims>>>,
 }
 
 impl TokenVerifier {
@@ -149,6 +157,27 @@ impl TokenVerifier {
 
     /// The claims of `token` if it is valid at `now_unix_s`.
     pub fn verify(&self, token: &str, now_unix_s: u64) -> Result<Claims, KmsError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .verified
+            .lock()
+            .expect("token cache lock")
+            .get(&digest)
+            .cloned();
+        if let Some(claims) = cached {
+            check_times(&claims, now_unix_s)?;
+            return Ok(claims);
+        }
+        let claims = self.verify_signed(token, now_unix_s)?;
+        let mut verified = self.verified.lock().expect("token cache lock");
+        if verified.len() >= TOKEN_CACHE_ENTRIES_MAX {
+            verified.clear();
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str, now_unix_s: u64) -> Result<Claims, KmsError> {
         let invalid = |reason: &str| KmsError::TokenInvalid(reason.to_owned());
         if token.len() > TOKEN_BYTES_MAX {
             return Err(invalid("token too long"));

@@ -140,6 +140,8 @@ pub fn derive_with(cipher: &Aes256, nonce: &BlobNonce) -> BlobKey {
         let mut block = Array::from(<[u8; 16]>::try_from(&*chunk).expect("16-byte chunk"));
         cipher.encrypt_block(&mut block);
         chunk.copy_from_slice(&block);
+        // The block is derived key material: leave no copy on the stack.
+        block.fill(0);
     }
     let output: &[u8; DERIVE_INPUT_BYTES] = &blocks;
     BlobKey::from_derive_output(output)

@@ -57,9 +57,9 @@ fn hsm(what: &str, error: impl std::fmt::Display) -> KekError {
 pub struct Pkcs11Kek {
     state_dir: PathBuf,
     config: Pkcs11Config,
-    // Kept alive for the sessions; finalized on drop.
-    _context: Pkcs11,
+    // Fields drop in order: sessions close before the context finalizes.
     sessions: Vec<Mutex<Session>>,
+    _context: Pkcs11,
     next_session: AtomicUsize,
     keys: RwLock<BTreeMap<u32, ObjectHandle>>,
     version_min: AtomicU32,

@@ -1,0 +1,154 @@
+# shellcheck shell=bash
+# host-lib.sh - host-side helpers of e2e.sh and demo.sh (lsvkms/lsvblk
+# processes, binaries, the volume's on-disk format); sourced after common.sh.
+#
+# shellcheck disable=SC2034 # LSVBLK, LSVKMS, BIN_HOW are for the caller
+# Globals used: RUN_PID (set by `run` while a foreground step runs, for the
+# caller's cleanup trap), REPO (repository root).
+
+REPO=$(cd "$QEMU_DIR/.." && pwd)
+RUN_PID=""
+
+# exited PID: true once child PID has exited (a zombie, not yet waited for,
+# counts as exited; `kill -0` would still succeed on it).
+exited() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [ "${stat:0:1}" = Z ]
+}
+
+# wait_exit PID SECONDS: waits for child PID to exit; false on timeout.
+wait_exit() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    exited "$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# stop_pid PID: SIGTERM, up to 30 s, then SIGKILL; reaps it and returns its
+# exit status.
+stop_pid() {
+  local rc=0
+  kill -TERM "$1" 2>/dev/null || true
+  if ! wait_exit "$1" 30; then
+    log "pid $1 ignored SIGTERM for 30 s: SIGKILL"
+    kill -KILL "$1" 2>/dev/null || true
+  fi
+  wait "$1" 2>/dev/null || rc=$?
+  return "$rc"
+}
+
+# run CMD...: runs CMD in the background and waits for it, so that a
+# SIGINT/SIGTERM to the script is handled at once (its trap stops RUN_PID).
+run() {
+  local rc=0
+  "$@" &
+  RUN_PID=$!
+  wait "$RUN_PID" || rc=$?
+  RUN_PID=""
+  return "$rc"
+}
+
+# wait_socket PATH PID NAME LOG: waits until PATH is a socket; dies (showing
+# LOG) if PID exits first, or after 30 s.
+wait_socket() {
+  local i rc=0
+  for ((i = 0; i < 300; i++)); do
+    [ -S "$1" ] && return 0
+    if exited "$2"; then
+      wait "$2" || rc=$?
+      sed 's/^/  | /' "$4" >&2
+      die "$3 exited with status $rc before creating $1"
+    fi
+    sleep 0.1
+  done
+  die "$3 did not create $1 in 30 s"
+}
+
+# build_binaries: sets LSVBLK and LSVKMS (and BIN_HOW). Uses $LSVBLK_BIN_DIR
+# if set, else `cargo build --profile ${LSVBLK_CARGO_PROFILE:-release} --bins`.
+build_binaries() {
+  local bin profile dir
+  if [ -n "${LSVBLK_BIN_DIR:-}" ]; then
+    bin=$LSVBLK_BIN_DIR
+    BIN_HOW="prebuilt in $bin"
+  else
+    command -v cargo >/dev/null ||
+      die "cargo not found: install Rust >= 1.89 (https://rustup.rs), or set LSVBLK_BIN_DIR to prebuilt binaries"
+    profile=${LSVBLK_CARGO_PROFILE:-release}
+    run cargo build --manifest-path "$REPO/Cargo.toml" --profile "$profile" --bins --quiet ||
+      die "cargo build --profile $profile --bins failed"
+    dir=$profile
+    [ "$profile" != dev ] || dir=debug
+    bin=${CARGO_TARGET_DIR:-$REPO/target}/$dir
+    BIN_HOW="cargo build --profile $profile"
+  fi
+  LSVBLK=$bin/lsvblk
+  LSVKMS=$bin/lsvkms
+  local b
+  for b in "$LSVBLK" "$LSVKMS"; do [ -x "$b" ] || die "no executable $b"; done
+}
+
+# json_field NAME JSON: the value of a top-level string or number field of
+# the one-line JSON objects lsvblk prints (no jq needed).
+json_field() {
+  sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" <<<"$2" | head -n1
+}
+
+# Text the guest scenarios write: the dd probe sectors, fio pass B's and the
+# multi-queue job's patterns, the ext2 files' content (qemu/guest/e2e-lib.sh).
+PLAINTEXTS=("LSVBLK-DD" "LSVBLK-B" "LSVBLK-Q" "lsvblk file")
+
+# plaintext_hits FILE...: lines holding any of PLAINTEXTS, all files together.
+plaintext_hits() {
+  local args=() p
+  for p in "${PLAINTEXTS[@]}"; do args+=(-e "$p"); done
+  cat "$@" | grep -a -c -F "${args[@]}" || true
+}
+
+# probe_sector LBA: one 512-byte dd probe sector as the guest writes it.
+probe_sector() {
+  awk -v lba="$1" 'BEGIN { l = sprintf("LSVBLK-DD/gen1/lba=%012d\n", lba); for (i = 0; i < 16; i++) printf "%s", l }'
+}
+
+# find_block BLOCK SEGMENT...: prints "FILE OFFSET SEQ": where the live copy
+# of volume block BLOCK's ciphertext starts, i.e. in the data record with the
+# highest sequence number covering it (nothing if a later discard or
+# write-zeroes record covers it, or nothing does). Layout: src/store/mod.rs.
+find_block() {
+  perl -e '
+    use strict; use warnings;
+    my ($target, @files) = @ARGV;
+    my ($best_seq, $best) = (-1, "");
+    for my $f (@files) {
+      open(my $fh, "<:raw", $f) or die "$f: $!\n";
+      my $size = -s $f;
+      my $off = 64;                                   # segment header
+      while ($off + 64 <= $size) {
+        seek($fh, $off, 0) or die "$f: seek: $!\n";
+        read($fh, my $h, 64) == 64 or last;
+        last unless substr($h, 0, 4) eq "LSVR";       # torn tail / end
+        my ($kind, $seq, $lba, $n, $shift) = unpack("x6 C x Q< Q< L< C", $h);
+        my $bs = 1 << $shift;
+        if ($kind != 4 && $target >= $lba && $target < $lba + $n && $seq > $best_seq) {
+          $best_seq = $seq;
+          $best = $kind == 1 ? "$f " . ($off + 64 + 4 * $n + ($target - $lba) * $bs) . " $seq" : "";
+        }
+        $off += $kind == 1 ? 64 + 4 * $n + $n * $bs : 64;
+      }
+    }
+    print "$best\n" if $best ne "";
+  ' "$@"
+}
+
+# flip_byte FILE OFFSET: inverts one byte in place.
+flip_byte() {
+  local b
+  b=$(dd if="$1" bs=1 skip="$2" count=1 status=none | od -An -tu1 | tr -d ' ')
+  [ -n "$b" ] || die "cannot read byte $2 of $1"
+  # shellcheck disable=SC2059 # octal escape built on purpose
+  printf "\\$(printf '%03o' $((255 - b)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
