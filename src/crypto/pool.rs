@@ -6,7 +6,6 @@
 
 use super::xts::{DataUnit, Tweak, XtsCipher};
 use crate::limits::{CRYPTO_CHUNK_BYTES_DEFAULT, CRYPTO_CHUNK_BYTES_MIN};
-use rayon::prelude::*;
 
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -113,23 +112,45 @@ impl CryptoPool {
             buf.len() / unit.bytes() * side_per_unit,
             "side table size"
         );
+        // Chunks must hold whole data units (4096 is a multiple of 512 and of
+        // every unit we use; round down for odd test units).
         let chunk_bytes = (self.chunk_bytes / unit.bytes()).max(1) * unit.bytes();
         if buf.len() <= chunk_bytes {
             return transform(buf, side, first);
         }
         let units_per_chunk = chunk_bytes / unit.bytes();
-        self.threads.install(|| {
-            buf.par_chunks_mut(chunk_bytes)
-                .zip(side.par_chunks_mut(units_per_chunk * side_per_unit))
-                .enumerate()
-                .try_for_each(|(index, (chunk, side))| {
-                    transform(
-                        chunk,
-                        side,
-                        first.add_units((index * units_per_chunk) as u64),
-                    )
-                })
-        })
+        let side_chunk = units_per_chunk * side_per_unit;
+        let failure: std::sync::Mutex<Option<E>> = std::sync::Mutex::new(None);
+        let run_one = |index: usize, chunk: &mut [u8], side: &mut [u8]| {
+            if let Err(error) = transform(
+                chunk,
+                side,
+                first.add_units((index * units_per_chunk) as u64),
+            ) {
+                failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(error);
+            }
+        };
+        let mut pieces = buf
+            .chunks_mut(chunk_bytes)
+            .zip(side.chunks_mut(side_chunk))
+            .enumerate();
+        let (_, (first_chunk, first_side)) = pieces.next().expect("more than one chunk");
+        // The caller does the first chunk itself instead of sleeping while
+        // the pool works: on a small machine that is a whole core back.
+        self.threads.in_place_scope(|scope| {
+            for (index, (chunk, side)) in pieces {
+                let run_one = &run_one;
+                scope.spawn(move |_| run_one(index, chunk, side));
+            }
+            run_one(0, first_chunk, first_side);
+        });
+        match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Runs `transform` over `buf`: inline for one chunk or less, otherwise
@@ -142,20 +163,13 @@ impl CryptoPool {
         first: Tweak,
         transform: impl Fn(&mut [u8], Tweak) + Sync,
     ) {
-        // Chunks must hold whole data units (4096 is a multiple of 512 and of
-        // every unit we use; round down for odd test units).
-        let chunk_bytes = (self.chunk_bytes / unit.bytes()).max(1) * unit.bytes();
-        if buf.len() <= chunk_bytes {
-            transform(buf, first);
-            return;
-        }
-        let units_per_chunk = (chunk_bytes / unit.bytes()) as u64;
-        self.threads.install(|| {
-            buf.par_chunks_mut(chunk_bytes)
-                .enumerate()
-                .for_each(|(index, chunk)| {
-                    transform(chunk, first.add_units(index as u64 * units_per_chunk));
-                });
-        });
+        // One dummy side byte per data unit lets `run` share the chunking.
+        let mut side = vec![0u8; buf.len() / unit.bytes()];
+        let done: Result<(), ()> =
+            self.try_run_with_side(buf, &mut side, 1, unit, first, |chunk, _, tweak| {
+                transform(chunk, tweak);
+                Ok(())
+            });
+        debug_assert!(done.is_ok());
     }
 }

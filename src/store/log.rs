@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::checkpoint::{self, CheckpointData};
@@ -148,6 +148,24 @@ pub struct Log {
     seq_next: AtomicU64,
     bytes_since_checkpoint: AtomicU64,
     checkpoint_lock: Mutex<()>,
+    /// Segments that left a head (full or abandoned) and are not yet synced;
+    /// the next flush syncs them and then seals the full ones.
+    pending: Mutex<Vec<PendingSeal>>,
+    /// A segment file was created since the directory was last synced.
+    dir_dirty: AtomicBool,
+    /// One flush at a time: a flush that returns must not leave syncs of
+    /// segments it took from `pending` to another flush still running.
+    flush_lock: Mutex<()>,
+}
+
+/// A segment no head appends to any more, waiting for the next flush.
+struct PendingSeal {
+    id: u64,
+    file: Arc<File>,
+    end: u64,
+    /// Full segments get a seal record after the sync; an abandoned one (its
+    /// tail may hold a failed write) does not, so replay cuts the tail.
+    seal: bool,
 }
 
 impl Log {
@@ -188,6 +206,9 @@ impl Log {
             seq_next: AtomicU64::new(seq_next),
             bytes_since_checkpoint: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            dir_dirty: AtomicBool::new(false),
+            flush_lock: Mutex::new(()),
         }
     }
 
@@ -285,6 +306,16 @@ impl Log {
             // Take back whatever part landed so the segment stays a clean log;
             // if even that fails, abandon the segment (replay cuts the tail).
             if open.file.set_len(start).is_err() {
+                let abandoned = PendingSeal {
+                    id: open.id,
+                    file: Arc::clone(&open.file),
+                    end: start,
+                    seal: false,
+                };
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(abandoned);
                 head.open = None;
             }
             return Err(StoreError::io(&path, error));
@@ -368,8 +399,19 @@ impl Log {
             if open.offset < self.config.segment_bytes {
                 return Ok(());
             }
-            self.seal(open.id, &open.file, open.offset)?;
-            head.open = None;
+            // No sync here: the guest has not asked for durability, and a
+            // sync in the write path would make appends as slow as the disk.
+            // The next flush syncs and seals it (a seal must follow a sync).
+            let full = head.open.take().expect("checked above");
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(PendingSeal {
+                    id: full.id,
+                    file: full.file,
+                    end: full.offset,
+                    seal: true,
+                });
         }
         // Allocate, create and publish the segment under the index lock, so a
         // checkpoint sees either none of it or all of it (see module docs).
@@ -377,7 +419,8 @@ impl Log {
         let id = state.segment_id_next;
         let file =
             segment::create_segment(&self.segments_dir, id, &self.config.volume_id, head.id)?;
-        sync_dir(&self.segments_dir)?;
+        // The directory entry becomes durable at the next flush.
+        self.dir_dirty.store(true, Ordering::SeqCst);
         state.segment_id_next = id + 1;
         state.head_positions[head.id as usize] = Some((id, SEGMENT_HEADER_BYTES));
         drop(state);
@@ -399,6 +442,12 @@ impl Log {
     fn seal(&self, id: u64, file: &File, offset: u64) -> Result<(), StoreError> {
         let path = segment::segment_path(&self.segments_dir, id);
         file.sync_data().map_err(|e| StoreError::io(&path, e))?;
+        self.write_seal_record(id, file, offset)
+    }
+
+    /// Appends the seal record at `offset`; the caller synced the segment.
+    fn write_seal_record(&self, id: u64, file: &File, offset: u64) -> Result<(), StoreError> {
+        let path = segment::segment_path(&self.segments_dir, id);
         let seal = RecordHeader {
             kind: RecordKind::Seal,
             seq: 0,
@@ -413,7 +462,33 @@ impl Log {
 
     /// Makes every record appended before this call durable (fdatasync).
     pub fn flush(&self) -> Result<(), StoreError> {
-        // Full segments were synced when sealed; only open ones need it.
+        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let result = self.sync_all(&pending);
+        if result.is_err() {
+            // Keep them for the next flush to retry.
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending);
+            return result;
+        }
+        // Every record before each seal is durable now: seal the full ones.
+        for segment in pending.iter().filter(|p| p.seal) {
+            self.write_seal_record(segment.id, &segment.file, segment.end)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the segment directory (if a segment was created), the segments
+    /// that left their heads, and every head's open segment.
+    fn sync_all(&self, pending: &[PendingSeal]) -> Result<(), StoreError> {
+        if self.dir_dirty.swap(false, Ordering::SeqCst)
+            && let Err(error) = sync_dir(&self.segments_dir)
+        {
+            self.dir_dirty.store(true, Ordering::SeqCst);
+            return Err(error);
+        }
         let open: Vec<(u64, Arc<File>)> = self
             .heads
             .iter()
@@ -422,7 +497,11 @@ impl Log {
                 head.open.as_ref().map(|o| (o.id, Arc::clone(&o.file)))
             })
             .collect();
-        for (id, file) in open {
+        let segments = pending
+            .iter()
+            .map(|p| (p.id, &p.file))
+            .chain(open.iter().map(|(id, f)| (*id, f)));
+        for (id, file) in segments {
             file.sync_data()
                 .map_err(|e| StoreError::io(&segment::segment_path(&self.segments_dir, id), e))?;
         }
@@ -561,10 +640,19 @@ impl Log {
         for head in &self.heads {
             let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(open) = head.open.take() {
-                self.seal(open.id, &open.file, open.offset)?;
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(PendingSeal {
+                        id: open.id,
+                        file: open.file,
+                        end: open.offset,
+                        seal: true,
+                    });
                 self.write_state().head_positions[head.id as usize] = None;
             }
         }
+        // The checkpoint's flush syncs and seals every segment.
         self.checkpoint()
     }
 }
