@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs one benchmark: ci/bench.sh NAME [args for the bench]
 #
-# NAME is a `[[bench]]` target in Cargo.toml (benches/NAME.rs, harness =
-# false, helpers in benches/common/). It is built in release mode and prints a
+# NAME is a `[[bench]]` target in Cargo.toml (ci/bench/NAME.rs, harness =
+# false, helpers in ci/bench/common/). It is built in release mode and prints a
 # table for people and, as its very last line, one JSON object, which it also
 # writes to target/bench/NAME.json. Common args: --reps N (repetitions, the
 # median is reported), --rep-ms N (length of one repetition), --only TEXT.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 usage() {
   echo "usage: ci/bench.sh NAME [args]" >&2
-  echo "benchmarks: $(cd benches && ls -- *.rs | sed 's/\.rs$//' | tr '\n' ' ')" >&2
+  echo "benchmarks: $(cd ci/bench && ls -- *.rs | sed 's/\.rs$//' | tr '\n' ' ')" >&2
   exit 2
 }
 
@@ -24,7 +24,7 @@ usage() {
 case "$1" in -h | --help) usage ;; esac
 name="$1"
 shift
-[ -f "benches/$name.rs" ] || { echo "ci/bench.sh: no benches/$name.rs" >&2; usage; }
+[ -f "ci/bench/$name.rs" ] || { echo "ci/bench.sh: no ci/bench/$name.rs" >&2; usage; }
 
 # The features bench NAME asks for, comma-separated (empty if none).
 bench_features() {

@@ -1,4 +1,4 @@
-//! Helpers shared by every benchmark under `benches/` (`mod common;`).
+//! Helpers shared by every benchmark under `ci/bench/` (`mod common;`).
 //!
 //! A benchmark registers throughput cases with a [`Suite`], runs them
 //! round-robin (so a burst of noise from a neighbour's compile hits every case

@@ -12,7 +12,7 @@
 //! round-robin; req/s is the median of the repetitions, latencies are
 //! percentiles over all calls. Prints a table, then one JSON object as the
 //! last line, also written to `target/bench/kms.json`. Self-contained (no
-//! `benches/common`). `unwrap_*` keys are the two-client case;
+//! `ci/bench/common`). `unwrap_*` keys are the two-client case;
 //! `*_1client` the one-client case.
 
 use std::path::{Path, PathBuf};
