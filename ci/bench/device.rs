@@ -220,7 +220,7 @@ fn main() {
         );
     }
 
-    let mut rng = SplitMix64(0xdead_beef_0bad_cafe);
+    let mut rng = common::SplitMix64(0xdead_beef_0bad_cafe);
     for target in &mut targets {
         target.connect();
         target.fill_mbps = Some(target.precondition());
@@ -598,13 +598,18 @@ impl Target {
     }
 
     /// One repetition of `workload`.
-    fn run(&mut self, workload: &Workload, limits: &Limits, rng: &mut SplitMix64) -> Sample {
+    fn run(
+        &mut self,
+        workload: &Workload,
+        limits: &Limits,
+        rng: &mut common::SplitMix64,
+    ) -> Sample {
         let name = self.name;
         let client = self.client.as_mut().expect("connected");
         let block = workload.block as u64;
         let blocks = client.capacity / block;
         let mut cursor = rng.below(blocks);
-        let mut next_offset = |rng: &mut SplitMix64| {
+        let mut next_offset = |rng: &mut common::SplitMix64| {
             if workload.random {
                 rng.below(blocks) * block
             } else {
@@ -873,7 +878,7 @@ impl Client {
         // SAFETY: the region is REGION_BYTES of mapped memory owned by
         // `blkio`; nothing is in flight yet.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.addr as *mut u8, region.len) };
-        let mut rng = SplitMix64(0x1234_5678);
+        let mut rng = common::SplitMix64(0x1234_5678);
         for chunk in bytes.chunks_exact_mut(8) {
             chunk.copy_from_slice(&rng.next().to_le_bytes());
         }
@@ -1067,22 +1072,4 @@ fn report(
         report.info("cpu", &cpu);
     }
     report.finish();
-}
-
-/// A small deterministic generator (SplitMix64): offsets and data only.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n is far below 2^64; the bias is negligible).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
 }

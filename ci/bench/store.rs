@@ -141,7 +141,7 @@ fn main() {
     }
 
     let blocks = volume_bytes / IO_BYTES as u64;
-    let mut rng = SplitMix64(0x5eed_1234_abcd_0001);
+    let mut rng = common::SplitMix64(0x5eed_1234_abcd_0001);
     let mut buf = vec![0u8; IO_BYTES];
     // Warm-up: a short untimed pass of every case.
     let warm_up = (options.rep_duration / 8).min(Duration::from_millis(300));
@@ -235,7 +235,7 @@ fn run_case(
     op: Op,
     blocks: u64,
     duration: Duration,
-    rng: &mut SplitMix64,
+    rng: &mut common::SplitMix64,
     buf: &mut [u8],
 ) -> f64 {
     let start = Instant::now();
@@ -326,22 +326,4 @@ fn report(options: &Options, cases: &[Case], targets: &[Target], fill_s: &[f64],
         report.info("cpu", &cpu);
     }
     report.finish();
-}
-
-/// A small deterministic generator (SplitMix64): offsets only, not crypto.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n is far below 2^64; the bias is negligible).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
 }

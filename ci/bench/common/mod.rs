@@ -344,3 +344,23 @@ pub fn cpu_model() -> Option<String> {
         .and_then(|line| line.split_once(':'))
         .map(|(_, model)| model.trim().to_owned())
 }
+
+/// A small deterministic generator (SplitMix64): benchmark offsets and data,
+/// never crypto.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n is far below 2^64; the bias is negligible).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
