@@ -162,46 +162,6 @@ const WORKLOADS: [Workload; 6] = [
 /// Bytes of the client's shared buffer region: the largest QD × block.
 const REGION_BYTES: usize = 16 << 20;
 
-/// MiB of memory touched before the run (reported in the JSON).
-static PREFAULT_MIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Touches most free memory once, then frees it; returns MiB touched.
-///
-/// On a virtual machine the first touch of a guest page costs a fault in the
-/// host. A log-structured store keeps appending into page-cache pages it has
-/// never used, so on a freshly booted VM it pays that on every append (here:
-/// ~0.5 GB/s instead of ~2.5 GB/s for 1 MiB writes), while an in-place store
-/// (QSD) overwrites the pages of a preconditioned file it touched already.
-/// Touching memory first measures every target in the steady state of a host
-/// that has been up for a while.
-fn prefault_memory() -> u64 {
-    let available_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib / 1024);
-    let mib = available_mib.saturating_sub(4096).min(16 * 1024);
-    let start = std::time::Instant::now();
-    let mut touched: Vec<u8> = Vec::with_capacity((mib as usize) << 20);
-    // SAFETY: the capacity is reserved; every byte written below is in it, and
-    // the vector is dropped without reading uninitialised bytes.
-    unsafe {
-        let base = touched.as_mut_ptr();
-        for page in (0..(mib as usize) << 20).step_by(4096) {
-            base.add(page).write_volatile(1);
-        }
-        touched.set_len(0);
-    }
-    drop(touched);
-    eprintln!(
-        "device bench: touched {mib} MiB of memory once in {:.1} s (see prefault_memory)",
-        start.elapsed().as_secs_f64()
-    );
-    mib
-}
-
 fn main() {
     let options = Options::from_args(REPS_DEFAULT, REP_MS_DEFAULT);
     let extra = ExtraArgs::parse(&options);
@@ -211,7 +171,6 @@ fn main() {
         .tempdir()
         .expect("temporary directory");
     let dir = root.path();
-    PREFAULT_MIB.store(prefault_memory(), std::sync::atomic::Ordering::Relaxed);
 
     let bins = Binaries::find(&options, dir);
     // Field order = drop order: every client disconnects, then the daemons
@@ -1109,10 +1068,6 @@ fn report(
          FLUSH after each write repetition untimed; round-robin over targets; medians",
     );
     report.info("targets", &names.join(","));
-    report.metric(
-        "prefault_mib",
-        Some(PREFAULT_MIB.load(std::sync::atomic::Ordering::Relaxed) as f64),
-    );
     if let Some(cpu) = common::cpu_model() {
         report.info("cpu", &cpu);
     }
