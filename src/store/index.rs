@@ -142,14 +142,18 @@ impl ExtentIndex {
     }
 
     /// Extents overlapping [lba, end), copied out so the map can be changed.
+    /// One search, walking back from the last extent that starts before
+    /// `end`: extents are sorted and disjoint, so the first one that ends at
+    /// or before `lba` ends the walk.
     fn overlapping(&self, lba: u64, end: u64) -> Vec<(u64, Extent)> {
-        let mut found = Vec::new();
-        if let Some((start, extent)) = self.extents.range(..lba).next_back()
-            && start + extent.blocks > lba
-        {
-            found.push((*start, *extent));
-        }
-        found.extend(self.extents.range(lba..end).map(|(s, e)| (*s, *e)));
+        let mut found: Vec<(u64, Extent)> = self
+            .extents
+            .range(..end)
+            .rev()
+            .take_while(|(start, extent)| **start + extent.blocks > lba)
+            .map(|(start, extent)| (*start, *extent))
+            .collect();
+        found.reverse();
         found
     }
 

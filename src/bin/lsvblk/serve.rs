@@ -58,6 +58,7 @@ pub struct ServeArgs {
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
+    raise_open_file_limit();
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
     // Lock first: a second daemon on this volume must not get the key.
@@ -194,4 +195,27 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
         })
         .map_err(|e| Failure::new(SOFTWARE, e))?;
     Ok(())
+}
+
+/// The log keeps one descriptor open per segment (a 1 TiB volume of 64 MiB
+/// segments has 16 384), more than the usual soft limit of 1024: raise the
+/// soft limit to the hard one, as qemu-storage-daemon does.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = limit.rlim_cur, "could not raise the open-file limit");
+            }
+        }
+    }
 }
