@@ -898,3 +898,34 @@ fn a_second_serve_of_a_volume_exits_75_while_the_first_serves_on() {
     drop(client);
     stop_cleanly(&mut first);
 }
+
+/// "Refuse a used directory before a data key is generated": the check comes
+/// before lsvkms is asked (here there is no lsvkms at all, so asking would
+/// exit 69 instead of 64).
+#[test]
+fn create_refuses_a_non_empty_directory_before_asking_for_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious"), b"data").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lsvblk"))
+        .args([
+            "create",
+            "--size",
+            "1M",
+            "--acl",
+            "alice",
+            "--kms",
+            "unix:/nonexistent.sock",
+            "--volume",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not empty"));
+    assert_eq!(std::fs::read(dir.path().join("precious")).unwrap(), b"data");
+}

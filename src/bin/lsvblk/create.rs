@@ -50,6 +50,14 @@ pub fn run(args: CreateArgs) -> Outcome {
             anyhow::anyhow!("--acl has an empty user name"),
         ));
     }
+    // Refuse a used directory before a data key is generated (and audited)
+    // for a volume that will never exist.
+    if std::fs::read_dir(&args.volume).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!("{} already exists and is not empty", args.volume.display()),
+        ));
+    }
     let volume_id = new_volume_id()?;
     let context = KeyContext {
         volume_id: hex::encode(volume_id),
