@@ -83,7 +83,7 @@ struct InitArgs {
     /// Uid allowed to call over the UNIX socket (repeatable; default: ours).
     #[arg(long = "service-uid")]
     service_uids: Vec<u32>,
-    /// The `iss` of the tokens this service signs (default: lsvkms@<hostname>).
+    /// The `iss` of the tokens this service signs (default: `lsvkms@HOSTNAME`).
     #[arg(long)]
     issuer: Option<String>,
 }

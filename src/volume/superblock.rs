@@ -48,7 +48,7 @@ pub struct KeyEntry {
 /// The superblock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
-    /// Always [`FORMAT_NAME`].
+    /// Always `"lsvblk-volume"`.
     pub format: String,
     /// Superblock format version.
     pub format_version: u32,

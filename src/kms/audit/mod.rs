@@ -15,7 +15,7 @@
 //! head file (`<log>.head`: the newest seq and hash, rewritten after every
 //! synced batch), which must never be ahead of the log.
 //!
-//! [`file`] keeps the bytes on disk (padded ahead, recovered at open),
+//! [`file`](mod@self::file) keeps the bytes on disk (padded ahead, recovered at open),
 //! [`log::AuditLog`] appends (group commit, fail closed); [`verify`] checks a
 //! log and finds non-ACL unwraps.
 
