@@ -605,6 +605,7 @@ fn random_changes(client: &mut BlkClient, model: &mut Model, rng: &mut Rng, coun
 
 enum Stop {
     Sigterm,
+    Sigint,
     Kill9,
 }
 
@@ -624,6 +625,10 @@ fn acknowledged_changes_survive(stop: Stop) {
         random_changes(&mut client, &mut model, &mut rng, 150);
         match stop {
             Stop::Sigterm => stop_cleanly(&mut daemon),
+            Stop::Sigint => {
+                let status = daemon.sigint_and_wait();
+                assert_eq!(status.code(), Some(0), "{status}:\n{}", daemon.stderr());
+            }
             Stop::Kill9 => daemon.kill9(),
         }
         drop(client);
@@ -638,6 +643,11 @@ fn acknowledged_changes_survive(stop: Stop) {
 #[test]
 fn every_acknowledged_change_survives_sigterm_and_a_restart() {
     acknowledged_changes_survive(Stop::Sigterm);
+}
+
+#[test]
+fn every_acknowledged_change_survives_sigint_and_a_restart() {
+    acknowledged_changes_survive(Stop::Sigint);
 }
 
 #[test]
@@ -854,7 +864,7 @@ fn with_lsvkms_stopped_or_crashed_serve_exits_69_within_seconds_without_creating
     for stop in [Stop::Sigterm, Stop::Kill9] {
         let mut setup = setup(MIB, 4096, &[]);
         match stop {
-            Stop::Sigterm => {
+            Stop::Sigterm | Stop::Sigint => {
                 let status = setup.kms.stop();
                 assert!(status.success(), "lsvkms stop: {status}");
             }

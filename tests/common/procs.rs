@@ -212,6 +212,11 @@ impl Daemon {
         self.process.signal_and_wait(libc::SIGTERM)
     }
 
+    /// SIGINT (Ctrl-C) and wait for the exit.
+    pub fn sigint_and_wait(&mut self) -> ExitStatus {
+        self.process.signal_and_wait(libc::SIGINT)
+    }
+
     /// SIGKILL and reap: a crash, with nothing flushed or closed.
     pub fn kill9(&mut self) {
         let status = self.process.signal_and_wait(libc::SIGKILL);
