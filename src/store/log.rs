@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::checkpoint::{self, CheckpointData};
 use super::index::{DataLocation, ExtentIndex, Location, Piece};
 use super::io::pwritev_all;
-use super::record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums, get_u32};
+use super::record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::{StoreError, sync_dir};
 use crate::crypto::KeyId;
@@ -549,20 +549,6 @@ impl Log {
         }))
     }
 
-    /// Reads the ciphertext of `piece` into `buf` (exactly its size) and
-    /// verifies each block's checksum: damaged data is an error, never data.
-    pub fn read_ciphertext(&self, piece: &DataPiece, buf: &mut [u8]) -> Result<(), StoreError> {
-        let block_bytes = 1usize << self.config.block_shift;
-        let mut table = vec![0u8; piece.blocks as usize * 4];
-        self.read_ciphertext_unverified(piece, buf, &mut table)?;
-        for (i, block) in buf.chunks_exact(block_bytes).enumerate() {
-            if crc32c::crc32c(block) != get_u32(&table, i * 4) {
-                return Err(self.block_corrupt(piece, i as u64));
-            }
-        }
-        Ok(())
-    }
-
     /// The error for block `index` of `piece` failing its checksum.
     pub fn block_corrupt(&self, piece: &DataPiece, index: u64) -> StoreError {
         StoreError::Corrupt {
@@ -574,7 +560,8 @@ impl Log {
 
     /// Reads the ciphertext of `piece` into `buf` and its block checksums
     /// into `table` (4 bytes per block) without checking them: the caller
-    /// verifies each block (see [`Log::block_corrupt`]) before using it.
+    /// verifies each block (see [`Log::block_corrupt`]) before using it; the
+    /// volume does so on the crypto pool, next to decryption.
     pub fn read_ciphertext_unverified(
         &self,
         piece: &DataPiece,

@@ -362,19 +362,8 @@ impl Volume {
 
     /// Writes `data` at `offset`, encrypting it in place: for callers that
     /// already copied the data (from guest memory, say) and need it no more.
-    pub fn write_owned(&self, offset: u64, mut data: Vec<u8>) -> Result<(), VolumeError> {
-        self.check_writable()?;
-        self.check_range(offset, data.len() as u64)?;
-        let block_bytes = u64::from(self.superblock.block_bytes);
-        let aligned =
-            offset.is_multiple_of(block_bytes) && (data.len() as u64).is_multiple_of(block_bytes);
-        if !aligned || data.len() as u64 > WRITE_BYTES_MAX {
-            return self.write(offset, &data);
-        }
-        let first = offset / block_bytes;
-        let end = first + data.len() as u64 / block_bytes;
-        let _held = self.stripes.lock(first, end, false);
-        self.append_data(first, &mut data)
+    pub fn write_owned(&self, offset: u64, data: Vec<u8>) -> Result<(), VolumeError> {
+        self.write_batch(vec![(offset, data)])
     }
 
     /// Writes several buffers, each at its offset, appending them to the log
