@@ -200,13 +200,8 @@ fn a_corrupted_sealed_block_is_a_read_error_not_wrong_data() {
 fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
     let dir = fast_tempdir();
     let segment = sealed_volume(dir.path());
-    // Make recovery replay the segment: remove every checkpoint.
-    for entry in std::fs::read_dir(dir.path().join("checkpoints")).unwrap() {
-        std::fs::remove_file(entry.unwrap().path()).unwrap();
-    }
-    let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(&[0xee], 64 + 20).unwrap(); // inside the first record's LBA field
-    drop(file);
+    remove_checkpoints(dir.path());
+    overwrite(&segment, 64 + 20, &[0xee]); // inside the first record's LBA field
     let err = Volume::open(dir.path(), common::key(1), &one_segment_options()).unwrap_err();
     assert!(
         matches!(err, VolumeError::Store(StoreError::Corrupt { .. })),
@@ -218,16 +213,24 @@ fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
 fn a_damaged_sealed_block_found_in_replay_is_still_a_read_error() {
     let dir = fast_tempdir();
     let segment = sealed_volume(dir.path());
-    for entry in std::fs::read_dir(dir.path().join("checkpoints")).unwrap() {
-        std::fs::remove_file(entry.unwrap().path()).unwrap();
-    }
-    let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(&[0x00, 0x01, 0x02], 64 + 64 + 16 + 5)
-        .unwrap(); // block 0
-    drop(file);
+    remove_checkpoints(dir.path());
+    overwrite(&segment, 64 + 64 + 16 + 5, &[0x00, 0x01, 0x02]); // block 0
     let volume = open(dir.path(), 4096);
     let mut buf = vec![0u8; BLOCK as usize];
     assert!(volume.read(0, &mut buf).is_err());
     volume.read(3 * BLOCK, &mut buf).unwrap();
     assert_eq!(buf, pattern(4 * BLOCK as usize, 7)[3 * BLOCK as usize..]);
+}
+
+/// Makes recovery replay every segment: removes every checkpoint.
+fn remove_checkpoints(dir: &Path) {
+    for entry in std::fs::read_dir(dir.join("checkpoints")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+}
+
+/// Overwrites `bytes` of `file` at `offset`, as media damage would.
+fn overwrite(file: &Path, offset: u64, bytes: &[u8]) {
+    let file = OpenOptions::new().write(true).open(file).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
 }
