@@ -86,3 +86,19 @@ const _: () = assert!(REQUEST_BYTES_MAX <= WRITE_BYTES_MAX);
 // Any one request fits an empty batch.
 const _: () = assert!(REQUEST_BYTES_MAX <= WRITE_BATCH_BYTES_MAX);
 const _: () = assert!(SEG_MAX as u64 * SEGMENT_SIZE_MAX as u64 == REQUEST_BYTES_MAX);
+
+/// `lsvblk compact` cleans segments whose live bytes are at most this
+/// fraction of their records: after it, the log holds at most about
+/// 1 / 0.9 = 1.11 × the live data (plus the open segments).
+pub const COMPACT_LIVE_RATIO_DEFAULT: f64 = 0.9;
+
+/// The daemon's background compaction starts when the segments hold more
+/// than this many times the live data ...
+pub const AUTO_COMPACT_SPACE_RATIO: f64 = 1.5;
+
+/// ... and then cleans segments at most this live.
+pub const AUTO_COMPACT_LIVE_RATIO: f64 = 0.5;
+
+/// Background compaction moves at most this many bytes per second unless
+/// told otherwise (`lsvblk serve --compact-rate`).
+pub const AUTO_COMPACT_RATE_BYTES_DEFAULT: u64 = 64 << 20;

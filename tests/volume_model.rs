@@ -1,6 +1,9 @@
 //! Model-based test: random sequences of write / read / discard /
-//! write_zeroes / flush / close+reopen / crash+reopen on a small volume,
-//! compared after every step with an in-memory model disk.
+//! write_zeroes / flush / close+reopen / crash+reopen / snapshot /
+//! delete-snapshot / clone / compact (also interrupted) on a small volume,
+//! compared after every step with an in-memory model disk. Every snapshot
+//! must keep reading exactly what the volume held when it was taken, and a
+//! clone what its snapshot held plus its own writes.
 //!
 //! A "crash" drops the volume without closing it: everything written is in
 //! the kernel (as after `kill -9` of the daemon), nothing was sealed or
@@ -17,13 +20,62 @@ const SECTORS: u64 = VOLUME_BYTES / SECTOR;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { sector: u64, sectors: u64, tag: u8 },
-    Read { sector: u64, sectors: u64 },
-    Discard { sector: u64, sectors: u64 },
-    WriteZeroes { sector: u64, sectors: u64 },
+    Write {
+        sector: u64,
+        sectors: u64,
+        tag: u8,
+    },
+    Read {
+        sector: u64,
+        sectors: u64,
+    },
+    Discard {
+        sector: u64,
+        sectors: u64,
+    },
+    WriteZeroes {
+        sector: u64,
+        sectors: u64,
+    },
     Flush,
     CloseReopen,
     CrashReopen,
+    /// Take a snapshot; `materialize: false` leaves its index unwritten, so
+    /// a crash next makes recovery rebuild it.
+    Snapshot {
+        materialize: bool,
+    },
+    /// Read a range of the `pick`-th live snapshot and compare.
+    ReadSnapshot {
+        pick: usize,
+        sector: u64,
+        sectors: u64,
+    },
+    /// Delete the `pick`-th live snapshot (refused while a clone uses it).
+    DeleteSnapshot {
+        pick: usize,
+    },
+    /// Replace the clone by a new one of the `pick`-th live snapshot.
+    Clone {
+        pick: usize,
+    },
+    /// Write to the clone (if there is one).
+    CloneWrite {
+        sector: u64,
+        sectors: u64,
+        tag: u8,
+    },
+    /// Read the clone and compare.
+    CloneRead {
+        sector: u64,
+        sectors: u64,
+    },
+    /// Compact segments at most this live (per mille); `crash_after`
+    /// interrupts it after that many steps, then the volume crashes.
+    Compact {
+        live_per_mille: u16,
+        crash_after: Option<u64>,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -39,6 +91,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         1 => Just(Op::CloseReopen),
         1 => Just(Op::CrashReopen),
+        1 => any::<bool>().prop_map(|materialize| Op::Snapshot { materialize }),
+        2 => (any::<usize>(), range()).prop_map(|(pick, (sector, sectors))| Op::ReadSnapshot { pick, sector, sectors }),
+        1 => any::<usize>().prop_map(|pick| Op::DeleteSnapshot { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Clone { pick }),
+        2 => (range(), any::<u8>()).prop_map(|((sector, sectors), tag)| Op::CloneWrite { sector, sectors, tag }),
+        1 => range().prop_map(|(sector, sectors)| Op::CloneRead { sector, sectors }),
+        2 => (0u16..=1000, proptest::option::of(0u64..12)).prop_map(|(live_per_mille, crash_after)| Op::Compact { live_per_mille, crash_after }),
     ]
 }
 
@@ -51,10 +110,39 @@ fn model_discard(model: &mut [u8], offset: u64, len: u64, block: u64) {
     }
 }
 
+/// A clone under test: its directory, the volume, its model, its parent.
+struct CloneUnderTest {
+    dir: tempfile::TempDir,
+    volume: Option<Volume>,
+    model: Vec<u8>,
+    parent: String,
+}
+
+fn clone_keys() -> Vec<lsvblk::crypto::DataKey> {
+    vec![common::key(2), common::key(1)]
+}
+
+fn open_clone(dir: &std::path::Path, block: u32) -> Volume {
+    let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
+    Volume::open_locked(dir, lock, clone_keys(), &common::options(block)).unwrap()
+}
+
+fn read_snapshot(dir: &std::path::Path, name: &str, block: u32, offset: u64, len: u64) -> Vec<u8> {
+    let view =
+        Volume::open_snapshot(dir, name, vec![common::key(1)], &common::options(block)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    view.read(offset, &mut buf).unwrap();
+    buf
+}
+
 fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut volume = Some(common::create(dir.path(), VOLUME_BYTES, block));
     let mut model = vec![0u8; VOLUME_BYTES as usize];
+    // Live snapshots: (name, what the volume held when it was taken).
+    let mut snapshots: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut clone: Option<CloneUnderTest> = None;
+    let mut taken = 0;
     for (step, op) in ops.iter().enumerate() {
         let v: &Volume = volume.as_ref().unwrap();
         match *op {
@@ -94,19 +182,159 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
             Op::CloseReopen => {
                 volume.take().unwrap().close().unwrap();
                 volume = Some(common::open(dir.path(), block));
+                if let Some(c) = clone.as_mut() {
+                    c.volume.take().unwrap().close().unwrap();
+                    c.volume = Some(open_clone(c.dir.path(), block));
+                }
             }
             Op::CrashReopen => {
                 drop(volume.take());
                 volume = Some(common::open(dir.path(), block));
+                if let Some(c) = clone.as_mut() {
+                    drop(c.volume.take());
+                    c.volume = Some(open_clone(c.dir.path(), block));
+                }
+            }
+            Op::Snapshot { materialize } => {
+                taken += 1;
+                let name = format!("s{taken}");
+                v.create_snapshot(&name).unwrap();
+                if materialize {
+                    v.materialize_snapshots().unwrap();
+                }
+                snapshots.push((name, model.clone()));
+            }
+            Op::ReadSnapshot {
+                pick,
+                sector,
+                sectors,
+            } => {
+                if snapshots.is_empty() {
+                    continue;
+                }
+                // Reading needs the index file: the daemon writes it at once.
+                v.materialize_snapshots().unwrap();
+                let (name, held) = &snapshots[pick % snapshots.len()];
+                let got = read_snapshot(dir.path(), name, block, sector * SECTOR, sectors * SECTOR);
+                prop_assert!(
+                    got[..] == held[(sector * SECTOR) as usize..][..got.len()],
+                    "step {step}: snapshot {name} changed"
+                );
+            }
+            Op::DeleteSnapshot { pick } => {
+                if snapshots.is_empty() {
+                    continue;
+                }
+                let index = pick % snapshots.len();
+                let name = snapshots[index].0.clone();
+                let result = v.delete_snapshot(&name);
+                if clone.as_ref().is_some_and(|c| c.parent == name) {
+                    prop_assert!(
+                        result.is_err(),
+                        "step {step}: deleted {name} under its clone"
+                    );
+                } else {
+                    result.unwrap();
+                    snapshots.remove(index);
+                }
+            }
+            Op::Clone { pick } => {
+                if snapshots.is_empty() {
+                    continue;
+                }
+                v.materialize_snapshots().unwrap();
+                let (name, held) = snapshots[pick % snapshots.len()].clone();
+                if let Some(old) = clone.take() {
+                    drop(old.volume);
+                    // Let the old clone go: its directory goes with it.
+                }
+                let clone_dir = tempfile::tempdir().unwrap();
+                let new = Volume::create_clone(
+                    dir.path(),
+                    &name,
+                    clone_dir.path(),
+                    common::key(2),
+                    None,
+                    vec![common::key(1)],
+                    &common::options(block),
+                )
+                .unwrap();
+                clone = Some(CloneUnderTest {
+                    dir: clone_dir,
+                    volume: Some(new),
+                    model: held,
+                    parent: name,
+                });
+            }
+            Op::CloneWrite {
+                sector,
+                sectors,
+                tag,
+            } => {
+                if let Some(c) = clone.as_mut() {
+                    let data = common::pattern((sectors * SECTOR) as usize, tag ^ 0x5a);
+                    c.volume
+                        .as_ref()
+                        .unwrap()
+                        .write(sector * SECTOR, &data)
+                        .unwrap();
+                    c.model[(sector * SECTOR) as usize..][..data.len()].copy_from_slice(&data);
+                }
+            }
+            Op::CloneRead { sector, sectors } => {
+                if let Some(c) = clone.as_ref() {
+                    let mut buf = vec![0u8; (sectors * SECTOR) as usize];
+                    c.volume
+                        .as_ref()
+                        .unwrap()
+                        .read(sector * SECTOR, &mut buf)
+                        .unwrap();
+                    prop_assert!(
+                        buf[..] == c.model[(sector * SECTOR) as usize..][..buf.len()],
+                        "step {step}: clone read differs from its model"
+                    );
+                }
+            }
+            Op::Compact {
+                live_per_mille,
+                crash_after,
+            } => {
+                let options = lsvblk::store::CompactOptions {
+                    live_ratio_max: f64::from(live_per_mille) / 1000.0,
+                    rate_bytes_per_s: None,
+                    crash_after_steps: crash_after,
+                };
+                match v.compact(&options, &mut |_| {}) {
+                    Ok(_) => {}
+                    Err(lsvblk::volume::VolumeError::Store(
+                        lsvblk::store::StoreError::Interrupted,
+                    )) => {
+                        drop(volume.take());
+                        volume = Some(common::open(dir.path(), block));
+                    }
+                    Err(e) => panic!("step {step}: compaction failed: {e}"),
+                }
             }
         }
     }
-    // Finally the whole disk must match, after one more crash and reopen.
+    // Finally the whole disk must match, after one more crash and reopen;
+    // so must every snapshot and the clone.
     drop(volume.take());
     let v = common::open(dir.path(), block);
     let mut all = vec![0u8; VOLUME_BYTES as usize];
     v.read(0, &mut all).unwrap();
     prop_assert!(all == model, "final image differs from the model");
+    for (name, held) in &snapshots {
+        let got = read_snapshot(dir.path(), name, block, 0, VOLUME_BYTES);
+        prop_assert!(&got == held, "final image of snapshot {name} differs");
+    }
+    if let Some(mut c) = clone {
+        drop(c.volume.take());
+        let reopened = open_clone(c.dir.path(), block);
+        let mut all = vec![0u8; VOLUME_BYTES as usize];
+        reopened.read(0, &mut all).unwrap();
+        prop_assert!(all == c.model, "final image of the clone differs");
+    }
     Ok(())
 }
 

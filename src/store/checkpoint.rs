@@ -265,16 +265,30 @@ pub fn write(
     volume_id: &[u8; 16],
     data: &CheckpointData,
 ) -> Result<PathBuf, StoreError> {
-    let bytes = encode(volume_id, data);
     let path = checkpoint_path(dir, data.seq_next);
-    let tmp = dir.join(format!(".{:016x}.ckpt.tmp", data.seq_next));
+    write_to(&path, volume_id, data)?;
+    Ok(path)
+}
+
+/// Writes `data` durably at `path`: temporary file, sync, rename, directory
+/// sync. The file is either wholly there or not at all.
+pub fn write_to(
+    path: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+) -> Result<(), StoreError> {
+    let bytes = encode(volume_id, data);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     file.write_all(&bytes)
         .map_err(|e| StoreError::io(&tmp, e))?;
     file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-    super::sync_dir(dir)?;
-    Ok(path)
+    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+    super::sync_dir(dir)
 }
 
 /// Reads and checks the checkpoint at `path`.

@@ -61,7 +61,15 @@ pub struct AppendRecord<'a> {
 /// A looked-up piece of a range, ready to read.
 #[derive(Clone, Debug)]
 pub enum ReadPiece {
-    /// Never written, discarded or zeroed: reads as zeros.
+    /// Never written here: reads as zeros, or as the parent's blocks for a
+    /// clone.
+    Hole {
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u64,
+    },
+    /// Discarded or zeroed: reads as zeros.
     Zeros {
         /// First block.
         lba: u64,
@@ -126,6 +134,31 @@ struct IndexState {
 }
 
 impl IndexState {
+    fn empty(heads: usize) -> Self {
+        Self {
+            index: ExtentIndex::new(),
+            keys: Vec::new(),
+            key_indexes: HashMap::new(),
+            head_positions: vec![None; heads],
+            segment_id_next: 0,
+        }
+    }
+
+    /// Loads a checkpoint's key table and extents into an empty state.
+    fn load(&mut self, checkpoint: &CheckpointData) {
+        self.keys = checkpoint.keys.clone();
+        self.key_indexes = checkpoint
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, i as u32))
+            .collect();
+        for (lba, extent) in &checkpoint.extents {
+            self.index
+                .insert(*lba, extent.blocks, extent.seq, extent.location);
+        }
+    }
+
     fn key_index(&mut self, key_id: KeyId) -> u32 {
         if let Some(index) = self.key_indexes.get(&key_id) {
             return *index;
@@ -156,6 +189,19 @@ pub struct Log {
     /// One flush at a time: a flush that returns must not leave syncs of
     /// segments it took from `pending` to another flush still running.
     flush_lock: Mutex<()>,
+    /// Snapshot indexes taken but not yet written out; written before the
+    /// next checkpoint at the latest (see `snapshot`).
+    unmaterialized: Mutex<Vec<UnmaterializedSnapshot>>,
+    /// Segments each snapshot (by name) refers to: never deleted.
+    pins: Mutex<BTreeMap<String, std::collections::BTreeSet<u64>>>,
+    /// One compaction at a time.
+    compact_lock: Mutex<()>,
+}
+
+/// A snapshot's index, cloned at the snapshot, waiting to be written.
+struct UnmaterializedSnapshot {
+    path: PathBuf,
+    data: CheckpointData,
 }
 
 /// A segment no head appends to any more, waiting for the next flush.
@@ -182,7 +228,9 @@ impl Log {
     }
 
     fn empty(dir: &Path, config: LogConfig, seq_next: u64, segment_id_next: u64) -> Self {
-        let heads = (0..config.heads.max(1))
+        // The guest's heads, then one for compaction (so moved, cold blocks
+        // do not mix with hot ones).
+        let heads = (0..config.heads.max(1) + 1)
             .map(|id| {
                 Mutex::new(Head {
                     id: id as u32,
@@ -194,11 +242,8 @@ impl Log {
             segments_dir: dir.join("segments"),
             checkpoints_dir: dir.join("checkpoints"),
             state: RwLock::new(IndexState {
-                index: ExtentIndex::new(),
-                keys: Vec::new(),
-                key_indexes: HashMap::new(),
-                head_positions: vec![None; heads.len()],
                 segment_id_next,
+                ..IndexState::empty(heads.len())
             }),
             heads,
             config,
@@ -209,6 +254,9 @@ impl Log {
             pending: Mutex::new(Vec::new()),
             dir_dirty: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
+            unmaterialized: Mutex::new(Vec::new()),
+            pins: Mutex::new(BTreeMap::new()),
+            compact_lock: Mutex::new(()),
         }
     }
 
@@ -250,10 +298,18 @@ impl Log {
     /// puts them in the index. When this returns Ok the records are in the
     /// kernel: they survive a crash of this process, not yet a power cut.
     pub fn append(&self, head_hint: usize, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
+        self.append_on(head_hint % (self.heads.len() - 1), records)
+    }
+
+    /// Appends through the compaction head, the last one.
+    fn append_compacted(&self, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
+        self.append_on(self.heads.len() - 1, records)
+    }
+
+    fn append_on(&self, head_index: usize, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let head_index = head_hint % self.heads.len();
         let mut head = self.heads[head_index]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -525,12 +581,22 @@ impl Log {
         files: &BTreeMap<u64, Arc<File>>,
         piece: Piece,
     ) -> Result<ReadPiece, StoreError> {
-        let Some((seq, Location::Data(d))) = piece.extent else {
-            return Ok(ReadPiece::Zeros {
-                lba: piece.lba,
-                blocks: piece.blocks,
-            });
+        let d = match piece.extent {
+            None => {
+                return Ok(ReadPiece::Hole {
+                    lba: piece.lba,
+                    blocks: piece.blocks,
+                });
+            }
+            Some((_, Location::Zero)) => {
+                return Ok(ReadPiece::Zeros {
+                    lba: piece.lba,
+                    blocks: piece.blocks,
+                });
+            }
+            Some((_, Location::Data(d))) => d,
         };
+        let seq = piece.extent.map_or(0, |(seq, _)| seq);
         let file = files.get(&d.segment_id).ok_or(StoreError::SegmentMissing {
             segment_id: d.segment_id,
         })?;
@@ -596,6 +662,9 @@ impl Log {
             .checkpoint_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // A snapshot taken before this checkpoint must be on disk first:
+        // recovery can rebuild it only from a checkpoint older than it.
+        self.materialize_snapshots()?;
         let data = {
             let state = self.read_state();
             CheckpointData {
@@ -644,5 +713,9 @@ impl Log {
     }
 }
 
+mod compact;
 mod recovery;
-pub use recovery::open;
+mod snapshots;
+pub use compact::{CompactOptions, CompactProgress, CompactReport, SegmentSpace, SpaceReport};
+pub use recovery::{open, open_view};
+pub use snapshots::write_snapshot_index;

@@ -118,14 +118,19 @@ mod io;
 mod log;
 mod record;
 mod segment;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
-pub use log::{AppendRecord, DataPiece, Log, LogConfig, ReadPiece, RecoveryReport, open};
+pub use log::{
+    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, Log, LogConfig,
+    ReadPiece, RecoveryReport, SegmentSpace, SpaceReport, open, open_view, write_snapshot_index,
+};
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 pub use segment::SEGMENT_HEADER_BYTES;
+pub use snapshot::{SnapshotPoint, referenced_segments};
 
 /// What can go wrong in the store. Corruption is data (an `Err`), never a
 /// panic; the path and offset say where to look.
@@ -184,6 +189,10 @@ pub enum StoreError {
     /// A change was asked of a log opened read-only.
     #[error("the volume is open read-only")]
     ReadOnly,
+    /// A long operation stopped early on request (tests simulate a crash
+    /// this way); everything it did so far is consistent.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl StoreError {

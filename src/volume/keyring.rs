@@ -77,24 +77,42 @@ impl std::fmt::Debug for ActiveKey {
 /// Keys by id, and which one new writes use.
 #[derive(Debug)]
 pub struct Keyring {
-    current: Arc<ActiveKey>,
+    current: Option<Arc<ActiveKey>>,
     by_id: HashMap<KeyId, Arc<ActiveKey>>,
 }
 
 impl Keyring {
     /// A keyring whose current (and only) key is `key`.
     pub fn new(key: DataKey, null_cipher: bool) -> Result<Self, VolumeError> {
-        let active = Arc::new(activate(key, null_cipher)?);
-        let by_id = HashMap::from([(active.id(), Arc::clone(&active))]);
-        Ok(Self {
-            current: active,
-            by_id,
-        })
+        Self::with_keys(Some(key.id()), vec![key], null_cipher)
+    }
+
+    /// A keyring of `keys`; new writes use the one with id `current` (which
+    /// must be among them), or none (a read-only or maintenance open).
+    pub fn with_keys(
+        current: Option<KeyId>,
+        keys: Vec<DataKey>,
+        null_cipher: bool,
+    ) -> Result<Self, VolumeError> {
+        let mut by_id = HashMap::new();
+        for key in keys {
+            let active = Arc::new(activate(key, null_cipher)?);
+            by_id.insert(active.id(), active);
+        }
+        let current = match current {
+            Some(id) => Some(Arc::clone(
+                by_id
+                    .get(&id)
+                    .ok_or(VolumeError::UnknownKey { key_id: id })?,
+            )),
+            None => None,
+        };
+        Ok(Self { current, by_id })
     }
 
     /// The key new writes use.
-    pub fn current(&self) -> &Arc<ActiveKey> {
-        &self.current
+    pub fn current(&self) -> Result<&Arc<ActiveKey>, VolumeError> {
+        self.current.as_ref().ok_or(VolumeError::NoKey)
     }
 
     /// The key with `id`, if the volume holds it.

@@ -19,7 +19,18 @@ pub struct VolumeLock {
 impl VolumeLock {
     /// Takes the lock: exclusive for a writer, shared for a read-only open.
     pub fn acquire(dir: &Path, read_only: bool) -> Result<Self, VolumeError> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_file(&dir.join(LOCK_FILE), read_only).map_err(|e| match e {
+            VolumeError::Busy { .. } => VolumeError::Busy {
+                path: dir.to_path_buf(),
+            },
+            other => other,
+        })
+    }
+
+    /// Takes an flock on the file at `path` (created if missing), shared or
+    /// exclusive, without waiting: `Busy` when another process holds it.
+    pub fn acquire_file(path: &Path, shared: bool) -> Result<Self, VolumeError> {
+        let path = path.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -30,19 +41,13 @@ impl VolumeLock {
                 path: path.clone(),
                 source: e,
             })?;
-        let mode = if read_only {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
+        let mode = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
         if rc != 0 {
             let error = std::io::Error::last_os_error();
             if error.kind() == std::io::ErrorKind::WouldBlock {
-                return Err(VolumeError::Busy {
-                    path: dir.to_path_buf(),
-                });
+                return Err(VolumeError::Busy { path });
             }
             return Err(VolumeError::Io {
                 path,

@@ -15,6 +15,7 @@
 
 mod keyring;
 mod lockfile;
+mod snapshots;
 mod stripes;
 mod superblock;
 
@@ -24,13 +25,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use keyring::{ActiveKey, Keyring};
 pub use lockfile::VolumeLock;
-pub use superblock::{CipherName, KeyEntry, Superblock};
+pub use snapshots::{
+    PENDING_ACL_FILE, PendingAcl, SNAPSHOTS_DIR, SnapshotMeta, SnapshotPaths, list_snapshots,
+    live_clones, load_snapshot, pending_acl, set_pending_acl, validate_snapshot_name,
+};
+pub use superblock::{CipherName, KeyEntry, ParentRef, Superblock};
 
 use crate::crypto::key::KeyError;
 use crate::crypto::{CryptoPool, DataUnit, KeyId, Tweak};
 use crate::limits::{SECTOR_BYTES, WRITE_BYTES_MAX};
 use crate::store::{
-    AppendRecord, DataPiece, Log, ReadPiece, RecordKind, RecoveryReport, StoreError,
+    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, Log, ReadPiece,
+    RecordKind, RecoveryReport, SpaceReport, StoreError,
 };
 use stripes::StripeLocks;
 
@@ -95,6 +101,37 @@ pub enum VolumeError {
     /// A change was asked of a read-only volume.
     #[error("the volume is open read-only")]
     ReadOnly,
+    /// The volume was opened without its data key (for maintenance): it
+    /// can be snapshotted and compacted, not read or written.
+    #[error("the volume was opened without its data key")]
+    NoKey,
+    /// No snapshot of that name.
+    #[error("no snapshot named {name:?}")]
+    NoSuchSnapshot {
+        /// The name asked for.
+        name: String,
+    },
+    /// A snapshot of that name exists already.
+    #[error("a snapshot named {name:?} exists already")]
+    SnapshotExists {
+        /// The name.
+        name: String,
+    },
+    /// The snapshot cannot be deleted while something uses it.
+    #[error("snapshot {name:?} is in use by {by}")]
+    SnapshotInUse {
+        /// The snapshot.
+        name: String,
+        /// What uses it.
+        by: String,
+    },
+    /// The snapshot's index has not been written yet (the daemon serving the
+    /// volume writes it right after taking it).
+    #[error("snapshot {name:?} is not written out yet; is the daemon serving the volume running?")]
+    SnapshotNotReady {
+        /// The snapshot.
+        name: String,
+    },
     /// Another process has the volume open.
     #[error("{} is in use by another process (its lock file is held)", path.display())]
     Busy {
@@ -165,7 +202,13 @@ pub struct Volume {
     stripes: StripeLocks,
     read_only: bool,
     recovery: RecoveryReport,
+    /// For a clone (or a snapshot of one): the snapshots it reads through
+    /// where it has no blocks of its own, nearest first.
+    parents: Vec<Log>,
+    /// The snapshot this is a read-only view of, if it is one.
+    snapshot: Option<String>,
     _lock: VolumeLock,
+    _parent_locks: Vec<VolumeLock>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -180,7 +223,7 @@ impl std::fmt::Debug for Volume {
 
 mod open;
 
-pub use open::new_volume_id;
+pub use open::{WrappedKey, new_volume_id};
 
 impl Volume {
     /// The volume's superblock.
@@ -198,9 +241,35 @@ impl Volume {
         self.superblock.block_bytes
     }
 
-    /// Id of the key new writes use.
-    pub fn current_key_id(&self) -> KeyId {
-        self.keyring.current().id()
+    /// Id of the key new writes use (none for a snapshot or maintenance open).
+    pub fn current_key_id(&self) -> Option<KeyId> {
+        self.keyring.current().ok().map(|k| k.id())
+    }
+
+    /// The volume's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The snapshot this volume is a read-only view of, if it is one.
+    pub fn snapshot_name(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+
+    /// Cleans mostly-dead segments (see `store` compaction); safe while the
+    /// volume is read and written. Segments of snapshots are kept.
+    pub fn compact(
+        &self,
+        options: &CompactOptions,
+        progress: &mut dyn FnMut(&CompactProgress),
+    ) -> Result<CompactReport, VolumeError> {
+        self.check_writable()?;
+        Ok(self.log.compact(options, progress)?)
+    }
+
+    /// Live and total bytes per segment.
+    pub fn space(&self) -> Result<SpaceReport, VolumeError> {
+        Ok(self.log.space()?)
     }
 
     /// True when opened read-only.
@@ -297,18 +366,34 @@ impl Volume {
     /// Reads whole blocks from `lba` into `buf`: ciphertext straight into the
     /// buffer, verified, then decrypted in place.
     fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.read_blocks_from(0, lba, buf)
+    }
+
+    /// Reads whole blocks through layer `layer` (0: the volume's own log,
+    /// then its parent snapshots): holes fall through to the next layer.
+    fn read_blocks_from(&self, layer: usize, lba: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         let shift = self.shift();
         let blocks = (buf.len() >> shift) as u64;
-        for piece in self.log.lookup(lba, blocks)? {
+        let log = if layer == 0 {
+            &self.log
+        } else {
+            &self.parents[layer - 1]
+        };
+        for piece in log.lookup(lba, blocks)? {
             match piece {
-                ReadPiece::Zeros { lba: at, blocks } => {
+                ReadPiece::Hole { lba: at, blocks } if layer < self.parents.len() => {
+                    let start = ((at - lba) << shift) as usize;
+                    let part = &mut buf[start..start + ((blocks << shift) as usize)];
+                    self.read_blocks_from(layer + 1, at, part)?;
+                }
+                ReadPiece::Hole { lba: at, blocks } | ReadPiece::Zeros { lba: at, blocks } => {
                     let start = ((at - lba) << shift) as usize;
                     buf[start..start + ((blocks << shift) as usize)].fill(0);
                 }
                 ReadPiece::Data(data) => {
                     let start = ((data.lba - lba) << shift) as usize;
                     let part = &mut buf[start..start + ((data.blocks << shift) as usize)];
-                    self.read_piece(&data, part)?;
+                    self.read_piece(log, &data, part)?;
                 }
             }
         }
@@ -318,10 +403,9 @@ impl Volume {
     /// Reads one piece's ciphertext into `part` (guest memory, for a vhost
     /// read), then on the crypto pool verifies each block's checksum and
     /// decrypts it in place, chunk by chunk while it is in cache.
-    fn read_piece(&self, piece: &DataPiece, part: &mut [u8]) -> Result<(), VolumeError> {
+    fn read_piece(&self, log: &Log, piece: &DataPiece, part: &mut [u8]) -> Result<(), VolumeError> {
         let mut checksums = vec![0u8; piece.blocks as usize * 4];
-        self.log
-            .read_ciphertext_unverified(piece, part, &mut checksums)?;
+        log.read_ciphertext_unverified(piece, part, &mut checksums)?;
         let key = self.keyring.get(&piece.key_id)?;
         let unit = self.unit();
         let first = Tweak::for_block(piece.seq, piece.lba);
@@ -346,7 +430,7 @@ impl Volume {
                 Ok(())
             },
         );
-        verified.map_err(|index| VolumeError::Store(self.log.block_corrupt(piece, index)))
+        verified.map_err(|index| VolumeError::Store(log.block_corrupt(piece, index)))
     }
 
     /// Writes `data` at `offset`. Writes of up to 64 MiB are atomic across a
@@ -393,7 +477,7 @@ impl Volume {
             .map(|(lba, data)| (*lba, lba + (data.len() as u64 >> self.shift())))
             .collect();
         let _held = self.stripes.lock_ranges(&ranges, false);
-        let key = self.keyring.current();
+        let key = self.keyring.current()?;
         let sealed: Vec<(u64, Vec<u8>)> = whole
             .iter_mut()
             .map(|(lba, data)| {
@@ -467,8 +551,8 @@ impl Volume {
     /// Encrypts whole blocks in place under a fresh sequence number and
     /// appends them as one record.
     fn append_data(&self, lba: u64, shadow: &mut [u8]) -> Result<(), VolumeError> {
+        let key = self.keyring.current()?;
         let seq = self.log.next_seq();
-        let key = self.keyring.current();
         let checksums = self.encrypt_and_checksum(key, seq, lba, shadow);
         let record = AppendRecord {
             kind: RecordKind::Data,

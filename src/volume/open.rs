@@ -4,14 +4,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::snapshots::{self, SnapshotPaths};
 use super::superblock::{FORMAT_NAME, FORMAT_VERSION};
 use super::{
-    CipherName, KeyEntry, Keyring, StripeLocks, Superblock, Volume, VolumeError, VolumeLock,
-    VolumeOptions,
+    CipherName, KeyEntry, Keyring, ParentRef, StripeLocks, Superblock, Volume, VolumeError,
+    VolumeLock, VolumeOptions,
 };
 use crate::crypto::{CryptoPool, DataKey};
 use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, VOLUME_BYTES_MAX};
 use crate::store::{self, Log, LogConfig, RecoveryReport};
+
+/// A data key's wrapped form, for the superblock.
+#[derive(Clone, Debug, Default)]
+pub struct WrappedKey {
+    /// The blob lsvkms sealed (base64).
+    pub blob: String,
+    /// The ACL sealed in it (a copy for display).
+    pub acl: Vec<String>,
+}
 
 impl Volume {
     /// Creates a volume of `size_bytes` in `dir` (created if missing; must be
@@ -26,41 +36,20 @@ impl Volume {
     }
 
     /// Creates a volume like [`Volume::create`] with a given volume id and the
-    /// key's wrapped blob (base64, sealed by the wrapping service for this
-    /// volume id), which the superblock keeps for later unwraps.
+    /// key's wrapped blob (sealed by the wrapping service for this volume
+    /// id), which the superblock keeps for later unwraps.
     pub fn create_with_id(
         dir: &Path,
         size_bytes: u64,
         volume_id: [u8; 16],
         key: DataKey,
-        wrapped_blob: Option<String>,
+        wrapped: Option<WrappedKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
         check_create_options(size_bytes, options)?;
         prepare_empty_dir(dir)?;
         let lock = VolumeLock::acquire(dir, false)?;
-        let now = unix_now_s();
-        let superblock = Superblock {
-            format: FORMAT_NAME.to_string(),
-            format_version: FORMAT_VERSION,
-            volume_id: hex::encode(volume_id),
-            size_bytes,
-            block_bytes: options.block_bytes,
-            segment_bytes: options.segment_bytes,
-            cipher: if options.null_cipher {
-                CipherName::Null
-            } else {
-                CipherName::Aes256Xts
-            },
-            current_key_id: key.id(),
-            keys: vec![KeyEntry {
-                key_id: key.id(),
-                kind: key.kind(),
-                wrapped_blob,
-                created_unix_s: now,
-            }],
-            created_unix_s: now,
-        };
+        let superblock = new_superblock(volume_id, size_bytes, options, &key, wrapped);
         let keyring = Keyring::new(key, options.null_cipher)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
@@ -73,8 +62,83 @@ impl Volume {
             keyring,
             options,
             RecoveryReport::default(),
-            lock,
+            (lock, Vec::new()),
         )
+    }
+
+    /// Creates in `dir` a writable clone of snapshot `snapshot` of the volume
+    /// in `parent_dir`: it shares the snapshot's blocks (copy-on-write: its
+    /// writes go to its own log, under its own `key`) and reads the
+    /// snapshot's blocks with `parent_keys` (the snapshot's keys, unwrapped).
+    pub fn create_clone(
+        parent_dir: &Path,
+        snapshot: &str,
+        dir: &Path,
+        key: DataKey,
+        wrapped: Option<WrappedKey>,
+        parent_keys: Vec<DataKey>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
+        let parent_dir = parent_dir.canonicalize().map_err(|e| VolumeError::Io {
+            path: parent_dir.to_path_buf(),
+            source: e,
+        })?;
+        let parent = Superblock::load(&parent_dir)?;
+        let meta = snapshots::load_snapshot(&parent_dir, snapshot)?;
+        let options = VolumeOptions {
+            block_bytes: parent.block_bytes,
+            segment_bytes: parent.segment_bytes,
+            null_cipher: parent.cipher == CipherName::Null,
+            ..options.clone()
+        };
+        check_create_options(meta.size_bytes, &options)?;
+        prepare_empty_dir(dir)?;
+        let dir = dir.canonicalize().map_err(|e| VolumeError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let lock = VolumeLock::acquire(&dir, false)?;
+        let volume_id = new_volume_id()?;
+        let mut superblock = new_superblock(volume_id, meta.size_bytes, &options, &key, wrapped);
+        superblock.keys.extend(meta.keys.iter().map(|entry| {
+            KeyEntry {
+                context_volume_id: Some(
+                    entry
+                        .context_volume_id
+                        .clone()
+                        .unwrap_or_else(|| parent.volume_id.clone()),
+                ),
+                ..entry.clone()
+            }
+        }));
+        superblock.parent = Some(ParentRef {
+            volume_dir: parent_dir.clone(),
+            volume_id: parent.volume_id.clone(),
+            snapshot: snapshot.to_string(),
+            snapshot_id: meta.snapshot_id.clone(),
+        });
+        // Hold the parent snapshot (shared lock) and register on it before
+        // the clone exists, so it cannot be deleted under the clone.
+        let parents = snapshots::open_parent_views(&superblock)?;
+        let paths = SnapshotPaths::new(&parent_dir, snapshot);
+        snapshots::register_clone(&paths, &superblock.volume_id, &dir)?;
+        let mut keys = parent_keys;
+        let current = key.id();
+        keys.push(key);
+        let keyring = Keyring::with_keys(Some(current), keys, options.null_cipher)?;
+        let log = Log::create(&dir, log_config(&superblock, &options)?)?;
+        superblock.store(&dir)?;
+        let mut volume = Self::assemble(
+            &dir,
+            superblock,
+            log,
+            keyring,
+            &options,
+            RecoveryReport::default(),
+            (lock, Vec::new()),
+        )?;
+        volume.set_parents(parents);
+        Ok(volume)
     }
 
     /// Opens the volume in `dir` with its data `key`, recovering from any
@@ -83,28 +147,107 @@ impl Volume {
         // Refuse a directory that is not a volume before touching it.
         Superblock::load(dir)?;
         let lock = VolumeLock::acquire(dir, options.read_only)?;
-        Self::open_locked(dir, lock, key, options)
+        Self::open_locked(dir, lock, vec![key], options)
     }
 
     /// Opens the volume in `dir` under a lock the caller already holds: a
-    /// daemon takes the lock before it asks the key service for the key, so
-    /// a second daemon is refused before any key is released to it.
+    /// daemon takes the lock before it asks the key service for the keys, so
+    /// a second daemon is refused before any key is released to it. `keys`
+    /// must hold the volume's current key; a clone also needs its parent
+    /// snapshot's keys to read the blocks it shares.
     pub fn open_locked(
         dir: &Path,
         lock: VolumeLock,
-        key: DataKey,
+        keys: Vec<DataKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
         let superblock = Superblock::load(dir)?;
-        if key.id() != superblock.current_key_id {
+        if !keys.iter().any(|k| k.id() == superblock.current_key_id) {
             return Err(VolumeError::WrongKey {
                 expected: superblock.current_key_id,
-                got: key.id(),
+                got: keys.first().map(|k| k.id()).unwrap_or_default(),
             });
         }
-        let keyring = Keyring::new(key, superblock.cipher == CipherName::Null)?;
-        let (log, report) = store::open(dir, log_config(&superblock, options)?)?;
-        Self::assemble(dir, superblock, log, keyring, options, report, lock)
+        let keyring = Keyring::with_keys(
+            Some(superblock.current_key_id),
+            keys,
+            superblock.cipher == CipherName::Null,
+        )?;
+        Self::open_with_keyring(dir, lock, superblock, keyring, options)
+    }
+
+    /// Opens the volume in `dir` without any key, for work that never needs
+    /// plaintext: snapshots, compaction, inspection. Reads and writes fail
+    /// with [`VolumeError::NoKey`].
+    pub fn open_for_maintenance(dir: &Path, options: &VolumeOptions) -> Result<Self, VolumeError> {
+        let superblock = Superblock::load(dir)?;
+        let lock = VolumeLock::acquire(dir, options.read_only)?;
+        let keyring = Keyring::with_keys(None, Vec::new(), false)?;
+        Self::open_with_keyring(dir, lock, superblock, keyring, options)
+    }
+
+    fn open_with_keyring(
+        dir: &Path,
+        lock: VolumeLock,
+        superblock: Superblock,
+        keyring: Keyring,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
+        let parents = snapshots::open_parent_views(&superblock)?;
+        let unmaterialized = snapshots::unmaterialized(dir)?;
+        let (log, report) = store::open(dir, log_config(&superblock, options)?, &unmaterialized)?;
+        if !options.read_only {
+            snapshots::remove_orphans(dir)?;
+        }
+        let mut volume = Self::assemble(
+            dir,
+            superblock,
+            log,
+            keyring,
+            options,
+            report,
+            (lock, Vec::new()),
+        )?;
+        volume.set_parents(parents);
+        volume.pin_snapshots()?;
+        Ok(volume)
+    }
+
+    /// Opens snapshot `name` of the volume in `dir` read-only, with `keys`
+    /// (its key set, unwrapped). Works while another process serves the
+    /// volume; the snapshot cannot be deleted while it is open.
+    pub fn open_snapshot(
+        dir: &Path,
+        name: &str,
+        keys: Vec<DataKey>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
+        let superblock = Superblock::load(dir)?;
+        let (log, lock) = snapshots::open_snapshot_view(dir, &superblock, name)?;
+        let parents = snapshots::open_parent_views(&superblock)?;
+        let keyring = Keyring::with_keys(None, keys, superblock.cipher == CipherName::Null)?;
+        let options = VolumeOptions {
+            read_only: true,
+            ..options.clone()
+        };
+        let mut volume = Self::assemble(
+            dir,
+            superblock,
+            log,
+            keyring,
+            &options,
+            RecoveryReport::default(),
+            (lock, Vec::new()),
+        )?;
+        volume.set_parents(parents);
+        volume.snapshot = Some(name.to_string());
+        Ok(volume)
+    }
+
+    fn set_parents(&mut self, parents: Vec<(Log, VolumeLock)>) {
+        let (logs, locks) = parents.into_iter().unzip();
+        self.parents = logs;
+        self._parent_locks = locks;
     }
 
     fn assemble(
@@ -114,7 +257,7 @@ impl Volume {
         keyring: Keyring,
         options: &VolumeOptions,
         recovery: RecoveryReport,
-        lock: VolumeLock,
+        locks: (VolumeLock, Vec<VolumeLock>),
     ) -> Result<Self, VolumeError> {
         let pool = match &options.pool {
             Some(pool) => Arc::clone(pool),
@@ -131,8 +274,46 @@ impl Volume {
             stripes: StripeLocks::new(),
             read_only: options.read_only,
             recovery,
-            _lock: lock,
+            parents: Vec::new(),
+            snapshot: None,
+            _lock: locks.0,
+            _parent_locks: locks.1,
         })
+    }
+}
+
+fn new_superblock(
+    volume_id: [u8; 16],
+    size_bytes: u64,
+    options: &VolumeOptions,
+    key: &DataKey,
+    wrapped: Option<WrappedKey>,
+) -> Superblock {
+    let now = unix_now_s();
+    let (wrapped_blob, acl) = wrapped.map_or((None, Vec::new()), |w| (Some(w.blob), w.acl));
+    Superblock {
+        format: FORMAT_NAME.to_string(),
+        format_version: FORMAT_VERSION,
+        volume_id: hex::encode(volume_id),
+        size_bytes,
+        block_bytes: options.block_bytes,
+        segment_bytes: options.segment_bytes,
+        cipher: if options.null_cipher {
+            CipherName::Null
+        } else {
+            CipherName::Aes256Xts
+        },
+        current_key_id: key.id(),
+        keys: vec![KeyEntry {
+            key_id: key.id(),
+            kind: key.kind(),
+            wrapped_blob,
+            created_unix_s: now,
+            acl,
+            context_volume_id: None,
+        }],
+        created_unix_s: now,
+        parent: None,
     }
 }
 
@@ -207,7 +388,7 @@ fn prepare_empty_dir(dir: &Path) -> Result<(), VolumeError> {
     }
 }
 
-fn unix_now_s() -> u64 {
+pub(crate) fn unix_now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -43,6 +43,27 @@ pub struct KeyEntry {
     pub wrapped_blob: Option<String>,
     /// When the key was first used, seconds since the Unix epoch.
     pub created_unix_s: u64,
+    /// The users the blob's sealed ACL names (a copy for display; the
+    /// sealed one is what lsvkms enforces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<String>,
+    /// The volume id the blob is sealed for, when not this volume's (keys a
+    /// clone shares with its parent); unwraps must present it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_volume_id: Option<String>,
+}
+
+/// The snapshot a clone was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// Directory of the volume that holds the snapshot (absolute).
+    pub volume_dir: PathBuf,
+    /// That volume's id.
+    pub volume_id: String,
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The snapshot's id, to detect a different snapshot of the same name.
+    pub snapshot_id: String,
 }
 
 /// The superblock.
@@ -68,6 +89,10 @@ pub struct Superblock {
     pub keys: Vec<KeyEntry>,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix_s: u64,
+    /// For a clone: the snapshot whose blocks it reads where it has not
+    /// written its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
 }
 
 impl Superblock {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use lsvblk::kms::api::KeyContext;
-use lsvblk::volume::{Volume, VolumeOptions, new_volume_id};
+use lsvblk::volume::{Volume, VolumeOptions, WrappedKey, new_volume_id};
 
 use crate::exit::{Failure, Outcome, USAGE};
 use crate::kms::{client, failure, parse_kms_address};
@@ -80,7 +80,10 @@ pub fn run(args: CreateArgs) -> Outcome {
         args.size,
         volume_id,
         generated.key,
-        Some(wrapped),
+        Some(WrappedKey {
+            blob: wrapped,
+            acl: args.acl.clone(),
+        }),
         &options,
     )?;
     volume.close()?;

@@ -6,6 +6,7 @@
 mod create;
 mod exit;
 mod inspect;
+mod keys;
 mod kms;
 mod serve;
 mod size;

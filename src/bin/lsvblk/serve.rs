@@ -4,17 +4,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use base64::Engine;
 use lsvblk::crypto::CryptoPool;
-use lsvblk::kms::api::KeyContext;
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions};
+use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use zeroize::Zeroizing;
 
-use crate::exit::{DATA, Failure, IO, Outcome, SOFTWARE, USAGE};
-use crate::kms::{client, failure, parse_kms_address};
+use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::keys::{read_token, unwrap_all};
+use crate::kms::parse_kms_address;
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`.
@@ -41,6 +39,11 @@ pub struct ServeArgs {
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long)]
     read_only: bool,
+    /// Serve snapshot NAME of the volume instead of the volume itself
+    /// (read-only; works while another daemon serves the volume). The
+    /// token's user must be on the snapshot's ACL.
+    #[arg(long, value_name = "NAME", requires = "read_only")]
+    snapshot: Option<String>,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
     #[arg(long)]
     serial: Option<String>,
@@ -61,9 +64,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
-    // Lock first: a second daemon on this volume must not get the key.
-    let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-    let key = unwrap_key(&args, &superblock)?;
+    let token = read_token(&args.token_file)?;
     let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
         .map_err(|e| Failure::new(USAGE, e))?;
     let options = VolumeOptions {
@@ -72,7 +73,21 @@ pub fn run(args: ServeArgs) -> Outcome {
         pool: Some(Arc::new(pool)),
         ..VolumeOptions::default()
     };
-    let volume = Arc::new(Volume::open_locked(&args.volume, lock, key, &options)?);
+    let volume = Arc::new(match &args.snapshot {
+        Some(name) => {
+            // The snapshot's own key set and ACL decide, not the volume's.
+            let meta = load_snapshot(&args.volume, name)?;
+            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &meta.keys)?;
+            Volume::open_snapshot(&args.volume, name, keys, &options)?
+        }
+        None => {
+            // Lock first: a second daemon on this volume must not get a key.
+            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
+            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &superblock.keys)?;
+            Volume::open_locked(&args.volume, lock, keys, &options)?
+        }
+    });
+    drop(token);
     report_recovery(&volume);
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
@@ -80,7 +95,8 @@ pub fn run(args: ServeArgs) -> Outcome {
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
-        key_id = %volume.current_key_id(),
+        key_id = %superblock.current_key_id,
+        snapshot = args.snapshot.as_deref().unwrap_or("-"),
         read_only = args.read_only,
         "serving"
     );
@@ -109,62 +125,6 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         .validate()
         .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
     Ok(device)
-}
-
-/// Sends the volume's wrapped key and the user's token to lsvkms and gets
-/// the data key back only if the user is on the ACL sealed in the blob.
-fn unwrap_key(
-    args: &ServeArgs,
-    superblock: &Superblock,
-) -> Result<lsvblk::crypto::DataKey, Failure> {
-    let entry = superblock
-        .keys
-        .iter()
-        .find(|k| k.key_id == superblock.current_key_id)
-        .and_then(|k| k.wrapped_blob.as_ref())
-        .ok_or_else(|| {
-            Failure::new(
-                DATA,
-                anyhow::anyhow!(
-                    "the volume holds no wrapped key (was it made by `lsvblk create`?)"
-                ),
-            )
-        })?;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(entry)
-        .map_err(|e| {
-            Failure::new(
-                DATA,
-                anyhow::anyhow!("the volume's wrapped key is not base64: {e}"),
-            )
-        })?;
-    let token = Zeroizing::new(std::fs::read_to_string(&args.token_file).map_err(|e| {
-        Failure::new(
-            USAGE,
-            anyhow::anyhow!(
-                "cannot read --token-file {}: {e}",
-                args.token_file.display()
-            ),
-        )
-    })?);
-    let context = KeyContext {
-        volume_id: superblock.volume_id.clone(),
-        snapshot_id: String::new(),
-    };
-    let key = client(&args.kms)
-        .unwrap(&blob, &context, token.trim())
-        .map_err(|e| failure("lsvkms refused to unwrap the volume key", e))?;
-    if key.id() != superblock.current_key_id {
-        return Err(Failure::new(
-            DATA,
-            anyhow::anyhow!(
-                "lsvkms returned key {} but the volume uses {}",
-                key.id(),
-                superblock.current_key_id
-            ),
-        ));
-    }
-    Ok(key)
 }
 
 fn report_recovery(volume: &Volume) {

@@ -3,18 +3,26 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::super::checkpoint::{self, CheckpointData};
 use super::super::segment::{self, SEGMENT_HEADER_BYTES, ScannedRecord};
+use super::super::snapshot::{SnapshotPoint, referenced_segments};
 use super::super::{StoreError, sync_dir};
-use super::{Log, LogConfig, RecoveryReport};
+use super::snapshots::write_snapshot_index;
+use super::{IndexState, Log, LogConfig, RecoveryReport};
 use crate::limits::SEQ_REOPEN_GAP;
 
-/// Opens the log in `dir`, recovering from any crash.
-pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), StoreError> {
+/// Opens the log in `dir`, recovering from any crash. `unmaterialized`
+/// lists snapshots whose point was recorded but whose index file is not
+/// there: their index is rebuilt from replay and written (read-write opens).
+pub fn open(
+    dir: &Path,
+    config: LogConfig,
+    unmaterialized: &[(PathBuf, SnapshotPoint)],
+) -> Result<(Log, RecoveryReport), StoreError> {
     for sub in ["segments", "checkpoints"] {
         if !dir.join(sub).is_dir() {
             return Err(StoreError::NotAStore {
@@ -25,8 +33,8 @@ pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), Stor
     }
     let mut report = RecoveryReport::default();
     let log = Log::empty(dir, config, 0, 0);
-    let checkpoint = load_newest_checkpoint(&log, &mut report)?;
     let segment_ids = list_segments(&log.segments_dir)?;
+    let checkpoint = load_newest_checkpoint(&log, &segment_ids, &mut report)?;
     let replay = replay_plan(&checkpoint, &segment_ids)?;
     open_files(&log, &segment_ids)?;
     let mut records: Vec<(u64, ScannedRecord)> = Vec::new();
@@ -42,6 +50,11 @@ pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), Stor
     let seq_seen_max = records.iter().map(|(_, r)| r.header.seq).max();
     install_checkpoint(&log, &checkpoint);
     records.sort_by_key(|(_, r)| r.header.seq);
+    if !log.config.read_only {
+        for (path, point) in unmaterialized {
+            rebuild_snapshot(&log, &checkpoint, &records, path, point)?;
+        }
+    }
     {
         let mut state = log.write_state();
         for (segment_id, record) in &records {
@@ -73,10 +86,25 @@ pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), Stor
 
 fn load_newest_checkpoint(
     log: &Log,
+    segment_ids: &[u64],
     report: &mut RecoveryReport,
 ) -> Result<CheckpointData, StoreError> {
     for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
-        match checkpoint::read(&path, &log.config.volume_id) {
+        let loaded = checkpoint::read(&path, &log.config.volume_id).and_then(|data| {
+            // An older checkpoint may refer to segments compaction deleted
+            // after writing a newer one: unusable, not a reason to read zeros.
+            let missing = referenced_segments(&data)
+                .into_iter()
+                .any(|id| segment_ids.binary_search(&id).is_err());
+            if missing {
+                return Err(StoreError::BadCheckpoint {
+                    path: path.clone(),
+                    reason: "refers to a segment that no longer exists",
+                });
+            }
+            Ok(data)
+        });
+        match loaded {
             Ok(data) => {
                 report.checkpoint = Some(path);
                 return Ok(data);
@@ -215,17 +243,60 @@ fn seal_if_open(log: &Log, segment_id: u64) -> Result<(), StoreError> {
 }
 
 fn install_checkpoint(log: &Log, checkpoint: &CheckpointData) {
-    let mut state = log.write_state();
-    state.keys = checkpoint.keys.clone();
-    state.key_indexes = checkpoint
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (*k, i as u32))
-        .collect();
-    for (lba, extent) in &checkpoint.extents {
-        state
-            .index
-            .insert(*lba, extent.blocks, extent.seq, extent.location);
+    log.write_state().load(checkpoint);
+}
+
+/// Rebuilds the index of a snapshot that was taken but not written out
+/// before the crash: the checkpoint (older than the snapshot, because a
+/// checkpoint is written only after every earlier snapshot's index) plus
+/// the replayed records the snapshot point covers.
+fn rebuild_snapshot(
+    log: &Log,
+    checkpoint: &CheckpointData,
+    records: &[(u64, ScannedRecord)],
+    path: &Path,
+    point: &SnapshotPoint,
+) -> Result<(), StoreError> {
+    if checkpoint.segment_id_next > point.segment_id_next || checkpoint.seq_next > point.seq_next {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset_bytes: 0,
+            reason: "snapshot index missing and the newest checkpoint is newer than the snapshot",
+        });
     }
+    let mut state = IndexState::empty(0);
+    state.load(checkpoint);
+    for (segment_id, record) in records {
+        if point.covers(*segment_id, record.offset) {
+            log.apply(
+                &mut state,
+                *segment_id,
+                record.offset,
+                &record.header,
+                record.header.key_id,
+            );
+        }
+    }
+    let data = CheckpointData {
+        seq_next: point.seq_next,
+        segment_id_next: point.segment_id_next,
+        heads: Vec::new(),
+        keys: state.keys.clone(),
+        extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
+    };
+    tracing::info!(snapshot = %path.display(), "rebuilt a snapshot index from the log");
+    write_snapshot_index(path, &log.config.volume_id, &data)
+}
+
+/// Opens a snapshot's frozen index (written by
+/// [`Log::materialize_snapshots`]) as a read-only log over the segments of
+/// `dir`. Only the segments the index refers to are opened.
+pub fn open_view(dir: &Path, index_path: &Path, mut config: LogConfig) -> Result<Log, StoreError> {
+    config.read_only = true;
+    let data = checkpoint::read(index_path, &config.volume_id)?;
+    let log = Log::empty(dir, config, data.seq_next, data.segment_id_next);
+    let segments: Vec<u64> = referenced_segments(&data).into_iter().collect();
+    open_files(&log, &segments)?;
+    install_checkpoint(&log, &data);
+    Ok(log)
 }

@@ -1,0 +1,85 @@
+//! Unwrapping a volume's (or a snapshot's) wrapped keys through lsvkms with
+//! the user's token: the ACL sealed in each blob decides.
+
+use std::path::Path;
+
+use base64::Engine;
+use lsvblk::crypto::DataKey;
+use lsvblk::kms::api::KeyContext;
+use lsvblk::volume::KeyEntry;
+use zeroize::Zeroizing;
+
+use crate::exit::{DATA, Failure, USAGE};
+use crate::kms::{client, failure};
+
+/// Reads the user's token from `path` (kept out of logs and zeroized).
+pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            USAGE,
+            anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()),
+        )
+    })?;
+    Ok(Zeroizing::new(text.trim().to_string()))
+}
+
+/// Decodes an entry's base64 blob.
+pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
+    let text = entry.wrapped_blob.as_ref().ok_or_else(|| {
+        Failure::new(
+            DATA,
+            anyhow::anyhow!(
+                "key {} has no wrapped blob (was the volume made by `lsvblk create`?)",
+                entry.key_id
+            ),
+        )
+    })?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| {
+            Failure::new(
+                DATA,
+                anyhow::anyhow!(
+                    "the wrapped blob of key {} is not base64: {e}",
+                    entry.key_id
+                ),
+            )
+        })
+}
+
+/// Unwraps every entry (sealed for `volume_id` unless the entry names
+/// another volume) with `token`; any refusal stops with lsvkms's reason.
+pub fn unwrap_all(
+    kms: &Path,
+    token: &str,
+    volume_id: &str,
+    entries: &[KeyEntry],
+) -> Result<Vec<DataKey>, Failure> {
+    let kms = client(&kms.to_path_buf());
+    let mut keys = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let blob = blob_of(entry)?;
+        let context = KeyContext {
+            volume_id: entry
+                .context_volume_id
+                .clone()
+                .unwrap_or_else(|| volume_id.to_string()),
+            snapshot_id: String::new(),
+        };
+        let key = kms
+            .unwrap(&blob, &context, token)
+            .map_err(|e| failure(&format!("lsvkms refused to unwrap key {}", entry.key_id), e))?;
+        if key.id() != entry.key_id {
+            return Err(Failure::new(
+                DATA,
+                anyhow::anyhow!(
+                    "lsvkms returned key {} for the blob of key {}",
+                    key.id(),
+                    entry.key_id
+                ),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}

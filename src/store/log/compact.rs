@@ -1,0 +1,483 @@
+//! Compaction: moving the live records out of mostly-dead segments to the
+//! compaction head, then deleting those segments.
+//!
+//! Ciphertext moves as it is: a moved record keeps its sequence number, LBA
+//! and key id, so its XTS tweak (sequence number, block) stays valid and no
+//! key is needed. In the index a moved record replaces its original only
+//! where the original still holds (same sequence number); a block the guest
+//! overwrote meanwhile keeps its newer write.
+//!
+//! Crash safety, step by step:
+//! 1. moved records are appended (the originals still exist): replay finds
+//!    both copies with one sequence number, and either is right;
+//! 2. a checkpoint is written, which no longer refers to the old segments;
+//! 3. the old segments are deleted, then older checkpoints (which may still
+//!    refer to them).
+//!
+//! A crash between 2 and 3 leaves segments nothing refers to; the next
+//! compaction deletes them first (they have no live bytes). A segment a
+//! snapshot refers to (pinned) is never deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use super::super::index::Location;
+use super::super::record::RECORD_HEADER_BYTES;
+use super::super::segment::{self, SEGMENT_HEADER_BYTES};
+use super::super::{StoreError, checkpoint, sync_dir};
+use super::{AppendRecord, Log};
+use crate::crypto::KeyId;
+use crate::store::RecordKind;
+
+/// Payload bytes moved per append (one `pwritev`).
+const MOVE_BATCH_BYTES: u64 = 1 << 20;
+/// Live bytes moved before a checkpoint lets the cleaned segments go.
+const CLEAN_BATCH_BYTES: u64 = 256 << 20;
+
+/// How to compact.
+#[derive(Clone, Debug)]
+pub struct CompactOptions {
+    /// Clean segments whose live bytes are at most this fraction of their
+    /// record bytes (0.0 ..= 1.0).
+    pub live_ratio_max: f64,
+    /// Move at most this many bytes per second; `None`: no limit.
+    pub rate_bytes_per_s: Option<u64>,
+    /// Test hook: stop (as if the process died) after this many steps.
+    #[doc(hidden)]
+    pub crash_after_steps: Option<u64>,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        Self {
+            live_ratio_max: crate::limits::COMPACT_LIVE_RATIO_DEFAULT,
+            rate_bytes_per_s: None,
+            crash_after_steps: None,
+        }
+    }
+}
+
+/// Where a running compaction is.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct CompactProgress {
+    /// Segments chosen to be cleaned.
+    pub segments_total: u64,
+    /// Of those, deleted so far.
+    pub segments_done: u64,
+    /// Live bytes to move out of them.
+    pub bytes_total: u64,
+    /// Of those, moved so far.
+    pub bytes_moved: u64,
+}
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CompactReport {
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Live payload bytes copied to the compaction head.
+    pub bytes_moved: u64,
+    /// Segment file bytes given back to the file system.
+    pub bytes_freed: u64,
+    /// Segments kept because a live block in them fails its checksum.
+    pub corrupt_segments: Vec<u64>,
+}
+
+/// Space use of one segment.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SegmentSpace {
+    /// Segment id.
+    pub id: u64,
+    /// File size, bytes.
+    pub file_bytes: u64,
+    /// Payload bytes of blocks the volume still reads from it.
+    pub live_bytes: u64,
+    /// A snapshot refers to it.
+    pub pinned: bool,
+}
+
+/// Space use of the whole log.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SpaceReport {
+    /// Per segment, by id.
+    pub segments: Vec<SegmentSpace>,
+    /// Payload bytes the volume reads (sum of `live_bytes`).
+    pub live_bytes: u64,
+    /// Bytes of all segment files.
+    pub file_bytes: u64,
+}
+
+/// One live piece to move: blocks of one record the index still maps.
+#[derive(Clone, Copy)]
+struct LivePiece {
+    lba: u64,
+    blocks: u64,
+    seq: u64,
+    key_id: KeyId,
+    segment_id: u64,
+    table_offset: u64,
+    payload_offset: u64,
+}
+
+/// A piece's ciphertext and its block checksum table, read and verified.
+struct MovedPiece {
+    payload: Vec<u8>,
+    table: Vec<u8>,
+}
+
+/// Counts steps for the crash-test hook.
+struct Steps {
+    left: Option<u64>,
+}
+
+impl Steps {
+    fn step(&mut self) -> Result<(), StoreError> {
+        match &mut self.left {
+            Some(0) => Err(StoreError::Interrupted),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Log {
+    /// Live bytes per segment (from the index), file sizes and pins.
+    pub fn space(&self) -> Result<SpaceReport, StoreError> {
+        let live = self.live_bytes_by_segment();
+        let pinned = self.pinned_segments();
+        let files: Vec<(u64, std::sync::Arc<fs::File>)> = self
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, f)| (*id, std::sync::Arc::clone(f)))
+            .collect();
+        let mut report = SpaceReport::default();
+        for (id, file) in files {
+            let path = segment::segment_path(&self.segments_dir, id);
+            let file_bytes = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            let live_bytes = live.get(&id).copied().unwrap_or(0);
+            report.live_bytes += live_bytes;
+            report.file_bytes += file_bytes;
+            report.segments.push(SegmentSpace {
+                id,
+                file_bytes,
+                live_bytes,
+                pinned: pinned.contains(&id),
+            });
+        }
+        Ok(report)
+    }
+
+    fn live_bytes_by_segment(&self) -> BTreeMap<u64, u64> {
+        let state = self.read_state();
+        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        for (_, extent) in state.index.iter() {
+            if let Location::Data(d) = extent.location {
+                *live.entry(d.segment_id).or_default() += extent.blocks << self.config.block_shift;
+            }
+        }
+        live
+    }
+
+    /// Segments no head appends to and no flush has yet to seal.
+    fn closed_segments(&self) -> BTreeSet<u64> {
+        let mut busy: BTreeSet<u64> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        busy.extend(
+            self.read_state()
+                .head_positions
+                .iter()
+                .flatten()
+                .map(|(id, _)| *id),
+        );
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .filter(|id| !busy.contains(id))
+            .collect()
+    }
+
+    /// Cleans every closed, unpinned segment whose live ratio is at most
+    /// `options.live_ratio_max`, least live first, calling `progress` as it
+    /// goes. Safe to run while the volume is read and written.
+    pub fn compact(
+        &self,
+        options: &CompactOptions,
+        progress: &mut dyn FnMut(&CompactProgress),
+    ) -> Result<CompactReport, StoreError> {
+        if self.config.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut steps = Steps {
+            left: options.crash_after_steps,
+        };
+        // Seal what left the heads, and write out snapshots taken so far so
+        // that their pins are all known and none depends on replay.
+        self.flush()?;
+        self.materialize_snapshots()?;
+        let chosen = self.choose_segments(options.live_ratio_max)?;
+        let mut status = CompactProgress {
+            segments_total: chosen.len() as u64,
+            bytes_total: chosen.iter().map(|(_, live)| live).sum(),
+            ..CompactProgress::default()
+        };
+        progress(&status);
+        let mut report = CompactReport::default();
+        let started = Instant::now();
+        let mut batch: Vec<u64> = Vec::new();
+        let mut batch_bytes = 0;
+        for (index, (segment_id, live)) in chosen.iter().enumerate() {
+            batch.push(*segment_id);
+            batch_bytes += live;
+            let last = index + 1 == chosen.len();
+            if batch_bytes < CLEAN_BATCH_BYTES && !last {
+                continue;
+            }
+            let segments: BTreeSet<u64> = batch.drain(..).collect();
+            batch_bytes = 0;
+            self.move_live_pieces(
+                &segments,
+                options,
+                started,
+                &mut status,
+                &mut report,
+                &mut steps,
+                progress,
+            )?;
+            steps.step()?;
+            self.checkpoint()?;
+            steps.step()?;
+            self.delete_unreferenced(&segments, &mut status, &mut report, &mut steps, progress)?;
+        }
+        progress(&status);
+        Ok(report)
+    }
+
+    /// (segment, live bytes) of the segments to clean, least live first.
+    fn choose_segments(&self, live_ratio_max: f64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let closed = self.closed_segments();
+        let pinned = self.pinned_segments();
+        let live = self.live_bytes_by_segment();
+        let mut chosen = Vec::new();
+        for id in closed.difference(&pinned) {
+            let Some(file) = self
+                .files
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned()
+            else {
+                continue;
+            };
+            let path = segment::segment_path(&self.segments_dir, *id);
+            let file_bytes = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            let record_bytes = file_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+            let live_bytes = live.get(id).copied().unwrap_or(0);
+            if live_bytes as f64 <= live_ratio_max * record_bytes as f64 {
+                chosen.push((*id, live_bytes, live_bytes as f64 / record_bytes as f64));
+            }
+        }
+        chosen.sort_by(|a, b| a.2.total_cmp(&b.2));
+        Ok(chosen.into_iter().map(|(id, live, _)| (id, live)).collect())
+    }
+
+    /// The pieces of the index that live in `segments`, in file order.
+    fn live_pieces(&self, segments: &BTreeSet<u64>) -> Vec<LivePiece> {
+        let state = self.read_state();
+        let mut pieces: Vec<LivePiece> = state
+            .index
+            .iter()
+            .filter_map(|(lba, extent)| match extent.location {
+                Location::Data(d) if segments.contains(&d.segment_id) => {
+                    let first = lba - d.record_lba;
+                    let table_start = d.record_offset + RECORD_HEADER_BYTES as u64;
+                    Some(LivePiece {
+                        lba,
+                        blocks: extent.blocks,
+                        seq: extent.seq,
+                        key_id: state.keys[d.key_index as usize],
+                        segment_id: d.segment_id,
+                        table_offset: table_start + first * 4,
+                        payload_offset: table_start
+                            + u64::from(d.record_blocks) * 4
+                            + (first << self.config.block_shift),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        pieces.sort_by_key(|p| (p.segment_id, p.payload_offset));
+        pieces
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn move_live_pieces(
+        &self,
+        segments: &BTreeSet<u64>,
+        options: &CompactOptions,
+        started: Instant,
+        status: &mut CompactProgress,
+        report: &mut CompactReport,
+        steps: &mut Steps,
+        progress: &mut dyn FnMut(&CompactProgress),
+    ) -> Result<(), StoreError> {
+        let pieces = self.live_pieces(segments);
+        let block_bytes = 1u64 << self.config.block_shift;
+        let mut corrupt: BTreeSet<u64> = BTreeSet::new();
+        let mut start = 0;
+        while start < pieces.len() {
+            // Gather pieces up to one move batch (at least one piece).
+            let mut end = start;
+            let mut bytes = 0;
+            while end < pieces.len()
+                && (end == start || bytes + pieces[end].blocks * block_bytes <= MOVE_BATCH_BYTES)
+            {
+                bytes += pieces[end].blocks * block_bytes;
+                end += 1;
+            }
+            let mut buffers: Vec<(LivePiece, MovedPiece)> = Vec::with_capacity(end - start);
+            for piece in &pieces[start..end] {
+                match self.read_verified(piece)? {
+                    Some(moved) => buffers.push((*piece, moved)),
+                    None => {
+                        corrupt.insert(piece.segment_id);
+                    }
+                }
+            }
+            let records: Vec<AppendRecord<'_>> = buffers
+                .iter()
+                .map(|(piece, moved)| AppendRecord {
+                    kind: RecordKind::Data,
+                    seq: piece.seq,
+                    lba: piece.lba,
+                    block_count: piece.blocks as u32,
+                    key_id: piece.key_id,
+                    payload: &moved.payload,
+                    checksums: Some(&moved.table),
+                })
+                .collect();
+            if !records.is_empty() {
+                self.append_compacted(&records)?;
+            }
+            let moved: u64 = buffers.iter().map(|(p, _)| p.blocks * block_bytes).sum();
+            report.bytes_moved += moved;
+            status.bytes_moved += moved;
+            progress(status);
+            steps.step()?;
+            throttle(options.rate_bytes_per_s, status.bytes_moved, started);
+            start = end;
+        }
+        if !corrupt.is_empty() {
+            tracing::warn!(
+                ?corrupt,
+                "keeping segments with live blocks that fail their checksums"
+            );
+            report.corrupt_segments.extend(corrupt);
+        }
+        Ok(())
+    }
+
+    /// The ciphertext and checksum table of `piece`, or `None` when a block
+    /// fails its checksum (the piece stays where it is).
+    fn read_verified(&self, piece: &LivePiece) -> Result<Option<MovedPiece>, StoreError> {
+        let file = self
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&piece.segment_id)
+            .cloned()
+            .ok_or(StoreError::SegmentMissing {
+                segment_id: piece.segment_id,
+            })?;
+        let path = segment::segment_path(&self.segments_dir, piece.segment_id);
+        let block_bytes = 1usize << self.config.block_shift;
+        let mut payload = vec![0u8; piece.blocks as usize * block_bytes];
+        let mut table = vec![0u8; piece.blocks as usize * 4];
+        file.read_exact_at(&mut payload, piece.payload_offset)
+            .and_then(|()| file.read_exact_at(&mut table, piece.table_offset))
+            .map_err(|e| StoreError::io(&path, e))?;
+        let intact = payload
+            .chunks_exact(block_bytes)
+            .zip(table.chunks_exact(4))
+            .all(|(block, crc)| crc32c::crc32c(block).to_le_bytes() == crc);
+        Ok(intact.then_some(MovedPiece { payload, table }))
+    }
+
+    /// Deletes those of `segments` that nothing refers to any more, then the
+    /// checkpoints older than the newest (they may refer to them).
+    fn delete_unreferenced(
+        &self,
+        segments: &BTreeSet<u64>,
+        status: &mut CompactProgress,
+        report: &mut CompactReport,
+        steps: &mut Steps,
+        progress: &mut dyn FnMut(&CompactProgress),
+    ) -> Result<(), StoreError> {
+        // Under the pins lock: a snapshot being taken either sees the moved
+        // copies or pins the segment before we look.
+        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned: BTreeSet<u64> = pins.values().flatten().copied().collect();
+        let live = self.live_bytes_by_segment();
+        let mut deleted_any = false;
+        for id in segments {
+            if pinned.contains(id) || live.contains_key(id) {
+                continue;
+            }
+            let file = self
+                .files
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            let path = segment::segment_path(&self.segments_dir, *id);
+            let bytes = file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+            fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            deleted_any = true;
+            report.segments_deleted += 1;
+            report.bytes_freed += bytes;
+            status.segments_done += 1;
+            progress(status);
+            steps.step()?;
+        }
+        drop(pins);
+        if deleted_any {
+            sync_dir(&self.segments_dir)?;
+            let _no_checkpoint = self
+                .checkpoint_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for old in checkpoint::list_checkpoints(&self.checkpoints_dir)?
+                .into_iter()
+                .skip(1)
+            {
+                fs::remove_file(&old).map_err(|e| StoreError::io(&old, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps as long as needed to keep `moved` bytes since `started` at or
+/// under `rate` bytes per second.
+fn throttle(rate: Option<u64>, moved: u64, started: Instant) {
+    let Some(rate) = rate.filter(|r| *r > 0) else {
+        return;
+    };
+    let due = Duration::from_secs_f64(moved as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}
