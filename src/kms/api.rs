@@ -225,6 +225,10 @@ pub struct KeyInfo {
     pub created_unix_s: u64,
     /// Wrapping-key versions blobs of this key have been sealed under.
     pub wrapping_key_versions: Vec<u32>,
+    /// The users allowed to unwrap the key, as stored with it (empty from a
+    /// service too old to report it).
+    #[serde(default)]
+    pub acl: Vec<String>,
 }
 
 /// `GET /v1/health` response.

@@ -64,6 +64,7 @@ impl KeyRecord {
             compromised: self.compromised,
             created_unix_s: self.created_unix_s,
             wrapping_key_versions: self.wrapping_key_versions.clone(),
+            acl: self.acl.clone(),
         }
     }
 }
