@@ -40,7 +40,8 @@ pub struct KeyRecord {
     pub created_unix_s: u64,
     /// Wrapping-key versions its blobs have been sealed under.
     pub wrapping_key_versions: Vec<u32>,
-    /// The ACL sealed in its blob (for the audit check).
+    /// The newest ACL sealed for the key: the one it was created with, or
+    /// the last one an ACL change (`POST /v1/rewrap` with `acl`) set.
     pub acl: Vec<String>,
     /// The context sealed in its blob.
     pub context: KeyContext,
