@@ -188,6 +188,7 @@ impl Service {
             created_unix_s: now_unix_s(),
             wrapping_key_versions: vec![grant.kek_version],
             acl: request.acl.clone(),
+            former_acl_users: Vec::new(),
             context: request.context.clone(),
         };
         self.keys
@@ -312,10 +313,10 @@ impl Service {
                 {
                     record.wrapping_key_versions.push(rewrapped.kek_version);
                 }
-                if let Some(acl) = &request.acl {
-                    record.acl.clone_from(acl);
+                match &request.acl {
+                    Some(acl) => record.set_acl(acl),
+                    None => Ok(()),
                 }
-                Ok(())
             })
             .map_err(|e| self.act_failed(entry, e))?;
         Ok(rewrapped)
@@ -351,9 +352,13 @@ impl Service {
             }
         };
         let opened = self.open_blob(&blob)?;
-        self.usable(blob.key_id)?;
+        let mut record = self.usable(blob.key_id)?;
         if let Some(user) = &user {
             check_acl(user, &opened.acl, blob.key_id)?;
+        }
+        if let Some(acl) = &request.acl {
+            // Refuse before sealing what the record could not store.
+            record.set_acl(acl)?;
         }
         let input = SealInput {
             key: &opened.key,
