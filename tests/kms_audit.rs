@@ -2,7 +2,8 @@
 //! log and fails on one changed byte, one deleted line (middle or last) and
 //! two swapped lines; a read-only audit file makes calls fail with 503
 //! (fail closed); `lsvkms audit check` finds an unwrap by a user who is not
-//! on the key's ACL and marks the key compromised.
+//! on the key's ACL and marks the key compromised, but not one by a user
+//! an ACL change removed (issue 5).
 
 mod kms_support;
 
@@ -195,4 +196,42 @@ fn a_forged_line_without_the_audit_key_fails_verify_but_check_still_sees_it() {
     let out = kms.run(&["audit", "check", "--dir", &dir]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&key_id.to_hex()));
+}
+
+#[test]
+fn audit_check_does_not_blame_users_an_acl_change_removed() {
+    let mut kms = Kms::init(&[], Vec::new());
+    kms.start();
+    let client = kms.client();
+    let context = KeyContext {
+        volume_id: "vol-acl".into(),
+        snapshot_id: String::new(),
+    };
+    let both = vec!["alice".to_owned(), "bob".to_owned()];
+    let generated = client.generate_data_key(&both, &context).unwrap();
+    let (blob, key_id) = (generated.wrapped_blob, generated.key.id());
+    let (alice, bob) = (kms.token("alice", "1h"), kms.token("bob", "1h"));
+    client.unwrap(&blob, &context, &bob).unwrap();
+    let changed = client
+        .rewrap_with_acl(&blob, &["alice".to_owned()], &alice)
+        .unwrap();
+    assert_eq!(
+        api_error(client.unwrap(&changed.wrapped_blob.0, &context, &bob)),
+        (403, "not_on_acl".into())
+    );
+    // The blob from before the change still carries bob: the service
+    // cannot revoke a blob it does not hold.
+    client.unwrap(&blob, &context, &bob).unwrap();
+    let dir = kms.dir.to_str().unwrap().to_owned();
+    let out = kms.run(&["audit", "check", "--dir", &dir]);
+    assert!(
+        out.status.success(),
+        "bob's unwraps were allowed by a blob that lists him: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let info = client.key_info(key_id).unwrap();
+    assert_eq!(
+        (info.status.as_str(), info.acl),
+        ("enabled", vec!["alice".to_owned()])
+    );
 }

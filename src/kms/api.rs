@@ -146,12 +146,37 @@ impl std::fmt::Debug for UnwrapRequest {
     }
 }
 
-/// `POST /v1/rewrap` request.
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /v1/rewrap` request. Its `Debug` hides the token (a credential).
+///
+/// Without `acl` the blob is only sealed again under the newest
+/// wrapping-key version. With `acl` the same key is sealed with that ACL
+/// instead (an ACL change): then `user_token` is required and its subject
+/// must be on the ACL sealed in `wrapped_blob`.
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewrapRequest {
     /// The blob to seal again under the newest wrapping-key version.
     pub wrapped_blob: Base64Bytes,
+    /// The new ACL (1..=[`ACL_ENTRIES_MAX`] distinct users), or `None` to
+    /// keep the sealed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// The token of a user on the blob's current ACL; required with `acl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_token: Option<String>,
+}
+
+impl std::fmt::Debug for RewrapRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RewrapRequest")
+            .field("wrapped_blob", &self.wrapped_blob)
+            .field("acl", &self.acl)
+            .field(
+                "user_token",
+                &self.user_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// `POST /v1/rewrap` response.
@@ -225,6 +250,11 @@ pub struct KeyInfo {
     pub created_unix_s: u64,
     /// Wrapping-key versions blobs of this key have been sealed under.
     pub wrapping_key_versions: Vec<u32>,
+    /// The newest ACL sealed for the key: the one it was created with, or
+    /// the last one `POST /v1/rewrap` with `acl` set (empty from a service
+    /// too old to report it).
+    #[serde(default)]
+    pub acl: Vec<String>,
 }
 
 /// `GET /v1/health` response.
@@ -284,6 +314,30 @@ mod tests {
         assert!(validate_acl(&["alice".into(), "bob".into()]).is_ok());
         let many: Vec<String> = (0..=ACL_ENTRIES_MAX).map(|i| format!("u{i}")).collect();
         assert!(validate_acl(&many).is_err());
+    }
+
+    #[test]
+    fn rewrap_request_is_backward_compatible_and_hides_the_token() {
+        let old = r#"{"wrapped_blob":"AAEC"}"#;
+        let req: RewrapRequest = serde_json::from_str(old).unwrap();
+        assert_eq!((req.acl, req.user_token), (None, None));
+        let plain = RewrapRequest {
+            wrapped_blob: Base64Bytes(vec![0, 1, 2]),
+            acl: None,
+            user_token: None,
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), old);
+        let reacl = RewrapRequest {
+            acl: Some(vec!["alice".into(), "bob".into()]),
+            user_token: Some("secret.token.value".into()),
+            ..plain
+        };
+        let debug = format!("{reacl:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(
+            debug.contains("<redacted>") && debug.contains("bob"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -151,10 +151,31 @@ impl KmsClient {
         Ok(decode_key(&body)?.0)
     }
 
-    /// `POST /v1/rewrap`.
+    /// `POST /v1/rewrap`: the same key, ACL and context sealed under the
+    /// newest wrapping-key version.
     pub fn rewrap(&self, wrapped_blob: &[u8]) -> Result<RewrapResponse, ClientError> {
         let request = RewrapRequest {
             wrapped_blob: Base64Bytes(wrapped_blob.to_vec()),
+            acl: None,
+            user_token: None,
+        };
+        self.call_json("POST", "/v1/rewrap", &to_json(&request))
+    }
+
+    /// `POST /v1/rewrap` with `acl`: the same key and context sealed with
+    /// `acl` under the newest wrapping-key version. The user of
+    /// `user_token` must be on the ACL sealed in `wrapped_blob`; the old
+    /// blob keeps its old ACL.
+    pub fn rewrap_with_acl(
+        &self,
+        wrapped_blob: &[u8],
+        acl: &[String],
+        user_token: &str,
+    ) -> Result<RewrapResponse, ClientError> {
+        let request = RewrapRequest {
+            wrapped_blob: Base64Bytes(wrapped_blob.to_vec()),
+            acl: Some(acl.to_vec()),
+            user_token: Some(user_token.to_owned()),
         };
         self.call_json("POST", "/v1/rewrap", &to_json(&request))
     }

@@ -19,7 +19,7 @@ use crate::crypto::{KeyId, KeyKind};
 use super::api::{KeyContext, KeyInfo, KeyState};
 use super::error::KmsError;
 use super::fsutil;
-use super::limits::STATE_FILE_BYTES_MAX;
+use super::limits::{FORMER_ACL_USERS_MAX, STATE_FILE_BYTES_MAX};
 
 /// Everything the service keeps about a key (never its material).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +40,54 @@ pub struct KeyRecord {
     pub created_unix_s: u64,
     /// Wrapping-key versions its blobs have been sealed under.
     pub wrapping_key_versions: Vec<u32>,
-    /// The ACL sealed in its blob (for the audit check).
+    /// The newest ACL sealed for the key: the one it was created with, or
+    /// the last one an ACL change (`POST /v1/rewrap` with `acl`) set.
     pub acl: Vec<String>,
+    /// Users an ACL change removed. Blobs sealed before the change still
+    /// carry them and still unwrap for them, so the audit check must not
+    /// call their unwraps compromises. Disjoint from `acl`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_acl_users: Vec<String>,
     /// The context sealed in its blob.
     pub context: KeyContext,
 }
 
 impl KeyRecord {
+    /// Replaces the ACL with `acl` (already validated), remembering the
+    /// users it removes in `former_acl_users`; refuses (409) if more than
+    /// [`FORMER_ACL_USERS_MAX`] would be remembered.
+    pub fn set_acl(&mut self, acl: &[String]) -> Result<(), KmsError> {
+        let mut former: Vec<String> = self
+            .former_acl_users
+            .iter()
+            .chain(&self.acl)
+            .filter(|user| !acl.contains(user))
+            .cloned()
+            .collect();
+        former.sort_unstable();
+        former.dedup();
+        if former.len() > FORMER_ACL_USERS_MAX {
+            return Err(KmsError::Conflict(format!(
+                "key {} would remember {} users removed from its ACL, at most \
+                 {FORMER_ACL_USERS_MAX}: use a new key",
+                self.key_id,
+                former.len()
+            )));
+        }
+        self.acl = acl.to_vec();
+        self.former_acl_users = former;
+        Ok(())
+    }
+
+    /// Whether some blob of this key may carry `user` on its ACL: the
+    /// user is on the ACL now or was before an ACL change.
+    pub fn acl_ever_listed(&self, user: &str) -> bool {
+        self.acl
+            .iter()
+            .chain(&self.former_acl_users)
+            .any(|u| u == user)
+    }
+
     /// The public view of the record.
     pub fn info(&self) -> KeyInfo {
         let status = if self.state == KeyState::Destroyed {
@@ -64,6 +105,7 @@ impl KeyRecord {
             compromised: self.compromised,
             created_unix_s: self.created_unix_s,
             wrapping_key_versions: self.wrapping_key_versions.clone(),
+            acl: self.acl.clone(),
         }
     }
 }
@@ -225,8 +267,48 @@ mod tests {
             created_unix_s: 1,
             wrapping_key_versions: vec![1],
             acl: vec!["alice".into()],
+            former_acl_users: Vec::new(),
             context: KeyContext::default(),
         }
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|&n| n.to_owned()).collect()
+    }
+
+    #[test]
+    fn an_acl_change_remembers_the_users_it_removes() {
+        let mut r = record(1);
+        r.set_acl(&names(&["alice", "bob"])).unwrap();
+        assert!(r.former_acl_users.is_empty());
+        r.set_acl(&names(&["carol"])).unwrap();
+        assert_eq!(r.former_acl_users, names(&["alice", "bob"]));
+        r.set_acl(&names(&["bob", "dave"])).unwrap();
+        assert_eq!(r.former_acl_users, names(&["alice", "carol"]));
+        assert!(r.acl_ever_listed("alice") && r.acl_ever_listed("dave"));
+        assert!(!r.acl_ever_listed("mallory"));
+        let text = serde_json::to_string(&record(2)).unwrap();
+        assert!(!text.contains("former_acl_users"), "old records unchanged");
+
+        let mut r = record(3);
+        for round in 0..FORMER_ACL_USERS_MAX {
+            r.set_acl(&[format!("u{round}")]).unwrap();
+        }
+        assert_eq!(r.former_acl_users.len(), FORMER_ACL_USERS_MAX);
+        let refused = r.set_acl(&names(&["x"])).unwrap_err();
+        assert_eq!(refused.http_status(), 409);
+        assert_eq!(r.acl, [format!("u{}", FORMER_ACL_USERS_MAX - 1)]);
+        let bytes = serde_json::to_vec_pretty(&KeyRecord {
+            acl: (0..crate::kms::limits::ACL_ENTRIES_MAX)
+                .map(|i| format!("{i:0>128}"))
+                .collect(),
+            former_acl_users: (0..FORMER_ACL_USERS_MAX)
+                .map(|i| format!("{i:x>128}"))
+                .collect(),
+            ..record(4)
+        })
+        .unwrap();
+        assert!((bytes.len() as u64) < STATE_FILE_BYTES_MAX / 4 * 3);
     }
 
     #[test]

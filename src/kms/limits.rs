@@ -37,6 +37,12 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// Entries in one ACL.
 pub const ACL_ENTRIES_MAX: usize = 64;
 
+/// Users a key remembers as removed from its ACL by ACL changes (older
+/// blobs still carry them). With [`ACL_ENTRIES_MAX`] and
+/// [`USER_BYTES_MAX`] this keeps a key record well under
+/// [`STATE_FILE_BYTES_MAX`]; an ACL change past it is refused (409).
+pub const FORMER_ACL_USERS_MAX: usize = 256;
+
 /// Bytes in one user name (an ACL entry or a token's `sub`).
 pub const USER_BYTES_MAX: usize = 128;
 

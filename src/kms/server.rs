@@ -150,7 +150,7 @@ fn dispatch(
         }
         ("POST", ["v1", "rewrap"]) => {
             let request: RewrapRequest = parse_body(body).map_err(|e| refuse("rewrap", e))?;
-            let r = service.rewrap(peer, &request.wrapped_blob.0)?;
+            let r = service.rewrap(peer, &request)?;
             let response = RewrapResponse {
                 key_id: r.key_id,
                 wrapped_blob: Base64Bytes(r.blob),

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::crypto::{DataKey, KeyId};
 
 use super::api::{
-    DataKeyRequest, Health, KeyInfo, KeyState, UnwrapRequest, WrappingKeyInfo, validate_acl,
+    DataKeyRequest, Health, KeyInfo, KeyState, RewrapRequest, UnwrapRequest, WrappingKeyInfo,
+    validate_acl,
 };
 use super::audit::log::{AuditLog, AuditOpenError, open_file_sink};
 use super::audit::verify::query;
@@ -187,6 +188,7 @@ impl Service {
             created_unix_s: now_unix_s(),
             wrapping_key_versions: vec![grant.kek_version],
             acl: request.acl.clone(),
+            former_acl_users: Vec::new(),
             context: request.context.clone(),
         };
         self.keys
@@ -284,29 +286,24 @@ impl Service {
         Ok(opened)
     }
 
-    /// `POST /v1/rewrap`: the same key sealed under the current version.
-    pub fn rewrap(&self, peer: &PeerIdentity, blob_bytes: &[u8]) -> Result<Rewrapped, KmsError> {
-        let mut entry = self.entry(peer, "rewrap");
-        let outcome = (|| {
-            self.services.authenticate(peer)?;
-            let blob = seal::parse(blob_bytes)?;
-            entry.key_id = Some(blob.key_id);
-            entry.context = Some(blob.context.clone());
-            let opened = self.open_blob(&blob)?;
-            self.usable(blob.key_id)?;
-            let input = SealInput {
-                key: &opened.key,
-                created_unix_s: opened.created_unix_s,
-                acl: &opened.acl,
-                context: &opened.context,
-            };
-            let (blob, kek_version) = self.seal_current(&input)?;
-            Ok(Rewrapped {
-                key_id: opened.key.id(),
-                blob,
-                kek_version,
-            })
-        })();
+    /// `POST /v1/rewrap`: the same key sealed under the current version,
+    /// with the sealed ACL or, when `request.acl` is set, with that one.
+    ///
+    /// An ACL change is audited as action `reacl` with the token's user;
+    /// it needs a valid token whose subject is on the blob's current ACL,
+    /// and replaces the ACL in the key's record.
+    pub fn rewrap(
+        &self,
+        peer: &PeerIdentity,
+        request: &RewrapRequest,
+    ) -> Result<Rewrapped, KmsError> {
+        let action = if request.acl.is_some() {
+            "reacl"
+        } else {
+            "rewrap"
+        };
+        let mut entry = self.entry(peer, action);
+        let outcome = self.rewrap_checked(peer, request, &mut entry);
         let rewrapped = self.decide(entry.clone(), outcome)?;
         self.keys
             .update(rewrapped.key_id, |record| {
@@ -316,10 +313,65 @@ impl Service {
                 {
                     record.wrapping_key_versions.push(rewrapped.kek_version);
                 }
-                Ok(())
+                match &request.acl {
+                    Some(acl) => record.set_acl(acl),
+                    None => Ok(()),
+                }
             })
             .map_err(|e| self.act_failed(entry, e))?;
         Ok(rewrapped)
+    }
+
+    fn rewrap_checked(
+        &self,
+        peer: &PeerIdentity,
+        request: &RewrapRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Rewrapped, KmsError> {
+        self.services.authenticate(peer)?;
+        let blob = seal::parse(&request.wrapped_blob.0)?;
+        entry.key_id = Some(blob.key_id);
+        entry.context = Some(blob.context.clone());
+        // An ACL change is an unwrap-level decision: the token's user must
+        // be allowed by the ACL sealed in the blob (checked once it opens).
+        let user = match &request.acl {
+            None if request.user_token.is_some() => {
+                return Err(KmsError::BadRequest(
+                    "user_token is only used with acl".into(),
+                ));
+            }
+            None => None,
+            Some(acl) => {
+                validate_acl(acl)?;
+                let token = request.user_token.as_deref().ok_or_else(|| {
+                    KmsError::TokenInvalid("user_token is required to change the ACL".into())
+                })?;
+                let claims = self.tokens.verify(token, now_unix_s())?;
+                entry.user = Some(claims.sub.clone());
+                Some(claims.sub)
+            }
+        };
+        let opened = self.open_blob(&blob)?;
+        let mut record = self.usable(blob.key_id)?;
+        if let Some(user) = &user {
+            check_acl(user, &opened.acl, blob.key_id)?;
+        }
+        if let Some(acl) = &request.acl {
+            // Refuse before sealing what the record could not store.
+            record.set_acl(acl)?;
+        }
+        let input = SealInput {
+            key: &opened.key,
+            created_unix_s: opened.created_unix_s,
+            acl: request.acl.as_deref().unwrap_or(&opened.acl),
+            context: &opened.context,
+        };
+        let (blob, kek_version) = self.seal_current(&input)?;
+        Ok(Rewrapped {
+            key_id: opened.key.id(),
+            blob,
+            kek_version,
+        })
     }
 
     /// `POST /v1/keys/{id}/disable|enable|destroy`.

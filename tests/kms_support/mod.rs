@@ -369,6 +369,7 @@ impl Flow {
         }
         let info = client.key_info(self.key.id()).unwrap();
         assert_eq!(info.wrapping_key_versions, vec![1, 2]);
+        assert_eq!(info.acl, ["alice", "carol"]);
         assert_eq!(info.key_type, lsvblk::crypto::KeyKind::Aes256Xts);
         blob_v2
     }

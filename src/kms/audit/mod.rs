@@ -64,7 +64,7 @@ pub struct AuditEntry {
     pub service: String,
     /// The end user (token subject), if the call carried a valid token.
     pub user: Option<String>,
-    /// The operation (`datakey`, `unwrap`, `rewrap`, `rotate`, ...).
+    /// The operation (`datakey`, `unwrap`, `rewrap`, `reacl`, `rotate`, ...).
     pub action: String,
     /// The key concerned, if any.
     pub key_id: Option<KeyId>,

@@ -184,8 +184,9 @@ pub struct CheckReport {
     pub unreadable_lines: u64,
 }
 
-/// Finds every allowed unwrap whose user is not on the key's ACL (or that
-/// has no user, or names a key we do not know) and marks those keys
+/// Finds every allowed unwrap whose user is not on the key's ACL (nor was
+/// before an ACL change: older blobs still carry those users), or that has
+/// no user, or names a key we do not know, and marks those keys
 /// compromised. Reads lines without requiring their hash: a forged line is
 /// exactly what this must see (run `audit verify` for authenticity).
 pub fn check(log_path: &Path, keys: &KeyStore) -> Result<CheckReport, VerifyError> {
@@ -203,11 +204,11 @@ pub fn check(log_path: &Path, keys: &KeyStore) -> Result<CheckReport, VerifyErro
             report.unreadable_lines += 1;
             return Ok(());
         };
-        let acl = keys.get(key_id).map_err(to_io)?.map(|record| record.acl);
-        let reason = match (&entry.user, &acl) {
+        let record = keys.get(key_id).map_err(to_io)?;
+        let reason = match (&entry.user, &record) {
             (_, None) => Some("key unknown to this service".to_owned()),
             (None, Some(_)) => Some("unwrap without a user".to_owned()),
-            (Some(user), Some(acl)) if !acl.contains(user) => {
+            (Some(user), Some(record)) if !record.acl_ever_listed(user) => {
                 Some(format!("{user:?} is not on the ACL"))
             }
             _ => None,
