@@ -7,6 +7,7 @@ mod create;
 mod exit;
 mod inspect;
 mod kms;
+mod progress;
 mod serve;
 mod size;
 
