@@ -3,11 +3,13 @@
 //! A thin command line over the library: parse, call, print. Exit codes
 //! follow sysexits(3) so scripts can tell a refused key from a typo.
 
+mod control;
 mod create;
 mod exit;
 mod inspect;
 mod keys;
 mod kms;
+mod progress;
 mod serve;
 mod size;
 
