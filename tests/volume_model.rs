@@ -302,6 +302,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 let options = lsvblk::store::CompactOptions {
                     live_ratio_max: f64::from(live_per_mille) / 1000.0,
                     rate_bytes_per_s: None,
+                    stop: None,
                     crash_after_steps: crash_after,
                 };
                 match v.compact(&options, &mut |_| {}) {

@@ -79,6 +79,32 @@ impl Volume {
         parent_keys: Vec<DataKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
+        let volume_id = new_volume_id()?;
+        Self::create_clone_with_id(
+            parent_dir,
+            snapshot,
+            dir,
+            volume_id,
+            key,
+            wrapped,
+            parent_keys,
+            options,
+        )
+    }
+
+    /// [`Volume::create_clone`] with a given volume id (the one the clone's
+    /// wrapped key was sealed for).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_clone_with_id(
+        parent_dir: &Path,
+        snapshot: &str,
+        dir: &Path,
+        volume_id: [u8; 16],
+        key: DataKey,
+        wrapped: Option<WrappedKey>,
+        parent_keys: Vec<DataKey>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
         let parent_dir = parent_dir.canonicalize().map_err(|e| VolumeError::Io {
             path: parent_dir.to_path_buf(),
             source: e,
@@ -98,7 +124,6 @@ impl Volume {
             source: e,
         })?;
         let lock = VolumeLock::acquire(&dir, false)?;
-        let volume_id = new_volume_id()?;
         let mut superblock = new_superblock(volume_id, meta.size_bytes, &options, &key, wrapped);
         superblock.keys.extend(meta.keys.iter().map(|entry| {
             KeyEntry {

@@ -421,6 +421,10 @@ impl Volume {
         let volume_id = self.superblock.volume_id_bytes()?;
         for meta in list_snapshots(&self.dir)? {
             let index = SnapshotPaths::new(&self.dir, &meta.name).index;
+            if self.read_only && !index.exists() {
+                // Not rebuilt by a read-only open; nothing is compacted either.
+                continue;
+            }
             let data = store::read_checkpoint(&index, &volume_id)?;
             self.log.pin(&meta.name, store::referenced_segments(&data));
         }

@@ -3,8 +3,13 @@
 //! A thin command line over the library: parse, call, print. Exit codes
 //! follow sysexits(3) so scripts can tell a refused key from a typo.
 
+mod acl;
+mod admin;
+mod clone;
+mod compact;
 mod control;
 mod create;
+mod daemon;
 mod exit;
 mod inspect;
 mod keys;
@@ -12,6 +17,7 @@ mod kms;
 mod progress;
 mod serve;
 mod size;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -34,8 +40,21 @@ enum Command {
     Create(create::CreateArgs),
     /// Serve a volume over vhost-user-blk until SIGTERM/SIGINT.
     Serve(serve::ServeArgs),
-    /// Show a volume's geometry, keys (ids only) and log statistics.
+    /// Show a volume's geometry, keys (ids only), ACLs, snapshots and
+    /// space use (live and dead bytes).
     Inspect(inspect::InspectArgs),
+    /// Take, list and delete snapshots (O(1), also while served).
+    #[command(subcommand_required = true)]
+    Snapshot(snapshot::SnapshotArgs),
+    /// Make a writable clone of a snapshot (copy-on-write, its own key).
+    Clone(clone::CloneArgs),
+    /// Change the ACL of the volume's key (effective at the next snapshot).
+    Acl(acl::AclArgs),
+    /// Compact the log now: move live blocks out of mostly-dead segments and
+    /// delete those (progress bar; through the daemon if one serves it).
+    Compact(compact::CompactArgs),
+    /// Whether the volume is served, space use, running compaction.
+    Status(compact::StatusArgs),
 }
 
 fn main() {
@@ -45,6 +64,11 @@ fn main() {
         Command::Create(args) => create::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
+        Command::Clone(args) => clone::run(args),
+        Command::Acl(args) => acl::run(args),
+        Command::Compact(args) => compact::run(args),
+        Command::Status(args) => compact::status(args),
     };
     if let Err(error) = result {
         eprintln!("lsvblk: error: {:#}", error.error);

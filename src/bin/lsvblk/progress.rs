@@ -14,7 +14,6 @@ const BAR_TEMPLATE: &str =
     "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
 
 /// Reports how many of an operation's bytes are done.
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 pub struct Progress {
     label: String,
     total_bytes: u64,
@@ -23,7 +22,6 @@ pub struct Progress {
     last_log: Option<Instant>,
 }
 
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 impl Progress {
     /// Starts reporting `label`, an operation over `total_bytes` bytes.
     pub fn new(label: impl Into<String>, total_bytes: u64) -> Self {

@@ -10,6 +10,8 @@ use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions, load_snapsho
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::control::{ControlHandler, ControlServer, control_socket_path};
+use crate::daemon::Daemon;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::parse_kms_address;
@@ -57,6 +59,10 @@ pub struct ServeArgs {
     /// volume's block size.
     #[arg(long)]
     block_size: Option<u32>,
+    /// Background compaction moves at most this many MiB/s (0: off). It
+    /// starts when the segments hold 1.5× the live data.
+    #[arg(long, default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
+    compact_rate_mib: u64,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
@@ -92,6 +98,26 @@ pub fn run(args: ServeArgs) -> Outcome {
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
     watch_signals(server.stop_handle())?;
+    // A writable volume answers `lsvblk snapshot/compact/status` on its
+    // control socket and compacts in the background.
+    let daemon = Daemon::new(Arc::clone(&volume), args.compact_rate_mib);
+    let (control, compactor) = if args.read_only {
+        (None, None)
+    } else {
+        let control = ControlServer::start(
+            &control_socket_path(&args.volume),
+            Arc::clone(&daemon) as Arc<dyn ControlHandler>,
+        )
+        .map_err(|e| Failure::new(IO, e))?;
+        let compactor = std::thread::Builder::new()
+            .name("compactor".to_string())
+            .spawn({
+                let daemon = Arc::clone(&daemon);
+                move || daemon.auto_compact()
+            })
+            .map_err(|e| Failure::new(SOFTWARE, e))?;
+        (Some(control), Some(compactor))
+    };
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
@@ -100,9 +126,17 @@ pub fn run(args: ServeArgs) -> Outcome {
         read_only = args.read_only,
         "serving"
     );
-    server.run().map_err(|e| Failure::new(IO, e))?;
-    let volume = Arc::try_unwrap(volume)
-        .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use at shutdown")))?;
+    let served = server.run().map_err(|e| Failure::new(IO, e));
+    daemon.stop();
+    if let Some(control) = control {
+        control.stop();
+    }
+    if let Some(compactor) = compactor {
+        let _ = compactor.join();
+    }
+    drop(daemon);
+    served?;
+    let volume = last_reference(volume)?;
     volume.close()?;
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("volume flushed and closed");
@@ -125,6 +159,22 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         .validate()
         .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
     Ok(device)
+}
+
+/// Waits (briefly) for control connections still finishing to let go of
+/// the volume, so that it can be closed cleanly.
+fn last_reference(mut volume: Arc<Volume>) -> Result<Volume, Failure> {
+    for _ in 0..300 {
+        match Arc::try_unwrap(volume) {
+            Ok(volume) => return Ok(volume),
+            Err(shared) => volume = shared,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(Failure::new(
+        SOFTWARE,
+        anyhow::anyhow!("volume still in use at shutdown"),
+    ))
 }
 
 fn report_recovery(volume: &Volume) {

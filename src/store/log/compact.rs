@@ -21,6 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::index::Location;
@@ -44,6 +46,9 @@ pub struct CompactOptions {
     pub live_ratio_max: f64,
     /// Move at most this many bytes per second; `None`: no limit.
     pub rate_bytes_per_s: Option<u64>,
+    /// Set to stop early (a daemon shutting down): the compaction returns
+    /// `StoreError::Interrupted` at its next step, consistent on disk.
+    pub stop: Option<Arc<AtomicBool>>,
     /// Test hook: stop (as if the process died) after this many steps.
     #[doc(hidden)]
     pub crash_after_steps: Option<u64>,
@@ -54,6 +59,7 @@ impl Default for CompactOptions {
         Self {
             live_ratio_max: crate::limits::COMPACT_LIVE_RATIO_DEFAULT,
             rate_bytes_per_s: None,
+            stop: None,
             crash_after_steps: None,
         }
     }
@@ -127,13 +133,21 @@ struct MovedPiece {
     table: Vec<u8>,
 }
 
-/// Counts steps for the crash-test hook.
+/// Counts steps for the crash-test hook and watches the stop flag.
 struct Steps {
     left: Option<u64>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Steps {
     fn step(&mut self) -> Result<(), StoreError> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(StoreError::Interrupted);
+        }
         match &mut self.left {
             Some(0) => Err(StoreError::Interrupted),
             Some(n) => {
@@ -224,6 +238,7 @@ impl Log {
         let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut steps = Steps {
             left: options.crash_after_steps,
+            stop: options.stop.clone(),
         };
         // Seal what left the heads, and write out snapshots taken so far so
         // that their pins are all known and none depends on replay.

@@ -56,7 +56,6 @@ pub enum CallError {
 /// Connecting times out after a few seconds; once the request is sent there
 /// is no time limit (a compaction takes as long as it takes, and sends
 /// progress meanwhile).
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 pub fn call(
     socket_path: &Path,
     request: &ControlRequest,

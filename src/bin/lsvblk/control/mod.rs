@@ -6,7 +6,7 @@
 //! `<volume dir>/control.sock`, one request per connection: the client sends
 //! one [`ControlRequest`] line; the daemon answers with zero or more
 //! `{"progress": …}` lines and then exactly one final line, `{"ok": …}` or
-//! `{"error": {"message": …, "kind": …}}` ([`ControlReply`]).
+//! `{"error": {"message": …, "kind": …}}` (`protocol::ControlReply`).
 //!
 //! Only the daemon's own uid and root may connect (`SO_PEERCRED`); the
 //! socket file is mode 0600 as well.
@@ -24,19 +24,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-// The re-exports below are used by the snapshot/compact subcommands (issue 5).
-#[allow(unused_imports)]
 pub use client::{CallError, call};
-#[allow(unused_imports)]
-pub use protocol::{ControlError, ControlReply, ControlRequest};
-#[allow(unused_imports)]
+pub use protocol::{ControlError, ControlRequest};
 pub use server::{ControlHandler, ControlServer};
 
 /// The socket's file name inside the volume directory.
 pub const CONTROL_SOCKET_NAME: &str = "control.sock";
 
 /// The control socket of the volume in `volume_dir`: `<volume dir>/control.sock`.
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 pub fn control_socket_path(volume_dir: &Path) -> PathBuf {
     volume_dir.join(CONTROL_SOCKET_NAME)
 }

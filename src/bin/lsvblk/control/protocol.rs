@@ -71,7 +71,6 @@ pub struct ControlError {
     pub message: String,
 }
 
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 impl ControlError {
     /// The named snapshot (or other object) does not exist.
     pub const NOT_FOUND: &str = "not-found";

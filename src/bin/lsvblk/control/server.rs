@@ -33,7 +33,6 @@ const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the daemon does with a request: the volume operations behind the
 /// socket. Called on the connection's own thread, so it may block (a
 /// compaction takes minutes) while other requests are handled concurrently.
-#[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
 pub trait ControlHandler: Send + Sync + 'static {
     /// Carries out `request`. `progress` sends a `{"progress": …}` line to
     /// the client (dropped silently once the client has gone away); the
@@ -61,7 +60,6 @@ impl ControlServer {
     /// Binds `socket_path` (mode 0600) and serves it with `handler` on a
     /// background thread. A stale socket file (a socket nobody answers on)
     /// is replaced; a live socket or any other kind of file is an error.
-    #[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
     pub fn start(socket_path: &Path, handler: Arc<dyn ControlHandler>) -> anyhow::Result<Self> {
         let address = SocketAddrPath::new(socket_path)?;
         remove_stale(socket_path, &address)?;
@@ -94,14 +92,7 @@ impl ControlServer {
         })
     }
 
-    /// The socket's path.
-    #[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Stops accepting and removes the socket file (as dropping does).
-    #[allow(dead_code)] // used by the snapshot/compact subcommands (issue 5)
     pub fn stop(self) {}
 
     fn shutdown(&mut self) {

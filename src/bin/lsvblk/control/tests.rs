@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::protocol::ControlReply;
+
 use super::protocol::{Line, REQUEST_BYTES_MAX, read_line};
 use super::server::may_control;
 use super::*;

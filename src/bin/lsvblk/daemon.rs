@@ -1,0 +1,159 @@
+//! What `lsvblk serve` does besides serving I/O: answer its control socket
+//! (snapshots, compaction, status) and compact the log in the background.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lsvblk::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
+use lsvblk::volume::Volume;
+use serde_json::{Value, json};
+
+use crate::admin::{self, control_error};
+use crate::control::{ControlError, ControlHandler, ControlRequest};
+
+/// How often the background compactor looks at the space use.
+const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
+
+/// The daemon's side of the control socket, and its compactor.
+pub struct Daemon {
+    volume: Arc<Volume>,
+    /// Background compaction rate, MiB/s (0: no background compaction).
+    auto_rate_mib: u64,
+    stop: Arc<AtomicBool>,
+    compaction: Mutex<CompactionState>,
+}
+
+/// What `status` shows about compaction.
+#[derive(Default)]
+struct CompactionState {
+    running: Option<Value>,
+    last: Option<Value>,
+    runs: u64,
+}
+
+impl Daemon {
+    /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction off.
+    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64) -> Arc<Self> {
+        Arc::new(Self {
+            volume,
+            auto_rate_mib,
+            stop: Arc::new(AtomicBool::new(false)),
+            compaction: Mutex::new(CompactionState::default()),
+        })
+    }
+
+    /// Asks the compactor (and any compaction in progress) to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CompactionState> {
+        self.compaction.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run_compaction(
+        &self,
+        rate_mib_s: Option<u64>,
+        live_ratio_max: Option<f64>,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ControlError> {
+        self.state().running = Some(json!({ "started": true }));
+        let result = admin::compact(
+            &self.volume,
+            rate_mib_s,
+            live_ratio_max,
+            Some(Arc::clone(&self.stop)),
+            &mut |value| {
+                self.state().running = Some(value.clone());
+                progress(value);
+            },
+        );
+        let mut state = self.state();
+        state.running = None;
+        state.runs += 1;
+        match result {
+            Ok(value) => {
+                state.last = Some(value.clone());
+                Ok(value)
+            }
+            Err(error) => {
+                state.last = Some(json!({ "error": error.to_string() }));
+                Err(control_error(error))
+            }
+        }
+    }
+
+    /// Runs until [`Daemon::stop`]: compacts whenever the segments hold much
+    /// more than the live data (leaving out what snapshots keep).
+    pub fn auto_compact(self: Arc<Self>) {
+        if self.auto_rate_mib == 0 || self.volume.is_read_only() {
+            return;
+        }
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(AUTO_COMPACT_POLL);
+            let Ok(space) = self.volume.space() else {
+                continue;
+            };
+            let segment_bytes = self.volume.superblock().segment_bytes;
+            let (files, live) = space
+                .segments
+                .iter()
+                .filter(|s| !s.pinned)
+                .fold((0u64, 0u64), |(f, l), s| {
+                    (f + s.file_bytes, l + s.live_bytes)
+                });
+            let worth_it = files as f64 > AUTO_COMPACT_SPACE_RATIO * live as f64
+                && files - live > 2 * segment_bytes;
+            if worth_it {
+                let done = self.run_compaction(
+                    Some(self.auto_rate_mib),
+                    Some(AUTO_COMPACT_LIVE_RATIO),
+                    &mut |_| {},
+                );
+                if let Err(error) = done {
+                    tracing::warn!(%error, "background compaction stopped");
+                }
+            }
+        }
+    }
+}
+
+impl ControlHandler for Daemon {
+    fn handle(
+        &self,
+        request: ControlRequest,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ControlError> {
+        match request {
+            ControlRequest::SnapshotCreate { name } => {
+                admin::snapshot_create(&self.volume, &name).map_err(control_error)
+            }
+            ControlRequest::SnapshotDelete { name } => {
+                admin::snapshot_delete(&self.volume, &name).map_err(control_error)
+            }
+            ControlRequest::SnapshotList => crate::snapshot::snapshot_list(self.volume.dir())
+                .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
+            ControlRequest::Compact {
+                rate_mib_s,
+                live_ratio_max,
+            } => self.run_compaction(rate_mib_s, live_ratio_max, progress),
+            ControlRequest::Status => {
+                let space = admin::space(&self.volume).map_err(control_error)?;
+                let state = self.state();
+                Ok(json!({
+                    "served": true,
+                    "pid": std::process::id(),
+                    "read_only": self.volume.is_read_only(),
+                    "space": space,
+                    "compaction": {
+                        "running": state.running,
+                        "last": state.last,
+                        "runs": state.runs,
+                        "background_rate_mib_s": self.auto_rate_mib,
+                    },
+                }))
+            }
+        }
+    }
+}
