@@ -3,10 +3,17 @@
 # encrypted lsvblk volume served over vhost-user-blk, keys from lsvkms.
 #   1. binaries: cargo build --release --bins (or $LSVBLK_BIN_DIR), then
 #      fetch.sh + build-initramfs.sh
-#   2. lsvkms init + serve in a temp dir; a token for alice; lsvblk create of a
-#      256 MiB volume with --acl alice,bob; lsvblk serve as alice
+#   2. lsvkms init + serve in a temp dir; tokens for alice, bob, mallory;
+#      lsvblk create of a 256 MiB volume with --acl alice; lsvblk serve as alice
 #   3. boot "write" (guest checks size, 4k logical blocks, write-back cache)
 #                                                           -> must PASS
+#   3b. snapshot handoff, alice's daemon still serving: lsvblk acl set
+#      alice,bob (lsvkms reseals the key), lsvblk snapshot create (through
+#      the daemon's control socket); bob serves the snapshot read-only on a
+#      second socket and boots "readonly" on it (guest sees RO, a write is
+#      refused, every dd probe and ext2 file reads back) -> must PASS;
+#      mallory's serve --snapshot is refused with exit 77 and lsvkms's audit
+#      shows her denial
 #   4. SIGTERM the daemon                                   -> must exit 0
 #   5. serve again on the same volume, boot "verify"        -> must PASS; exit 0
 #   6. no volume file holds guest plaintext: grep for the dd probes' text
@@ -62,6 +69,7 @@ cleanup() {
   trap - INT TERM
   if [ -n "$RUN_PID" ]; then stop_pid "$RUN_PID" || true; fi # run-vm.sh stops its QEMU
   if [ -n "$SERVE_PID" ]; then stop_pid "$SERVE_PID" || true; fi
+  if [ -n "$BOB_PID" ]; then stop_pid "$BOB_PID" || true; fi
   if [ -n "$KMS_PID" ]; then stop_pid "$KMS_PID" || true; fi
   if [ -z "$TMPD" ]; then :; elif [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
   if [ "$rc" != 0 ]; then
@@ -77,6 +85,8 @@ KMS_SOCK=$TMPD/kms.sock
 VOL=$TMPD/vol
 SOCK=$TMPD/vhost-user-blk.sock
 TOKEN=$TMPD/alice.token
+BOB_SOCK=$TMPD/bob.sock
+BOB_PID=""
 export NO_COLOR=1 # plain daemon logs
 
 
@@ -114,9 +124,11 @@ step "lsvkms + lsvblk create"
 "$LSVKMS" serve --dir "$KMS_DIR" --socket "$KMS_SOCK" >"$OUT/lsvkms.log" 2>&1 &
 KMS_PID=$!
 wait_socket "$KMS_SOCK" "$KMS_PID" "lsvkms serve" "$OUT/lsvkms.log"
-(umask 077 && "$LSVKMS" token issue --dir "$KMS_DIR" --user alice --ttl 1h >"$TOKEN") ||
-  die "lsvkms token issue failed"
-created=$("$LSVBLK" create --volume "$VOL" --size 256M --acl alice,bob --kms "unix:$KMS_SOCK" --json 2>"$OUT/create.log") ||
+for user in alice bob mallory; do
+  (umask 077 && "$LSVKMS" token issue --dir "$KMS_DIR" --user "$user" --ttl 1h >"$TMPD/$user.token") ||
+    die "lsvkms token issue failed"
+done
+created=$("$LSVBLK" create --volume "$VOL" --size 256M --acl alice --kms "unix:$KMS_SOCK" --json 2>"$OUT/create.log") ||
   { cat "$OUT/create.log" >&2; die "lsvblk create failed"; }
 KEY_ID=$(json_field key_id "$created")
 [ -n "$KEY_ID" ] || die "no key_id in lsvblk create's output: $created"
@@ -175,8 +187,36 @@ GEOMETRY="lsvblk.lbs=$LBS lsvblk.wc=wb"
 step "boot 1: write"
 start_serve
 boot write 0 --scenario write --sectors "$SECTORS" --append "$GEOMETRY"
+done_step write "${LAST_LINE% (*}"
+
+# ------------------------------------------------------ snapshot handoff
+step "snapshot handoff: alice snapshots while serving; bob's guest reads it"
+"$LSVBLK" acl set "$VOL" --acl alice,bob --kms "unix:$KMS_SOCK" --token-file "$TOKEN" \
+  >"$OUT/acl-set.log" 2>&1 || { cat "$OUT/acl-set.log" >&2; die "lsvblk acl set failed"; }
+snap=$("$LSVBLK" snapshot create "$VOL" handoff --json 2>"$OUT/snapshot.log") ||
+  { cat "$OUT/snapshot.log" >&2; die "lsvblk snapshot create (served volume) failed"; }
+[[ "$snap" == *'"acl":["alice","bob"]'* ]] || die "the snapshot does not carry the new ACL: $snap"
+"$LSVBLK" serve --volume "$VOL" --snapshot handoff --read-only --socket "$BOB_SOCK" \
+  --kms "unix:$KMS_SOCK" --token-file "$TMPD/bob.token" >"$OUT/serve-bob.log" 2>&1 &
+BOB_PID=$!
+wait_socket "$BOB_SOCK" "$BOB_PID" "lsvblk serve --snapshot (bob)" "$OUT/serve-bob.log"
+rc=0
+run "$QEMU_DIR/run-vm.sh" --socket "$BOB_SOCK" --log "$OUT/handoff.log" --timeout "$BOOT_TIMEOUT" \
+  --scenario readonly --sectors "$SECTORS" --append "$GEOMETRY" >"$OUT/handoff.result" || rc=$?
+echo "   $(cat "$OUT/handoff.result")"
+[ "$rc" = 0 ] || { tail -n 30 "$OUT/serve-bob.log" >&2; die "handoff: bob's guest did not PASS (console: $OUT/handoff.log)"; }
+pid=$BOB_PID
+BOB_PID=""
+stop_pid "$pid" || die "lsvblk serve --snapshot (bob) did not exit 0 after SIGTERM"
+rc=0
+timeout 60 "$LSVBLK" serve --volume "$VOL" --snapshot handoff --read-only --socket "$TMPD/mallory.sock" \
+  --kms "unix:$KMS_SOCK" --token-file "$TMPD/mallory.token" >"$OUT/serve-mallory.log" 2>&1 || rc=$?
+[ "$rc" = 77 ] || die "mallory's serve --snapshot exited $rc, expected 77 (refused): $(cat "$OUT/serve-mallory.log")"
+grep -q "not on" "$OUT/serve-mallory.log" || die "mallory's refusal does not say why: $(cat "$OUT/serve-mallory.log")"
+grep -F '"user":"mallory"' "$KMS_DIR/audit.log" | grep -q '"decision":"deny"' ||
+  die "lsvkms's audit log shows no denial for mallory"
 stop_serve
-done_step write "${LAST_LINE% (*}; SIGTERM -> exit 0"
+done_step handoff "snapshot $(json_field create_ms "$snap") ms; bob's guest PASS; mallory refused (77, audited)"
 
 step "boot 2: verify (daemon restarted on the same volume)"
 start_serve

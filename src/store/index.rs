@@ -77,6 +77,17 @@ impl ExtentIndex {
         self.extents.is_empty()
     }
 
+    /// The segments data extents refer to.
+    pub fn segments(&self) -> std::collections::BTreeSet<u64> {
+        self.extents
+            .values()
+            .filter_map(|extent| match extent.location {
+                Location::Data(d) => Some(d.segment_id),
+                Location::Zero => None,
+            })
+            .collect()
+    }
+
     /// Every extent in block order: (first block, extent).
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Extent)> {
         self.extents.iter().map(|(lba, extent)| (*lba, extent))

@@ -17,6 +17,7 @@ use super::index::{DataLocation, ExtentIndex, Location, Piece};
 use super::io::pwritev_all;
 use super::record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
+use super::snapshot::SnapshotPoint;
 use super::{StoreError, sync_dir};
 use crate::crypto::KeyId;
 use crate::limits::{CHECKPOINT_INTERVAL_BYTES, CHECKPOINTS_KEPT};
@@ -201,7 +202,9 @@ pub struct Log {
 /// A snapshot's index, cloned at the snapshot, waiting to be written.
 struct UnmaterializedSnapshot {
     path: PathBuf,
-    data: CheckpointData,
+    point: SnapshotPoint,
+    index: ExtentIndex,
+    keys: Vec<KeyId>,
 }
 
 /// A segment no head appends to any more, waiting for the next flush.

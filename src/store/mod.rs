@@ -13,7 +13,14 @@
 //! lock                   flock(2)ed by the process that has the volume open
 //! segments/<id>.seg      the log; <id> is 16 lowercase hex digits
 //! checkpoints/<seq>.ckpt index snapshots; <seq> is the checkpoint's seq_next
+//! snapshots/<name>.json  a snapshot's metadata block (JSON, see `volume`),
+//!                        holding its SnapshotPoint
+//! snapshots/<name>.index the snapshot's frozen index: checkpoint format,
+//!                        no head positions
 //! ```
+//!
+//! The log has one head per I/O queue plus one for compaction: each head
+//! appends to its own segment.
 //!
 //! ## Segment file
 //! A 64-byte segment header, then records back to back, with no padding.
@@ -106,6 +113,25 @@
 //! 3. Set the next sequence number 2^32 past the highest seen (a write in
 //!    flight at the crash may have used numbers replay never saw).
 //! 4. Seal the replayed segments and write a checkpoint.
+//!
+//! # Snapshots
+//! A snapshot is a point in the log (`SnapshotPoint`: next sequence number,
+//! next segment id, and each head's (segment, end offset)); a record is in
+//! it iff the point covers its position. Its index is written as a
+//! checkpoint-format file before the next checkpoint; if the process dies
+//! first, recovery (which then starts from an older checkpoint) rebuilds it
+//! from that checkpoint plus the covered replayed records.
+//!
+//! # Compaction
+//! Live pieces of cleaned segments are appended again unchanged (same
+//! sequence number, first block, key id, ciphertext and block checksums) as
+//! new data records; then a checkpoint is written, then the segments are
+//! deleted, then older checkpoints. A checkpoint that refers to a segment
+//! that does not exist is skipped at open like a damaged one. Segments that
+//! a snapshot index refers to are never deleted. Replay after compaction
+//! needs a checkpoint: a full replay from segment 0 finds segments missing
+//! and fails (a deleted discard record could otherwise let older data
+//! reappear).
 //!
 //! # Assumptions about the media
 //! `fdatasync` makes earlier writes to that file durable; `rename` is atomic;

@@ -207,6 +207,8 @@ pub struct Volume {
     parents: Vec<Log>,
     /// The snapshot this is a read-only view of, if it is one.
     snapshot: Option<String>,
+    /// An ACL change the last snapshot took, for the volume to adopt.
+    adopt_acl: std::sync::Mutex<Option<PendingAcl>>,
     _lock: VolumeLock,
     _parent_locks: Vec<VolumeLock>,
 }

@@ -301,6 +301,7 @@ impl Volume {
             recovery,
             parents: Vec::new(),
             snapshot: None,
+            adopt_acl: std::sync::Mutex::new(None),
             _lock: locks.0,
             _parent_locks: locks.1,
         })

@@ -330,6 +330,7 @@ impl Volume {
         fs::create_dir_all(&base).map_err(|e| io_error(&base, e))?;
         let mut superblock = Superblock::load(&self.dir)?;
         let pending = pending_acl(&self.dir)?.filter(|p| p.key_id == superblock.current_key_id);
+        // The snapshot carries the pending ACL's blob in its key set.
         if let Some(pending) = &pending {
             for entry in &mut superblock.keys {
                 if entry.key_id == pending.key_id {
@@ -361,18 +362,40 @@ impl Volume {
             self.log.abandon_snapshot(name, &paths.index);
             return Err(error);
         }
-        if pending.is_some() {
-            // The snapshot holds the new blob; the volume adopts it too.
-            superblock.store(&self.dir)?;
-            let path = self.dir.join(PENDING_ACL_FILE);
-            fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        if let Some(pending) = pending {
+            // The snapshot holds the new blob; the volume adopts it too, but
+            // after the snapshot exists (see `materialize_snapshots`): until
+            // then the pending file stays, and adopting it again is harmless.
+            *self.adopt_acl.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
         }
         Ok(meta)
     }
 
-    /// Writes the index files of snapshots taken since the last call.
+    /// Finishes the snapshots taken since the last call: writes their index
+    /// files, and makes the volume adopt an ACL change the last one carried.
     pub fn materialize_snapshots(&self) -> Result<(), VolumeError> {
-        Ok(self.log.materialize_snapshots()?)
+        self.log.materialize_snapshots()?;
+        let pending = self
+            .adopt_acl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            let mut superblock = Superblock::load(&self.dir)?;
+            for entry in &mut superblock.keys {
+                if entry.key_id == pending.key_id {
+                    entry.wrapped_blob = Some(pending.wrapped_blob.clone());
+                    entry.acl = pending.acl.clone();
+                }
+            }
+            superblock.store(&self.dir)?;
+            // Only if no newer change was set meanwhile.
+            if pending_acl(&self.dir)?.as_ref() == Some(&pending) {
+                let path = self.dir.join(PENDING_ACL_FILE);
+                fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// The volume's snapshots, oldest first.

@@ -2,8 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use lsvblk::volume::Superblock;
+use lsvblk::volume::{Superblock, pending_acl};
 
+use crate::admin;
+use crate::control::ControlRequest;
 use crate::exit::{Failure, IO, Outcome};
 
 /// Arguments of `lsvblk inspect`.
@@ -17,12 +19,24 @@ pub struct InspectArgs {
     json: bool,
 }
 
-/// Prints geometry, key ids and log size. Never key material: the volume
-/// holds none in the clear.
+/// Prints geometry, key ids, ACLs, snapshots, log size and live/dead bytes.
+/// Never key material: the volume holds none in the clear.
 pub fn run(args: InspectArgs) -> Outcome {
     let superblock = Superblock::load(&args.volume)?;
     let (segments, segment_bytes) = dir_stats(&args.volume.join("segments"), "seg")?;
     let (checkpoints, checkpoint_bytes) = dir_stats(&args.volume.join("checkpoints"), "ckpt")?;
+    let snapshots = crate::snapshot::snapshot_list(&args.volume)?;
+    let pending = pending_acl(&args.volume)?;
+    // Live and dead bytes need the index: from the daemon if one serves the
+    // volume, else from a read-only open here (no key needed).
+    let status = admin::run_anywhere(
+        &args.volume,
+        ControlRequest::Status,
+        true,
+        &mut |_| {},
+        |v, _| Ok(serde_json::json!({ "space": admin::space(v)? })),
+    )?;
+    let space = status["space"].clone();
     let keys: Vec<_> = superblock
         .keys
         .iter()
@@ -32,6 +46,8 @@ pub fn run(args: InspectArgs) -> Outcome {
                 "kind": k.kind,
                 "current": k.key_id == superblock.current_key_id,
                 "wrapped": k.wrapped_blob.is_some(),
+                "acl": k.acl,
+                "sealed_for_volume": k.context_volume_id.as_deref().unwrap_or(&superblock.volume_id),
                 "created_unix_s": k.created_unix_s,
             })
         })
@@ -49,6 +65,10 @@ pub fn run(args: InspectArgs) -> Outcome {
         "log_bytes": segment_bytes,
         "checkpoints": checkpoints,
         "checkpoint_bytes": checkpoint_bytes,
+        "parent": superblock.parent,
+        "pending_acl": pending.as_ref().map(|p| &p.acl),
+        "snapshots": snapshots,
+        "space": space,
     });
     if args.json {
         println!("{out}");
@@ -63,6 +83,28 @@ pub fn run(args: InspectArgs) -> Outcome {
         println!("key id      {} (current)", superblock.current_key_id);
         println!("log         {segments} segments, {segment_bytes} bytes");
         println!("checkpoints {checkpoints}, {checkpoint_bytes} bytes");
+        println!(
+            "space       {} live bytes, {} dead bytes",
+            space["live_bytes"], space["dead_bytes"]
+        );
+        for key in &superblock.keys {
+            println!("key         {} acl {:?}", key.key_id, key.acl);
+        }
+        if let Some(parent) = &superblock.parent {
+            println!(
+                "clone of    snapshot {} of {}",
+                parent.snapshot,
+                parent.volume_dir.display()
+            );
+        }
+        for snapshot in snapshots.as_array().into_iter().flatten() {
+            println!(
+                "snapshot    {} keys {} acl {}",
+                snapshot["name"].as_str().unwrap_or(""),
+                snapshot["key_ids"],
+                snapshot["acl"]
+            );
+        }
     }
     Ok(())
 }

@@ -200,28 +200,34 @@ impl Log {
     }
 
     /// Segments no head appends to and no flush has yet to seal.
+    ///
+    /// The order of the three reads matters: a new segment enters the head
+    /// positions before `files`, and a full one enters `pending` before it
+    /// leaves the head positions, so a segment in the `files` read that is
+    /// open is seen in one of the two later reads.
     fn closed_segments(&self) -> BTreeSet<u64> {
-        let mut busy: BTreeSet<u64> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|p| p.id)
-            .collect();
-        busy.extend(
-            self.read_state()
-                .head_positions
-                .iter()
-                .flatten()
-                .map(|(id, _)| *id),
-        );
-        self.files
+        let files: Vec<u64> = self
+            .files
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .copied()
-            .filter(|id| !busy.contains(id))
-            .collect()
+            .collect();
+        let mut busy: BTreeSet<u64> = self
+            .read_state()
+            .head_positions
+            .iter()
+            .flatten()
+            .map(|(id, _)| *id)
+            .collect();
+        busy.extend(
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|p| p.id),
+        );
+        files.into_iter().filter(|id| !busy.contains(id)).collect()
     }
 
     /// Cleans every closed, unpinned segment whose live ratio is at most
@@ -447,9 +453,10 @@ impl Log {
         let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         let pinned: BTreeSet<u64> = pins.values().flatten().copied().collect();
         let live = self.live_bytes_by_segment();
+        let closed = self.closed_segments();
         let mut deleted_any = false;
         for id in segments {
-            if pinned.contains(id) || live.contains_key(id) {
+            if pinned.contains(id) || live.contains_key(id) || !closed.contains(id) {
                 continue;
             }
             let file = self

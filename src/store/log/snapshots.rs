@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
 use super::super::checkpoint::{self, CheckpointData};
-use super::super::snapshot::{SnapshotPoint, referenced_segments};
+use super::super::snapshot::SnapshotPoint;
 use super::{Log, UnmaterializedSnapshot};
 
 impl Log {
@@ -34,7 +34,7 @@ impl Log {
         // Pins first: compaction deletes segments only under this lock, so
         // none the captured index refers to can vanish before it is pinned.
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        let (point, data) = {
+        let (point, index, keys) = {
             let _heads: Vec<_> = self
                 .heads
                 .iter()
@@ -47,16 +47,10 @@ impl Log {
                 segment_id_next: state.segment_id_next,
                 heads: state.head_positions.iter().flatten().copied().collect(),
             };
-            let data = CheckpointData {
-                seq_next,
-                segment_id_next: state.segment_id_next,
-                heads: Vec::new(),
-                keys: state.keys.clone(),
-                extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
-            };
-            (point, data)
+            // A B-tree clone copies nodes, not extent by extent.
+            (point, state.index.clone(), state.keys.clone())
         };
-        pins.insert(name.to_string(), referenced_segments(&data));
+        pins.insert(name.to_string(), index.segments());
         drop(pins);
         if let Err(error) = self.flush() {
             self.unpin(name);
@@ -67,7 +61,9 @@ impl Log {
             .unwrap_or_else(|p| p.into_inner())
             .push(UnmaterializedSnapshot {
                 path: index_path,
-                data,
+                point: point.clone(),
+                index,
+                keys,
             });
         Ok(point)
     }
@@ -79,7 +75,14 @@ impl Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         while let Some(snapshot) = queue.first() {
-            write_snapshot_index(&snapshot.path, &self.config.volume_id, &snapshot.data)?;
+            let data = CheckpointData {
+                seq_next: snapshot.point.seq_next,
+                segment_id_next: snapshot.point.segment_id_next,
+                heads: Vec::new(),
+                keys: snapshot.keys.clone(),
+                extents: snapshot.index.iter().map(|(lba, e)| (lba, *e)).collect(),
+            };
+            write_snapshot_index(&snapshot.path, &self.config.volume_id, &data)?;
             queue.remove(0);
         }
         Ok(())
