@@ -231,7 +231,7 @@ impl Log {
     }
 
     /// Cleans every closed, unpinned segment whose live ratio is at most
-    /// `options.live_ratio_max`, least live first, calling `progress` as it
+    /// `options.live_ratio_max`, best cost-benefit first, calling `progress` as it
     /// goes. Safe to run while the volume is read and written.
     pub fn compact(
         &self,
@@ -288,11 +288,17 @@ impl Log {
         Ok(report)
     }
 
-    /// (segment, live bytes) of the segments to clean, least live first.
+    /// (segment, live bytes) of the segments to clean, best first: every
+    /// closed, unpinned segment at most `live_ratio_max` live, ranked by the
+    /// cost-benefit score of LFS (Rosenblum & Ousterhout): space freed ×
+    /// age / cost of moving, `(1 - u) × age / (1 + u)` for live ratio `u`,
+    /// so cold segments are cleaned before hot ones of equal liveness (their
+    /// remaining blocks are less likely to die soon on their own).
     fn choose_segments(&self, live_ratio_max: f64) -> Result<Vec<(u64, u64)>, StoreError> {
         let closed = self.closed_segments();
         let pinned = self.pinned_segments();
         let live = self.live_bytes_by_segment();
+        let now = std::time::SystemTime::now();
         let mut chosen = Vec::new();
         for id in closed.difference(&pinned) {
             let Some(file) = self
@@ -305,14 +311,21 @@ impl Log {
                 continue;
             };
             let path = segment::segment_path(&self.segments_dir, *id);
-            let file_bytes = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-            let record_bytes = file_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+            let metadata = file.metadata().map_err(|e| StoreError::io(&path, e))?;
+            let record_bytes = metadata.len().saturating_sub(SEGMENT_HEADER_BYTES).max(1);
             let live_bytes = live.get(id).copied().unwrap_or(0);
-            if live_bytes as f64 <= live_ratio_max * record_bytes as f64 {
-                chosen.push((*id, live_bytes, live_bytes as f64 / record_bytes as f64));
+            let ratio = live_bytes as f64 / record_bytes as f64;
+            if ratio <= live_ratio_max {
+                let age_s = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                let score = (1.0 - ratio) * (1.0 + age_s) / (1.0 + ratio);
+                chosen.push((*id, live_bytes, score));
             }
         }
-        chosen.sort_by(|a, b| a.2.total_cmp(&b.2));
+        chosen.sort_by(|a, b| b.2.total_cmp(&a.2));
         Ok(chosen.into_iter().map(|(id, live, _)| (id, live)).collect())
     }
 
