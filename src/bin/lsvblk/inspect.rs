@@ -17,10 +17,12 @@ pub struct InspectArgs {
     json: bool,
 }
 
-/// Prints geometry, key ids and log size. Never key material: the volume
-/// holds none in the clear.
+/// Prints geometry, key ids with their ACLs, snapshots and log size. Never
+/// key material: the volume holds none in the clear, and wrapped blobs are
+/// left out too.
 pub fn run(args: InspectArgs) -> Outcome {
     let superblock = Superblock::load(&args.volume)?;
+    let snapshots = crate::snapshot::snapshot_list(&args.volume)?;
     let (segments, segment_bytes) = dir_stats(&args.volume.join("segments"), "seg")?;
     let (checkpoints, checkpoint_bytes) = dir_stats(&args.volume.join("checkpoints"), "ckpt")?;
     let keys: Vec<_> = superblock
@@ -32,6 +34,7 @@ pub fn run(args: InspectArgs) -> Outcome {
                 "kind": k.kind,
                 "current": k.key_id == superblock.current_key_id,
                 "wrapped": k.wrapped_blob.is_some(),
+                "acl": k.acl,
                 "created_unix_s": k.created_unix_s,
             })
         })
@@ -45,6 +48,7 @@ pub fn run(args: InspectArgs) -> Outcome {
         "cipher": superblock.cipher,
         "current_key_id": superblock.current_key_id,
         "keys": keys,
+        "snapshots": snapshots,
         "segments": segments,
         "log_bytes": segment_bytes,
         "checkpoints": checkpoints,
@@ -60,7 +64,27 @@ pub fn run(args: InspectArgs) -> Outcome {
             superblock.size_bytes, superblock.block_bytes
         );
         println!("cipher      {:?}", superblock.cipher);
-        println!("key id      {} (current)", superblock.current_key_id);
+        for key in &superblock.keys {
+            let current = if key.key_id == superblock.current_key_id {
+                " (current)"
+            } else {
+                ""
+            };
+            println!(
+                "key id      {}{current}  acl {}",
+                key.key_id,
+                key.acl.join(",")
+            );
+        }
+        for s in snapshots.as_array().into_iter().flatten() {
+            println!(
+                "snapshot    {}  keys {}  acl {}  clones {}",
+                s["name"].as_str().unwrap_or(""),
+                s["key_ids"],
+                s["acl"],
+                s["clones"],
+            );
+        }
         println!("log         {segments} segments, {segment_bytes} bytes");
         println!("checkpoints {checkpoints}, {checkpoint_bytes} bytes");
     }
