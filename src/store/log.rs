@@ -199,12 +199,11 @@ pub struct Log {
     compact_lock: Mutex<()>,
 }
 
-/// A snapshot's index, cloned at the snapshot, waiting to be written.
+/// A snapshot taken whose index is not written yet.
 struct UnmaterializedSnapshot {
+    name: String,
     path: PathBuf,
     point: SnapshotPoint,
-    index: ExtentIndex,
-    keys: Vec<KeyId>,
 }
 
 /// A segment no head appends to any more, waiting for the next flush.

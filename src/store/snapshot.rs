@@ -1,14 +1,12 @@
 //! Snapshots at the store level: a point in the log, and the frozen index
 //! of everything before it.
 //!
-//! Taking a snapshot is O(1) on disk: the log is flushed and the caller
-//! records the [`SnapshotPoint`] (where every log head stood) in its own
-//! metadata. The index of the snapshot is cloned in memory at that instant
-//! and written out later as a checkpoint-format file (*materialized*) — at
-//! the latest before the next checkpoint, so that if the process dies first,
-//! recovery can rebuild it: the newest checkpoint then predates the point,
-//! and replaying the records the point covers on top of it gives the
-//! snapshot's index exactly (see `log::recovery`).
+//! Taking a snapshot is O(1): the log is flushed and the caller records
+//! the [`SnapshotPoint`] (where every log head stood) in its own metadata.
+//! The snapshot's index is built afterwards (*materialized*) from the newest
+//! checkpoint, which is older than the point because a checkpoint first
+//! materializes every pending snapshot, plus the records the point covers;
+//! after a crash recovery does the same (see `log::recovery`).
 //!
 //! A snapshot pins the segments its index refers to: compaction never
 //! deletes them while the snapshot exists.

@@ -300,3 +300,73 @@ pub fn open_view(dir: &Path, index_path: &Path, mut config: LogConfig) -> Result
     install_checkpoint(&log, &data);
     Ok(log)
 }
+
+/// The index of the snapshot at `point` while the log is open: the newest
+/// valid checkpoint no newer than the point, plus the records the point
+/// covers among those replayed after it (read from the segments, verified).
+pub(super) fn build_snapshot_data(
+    log: &Log,
+    point: &SnapshotPoint,
+) -> Result<CheckpointData, StoreError> {
+    let segment_ids = list_segments(&log.segments_dir)?;
+    let mut checkpoint = None;
+    for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
+        if let Ok(data) = checkpoint::read(&path, &log.config.volume_id)
+            && data.seq_next <= point.seq_next
+            && data.segment_id_next <= point.segment_id_next
+        {
+            checkpoint = Some(data);
+            break;
+        }
+    }
+    let checkpoint = checkpoint.unwrap_or_default();
+    let mut records: Vec<(u64, ScannedRecord)> = Vec::new();
+    for (segment_id, start) in replay_plan(&checkpoint, &segment_ids)? {
+        if segment_id >= point.segment_id_next {
+            continue;
+        }
+        let path = segment::segment_path(&log.segments_dir, segment_id);
+        let file = log
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&segment_id)
+            .cloned()
+            .ok_or(StoreError::SegmentMissing { segment_id })?;
+        // Records past the point may be half written right now: the scan
+        // stops there, after every record the point covers (all durable).
+        let outcome = segment::scan_segment(
+            &file,
+            &path,
+            start,
+            log.config.block_shift,
+            log.config.capacity_blocks,
+        )?;
+        records.extend(
+            outcome
+                .records
+                .into_iter()
+                .filter(|r| point.covers(segment_id, r.offset))
+                .map(|r| (segment_id, r)),
+        );
+    }
+    records.sort_by_key(|(_, r)| r.header.seq);
+    let mut state = IndexState::empty(0);
+    state.load(&checkpoint);
+    for (segment_id, record) in &records {
+        log.apply(
+            &mut state,
+            *segment_id,
+            record.offset,
+            &record.header,
+            record.header.key_id,
+        );
+    }
+    Ok(CheckpointData {
+        seq_next: point.seq_next,
+        segment_id_next: point.segment_id_next,
+        heads: Vec::new(),
+        keys: state.keys.clone(),
+        extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
+    })
+}

@@ -6,17 +6,19 @@ use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
 use super::super::checkpoint::{self, CheckpointData};
-use super::super::snapshot::SnapshotPoint;
+use super::super::snapshot::{SnapshotPoint, referenced_segments};
+use super::recovery::build_snapshot_data;
 use super::{Log, UnmaterializedSnapshot};
 
 impl Log {
     /// Takes a snapshot named `name` whose index will be written to
-    /// `index_path`: captures the log position and the index at one instant
-    /// (every head and the index locked), then makes the log durable up to
-    /// it. O(index) in memory, O(1) on disk. The caller must record the
-    /// returned point durably before telling anyone the snapshot exists;
-    /// [`Log::materialize_snapshots`] (or the next checkpoint) writes the
-    /// index file.
+    /// `index_path`: records where every log head stands (all heads locked
+    /// for an instant), then makes the log durable up to there. O(1): no
+    /// index is copied. The caller must record the returned point durably
+    /// before telling anyone the snapshot exists; [`Log::materialize_snapshots`]
+    /// (called at the latest by the next checkpoint) builds the index from
+    /// the newest checkpoint and the records the point covers, writes it
+    /// and pins its segments.
     pub fn take_snapshot(
         &self,
         name: &str,
@@ -25,64 +27,50 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        // No checkpoint between the capture and the queueing of the index:
-        // recovery must find either the index file or an older checkpoint.
+        // No checkpoint between the capture and the queueing: the index is
+        // built from a checkpoint older than the point.
         let _no_checkpoint = self
             .checkpoint_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // Pins first: compaction deletes segments only under this lock, so
-        // none the captured index refers to can vanish before it is pinned.
-        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        let (point, index, keys) = {
+        let point = {
             let _heads: Vec<_> = self
                 .heads
                 .iter()
                 .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
                 .collect();
             let state = self.read_state();
-            let seq_next = self.seq_next.load(Ordering::SeqCst);
-            let point = SnapshotPoint {
-                seq_next,
+            SnapshotPoint {
+                seq_next: self.seq_next.load(Ordering::SeqCst),
                 segment_id_next: state.segment_id_next,
                 heads: state.head_positions.iter().flatten().copied().collect(),
-            };
-            // A B-tree clone copies nodes, not extent by extent.
-            (point, state.index.clone(), state.keys.clone())
+            }
         };
-        pins.insert(name.to_string(), index.segments());
-        drop(pins);
-        if let Err(error) = self.flush() {
-            self.unpin(name);
-            return Err(error);
-        }
+        self.flush()?;
         self.unmaterialized
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(UnmaterializedSnapshot {
+                name: name.to_string(),
                 path: index_path,
                 point: point.clone(),
-                index,
-                keys,
             });
         Ok(point)
     }
 
-    /// Writes the index file of every snapshot taken since the last call.
+    /// Builds, writes and pins the index of every snapshot taken since the
+    /// last call. Compaction deletes segments only after a checkpoint, and
+    /// a checkpoint calls this first, so no segment a snapshot needs goes
+    /// before the snapshot pins it.
     pub fn materialize_snapshots(&self) -> Result<(), StoreError> {
         let mut queue = self
             .unmaterialized
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         while let Some(snapshot) = queue.first() {
-            let data = CheckpointData {
-                seq_next: snapshot.point.seq_next,
-                segment_id_next: snapshot.point.segment_id_next,
-                heads: Vec::new(),
-                keys: snapshot.keys.clone(),
-                extents: snapshot.index.iter().map(|(lba, e)| (lba, *e)).collect(),
-            };
+            let data = build_snapshot_data(self, &snapshot.point)?;
             write_snapshot_index(&snapshot.path, &self.config.volume_id, &data)?;
+            self.pin(&snapshot.name, referenced_segments(&data));
             queue.remove(0);
         }
         Ok(())
