@@ -117,10 +117,10 @@
 //! # Snapshots
 //! A snapshot is a point in the log (`SnapshotPoint`: next sequence number,
 //! next segment id, and each head's (segment, end offset)); a record is in
-//! it iff the point covers its position. Its index is written as a
-//! checkpoint-format file before the next checkpoint; if the process dies
-//! first, recovery (which then starts from an older checkpoint) rebuilds it
-//! from that checkpoint plus the covered replayed records.
+//! it iff the point covers its position. Its index — the newest checkpoint
+//! (older than the point) plus the covered records, read back and verified
+//! — is written as a checkpoint-format file before the next checkpoint, by
+//! the running log or, if the process died first, by recovery.
 //!
 //! # Compaction
 //! Live pieces of cleaned segments are appended again unchanged (same
