@@ -151,8 +151,9 @@ use std::path::{Path, PathBuf};
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
-    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, Log, LogConfig,
-    ReadPiece, RecoveryReport, SegmentSpace, SpaceReport, open, open_view, write_snapshot_index,
+    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, KeyUsage, Log,
+    LogConfig, ReadPiece, RecoveryReport, RekeyPlan, SegmentSpace, SpaceReport, open, open_view,
+    write_snapshot_index,
 };
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 pub use segment::SEGMENT_HEADER_BYTES;

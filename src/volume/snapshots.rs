@@ -406,7 +406,9 @@ impl Volume {
     /// Deletes snapshot `name`. Refused while a process reads it (a daemon
     /// serving it, a clone on it) or a clone of it exists. Its blocks no
     /// other snapshot or the volume uses become garbage for compaction.
-    pub fn delete_snapshot(&self, name: &str) -> Result<(), VolumeError> {
+    /// Returns the keys nothing needs any more (the volume rotated away from
+    /// them, no other snapshot lists them): the key service may destroy them.
+    pub fn delete_snapshot(&self, name: &str) -> Result<Vec<KeyId>, VolumeError> {
         self.check_writable()?;
         let meta = load_snapshot(&self.dir, name)?;
         let paths = SnapshotPaths::new(&self.dir, name);
@@ -436,7 +438,19 @@ impl Volume {
         fs::remove_file(&paths.meta).map_err(|e| io_error(&paths.meta, e))?;
         store::sync_dir(&self.dir.join(SNAPSHOTS_DIR))?;
         self.log.unpin(name);
-        remove_orphans(&self.dir)
+        remove_orphans(&self.dir)?;
+        let volume_keys: Vec<KeyId> = Superblock::load(&self.dir)?
+            .keys
+            .iter()
+            .map(|k| k.key_id)
+            .collect();
+        let others = super::lifecycle::snapshot_key_ids(self)?;
+        Ok(meta
+            .keys
+            .iter()
+            .map(|k| k.key_id)
+            .filter(|id| !volume_keys.contains(id) && !others.contains(id))
+            .collect())
     }
 
     /// Pins the segments of every snapshot of the volume (at open).

@@ -282,6 +282,7 @@ fn rebuild_snapshot(
         segment_id_next: point.segment_id_next,
         heads: Vec::new(),
         keys: state.keys.clone(),
+        key_encrypted_bytes: Vec::new(),
         extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
     };
     tracing::info!(snapshot = %path.display(), "rebuilt a snapshot index from the log");

@@ -80,6 +80,7 @@ impl Log {
                 segment_id_next: snapshot.point.segment_id_next,
                 heads: Vec::new(),
                 keys: snapshot.keys.clone(),
+                key_encrypted_bytes: Vec::new(),
                 extents: snapshot.index.iter().map(|(lba, e)| (lba, *e)).collect(),
             };
             write_snapshot_index(&snapshot.path, &self.config.volume_id, &data)?;
