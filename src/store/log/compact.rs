@@ -150,12 +150,13 @@ pub struct RekeyPlan<'a> {
     /// sequence number, its first block). The sequence number stays, so the
     /// tweak is (seq, block) under the new key, unused by it before (its own
     /// writes take sequence numbers past every older one).
-    pub transform: &'a RekeyTransform,
+    pub transform: &'a RekeyTransform<'a>,
 }
 
 /// Re-encrypts whole blocks in place: (ciphertext, its key, its sequence
 /// number, its first block).
-pub type RekeyTransform = dyn Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync;
+pub type RekeyTransform<'a> =
+    dyn Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a;
 
 /// The state one cleaning pass threads through its batches.
 struct Mover<'a, 'p> {
