@@ -407,6 +407,47 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// Replaces wrapped blobs (after the key service sealed them again under
+    /// a newer wrapping key): `rewrap` gets each base64 blob of the volume
+    /// and of every snapshot and returns its replacement, or `None` to keep
+    /// it. Returns how many blobs were replaced. No data key is involved.
+    pub fn replace_wrapped_blobs(
+        &self,
+        rewrap: &mut dyn FnMut(&KeyEntry) -> Result<Option<String>, VolumeError>,
+    ) -> Result<usize, VolumeError> {
+        self.check_writable()?;
+        let _one = self.lifecycle_lock();
+        let mut replaced = 0;
+        let mut superblock = Superblock::load(&self.dir)?;
+        let mut changed = false;
+        for entry in &mut superblock.keys {
+            if let Some(blob) = rewrap(entry)? {
+                entry.wrapped_blob = Some(blob);
+                changed = true;
+                replaced += 1;
+            }
+        }
+        if changed {
+            superblock.store(&self.dir)?;
+        }
+        for mut meta in list_snapshots(&self.dir)? {
+            let mut changed = false;
+            for entry in &mut meta.keys {
+                if let Some(blob) = rewrap(entry)? {
+                    entry.wrapped_blob = Some(blob);
+                    changed = true;
+                    replaced += 1;
+                }
+            }
+            if changed {
+                super::snapshots::store_snapshot_meta(&self.dir, &meta)?;
+            }
+        }
+        Ok(replaced)
+    }
+}
+
 /// Every key id any snapshot of the volume lists.
 pub(crate) fn snapshot_key_ids(volume: &Volume) -> Result<BTreeSet<KeyId>, VolumeError> {
     Ok(list_snapshots(volume.dir())?

@@ -169,6 +169,11 @@ pub fn load_snapshot(dir: &Path, name: &str) -> Result<SnapshotMeta, VolumeError
     Ok(meta)
 }
 
+/// Rewrites the metadata block of an existing snapshot (new wrapped blobs).
+pub(crate) fn store_snapshot_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), VolumeError> {
+    write_json_atomic(&SnapshotPaths::new(dir, &meta.name).meta, meta)
+}
+
 /// Records an ACL change for the volume in `dir`; the next snapshot takes it.
 pub fn set_pending_acl(dir: &Path, pending: &PendingAcl) -> Result<(), VolumeError> {
     write_json_atomic(&dir.join(PENDING_ACL_FILE), pending)
