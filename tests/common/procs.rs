@@ -123,6 +123,12 @@ impl Kms {
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
+
+    /// A client of the running service, as a test's own (for its audit
+    /// log, or to unwrap a key the way a daemon does).
+    pub fn client(&self) -> KmsClient {
+        KmsClient::with_timeout(&self.socket, Duration::from_secs(5))
+    }
 }
 
 /// `lsvblk create` of a `size_bytes` volume readable by the users in `acl`,
@@ -354,6 +360,17 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `lsvblk ARGS` to completion, whatever its exit status, and returns
+/// its status, stdout and stderr: for the administrative commands
+/// (`snapshot`, `acl`, `clone`, `compact`, `status`, `inspect`).
+pub fn run_lsvblk(args: &[&str]) -> std::process::Output {
+    Command::new(LSVBLK)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {LSVBLK}: {e}"))
 }
 
 /// Runs a command to completion; panics with its stderr unless it succeeds.

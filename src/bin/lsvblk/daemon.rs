@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lsvblk::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
 use lsvblk::volume::Volume;
@@ -14,6 +14,9 @@ use crate::control::{ControlError, ControlHandler, ControlRequest};
 
 /// How often the background compactor looks at the space use.
 const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
+/// How often a sleeping compactor looks at the stop flag: shutdown joins
+/// it, so this bounds how long SIGTERM waits for it.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// The daemon's side of the control socket, and its compactor.
 pub struct Daemon {
@@ -46,6 +49,19 @@ impl Daemon {
     /// Asks the compactor (and any compaction in progress) to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Sleeps `duration`, or until [`Daemon::stop`]; true if stopped.
+    fn sleep_unless_stopped(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(STOP_POLL));
+        }
+        true
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CompactionState> {
@@ -90,8 +106,7 @@ impl Daemon {
         if self.auto_rate_mib == 0 || self.volume.is_read_only() {
             return;
         }
-        while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(AUTO_COMPACT_POLL);
+        while !self.sleep_unless_stopped(AUTO_COMPACT_POLL) {
             let Ok(space) = self.volume.space() else {
                 continue;
             };

@@ -88,7 +88,7 @@ pub fn run(args: InspectArgs) -> Outcome {
             space["live_bytes"], space["dead_bytes"]
         );
         for key in &superblock.keys {
-            println!("key         {} acl {:?}", key.key_id, key.acl);
+            println!("key         {} acl {}", key.key_id, key.acl.join(","));
         }
         if let Some(parent) = &superblock.parent {
             println!(
@@ -98,11 +98,18 @@ pub fn run(args: InspectArgs) -> Outcome {
             );
         }
         for snapshot in snapshots.as_array().into_iter().flatten() {
+            let acl: Vec<&str> = snapshot["acl"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
             println!(
-                "snapshot    {} keys {} acl {}",
+                "snapshot    {} keys {} acl {} clones {}",
                 snapshot["name"].as_str().unwrap_or(""),
                 snapshot["key_ids"],
-                snapshot["acl"]
+                acl.join(","),
+                snapshot["clones"]
             );
         }
     }
