@@ -72,9 +72,17 @@ pub fn status(args: StatusArgs) -> Outcome {
         true,
         &mut |_| {},
         |v, _| {
+            let superblock = v.superblock_now()?;
             Ok(serde_json::json!({
                 "served": false,
                 "space": admin::space(v)?,
+                "keys": {
+                    "current_key_id": superblock.current_key_id,
+                    "keys": v.key_status()?,
+                    "policy": superblock.key_policy,
+                    "rotation_due": v.rotation_due()?,
+                    "rotation": superblock.rotation,
+                },
             }))
         },
     )?;

@@ -100,7 +100,11 @@ pub fn run(args: ServeArgs) -> Outcome {
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status` on its
     // control socket and compacts in the background.
-    let daemon = Daemon::new(Arc::clone(&volume), args.compact_rate_mib);
+    let daemon = Daemon::new(
+        Arc::clone(&volume),
+        args.compact_rate_mib,
+        Some(crate::kms::client(&args.kms)),
+    );
     let (control, compactor) = if args.read_only {
         (None, None)
     } else {
@@ -113,7 +117,7 @@ pub fn run(args: ServeArgs) -> Outcome {
             .name("compactor".to_string())
             .spawn({
                 let daemon = Arc::clone(&daemon);
-                move || daemon.auto_compact()
+                move || daemon.background()
             })
             .map_err(|e| Failure::new(SOFTWARE, e))?;
         (Some(control), Some(compactor))
