@@ -130,6 +130,22 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock moved by the number of seconds written in a file,
+/// re-read at every call (`lsvblk serve --clock-skew-file`, for tests that
+/// age keys in a running daemon). A missing or unreadable file means 0.
+#[derive(Debug)]
+pub struct SkewedClock(pub std::path::PathBuf);
+
+impl Clock for SkewedClock {
+    fn now_unix_s(&self) -> u64 {
+        let skew: i64 = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        super::open::unix_now_s().saturating_add_signed(skew)
+    }
+}
+
 /// A clock that only moves when told to (tests).
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);

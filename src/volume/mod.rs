@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use keyring::{ActiveKey, Keyring};
 pub use lifecycle::{
     Clock, KeyPolicy, KeyStatus, ManualClock, RETIRE_AGE_DEFAULT_S, RotationOutcome,
-    RotationReason, RotationState, SystemClock, XTS_KEY_SCOPE_BYTES,
+    RotationReason, RotationState, SkewedClock, SystemClock, XTS_KEY_SCOPE_BYTES,
 };
 pub use lockfile::VolumeLock;
 pub use snapshots::{
