@@ -142,6 +142,40 @@ fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
 }
 
 #[test]
+fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
+    let dir = common::fast_tempdir();
+    let clock = ManualClock::new(1_000_000);
+    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let mut image = vec![0u8; BYTES as usize];
+    fill(&v, &mut image, 1);
+    v.create_snapshot("shares").unwrap();
+    v.materialize_snapshots().unwrap();
+    // No overwrite: every live block is in segments the snapshot pins.
+    let old = common::key(1).id();
+    let outcome = rotate(&v, common::key(2), RotationReason::Manual);
+    assert_eq!(outcome.kept_for_snapshots, vec![old], "{outcome:?}");
+    assert!(outcome.bytes_rekeyed >= BYTES, "{outcome:?}");
+    assert!(
+        v.rotation().unwrap().is_none(),
+        "the rotation did not finish"
+    );
+    let usage = v.key_status().unwrap();
+    assert!(usage.iter().all(|k| k.key_id != old), "{usage:?}");
+    assert!(read_all(&v) == image);
+    v.close().unwrap();
+    let v = open_with(dir.path(), vec![common::key(2)], &clock);
+    assert!(read_all(&v) == image, "the volume needs the old key still");
+    let view = Volume::open_snapshot(
+        dir.path(),
+        "shares",
+        vec![common::key(1)],
+        &common::options(BLOCK),
+    )
+    .unwrap();
+    assert!(read_all(&view) == image, "the snapshot changed");
+}
+
+#[test]
 fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
     let dir = common::fast_tempdir();
     let clock = ManualClock::new(1_000_000);

@@ -365,7 +365,9 @@ impl Volume {
                 .filter(|u| from.contains(&u.key_id))
                 .map(|u| u.live_bytes)
                 .sum();
-            if left == 0 && report.bytes_rekeyed == 0 {
+            // Done, or stuck (e.g. a block that fails its checksum): the
+            // rotation stays recorded and is retried later.
+            if left == 0 || report.bytes_rekeyed == 0 {
                 break;
             }
         }

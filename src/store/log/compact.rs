@@ -413,7 +413,16 @@ impl Log {
         segments: &BTreeSet<u64>,
         mover: &mut Mover<'_, '_>,
     ) -> Result<(), StoreError> {
-        let pieces = self.live_pieces(segments);
+        let pinned = self.pinned_segments();
+        let mut pieces = self.live_pieces(segments);
+        // Out of a pinned segment (only a re-key chooses one) move just what
+        // changes key: the segment stays for its snapshot anyway.
+        pieces.retain(|p| {
+            !pinned.contains(&p.segment_id)
+                || mover
+                    .rekey
+                    .is_some_and(|plan| plan.from.contains(&p.key_id))
+        });
         let block_bytes = 1u64 << self.config.block_shift;
         let mut corrupt: BTreeSet<u64> = BTreeSet::new();
         let mut start = 0;

@@ -121,9 +121,15 @@ impl Log {
         let pinned = self.pinned_segments();
         let live = self.live_bytes_by_segment();
         let mut chosen: BTreeMap<u64, u64> = BTreeMap::new();
-        for id in self.closed_segments().difference(&pinned) {
-            if !self.segment_keys(*id)?.is_disjoint(&plan.from) {
-                chosen.insert(*id, live.get(id).copied().unwrap_or(0));
+        for id in self.closed_segments() {
+            let live_bytes = live.get(&id).copied().unwrap_or(0);
+            // A pinned segment stays (a snapshot reads it), but the volume's
+            // live blocks in it still move to the new key.
+            if pinned.contains(&id) && live_bytes == 0 {
+                continue;
+            }
+            if !self.segment_keys(id)?.is_disjoint(&plan.from) {
+                chosen.insert(id, live_bytes);
             }
         }
         let chosen: Vec<(u64, u64)> = chosen.into_iter().collect();
