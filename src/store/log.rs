@@ -714,6 +714,14 @@ impl Log {
         if self.config.read_only {
             return Ok(());
         }
+        self.close_heads();
+        // The checkpoint's flush syncs and seals every segment.
+        self.checkpoint()
+    }
+
+    /// Takes every head's open segment off it (the next append starts a new
+    /// one) and queues it for the next flush to seal.
+    fn close_heads(&self) {
         for head in &self.heads {
             let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(open) = head.open.take() {
@@ -729,8 +737,6 @@ impl Log {
                 self.write_state().head_positions[head.id as usize] = None;
             }
         }
-        // The checkpoint's flush syncs and seals every segment.
-        self.checkpoint()
     }
 }
 

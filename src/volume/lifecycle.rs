@@ -436,34 +436,35 @@ impl Volume {
     ) -> Result<usize, VolumeError> {
         self.check_writable()?;
         let _one = self.lifecycle_lock();
-        let mut replaced = 0;
         let mut superblock = Superblock::load(&self.dir)?;
-        let mut changed = false;
-        for entry in &mut superblock.keys {
-            if let Some(blob) = rewrap(entry)? {
-                entry.wrapped_blob = Some(blob);
-                changed = true;
-                replaced += 1;
-            }
-        }
-        if changed {
+        let mut replaced = rewrap_entries(&mut superblock.keys, rewrap)?;
+        if replaced > 0 {
             superblock.store(&self.dir)?;
         }
         for mut meta in list_snapshots(&self.dir)? {
-            let mut changed = false;
-            for entry in &mut meta.keys {
-                if let Some(blob) = rewrap(entry)? {
-                    entry.wrapped_blob = Some(blob);
-                    changed = true;
-                    replaced += 1;
-                }
-            }
-            if changed {
+            let in_meta = rewrap_entries(&mut meta.keys, rewrap)?;
+            if in_meta > 0 {
                 super::snapshots::store_snapshot_meta(&self.dir, &meta)?;
             }
+            replaced += in_meta;
         }
         Ok(replaced)
     }
+}
+
+/// Replaces the blobs of `entries` that `rewrap` returns a new one for.
+fn rewrap_entries(
+    entries: &mut [KeyEntry],
+    rewrap: &mut dyn FnMut(&KeyEntry) -> Result<Option<String>, VolumeError>,
+) -> Result<usize, VolumeError> {
+    let mut replaced = 0;
+    for entry in entries {
+        if let Some(blob) = rewrap(entry)? {
+            entry.wrapped_blob = Some(blob);
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
 }
 
 /// Every key id any snapshot of the volume lists.

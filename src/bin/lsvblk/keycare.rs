@@ -65,6 +65,13 @@ impl KeyCare {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The right to rotate: one rotation at a time.
+    fn one_rotation(&self) -> Result<std::sync::MutexGuard<'_, ()>, ControlError> {
+        self.rotating
+            .try_lock()
+            .map_err(|_| ControlError::new(ControlError::BUSY, "a key rotation is already running"))
+    }
+
     fn kms(&self) -> Result<&KmsClient, ControlError> {
         self.kms.as_ref().ok_or_else(|| {
             ControlError::new(
@@ -135,12 +142,7 @@ impl KeyCare {
         rate_mib: Option<u64>,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ControlError> {
-        let Ok(_one) = self.rotating.try_lock() else {
-            return Err(ControlError::new(
-                ControlError::BUSY,
-                "a key rotation is already running",
-            ));
-        };
+        let _one = self.one_rotation()?;
         let superblock = self.volume.superblock_now().map_err(control_error)?;
         if superblock.rotation.is_none() {
             let current = superblock
@@ -197,12 +199,7 @@ impl KeyCare {
         rate_mib: Option<u64>,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ControlError> {
-        let Ok(_one) = self.rotating.try_lock() else {
-            return Err(ControlError::new(
-                ControlError::BUSY,
-                "a key rotation is already running",
-            ));
-        };
+        let _one = self.one_rotation()?;
         self.run_continue(rate_mib, progress)
     }
 

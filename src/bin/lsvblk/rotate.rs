@@ -16,7 +16,7 @@ use crate::exit::{DENIED, Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keycare::{KeyCare, rewrap_blobs};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address};
-use crate::progress::Progress;
+use crate::progress::BytesProgress;
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk rotate`.
@@ -49,16 +49,8 @@ pub fn rotate(args: RotateArgs) -> Outcome {
         compromised: args.compromised.map(|k| k.to_string()),
         rate_mib_s: args.rate_mib,
     };
-    let mut bar: Option<Progress> = None;
-    let mut on_progress = |value: &Value| {
-        if args.json {
-            return;
-        }
-        let total = value["bytes_total"].as_u64().unwrap_or(0);
-        let done = value["bytes_moved"].as_u64().unwrap_or(0);
-        bar.get_or_insert_with(|| Progress::new("re-encrypting", total))
-            .set(done);
-    };
+    let mut bar = BytesProgress::new("re-encrypting", args.json);
+    let mut on_progress = |value: &Value| bar.update(value);
     let out = match admin::reach(&args.volume, true)? {
         Reach::Served => control::call(
             &control::control_socket_path(&args.volume),
@@ -71,9 +63,7 @@ pub fn rotate(args: RotateArgs) -> Outcome {
             rotate_here(&args, &mut on_progress)?
         }
     };
-    if let Some(bar) = bar {
-        bar.finish("rotated");
-    }
+    bar.finish("rotated");
     print(&out, args.json);
     Ok(())
 }

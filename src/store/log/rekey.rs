@@ -7,8 +7,8 @@ use super::super::StoreError;
 use super::super::index::Location;
 use super::super::record::{RECORD_HEADER_BYTES, RecordKind, UncheckedRecordHeader};
 use super::super::segment::{self, SEGMENT_HEADER_BYTES, read_exact_or_eof};
+use super::Log;
 use super::compact::{CompactOptions, CompactProgress, CompactReport, RekeyPlan};
-use super::{Log, PendingSeal};
 use crate::crypto::KeyId;
 
 /// How much one key protects.
@@ -51,21 +51,7 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        for head in &self.heads {
-            let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(open) = head.open.take() {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(PendingSeal {
-                        id: open.id,
-                        file: open.file,
-                        end: open.offset,
-                        seal: true,
-                    });
-                self.write_state().head_positions[head.id as usize] = None;
-            }
-        }
+        self.close_heads();
         self.flush()
     }
 
