@@ -76,6 +76,12 @@ enum Op {
         live_per_mille: u16,
         crash_after: Option<u64>,
     },
+    /// Rotate the volume's key; `crash_after` interrupts the re-encryption
+    /// after that many steps, then the volume crashes (the rotation is
+    /// resumed by a later rotate, or at the end).
+    Rotate {
+        crash_after: Option<u64>,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -98,6 +104,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (range(), any::<u8>()).prop_map(|((sector, sectors), tag)| Op::CloneWrite { sector, sectors, tag }),
         1 => range().prop_map(|(sector, sectors)| Op::CloneRead { sector, sectors }),
         2 => (0u16..=1000, proptest::option::of(0u64..12)).prop_map(|(live_per_mille, crash_after)| Op::Compact { live_per_mille, crash_after }),
+        1 => proptest::option::of(0u64..12).prop_map(|crash_after| Op::Rotate { crash_after }),
     ]
 }
 
@@ -118,18 +125,38 @@ struct CloneUnderTest {
     parent: String,
 }
 
-fn clone_keys() -> Vec<lsvblk::crypto::DataKey> {
-    vec![common::key(2), common::key(1)]
+/// The volume's keys by seed: 1 at creation, 10, 11, ... after rotations.
+/// Every key ever used is offered at open (extra ones are harmless).
+fn volume_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
+    seeds.iter().map(|s| common::key(*s)).collect()
 }
 
-fn open_clone(dir: &std::path::Path, block: u32) -> Volume {
+fn open_volume(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
     let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
-    Volume::open_locked(dir, lock, clone_keys(), &common::options(block)).unwrap()
+    Volume::open_locked(dir, lock, volume_keys(seeds), &common::options(block)).unwrap()
 }
 
-fn read_snapshot(dir: &std::path::Path, name: &str, block: u32, offset: u64, len: u64) -> Vec<u8> {
+fn clone_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
+    let mut keys = volume_keys(seeds);
+    keys.push(common::key(2));
+    keys
+}
+
+fn open_clone(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
+    let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
+    Volume::open_locked(dir, lock, clone_keys(seeds), &common::options(block)).unwrap()
+}
+
+fn read_snapshot(
+    dir: &std::path::Path,
+    name: &str,
+    block: u32,
+    seeds: &[u8],
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
     let view =
-        Volume::open_snapshot(dir, name, vec![common::key(1)], &common::options(block)).unwrap();
+        Volume::open_snapshot(dir, name, volume_keys(seeds), &common::options(block)).unwrap();
     let mut buf = vec![0u8; len as usize];
     view.read(offset, &mut buf).unwrap();
     buf
@@ -143,6 +170,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     let mut snapshots: Vec<(String, Vec<u8>)> = Vec::new();
     let mut clone: Option<CloneUnderTest> = None;
     let mut taken = 0;
+    let mut seeds: Vec<u8> = vec![1];
     for (step, op) in ops.iter().enumerate() {
         let v: &Volume = volume.as_ref().unwrap();
         match *op {
@@ -181,18 +209,18 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
             Op::Flush => v.flush().unwrap(),
             Op::CloseReopen => {
                 volume.take().unwrap().close().unwrap();
-                volume = Some(common::open(dir.path(), block));
+                volume = Some(open_volume(dir.path(), block, &seeds));
                 if let Some(c) = clone.as_mut() {
                     c.volume.take().unwrap().close().unwrap();
-                    c.volume = Some(open_clone(c.dir.path(), block));
+                    c.volume = Some(open_clone(c.dir.path(), block, &seeds));
                 }
             }
             Op::CrashReopen => {
                 drop(volume.take());
-                volume = Some(common::open(dir.path(), block));
+                volume = Some(open_volume(dir.path(), block, &seeds));
                 if let Some(c) = clone.as_mut() {
                     drop(c.volume.take());
-                    c.volume = Some(open_clone(c.dir.path(), block));
+                    c.volume = Some(open_clone(c.dir.path(), block, &seeds));
                 }
             }
             Op::Snapshot { materialize } => {
@@ -215,7 +243,14 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 // Reading needs the index file: the daemon writes it at once.
                 v.materialize_snapshots().unwrap();
                 let (name, held) = &snapshots[pick % snapshots.len()];
-                let got = read_snapshot(dir.path(), name, block, sector * SECTOR, sectors * SECTOR);
+                let got = read_snapshot(
+                    dir.path(),
+                    name,
+                    block,
+                    &seeds,
+                    sector * SECTOR,
+                    sectors * SECTOR,
+                );
                 prop_assert!(
                     got[..] == held[(sector * SECTOR) as usize..][..got.len()],
                     "step {step}: snapshot {name} changed"
@@ -255,7 +290,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                     clone_dir.path(),
                     common::key(2),
                     None,
-                    vec![common::key(1)],
+                    volume_keys(&seeds),
                     &common::options(block),
                 )
                 .unwrap();
@@ -311,9 +346,38 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                         lsvblk::store::StoreError::Interrupted,
                     )) => {
                         drop(volume.take());
-                        volume = Some(common::open(dir.path(), block));
+                        volume = Some(open_volume(dir.path(), block, &seeds));
                     }
                     Err(e) => panic!("step {step}: compaction failed: {e}"),
+                }
+            }
+            Op::Rotate { crash_after } => {
+                let seed = 9 + seeds.len() as u8;
+                let key = common::key(seed);
+                let entry = lsvblk::volume::KeyEntry {
+                    key_id: key.id(),
+                    kind: key.kind(),
+                    wrapped_blob: None,
+                    created_unix_s: 0,
+                    acl: Vec::new(),
+                    context_volume_id: None,
+                };
+                seeds.push(seed);
+                v.start_rotation(key, entry, lsvblk::volume::RotationReason::Manual)
+                    .unwrap();
+                let options = lsvblk::store::CompactOptions {
+                    crash_after_steps: crash_after,
+                    ..lsvblk::store::CompactOptions::default()
+                };
+                match v.continue_rotation(&options, &mut |_| {}) {
+                    Ok(_) => {}
+                    Err(lsvblk::volume::VolumeError::Store(
+                        lsvblk::store::StoreError::Interrupted,
+                    )) => {
+                        drop(volume.take());
+                        volume = Some(open_volume(dir.path(), block, &seeds));
+                    }
+                    Err(e) => panic!("step {step}: rotation failed: {e}"),
                 }
             }
         }
@@ -321,17 +385,20 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     // Finally the whole disk must match, after one more crash and reopen;
     // so must every snapshot and the clone.
     drop(volume.take());
-    let v = common::open(dir.path(), block);
+    let v = open_volume(dir.path(), block, &seeds);
+    // A rotation left interrupted finishes now.
+    v.continue_rotation(&lsvblk::store::CompactOptions::default(), &mut |_| {})
+        .unwrap();
     let mut all = vec![0u8; VOLUME_BYTES as usize];
     v.read(0, &mut all).unwrap();
     prop_assert!(all == model, "final image differs from the model");
     for (name, held) in &snapshots {
-        let got = read_snapshot(dir.path(), name, block, 0, VOLUME_BYTES);
+        let got = read_snapshot(dir.path(), name, block, &seeds, 0, VOLUME_BYTES);
         prop_assert!(&got == held, "final image of snapshot {name} differs");
     }
     if let Some(mut c) = clone {
         drop(c.volume.take());
-        let reopened = open_clone(c.dir.path(), block);
+        let reopened = open_clone(c.dir.path(), block, &seeds);
         let mut all = vec![0u8; VOLUME_BYTES as usize];
         reopened.read(0, &mut all).unwrap();
         prop_assert!(all == c.model, "final image of the clone differs");

@@ -16,14 +16,19 @@ use crate::crypto::KeyId;
 
 /// Magic at the start of a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"LSVC";
-/// Current checkpoint format version.
-pub const CHECKPOINT_VERSION: u16 = 1;
+/// Current checkpoint format version (2: the key table carries each key's
+/// encrypted bytes; version 1 files, without them, are still read).
+pub const CHECKPOINT_VERSION: u16 = 2;
 /// Size of the checkpoint header, bytes.
 pub const CHECKPOINT_HEADER_BYTES: usize = 64;
 /// Size of one head position in the body, bytes.
 const HEAD_BYTES: usize = 16;
 /// Size of one key id in the body, bytes.
-const KEY_BYTES: usize = 16;
+const KEY_ID_BYTES: usize = 16;
+/// Size of one key table entry in a version 2 body: id, encrypted bytes.
+const KEY_BYTES: usize = KEY_ID_BYTES + 8;
+/// Size of one key table entry in a version 1 body: id only.
+const KEY_BYTES_V1: usize = KEY_ID_BYTES;
 /// Size of one extent in the body, bytes.
 pub const EXTENT_BYTES: usize = 56;
 /// Segment id that marks a zero extent.
@@ -50,6 +55,9 @@ pub struct CheckpointData {
     pub heads: Vec<(u64, u64)>,
     /// Key table; extents refer to keys by index into it.
     pub keys: Vec<KeyId>,
+    /// Bytes ever encrypted under each key of `keys` (same order; may be
+    /// shorter, missing entries are 0).
+    pub key_encrypted_bytes: Vec<u64>,
     /// The extent index: (first block, extent), sorted and disjoint.
     pub extents: Vec<(u64, Extent)>,
 }
@@ -88,8 +96,10 @@ pub fn encode(volume_id: &[u8; 16], data: &CheckpointData) -> Vec<u8> {
         put_u64(&mut bytes, at + 8, *offset);
         at += HEAD_BYTES;
     }
-    for key in &data.keys {
-        bytes[at..at + KEY_BYTES].copy_from_slice(&key.0);
+    for (index, key) in data.keys.iter().enumerate() {
+        bytes[at..at + KEY_ID_BYTES].copy_from_slice(&key.0);
+        let encrypted = data.key_encrypted_bytes.get(index).copied().unwrap_or(0);
+        put_u64(&mut bytes, at + KEY_ID_BYTES, encrypted);
         at += KEY_BYTES;
     }
     for (lba, extent) in &data.extents {
@@ -149,9 +159,12 @@ pub fn decode(
     if crc32c::crc32c(&header[..C_HEADER_CRC_OFFSET]) != get_u32(header, C_HEADER_CRC_OFFSET) {
         return Err(bad("header checksum mismatch"));
     }
-    if get_u16(header, 4) != CHECKPOINT_VERSION {
-        return Err(bad("unsupported version"));
-    }
+    let version = get_u16(header, 4);
+    let key_bytes = match version {
+        1 => KEY_BYTES_V1,
+        CHECKPOINT_VERSION => KEY_BYTES,
+        _ => return Err(bad("unsupported version")),
+    };
     if header[C_VOLUME_OFFSET..C_VOLUME_OFFSET + 16] != volume_id[..] {
         return Err(bad("belongs to another volume"));
     }
@@ -160,7 +173,7 @@ pub fn decode(
     let extents = get_u64(header, C_EXTENTS_OFFSET);
     let body_bytes = heads
         .checked_mul(HEAD_BYTES as u64)
-        .zip(keys.checked_mul(KEY_BYTES as u64))
+        .zip(keys.checked_mul(key_bytes as u64))
         .zip(extents.checked_mul(EXTENT_BYTES as u64))
         .and_then(|((h, k), e)| h.checked_add(k)?.checked_add(e))
         .ok_or_else(|| bad("counts overflow"))?;
@@ -174,23 +187,34 @@ pub fn decode(
     if crc32c::crc32c(body) != get_u32(header, C_BODY_CRC_OFFSET) {
         return Err(bad("body checksum mismatch"));
     }
-    decode_body(
-        body,
-        heads as usize,
-        keys as usize,
-        extents as usize,
-        header,
-    )
-    .map_err(bad)
+    let counts = BodyCounts {
+        heads: heads as usize,
+        keys: keys as usize,
+        key_bytes,
+        extents: extents as usize,
+    };
+    decode_body(body, &counts, header).map_err(bad)
+}
+
+/// How many of each item a body holds, and the key entry size.
+struct BodyCounts {
+    heads: usize,
+    keys: usize,
+    key_bytes: usize,
+    extents: usize,
 }
 
 fn decode_body(
     body: &[u8],
-    heads: usize,
-    keys: usize,
-    extents: usize,
+    counts: &BodyCounts,
     header: &[u8],
 ) -> Result<CheckpointData, &'static str> {
+    let BodyCounts {
+        heads,
+        keys,
+        key_bytes,
+        extents,
+    } = *counts;
     let mut data = CheckpointData {
         seq_next: get_u64(header, C_SEQ_NEXT_OFFSET),
         segment_id_next: get_u64(header, C_SEGMENT_NEXT_OFFSET),
@@ -202,10 +226,16 @@ fn decode_body(
         at += HEAD_BYTES;
     }
     for _ in 0..keys {
-        let mut id = [0u8; KEY_BYTES];
-        id.copy_from_slice(&body[at..at + KEY_BYTES]);
+        let mut id = [0u8; KEY_ID_BYTES];
+        id.copy_from_slice(&body[at..at + KEY_ID_BYTES]);
         data.keys.push(KeyId(id));
-        at += KEY_BYTES;
+        let encrypted = if key_bytes > KEY_ID_BYTES {
+            get_u64(body, at + KEY_ID_BYTES)
+        } else {
+            0
+        };
+        data.key_encrypted_bytes.push(encrypted);
+        at += key_bytes;
     }
     let mut previous_end = 0u64;
     for _ in 0..extents {
@@ -307,6 +337,7 @@ mod tests {
             segment_id_next: 3,
             heads: vec![(2, 4160)],
             keys: vec![KeyId([5; 16])],
+            key_encrypted_bytes: vec![12288],
             extents: vec![
                 (
                     0,

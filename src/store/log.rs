@@ -57,6 +57,9 @@ pub struct AppendRecord<'a> {
     /// The payload's block checksum table (CRC32C of each block, u32 LE),
     /// if the caller computed it while the data was hot; else the log does.
     pub checksums: Option<&'a [u8]>,
+    /// Ciphertext copied unchanged from another record (compaction), not
+    /// newly encrypted: it does not count toward the key's encrypted bytes.
+    pub moved: bool,
 }
 
 /// A looked-up piece of a range, ready to read.
@@ -129,6 +132,8 @@ struct IndexState {
     index: ExtentIndex,
     keys: Vec<KeyId>,
     key_indexes: HashMap<KeyId, u32>,
+    /// Bytes ever encrypted under each key (parallel to `keys`).
+    key_encrypted_bytes: Vec<u64>,
     /// Per head: (open segment, offset up to which the index has its records).
     head_positions: Vec<Option<(u64, u64)>>,
     segment_id_next: u64,
@@ -140,6 +145,7 @@ impl IndexState {
             index: ExtentIndex::new(),
             keys: Vec::new(),
             key_indexes: HashMap::new(),
+            key_encrypted_bytes: Vec::new(),
             head_positions: vec![None; heads],
             segment_id_next: 0,
         }
@@ -148,6 +154,8 @@ impl IndexState {
     /// Loads a checkpoint's key table and extents into an empty state.
     fn load(&mut self, checkpoint: &CheckpointData) {
         self.keys = checkpoint.keys.clone();
+        self.key_encrypted_bytes = checkpoint.key_encrypted_bytes.clone();
+        self.key_encrypted_bytes.resize(self.keys.len(), 0);
         self.key_indexes = checkpoint
             .keys
             .iter()
@@ -166,6 +174,7 @@ impl IndexState {
         }
         let index = u32::try_from(self.keys.len()).expect("key table fits u32");
         self.keys.push(key_id);
+        self.key_encrypted_bytes.push(0);
         self.key_indexes.insert(key_id, index);
         index
     }
@@ -419,6 +428,7 @@ impl Log {
                 KeyId::default()
             },
             table_crc32c: 0,
+            moved: record.moved && record.kind == RecordKind::Data,
         }
     }
 
@@ -432,13 +442,19 @@ impl Log {
         key_id: KeyId,
     ) {
         let location = match header.kind {
-            RecordKind::Data => Location::Data(DataLocation {
-                segment_id,
-                record_offset: offset,
-                record_lba: header.lba,
-                record_blocks: header.block_count,
-                key_index: state.key_index(key_id),
-            }),
+            RecordKind::Data => {
+                let key_index = state.key_index(key_id);
+                if !header.moved {
+                    state.key_encrypted_bytes[key_index as usize] += header.payload_bytes();
+                }
+                Location::Data(DataLocation {
+                    segment_id,
+                    record_offset: offset,
+                    record_lba: header.lba,
+                    record_blocks: header.block_count,
+                    key_index,
+                })
+            }
             RecordKind::Discard | RecordKind::Zeroes => Location::Zero,
             RecordKind::Seal => return,
         };
@@ -514,6 +530,7 @@ impl Log {
             block_shift: self.config.block_shift,
             key_id: KeyId::default(),
             table_crc32c: 0,
+            moved: false,
         };
         pwritev_all(file, &[&seal.encode()], offset).map_err(|e| StoreError::io(&path, e))
     }
@@ -674,6 +691,7 @@ impl Log {
                 segment_id_next: state.segment_id_next,
                 heads: state.head_positions.iter().flatten().copied().collect(),
                 keys: state.keys.clone(),
+                key_encrypted_bytes: state.key_encrypted_bytes.clone(),
                 extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
             }
         };
@@ -695,6 +713,14 @@ impl Log {
         if self.config.read_only {
             return Ok(());
         }
+        self.close_heads();
+        // The checkpoint's flush syncs and seals every segment.
+        self.checkpoint()
+    }
+
+    /// Takes every head's open segment off it (the next append starts a new
+    /// one) and queues it for the next flush to seal.
+    fn close_heads(&self) {
         for head in &self.heads {
             let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(open) = head.open.take() {
@@ -710,14 +736,16 @@ impl Log {
                 self.write_state().head_positions[head.id as usize] = None;
             }
         }
-        // The checkpoint's flush syncs and seals every segment.
-        self.checkpoint()
     }
 }
 
 mod compact;
 mod recovery;
+mod rekey;
 mod snapshots;
-pub use compact::{CompactOptions, CompactProgress, CompactReport, SegmentSpace, SpaceReport};
+pub use compact::{
+    CompactOptions, CompactProgress, CompactReport, RekeyPlan, SegmentSpace, SpaceReport,
+};
 pub use recovery::{open, open_view};
+pub use rekey::KeyUsage;
 pub use snapshots::write_snapshot_index;

@@ -48,7 +48,7 @@
 //! | 0  | 4  | magic `LSVR` |
 //! | 4  | 2  | record format version = 1 |
 //! | 6  | 1  | kind: 1 data, 2 discard, 3 write-zeroes, 4 seal |
-//! | 7  | 1  | flags = 0 |
+//! | 7  | 1  | flags: bit 0 = moved (data copied unchanged by compaction, not newly encrypted); other bits 0 |
 //! | 8  | 8  | sequence number (seal: 0) |
 //! | 16 | 8  | first block (LBA in volume blocks; seal: 0) |
 //! | 24 | 4  | block count (seal: 0, others ≥ 1) |
@@ -77,7 +77,7 @@
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 4  | magic `LSVC` |
-//! | 4  | 2  | checkpoint format version = 1 |
+//! | 4  | 2  | checkpoint format version = 2 (version 1 is still read) |
 //! | 6  | 2  | zero |
 //! | 8  | 16 | volume id |
 //! | 24 | 8  | seq_next: every write before the checkpoint had a smaller sequence number |
@@ -89,7 +89,9 @@
 //! | 60 | 4  | CRC32C of bytes 0..60 |
 //!
 //! Body: H × (segment id u64, offset u64) — segments a head had open, to be
-//! replayed from that offset; then K × 16-byte key ids; then E × 56-byte
+//! replayed from that offset; then K key table entries (version 2: 16-byte
+//! key id + u64 bytes ever encrypted under it in this volume, moves not
+//! counted; version 1: the 16-byte id alone); then E × 56-byte
 //! extents, sorted by first block and disjoint:
 //!
 //! | offset | size | field |
@@ -151,8 +153,9 @@ use std::path::{Path, PathBuf};
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
-    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, Log, LogConfig,
-    ReadPiece, RecoveryReport, SegmentSpace, SpaceReport, open, open_view, write_snapshot_index,
+    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, KeyUsage, Log,
+    LogConfig, ReadPiece, RecoveryReport, RekeyPlan, SegmentSpace, SpaceReport, open, open_view,
+    write_snapshot_index,
 };
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 pub use segment::SEGMENT_HEADER_BYTES;

@@ -18,7 +18,7 @@ pub const RECORD_VERSION: u16 = 1;
 const MAGIC_OFFSET: usize = 0; //                      [u8; 4] = b"LSVR"
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 4; //     u16
 const KIND_OFFSET: usize = VERSION_OFFSET + 2; //      u8
-const FLAGS_OFFSET: usize = KIND_OFFSET + 1; //        u8, zero
+const FLAGS_OFFSET: usize = KIND_OFFSET + 1; //        u8: bit 0 = moved
 const SEQ_OFFSET: usize = FLAGS_OFFSET + 1; //         u64
 const LBA_OFFSET: usize = SEQ_OFFSET + 8; //           u64
 const BLOCKS_OFFSET: usize = LBA_OFFSET + 8; //        u32
@@ -81,7 +81,13 @@ pub struct RecordHeader {
     pub key_id: KeyId,
     /// CRC32C of the block checksum table (0 without payload).
     pub table_crc32c: u32,
+    /// Data copied unchanged by compaction (not newly encrypted): does not
+    /// count toward its key's encrypted bytes.
+    pub moved: bool,
 }
+
+/// Flag bit: the record's ciphertext was moved, not newly encrypted.
+const FLAG_MOVED: u8 = 1;
 
 impl RecordHeader {
     /// Bytes of the per-block checksum table that follows the header.
@@ -113,6 +119,7 @@ impl RecordHeader {
         bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&RECORD_MAGIC);
         put_u16(&mut bytes, VERSION_OFFSET, RECORD_VERSION);
         bytes[KIND_OFFSET] = self.kind.code();
+        bytes[FLAGS_OFFSET] = if self.moved { FLAG_MOVED } else { 0 };
         put_u64(&mut bytes, SEQ_OFFSET, self.seq);
         put_u64(&mut bytes, LBA_OFFSET, self.lba);
         put_u32(&mut bytes, BLOCKS_OFFSET, self.block_count);
@@ -145,8 +152,12 @@ impl UncheckedRecordHeader {
             return Err("unsupported record version");
         }
         let kind = RecordKind::from_code(bytes[KIND_OFFSET]).ok_or("unknown record kind")?;
-        if bytes[FLAGS_OFFSET] != 0 {
+        let flags = bytes[FLAGS_OFFSET];
+        if flags & !FLAG_MOVED != 0 {
             return Err("unknown record flags");
+        }
+        if flags & FLAG_MOVED != 0 && kind != RecordKind::Data {
+            return Err("only data records can be moved");
         }
         let mut key_id = [0u8; KEY_ID_BYTES];
         key_id.copy_from_slice(&bytes[KEY_ID_OFFSET..KEY_ID_OFFSET + KEY_ID_BYTES]);
@@ -158,6 +169,7 @@ impl UncheckedRecordHeader {
             block_shift: bytes[BLOCK_SHIFT_OFFSET],
             key_id: KeyId(key_id),
             table_crc32c: get_u32(bytes, TABLE_CRC_OFFSET),
+            moved: flags & FLAG_MOVED != 0,
         };
         if !matches!(header.block_shift, 9 | 12) {
             return Err("unsupported block size");
@@ -220,6 +232,7 @@ mod tests {
             block_shift: 12,
             key_id: KeyId([9; 16]),
             table_crc32c: 0xdead_beef,
+            moved: false,
         }
     }
 

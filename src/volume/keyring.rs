@@ -79,6 +79,7 @@ impl std::fmt::Debug for ActiveKey {
 pub struct Keyring {
     current: Option<Arc<ActiveKey>>,
     by_id: HashMap<KeyId, Arc<ActiveKey>>,
+    null_cipher: bool,
 }
 
 impl Keyring {
@@ -107,7 +108,42 @@ impl Keyring {
             )),
             None => None,
         };
-        Ok(Self { current, by_id })
+        Ok(Self {
+            current,
+            by_id,
+            null_cipher,
+        })
+    }
+
+    /// Adds `key` (its schedule goes to locked memory).
+    pub fn add(&mut self, key: DataKey) -> Result<(), VolumeError> {
+        let active = Arc::new(activate(key, self.null_cipher)?);
+        self.by_id.insert(active.id(), active);
+        Ok(())
+    }
+
+    /// Makes the key with `id` (already added) the one new writes use.
+    pub fn set_current(&mut self, id: KeyId) -> Result<(), VolumeError> {
+        let key = self
+            .by_id
+            .get(&id)
+            .ok_or(VolumeError::UnknownKey { key_id: id })?;
+        self.current = Some(Arc::clone(key));
+        Ok(())
+    }
+
+    /// Forgets the key with `id` (never the current one). Its material and
+    /// schedule are overwritten when the last reader in flight lets go.
+    pub fn remove(&mut self, id: &KeyId) -> bool {
+        if self.current.as_ref().is_some_and(|c| c.id() == *id) {
+            return false;
+        }
+        self.by_id.remove(id).is_some()
+    }
+
+    /// Ids of the keys held.
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.by_id.keys().copied().collect()
     }
 
     /// The key new writes use.

@@ -14,6 +14,7 @@
 //! that returned before it is on stable storage (it survives a power cut).
 
 mod keyring;
+mod lifecycle;
 mod lockfile;
 mod snapshots;
 mod stripes;
@@ -24,6 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use keyring::{ActiveKey, Keyring};
+pub use lifecycle::{
+    Clock, KeyPolicy, KeyStatus, ManualClock, RETIRE_AGE_DEFAULT_S, RotationOutcome,
+    RotationReason, RotationState, SkewedClock, SystemClock, XTS_KEY_SCOPE_BYTES,
+};
 pub use lockfile::VolumeLock;
 pub use snapshots::{
     PENDING_ACL_FILE, PendingAcl, SNAPSHOTS_DIR, SnapshotMeta, SnapshotPaths, list_snapshots,
@@ -177,6 +182,9 @@ pub struct VolumeOptions {
     /// Benchmark only: store blocks unencrypted. Needs the `null-cipher`
     /// feature; never use it for data.
     pub null_cipher: bool,
+    /// The clock key ages are measured with (tests move it); `None`: the
+    /// system clock.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for VolumeOptions {
@@ -188,6 +196,7 @@ impl Default for VolumeOptions {
             read_only: false,
             pool: None,
             null_cipher: false,
+            clock: None,
         }
     }
 }
@@ -197,7 +206,7 @@ pub struct Volume {
     dir: PathBuf,
     superblock: Superblock,
     log: Log,
-    keyring: Keyring,
+    keyring: std::sync::RwLock<Keyring>,
     pool: Arc<CryptoPool>,
     stripes: StripeLocks,
     read_only: bool,
@@ -209,6 +218,10 @@ pub struct Volume {
     snapshot: Option<String>,
     /// An ACL change the last snapshot took, for the volume to adopt.
     adopt_acl: std::sync::Mutex<Option<PendingAcl>>,
+    /// Where key ages are measured from.
+    clock: Arc<dyn Clock>,
+    /// One key-lifecycle change of the superblock at a time.
+    lifecycle: std::sync::Mutex<()>,
     _lock: VolumeLock,
     _parent_locks: Vec<VolumeLock>,
 }
@@ -245,7 +258,7 @@ impl Volume {
 
     /// Id of the key new writes use (none for a snapshot or maintenance open).
     pub fn current_key_id(&self) -> Option<KeyId> {
-        self.keyring.current().ok().map(|k| k.id())
+        self.current_key().ok().map(|k| k.id())
     }
 
     /// The volume's directory.
@@ -287,6 +300,24 @@ impl Volume {
     /// The log underneath (for inspection tools and tests).
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keyring> {
+        self.keyring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, Keyring> {
+        self.keyring.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key new writes use.
+    fn current_key(&self) -> Result<Arc<ActiveKey>, VolumeError> {
+        self.keys().current().cloned()
+    }
+
+    /// The key with `id`.
+    fn key(&self, id: &KeyId) -> Result<Arc<ActiveKey>, VolumeError> {
+        self.keys().get(id).cloned()
     }
 
     fn unit(&self) -> DataUnit {
@@ -408,7 +439,7 @@ impl Volume {
     fn read_piece(&self, log: &Log, piece: &DataPiece, part: &mut [u8]) -> Result<(), VolumeError> {
         let mut checksums = vec![0u8; piece.blocks as usize * 4];
         log.read_ciphertext_unverified(piece, part, &mut checksums)?;
-        let key = self.keyring.get(&piece.key_id)?;
+        let key = self.key(&piece.key_id)?;
         let unit = self.unit();
         let first = Tweak::for_block(piece.seq, piece.lba);
         let verified = self.pool.try_run_with_side(
@@ -479,7 +510,8 @@ impl Volume {
             .map(|(lba, data)| (*lba, lba + (data.len() as u64 >> self.shift())))
             .collect();
         let _held = self.stripes.lock_ranges(&ranges, false);
-        let key = self.keyring.current()?;
+        let key = self.current_key()?;
+        let key = &*key;
         let sealed: Vec<(u64, Vec<u8>)> = whole
             .iter_mut()
             .map(|(lba, data)| {
@@ -500,6 +532,7 @@ impl Volume {
                 key_id: key.id(),
                 payload: data,
                 checksums: Some(checksums),
+                moved: false,
             })
             .collect();
         self.log.append(head_hint(), &records)?;
@@ -553,7 +586,8 @@ impl Volume {
     /// Encrypts whole blocks in place under a fresh sequence number and
     /// appends them as one record.
     fn append_data(&self, lba: u64, shadow: &mut [u8]) -> Result<(), VolumeError> {
-        let key = self.keyring.current()?;
+        let key = self.current_key()?;
+        let key = &*key;
         let seq = self.log.next_seq();
         let checksums = self.encrypt_and_checksum(key, seq, lba, shadow);
         let record = AppendRecord {
@@ -564,6 +598,7 @@ impl Volume {
             key_id: key.id(),
             payload: shadow,
             checksums: Some(&checksums),
+            moved: false,
         };
         self.log.append(head_hint(), &[record])?;
         Ok(())
@@ -663,6 +698,7 @@ impl Volume {
                 key_id: KeyId::default(),
                 payload: &[],
                 checksums: None,
+                moved: false,
             };
             self.log.append(head_hint(), &[record])?;
             lba += u64::from(blocks);

@@ -294,7 +294,7 @@ impl Volume {
             dir: dir.to_path_buf(),
             superblock,
             log,
-            keyring,
+            keyring: std::sync::RwLock::new(keyring),
             pool,
             stripes: StripeLocks::new(),
             read_only: options.read_only,
@@ -302,6 +302,11 @@ impl Volume {
             parents: Vec::new(),
             snapshot: None,
             adopt_acl: std::sync::Mutex::new(None),
+            clock: options
+                .clock
+                .clone()
+                .unwrap_or_else(|| Arc::new(super::SystemClock)),
+            lifecycle: std::sync::Mutex::new(()),
             _lock: locks.0,
             _parent_locks: locks.1,
         })
@@ -315,7 +320,10 @@ fn new_superblock(
     key: &DataKey,
     wrapped: Option<WrappedKey>,
 ) -> Superblock {
-    let now = unix_now_s();
+    let now = options
+        .clock
+        .as_ref()
+        .map_or_else(unix_now_s, |c| c.now_unix_s());
     let (wrapped_blob, acl) = wrapped.map_or((None, Vec::new()), |w| (Some(w.blob), w.acl));
     Superblock {
         format: FORMAT_NAME.to_string(),
@@ -340,6 +348,8 @@ fn new_superblock(
         }],
         created_unix_s: now,
         parent: None,
+        key_policy: super::KeyPolicy::default(),
+        rotation: None,
     }
 }
 

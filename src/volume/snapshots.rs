@@ -169,6 +169,11 @@ pub fn load_snapshot(dir: &Path, name: &str) -> Result<SnapshotMeta, VolumeError
     Ok(meta)
 }
 
+/// Rewrites the metadata block of an existing snapshot (new wrapped blobs).
+pub(crate) fn store_snapshot_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), VolumeError> {
+    write_json_atomic(&SnapshotPaths::new(dir, &meta.name).meta, meta)
+}
+
 /// Records an ACL change for the volume in `dir`; the next snapshot takes it.
 pub fn set_pending_acl(dir: &Path, pending: &PendingAcl) -> Result<(), VolumeError> {
     write_json_atomic(&dir.join(PENDING_ACL_FILE), pending)
@@ -406,7 +411,9 @@ impl Volume {
     /// Deletes snapshot `name`. Refused while a process reads it (a daemon
     /// serving it, a clone on it) or a clone of it exists. Its blocks no
     /// other snapshot or the volume uses become garbage for compaction.
-    pub fn delete_snapshot(&self, name: &str) -> Result<(), VolumeError> {
+    /// Returns the keys nothing needs any more (the volume rotated away from
+    /// them, no other snapshot lists them): the key service may destroy them.
+    pub fn delete_snapshot(&self, name: &str) -> Result<Vec<KeyId>, VolumeError> {
         self.check_writable()?;
         let meta = load_snapshot(&self.dir, name)?;
         let paths = SnapshotPaths::new(&self.dir, name);
@@ -436,7 +443,19 @@ impl Volume {
         fs::remove_file(&paths.meta).map_err(|e| io_error(&paths.meta, e))?;
         store::sync_dir(&self.dir.join(SNAPSHOTS_DIR))?;
         self.log.unpin(name);
-        remove_orphans(&self.dir)
+        remove_orphans(&self.dir)?;
+        let volume_keys: Vec<KeyId> = Superblock::load(&self.dir)?
+            .keys
+            .iter()
+            .map(|k| k.key_id)
+            .collect();
+        let others = super::lifecycle::snapshot_key_ids(self)?;
+        Ok(meta
+            .keys
+            .iter()
+            .map(|k| k.key_id)
+            .filter(|id| !volume_keys.contains(id) && !others.contains(id))
+            .collect())
     }
 
     /// Pins the segments of every snapshot of the volume (at open).

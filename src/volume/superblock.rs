@@ -93,6 +93,12 @@ pub struct Superblock {
     /// written its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// When keys are rotated and retired.
+    #[serde(default)]
+    pub key_policy: super::lifecycle::KeyPolicy,
+    /// A key rotation in progress (continued after a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<super::lifecycle::RotationState>,
 }
 
 impl Superblock {

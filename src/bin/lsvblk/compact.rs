@@ -3,12 +3,10 @@
 
 use std::path::PathBuf;
 
-use serde_json::Value;
-
 use crate::admin::{self, print};
 use crate::control::ControlRequest;
 use crate::exit::Outcome;
-use crate::progress::Progress;
+use crate::progress::BytesProgress;
 
 /// Arguments of `lsvblk compact`.
 #[derive(clap::Args)]
@@ -32,23 +30,16 @@ pub fn run(args: CompactArgs) -> Outcome {
         rate_mib_s: Some(args.rate_mib),
         live_ratio_max: Some(args.live_ratio_max),
     };
-    let mut bar: Option<Progress> = None;
-    let mut on_progress = |value: &Value| {
-        if args.json {
-            return;
-        }
-        let total = value["bytes_total"].as_u64().unwrap_or(0);
-        let done = value["bytes_moved"].as_u64().unwrap_or(0);
-        bar.get_or_insert_with(|| Progress::new("compacting", total))
-            .set(done);
-    };
+    let mut bar = BytesProgress::new("compacting", args.json);
     let (rate, ratio) = (args.rate_mib, args.live_ratio_max);
-    let out = admin::run_anywhere(&args.volume, request, false, &mut on_progress, |v, p| {
-        admin::compact(v, Some(rate), Some(ratio), None, p)
-    })?;
-    if let Some(bar) = bar {
-        bar.finish("compacted");
-    }
+    let out = admin::run_anywhere(
+        &args.volume,
+        request,
+        false,
+        &mut |value| bar.update(value),
+        |v, p| admin::compact(v, Some(rate), Some(ratio), None, p),
+    )?;
+    bar.finish("compacted");
     print(&out, args.json);
     Ok(())
 }
@@ -72,9 +63,17 @@ pub fn status(args: StatusArgs) -> Outcome {
         true,
         &mut |_| {},
         |v, _| {
+            let superblock = v.superblock_now()?;
             Ok(serde_json::json!({
                 "served": false,
                 "space": admin::space(v)?,
+                "keys": {
+                    "current_key_id": superblock.current_key_id,
+                    "keys": v.key_status()?,
+                    "policy": superblock.key_policy,
+                    "rotation_due": v.rotation_due()?,
+                    "rotation": superblock.rotation,
+                },
             }))
         },
     )?;

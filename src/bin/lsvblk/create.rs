@@ -31,6 +31,10 @@ pub struct CreateArgs {
     /// Target size of one segment file (K/M/G suffixes).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     segment_size: u64,
+    /// When the data key is rotated and retired (defaults: 512G live, 1T
+    /// ever encrypted, 90 days; retirement at 120 days).
+    #[command(flatten)]
+    policy: crate::rotate::PolicyArgs,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -86,6 +90,9 @@ pub fn run(args: CreateArgs) -> Outcome {
         }),
         &options,
     )?;
+    if args.policy.any() {
+        volume.set_key_policy(&args.policy.apply(&volume.key_policy()?))?;
+    }
     volume.close()?;
     #[cfg(feature = "null-cipher")]
     if args.unencrypted_benchmark_only {

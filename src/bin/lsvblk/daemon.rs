@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lsvblk::kms::client::KmsClient;
 use lsvblk::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
-use lsvblk::volume::Volume;
+use lsvblk::volume::{RotationReason, Volume};
 use serde_json::{Value, json};
 
 use crate::admin::{self, control_error};
 use crate::control::{ControlError, ControlHandler, ControlRequest};
+use crate::keycare::KeyCare;
 
 /// How often the background compactor looks at the space use.
 const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
@@ -25,6 +27,7 @@ pub struct Daemon {
     auto_rate_mib: u64,
     stop: Arc<AtomicBool>,
     compaction: Mutex<CompactionState>,
+    keys: KeyCare,
 }
 
 /// What `status` shows about compaction.
@@ -36,13 +39,17 @@ struct CompactionState {
 }
 
 impl Daemon {
-    /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction off.
-    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64) -> Arc<Self> {
+    /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction
+    /// off; `kms` is where new keys come from (rotation).
+    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64, kms: Option<KmsClient>) -> Arc<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let keys = KeyCare::new(Arc::clone(&volume), kms, auto_rate_mib, Arc::clone(&stop));
         Arc::new(Self {
             volume,
             auto_rate_mib,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             compaction: Mutex::new(CompactionState::default()),
+            keys,
         })
     }
 
@@ -100,13 +107,21 @@ impl Daemon {
         }
     }
 
-    /// Runs until [`Daemon::stop`]: compacts whenever the segments hold much
-    /// more than the live data (leaving out what snapshots keep).
-    pub fn auto_compact(self: Arc<Self>) {
-        if self.auto_rate_mib == 0 || self.volume.is_read_only() {
+    /// Runs until [`Daemon::stop`]: looks after the keys (rotation due,
+    /// compromise, an interrupted rotation, blobs to rewrap) and compacts
+    /// whenever the segments hold much more than the live data (leaving out
+    /// what snapshots keep).
+    pub fn background(self: Arc<Self>) {
+        if self.volume.is_read_only() {
             return;
         }
+        // An interrupted rotation resumes at once.
+        self.keys.tick();
         while !self.sleep_unless_stopped(AUTO_COMPACT_POLL) {
+            self.keys.tick();
+            if self.auto_rate_mib == 0 {
+                continue;
+            }
             let Ok(space) = self.volume.space() else {
                 continue;
             };
@@ -145,7 +160,32 @@ impl ControlHandler for Daemon {
                 admin::snapshot_create(&self.volume, &name).map_err(control_error)
             }
             ControlRequest::SnapshotDelete { name } => {
-                admin::snapshot_delete(&self.volume, &name).map_err(control_error)
+                let destroyable = self.volume.delete_snapshot(&name).map_err(control_error)?;
+                self.keys.owe_destroy(&destroyable);
+                Ok(json!({ "deleted": name, "keys_destroyed": destroyable }))
+            }
+            ControlRequest::Rotate {
+                compromised,
+                rate_mib_s,
+            } => {
+                let compromised = compromised
+                    .map(|text| {
+                        text.parse::<lsvblk::crypto::KeyId>().map_err(|e| {
+                            ControlError::new(ControlError::BAD_REQUEST, format!("key id: {e}"))
+                        })
+                    })
+                    .transpose()?;
+                let reason = if compromised.is_some() {
+                    RotationReason::Compromised
+                } else {
+                    RotationReason::Manual
+                };
+                self.keys.rotate(reason, compromised, rate_mib_s, progress)
+            }
+            ControlRequest::Rewrap => self.keys.rewrap(false),
+            ControlRequest::SetPolicy { policy } => {
+                self.volume.set_key_policy(&policy).map_err(control_error)?;
+                Ok(json!({ "policy": policy }))
             }
             ControlRequest::SnapshotList => crate::snapshot::snapshot_list(self.volume.dir())
                 .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
@@ -167,6 +207,7 @@ impl ControlHandler for Daemon {
                         "runs": state.runs,
                         "background_rate_mib_s": self.auto_rate_mib,
                     },
+                    "keys": self.keys.status().map_err(control_error)?,
                 }))
             }
         }

@@ -12,9 +12,11 @@ mod create;
 mod daemon;
 mod exit;
 mod inspect;
+mod keycare;
 mod keys;
 mod kms;
 mod progress;
+mod rotate;
 mod serve;
 mod size;
 mod snapshot;
@@ -53,8 +55,17 @@ enum Command {
     /// Compact the log now: move live blocks out of mostly-dead segments and
     /// delete those (progress bar; through the daemon if one serves it).
     Compact(compact::CompactArgs),
-    /// Whether the volume is served, space use, running compaction.
+    /// Whether the volume is served, space use, running compaction, keys
+    /// (age, bytes encrypted, bytes live), rotation due or in progress.
     Status(compact::StatusArgs),
+    /// Rotate the volume's data key now, online: new writes use a new key at
+    /// once, the old key's blocks are re-encrypted, then it is destroyed.
+    Rotate(rotate::RotateArgs),
+    /// Seal every wrapped key of the volume (and its snapshots) again under
+    /// lsvkms's newest wrapping key.
+    Rewrap(rotate::RewrapArgs),
+    /// Show or change when keys are rotated and retired.
+    Policy(rotate::PolicyCommand),
 }
 
 fn main() {
@@ -69,6 +80,9 @@ fn main() {
         Command::Acl(args) => acl::run(args),
         Command::Compact(args) => compact::run(args),
         Command::Status(args) => compact::status(args),
+        Command::Rotate(args) => rotate::rotate(args),
+        Command::Rewrap(args) => rotate::rewrap(args),
+        Command::Policy(args) => rotate::policy(args),
     };
     if let Err(error) = result {
         eprintln!("lsvblk: error: {:#}", error.error);

@@ -13,6 +13,46 @@ const LOG_INTERVAL: Duration = Duration::from_secs(2);
 const BAR_TEMPLATE: &str =
     "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
 
+/// A bar for the JSON progress values of compaction and re-encryption
+/// (`bytes_moved` of `bytes_total`), drawn on the first value; silent when
+/// the output is JSON.
+pub struct BytesProgress {
+    label: &'static str,
+    quiet: bool,
+    bar: Option<Progress>,
+}
+
+impl BytesProgress {
+    /// A bar labelled `label`; none at all if `quiet`.
+    pub fn new(label: &'static str, quiet: bool) -> Self {
+        Self {
+            label,
+            quiet,
+            bar: None,
+        }
+    }
+
+    /// Shows one progress value.
+    pub fn update(&mut self, value: &serde_json::Value) {
+        if self.quiet {
+            return;
+        }
+        let total = value["bytes_total"].as_u64().unwrap_or(0);
+        let done = value["bytes_moved"].as_u64().unwrap_or(0);
+        let label = self.label;
+        self.bar
+            .get_or_insert_with(|| Progress::new(label, total))
+            .set(done);
+    }
+
+    /// Finishes the bar, if one was drawn.
+    pub fn finish(self, message: &str) {
+        if let Some(bar) = self.bar {
+            bar.finish(message);
+        }
+    }
+}
+
 /// Reports how many of an operation's bytes are done.
 pub struct Progress {
     label: String,

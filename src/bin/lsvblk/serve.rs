@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// starts when the segments hold 1.5× the live data.
     #[arg(long, default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
+    /// Tests only: key ages are measured with the system clock moved by the
+    /// seconds written in this file (re-read each time).
+    #[arg(long, hide = true)]
+    clock_skew_file: Option<PathBuf>,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
@@ -77,6 +81,10 @@ pub fn run(args: ServeArgs) -> Outcome {
         heads: usize::from(device.num_queues),
         read_only: args.read_only,
         pool: Some(Arc::new(pool)),
+        clock: args
+            .clock_skew_file
+            .clone()
+            .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
     let volume = Arc::new(match &args.snapshot {
@@ -100,7 +108,11 @@ pub fn run(args: ServeArgs) -> Outcome {
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status` on its
     // control socket and compacts in the background.
-    let daemon = Daemon::new(Arc::clone(&volume), args.compact_rate_mib);
+    let daemon = Daemon::new(
+        Arc::clone(&volume),
+        args.compact_rate_mib,
+        Some(crate::kms::client(&args.kms)),
+    );
     let (control, compactor) = if args.read_only {
         (None, None)
     } else {
@@ -113,7 +125,7 @@ pub fn run(args: ServeArgs) -> Outcome {
             .name("compactor".to_string())
             .spawn({
                 let daemon = Arc::clone(&daemon);
-                move || daemon.auto_compact()
+                move || daemon.background()
             })
             .map_err(|e| Failure::new(SOFTWARE, e))?;
         (Some(control), Some(compactor))

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::index::Location;
-use super::super::record::RECORD_HEADER_BYTES;
+use super::super::record::{RECORD_HEADER_BYTES, block_checksums};
 use super::super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::super::{StoreError, checkpoint, sync_dir};
 use super::{AppendRecord, Log};
@@ -85,6 +85,8 @@ pub struct CompactReport {
     pub segments_deleted: u64,
     /// Live payload bytes copied to the compaction head.
     pub bytes_moved: u64,
+    /// Of those, bytes re-encrypted under a new key.
+    pub bytes_rekeyed: u64,
     /// Segment file bytes given back to the file system.
     pub bytes_freed: u64,
     /// Segments kept because a live block in them fails its checksum.
@@ -131,6 +133,40 @@ struct LivePiece {
 struct MovedPiece {
     payload: Vec<u8>,
     table: Vec<u8>,
+    /// The key the payload is under (changed by a re-key).
+    key_id: KeyId,
+    /// Re-encrypted under a new key on the way.
+    rekeyed: bool,
+}
+
+/// How to re-key while cleaning: the pieces under `from` keys are passed
+/// through `transform` (decrypt, encrypt under `to`) before they move.
+pub struct RekeyPlan<'a> {
+    /// Keys to take data off.
+    pub from: BTreeSet<KeyId>,
+    /// The key re-encrypted data is under.
+    pub to: KeyId,
+    /// Re-encrypts the whole blocks in place: (ciphertext, its key, its
+    /// sequence number, its first block). The sequence number stays, so the
+    /// tweak is (seq, block) under the new key, unused by it before (its own
+    /// writes take sequence numbers past every older one).
+    pub transform: &'a RekeyTransform<'a>,
+}
+
+/// Re-encrypts whole blocks in place: (ciphertext, its key, its sequence
+/// number, its first block).
+pub type RekeyTransform<'a> =
+    dyn Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a;
+
+/// The state one cleaning pass threads through its batches.
+struct Mover<'a, 'p> {
+    options: &'a CompactOptions,
+    rekey: Option<&'a RekeyPlan<'a>>,
+    started: Instant,
+    status: &'a mut CompactProgress,
+    report: &'a mut CompactReport,
+    steps: &'a mut Steps,
+    progress: &'a mut (dyn FnMut(&CompactProgress) + 'p),
 }
 
 /// Counts steps for the crash-test hook and watches the stop flag.
@@ -188,7 +224,7 @@ impl Log {
         Ok(report)
     }
 
-    fn live_bytes_by_segment(&self) -> BTreeMap<u64, u64> {
+    pub(super) fn live_bytes_by_segment(&self) -> BTreeMap<u64, u64> {
         let state = self.read_state();
         let mut live: BTreeMap<u64, u64> = BTreeMap::new();
         for (_, extent) in state.index.iter() {
@@ -205,7 +241,7 @@ impl Log {
     /// positions before `files`, and a full one enters `pending` before it
     /// leaves the head positions, so a segment in the `files` read that is
     /// open is seen in one of the two later reads.
-    fn closed_segments(&self) -> BTreeSet<u64> {
+    pub(super) fn closed_segments(&self) -> BTreeSet<u64> {
         let files: Vec<u64> = self
             .files
             .read()
@@ -242,15 +278,28 @@ impl Log {
             return Err(StoreError::ReadOnly);
         }
         let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut steps = Steps {
-            left: options.crash_after_steps,
-            stop: options.stop.clone(),
-        };
         // Seal what left the heads, and write out snapshots taken so far so
         // that their pins are all known and none depends on replay.
         self.flush()?;
         self.materialize_snapshots()?;
         let chosen = self.choose_segments(options.live_ratio_max)?;
+        self.clean(&chosen, options, None, progress)
+    }
+
+    /// Moves the live pieces out of `chosen` (segment, live bytes) in
+    /// batches, re-encrypting those under `rekey.from` on the way, and
+    /// deletes the segments after each batch's checkpoint.
+    pub(super) fn clean(
+        &self,
+        chosen: &[(u64, u64)],
+        options: &CompactOptions,
+        rekey: Option<&RekeyPlan<'_>>,
+        progress: &mut dyn FnMut(&CompactProgress),
+    ) -> Result<CompactReport, StoreError> {
+        let mut steps = Steps {
+            left: options.crash_after_steps,
+            stop: options.stop.clone(),
+        };
         let mut status = CompactProgress {
             segments_total: chosen.len() as u64,
             bytes_total: chosen.iter().map(|(_, live)| live).sum(),
@@ -270,15 +319,16 @@ impl Log {
             }
             let segments: BTreeSet<u64> = batch.drain(..).collect();
             batch_bytes = 0;
-            self.move_live_pieces(
-                &segments,
+            let mut mover = Mover {
                 options,
+                rekey,
                 started,
-                &mut status,
-                &mut report,
-                &mut steps,
-                progress,
-            )?;
+                status: &mut status,
+                report: &mut report,
+                steps: &mut steps,
+                progress: &mut *progress,
+            };
+            self.move_live_pieces(&segments, &mut mover)?;
             steps.step()?;
             self.checkpoint()?;
             steps.step()?;
@@ -358,18 +408,21 @@ impl Log {
         pieces
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn move_live_pieces(
         &self,
         segments: &BTreeSet<u64>,
-        options: &CompactOptions,
-        started: Instant,
-        status: &mut CompactProgress,
-        report: &mut CompactReport,
-        steps: &mut Steps,
-        progress: &mut dyn FnMut(&CompactProgress),
+        mover: &mut Mover<'_, '_>,
     ) -> Result<(), StoreError> {
-        let pieces = self.live_pieces(segments);
+        let pinned = self.pinned_segments();
+        let mut pieces = self.live_pieces(segments);
+        // Out of a pinned segment (only a re-key chooses one) move just what
+        // changes key: the segment stays for its snapshot anyway.
+        pieces.retain(|p| {
+            !pinned.contains(&p.segment_id)
+                || mover
+                    .rekey
+                    .is_some_and(|plan| plan.from.contains(&p.key_id))
+        });
         let block_bytes = 1u64 << self.config.block_shift;
         let mut corrupt: BTreeSet<u64> = BTreeSet::new();
         let mut start = 0;
@@ -386,7 +439,20 @@ impl Log {
             let mut buffers: Vec<(LivePiece, MovedPiece)> = Vec::with_capacity(end - start);
             for piece in &pieces[start..end] {
                 match self.read_verified(piece)? {
-                    Some(moved) => buffers.push((*piece, moved)),
+                    Some(mut moved) => {
+                        if let Some(plan) = mover.rekey.filter(|p| p.from.contains(&piece.key_id)) {
+                            (plan.transform)(
+                                &mut moved.payload,
+                                piece.key_id,
+                                piece.seq,
+                                piece.lba,
+                            )?;
+                            moved.table = block_checksums(&moved.payload, block_bytes as usize);
+                            moved.key_id = plan.to;
+                            moved.rekeyed = true;
+                        }
+                        buffers.push((*piece, moved));
+                    }
                     None => {
                         corrupt.insert(piece.segment_id);
                     }
@@ -399,20 +465,32 @@ impl Log {
                     seq: piece.seq,
                     lba: piece.lba,
                     block_count: piece.blocks as u32,
-                    key_id: piece.key_id,
+                    key_id: moved.key_id,
                     payload: &moved.payload,
                     checksums: Some(&moved.table),
+                    // Re-encrypted data is new ciphertext under its key.
+                    moved: !moved.rekeyed,
                 })
                 .collect();
             if !records.is_empty() {
                 self.append_compacted(&records)?;
             }
             let moved: u64 = buffers.iter().map(|(p, _)| p.blocks * block_bytes).sum();
-            report.bytes_moved += moved;
-            status.bytes_moved += moved;
-            progress(status);
-            steps.step()?;
-            throttle(options.rate_bytes_per_s, status.bytes_moved, started);
+            let rekeyed: u64 = buffers
+                .iter()
+                .filter(|(_, m)| m.rekeyed)
+                .map(|(p, _)| p.blocks * block_bytes)
+                .sum();
+            mover.report.bytes_moved += moved;
+            mover.report.bytes_rekeyed += rekeyed;
+            mover.status.bytes_moved += moved;
+            (mover.progress)(mover.status);
+            mover.steps.step()?;
+            throttle(
+                mover.options.rate_bytes_per_s,
+                mover.status.bytes_moved,
+                mover.started,
+            );
             start = end;
         }
         if !corrupt.is_empty() {
@@ -420,7 +498,7 @@ impl Log {
                 ?corrupt,
                 "keeping segments with live blocks that fail their checksums"
             );
-            report.corrupt_segments.extend(corrupt);
+            mover.report.corrupt_segments.extend(corrupt);
         }
         Ok(())
     }
@@ -448,7 +526,12 @@ impl Log {
             .chunks_exact(block_bytes)
             .zip(table.chunks_exact(4))
             .all(|(block, crc)| crc32c::crc32c(block).to_le_bytes() == crc);
-        Ok(intact.then_some(MovedPiece { payload, table }))
+        Ok(intact.then_some(MovedPiece {
+            payload,
+            table,
+            key_id: piece.key_id,
+            rekeyed: false,
+        }))
     }
 
     /// Deletes those of `segments` that nothing refers to any more, then the

@@ -282,6 +282,7 @@ fn rebuild_snapshot(
         segment_id_next: point.segment_id_next,
         heads: Vec::new(),
         keys: state.keys.clone(),
+        key_encrypted_bytes: Vec::new(),
         extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
     };
     tracing::info!(snapshot = %path.display(), "rebuilt a snapshot index from the log");
@@ -367,6 +368,7 @@ pub(super) fn build_snapshot_data(
         segment_id_next: point.segment_id_next,
         heads: Vec::new(),
         keys: state.keys.clone(),
+        key_encrypted_bytes: Vec::new(),
         extents: state.index.iter().map(|(lba, e)| (lba, *e)).collect(),
     })
 }

@@ -44,6 +44,22 @@ pub enum ControlRequest {
     },
     /// Report the volume's state (geometry, log statistics, snapshots).
     Status,
+    /// Rotate the volume's key now (or continue a rotation in progress).
+    Rotate {
+        /// An operator says this key is compromised: urgent, no rate limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compromised: Option<String>,
+        /// Re-encrypt at most this many MiB per second (default: the daemon's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_mib_s: Option<u64>,
+    },
+    /// Seal every wrapped blob again under lsvkms's newest wrapping key.
+    Rewrap,
+    /// Replace the key policy.
+    SetPolicy {
+        /// The new policy.
+        policy: lsvblk::volume::KeyPolicy,
+    },
 }
 
 impl ControlRequest {
@@ -55,6 +71,9 @@ impl ControlRequest {
             ControlRequest::SnapshotList => "snapshot-list",
             ControlRequest::Compact { .. } => "compact",
             ControlRequest::Status => "status",
+            ControlRequest::Rotate { .. } => "rotate",
+            ControlRequest::Rewrap => "rewrap",
+            ControlRequest::SetPolicy { .. } => "set-policy",
         }
     }
 }

@@ -55,6 +55,12 @@ impl ControlHandler for Dummy {
             }
             ControlRequest::SnapshotList => panic!("handler bug"),
             ControlRequest::Status => Ok(json!({ "state": "serving" })),
+            ControlRequest::Rotate { .. }
+            | ControlRequest::Rewrap
+            | ControlRequest::SetPolicy { .. } => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "not in this test",
+            )),
         }
     }
 }

@@ -1,0 +1,366 @@
+//! The key lifecycle of a served (or opened) volume: rotations when the
+//! policy says so or when lsvkms marks a key compromised, resuming an
+//! interrupted rotation, destroying keys nothing needs any more, and
+//! replacing blobs after lsvkms rotated its wrapping key.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use lsvblk::crypto::KeyId;
+use lsvblk::kms::api::KeyContext;
+use lsvblk::kms::client::KmsClient;
+use lsvblk::kms::keys::KeyAction;
+use lsvblk::store::CompactOptions;
+use lsvblk::volume::{KeyEntry, RotationReason, Volume, VolumeError};
+use serde_json::{Value, json};
+
+use crate::admin::control_error;
+use crate::control::ControlError;
+
+/// The volume's key caretaker.
+pub struct KeyCare {
+    volume: Arc<Volume>,
+    kms: Option<KmsClient>,
+    /// Background re-encryption rate, MiB/s (0: unlimited).
+    rate_mib: u64,
+    stop: Arc<AtomicBool>,
+    /// One rotation at a time.
+    rotating: Mutex<()>,
+    status: Mutex<CareStatus>,
+}
+
+/// What `status` shows about keys.
+#[derive(Default)]
+struct CareStatus {
+    progress: Option<Value>,
+    last: Option<Value>,
+    rotations: u64,
+    /// Keys lsvkms should destroy but could not be told yet.
+    pending_destroy: Vec<KeyId>,
+    /// Compromised keys a snapshot still needs (cannot be destroyed).
+    compromised_kept: Vec<KeyId>,
+    last_error: Option<String>,
+}
+
+impl KeyCare {
+    /// A caretaker for `volume`, talking to lsvkms through `kms`.
+    pub fn new(
+        volume: Arc<Volume>,
+        kms: Option<KmsClient>,
+        rate_mib: u64,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            volume,
+            kms,
+            rate_mib,
+            stop,
+            rotating: Mutex::new(()),
+            status: Mutex::new(CareStatus::default()),
+        }
+    }
+
+    fn status_mut(&self) -> std::sync::MutexGuard<'_, CareStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The right to rotate: one rotation at a time.
+    fn one_rotation(&self) -> Result<std::sync::MutexGuard<'_, ()>, ControlError> {
+        self.rotating
+            .try_lock()
+            .map_err(|_| ControlError::new(ControlError::BUSY, "a key rotation is already running"))
+    }
+
+    fn kms(&self) -> Result<&KmsClient, ControlError> {
+        self.kms.as_ref().ok_or_else(|| {
+            ControlError::new(
+                ControlError::BAD_REQUEST,
+                "no key service configured (--kms)",
+            )
+        })
+    }
+
+    /// One look at the keys (the daemon calls it every few seconds): resume
+    /// a rotation, rotate a compromised or due key, destroy what is owed,
+    /// replace blobs sealed under an old wrapping key.
+    pub fn tick(&self) {
+        if self.volume.is_read_only() {
+            return;
+        }
+        let result = (|| -> Result<(), ControlError> {
+            self.destroy_pending();
+            if self.volume.rotation().map_err(control_error)?.is_some() {
+                self.continue_rotation(None, &mut |_| {})?;
+                return Ok(());
+            }
+            if let Some(key_id) = self.compromised_key()? {
+                tracing::warn!(%key_id, "lsvkms reports the key compromised: rotating now");
+                self.rotate(RotationReason::Compromised, Some(key_id), None, &mut |_| {})?;
+                return Ok(());
+            }
+            if let Some(reason) = self.volume.rotation_due().map_err(control_error)? {
+                tracing::info!(?reason, "key rotation due");
+                self.rotate(reason, None, None, &mut |_| {})?;
+            }
+            self.rewrap_if_newer()?;
+            Ok(())
+        })();
+        self.status_mut().last_error = result.err().map(|e| e.to_string());
+    }
+
+    /// The first of the volume's own keys lsvkms says is compromised.
+    fn compromised_key(&self) -> Result<Option<KeyId>, ControlError> {
+        let Some(kms) = &self.kms else {
+            return Ok(None);
+        };
+        let kept = self.status_mut().compromised_kept.clone();
+        for key in self.volume.key_status().map_err(control_error)? {
+            if kept.contains(&key.key_id) {
+                continue;
+            }
+            match kms.key_info(key.key_id) {
+                Ok(info) if info.compromised => return Ok(Some(key.key_id)),
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(ControlError::new(
+                        ControlError::IO,
+                        format!("asking lsvkms about key {}: {error}", key.key_id),
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rotates to a new key from lsvkms (same ACL) and re-encrypts the old
+    /// key's blocks; `compromised` names the key that forced it.
+    pub fn rotate(
+        &self,
+        reason: RotationReason,
+        compromised: Option<KeyId>,
+        rate_mib: Option<u64>,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ControlError> {
+        let _one = self.one_rotation()?;
+        let superblock = self.volume.superblock_now().map_err(control_error)?;
+        if superblock.rotation.is_none() {
+            let current = superblock
+                .keys
+                .iter()
+                .find(|k| k.key_id == superblock.current_key_id)
+                .ok_or_else(|| {
+                    ControlError::new(ControlError::INTERNAL, "no entry for the current key")
+                })?;
+            if current.acl.is_empty() {
+                return Err(ControlError::new(
+                    ControlError::BAD_REQUEST,
+                    "the volume does not record its key's ACL; cannot ask for a new key",
+                ));
+            }
+            let generated = self
+                .kms()?
+                .generate_data_key(
+                    &current.acl,
+                    &KeyContext {
+                        volume_id: superblock.volume_id.clone(),
+                        snapshot_id: String::new(),
+                    },
+                )
+                .map_err(|e| {
+                    ControlError::new(ControlError::IO, format!("asking lsvkms for a key: {e}"))
+                })?;
+            let entry = KeyEntry {
+                key_id: generated.key.id(),
+                kind: generated.key.kind(),
+                wrapped_blob: Some(
+                    base64::engine::general_purpose::STANDARD.encode(&generated.wrapped_blob),
+                ),
+                created_unix_s: 0,
+                acl: current.acl.clone(),
+                context_volume_id: None,
+            };
+            self.volume
+                .start_rotation(generated.key, entry, reason)
+                .map_err(control_error)?;
+        }
+        let outcome = self.run_continue(rate_mib, progress);
+        drop(_one);
+        let mut outcome = outcome?;
+        if let Some(key_id) = compromised {
+            outcome["compromised"] = json!(key_id);
+        }
+        Ok(outcome)
+    }
+
+    /// Continues the rotation recorded in the volume.
+    pub fn continue_rotation(
+        &self,
+        rate_mib: Option<u64>,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ControlError> {
+        let _one = self.one_rotation()?;
+        self.run_continue(rate_mib, progress)
+    }
+
+    fn run_continue(
+        &self,
+        rate_mib: Option<u64>,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ControlError> {
+        let rotation = self.volume.rotation().map_err(control_error)?;
+        let rate = rate_mib.unwrap_or(self.rate_mib);
+        let options = CompactOptions {
+            live_ratio_max: 1.0,
+            rate_bytes_per_s: (rate > 0).then_some(rate << 20),
+            stop: Some(Arc::clone(&self.stop)),
+            crash_after_steps: None,
+        };
+        let started = std::time::Instant::now();
+        let result = self.volume.continue_rotation(&options, &mut |p| {
+            let value = serde_json::to_value(p).unwrap_or(Value::Null);
+            self.status_mut().progress = Some(value.clone());
+            progress(value);
+        });
+        self.status_mut().progress = None;
+        let Some(outcome) = result.map_err(control_error)? else {
+            return Ok(json!({ "rotation": null }));
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let compromised = rotation
+            .as_ref()
+            .filter(|r| r.reason == RotationReason::Compromised)
+            .map(|r| r.from.clone())
+            .unwrap_or_default();
+        {
+            let mut status = self.status_mut();
+            status.pending_destroy.extend(&outcome.destroyable);
+            status.rotations += 1;
+            for key_id in &outcome.kept_for_snapshots {
+                if compromised.contains(key_id) {
+                    tracing::warn!(%key_id, "a compromised key is kept: snapshots still need it; delete them to destroy it");
+                    status.compromised_kept.push(*key_id);
+                }
+            }
+        }
+        self.destroy_pending();
+        let value = json!({
+            "reason": rotation.map(|r| r.reason),
+            "outcome": outcome,
+            "seconds": seconds,
+            "rekey_mib_per_s": outcome.bytes_rekeyed as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+            "current_key_id": self.volume.current_key_id(),
+        });
+        self.status_mut().last = Some(value.clone());
+        Ok(value)
+    }
+
+    /// Tells lsvkms to destroy the keys owed (kept for a retry if it is down).
+    pub fn destroy_pending(&self) {
+        let Some(kms) = &self.kms else {
+            return;
+        };
+        let owed = std::mem::take(&mut self.status_mut().pending_destroy);
+        for key_id in owed {
+            match kms.set_key_state(key_id, KeyAction::Destroy) {
+                Ok(_) => tracing::info!(%key_id, "lsvkms destroyed the old key"),
+                Err(error) => {
+                    tracing::warn!(%key_id, %error, "lsvkms did not destroy the key yet; will retry");
+                    self.status_mut().pending_destroy.push(key_id);
+                }
+            }
+        }
+    }
+
+    /// Queues keys (from a deleted snapshot) for destruction.
+    pub fn owe_destroy(&self, keys: &[KeyId]) {
+        self.status_mut().pending_destroy.extend(keys);
+        self.destroy_pending();
+    }
+
+    /// Replaces every blob of the volume and its snapshots sealed under an
+    /// older wrapping-key version (all of them unless `only_if_older`).
+    pub fn rewrap(&self, only_if_older: bool) -> Result<Value, ControlError> {
+        rewrap_blobs(&self.volume, self.kms()?, only_if_older)
+    }
+
+    fn rewrap_if_newer(&self) -> Result<(), ControlError> {
+        if self.kms.is_some() {
+            self.rewrap(true)?;
+        }
+        Ok(())
+    }
+
+    /// Keys, policy, rotation state and progress, for `lsvblk status`.
+    pub fn status(&self) -> Result<Value, VolumeError> {
+        let keys = self.volume.key_status()?;
+        let superblock = self.volume.superblock_now()?;
+        let due = self.volume.rotation_due()?;
+        let status = self.status_mut();
+        Ok(json!({
+            "current_key_id": superblock.current_key_id,
+            "keys": keys,
+            "policy": superblock.key_policy,
+            "rotation_due": due,
+            "rotation": superblock.rotation,
+            "progress": status.progress,
+            "last_rotation": status.last,
+            "rotations": status.rotations,
+            "pending_destroy": status.pending_destroy,
+            "compromised_kept_for_snapshots": status.compromised_kept,
+            "last_error": status.last_error,
+        }))
+    }
+}
+
+/// Seals every wrapped blob of `volume` and its snapshots again under
+/// lsvkms's newest wrapping key (only those under an older version if
+/// `only_if_older`). No data key is unwrapped.
+pub fn rewrap_blobs(
+    volume: &Volume,
+    kms: &KmsClient,
+    only_if_older: bool,
+) -> Result<Value, ControlError> {
+    let current = kms
+        .health()
+        .ok()
+        .and_then(|h| h.wrapping_key)
+        .map(|w| w.current_version);
+    let mut failures = Vec::new();
+    let replaced = volume
+        .replace_wrapped_blobs(&mut |entry| {
+            let Some(text) = &entry.wrapped_blob else {
+                return Ok(None);
+            };
+            let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(text) else {
+                return Ok(None);
+            };
+            let version = lsvblk::kms::seal::parse(&blob).ok().map(|b| b.kek_version);
+            if only_if_older && version >= current {
+                return Ok(None);
+            }
+            match kms.rewrap(&blob) {
+                Ok(new) => Ok(Some(
+                    base64::engine::general_purpose::STANDARD.encode(&new.wrapped_blob.0),
+                )),
+                Err(error) => {
+                    failures.push(format!("{}: {error}", entry.key_id));
+                    Ok(None)
+                }
+            }
+        })
+        .map_err(control_error)?;
+    if replaced > 0 {
+        tracing::info!(
+            replaced,
+            "wrapped blobs sealed again under the newest wrapping key"
+        );
+    }
+    if !failures.is_empty() && !only_if_older {
+        return Err(ControlError::new(
+            ControlError::IO,
+            format!("lsvkms refused to rewrap: {}", failures.join("; ")),
+        ));
+    }
+    Ok(json!({ "replaced": replaced, "wrapping_key_version": current, "failed": failures }))
+}

@@ -1,0 +1,228 @@
+//! `lsvblk rotate`, `lsvblk rewrap` and `lsvblk policy`: the key lifecycle
+//! by hand. A served volume is handled by its daemon (control socket);
+//! otherwise the volume is opened here (rotate needs its keys: --token-file).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use lsvblk::crypto::{CryptoPool, KeyId};
+use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
+use serde_json::Value;
+
+use crate::admin::{self, Reach, print};
+use crate::control::{self, ControlError, ControlRequest};
+use crate::exit::{DENIED, Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::keycare::{KeyCare, rewrap_blobs};
+use crate::keys::{read_token, unwrap_all};
+use crate::kms::{client, parse_kms_address};
+use crate::progress::BytesProgress;
+use crate::size::parse_size;
+
+/// Arguments of `lsvblk rotate`.
+#[derive(clap::Args)]
+pub struct RotateArgs {
+    /// Volume directory.
+    volume: PathBuf,
+    /// This key is compromised: rotate away from it without a rate limit
+    /// and have lsvkms destroy it afterwards.
+    #[arg(long, value_name = "KEY_ID")]
+    compromised: Option<KeyId>,
+    /// Re-encrypt at most this many MiB/s (0: no limit; default: the
+    /// daemon's background rate, or no limit here).
+    #[arg(long)]
+    rate_mib: Option<u64>,
+    /// The key-wrapping service (needed when no daemon serves the volume).
+    #[arg(long, value_parser = parse_kms_address)]
+    kms: Option<PathBuf>,
+    /// Token of a user on the volume's ACL (when no daemon serves it).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print one JSON object at the end (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Rotates the volume's key now.
+pub fn rotate(args: RotateArgs) -> Outcome {
+    let request = ControlRequest::Rotate {
+        compromised: args.compromised.map(|k| k.to_string()),
+        rate_mib_s: args.rate_mib,
+    };
+    let mut bar = BytesProgress::new("re-encrypting", args.json);
+    let mut on_progress = |value: &Value| bar.update(value);
+    let out = match admin::reach(&args.volume, true)? {
+        Reach::Served => control::call(
+            &control::control_socket_path(&args.volume),
+            &request,
+            &mut on_progress,
+        )
+        .map_err(admin::call_failure)?,
+        Reach::Local(maintenance) => {
+            drop(maintenance);
+            rotate_here(&args, &mut on_progress)?
+        }
+    };
+    bar.finish("rotated");
+    print(&out, args.json);
+    Ok(())
+}
+
+/// Opens the volume with its keys (unwrapped with the token) and rotates.
+fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Value, Failure> {
+    let (Some(kms), Some(token_file)) = (&args.kms, &args.token_file) else {
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!(
+                "no daemon serves the volume: give --kms and --token-file to rotate it here"
+            ),
+        ));
+    };
+    let superblock = Superblock::load(&args.volume)?;
+    let lock = VolumeLock::acquire(&args.volume, false)?;
+    let token = read_token(token_file)?;
+    let keys = unwrap_all(kms, &token, &superblock.volume_id, &superblock.keys)?;
+    drop(token);
+    let pool = CryptoPool::new(0, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
+        .map_err(|e| Failure::new(SOFTWARE, e))?;
+    let options = VolumeOptions {
+        pool: Some(Arc::new(pool)),
+        ..VolumeOptions::default()
+    };
+    let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
+    let care = KeyCare::new(
+        Arc::clone(&volume),
+        Some(client(kms)),
+        args.rate_mib.unwrap_or(0),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reason = if args.compromised.is_some() {
+        RotationReason::Compromised
+    } else {
+        RotationReason::Manual
+    };
+    let result = care.rotate(reason, args.compromised, args.rate_mib, &mut |v| {
+        progress(&v)
+    });
+    drop(care);
+    let volume = Arc::try_unwrap(volume)
+        .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use")))?;
+    volume.close()?;
+    result.map_err(control_failure)
+}
+
+/// The exit code for a refused operation run here.
+fn control_failure(error: ControlError) -> Failure {
+    let code = match error.kind.as_str() {
+        ControlError::BAD_REQUEST | ControlError::NOT_FOUND => USAGE,
+        ControlError::DENIED => DENIED,
+        ControlError::IO => IO,
+        _ => SOFTWARE,
+    };
+    Failure::new(code, anyhow::anyhow!("{error}"))
+}
+
+/// Arguments of `lsvblk rewrap`.
+#[derive(clap::Args)]
+pub struct RewrapArgs {
+    /// Volume directory.
+    volume: PathBuf,
+    /// The key-wrapping service (used when no daemon serves the volume).
+    #[arg(long, value_parser = parse_kms_address)]
+    kms: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Seals every wrapped blob of the volume and its snapshots again under
+/// lsvkms's newest wrapping key (no data key is unwrapped).
+pub fn rewrap(args: RewrapArgs) -> Outcome {
+    let kms = args.kms.clone();
+    let out = admin::run_anywhere(
+        &args.volume,
+        ControlRequest::Rewrap,
+        false,
+        &mut |_| {},
+        |v, _| {
+            // A keyless open: rewrapping needs only the volume's metadata.
+            rewrap_blobs(v, &client(&kms), false)
+                .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
+        },
+    )?;
+    print(&out, args.json);
+    Ok(())
+}
+
+/// Arguments of `lsvblk policy` (and of `lsvblk create`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PolicyArgs {
+    /// Rotate when the key protects more than this now (K/M/G/T suffixes).
+    #[arg(long, value_parser = parse_size)]
+    pub rotate_live: Option<u64>,
+    /// Rotate when the key has ever encrypted more than this (default 1T:
+    /// the IEEE P1619 scope of one XTS key).
+    #[arg(long, value_parser = parse_size)]
+    pub rotate_encrypted: Option<u64>,
+    /// Rotate when the key is older than this many days (default 90).
+    #[arg(long)]
+    pub rotate_age_days: Option<u64>,
+    /// Retire keys older than this many days (default 120).
+    #[arg(long)]
+    pub retire_age_days: Option<u64>,
+}
+
+impl PolicyArgs {
+    /// `base` with the options given applied.
+    pub fn apply(&self, base: &KeyPolicy) -> KeyPolicy {
+        const DAY: u64 = 24 * 3600;
+        KeyPolicy {
+            rotate_live_bytes: self.rotate_live.unwrap_or(base.rotate_live_bytes),
+            rotate_encrypted_bytes: self.rotate_encrypted.unwrap_or(base.rotate_encrypted_bytes),
+            rotate_age_s: self.rotate_age_days.map_or(base.rotate_age_s, |d| d * DAY),
+            retire_age_s: self.retire_age_days.map_or(base.retire_age_s, |d| d * DAY),
+        }
+    }
+
+    /// True when any option was given.
+    pub fn any(&self) -> bool {
+        self.rotate_live.is_some()
+            || self.rotate_encrypted.is_some()
+            || self.rotate_age_days.is_some()
+            || self.retire_age_days.is_some()
+    }
+}
+
+/// Arguments of `lsvblk policy`.
+#[derive(clap::Args)]
+pub struct PolicyCommand {
+    /// Volume directory.
+    volume: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows the key policy, or changes the parts given.
+pub fn policy(args: PolicyCommand) -> Outcome {
+    let current = Superblock::load(&args.volume)?.key_policy;
+    if !args.policy.any() {
+        print(
+            &serde_json::to_value(&current).unwrap_or(Value::Null),
+            args.json,
+        );
+        return Ok(());
+    }
+    let policy = args.policy.apply(&current);
+    let request = ControlRequest::SetPolicy {
+        policy: policy.clone(),
+    };
+    let out = admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
+        v.set_key_policy(&policy)?;
+        Ok(serde_json::json!({ "policy": policy }))
+    })?;
+    print(&out, args.json);
+    Ok(())
+}
