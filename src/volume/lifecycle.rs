@@ -396,6 +396,13 @@ impl Volume {
                 remaining.push(*key_id);
                 continue;
             }
+            // The log's key table keeps every key it ever had (`from` takes
+            // them all, so the rotation cleans any record left under one):
+            // a key an earlier rotation forgot is not forgotten, nor handed
+            // to the key service to destroy, a second time.
+            if !superblock.keys.iter().any(|k| k.key_id == *key_id) {
+                continue;
+            }
             self.keys_mut().remove(key_id);
             superblock.keys.retain(|k| k.key_id != *key_id);
             outcome.forgotten.push(*key_id);
