@@ -105,7 +105,9 @@ impl Log {
     /// segments, then cleans every closed segment that holds such a record
     /// (live or dead), re-encrypting the live ones under `plan.to` and
     /// moving the rest as they are, and deletes the cleaned segments.
-    /// Segments a snapshot pins are left (they keep the old key needed).
+    /// Segments a snapshot pins stay, with their records under the old keys
+    /// (the snapshot needs them), but the volume's live blocks in them move
+    /// too, re-encrypted: the volume itself must read nothing under `from`.
     pub fn rekey(
         &self,
         plan: &RekeyPlan<'_>,
@@ -121,9 +123,15 @@ impl Log {
         let pinned = self.pinned_segments();
         let live = self.live_bytes_by_segment();
         let mut chosen: BTreeMap<u64, u64> = BTreeMap::new();
-        for id in self.closed_segments().difference(&pinned) {
-            if !self.segment_keys(*id)?.is_disjoint(&plan.from) {
-                chosen.insert(*id, live.get(id).copied().unwrap_or(0));
+        for id in self.closed_segments() {
+            let live_bytes = live.get(&id).copied().unwrap_or(0);
+            // A pinned segment is not deleted: only worth cleaning for the
+            // volume's live blocks in it.
+            if pinned.contains(&id) && live_bytes == 0 {
+                continue;
+            }
+            if !self.segment_keys(id)?.is_disjoint(&plan.from) {
+                chosen.insert(id, live_bytes);
             }
         }
         let chosen: Vec<(u64, u64)> = chosen.into_iter().collect();
