@@ -9,12 +9,14 @@
 //!   key, lsvkms has destroyed the old one (its blob unwraps no more), no
 //!   record header in any segment file names it, and the daemon's memory
 //!   (every readable mapping, read through /proc/PID/mem) holds no 16
-//!   bytes of it: not the key, its halves, nor an AES round key made of
-//!   it. The new key is found, and only in locked (mlock) pages.
+//!   bytes of it (not the key, its halves, nor an AES round key made of
+//!   it) and not its base64. The new key is found, and only in locked
+//!   (mlock) pages.
 //! - Thresholds: with small limits set by `lsvblk policy` (live bytes, then
 //!   bytes ever encrypted) and a moved clock (`serve --clock-skew-file`:
 //!   +91 days, then the key 121 days old with rotation by age off), the
-//!   daemon rotates by itself and `status` names the reason each time.
+//!   daemon rotates by itself and `status` names the reason each time; no
+//!   key it rotated away from is left in its memory.
 //! - Compromise: with lsvkms stopped (the daemon serves on and reports it),
 //!   an allowed unwrap by a user not on the ACL is appended to its audit
 //!   log; `lsvkms audit check` marks the key compromised; lsvkms restarts;
@@ -264,6 +266,20 @@ impl Setup {
             .unwrap();
         assert_eq!(key.id().to_string(), key_id);
         key.expose_secret().to_vec()
+    }
+
+    /// [`Setup::data_key`], or `None` if lsvkms no longer unwraps the key
+    /// (a rotation destroyed it meanwhile).
+    fn try_data_key(&self, key_id: &str) -> Option<Vec<u8>> {
+        let (_, blob) = blobs(&superblock(&self.volume))
+            .into_iter()
+            .find(|(id, _)| id == key_id)?;
+        let key = self
+            .kms
+            .client()
+            .unwrap(&blob, &self.context(), &self.alice_token())
+            .ok()?;
+        Some(key.expose_secret().to_vec())
     }
 
     /// The context the volume's keys are sealed for.
@@ -586,6 +602,17 @@ fn locked_mappings(pid: u32) -> Vec<String> {
     locked
 }
 
+/// The key in the forms lsvkms's JSON carries it: base64 of the whole key,
+/// and of its first 48 bytes (what is left if a later, shorter answer in
+/// the same buffer overwrote the end).
+fn key_in_base64(key: &[u8]) -> Vec<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    vec![
+        b64.encode(key).into_bytes(),
+        b64.encode(&key[..48]).into_bytes(),
+    ]
+}
+
 /// What [`memory_holds`] looks for of a key: each 16-byte quarter. The
 /// whole key and each 32-byte half are quarters side by side, so this finds
 /// them too; and a quarter alone is an AES round key as a schedule holds
@@ -784,15 +811,22 @@ fn a_rotation_under_verified_io_loses_nothing_and_leaves_no_trace_of_the_old_key
     );
 
     // Nor in the daemon's memory; the new key is there (the scan still
-    // works), and only in locked pages (its material and schedule), not in
-    // a dead stack frame.
-    let held = memory_holds(daemon.pid(), &needles);
+    // works), and only in locked pages (its material and schedule): not in
+    // a dead stack frame, nor in a buffer of lsvkms's answer.
+    let mut old_forms = key_in_base64(&old_material);
+    old_forms.extend(needles.iter().map(|n| n.to_vec()));
+    let old_forms: Vec<&[u8]> = old_forms.iter().map(Vec::as_slice).collect();
+    let held = memory_holds(daemon.pid(), &old_forms);
     assert!(
         held.is_empty(),
         "the daemon still holds the old key after the rotation: {held:?}"
     );
+    // (The new key came to the daemon in lsvkms's answer, in base64.)
     let new_material = setup.data_key(&new_key);
-    let held = memory_holds(daemon.pid(), &key_needles(&new_material));
+    let mut new_forms = key_in_base64(&new_material);
+    new_forms.extend(key_needles(&new_material).iter().map(|n| n.to_vec()));
+    let new_forms: Vec<&[u8]> = new_forms.iter().map(Vec::as_slice).collect();
+    let held = memory_holds(daemon.pid(), &new_forms);
     assert!(!held.is_empty(), "the memory scan misses the new key");
     let locked = locked_mappings(daemon.pid());
     let unlocked: Vec<&String> = held
@@ -903,6 +937,10 @@ fn the_daemon_rotates_by_itself_for_live_bytes_encrypted_bytes_age_and_retiremen
     assert!(first["keys"]["rotation_due"].is_null(), "{first}");
     assert!(first["keys"]["last_rotation"].is_null(), "{first}");
     let mut keys = vec![current_key(&first)];
+    // Each key's bytes while lsvkms still unwraps it, to look for in the
+    // daemon's memory once it is rotated away (all but the first came to
+    // the daemon in lsvkms's answers to its own requests).
+    let mut materials = vec![setup.data_key(&keys[0])];
     let entry = current_entry(&first);
     assert_eq!(entry["usage"]["live_bytes"], 4 * MIB, "{first}");
     assert!(entry["age_s"].as_u64().unwrap() < 3600, "{first}");
@@ -911,6 +949,7 @@ fn the_daemon_rotates_by_itself_for_live_bytes_encrypted_bytes_age_and_retiremen
     assert_eq!(policy["rotate_live_bytes"], 2 * MIB);
     let status = wait_for_rotation(&setup, "live-bytes");
     check_rotated(&setup, &mut keys, &status, "live-bytes");
+    materials.extend(setup.try_data_key(keys.last().unwrap()));
     assert_eq!(status["keys"]["policy"]["rotate_live_bytes"], 2 * MIB);
     // The new key protects the same 4 MiB: lift the limit before it
     // rotates again.
@@ -931,6 +970,7 @@ fn the_daemon_rotates_by_itself_for_live_bytes_encrypted_bytes_age_and_retiremen
     client.flush(0).unwrap();
     let status = wait_for_rotation(&setup, "encrypted-bytes");
     check_rotated(&setup, &mut keys, &status, "encrypted-bytes");
+    materials.extend(setup.try_data_key(keys.last().unwrap()));
     set_policy(&setup, &["--rotate-encrypted", "1T"]);
     wait_until_settled(&setup);
 
@@ -938,6 +978,7 @@ fn the_daemon_rotates_by_itself_for_live_bytes_encrypted_bytes_age_and_retiremen
     fs::write(&skew, (91 * DAY_S).to_string()).unwrap();
     let status = wait_for_rotation(&setup, "age");
     check_rotated(&setup, &mut keys, &status, "age");
+    materials.extend(setup.try_data_key(keys.last().unwrap()));
     let entry = current_entry(&status);
     assert!(entry["age_s"].as_u64().unwrap() < 3600, "{status}");
 
@@ -953,6 +994,19 @@ fn the_daemon_rotates_by_itself_for_live_bytes_encrypted_bytes_age_and_retiremen
     assert_eq!(status["keys"]["rotations"], keys.len() - 1, "{status}");
     assert!(status["keys"]["last_error"].is_null(), "{status}");
 
+    // No form of a rotated-away key is left in the daemon's memory.
+    let current = setup.data_key(keys.last().unwrap());
+    for (n, material) in materials.iter().enumerate() {
+        assert_ne!(material, &current);
+        let mut forms = key_in_base64(material);
+        forms.extend(key_needles(material).iter().map(|n| n.to_vec()));
+        let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+        let held = memory_holds(daemon.pid(), &forms);
+        assert!(
+            held.is_empty(),
+            "rotated-away key {n} is in the daemon: {held:?}"
+        );
+    }
     disk.check(&mut client, "after four rotations");
     drop(client);
     stop_cleanly(&mut daemon);
