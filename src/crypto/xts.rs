@@ -29,7 +29,7 @@ use aes::cipher::{
     consts::U16,
 };
 
-use super::locked::scrub_stack;
+use super::locked::{scrub_callee_frames, scrub_stack};
 use tweaks::Generator;
 
 /// Bytes in one AES block.
@@ -119,6 +119,10 @@ impl XtsCipher {
     /// If `buf` is not a whole number of data units (a caller bug).
     pub fn encrypt(&self, buf: &mut [u8], unit: DataUnit, first: Tweak) {
         self.apply(buf, unit, first, Direction::Encrypt);
+        // `apply` and the AES backend held round keys in their frames (the
+        // backend broadcasts them to vector registers and spills some):
+        // wipe them now, not whenever this thread's stack is next used.
+        scrub_callee_frames();
     }
 
     /// Decrypts `buf` in place; the inverse of [`XtsCipher::encrypt`].
@@ -127,8 +131,13 @@ impl XtsCipher {
     /// If `buf` is not a whole number of data units (a caller bug).
     pub fn decrypt(&self, buf: &mut [u8], unit: DataUnit, first: Tweak) {
         self.apply(buf, unit, first, Direction::Decrypt);
+        // As in `encrypt` (decryption's last round key is the key's first
+        // 16 bytes).
+        scrub_callee_frames();
     }
 
+    /// Not inlined, so that the scrub after it covers its own frame too.
+    #[inline(never)]
     fn apply(&self, buf: &mut [u8], unit: DataUnit, first: Tweak, direction: Direction) {
         assert!(
             buf.len().is_multiple_of(unit.bytes()),

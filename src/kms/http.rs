@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::limits::{HTTP_BODY_BYTES_MAX, HTTP_HEAD_BYTES_MAX, HTTP_HEADERS_MAX};
 
@@ -183,7 +183,13 @@ impl<S: Read + Write> HttpConn<S> {
         let mut body = Zeroizing::new(Vec::with_capacity(head.content_bytes));
         body.extend_from_slice(&self.buf[head.head_bytes..total]);
         self.buf.copy_within(total..self.filled, 0);
-        self.filled -= total;
+        let left = self.filled - total;
+        // Wipe what the message left behind now: a kept-alive connection
+        // (the daemon's to lsvkms) lives as long as the process, and a
+        // key-bearing body would otherwise stay until a later message
+        // happens to overwrite it.
+        self.buf[left..self.filled].zeroize();
+        self.filled = left;
         Ok(body)
     }
 

@@ -398,6 +398,13 @@ impl Volume {
                 remaining.push(*key_id);
                 continue;
             }
+            // The log's key table keeps every key it ever had (`from` takes
+            // them all, so the rotation cleans any record left under one):
+            // a key an earlier rotation forgot is not forgotten, nor handed
+            // to the key service to destroy, a second time.
+            if !superblock.keys.iter().any(|k| k.key_id == *key_id) {
+                continue;
+            }
             self.keys_mut().remove(key_id);
             superblock.keys.retain(|k| k.key_id != *key_id);
             outcome.forgotten.push(*key_id);
@@ -405,6 +412,12 @@ impl Volume {
                 outcome.kept_for_snapshots.push(*key_id);
             } else {
                 outcome.destroyable.push(*key_id);
+            }
+        }
+        // Owed until the key service confirms (the caller asks it).
+        for key_id in &outcome.destroyable {
+            if !superblock.destroy_owed.contains(key_id) {
+                superblock.destroy_owed.push(*key_id);
             }
         }
         superblock.rotation = if remaining.is_empty() {
@@ -426,6 +439,44 @@ impl Volume {
 }
 
 impl Volume {
+    /// Keys the volume forgot that the key service is to destroy and has
+    /// not confirmed yet (a rotation records them as it forgets them).
+    pub fn destroy_owed(&self) -> Result<Vec<KeyId>, VolumeError> {
+        Ok(Superblock::load(&self.dir)?.destroy_owed)
+    }
+
+    /// Records that the key service is to destroy `keys` (forgotten by
+    /// other means than a rotation: a deleted snapshot's).
+    pub fn owe_destroy(&self, keys: &[KeyId]) -> Result<(), VolumeError> {
+        self.change_destroy_owed(&mut |owed| {
+            for key_id in keys {
+                if !owed.contains(key_id) {
+                    owed.push(*key_id);
+                }
+            }
+        })
+    }
+
+    /// Records that the key service destroyed `keys`.
+    pub fn destroy_confirmed(&self, keys: &[KeyId]) -> Result<(), VolumeError> {
+        self.change_destroy_owed(&mut |owed| owed.retain(|k| !keys.contains(k)))
+    }
+
+    fn change_destroy_owed(
+        &self,
+        change: &mut dyn FnMut(&mut Vec<KeyId>),
+    ) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        let _one = self.lifecycle_lock();
+        let mut superblock = Superblock::load(&self.dir)?;
+        let before = superblock.destroy_owed.clone();
+        change(&mut superblock.destroy_owed);
+        if superblock.destroy_owed != before {
+            superblock.store(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Replaces wrapped blobs (after the key service sealed them again under
     /// a newer wrapping key): `rewrap` gets each base64 blob of the volume
     /// and of every snapshot and returns its replacement, or `None` to keep

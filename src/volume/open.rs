@@ -350,6 +350,7 @@ fn new_superblock(
         parent: None,
         key_policy: super::KeyPolicy::default(),
         rotation: None,
+        destroy_owed: Vec::new(),
     }
 }
 

@@ -99,6 +99,11 @@ pub struct Superblock {
     /// A key rotation in progress (continued after a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<super::lifecycle::RotationState>,
+    /// Keys the volume forgot that the key service is to destroy and has
+    /// not confirmed yet (it may have been down): kept here, not only in a
+    /// daemon's memory, so that a restart still has them destroyed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destroy_owed: Vec<KeyId>,
 }
 
 impl Superblock {

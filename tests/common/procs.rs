@@ -63,21 +63,49 @@ impl Kms {
             LSVKMS,
             &["init", "--dir", &state, "--issuer", "lsvblk-tests"],
         );
+        kms.serve();
+        kms
+    }
+
+    /// `lsvkms serve` on the socket; returns once it answers a health check.
+    fn serve(&mut self) {
         let mut command = Command::new(LSVKMS);
         command.args([
             "serve",
             "--dir",
-            &state,
+            self.state_dir.to_str().unwrap(),
             "--socket",
-            kms.socket.to_str().unwrap(),
+            self.socket.to_str().unwrap(),
         ]);
-        let mut process = Process::spawn(command, kms.stderr_path.clone());
-        let client = KmsClient::with_timeout(&kms.socket, Duration::from_secs(1));
+        let mut process = Process::spawn(command, self.stderr_path.clone());
+        let client = KmsClient::with_timeout(&self.socket, Duration::from_secs(1));
         process.wait_until("lsvkms to answer a health check", || {
             client.health().is_ok()
         });
-        kms.process = Some(process);
-        kms
+        self.process = Some(process);
+    }
+
+    /// Starts the service again after [`Kms::stop`] or [`Kms::kill9`], on
+    /// the same socket and state (its stderr goes on in the same file).
+    pub fn restart(&mut self) {
+        assert!(self.process.is_none(), "lsvkms is still running");
+        self.serve();
+    }
+
+    /// The service's state directory (`lsvkms ... --dir`): its keys, audit
+    /// log and audit key.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Runs `lsvkms ARGS` to completion, whatever its exit status (`audit
+    /// check` exits 2 when it finds something).
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(LSVKMS)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {LSVKMS}: {e}"))
     }
 
     /// `--kms` as lsvblk takes it.
@@ -257,7 +285,12 @@ struct Process {
 impl Process {
     fn spawn(mut command: Command, stderr_path: PathBuf) -> Self {
         let name = command.get_program().to_string_lossy().into_owned();
-        let stderr = fs::File::create(&stderr_path).unwrap();
+        // Appended to: a restarted service goes on in the same file.
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

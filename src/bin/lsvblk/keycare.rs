@@ -36,8 +36,6 @@ struct CareStatus {
     progress: Option<Value>,
     last: Option<Value>,
     rotations: u64,
-    /// Keys lsvkms should destroy but could not be told yet.
-    pending_destroy: Vec<KeyId>,
     /// Compromised keys a snapshot still needs (cannot be destroyed).
     compromised_kept: Vec<KeyId>,
     last_error: Option<String>,
@@ -234,7 +232,7 @@ impl KeyCare {
             .unwrap_or_default();
         {
             let mut status = self.status_mut();
-            status.pending_destroy.extend(&outcome.destroyable);
+            // The volume recorded `outcome.destroyable` as owed to lsvkms.
             status.rotations += 1;
             for key_id in &outcome.kept_for_snapshots {
                 if compromised.contains(key_id) {
@@ -255,26 +253,46 @@ impl KeyCare {
         Ok(value)
     }
 
-    /// Tells lsvkms to destroy the keys owed (kept for a retry if it is down).
+    /// Tells lsvkms to destroy the keys the volume owes it (recorded in the
+    /// volume until lsvkms confirms: retried, also after a restart, if it
+    /// is down).
     pub fn destroy_pending(&self) {
         let Some(kms) = &self.kms else {
             return;
         };
-        let owed = std::mem::take(&mut self.status_mut().pending_destroy);
+        let owed = match self.volume.destroy_owed() {
+            Ok(owed) => owed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the keys owed to lsvkms");
+                return;
+            }
+        };
+        let mut destroyed = Vec::new();
         for key_id in owed {
             match kms.set_key_state(key_id, KeyAction::Destroy) {
-                Ok(_) => tracing::info!(%key_id, "lsvkms destroyed the old key"),
+                Ok(_) => {
+                    tracing::info!(%key_id, "lsvkms destroyed the old key");
+                    destroyed.push(key_id);
+                }
                 Err(error) => {
                     tracing::warn!(%key_id, %error, "lsvkms did not destroy the key yet; will retry");
-                    self.status_mut().pending_destroy.push(key_id);
                 }
             }
         }
+        if destroyed.is_empty() {
+            return;
+        }
+        if let Err(error) = self.volume.destroy_confirmed(&destroyed) {
+            tracing::warn!(%error, "cannot record the keys lsvkms destroyed; will ask again");
+        }
     }
 
-    /// Queues keys (from a deleted snapshot) for destruction.
+    /// Owes lsvkms the destruction of `keys` (from a deleted snapshot), and
+    /// asks for it.
     pub fn owe_destroy(&self, keys: &[KeyId]) {
-        self.status_mut().pending_destroy.extend(keys);
+        if let Err(error) = self.volume.owe_destroy(keys) {
+            tracing::warn!(%error, ?keys, "cannot record keys owed to lsvkms");
+        }
         self.destroy_pending();
     }
 
@@ -306,7 +324,7 @@ impl KeyCare {
             "progress": status.progress,
             "last_rotation": status.last,
             "rotations": status.rotations,
-            "pending_destroy": status.pending_destroy,
+            "pending_destroy": superblock.destroy_owed,
             "compromised_kept_for_snapshots": status.compromised_kept,
             "last_error": status.last_error,
         }))
