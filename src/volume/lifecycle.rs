@@ -207,7 +207,7 @@ impl Volume {
         Ok(Superblock::load(&self.dir)?.rotation)
     }
 
-    fn lifecycle_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn lifecycle_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -333,6 +333,9 @@ impl Volume {
         }
         let base = self.dir.join(SNAPSHOTS_DIR);
         fs::create_dir_all(&base).map_err(|e| io_error(&base, e))?;
+        // The key set and the log point must agree: no rotation may switch
+        // keys between reading the one and taking the other.
+        let _keys_stable = self.lifecycle_lock();
         let mut superblock = Superblock::load(&self.dir)?;
         let pending = pending_acl(&self.dir)?.filter(|p| p.key_id == superblock.current_key_id);
         // The snapshot carries the pending ACL's blob in its key set.
@@ -386,6 +389,8 @@ impl Volume {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(pending) = pending {
+            // Load-modify-store of volume.json: never beside a rotation's.
+            let _one = self.lifecycle_lock();
             let mut superblock = Superblock::load(&self.dir)?;
             for entry in &mut superblock.keys {
                 if entry.key_id == pending.key_id {

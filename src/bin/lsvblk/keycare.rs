@@ -274,6 +274,13 @@ impl KeyCare {
                     tracing::info!(%key_id, "lsvkms destroyed the old key");
                     destroyed.push(key_id);
                 }
+                // lsvkms does not know the key (another service's, or its
+                // state was reset): nothing left to destroy; asking again
+                // every few seconds would never end.
+                Err(lsvblk::kms::client::ClientError::Api { status: 404, .. }) => {
+                    tracing::warn!(%key_id, "lsvkms does not know the key to destroy; dropping it");
+                    destroyed.push(key_id);
+                }
                 Err(error) => {
                     tracing::warn!(%key_id, %error, "lsvkms did not destroy the key yet; will retry");
                 }
