@@ -288,6 +288,8 @@ impl Volume {
             from.extend(previous.from.iter().copied());
         }
         from.remove(&entry.key_id);
+        // Keys an earlier rotation already forgot have no blocks left.
+        from.retain(|k| superblock.keys.iter().any(|e| e.key_id == *k));
         let state = RotationState {
             from: from.into_iter().collect(),
             to: entry.key_id,
