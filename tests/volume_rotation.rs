@@ -176,6 +176,76 @@ fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
 }
 
 #[test]
+fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
+    let dir = common::fast_tempdir();
+    let clock = ManualClock::new(1_000_000);
+    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let mut image = vec![0u8; BYTES as usize];
+    fill(&v, &mut image, 1);
+    v.create_snapshot("kept").unwrap();
+    v.materialize_snapshots().unwrap();
+    let held = image.clone();
+    // Half the blocks change after the snapshot; the rest it shares.
+    for i in 0..(BYTES / 65536 / 2) {
+        let data = common::pattern(65536, 200 + i as u8);
+        v.write(i * 65536, &data).unwrap();
+        image[(i * 65536) as usize..][..data.len()].copy_from_slice(&data);
+    }
+    let old = common::key(1).id();
+    let key = common::key(2);
+    let entry = entry_for(&key);
+    v.start_rotation_with(key, entry, RotationReason::Manual, true)
+        .unwrap();
+    let outcome = v
+        .continue_rotation(&CompactOptions::default(), &mut |_| {})
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.snapshots_rekeyed,
+        vec!["kept".to_string()],
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.destroyable, vec![old], "{outcome:?}");
+    assert!(outcome.kept_for_snapshots.is_empty(), "{outcome:?}");
+    let meta = lsvblk::volume::load_snapshot(dir.path(), "kept").unwrap();
+    assert!(meta.keys.iter().all(|k| k.key_id != old), "{meta:?}");
+    // The snapshot reads with the new key alone, exactly as it was.
+    let view = Volume::open_snapshot(
+        dir.path(),
+        "kept",
+        vec![common::key(2)],
+        &common::options(BLOCK),
+    )
+    .unwrap();
+    assert!(read_all(&view) == held, "the snapshot changed");
+    drop(view);
+    let options = CompactOptions {
+        live_ratio_max: 1.0,
+        ..CompactOptions::default()
+    };
+    v.compact(&options, &mut |_| {}).unwrap();
+    assert!(
+        !keys_on_disk(&v, dir.path()).contains(&old),
+        "a record under the old key is still on disk"
+    );
+    assert!(read_all(&v) == image);
+    v.close().unwrap();
+    let v = open_with(dir.path(), vec![common::key(2)], &clock);
+    assert!(read_all(&v) == image);
+    let view = Volume::open_snapshot(
+        dir.path(),
+        "kept",
+        vec![common::key(2)],
+        &common::options(BLOCK),
+    )
+    .unwrap();
+    assert!(
+        read_all(&view) == held,
+        "the snapshot changed after a reopen"
+    );
+}
+
+#[test]
 fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
     let dir = common::fast_tempdir();
     let clock = ManualClock::new(1_000_000);

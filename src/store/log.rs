@@ -310,14 +310,24 @@ impl Log {
     /// kernel: they survive a crash of this process, not yet a power cut.
     pub fn append(&self, head_hint: usize, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
         self.append_on(head_hint % (self.heads.len() - 1), records)
+            .map(|_| ())
     }
 
     /// Appends through the compaction head, the last one.
-    fn append_compacted(&self, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
+    fn append_compacted(
+        &self,
+        records: &[AppendRecord<'_>],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
         self.append_on(self.heads.len() - 1, records)
     }
 
-    fn append_on(&self, head_index: usize, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
+    /// Appends through head `head_index`; returns where each record went
+    /// (segment id, offset of its header).
+    fn append_on(
+        &self,
+        head_index: usize,
+        records: &[AppendRecord<'_>],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -391,8 +401,10 @@ impl Log {
         let (segment_id, end) = (open.id, open.offset);
         let mut state = self.write_state();
         let mut offset = start;
+        let mut locations = Vec::with_capacity(records.len());
         for (header, record) in headers.iter().zip(records) {
             self.apply(&mut state, segment_id, offset, header, record.key_id);
+            locations.push((segment_id, offset));
             offset += header.record_bytes();
         }
         state.head_positions[head_index] = Some((segment_id, end));
@@ -400,7 +412,7 @@ impl Log {
         drop(head);
         self.bytes_since_checkpoint
             .fetch_add(total, Ordering::Relaxed);
-        Ok(())
+        Ok(locations)
     }
 
     fn header_for(&self, record: &AppendRecord<'_>, block_bytes: usize) -> RecordHeader {

@@ -94,6 +94,9 @@ pub struct RotationState {
     pub reason: RotationReason,
     /// When it started, seconds since the Unix epoch.
     pub started_unix_s: u64,
+    /// Re-key the blocks kept snapshots hold too (`rotate --include-snapshots`).
+    #[serde(default)]
+    pub include_snapshots: bool,
 }
 
 /// What a finished rotation did.
@@ -112,6 +115,10 @@ pub struct RotationOutcome {
     pub destroyable: Vec<KeyId>,
     /// Keys kept because a snapshot still has blocks under them.
     pub kept_for_snapshots: Vec<KeyId>,
+    /// Snapshots whose blocks were re-keyed too.
+    pub snapshots_rekeyed: Vec<String>,
+    /// Snapshots left under their old keys, and why.
+    pub snapshots_skipped: Vec<(String, String)>,
 }
 
 /// Where time comes from, so tests can move it.
@@ -270,6 +277,19 @@ impl Volume {
         entry: KeyEntry,
         reason: RotationReason,
     ) -> Result<RotationState, VolumeError> {
+        self.start_rotation_with(new_key, entry, reason, false)
+    }
+
+    /// [`Volume::start_rotation`]; with `include_snapshots` the rotation
+    /// also re-keys the blocks of the volume's snapshots (those whose ACL is
+    /// the current key's), so the old keys can go even while they are kept.
+    pub fn start_rotation_with(
+        &self,
+        new_key: DataKey,
+        entry: KeyEntry,
+        reason: RotationReason,
+        include_snapshots: bool,
+    ) -> Result<RotationState, VolumeError> {
         self.check_writable()?;
         if entry.key_id != new_key.id() {
             return Err(VolumeError::WrongKey {
@@ -295,6 +315,7 @@ impl Volume {
             to: entry.key_id,
             reason,
             started_unix_s: self.clock.now_unix_s(),
+            include_snapshots,
         };
         superblock.keys.retain(|k| k.key_id != entry.key_id);
         superblock.keys.push(KeyEntry {
@@ -373,8 +394,97 @@ impl Volume {
                 break;
             }
         }
+        if state.include_snapshots {
+            // While the old keys are still held: they decrypt the blocks.
+            self.rekey_snapshots(&state, &mut outcome)?;
+        }
         self.finish_rotation(&state, &mut outcome)?;
         Ok(Some(outcome))
+    }
+
+    /// Re-keys every snapshot's blocks under the rotation's old keys with
+    /// the new key: copies re-encrypted to the log, a new index file
+    /// (atomically), the snapshot's metadata gaining the new key's blob
+    /// first and losing the old ones last. Snapshots whose ACL is not the
+    /// new key's are left as they are (re-keying would change who may read
+    /// them), as are those under a key this volume no longer holds.
+    fn rekey_snapshots(
+        &self,
+        state: &RotationState,
+        outcome: &mut RotationOutcome,
+    ) -> Result<(), VolumeError> {
+        let _one = self.lifecycle_lock();
+        let superblock = Superblock::load(&self.dir)?;
+        let volume_id = superblock.volume_id_bytes()?;
+        let Some(current) = superblock
+            .keys
+            .iter()
+            .find(|k| k.key_id == state.to)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let new_key = self.key(&state.to)?;
+        let unit = self.unit();
+        let transform =
+            |buf: &mut [u8], old: KeyId, seq: u64, lba: u64| -> Result<(), StoreError> {
+                let old = self.key(&old).map_err(|_| StoreError::Corrupt {
+                    path: self.dir.clone(),
+                    offset_bytes: 0,
+                    reason: "a snapshot block to re-key is under a key the volume does not hold",
+                })?;
+                let tweak = Tweak::for_block(seq, lba);
+                old.decrypt(&self.pool, buf, unit, tweak);
+                new_key.encrypt(&self.pool, buf, unit, tweak);
+                Ok(())
+            };
+        for mut meta in list_snapshots(&self.dir)? {
+            let paths = super::SnapshotPaths::new(&self.dir, &meta.name);
+            let data = crate::store::read_checkpoint(&paths.index, &volume_id)?;
+            let from: BTreeSet<KeyId> = used_keys(&data)
+                .into_iter()
+                .filter(|k| *k != state.to)
+                .collect();
+            if from.is_empty() {
+                continue;
+            }
+            if meta.acl != current.acl {
+                outcome.snapshots_skipped.push((
+                    meta.name.clone(),
+                    "its ACL differs from the new key's".to_string(),
+                ));
+                continue;
+            }
+            if let Some(missing) = from.iter().find(|k| self.key(k).is_err()) {
+                outcome.snapshots_skipped.push((
+                    meta.name.clone(),
+                    format!("its key {missing} is not held by the volume any more"),
+                ));
+                continue;
+            }
+            if !meta.keys.iter().any(|e| e.key_id == state.to) {
+                meta.keys.push(current.clone());
+                super::snapshots::store_snapshot_meta(&self.dir, &meta)?;
+            }
+            let plan = RekeyPlan {
+                from,
+                to: state.to,
+                transform: &transform,
+            };
+            let (new, bytes) = self
+                .log
+                .rekey_snapshot(&meta.name, &data, &plan, &mut |d| {
+                    crate::store::write_snapshot_index(&paths.index, &volume_id, d)
+                })?;
+            let still_used = used_keys(&new);
+            meta.keys
+                .retain(|e| still_used.contains(&e.key_id) || e.key_id == state.to);
+            meta.current_key_id = state.to;
+            super::snapshots::store_snapshot_meta(&self.dir, &meta)?;
+            outcome.bytes_rekeyed += bytes;
+            outcome.snapshots_rekeyed.push(meta.name.clone());
+        }
+        Ok(())
     }
 
     /// Forgets the old keys no live block uses any more: out of the keyring
@@ -518,6 +628,17 @@ fn rewrap_entries(
         }
     }
     Ok(replaced)
+}
+
+/// The key ids an index's data extents use.
+fn used_keys(data: &crate::store::CheckpointData) -> BTreeSet<KeyId> {
+    data.extents
+        .iter()
+        .filter_map(|(_, e)| match e.location {
+            crate::store::Location::Data(d) => Some(data.keys[d.key_index as usize]),
+            crate::store::Location::Zero => None,
+        })
+        .collect()
 }
 
 /// Every key id any snapshot of the volume lists.

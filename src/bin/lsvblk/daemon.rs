@@ -167,6 +167,7 @@ impl ControlHandler for Daemon {
             ControlRequest::Rotate {
                 compromised,
                 rate_mib_s,
+                include_snapshots,
             } => {
                 let compromised = compromised
                     .map(|text| {
@@ -180,7 +181,10 @@ impl ControlHandler for Daemon {
                 } else {
                     RotationReason::Manual
                 };
-                self.keys.rotate(reason, compromised, rate_mib_s, progress)
+                // A compromised key must go: its snapshots are re-keyed too.
+                let include_snapshots = include_snapshots || compromised.is_some();
+                self.keys
+                    .rotate(reason, compromised, rate_mib_s, include_snapshots, progress)
             }
             ControlRequest::Rewrap => self.keys.rewrap(false),
             ControlRequest::SetPolicy { policy } => {

@@ -94,12 +94,19 @@ impl KeyCare {
             }
             if let Some(key_id) = self.compromised_key()? {
                 tracing::warn!(%key_id, "lsvkms reports the key compromised: rotating now");
-                self.rotate(RotationReason::Compromised, Some(key_id), None, &mut |_| {})?;
+                // Snapshots are re-keyed too, so the key can be destroyed.
+                self.rotate(
+                    RotationReason::Compromised,
+                    Some(key_id),
+                    None,
+                    true,
+                    &mut |_| {},
+                )?;
                 return Ok(());
             }
             if let Some(reason) = self.volume.rotation_due().map_err(control_error)? {
                 tracing::info!(?reason, "key rotation due");
-                self.rotate(reason, None, None, &mut |_| {})?;
+                self.rotate(reason, None, None, false, &mut |_| {})?;
             }
             self.rewrap_if_newer()?;
             Ok(())
@@ -132,12 +139,14 @@ impl KeyCare {
     }
 
     /// Rotates to a new key from lsvkms (same ACL) and re-encrypts the old
-    /// key's blocks; `compromised` names the key that forced it.
+    /// key's blocks (also those kept snapshots hold, with
+    /// `include_snapshots`); `compromised` names the key that forced it.
     pub fn rotate(
         &self,
         reason: RotationReason,
         compromised: Option<KeyId>,
         rate_mib: Option<u64>,
+        include_snapshots: bool,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ControlError> {
         let _one = self.one_rotation()?;
@@ -179,7 +188,7 @@ impl KeyCare {
                 context_volume_id: None,
             };
             self.volume
-                .start_rotation(generated.key, entry, reason)
+                .start_rotation_with(generated.key, entry, reason, include_snapshots)
                 .map_err(control_error)?;
         }
         let outcome = self.run_continue(rate_mib, progress);

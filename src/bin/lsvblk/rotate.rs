@@ -32,6 +32,10 @@ pub struct RotateArgs {
     /// daemon's background rate, or no limit here).
     #[arg(long)]
     rate_mib: Option<u64>,
+    /// Re-key the blocks kept snapshots hold too, so the old key can be
+    /// destroyed now (snapshots whose ACL differs from the key's are left).
+    #[arg(long)]
+    include_snapshots: bool,
     /// The key-wrapping service (needed when no daemon serves the volume).
     #[arg(long, value_parser = parse_kms_address)]
     kms: Option<PathBuf>,
@@ -48,6 +52,7 @@ pub fn rotate(args: RotateArgs) -> Outcome {
     let request = ControlRequest::Rotate {
         compromised: args.compromised.map(|k| k.to_string()),
         rate_mib_s: args.rate_mib,
+        include_snapshots: args.include_snapshots,
     };
     let mut bar = BytesProgress::new("re-encrypting", args.json);
     let mut on_progress = |value: &Value| bar.update(value);
@@ -101,9 +106,13 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
     } else {
         RotationReason::Manual
     };
-    let result = care.rotate(reason, args.compromised, args.rate_mib, &mut |v| {
-        progress(&v)
-    });
+    let result = care.rotate(
+        reason,
+        args.compromised,
+        args.rate_mib,
+        args.include_snapshots || args.compromised.is_some(),
+        &mut |v| progress(&v),
+    );
     drop(care);
     let volume = Arc::try_unwrap(volume)
         .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use")))?;

@@ -119,20 +119,20 @@ pub struct SpaceReport {
 
 /// One live piece to move: blocks of one record the index still maps.
 #[derive(Clone, Copy)]
-struct LivePiece {
-    lba: u64,
-    blocks: u64,
-    seq: u64,
-    key_id: KeyId,
-    segment_id: u64,
-    table_offset: u64,
-    payload_offset: u64,
+pub(super) struct LivePiece {
+    pub(super) lba: u64,
+    pub(super) blocks: u64,
+    pub(super) seq: u64,
+    pub(super) key_id: KeyId,
+    pub(super) segment_id: u64,
+    pub(super) table_offset: u64,
+    pub(super) payload_offset: u64,
 }
 
 /// A piece's ciphertext and its block checksum table, read and verified.
-struct MovedPiece {
-    payload: Vec<u8>,
-    table: Vec<u8>,
+pub(super) struct MovedPiece {
+    pub(super) payload: Vec<u8>,
+    pub(super) table: Vec<u8>,
     /// The key the payload is under (changed by a re-key).
     key_id: KeyId,
     /// Re-encrypted under a new key on the way.
@@ -505,7 +505,10 @@ impl Log {
 
     /// The ciphertext and checksum table of `piece`, or `None` when a block
     /// fails its checksum (the piece stays where it is).
-    fn read_verified(&self, piece: &LivePiece) -> Result<Option<MovedPiece>, StoreError> {
+    pub(super) fn read_verified(
+        &self,
+        piece: &LivePiece,
+    ) -> Result<Option<MovedPiece>, StoreError> {
         let file = self
             .files
             .read()

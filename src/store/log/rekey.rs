@@ -4,11 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::StoreError;
+use super::super::checkpoint::CheckpointData;
+use super::super::index::DataLocation;
 use super::super::index::Location;
+use super::super::record::block_checksums;
 use super::super::record::{RECORD_HEADER_BYTES, RecordKind, UncheckedRecordHeader};
 use super::super::segment::{self, SEGMENT_HEADER_BYTES, read_exact_or_eof};
+use super::super::snapshot::referenced_segments;
+use super::AppendRecord;
 use super::Log;
-use super::compact::{CompactOptions, CompactProgress, CompactReport, RekeyPlan};
+use super::compact::{CompactOptions, CompactProgress, CompactReport, LivePiece, RekeyPlan};
 use crate::crypto::KeyId;
 
 /// How much one key protects.
@@ -120,5 +125,88 @@ impl Log {
         }
         let chosen: Vec<(u64, u64)> = chosen.into_iter().collect();
         self.clean(&chosen, options, Some(plan), progress)
+    }
+
+    /// Re-keys a snapshot's blocks: every extent of `data` (the snapshot
+    /// `name`'s index) under `plan.from` is read, verified, re-encrypted
+    /// under `plan.to` (same sequence number and block) and appended to the
+    /// compaction head; returns the snapshot's new index, which `write`
+    /// stores before the snapshot is pinned to the new segments. The
+    /// compaction lock is held throughout, so no new segment can be cleaned
+    /// before it is pinned. Returns the new index and the bytes re-keyed.
+    pub fn rekey_snapshot(
+        &self,
+        name: &str,
+        data: &CheckpointData,
+        plan: &RekeyPlan<'_>,
+        write: &mut dyn FnMut(&CheckpointData) -> Result<(), StoreError>,
+    ) -> Result<(CheckpointData, u64), StoreError> {
+        if self.config.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = data.clone();
+        let to_index = match new.keys.iter().position(|k| *k == plan.to) {
+            Some(index) => index as u32,
+            None => {
+                new.keys.push(plan.to);
+                (new.keys.len() - 1) as u32
+            }
+        };
+        let block_bytes = 1usize << self.config.block_shift;
+        let mut rekeyed = 0u64;
+        for (lba, extent) in &mut new.extents {
+            let Location::Data(d) = extent.location else {
+                continue;
+            };
+            let key_id = data.keys[d.key_index as usize];
+            if !plan.from.contains(&key_id) {
+                continue;
+            }
+            let first = *lba - d.record_lba;
+            let table_start = d.record_offset + RECORD_HEADER_BYTES as u64;
+            let piece = LivePiece {
+                lba: *lba,
+                blocks: extent.blocks,
+                seq: extent.seq,
+                key_id,
+                segment_id: d.segment_id,
+                table_offset: table_start + first * 4,
+                payload_offset: table_start
+                    + u64::from(d.record_blocks) * 4
+                    + (first << self.config.block_shift),
+            };
+            let mut moved = self.read_verified(&piece)?.ok_or(StoreError::Corrupt {
+                path: segment::segment_path(&self.segments_dir, d.segment_id),
+                offset_bytes: piece.payload_offset,
+                reason: "a snapshot block to re-key fails its checksum",
+            })?;
+            (plan.transform)(&mut moved.payload, key_id, piece.seq, piece.lba)?;
+            let table = block_checksums(&moved.payload, block_bytes);
+            let record = AppendRecord {
+                kind: RecordKind::Data,
+                seq: piece.seq,
+                lba: piece.lba,
+                block_count: piece.blocks as u32,
+                key_id: plan.to,
+                payload: &moved.payload,
+                checksums: Some(&table),
+                moved: false,
+            };
+            let (segment_id, record_offset) = self.append_compacted(&[record])?[0];
+            extent.location = Location::Data(DataLocation {
+                segment_id,
+                record_offset,
+                record_lba: piece.lba,
+                record_blocks: piece.blocks as u32,
+                key_index: to_index,
+            });
+            rekeyed += piece.blocks * block_bytes as u64;
+        }
+        // The copies durable before the index that names them.
+        self.flush()?;
+        write(&new)?;
+        self.pin(name, referenced_segments(&new));
+        Ok((new, rekeyed))
     }
 }

@@ -52,6 +52,9 @@ pub enum ControlRequest {
         /// Re-encrypt at most this many MiB per second (default: the daemon's).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate_mib_s: Option<u64>,
+        /// Re-key the blocks kept snapshots hold too.
+        #[serde(default)]
+        include_snapshots: bool,
     },
     /// Seal every wrapped blob again under lsvkms's newest wrapping key.
     Rewrap,
