@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::snapshots::list_snapshots;
-use super::{KeyEntry, Superblock, Volume, VolumeError};
+use super::{ActiveKey, KeyEntry, Superblock, Volume, VolumeError};
 use crate::crypto::{DataKey, KeyId, Tweak};
 use crate::store::{
     CompactOptions, CompactProgress, CompactReport, KeyUsage, RekeyPlan, StoreError,
@@ -357,19 +357,7 @@ impl Volume {
         };
         let from: BTreeSet<KeyId> = state.from.iter().copied().collect();
         let new_key = self.key(&state.to)?;
-        let unit = self.unit();
-        let transform =
-            |buf: &mut [u8], old: KeyId, seq: u64, lba: u64| -> Result<(), StoreError> {
-                let old = self.key(&old).map_err(|_| StoreError::Corrupt {
-                    path: self.dir.clone(),
-                    offset_bytes: 0,
-                    reason: "a block to re-key is under a key the volume was not opened with",
-                })?;
-                let tweak = Tweak::for_block(seq, lba);
-                old.decrypt(&self.pool, buf, unit, tweak);
-                new_key.encrypt(&self.pool, buf, unit, tweak);
-                Ok(())
-            };
+        let transform = self.rekey_transform(&new_key);
         let plan = RekeyPlan {
             from: from.clone(),
             to: state.to,
@@ -402,6 +390,26 @@ impl Volume {
         Ok(Some(outcome))
     }
 
+    /// Re-encryption for the mover: decrypt with the block's key, encrypt
+    /// with `new_key`, same tweak (sequence number, block).
+    fn rekey_transform<'a>(
+        &'a self,
+        new_key: &'a Arc<ActiveKey>,
+    ) -> impl Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a {
+        let unit = self.unit();
+        move |buf: &mut [u8], old: KeyId, seq: u64, lba: u64| {
+            let old = self.key(&old).map_err(|_| StoreError::Corrupt {
+                path: self.dir.clone(),
+                offset_bytes: 0,
+                reason: "a block to re-key is under a key the volume does not hold",
+            })?;
+            let tweak = Tweak::for_block(seq, lba);
+            old.decrypt(&self.pool, buf, unit, tweak);
+            new_key.encrypt(&self.pool, buf, unit, tweak);
+            Ok(())
+        }
+    }
+
     /// Re-keys every snapshot's blocks under the rotation's old keys with
     /// the new key: copies re-encrypted to the log, a new index file
     /// (atomically), the snapshot's metadata gaining the new key's blob
@@ -425,19 +433,7 @@ impl Volume {
             return Ok(());
         };
         let new_key = self.key(&state.to)?;
-        let unit = self.unit();
-        let transform =
-            |buf: &mut [u8], old: KeyId, seq: u64, lba: u64| -> Result<(), StoreError> {
-                let old = self.key(&old).map_err(|_| StoreError::Corrupt {
-                    path: self.dir.clone(),
-                    offset_bytes: 0,
-                    reason: "a snapshot block to re-key is under a key the volume does not hold",
-                })?;
-                let tweak = Tweak::for_block(seq, lba);
-                old.decrypt(&self.pool, buf, unit, tweak);
-                new_key.encrypt(&self.pool, buf, unit, tweak);
-                Ok(())
-            };
+        let transform = self.rekey_transform(&new_key);
         for mut meta in list_snapshots(&self.dir)? {
             let paths = super::SnapshotPaths::new(&self.dir, &meta.name);
             let data = crate::store::read_checkpoint(&paths.index, &volume_id)?;
