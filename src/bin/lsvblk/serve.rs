@@ -60,7 +60,9 @@ pub struct ServeArgs {
     #[arg(long)]
     block_size: Option<u32>,
     /// Background compaction moves at most this many MiB/s (0: off). It
-    /// starts when the segments hold 1.5× the live data.
+    /// starts when the segments hold 1.5× the live data. Key rotations the
+    /// daemon starts by itself re-encrypt at this rate too (0: unthrottled;
+    /// a compromised key's rotation is never throttled).
     #[arg(long, default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
     /// Tests only: key ages are measured with the system clock moved by the
