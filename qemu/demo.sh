@@ -3,9 +3,11 @@
 #   installs what is missing (QEMU, guest kernel, busybox, fio: qemu/fetch.sh;
 #   the binaries: cargo build), starts the key service lsvkms and the lsvblk
 #   daemon, boots a Linux guest that writes to the encrypted disk, shows the
-#   key id and that the files on the host hold no plaintext, then hands the
-#   volume to bob (read-only, on the ACL: works) and shows mallory (not on the
-#   ACL) refused, with the reason, and the refusal in lsvkms's audit log.
+#   key id and that the files on the host hold no plaintext; then alice lets
+#   bob in (lsvkms reseals her key with the new ACL), snapshots the volume
+#   while it is served, and a second guest boots on bob's read-only export of
+#   the snapshot; mallory (not on the ACL) is refused, with the reason, and
+#   the refusal is in lsvkms's audit log.
 # Everything runs in a temp dir that is removed at the end (also on Ctrl-C).
 #
 # Usage: qemu/demo.sh [--pause] [--keep]
@@ -113,8 +115,8 @@ done
 say "(signed tokens, Ed25519; the user name in them is what ACLs are checked against)"
 
 # ----------------------------------------------------------------- 4
-heading "create a 256 MiB volume for alice and bob"
-show lsvblk create --volume vol --size 256M --acl alice,bob --kms unix:kms.sock
+heading "create a 256 MiB volume for alice"
+show lsvblk create --volume vol --size 256M --acl alice --kms unix:kms.sock
 KEY_ID=$(json_field current_key_id "$(lsvblk inspect --volume vol --json)")
 [ -n "$KEY_ID" ] || die "no key id in lsvblk inspect's output"
 say "The volume stores only the wrapped (sealed) data key; lsvkms keeps no copy of it."
@@ -154,6 +156,11 @@ boot() {
 say "The guest (Debian kernel, busybox, fio; QEMU with TCG) writes sector patterns"
 say "'LSVBLK-DD/gen1/lba=...', fio data and an ext2 file system, then reads all back:"
 boot write write
+say "While the daemon serves the volume, alice lets bob in and takes a snapshot for him:"
+show lsvblk acl set vol --acl alice,bob --kms unix:kms.sock --token-file alice.token
+say "(lsvkms sealed the same key again with the new ACL; the next snapshot carries it)"
+show lsvblk snapshot create vol for-bob
+say "(O(1): the daemon recorded where its log stood; nothing was copied)"
 say "SIGTERM to the daemon: it flushes the log, writes a checkpoint, exits 0."
 rc=0
 stop_pid "$SERVE_PID" || rc=$?
@@ -185,14 +192,15 @@ if [ -n "$where" ]; then
 fi
 
 # ----------------------------------------------------------------- 7
-heading "ACL handoff: bob (on the ACL) serves it read-only"
-say "$ lsvblk serve --volume vol --socket vm1.sock --kms unix:kms.sock --token-file bob.token --read-only &"
-lsvblk serve --volume vol --socket "$SOCK" --kms unix:kms.sock --token-file bob.token --read-only \
-  >logs/serve-bob.log 2>&1 &
+heading "snapshot handoff: bob (on the snapshot's ACL) serves it read-only"
+say "$ lsvblk serve --volume vol --snapshot for-bob --read-only --socket vm1.sock --kms unix:kms.sock --token-file bob.token &"
+lsvblk serve --volume vol --snapshot for-bob --read-only --socket "$SOCK" --kms unix:kms.sock \
+  --token-file bob.token >logs/serve-bob.log 2>&1 &
 SERVE_PID=$!
 wait_socket "$SOCK" "$SERVE_PID" "lsvblk serve (bob)" logs/serve-bob.log
 ok "lsvkms released the key to bob: $(grep -m1 ' serving ' logs/serve-bob.log | sed 's/.*INFO //')"
-say "A guest on bob's read-only disk checks it cannot write, then reads back alice's data:"
+say "A second guest, on bob's read-only export of the snapshot, checks it cannot write, then"
+say "reads back alice's data as it was when the snapshot was taken:"
 boot readonly readonly
 rc=0
 stop_pid "$SERVE_PID" || rc=$?
@@ -201,10 +209,10 @@ SERVE_PID=""
 ok "lsvblk serve (bob) exited 0"
 
 # ----------------------------------------------------------------- 8
-heading "mallory (not on the ACL) is refused"
-say "$ lsvblk serve --volume vol --socket vm1.sock --kms unix:kms.sock --token-file mallory.token"
+heading "mallory (not on the snapshot's ACL) is refused"
+say "$ lsvblk serve --volume vol --snapshot for-bob --read-only --socket vm1.sock --kms unix:kms.sock --token-file mallory.token"
 rc=0
-timeout 30 lsvblk serve --volume vol --socket "$SOCK" --kms unix:kms.sock --token-file mallory.token \
+timeout 30 lsvblk serve --volume vol --snapshot for-bob --read-only --socket "$SOCK" --kms unix:kms.sock --token-file mallory.token \
   >logs/serve-mallory.log 2>&1 || rc=$?
 grep -v '^$' logs/serve-mallory.log | sed 's/^/     /'
 [ "$rc" = 77 ] || die "lsvblk serve as mallory exited $rc, expected 77 (EX_NOPERM: refused)"
