@@ -84,16 +84,13 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
 use std::mem::MaybeUninit;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use common::procs::{CONNECT_WAIT, Daemon, Kms, USER, run_tool};
 use common::{MB_BYTES, Options, Report, SplitMix64, median};
 use serde_json::Value;
 
@@ -129,16 +126,9 @@ const REGION_BYTES: usize = 8 << 20;
 /// How often a foreground repetition looks whether the command it runs
 /// beside has exited.
 const EXIT_POLL: Duration = Duration::from_millis(2);
-/// How long a daemon may take to create its socket.
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
-/// How long a daemon may take to exit after SIGTERM (lsvblk flushes and
-/// writes a checkpoint).
-const STOP_WAIT: Duration = Duration::from_secs(60);
 /// Disk needed beyond the overwrite, in volume sizes (see
 /// [`ExtraArgs::disk_need_bytes`]).
 const DISK_NEED_VOLUMES: u64 = 4;
-/// The user on the volume's ACL and in the token.
-const USER: &str = "bench";
 
 fn main() {
     let options = Options::from_args(REPS_DEFAULT, REP_MS_DEFAULT);
@@ -559,146 +549,6 @@ impl Binaries {
     }
 }
 
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Daemon {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Self {
-        let out = File::create(&log).expect("daemon log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log fd"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics with the daemon's log if it has exited.
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited ({status}); its log:\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_WAIT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    eprintln!(
-                        "compaction bench: {} ignored SIGTERM; killing it",
-                        self.name
-                    );
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A running lsvkms with a token for [`USER`].
-struct Kms {
-    socket: PathBuf,
-    token_file: PathBuf,
-    _daemon: Daemon,
-}
-
-impl Kms {
-    fn start(lsvkms: &Path, dir: &Path) -> Self {
-        let state = dir.join("kms");
-        run_tool(Command::new(lsvkms).arg("init").arg("--dir").arg(&state));
-        let socket = dir.join("kms.sock");
-        let daemon = Daemon::spawn(
-            "lsvkms",
-            Command::new(lsvkms)
-                .arg("serve")
-                .arg("--dir")
-                .arg(&state)
-                .arg("--socket")
-                .arg(&socket),
-            dir.join("lsvkms.log"),
-        );
-        wait_for_socket(&socket);
-        let token = run_tool(
-            Command::new(lsvkms)
-                .args(["token", "issue", "--user", USER, "--ttl", "1h", "--dir"])
-                .arg(&state),
-        );
-        let token_file = dir.join("token");
-        std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&token_file)
-            .and_then(|mut f| f.write_all(token.trim().as_bytes()))
-            .expect("write token file");
-        Kms {
-            socket,
-            token_file,
-            _daemon: daemon,
-        }
-    }
-}
-
-/// Runs a command to completion; returns its stdout, panics on failure.
-fn run_tool(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-/// Waits until something listens on `socket`.
-fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + CONNECT_WAIT;
-    while UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {} after {CONNECT_WAIT:?}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The volume, its daemon and the client connected to it.
 struct Served {
     lsvblk: PathBuf,
@@ -741,6 +591,7 @@ impl Served {
                 .args(["--compact-rate-mib", "0"])
                 .env("RUST_LOG", "warn"),
             dir.join("lsvblk.log"),
+            false,
         );
         let deadline = Instant::now() + CONNECT_WAIT;
         let client = loop {

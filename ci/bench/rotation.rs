@@ -53,15 +53,13 @@
 mod common;
 
 use std::fs::File;
-use std::io::Write;
 use std::mem::MaybeUninit;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use common::procs::{CONNECT_WAIT, Daemon, Kms, USER, run_tool};
 use common::{Options, Report, median};
 use serde_json::Value;
 
@@ -101,12 +99,6 @@ const WINDOW: Duration = Duration::from_millis(500);
 const STATUS_POLL: Duration = Duration::from_millis(100);
 /// How often the load looks whether `lsvblk rotate` has exited.
 const CHILD_POLL: Duration = Duration::from_millis(2);
-/// How long a daemon may take to create its socket.
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
-/// How long a daemon may take to exit after SIGTERM.
-const STOP_WAIT: Duration = Duration::from_secs(30);
-/// The user on the volume's ACL and in the token.
-const USER: &str = "bench";
 /// First word of every block written by this bench.
 const MAGIC: u64 = 0x6c73_7662_726f_7421;
 
@@ -206,6 +198,7 @@ fn run() -> bool {
                 .args(["--compact-rate-mib", "0"])
                 .env("RUST_LOG", "warn"),
             dir.join(log),
+            true,
         )
     };
     let mut daemon = serve("lsvblk.log");
@@ -1238,154 +1231,4 @@ impl Client {
 
 fn completions(count: usize) -> Vec<MaybeUninit<Completion>> {
     (0..count).map(|_| MaybeUninit::uninit()).collect()
-}
-
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Daemon {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Self {
-        let out = File::create(&log).expect("daemon log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log fd"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics with the daemon's log if it has exited.
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited ({status}); its log:\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-
-    /// SIGTERM, wait (SIGKILL after [`STOP_WAIT`]); warns with the log
-    /// unless it exited 0.
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_WAIT;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    eprintln!("rotation bench: {} ignored SIGTERM; killing it", self.name);
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
-        if !status.is_some_and(|s| s.success()) {
-            eprintln!(
-                "rotation bench: WARNING: {} did not exit cleanly ({status:?}); its log:\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A running lsvkms with a token for [`USER`].
-struct Kms {
-    socket: PathBuf,
-    token_file: PathBuf,
-    _daemon: Daemon,
-}
-
-impl Kms {
-    fn start(lsvkms: &Path, dir: &Path) -> Self {
-        let state = dir.join("kms");
-        run_tool(Command::new(lsvkms).arg("init").arg("--dir").arg(&state));
-        let socket = dir.join("kms.sock");
-        let daemon = Daemon::spawn(
-            "lsvkms",
-            Command::new(lsvkms)
-                .arg("serve")
-                .arg("--dir")
-                .arg(&state)
-                .arg("--socket")
-                .arg(&socket),
-            dir.join("lsvkms.log"),
-        );
-        wait_for_socket(&socket, CONNECT_WAIT);
-        let token = run_tool(
-            Command::new(lsvkms)
-                .args(["token", "issue", "--user", USER, "--ttl", "1h", "--dir"])
-                .arg(&state),
-        );
-        let token_file = dir.join("token");
-        std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&token_file)
-            .and_then(|mut f| f.write_all(token.trim().as_bytes()))
-            .expect("write token file");
-        Kms {
-            socket,
-            token_file,
-            _daemon: daemon,
-        }
-    }
-}
-
-/// Runs a short command to completion; returns its stdout, panics on failure.
-fn run_tool(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-/// Waits until something listens on `socket`.
-fn wait_for_socket(socket: &Path, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    while UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {} after {wait:?}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

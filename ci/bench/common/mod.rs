@@ -11,6 +11,8 @@
 // Each benchmark uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
