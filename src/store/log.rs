@@ -293,6 +293,16 @@ impl Log {
         self.bytes_since_checkpoint.load(Ordering::Relaxed) >= CHECKPOINT_INTERVAL_BYTES
     }
 
+    /// The open file of segment `id`.
+    fn segment_file(&self, id: u64) -> Result<Arc<File>, StoreError> {
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::SegmentMissing { segment_id: id })
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
         self.state
             .read()

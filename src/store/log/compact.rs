@@ -351,13 +351,7 @@ impl Log {
         let now = std::time::SystemTime::now();
         let mut chosen = Vec::new();
         for id in closed.difference(&pinned) {
-            let Some(file) = self
-                .files
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .cloned()
-            else {
+            let Ok(file) = self.segment_file(*id) else {
                 continue;
             };
             let path = segment::segment_path(&self.segments_dir, *id);
@@ -509,15 +503,7 @@ impl Log {
         &self,
         piece: &LivePiece,
     ) -> Result<Option<MovedPiece>, StoreError> {
-        let file = self
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&piece.segment_id)
-            .cloned()
-            .ok_or(StoreError::SegmentMissing {
-                segment_id: piece.segment_id,
-            })?;
+        let file = self.segment_file(piece.segment_id)?;
         let path = segment::segment_path(&self.segments_dir, piece.segment_id);
         let block_bytes = 1usize << self.config.block_shift;
         let mut payload = vec![0u8; piece.blocks as usize * block_bytes];

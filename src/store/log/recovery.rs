@@ -327,13 +327,7 @@ pub(super) fn build_snapshot_data(
             continue;
         }
         let path = segment::segment_path(&log.segments_dir, segment_id);
-        let file = log
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&segment_id)
-            .cloned()
-            .ok_or(StoreError::SegmentMissing { segment_id })?;
+        let file = log.segment_file(segment_id)?;
         // Records past the point may be half written right now: the scan
         // stops there, after every record the point covers (all durable).
         let outcome = segment::scan_segment(

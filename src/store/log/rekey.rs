@@ -63,13 +63,7 @@ impl Log {
     /// The key ids of every data record in segment `id` (live or dead),
     /// read from the record headers alone.
     pub fn segment_keys(&self, id: u64) -> Result<BTreeSet<KeyId>, StoreError> {
-        let file = self
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-            .ok_or(StoreError::SegmentMissing { segment_id: id })?;
+        let file = self.segment_file(id)?;
         let path = segment::segment_path(&self.segments_dir, id);
         let end = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         let mut keys = BTreeSet::new();
