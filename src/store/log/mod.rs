@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::segment;
+use super::frame::Mac;
+use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
 use crate::limits::CHECKPOINT_INTERVAL_BYTES;
 use crate::sync::RwLockOrRecover;
@@ -32,6 +33,7 @@ use state::IndexState;
 mod append;
 mod compact;
 mod durability;
+mod pieces;
 mod read;
 mod recovery;
 mod rekey;
@@ -39,6 +41,7 @@ mod replay;
 mod snapshot_index;
 mod snapshots;
 mod state;
+mod verify;
 
 pub use append::{AppendRecord, RecordPosition};
 pub use compact::{
@@ -87,11 +90,23 @@ impl std::fmt::Display for HeadId {
     }
 }
 
-/// A head's open segment: where its next record goes.
+/// A segment file the log has open, and its format version.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    pub(crate) file: File,
+    pub(crate) version: SegmentVersion,
+}
+
+/// A head's open segment: where its next frame goes, and the record chain
+/// so far (for its seal).
 struct OpenSegment {
     id: u64,
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     offset: u64,
+    /// Records appended to it so far.
+    records: u64,
+    /// MAC of the last of them (zero without MACs).
+    last_mac: Mac,
 }
 
 /// One log head (append stream) and its open segment, if any.
@@ -132,7 +147,7 @@ pub struct Log {
     /// The guest heads, then the compaction head (the last one).
     heads: Vec<Mutex<Head>>,
     state: RwLock<IndexState>,
-    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    files: RwLock<BTreeMap<u64, Arc<SegmentFile>>>,
     seq_next: AtomicU64,
     bytes_since_checkpoint: AtomicU64,
     checkpoint_lock: Mutex<()>,
@@ -226,7 +241,7 @@ impl Log {
     }
 
     /// The open file of segment `id`.
-    fn segment_file(&self, id: u64) -> Result<Arc<File>, StoreError> {
+    fn segment_file(&self, id: u64) -> Result<Arc<SegmentFile>, StoreError> {
         self.files
             .read_or_recover()
             .get(&id)
