@@ -21,7 +21,7 @@ const VOLUME_BYTES: usize = 256 * K as usize;
 /// The image at the snapshot "before", and the final image.
 fn expected() -> (Vec<u8>, Vec<u8>) {
     let mut image = vec![0u8; VOLUME_BYTES];
-    let mut write = |image: &mut Vec<u8>, offset: u64, len: u64, tag: u8| {
+    let write = |image: &mut [u8], offset: u64, len: u64, tag: u8| {
         let at = offset as usize;
         image[at..at + len as usize].copy_from_slice(&pattern(len as usize, tag));
     };

@@ -49,8 +49,9 @@
 //! sequence number, first block, key id, ciphertext and block table
 //! entries) as new data records; then a checkpoint is written that no
 //! longer lists the segments about to go, then the segments are deleted,
-//! then older checkpoints. A checkpoint that refers to a segment that does
-//! not exist is skipped at open like a damaged one. Segments that a
+//! then older checkpoints. So the newest valid checkpoint never names a
+//! segment that is gone: if one does, the open fails naming the segment
+//! and the checkpoint. Segments that a
 //! snapshot index refers to are never deleted. Replay after compaction
 //! needs a checkpoint: a full replay from segment 0 finds segments missing
 //! and fails (a deleted discard record could otherwise let older data
@@ -144,9 +145,9 @@ pub enum StoreError {
         /// Its id.
         segment_id: u64,
     },
-    /// A sealed segment the newest usable checkpoint lists is not there.
+    /// A segment the newest usable checkpoint names is not there.
     #[error("segment {segment_id:016x} is missing (listed in checkpoint {})", checkpoint.display())]
-    SealedSegmentMissing {
+    ListedSegmentMissing {
         /// Its id.
         segment_id: u64,
         /// The checkpoint that lists it.

@@ -163,7 +163,7 @@ impl Log {
                 Payloads::Copied(area) => slices.push(area.padded()),
             }
         }
-        debug_assert!(slices.iter().all(|s| s.len() % ALIGN == 0));
+        debug_assert!(slices.iter().all(|s| s.len().is_multiple_of(ALIGN)));
         if let Err(error) = pwritev_all(&open.file.file, &slices, start) {
             let path = self.segment_path(open.id);
             self.take_back(&mut head, start);
@@ -335,7 +335,7 @@ fn build_frame<'a>(
         .collect();
     let aligned = parts
         .iter()
-        .all(|p| p.len() % ALIGN == 0 && p.as_ptr() as usize % ALIGN == 0);
+        .all(|p| p.len().is_multiple_of(ALIGN) && (p.as_ptr() as usize).is_multiple_of(ALIGN));
     let payloads = if aligned {
         Payloads::Direct(parts)
     } else {

@@ -74,9 +74,9 @@ pub fn open(
     let log = Log::empty(dir, config, 0, 0);
     let segment_ids = list_segments(&log.segments_dir)?;
     open_files(&log, &segment_ids)?;
-    let checkpoint = load_newest_checkpoint(&log, &segment_ids, &mut report)?;
+    let checkpoint = load_newest_checkpoint(&log, &mut report)?;
     if let Some(path) = &report.checkpoint {
-        log.check_sealed_segments(&checkpoint, path, &segment_ids)?;
+        log.check_listed_segments(&checkpoint, path, &segment_ids)?;
     }
     log.check_v2_floor(checkpoint.v2_floor)?;
     let mut replayed = Vec::new();
@@ -124,27 +124,17 @@ pub fn open(
     Ok((log, report))
 }
 
+/// The newest checkpoint that passes its own checks (older ones are the
+/// fallback for a damaged newest one). Whether the segments it names are
+/// all there is checked next (`Log::check_listed_segments`): compaction
+/// deletes segments only after writing a checkpoint that no longer names
+/// them, so a missing one is damage, not a reason to go back further.
 fn load_newest_checkpoint(
     log: &Log,
-    segment_ids: &[u64],
     report: &mut RecoveryReport,
 ) -> Result<CheckpointData, StoreError> {
     for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
-        let loaded = checkpoint::read(&path, &log.config.volume_id).and_then(|data| {
-            // An older checkpoint may refer to segments compaction deleted
-            // after writing a newer one: unusable, not a reason to read zeros.
-            let missing = referenced_segments(&data)
-                .into_iter()
-                .any(|id| segment_ids.binary_search(&id).is_err());
-            if missing {
-                return Err(StoreError::BadCheckpoint {
-                    path: path.clone(),
-                    reason: "refers to a segment that no longer exists",
-                });
-            }
-            Ok(data)
-        });
-        match loaded {
+        match checkpoint::read(&path, &log.config.volume_id) {
             Ok(data) => {
                 report.checkpoint = Some(path);
                 return Ok(data);

@@ -12,27 +12,36 @@ use super::super::StoreError;
 use super::super::checkpoint::{CheckpointData, SealRef, SealedSegment};
 use super::super::scan::{SealFound, find_v1_seal, read_seal};
 use super::super::segment::SegmentVersion;
+use super::super::snapshot::referenced_segments;
 use super::Log;
 use crate::sync::RwLockOrRecover;
 
 impl Log {
-    /// Checks each sealed segment `checkpoint` (read from `path`) lists:
-    /// present, of the listed version, and sealed by the listed seal (a
+    /// Checks the segments `checkpoint` (read from `path`) names: every
+    /// one its extents refer to is there, and each sealed segment it lists
+    /// is there, of the listed version, and sealed by the listed seal (a
     /// byte compare of its MAC: no key needed).
-    pub(super) fn check_sealed_segments(
+    pub(super) fn check_listed_segments(
         &self,
         checkpoint: &CheckpointData,
         path: &Path,
         segment_ids: &[u64],
     ) -> Result<(), StoreError> {
+        let missing = |segment_id| StoreError::ListedSegmentMissing {
+            segment_id,
+            checkpoint: path.to_path_buf(),
+        };
+        let referenced = referenced_segments(checkpoint);
+        let listed = checkpoint.sealed.iter().map(|s| s.segment_id);
+        if let Some(id) = referenced
+            .into_iter()
+            .chain(listed)
+            .find(|id| segment_ids.binary_search(id).is_err())
+        {
+            return Err(missing(id));
+        }
         for listed in &checkpoint.sealed {
             let id = listed.segment_id;
-            if segment_ids.binary_search(&id).is_err() {
-                return Err(StoreError::SealedSegmentMissing {
-                    segment_id: id,
-                    checkpoint: path.to_path_buf(),
-                });
-            }
             let file = self.segment_file(id)?;
             let mismatch = |reason| StoreError::SealMismatch {
                 segment_id: id,
