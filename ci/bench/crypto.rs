@@ -55,6 +55,10 @@ fn main() {
     let pool_1t = CryptoPool::new(1, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 1");
     let pool_2t = CryptoPool::new(2, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 2");
 
+    let forced: Vec<XtsCipher> = XtsPath::all_supported()
+        .into_iter()
+        .map(|path| XtsCipher::with_path(&key, path).expect("a supported path"))
+        .collect();
     let mut suite = Suite::new(options.clone());
     for unit in [DataUnit::BYTES_4096, DataUnit::BYTES_512] {
         add_single_thread_cases(&mut suite, xts, &data_key, &oracle, unit);
@@ -71,10 +75,6 @@ fn main() {
             black_box(&mut sectors);
         },
     );
-    let forced: Vec<XtsCipher> = XtsPath::all_supported()
-        .into_iter()
-        .map(|path| XtsCipher::with_path(&key, path).expect("a supported path"))
-        .collect();
     for cipher in &forced {
         add_path_cases(&mut suite, cipher);
     }
