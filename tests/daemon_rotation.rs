@@ -1033,6 +1033,7 @@ fn audit_allowed_unwrap(kms: &Kms, user: &str, key_id: KeyId) {
         context: None,
         decision: Decision::Allow,
         reason: "ok".into(),
+        count: None,
     })
     .unwrap();
 }

@@ -156,6 +156,7 @@ fn audit_check_finds_a_non_acl_unwrap_and_marks_the_key_compromised() {
         context: None,
         decision: Decision::Allow,
         reason: "ok".into(),
+        count: None,
     })
     .unwrap();
     drop(log);

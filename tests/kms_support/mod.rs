@@ -98,11 +98,11 @@ impl Kms {
         self.starts += 1;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if KmsClient::with_timeout(&self.socket, Duration::from_secs(1))
-                .health()
-                .is_ok()
-            {
-                return;
+            // Up: healthy, or refusing us (a test that does not allow-list
+            // its own uid is answered 403 before the service reads a byte).
+            match KmsClient::with_timeout(&self.socket, Duration::from_secs(1)).health() {
+                Ok(_) | Err(ClientError::Api { status: 403, .. }) => return,
+                Err(_) => {}
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("lsvkms exited with {status}: {}", self.stderr());
