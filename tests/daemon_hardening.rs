@@ -1,11 +1,12 @@
 //! `lsvblk serve` against a key service that is not there yet, and the
 //! daemon's sockets and files against other local users.
 
-mod common;
+mod kit;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{Daemon, Kms, create_volume};
+use kit::daemon::{Daemon, create_volume, is_listening};
+use kit::kms::Kms;
 
 const MIB: u64 = 1 << 20;
 
@@ -20,10 +21,10 @@ fn serve_waits_for_an_lsvkms_that_comes_back_within_the_kms_timeout() {
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&volume, &kms, &token, &["--kms-timeout", "60s"]);
     std::thread::sleep(Duration::from_millis(1500));
-    kms.restart();
+    kms.serve();
     let socket = daemon.socket.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::procs::is_listening(&socket) {
+    while !is_listening(&socket) {
         assert!(
             Instant::now() < deadline,
             "daemon never served:\n{}",

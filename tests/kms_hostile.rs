@@ -11,21 +11,19 @@
 //!   answered with the right status and audited.
 //!
 //! The hostile clients are forked children that become another uid
-//! (tests run as root) and make only system calls (`common/stranger.rs`).
+//! (tests run as root) and make only system calls (`kit/stranger.rs`).
 
-mod kms_support;
-#[path = "common/stranger.rs"]
-mod stranger;
+mod kit;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use kms_support::Kms;
+use kit::kms::Kms;
+use kit::stranger::{NOBODY, Stranger, trickle, unix_address};
 use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::client::KmsClient;
-use stranger::{NOBODY, Stranger, trickle, unix_address};
 
 /// An allow-listed uid that behaves badly.
 const GREEDY_SERVICE: u32 = 65533;
@@ -42,14 +40,14 @@ fn open_service() -> Kms {
         ],
         Vec::new(),
     );
-    let config_path = kms.dir.join("config.json");
+    let config_path = kms.state_dir().join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
     config["socket_mode"] = "0666".into();
     std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
     // The socket lives in the test's temporary directory: let others in.
-    std::fs::set_permissions(kms.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    kms.start();
+    std::fs::set_permissions(kms.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    kms.serve();
     kms
 }
 
@@ -93,8 +91,8 @@ fn trickling_strangers_and_a_greedy_service_do_not_lock_out_an_allowed_client() 
         .client()
         .generate_data_key(&["alice".to_owned()], &context)
         .unwrap();
-    let token = kms.token("alice", "10m");
-    let address = unix_address(&kms.socket);
+    let token = kms.token_text("alice", "10m");
+    let address = unix_address(kms.socket());
     let run_ms = 8_000;
     let strangers = Stranger::spawn(NOBODY, NOBODY, || trickle(&address, 200, 500, run_ms));
     let greedy = Stranger::spawn(GREEDY_SERVICE, GREEDY_SERVICE, || {
@@ -107,7 +105,7 @@ fn trickling_strangers_and_a_greedy_service_do_not_lock_out_an_allowed_client() 
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(run_ms - 2500) {
         // A fresh connection each time: it must get a slot under attack.
-        let client = KmsClient::with_timeout(&kms.socket, Duration::from_secs(5));
+        let client = KmsClient::with_timeout(kms.socket(), Duration::from_secs(5));
         let begun = Instant::now();
         let key = client
             .unwrap(&generated.wrapped_blob, &context, &token)
@@ -146,7 +144,7 @@ fn trickling_strangers_and_a_greedy_service_do_not_lock_out_an_allowed_client() 
 /// Sends `bytes` on a fresh connection (one write) and returns the status
 /// of the answer.
 fn status_of(kms: &Kms, bytes: &[u8]) -> u16 {
-    let mut stream = UnixStream::connect(&kms.socket).unwrap();
+    let mut stream = UnixStream::connect(kms.socket()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

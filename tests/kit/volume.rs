@@ -1,7 +1,7 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! Volumes in this process: deterministic keys, a shared crypto pool, small
+//! segments; and the files a volume keeps.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
@@ -32,54 +32,18 @@ pub fn options(block_bytes: u32) -> VolumeOptions {
     }
 }
 
-/// Creates a volume of `size` bytes in `dir`.
+/// Creates a volume of `size` bytes in `dir`, with `key(1)`.
 pub fn create(dir: &Path, size: u64, block_bytes: u32) -> Volume {
     Volume::create(dir, size, key(1), &options(block_bytes)).unwrap()
 }
 
-/// Opens the volume in `dir`.
+/// Opens the volume in `dir` with `key(1)`.
 pub fn open(dir: &Path, block_bytes: u32) -> Volume {
     Volume::open(dir, key(1), &options(block_bytes)).unwrap()
 }
 
-pub mod blkio_client;
-pub mod procs;
-
-/// Recognisable data: every byte depends on position and a tag.
-pub fn pattern(len: usize, tag: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7) ^ tag ^ ((i >> 9) as u8))
-        .collect()
-}
-
-/// Copies a directory tree (volumes are flat two levels deep).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A temporary directory on tmpfs when there is one: crash tests reopen a
-/// volume thousands of times and each open syncs files, which tmpfs makes free.
-pub fn fast_tempdir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(dir) = tempfile::tempdir_in(shm)
-    {
-        return dir;
-    }
-    tempfile::tempdir().unwrap()
-}
-
 /// Segment files of the volume in `dir`, in id order.
-pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,29 +1,68 @@
-//! A small synchronous libblkio client (the `blkio` crate, pure Rust) that
-//! talks vhost-user-blk to a socket: what the tests and benchmarks use as the
-//! "VMM". Every I/O buffer lives in one region shared with the device.
-#![allow(dead_code)]
+//! A libblkio client (the `blkio` crate, pure Rust) that talks
+//! vhost-user-blk to a socket: the "VMM" of the tests and benchmarks. Every
+//! I/O buffer lives in one region of memory shared with the device.
+//!
+//! Two ways to drive it: one request at a time, waited for
+//! ([`BlkClient::read`], [`BlkClient::write`], ...: the tests), or many in
+//! flight, each in a slot of the region ([`BlkClient::submit`] and
+//! [`BlkClient::reap`]: the load generators of the benchmarks).
 
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use lsvblk::limits::REQUEST_BYTES_MAX;
 
-/// Bytes of the shared buffer region.
+use super::rng::Rng;
+
+/// Bytes of the shared buffer region unless told otherwise.
 pub const REGION_BYTES: usize = 16 << 20;
+/// Between two connection attempts.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
+/// How to connect.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Virtqueues to ask for.
+    pub num_queues: i32,
+    /// Descriptors per virtqueue (`None`: libblkio's default, 256).
+    pub queue_size: Option<i32>,
+    /// libblkio's `read-only` property: the only way it starts on a device
+    /// that offers VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// Bytes of the shared buffer region: the most data in flight at once.
+    pub region_bytes: usize,
+}
+
+impl ClientOptions {
+    /// `num_queues` queues of the default size, read-write, a region of
+    /// [`REGION_BYTES`].
+    pub fn queues(num_queues: i32) -> Self {
+        ClientOptions {
+            num_queues,
+            queue_size: None,
+            read_only: false,
+            region_bytes: REGION_BYTES,
+        }
+    }
+}
 
 /// A connected libblkio instance with its queues and one shared region.
 pub struct BlkClient {
     // Field order matters: queues and region go before the instance.
-    pub queues: Vec<Blkioq>,
+    queues: Vec<Blkioq>,
     region: MemoryRegion,
     blkio: Blkio,
+    capacity: u64,
 }
 
 /// A failed connection attempt: libblkio's errno (positive) and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectFailed {
+    /// The errno, e.g. `EROFS` from a read-write start on a read-only device.
     pub errno: i32,
+    /// libblkio's message.
     pub message: String,
 }
 
@@ -36,6 +75,12 @@ impl From<blkio::Error> for ConnectFailed {
     }
 }
 
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.errno, self.message)
+    }
+}
+
 /// A failed request: the negative errno libblkio reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoFailed(pub i32);
@@ -44,36 +89,20 @@ impl BlkClient {
     /// Connects to `socket` with `num_queues` queues, retrying while the
     /// socket is not there yet (up to `wait`).
     pub fn connect(socket: &Path, num_queues: i32, wait: Duration) -> Result<Self, String> {
-        Self::connect_retrying(socket, num_queues, false, wait)
+        Self::connect_retrying(socket, &ClientOptions::queues(num_queues), wait, &mut || {})
     }
 
-    /// Like [`BlkClient::connect`], with libblkio's `read-only` property set:
-    /// the only way libblkio starts on a device that offers VIRTIO_BLK_F_RO.
+    /// Like [`BlkClient::connect`], with libblkio's `read-only` property set.
     pub fn connect_read_only(
         socket: &Path,
         num_queues: i32,
         wait: Duration,
     ) -> Result<Self, String> {
-        Self::connect_retrying(socket, num_queues, true, wait)
-    }
-
-    fn connect_retrying(
-        socket: &Path,
-        num_queues: i32,
-        read_only: bool,
-        wait: Duration,
-    ) -> Result<Self, String> {
-        let deadline = Instant::now() + wait;
-        loop {
-            match Self::connect_once(socket, num_queues, read_only) {
-                Ok(client) => return Ok(client),
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(error) => return Err(format!("{}: {}", error.errno, error.message)),
-            }
-        }
+        let options = ClientOptions {
+            read_only: true,
+            ..ClientOptions::queues(num_queues)
+        };
+        Self::connect_retrying(socket, &options, wait, &mut || {})
     }
 
     /// One connection attempt, no retry: the errno tells why it failed
@@ -83,24 +112,60 @@ impl BlkClient {
         num_queues: i32,
         read_only: bool,
     ) -> Result<Self, ConnectFailed> {
+        let options = ClientOptions {
+            read_only,
+            ..ClientOptions::queues(num_queues)
+        };
+        Self::connect_with(socket, &options)
+    }
+
+    /// Connects with `options`, retrying for up to `wait`; before each retry
+    /// it calls `between_tries`, which may panic to give up early (say,
+    /// because the server died).
+    pub fn connect_retrying(
+        socket: &Path,
+        options: &ClientOptions,
+        wait: Duration,
+        between_tries: &mut dyn FnMut(),
+    ) -> Result<Self, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::connect_with(socket, options) {
+                Ok(client) => return Ok(client),
+                Err(_) if Instant::now() < deadline => {
+                    between_tries();
+                    std::thread::sleep(CONNECT_RETRY);
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    /// One connection attempt with `options`.
+    pub fn connect_with(socket: &Path, options: &ClientOptions) -> Result<Self, ConnectFailed> {
         let mut blkio = Blkio::new("virtio-blk-vhost-user")?;
-        blkio.set_str("path", socket.to_str().unwrap())?;
-        blkio.set_bool("read-only", read_only)?;
+        blkio.set_str("path", socket.to_str().expect("utf-8 path"))?;
+        blkio.set_bool("read-only", options.read_only)?;
         blkio.connect()?;
-        blkio.set_i32("num-queues", num_queues)?;
+        blkio.set_i32("num-queues", options.num_queues)?;
+        if let Some(size) = options.queue_size {
+            blkio.set_i32("queue-size", size)?;
+        }
         let outcome = blkio.start()?;
-        let region = blkio.alloc_mem_region(REGION_BYTES)?;
+        let region = blkio.alloc_mem_region(options.region_bytes)?;
         blkio.map_mem_region(&region)?;
+        let capacity = blkio.get_u64("capacity")?;
         Ok(Self {
             queues: outcome.queues,
             region,
             blkio,
+            capacity,
         })
     }
 
     /// Disk size, bytes.
     pub fn capacity(&self) -> u64 {
-        self.blkio.get_u64("capacity").unwrap()
+        self.capacity
     }
 
     /// An integer property (e.g. "request-alignment", "optimal-io-alignment").
@@ -115,10 +180,19 @@ impl BlkClient {
 
     /// The shared buffer region as a slice.
     pub fn buffer(&mut self) -> &mut [u8] {
-        // SAFETY: the region is REGION_BYTES of memory owned by `blkio`,
-        // mapped for as long as `self` lives; requests using it are complete
-        // whenever this method can be called (every call below waits).
+        // SAFETY: the region is `region.len` bytes of memory owned by
+        // `blkio`, mapped for as long as `self` lives; the `&mut self`
+        // borrow keeps requests from being submitted while the slice lives,
+        // and the device writes only into buffers of requests in flight,
+        // which callers do not look at before they complete.
         unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, self.region.len) }
+    }
+
+    /// Fills the region with data from `Rng(seed)`: incompressible-looking
+    /// data for every write, so that no backend can take a shortcut for
+    /// zeros.
+    pub fn randomize_region(&mut self, seed: u64) {
+        Rng(seed).fill(self.buffer());
     }
 
     fn buffer_ptr(&self) -> *mut u8 {
@@ -132,7 +206,7 @@ impl BlkClient {
     /// Each queue with its own equal slice of the shared region, so that
     /// each can be driven from a thread of its own (`Blkioq` is `Send`).
     pub fn queue_ios(&mut self) -> Vec<QueueIo<'_>> {
-        let slice_bytes = REGION_BYTES / self.queues.len();
+        let slice_bytes = self.region.len / self.queues.len();
         // SAFETY: as in `buffer`; the `&mut self` borrow keeps every other
         // use of the region out while the slices live.
         let region =
@@ -146,16 +220,33 @@ impl BlkClient {
 
     /// Reads `len` bytes at `offset` through `queue`.
     pub fn read(&mut self, queue: usize, offset: u64, len: usize) -> Result<Vec<u8>, IoFailed> {
-        assert!(len <= REGION_BYTES);
+        assert!(len <= self.region.len);
         let ptr = self.buffer_ptr();
         self.queues[queue].read(offset, ptr, len, 0, ReqFlags::empty());
         self.wait_one(queue)?;
         Ok(self.buffer()[..len].to_vec())
     }
 
+    /// Reads `len` bytes at `offset` through `queue`, in requests the device
+    /// takes (at most `REQUEST_BYTES_MAX`); the error names the offset of
+    /// the request that failed.
+    pub fn read_large(&mut self, queue: usize, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = offset;
+        while at < offset + len {
+            let piece = (offset + len - at).min(REQUEST_BYTES_MAX);
+            let data = self
+                .read(queue, at, piece as usize)
+                .map_err(|e| format!("read at {at}: {e:?}"))?;
+            out.extend(data);
+            at += piece;
+        }
+        Ok(out)
+    }
+
     /// Writes `data` at `offset` through `queue`.
     pub fn write(&mut self, queue: usize, offset: u64, data: &[u8]) -> Result<(), IoFailed> {
-        assert!(data.len() <= REGION_BYTES);
+        assert!(data.len() <= self.region.len);
         self.buffer()[..data.len()].copy_from_slice(data);
         let ptr = self.buffer_ptr();
         self.queues[queue].write(offset, ptr, data.len(), 0, ReqFlags::empty());
@@ -178,12 +269,12 @@ impl BlkClient {
     /// returns without waiting: what a VMM leaves behind when it dies.
     pub fn submit_writes(&mut self, queue: usize, writes: &[(u64, Vec<u8>)]) {
         let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
-        assert!(total <= REGION_BYTES, "{total} B do not fit the region");
+        assert!(total <= self.region.len, "{total} B do not fit the region");
         let base = self.buffer_ptr();
         let mut at = 0;
         for (index, (offset, data)) in writes.iter().enumerate() {
             self.buffer()[at..at + data.len()].copy_from_slice(data);
-            // SAFETY: `at + len <= REGION_BYTES`, inside the region.
+            // SAFETY: `at + len <= region.len`, inside the region.
             let ptr = unsafe { base.add(at) };
             self.queues[queue].write(*offset, ptr, data.len(), index, ReqFlags::empty());
             at += data.len();
@@ -204,7 +295,7 @@ impl BlkClient {
         offsets: &[u64],
         len: usize,
     ) -> Vec<Result<(), IoFailed>> {
-        assert!(len <= REGION_BYTES);
+        assert!(len <= self.region.len);
         let ptr = self.buffer_ptr();
         for (index, offset) in offsets.iter().enumerate() {
             self.queues[queue].write(*offset, ptr, len, index, ReqFlags::empty());
@@ -212,7 +303,7 @@ impl BlkClient {
         wait_all(&mut self.queues[queue], offsets.len())
     }
 
-    /// Flushes through `queue`.
+    /// Flushes through `queue` (with nothing else in flight there).
     pub fn flush(&mut self, queue: usize) -> Result<(), IoFailed> {
         self.queues[queue].flush(0, ReqFlags::empty());
         self.wait_one(queue)
@@ -240,6 +331,53 @@ impl BlkClient {
         self.queues[queue].write_zeroes(offset, len, 0, flags);
         self.wait_one(queue)
     }
+
+    /// The buffer of `slot` when the region is cut into slots of `len`
+    /// bytes: what a request submitted in that slot writes, or has read.
+    pub fn slot(&mut self, slot: usize, len: usize) -> &mut [u8] {
+        assert!((slot + 1) * len <= self.region.len, "region too small");
+        &mut self.buffer()[slot * len..(slot + 1) * len]
+    }
+
+    /// Queues a read or write of `len` bytes at `offset` on `queue`, from or
+    /// into the buffer of `slot` (slots of `len` bytes), with the slot as
+    /// user data; [`BlkClient::reap`] tells when it is done.
+    pub fn submit(&mut self, queue: usize, write: bool, slot: usize, offset: u64, len: usize) {
+        assert!((slot + 1) * len <= self.region.len, "region too small");
+        // SAFETY: inside the region, as just checked.
+        let buf = unsafe { self.buffer_ptr().add(slot * len) };
+        if write {
+            self.queues[queue].write(offset, buf, len, slot, ReqFlags::empty());
+        } else {
+            self.queues[queue].read(offset, buf, len, slot, ReqFlags::empty());
+        }
+    }
+
+    /// Hands what was submitted on `queue` to the device and waits for at
+    /// least one completion: (user data, result) of each, the result
+    /// negative (an errno) for a failed request.
+    pub fn reap(
+        &mut self,
+        queue: usize,
+        completions: &mut [MaybeUninit<Completion>],
+    ) -> Vec<(usize, i32)> {
+        let done = self.queues[queue]
+            .do_io(completions, 1, None, None)
+            .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
+        completions[..done]
+            .iter()
+            .map(|c| {
+                // SAFETY: do_io initialised the first `done` completions.
+                let c = unsafe { c.assume_init_ref() };
+                (c.user_data, c.ret)
+            })
+            .collect()
+    }
+}
+
+/// Room for `count` completions, for [`BlkClient::reap`].
+pub fn completions(count: usize) -> Vec<MaybeUninit<Completion>> {
+    (0..count).map(|_| MaybeUninit::uninit()).collect()
 }
 
 // Threads drive queues of one client: that needs `Blkioq: Send`.
