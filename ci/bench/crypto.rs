@@ -18,6 +18,8 @@
 //! scrubs after each call cost.
 
 mod common;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 
 use std::hint::black_box;
 use std::process::Command;

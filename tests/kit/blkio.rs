@@ -353,6 +353,38 @@ impl BlkClient {
         }
     }
 
+    /// Writes the whole disk through `queue`, `request_bytes` at a time with
+    /// `qd` requests in flight, each from its slot of the region as the
+    /// region is (see [`BlkClient::randomize_region`]); then FLUSH. Panics if
+    /// a request fails. Returns the seconds it took, FLUSH included.
+    pub fn write_whole_disk(&mut self, queue: usize, request_bytes: usize, qd: usize) -> f64 {
+        let capacity = self.capacity;
+        let start = Instant::now();
+        let mut next = 0u64;
+        let mut in_flight = 0;
+        let mut completions = completions(qd);
+        let mut free: Vec<usize> = (0..qd).collect();
+        while in_flight > 0 || next < capacity {
+            for slot in free.drain(..) {
+                if next < capacity {
+                    let len = request_bytes.min((capacity - next) as usize);
+                    self.submit(queue, true, slot, next, len);
+                    next += len as u64;
+                    in_flight += 1;
+                }
+            }
+            if in_flight > 0 {
+                let done = self.reap_ok(queue, &mut completions, "writing the whole disk");
+                in_flight -= done.len();
+                free.extend(done);
+            }
+        }
+        if let Err(error) = self.flush(queue) {
+            panic!("FLUSH after writing the whole disk: {error:?}");
+        }
+        start.elapsed().as_secs_f64()
+    }
+
     /// Hands what was submitted on `queue` to the device and waits for at
     /// least one completion: (user data, result) of each, the result
     /// negative (an errno) for a failed request.
@@ -370,6 +402,24 @@ impl BlkClient {
                 // SAFETY: do_io initialised the first `done` completions.
                 let c = unsafe { c.assume_init_ref() };
                 (c.user_data, c.ret)
+            })
+            .collect()
+    }
+
+    /// [`BlkClient::reap`] for a load no request of which may fail: the
+    /// user data of each completion; panics, naming `what`, on a failure.
+    pub fn reap_ok(
+        &mut self,
+        queue: usize,
+        completions: &mut [MaybeUninit<Completion>],
+        what: &str,
+    ) -> Vec<usize> {
+        let reaped = self.reap(queue, completions);
+        reaped
+            .into_iter()
+            .map(|(user_data, ret)| {
+                assert!(ret >= 0, "{what}: request failed: {ret}");
+                user_data
             })
             .collect()
     }
