@@ -14,6 +14,8 @@
 //!   on it;
 //! - [`secrets`]: key material looked for in bytes and in a process's memory;
 //! - [`dirs`]: temporary directories and the files under them;
+//! - [`stranger`]: another local user (a forked child under another uid)
+//!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
 //! - [`rng`]: a small seedable random generator.
 //!
@@ -40,5 +42,6 @@ pub mod kms_acceptance;
 pub mod process;
 pub mod rng;
 pub mod secrets;
+pub mod stranger;
 pub mod versions;
 pub mod volume;
