@@ -13,5 +13,6 @@ pub mod crypto;
 pub mod kms;
 pub mod limits;
 pub mod store;
+pub mod sync;
 pub mod vhost;
 pub mod volume;

@@ -5,12 +5,12 @@
 //! (the test hook) while the later ones complete, and is dropped without
 //! stopping its queue: the kill -9 case.
 
-mod common;
+mod kit;
 
 use std::fs::File;
 use std::sync::Arc;
 
-use common::frontend::{Frontend, WRITE, desc, kick};
+use kit::frontend::{Frontend, WRITE, desc, kick};
 use lsvblk::vhost::{BlockBackend, DeviceOptions};
 use lsvblk::volume::Volume;
 use vhost::vhost_user::message::VhostUserInflight;
@@ -85,7 +85,7 @@ fn get_inflight(backend: &BlockBackend) -> (VhostUserInflight, File) {
 /// backend ran, and the volume.
 fn restart_with_one_request_held(track: bool) -> (Frontend, Arc<Volume>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let volume = Arc::new(common::create(&dir.path().join("vol"), 1 << 20, 4096));
+    let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096));
     let fe = Frontend::new(1, QUEUE_SIZE);
 
     // Backend 1 holds the 2nd request back; the 3rd and 4th complete.
@@ -150,7 +150,7 @@ fn a_stopped_queue_finishes_its_held_request_first() {
     // GET_VRING_BASE (migration, VM stop) must return with nothing in
     // flight: the backend finishes a held request before it answers.
     let dir = tempfile::tempdir().unwrap();
-    let volume = Arc::new(common::create(&dir.path().join("vol"), 1 << 20, 4096));
+    let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096));
     let fe = Frontend::new(1, QUEUE_SIZE);
     let backend = BlockBackend::with_test_hold(Arc::clone(&volume), options(), 1);
     let (inflight, file) = get_inflight(&backend);

@@ -5,11 +5,11 @@
 //! be written, is logged once with a rate limit, and never panics or stops
 //! other queues."
 
-mod common;
+mod kit;
 
 use std::sync::Arc;
 
-use common::frontend::{Frontend, MEMORY_BYTES, WRITE, desc, kick};
+use kit::frontend::{Frontend, MEMORY_BYTES, WRITE, desc, kick};
 use lsvblk::vhost::{BlockBackend, DeviceOptions, GuestMemory};
 use vhost_user_backend::VringRwLock;
 use virtio_queue::desc::RawDescriptor;
@@ -35,14 +35,15 @@ struct Rig {
 
 fn rig(read_only: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let volume = common::create(&dir.path().join("vol"), 1 << 20, 4096);
+    let volume = kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096);
     let volume = if read_only {
         volume.close().unwrap();
         let options = lsvblk::volume::VolumeOptions {
             read_only: true,
-            ..common::options(4096)
+            ..kit::volume::options(4096)
         };
-        lsvblk::volume::Volume::open(&dir.path().join("vol"), common::key(1), &options).unwrap()
+        lsvblk::volume::Volume::open(&dir.path().join("vol"), kit::volume::key(1), &options)
+            .unwrap()
     } else {
         volume
     };

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
+use crate::crypto::hygiene::RegisterScrub;
 use crate::crypto::{DataKey, KeyId, KeyKind};
 
 use super::api::{
@@ -327,6 +328,8 @@ fn to_json(value: &impl serde::Serialize) -> Zeroizing<Vec<u8>> {
 
 /// Decodes the key of a key-bearing answer and checks it against its id.
 fn decode_key(body: &[u8]) -> Result<(DataKey, KeyResponse<'_>), ClientError> {
+    // Decoding runs the key's bytes through vector registers.
+    let _registers = RegisterScrub::on_drop();
     let response: KeyResponse<'_> =
         serde_json::from_slice(body).map_err(|e| protocol(&e.to_string()))?;
     let mut material = Zeroizing::new(Vec::with_capacity(128));

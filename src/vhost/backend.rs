@@ -22,6 +22,7 @@ use super::inflight::InflightArea;
 use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
+use crate::store::HeadId;
 use crate::volume::Volume;
 
 /// A vhost-user-blk backend serving one volume to one frontend connection.
@@ -74,10 +75,17 @@ impl BlockBackend {
         }
     }
 
-    fn drain(&self, vring: &Vring, queue: &mut QueueState, memory: &GuestMemory) -> io::Result<()> {
+    fn drain(
+        &self,
+        index: usize,
+        vring: &Vring,
+        queue: &mut QueueState,
+        memory: &GuestMemory,
+    ) -> io::Result<()> {
         let worker = QueueWorker {
             shared: &self.shared,
             memory,
+            head: HeadId(index),
         };
         if !queue.resumed {
             worker.resume(vring, queue)?;
@@ -235,6 +243,7 @@ impl VhostUserBackend for BlockBackend {
             let worker = QueueWorker {
                 shared: &self.shared,
                 memory: &memory,
+                head: HeadId(queue_index as usize),
             };
             worker.finish_held(&vring, &mut queue)?;
         }
@@ -274,6 +283,6 @@ impl VhostUserBackend for BlockBackend {
         if queue.vring.is_none() {
             queue.vring = Some(vring.clone());
         }
-        self.drain(vring, &mut queue, &memory)
+        self.drain(index, vring, &mut queue, &memory)
     }
 }
