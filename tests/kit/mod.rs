@@ -14,6 +14,8 @@
 //!   on it;
 //! - [`secrets`]: key material looked for in bytes and in a process's memory;
 //! - [`dirs`]: temporary directories and the files under them;
+//! - [`stranger`]: another local user (a forked child under another uid)
+//!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
 //! - [`frontend`]: a hand-built vhost-user frontend (guest memory and
 //!   virtqueues written by hand) driving a backend in this process;
@@ -43,5 +45,6 @@ pub mod kms_acceptance;
 pub mod process;
 pub mod rng;
 pub mod secrets;
+pub mod stranger;
 pub mod versions;
 pub mod volume;
