@@ -19,7 +19,9 @@
 //! - [`volume`]: volumes in this process, with deterministic keys;
 //! - [`frontend`]: a hand-built vhost-user frontend (guest memory and
 //!   virtqueues written by hand) driving a backend in this process;
-//! - [`rng`]: a small seedable random generator.
+//! - [`rng`]: a small seedable random generator;
+//! - [`core`]: core dumps of our processes, read (memory and registers);
+//!   [`aes_schedule`]: the AES-256 round keys of a key, to look for.
 //!
 //! Every integration test is a crate of its own, and so is every benchmark:
 //! each includes the kit as a module, `mod kit;` from `tests/NAME.rs`,
@@ -33,8 +35,10 @@
 // Each test and benchmark compiles the whole kit and uses a part of it.
 #![allow(dead_code)]
 
+pub mod aes_schedule;
 pub mod blkio;
 pub mod cli;
+pub mod core;
 pub mod daemon;
 pub mod data;
 pub mod dirs;
