@@ -71,6 +71,15 @@ impl Kms {
         Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
     }
 
+    /// [`Kms::init`], but `serve` logs at the default level (no
+    /// `RUST_LOG`): what a production service keeps in memory.
+    pub fn init_default_logging(init_args: &[&str]) -> Self {
+        let tmp = fast_tempdir();
+        let dir = tmp.path().to_path_buf();
+        let env = vec![("RUST_LOG".to_owned(), String::new())];
+        Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
+    }
+
     /// For a benchmark: `lsvkms init` and `lsvkms serve` with the `lsvkms`
     /// at `lsvkms` (a release build), everything in `dir` (which the caller
     /// removes), logging warnings only. Dropping it stops the service with
@@ -150,6 +159,11 @@ impl Kms {
             )
         });
         self.process = Some(process);
+    }
+
+    /// The serving process's id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("lsvkms is running").pid()
     }
 
     /// SIGTERM, then wait for the service to exit; its socket goes with it.
