@@ -185,11 +185,6 @@ impl Kms {
         self.process = Some(process);
     }
 
-    /// The serving process's id (for /proc).
-    pub fn pid(&self) -> u32 {
-        self.process.as_ref().expect("lsvkms is running").pid()
-    }
-
     /// SIGTERM, then wait for the service to exit; its socket goes with it.
     pub fn stop(&mut self) -> ExitStatus {
         let mut process = self.process.take().expect("lsvkms is running");
