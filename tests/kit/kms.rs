@@ -73,6 +73,15 @@ impl Kms {
         Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
     }
 
+    /// [`Kms::init`], but `serve` logs at the default level (no
+    /// `RUST_LOG`): what a production service keeps in memory.
+    pub fn init_default_logging(init_args: &[&str]) -> Self {
+        let tmp = fast_tempdir();
+        let dir = tmp.path().to_path_buf();
+        let env = vec![("RUST_LOG".to_owned(), String::new())];
+        Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
+    }
+
     /// For a benchmark: `lsvkms init` and `lsvkms serve` with the `lsvkms`
     /// at `lsvkms` (a release build), everything in `dir` (which the caller
     /// removes), logging warnings only. Dropping it stops the service with
