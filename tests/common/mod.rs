@@ -43,6 +43,7 @@ pub fn open(dir: &Path, block_bytes: u32) -> Volume {
 }
 
 pub mod blkio_client;
+pub mod ceph;
 pub mod procs;
 
 /// Recognisable data: every byte depends on position and a tag.
