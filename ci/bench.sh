@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs one benchmark: ci/bench.sh NAME [args for the bench]
 #
-# NAME is a `[[bench]]` target in Cargo.toml (ci/bench/NAME.rs, harness =
-# false, helpers in ci/bench/common/). It is built in release mode and prints a
+# NAME is a `[[bench]]` target in Cargo.toml (ci/bench/NAME.rs, or
+# ci/bench/NAME/main.rs with its modules; harness = false; measuring and
+# reporting in ci/bench/common/, processes, clients and load generators shared
+# with the tests in tests/kit/). It is built in release mode and prints a
 # table for people and, as its very last line, one JSON object, which it also
 # writes to target/bench/NAME.json. Common args: --reps N (repetitions, the
 # median is reported), --rep-ms N (length of one repetition), --only TEXT.
@@ -14,9 +16,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every benchmark: ci/bench/NAME.rs and ci/bench/NAME/main.rs.
+benchmarks() {
+  local path
+  for path in ci/bench/*.rs ci/bench/*/main.rs; do
+    [ -f "$path" ] || continue
+    path=${path%/main.rs}
+    path=${path%.rs}
+    printf '%s ' "${path#ci/bench/}"
+  done
+}
+
 usage() {
   echo "usage: ci/bench.sh NAME [args]" >&2
-  echo "benchmarks: $(cd ci/bench && ls -- *.rs | sed 's/\.rs$//' | tr '\n' ' ')" >&2
+  echo "benchmarks: $(benchmarks)" >&2
   exit 2
 }
 
@@ -24,7 +37,8 @@ usage() {
 case "$1" in -h | --help) usage ;; esac
 name="$1"
 shift
-[ -f "ci/bench/$name.rs" ] || { echo "ci/bench.sh: no ci/bench/$name.rs" >&2; usage; }
+[ -f "ci/bench/$name.rs" ] || [ -f "ci/bench/$name/main.rs" ] ||
+  { echo "ci/bench.sh: no ci/bench/$name.rs or ci/bench/$name/main.rs" >&2; usage; }
 
 # The features bench NAME asks for, comma-separated (empty if none).
 bench_features() {

@@ -15,5 +15,6 @@ pub mod kms;
 pub mod limits;
 pub mod objstore;
 pub mod store;
+pub mod sync;
 pub mod vhost;
 pub mod volume;

@@ -12,10 +12,13 @@
 //! * A property test: random keys, tweaks, unit sizes and unit counts give the
 //!   same ciphertext as the `xts-mode` crate (the oracle), and decrypting
 //!   gives the plaintext back.
+//!
+//! Every check runs on every XTS path this CPU supports (`XtsPath`: VAES
+//! with AVX-512, VAES with AVX2, AES-NI, portable), forced one at a time.
 
 use aes::Aes256;
 use aes::cipher::KeyInit;
-use lsvblk::crypto::{DataUnit, Tweak, XtsCipher};
+use lsvblk::crypto::{DataUnit, Tweak, XtsCipher, XtsPath};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use xts_mode::{Xts128, get_tweak_default};
@@ -45,22 +48,41 @@ fn joined(lines: &[&str]) -> Vec<u8> {
 /// Encrypts the vector plaintext as one 512-byte data unit with data unit
 /// sequence number `sequence`, checks the ciphertext, and decrypts it back.
 fn check_ieee_vector(sequence: u128, ciphertext: &[&str]) {
-    let cipher = XtsCipher::new(&key_e_pi());
     let expected = joined(ciphertext);
     assert_eq!(expected.len(), 512);
+    for cipher in ciphers(&key_e_pi()) {
+        let path = cipher.path();
+        let mut buf = plaintext_512();
+        cipher.encrypt(&mut buf, DataUnit::BYTES_512, Tweak(sequence));
+        assert!(
+            buf == expected,
+            "{path:?}: ciphertext differs for sequence {sequence:#x}"
+        );
 
-    let mut buf = plaintext_512();
-    cipher.encrypt(&mut buf, DataUnit::BYTES_512, Tweak(sequence));
-    assert!(
-        buf == expected,
-        "ciphertext differs for sequence {sequence:#x}"
-    );
+        cipher.decrypt(&mut buf, DataUnit::BYTES_512, Tweak(sequence));
+        assert!(
+            buf == plaintext_512(),
+            "{path:?}: plaintext differs for sequence {sequence:#x}"
+        );
+    }
+}
 
-    cipher.decrypt(&mut buf, DataUnit::BYTES_512, Tweak(sequence));
-    assert!(
-        buf == plaintext_512(),
-        "plaintext differs for sequence {sequence:#x}"
-    );
+/// One cipher under `key` for each XTS path this CPU supports.
+fn ciphers(key: &[u8; 64]) -> Vec<XtsCipher> {
+    let paths = XtsPath::all_supported();
+    assert!(paths.contains(&XtsPath::Portable));
+    paths
+        .into_iter()
+        .map(|path| XtsCipher::with_path(key, path).expect("a supported path"))
+        .collect()
+}
+
+#[test]
+fn every_path_the_cpu_lacks_is_refused() {
+    for path in XtsPath::ALL {
+        let made = XtsCipher::with_path(&key_e_pi(), path);
+        assert_eq!(made.is_ok(), path.supported(), "{path:?}");
+    }
 }
 
 #[test]
@@ -93,19 +115,20 @@ fn ieee1619_vectors_10_to_14_in_one_buffer_with_per_unit_tweaks() {
     // Each vector is one data unit; encrypting them back to back in one call
     // would need consecutive sequence numbers, so check that a buffer of
     // several units is the concatenation of single-unit calls instead.
-    let cipher = XtsCipher::new(&key_e_pi());
-    let mut buf: Vec<u8> = plaintext_512().repeat(5);
-    cipher.encrypt(&mut buf, DataUnit::BYTES_512, Tweak(0xff));
-    for (index, unit) in buf.chunks_exact(512).enumerate() {
-        let mut single = plaintext_512();
-        cipher.encrypt(
-            &mut single,
-            DataUnit::BYTES_512,
-            Tweak(0xff + index as u128),
-        );
-        assert!(unit == single, "unit {index} differs");
+    for cipher in ciphers(&key_e_pi()) {
+        let mut buf: Vec<u8> = plaintext_512().repeat(5);
+        cipher.encrypt(&mut buf, DataUnit::BYTES_512, Tweak(0xff));
+        for (index, unit) in buf.chunks_exact(512).enumerate() {
+            let mut single = plaintext_512();
+            cipher.encrypt(
+                &mut single,
+                DataUnit::BYTES_512,
+                Tweak(0xff + index as u128),
+            );
+            assert!(unit == single, "{:?}: unit {index} differs", cipher.path());
+        }
+        assert_eq!(&buf[..512], joined(&VECTOR_10_CIPHERTEXT).as_slice());
     }
-    assert_eq!(&buf[..512], joined(&VECTOR_10_CIPHERTEXT).as_slice());
 }
 
 #[test]
@@ -113,56 +136,64 @@ fn unit_4096_starts_like_vector_10_and_matches_openssl() {
     // XTS enciphers block j of a unit with tweak E(K2, i) * alpha^j, so a
     // 4096-byte unit whose first 512 bytes are vector 10's plaintext starts
     // with vector 10's ciphertext.
-    let cipher = XtsCipher::new(&key_e_pi());
     let plain: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
-    let mut buf = plain.clone();
-    cipher.encrypt(&mut buf, DataUnit::BYTES_4096, Tweak(0xff));
-    assert_eq!(&buf[..512], joined(&VECTOR_10_CIPHERTEXT).as_slice());
-    assert_eq!(
-        hex::encode(Sha256::digest(&buf)),
-        "d74aad83ceba041c9697f0cd1a0f94a1efd98cb9740ce630724e964be6b85436"
-    );
-    cipher.decrypt(&mut buf, DataUnit::BYTES_4096, Tweak(0xff));
-    assert!(buf == plain);
+    for cipher in ciphers(&key_e_pi()) {
+        let mut buf = plain.clone();
+        cipher.encrypt(&mut buf, DataUnit::BYTES_4096, Tweak(0xff));
+        assert_eq!(&buf[..512], joined(&VECTOR_10_CIPHERTEXT).as_slice());
+        assert_eq!(
+            hex::encode(Sha256::digest(&buf)),
+            "d74aad83ceba041c9697f0cd1a0f94a1efd98cb9740ce630724e964be6b85436",
+            "{:?}",
+            cipher.path()
+        );
+        cipher.decrypt(&mut buf, DataUnit::BYTES_4096, Tweak(0xff));
+        assert!(buf == plain);
+    }
 }
 
 #[test]
 fn two_4096_units_carry_the_tweak_into_the_high_64_bits() {
     // Tweaks 2^64 - 1 and 2^64: the second unit's tweak is Tweak::for_block
     // (1, 0), reached by a carry out of the block-number half.
-    let cipher = XtsCipher::new(&key_e_pi());
     let first = Tweak::for_block(0, u64::MAX);
     assert_eq!(first.add_units(1), Tweak::for_block(1, 0));
     let plain: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
-    let mut buf = plain.clone();
-    cipher.encrypt(&mut buf, DataUnit::BYTES_4096, first);
-    assert_eq!(
-        hex::encode(Sha256::digest(&buf)),
-        "dc2159d5862f2b8aa41c0034ef688b04bf858530c91fab3d15f9fecbd67106d3"
-    );
-    cipher.decrypt(&mut buf, DataUnit::BYTES_4096, first);
-    assert!(buf == plain);
+    for cipher in ciphers(&key_e_pi()) {
+        let mut buf = plain.clone();
+        cipher.encrypt(&mut buf, DataUnit::BYTES_4096, first);
+        assert_eq!(
+            hex::encode(Sha256::digest(&buf)),
+            "dc2159d5862f2b8aa41c0034ef688b04bf858530c91fab3d15f9fecbd67106d3",
+            "{:?}",
+            cipher.path()
+        );
+        cipher.decrypt(&mut buf, DataUnit::BYTES_4096, first);
+        assert!(buf == plain);
+    }
 }
 
 #[test]
 fn tweak_wraps_around_at_the_top_of_the_128_bit_space() {
     assert_eq!(Tweak(u128::MAX).add_units(1), Tweak(0));
     let key: [u8; 64] = std::array::from_fn(|i| i as u8);
-    let cipher = XtsCipher::new(&key);
-    let mut wrapped = vec![0x42u8; 1024];
-    cipher.encrypt(&mut wrapped, DataUnit::BYTES_512, Tweak(u128::MAX));
-    let mut second = vec![0x42u8; 512];
-    cipher.encrypt(&mut second, DataUnit::BYTES_512, Tweak(0));
-    assert!(wrapped[512..] == second[..]);
+    for cipher in ciphers(&key) {
+        let mut wrapped = vec![0x42u8; 1024];
+        cipher.encrypt(&mut wrapped, DataUnit::BYTES_512, Tweak(u128::MAX));
+        let mut second = vec![0x42u8; 512];
+        cipher.encrypt(&mut second, DataUnit::BYTES_512, Tweak(0));
+        assert!(wrapped[512..] == second[..], "{:?}", cipher.path());
+    }
 }
 
 #[test]
 fn empty_buffer_is_left_alone() {
-    let cipher = XtsCipher::new(&key_e_pi());
-    let mut buf: Vec<u8> = Vec::new();
-    cipher.encrypt(&mut buf, DataUnit::BYTES_4096, Tweak(1));
-    cipher.decrypt(&mut buf, DataUnit::BYTES_512, Tweak(1));
-    assert!(buf.is_empty());
+    for cipher in ciphers(&key_e_pi()) {
+        let mut buf: Vec<u8> = Vec::new();
+        cipher.encrypt(&mut buf, DataUnit::BYTES_4096, Tweak(1));
+        cipher.decrypt(&mut buf, DataUnit::BYTES_512, Tweak(1));
+        assert!(buf.is_empty());
+    }
 }
 
 #[test]
@@ -236,7 +267,8 @@ fn xts_key() -> impl Strategy<Value = [u8; 64]> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // 256 cases per path this CPU runs.
+    #![proptest_config(ProptestConfig::with_cases(256 * XtsPath::all_supported().len() as u32))]
 
     #[test]
     fn encrypt_matches_xts_mode_and_decrypt_inverts_it(
@@ -245,10 +277,11 @@ proptest! {
         unit_bytes in unit_bytes(),
         units in 1usize..=12,
         seed in any::<u64>(),
+        path in prop::sample::select(XtsPath::all_supported()),
     ) {
         let plain = pseudo_random_bytes(seed, unit_bytes * units);
         let unit = DataUnit::new(unit_bytes as u32).expect("valid unit");
-        let cipher = XtsCipher::new(&key);
+        let cipher = XtsCipher::with_path(&key, path).expect("a supported path");
 
         let mut ours = plain.clone();
         cipher.encrypt(&mut ours, unit, Tweak(first));

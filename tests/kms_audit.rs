@@ -5,22 +5,17 @@
 //! on the key's ACL and marks the key compromised, but not one by a user
 //! an ACL change removed (issue 5).
 
-mod kms_support;
+mod kit;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use kms_support::{Kms, api_error};
+use kit::kms::{Kms, api_error};
 use lsvblk::kms::api::KeyContext;
-use lsvblk::kms::audit::log::{AuditLog, open_file_sink};
-use lsvblk::kms::audit::{AuditEntry, AuditKey, Decision};
-use lsvblk::kms::config::files;
 
 /// A started service whose log holds a few records.
 fn service_with_history() -> (Kms, Vec<u8>) {
-    let kms = Kms::init(&[], Vec::new());
-    let mut kms = kms;
-    kms.start();
+    let kms = Kms::start();
     let client = kms.client();
     let context = KeyContext {
         volume_id: "vol-a".into(),
@@ -29,8 +24,8 @@ fn service_with_history() -> (Kms, Vec<u8>) {
     let generated = client
         .generate_data_key(&["alice".to_owned()], &context)
         .unwrap();
-    let alice = kms.token("alice", "1h");
-    let bob = kms.token("bob", "1h");
+    let alice = kms.token_text("alice", "1h");
+    let bob = kms.token_text("bob", "1h");
     for _ in 0..3 {
         client
             .unwrap(&generated.wrapped_blob, &context, &alice)
@@ -100,7 +95,7 @@ fn a_read_only_audit_file_makes_calls_fail_with_503() {
         volume_id: "vol-a".into(),
         snapshot_id: String::new(),
     };
-    let alice = kms.token("alice", "1h");
+    let alice = kms.token_text("alice", "1h");
     let path = kms.audit_path();
     let records_before = lines(&fs::read_to_string(&path).unwrap()).len();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).unwrap();
@@ -133,8 +128,7 @@ fn audit_check_finds_a_non_acl_unwrap_and_marks_the_key_compromised() {
     let client = kms.client();
     let key_id = lsvblk::kms::seal::parse(&blob).unwrap().key_id;
     assert_eq!(client.key_info(key_id).unwrap().status, "enabled");
-    let dir = kms.dir.to_str().unwrap().to_owned();
-    let clean = kms.run(&["audit", "check", "--dir", &dir]);
+    let clean = kms.audit_check();
     assert!(
         clean.status.success(),
         "denied attempts are not findings: {}",
@@ -145,22 +139,9 @@ fn audit_check_finds_a_non_acl_unwrap_and_marks_the_key_compromised() {
 
     // An operator's break-glass tool (or a leaked service identity on an
     // ACL-less path) unwrapped the key for "mallory" and recorded it.
-    let key = AuditKey::load(&kms.dir.join(files::AUDIT_KEY)).unwrap();
-    let (sink, head) = open_file_sink(&kms.audit_path(), &key).unwrap();
-    let log = AuditLog::start(Box::new(sink), key, head).unwrap();
-    log.append(AuditEntry {
-        service: "break-glass".into(),
-        user: Some("mallory".into()),
-        action: "unwrap".into(),
-        key_id: Some(key_id),
-        context: None,
-        decision: Decision::Allow,
-        reason: "ok".into(),
-    })
-    .unwrap();
-    drop(log);
+    kms.append_allowed_unwrap("mallory", key_id);
 
-    let out = kms.run(&["audit", "check", "--dir", &dir]);
+    let out = kms.audit_check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(
@@ -168,7 +149,7 @@ fn audit_check_finds_a_non_acl_unwrap_and_marks_the_key_compromised() {
         "{stdout}"
     );
     assert!(stdout.contains("COMPROMISED"), "{stdout}");
-    kms.start();
+    kms.serve();
     let info = kms.client().key_info(key_id).unwrap();
     assert_eq!(info.status, "compromised");
     assert!(info.compromised);
@@ -192,16 +173,14 @@ fn a_forged_line_without_the_audit_key_fails_verify_but_check_still_sees_it() {
     assert_ne!(forged, last);
     fs::write(&path, text.replace(last, &forged)).unwrap();
     assert!(!kms.audit_verify().0);
-    let dir = kms.dir.to_str().unwrap().to_owned();
-    let out = kms.run(&["audit", "check", "--dir", &dir]);
+    let out = kms.audit_check();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&key_id.to_hex()));
 }
 
 #[test]
 fn audit_check_does_not_blame_users_an_acl_change_removed() {
-    let mut kms = Kms::init(&[], Vec::new());
-    kms.start();
+    let kms = Kms::start();
     let client = kms.client();
     let context = KeyContext {
         volume_id: "vol-acl".into(),
@@ -210,7 +189,7 @@ fn audit_check_does_not_blame_users_an_acl_change_removed() {
     let both = vec!["alice".to_owned(), "bob".to_owned()];
     let generated = client.generate_data_key(&both, &context).unwrap();
     let (blob, key_id) = (generated.wrapped_blob, generated.key.id());
-    let (alice, bob) = (kms.token("alice", "1h"), kms.token("bob", "1h"));
+    let (alice, bob) = (kms.token_text("alice", "1h"), kms.token_text("bob", "1h"));
     client.unwrap(&blob, &context, &bob).unwrap();
     let changed = client
         .rewrap_with_acl(&blob, &["alice".to_owned()], &alice)
@@ -222,8 +201,7 @@ fn audit_check_does_not_blame_users_an_acl_change_removed() {
     // The blob from before the change still carries bob: the service
     // cannot revoke a blob it does not hold.
     client.unwrap(&blob, &context, &bob).unwrap();
-    let dir = kms.dir.to_str().unwrap().to_owned();
-    let out = kms.run(&["audit", "check", "--dir", &dir]);
+    let out = kms.audit_check();
     assert!(
         out.status.success(),
         "bob's unwraps were allowed by a blob that lists him: {}",

@@ -6,7 +6,7 @@
 //! Needs Debian's `softhsm2` package. Without it the test fails when `CI`
 //! is set, and otherwise skips with a notice.
 
-mod kms_support;
+mod kit;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +17,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use kms_support::{Kms, acceptance_flow};
+use kit::kms::Kms;
+use kit::kms_acceptance::acceptance_flow;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "lsvkms-test";
@@ -90,10 +91,10 @@ fn acceptance_flow_with_the_pkcs11_backend_on_softhsm2() {
     ];
     let mut kms = Kms::init(&args, env);
     assert!(
-        !kms.dir.join("kek").exists(),
+        !kms.state_dir().join("kek").exists(),
         "no wrapping key file with the HSM backend"
     );
-    kms.start();
+    kms.serve();
     assert_eq!(
         kms.client().health().unwrap().wrapping_key.unwrap().backend,
         "pkcs11"

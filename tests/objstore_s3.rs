@@ -12,13 +12,13 @@
 //! and radosgw stopped for seconds (calls wait and succeed when it is back;
 //! past the retry deadline they fail as transient). About 40 s.
 
-mod common;
+mod kit;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::ceph::{Fault, cluster, unique_prefix};
+use kit::ceph::{Fault, cluster, unique_prefix};
 use lsvblk::objstore::contract::{self, pattern};
 use lsvblk::objstore::{
     ByteRange, Credentials, Error, ObjectKey, ObjectStore, PutOutcome, S3Config, S3Store,

@@ -1,13 +1,13 @@
 //! The vhost-user-blk backend served in-process, driven by a real libblkio
 //! client over a real UNIX socket: the quickest full check of the data path.
 
-mod common;
+mod kit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::blkio_client::BlkClient;
-use common::pattern;
+use kit::blkio::BlkClient;
+use kit::data::pattern;
 use lsvblk::vhost::{DeviceOptions, Server};
 
 fn device(num_queues: u16, read_only: bool) -> DeviceOptions {
@@ -24,7 +24,7 @@ fn device(num_queues: u16, read_only: bool) -> DeviceOptions {
 fn libblkio_writes_reads_discards_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vhost.sock");
-    let volume = Arc::new(common::create(&dir.path().join("vol"), 64 << 20, 4096));
+    let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 64 << 20, 4096));
     let server = Server::bind(Arc::clone(&volume), &socket, device(2, false)).unwrap();
     let stop = server.stop_handle();
     let thread = std::thread::spawn(move || server.run());

@@ -5,7 +5,7 @@
 //! be written, is logged once with a rate limit, and never panics or stops
 //! other queues."
 
-mod common;
+mod kit;
 
 use std::sync::Arc;
 
@@ -41,14 +41,15 @@ struct Rig {
 
 fn rig(read_only: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let volume = common::create(&dir.path().join("vol"), 1 << 20, 4096);
+    let volume = kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096);
     let volume = if read_only {
         volume.close().unwrap();
         let options = lsvblk::volume::VolumeOptions {
             read_only: true,
-            ..common::options(4096)
+            ..kit::volume::options(4096)
         };
-        lsvblk::volume::Volume::open(&dir.path().join("vol"), common::key(1), &options).unwrap()
+        lsvblk::volume::Volume::open(&dir.path().join("vol"), kit::volume::key(1), &options)
+            .unwrap()
     } else {
         volume
     };

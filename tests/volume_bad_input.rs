@@ -2,11 +2,12 @@
 //! is not a volume, the wrong key, a segment from another volume, a damaged
 //! checkpoint.
 
-mod common;
+mod kit;
 
 use std::fs;
 
-use common::{create, key, options, pattern, segment_files};
+use kit::data::pattern;
+use kit::volume::{create, key, options, segment_files};
 use lsvblk::store::StoreError;
 use lsvblk::volume::{Volume, VolumeError};
 
@@ -93,7 +94,7 @@ fn a_truncated_checkpoint_is_a_typed_error_and_the_volume_falls_back() {
 
     // Opening still works: the older checkpoint plus the log rebuild the
     // index, and the report names the checkpoint that was skipped.
-    let volume = common::open(dir.path(), 4096);
+    let volume = kit::volume::open(dir.path(), 4096);
     assert_eq!(volume.recovery_report().skipped_checkpoints.len(), 1);
     assert!(volume.recovery_report().skipped_checkpoints[0].contains("truncated"));
     let mut back = vec![0u8; data.len()];

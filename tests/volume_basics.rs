@@ -1,9 +1,10 @@
 //! Basic volume behaviour: read back what was written, zeros for holes,
 //! discard and write-zeroes, reopen, partial blocks, errors for bad ranges.
 
-mod common;
+mod kit;
 
-use common::{create, open, pattern};
+use kit::data::pattern;
+use kit::volume::{create, open};
 use lsvblk::volume::VolumeError;
 
 #[test]
@@ -80,8 +81,9 @@ fn bad_ranges_are_typed_errors() {
 fn a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _volume = create(dir.path(), 1 << 20, 4096);
-    let err = lsvblk::volume::Volume::open(dir.path(), common::key(1), &common::options(4096))
-        .unwrap_err();
+    let err =
+        lsvblk::volume::Volume::open(dir.path(), kit::volume::key(1), &kit::volume::options(4096))
+            .unwrap_err();
     assert!(matches!(err, VolumeError::Busy { .. }), "{err}");
 }
 

@@ -1,6 +1,6 @@
 //! Compaction: crash safety at every step, space given back, snapshots kept.
 
-mod common;
+mod kit;
 
 use std::path::Path;
 
@@ -18,7 +18,8 @@ fn overwrite(v: &Volume, bytes: u64, chunk: u64, passes: u8, image: &mut [u8]) {
         for i in 0..chunks {
             // A fixed odd stride visits every chunk once per pass.
             let at = (i * 7 + u64::from(pass) * 3) % chunks * chunk;
-            let data = common::pattern(chunk as usize, pass.wrapping_mul(37).wrapping_add(i as u8));
+            let data =
+                kit::data::pattern(chunk as usize, pass.wrapping_mul(37).wrapping_add(i as u8));
             v.write(at, &data).unwrap();
             image[at as usize..][..data.len()].copy_from_slice(&data);
         }
@@ -32,8 +33,13 @@ fn read_all(v: &Volume, bytes: u64) -> Vec<u8> {
 }
 
 fn snapshot_image(dir: &Path, name: &str, bytes: u64) -> Vec<u8> {
-    let view =
-        Volume::open_snapshot(dir, name, vec![common::key(1)], &common::options(BLOCK)).unwrap();
+    let view = Volume::open_snapshot(
+        dir,
+        name,
+        vec![kit::volume::key(1)],
+        &kit::volume::options(BLOCK),
+    )
+    .unwrap();
     read_all(&view, bytes)
 }
 
@@ -67,11 +73,11 @@ fn compact_all(
 #[test]
 fn compaction_interrupted_at_every_step_loses_nothing() {
     const BYTES: u64 = 512 * 1024;
-    let original = common::fast_tempdir();
+    let original = kit::dirs::fast_tempdir();
     let mut image = vec![0u8; BYTES as usize];
     let snapshot_held;
     {
-        let v = common::create(original.path(), BYTES, BLOCK);
+        let v = kit::volume::create(original.path(), BYTES, BLOCK);
         overwrite(&v, BYTES, 16 * 1024, 1, &mut image);
         v.create_snapshot("before").unwrap();
         snapshot_held = image.clone();
@@ -83,12 +89,12 @@ fn compaction_interrupted_at_every_step_loses_nothing() {
     }
     let mut steps = 0;
     loop {
-        let work = common::fast_tempdir();
-        common::copy_dir(original.path(), work.path());
-        let v = common::open(work.path(), BLOCK);
+        let work = kit::dirs::fast_tempdir();
+        kit::dirs::copy_dir(original.path(), work.path());
+        let v = kit::volume::open(work.path(), BLOCK);
         let result = compact_all(&v, Some(steps));
         drop(v); // crash
-        let v = common::open(work.path(), BLOCK);
+        let v = kit::volume::open(work.path(), BLOCK);
         assert!(
             read_all(&v, BYTES) == image,
             "image differs after a crash at step {steps}"
@@ -100,7 +106,7 @@ fn compaction_interrupted_at_every_step_loses_nothing() {
         // The next compaction finishes the job.
         compact_all(&v, None).unwrap();
         v.close().unwrap();
-        let v = common::open(work.path(), BLOCK);
+        let v = kit::volume::open(work.path(), BLOCK);
         assert!(
             read_all(&v, BYTES) == image,
             "image differs after finishing (step {steps})"
@@ -120,8 +126,8 @@ fn compaction_interrupted_at_every_step_loses_nothing() {
 #[test]
 fn deleting_a_snapshot_lets_compaction_free_its_blocks() {
     const BYTES: u64 = 1 << 20;
-    let dir = common::fast_tempdir();
-    let v = common::create(dir.path(), BYTES, BLOCK);
+    let dir = kit::dirs::fast_tempdir();
+    let v = kit::volume::create(dir.path(), BYTES, BLOCK);
     let mut image = vec![0u8; BYTES as usize];
     overwrite(&v, BYTES, 64 * 1024, 1, &mut image);
     v.create_snapshot("old").unwrap();
@@ -154,9 +160,9 @@ fn compacted_volume_space_stays_within_bounds() {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let options = VolumeOptions {
             segment_bytes: 64 << 20,
-            ..common::options(BLOCK)
+            ..kit::volume::options(BLOCK)
         };
-        let v = Volume::create(dir.path(), GIB, common::key(1), &options).unwrap();
+        let v = Volume::create(dir.path(), GIB, kit::volume::key(1), &options).unwrap();
         let mut image = vec![0u8; GIB as usize];
         overwrite(&v, GIB, 4 << 20, 1, &mut image);
         if keep_snapshot {
@@ -170,7 +176,7 @@ fn compacted_volume_space_stays_within_bounds() {
         let bound = if keep_snapshot { 2.3 } else { 1.3 };
         eprintln!("snapshot kept: {keep_snapshot}: {used} B = {ratio:.3} x live (bound {bound})");
         assert!(ratio <= bound, "{ratio:.3} x live > {bound}");
-        let v = Volume::open(dir.path(), common::key(1), &options).unwrap();
+        let v = Volume::open(dir.path(), kit::volume::key(1), &options).unwrap();
         assert!(read_all(&v, GIB) == image, "data differs after compaction");
     }
 }

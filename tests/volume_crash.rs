@@ -9,13 +9,15 @@
 //! And: a corrupted record in a *sealed* segment gives a read error (or, if
 //! its framing is gone, an open error), never wrong data.
 
-mod common;
+mod kit;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{copy_dir, fast_tempdir, open, pattern, segment_files};
+use kit::data::pattern;
+use kit::dirs::{copy_dir, fast_tempdir};
+use kit::volume::{open, segment_files};
 use lsvblk::store::StoreError;
 use lsvblk::volume::{Volume, VolumeError, VolumeOptions};
 
@@ -34,7 +36,7 @@ fn one_segment_options() -> VolumeOptions {
     VolumeOptions {
         segment_bytes: 8 << 20,
         heads: 1,
-        ..common::options(4096)
+        ..kit::volume::options(4096)
     }
 }
 
@@ -42,7 +44,13 @@ fn one_segment_options() -> VolumeOptions {
 /// crash (drop without close). Returns the flushed image, the changes, and the
 /// segment length at the last flush.
 fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
-    let volume = Volume::create(dir, VOLUME_BYTES, common::key(1), &one_segment_options()).unwrap();
+    let volume = Volume::create(
+        dir,
+        VOLUME_BYTES,
+        kit::volume::key(1),
+        &one_segment_options(),
+    )
+    .unwrap();
     let base = pattern(64 * 1024, 1);
     volume.write(0, &base).unwrap();
     volume.flush().unwrap();
@@ -152,7 +160,13 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
 /// Writes data, closes (which seals the segment and checkpoints), and
 /// returns the offset of the first data record's payload in the segment.
 fn sealed_volume(dir: &Path) -> std::path::PathBuf {
-    let volume = Volume::create(dir, VOLUME_BYTES, common::key(1), &one_segment_options()).unwrap();
+    let volume = Volume::create(
+        dir,
+        VOLUME_BYTES,
+        kit::volume::key(1),
+        &one_segment_options(),
+    )
+    .unwrap();
     volume.write(0, &pattern(4 * BLOCK as usize, 7)).unwrap();
     volume.close().unwrap();
     segment_files(dir).pop().unwrap()
@@ -202,7 +216,7 @@ fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
     let segment = sealed_volume(dir.path());
     remove_checkpoints(dir.path());
     overwrite(&segment, 64 + 20, &[0xee]); // inside the first record's LBA field
-    let err = Volume::open(dir.path(), common::key(1), &one_segment_options()).unwrap_err();
+    let err = Volume::open(dir.path(), kit::volume::key(1), &one_segment_options()).unwrap_err();
     assert!(
         matches!(err, VolumeError::Store(StoreError::Corrupt { .. })),
         "{err}"

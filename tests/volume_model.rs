@@ -9,7 +9,7 @@
 //! the kernel (as after `kill -9` of the daemon), nothing was sealed or
 //! checkpointed, so the reopen replays the log.
 
-mod common;
+mod kit;
 
 use lsvblk::volume::Volume;
 use proptest::prelude::*;
@@ -128,23 +128,23 @@ struct CloneUnderTest {
 /// The volume's keys by seed: 1 at creation, 10, 11, ... after rotations.
 /// Every key ever used is offered at open (extra ones are harmless).
 fn volume_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
-    seeds.iter().map(|s| common::key(*s)).collect()
+    seeds.iter().map(|s| kit::volume::key(*s)).collect()
 }
 
 fn open_volume(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
     let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
-    Volume::open_locked(dir, lock, volume_keys(seeds), &common::options(block)).unwrap()
+    Volume::open_locked(dir, lock, volume_keys(seeds), &kit::volume::options(block)).unwrap()
 }
 
 fn clone_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
     let mut keys = volume_keys(seeds);
-    keys.push(common::key(2));
+    keys.push(kit::volume::key(2));
     keys
 }
 
 fn open_clone(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
     let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
-    Volume::open_locked(dir, lock, clone_keys(seeds), &common::options(block)).unwrap()
+    Volume::open_locked(dir, lock, clone_keys(seeds), &kit::volume::options(block)).unwrap()
 }
 
 fn read_snapshot(
@@ -156,7 +156,7 @@ fn read_snapshot(
     len: u64,
 ) -> Vec<u8> {
     let view =
-        Volume::open_snapshot(dir, name, volume_keys(seeds), &common::options(block)).unwrap();
+        Volume::open_snapshot(dir, name, volume_keys(seeds), &kit::volume::options(block)).unwrap();
     let mut buf = vec![0u8; len as usize];
     view.read(offset, &mut buf).unwrap();
     buf
@@ -164,7 +164,7 @@ fn read_snapshot(
 
 fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut volume = Some(common::create(dir.path(), VOLUME_BYTES, block));
+    let mut volume = Some(kit::volume::create(dir.path(), VOLUME_BYTES, block));
     let mut model = vec![0u8; VOLUME_BYTES as usize];
     // Live snapshots: (name, what the volume held when it was taken).
     let mut snapshots: Vec<(String, Vec<u8>)> = Vec::new();
@@ -179,7 +179,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 sectors,
                 tag,
             } => {
-                let data = common::pattern((sectors * SECTOR) as usize, tag);
+                let data = kit::data::pattern((sectors * SECTOR) as usize, tag);
                 v.write(sector * SECTOR, &data).unwrap();
                 model[(sector * SECTOR) as usize..][..data.len()].copy_from_slice(&data);
             }
@@ -288,10 +288,10 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                     dir.path(),
                     &name,
                     clone_dir.path(),
-                    common::key(2),
+                    kit::volume::key(2),
                     None,
                     volume_keys(&seeds),
-                    &common::options(block),
+                    &kit::volume::options(block),
                 )
                 .unwrap();
                 clone = Some(CloneUnderTest {
@@ -307,7 +307,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 tag,
             } => {
                 if let Some(c) = clone.as_mut() {
-                    let data = common::pattern((sectors * SECTOR) as usize, tag ^ 0x5a);
+                    let data = kit::data::pattern((sectors * SECTOR) as usize, tag ^ 0x5a);
                     c.volume
                         .as_ref()
                         .unwrap()
@@ -353,7 +353,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
             }
             Op::Rotate { crash_after } => {
                 let seed = 9 + seeds.len() as u8;
-                let key = common::key(seed);
+                let key = kit::volume::key(seed);
                 let entry = lsvblk::volume::KeyEntry {
                     key_id: key.id(),
                     kind: key.kind(),

@@ -2,7 +2,7 @@
 //! per-key byte accounting, the re-encryptor, forgetting the old key, and
 //! crash safety at every step of a rotation.
 
-mod common;
+mod kit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ const DAY: u64 = 24 * 3600;
 fn options(clock: &Arc<ManualClock>) -> VolumeOptions {
     VolumeOptions {
         clock: Some(Arc::clone(clock) as Arc<dyn lsvblk::volume::Clock>),
-        ..common::options(BLOCK)
+        ..kit::volume::options(BLOCK)
     }
 }
 
@@ -45,7 +45,7 @@ fn open_with(dir: &Path, keys: Vec<DataKey>, clock: &Arc<ManualClock>) -> Volume
 fn fill(v: &Volume, image: &mut [u8], passes: u8) {
     for pass in 0..passes {
         for i in 0..(BYTES / 65536) {
-            let data = common::pattern(65536, pass.wrapping_mul(29).wrapping_add(i as u8));
+            let data = kit::data::pattern(65536, pass.wrapping_mul(29).wrapping_add(i as u8));
             let at = ((i * 5 + u64::from(pass)) % (BYTES / 65536)) * 65536;
             v.write(at, &data).unwrap();
             image[at as usize..][..data.len()].copy_from_slice(&data);
@@ -62,7 +62,7 @@ fn read_all(v: &Volume) -> Vec<u8> {
 /// Key ids of every data record in every segment file of the volume.
 fn keys_on_disk(v: &Volume, dir: &Path) -> Vec<KeyId> {
     let mut keys = Vec::new();
-    for path in common::segment_files(dir) {
+    for path in kit::volume::segment_files(dir) {
         let name = path.file_stem().unwrap().to_str().unwrap();
         let id = u64::from_str_radix(name, 16).unwrap();
         keys.extend(v.log().segment_keys(id).unwrap());
@@ -80,18 +80,18 @@ fn rotate(v: &Volume, new_key: DataKey, reason: RotationReason) -> lsvblk::volum
 
 #[test]
 fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
     fill(&v, &mut image, 3);
-    let old = common::key(1).id();
+    let old = kit::volume::key(1).id();
     assert!(keys_on_disk(&v, dir.path()).contains(&old));
-    let outcome = rotate(&v, common::key(2), RotationReason::Manual);
+    let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
     assert_eq!(outcome.forgotten, vec![old]);
     assert_eq!(outcome.destroyable, vec![old]);
     assert!(outcome.bytes_rekeyed >= BYTES, "{outcome:?}");
-    assert_eq!(v.current_key_id(), Some(common::key(2).id()));
+    assert_eq!(v.current_key_id(), Some(kit::volume::key(2).id()));
     assert!(read_all(&v) == image);
     assert!(
         !keys_on_disk(&v, dir.path()).contains(&old),
@@ -102,31 +102,31 @@ fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
     assert!(superblock.rotation.is_none());
     v.close().unwrap();
     // The new key alone opens it now.
-    let v = open_with(dir.path(), vec![common::key(2)], &clock);
+    let v = open_with(dir.path(), vec![kit::volume::key(2)], &clock);
     assert!(read_all(&v) == image);
 }
 
 #[test]
 fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
     fill(&v, &mut image, 1);
     v.create_snapshot("kept").unwrap();
     v.materialize_snapshots().unwrap();
     let held = image.clone();
     fill(&v, &mut image, 1);
-    let old = common::key(1).id();
-    let outcome = rotate(&v, common::key(2), RotationReason::Manual);
+    let old = kit::volume::key(1).id();
+    let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
     assert_eq!(outcome.kept_for_snapshots, vec![old]);
     assert!(outcome.destroyable.is_empty());
     assert!(read_all(&v) == image);
     let view = Volume::open_snapshot(
         dir.path(),
         "kept",
-        vec![common::key(1)],
-        &common::options(BLOCK),
+        vec![kit::volume::key(1)],
+        &kit::volume::options(BLOCK),
     )
     .unwrap();
     assert!(read_all(&view) == held, "the snapshot changed");
@@ -143,16 +143,16 @@ fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
 
 #[test]
 fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
     fill(&v, &mut image, 1);
     v.create_snapshot("shares").unwrap();
     v.materialize_snapshots().unwrap();
     // No overwrite: every live block is in segments the snapshot pins.
-    let old = common::key(1).id();
-    let outcome = rotate(&v, common::key(2), RotationReason::Manual);
+    let old = kit::volume::key(1).id();
+    let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
     assert_eq!(outcome.kept_for_snapshots, vec![old], "{outcome:?}");
     assert!(outcome.bytes_rekeyed >= BYTES, "{outcome:?}");
     assert!(
@@ -163,13 +163,13 @@ fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
     assert!(usage.iter().all(|k| k.key_id != old), "{usage:?}");
     assert!(read_all(&v) == image);
     v.close().unwrap();
-    let v = open_with(dir.path(), vec![common::key(2)], &clock);
+    let v = open_with(dir.path(), vec![kit::volume::key(2)], &clock);
     assert!(read_all(&v) == image, "the volume needs the old key still");
     let view = Volume::open_snapshot(
         dir.path(),
         "shares",
-        vec![common::key(1)],
-        &common::options(BLOCK),
+        vec![kit::volume::key(1)],
+        &kit::volume::options(BLOCK),
     )
     .unwrap();
     assert!(read_all(&view) == image, "the snapshot changed");
@@ -177,9 +177,9 @@ fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
 
 #[test]
 fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
     fill(&v, &mut image, 1);
     v.create_snapshot("kept").unwrap();
@@ -187,12 +187,12 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     let held = image.clone();
     // Half the blocks change after the snapshot; the rest it shares.
     for i in 0..(BYTES / 65536 / 2) {
-        let data = common::pattern(65536, 200 + i as u8);
+        let data = kit::data::pattern(65536, 200 + i as u8);
         v.write(i * 65536, &data).unwrap();
         image[(i * 65536) as usize..][..data.len()].copy_from_slice(&data);
     }
-    let old = common::key(1).id();
-    let key = common::key(2);
+    let old = kit::volume::key(1).id();
+    let key = kit::volume::key(2);
     let entry = entry_for(&key);
     v.start_rotation_with(key, entry, RotationReason::Manual, true)
         .unwrap();
@@ -213,8 +213,8 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     let view = Volume::open_snapshot(
         dir.path(),
         "kept",
-        vec![common::key(2)],
-        &common::options(BLOCK),
+        vec![kit::volume::key(2)],
+        &kit::volume::options(BLOCK),
     )
     .unwrap();
     assert!(read_all(&view) == held, "the snapshot changed");
@@ -230,13 +230,13 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     );
     assert!(read_all(&v) == image);
     v.close().unwrap();
-    let v = open_with(dir.path(), vec![common::key(2)], &clock);
+    let v = open_with(dir.path(), vec![kit::volume::key(2)], &clock);
     assert!(read_all(&v) == image);
     let view = Volume::open_snapshot(
         dir.path(),
         "kept",
-        vec![common::key(2)],
-        &common::options(BLOCK),
+        vec![kit::volume::key(2)],
+        &kit::volume::options(BLOCK),
     )
     .unwrap();
     assert!(
@@ -247,9 +247,9 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
 
 #[test]
 fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let key = common::key(1).id();
+    let key = kit::volume::key(1).id();
     let encrypted = |v: &Volume| {
         v.key_status()
             .unwrap()
@@ -258,7 +258,7 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
             .unwrap()
             .usage
     };
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
     fill(&v, &mut image, 2);
     assert_eq!(encrypted(&v).encrypted_bytes, 2 * BYTES);
@@ -267,7 +267,7 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
     v.log().checkpoint().unwrap();
     fill(&v, &mut image, 1);
     drop(v); // crash: the last pass is replayed, not checkpointed
-    let v = open_with(dir.path(), vec![common::key(1)], &clock);
+    let v = open_with(dir.path(), vec![kit::volume::key(1)], &clock);
     assert_eq!(encrypted(&v).encrypted_bytes, 3 * BYTES);
     let options = CompactOptions {
         live_ratio_max: 1.0,
@@ -281,16 +281,16 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
         "moves are not encryptions"
     );
     drop(v);
-    let v = open_with(dir.path(), vec![common::key(1)], &clock);
+    let v = open_with(dir.path(), vec![kit::volume::key(1)], &clock);
     assert_eq!(encrypted(&v).encrypted_bytes, 3 * BYTES);
     assert!(read_all(&v) == image);
 }
 
 #[test]
 fn each_threshold_and_retirement_makes_a_rotation_due() {
-    let dir = common::fast_tempdir();
+    let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     assert_eq!(v.rotation_due().unwrap(), None);
     let mut image = vec![0u8; BYTES as usize];
 
@@ -302,7 +302,7 @@ fn each_threshold_and_retirement_makes_a_rotation_due() {
     .unwrap();
     fill(&v, &mut image, 1);
     assert_eq!(v.rotation_due().unwrap(), Some(RotationReason::LiveBytes));
-    rotate(&v, common::key(2), RotationReason::LiveBytes);
+    rotate(&v, kit::volume::key(2), RotationReason::LiveBytes);
 
     // Cumulative: the live data fits, but 2 MiB were ever encrypted.
     v.set_key_policy(&KeyPolicy {
@@ -319,7 +319,7 @@ fn each_threshold_and_retirement_makes_a_rotation_due() {
         v.rotation_due().unwrap(),
         Some(RotationReason::EncryptedBytes)
     );
-    rotate(&v, common::key(3), RotationReason::EncryptedBytes);
+    rotate(&v, kit::volume::key(3), RotationReason::EncryptedBytes);
 
     // Age: 90 days by default.
     v.set_key_policy(&KeyPolicy::default()).unwrap();
@@ -337,28 +337,34 @@ fn each_threshold_and_retirement_makes_a_rotation_due() {
     assert_eq!(v.rotation_due().unwrap(), None);
     clock.advance(29 * DAY);
     assert_eq!(v.rotation_due().unwrap(), Some(RotationReason::Retirement));
-    rotate(&v, common::key(4), RotationReason::Retirement);
+    rotate(&v, kit::volume::key(4), RotationReason::Retirement);
     assert_eq!(v.rotation_due().unwrap(), None);
     assert!(read_all(&v) == image);
 }
 
 #[test]
 fn a_rotation_interrupted_at_every_step_resumes_and_loses_nothing() {
-    let original = common::fast_tempdir();
+    let original = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
     let mut image = vec![0u8; BYTES as usize];
     {
-        let v = Volume::create(original.path(), BYTES, common::key(1), &options(&clock)).unwrap();
+        let v = Volume::create(
+            original.path(),
+            BYTES,
+            kit::volume::key(1),
+            &options(&clock),
+        )
+        .unwrap();
         fill(&v, &mut image, 2);
         v.flush().unwrap();
     }
-    let old = common::key(1).id();
+    let old = kit::volume::key(1).id();
     let mut steps = 0;
     loop {
-        let work = common::fast_tempdir();
-        common::copy_dir(original.path(), work.path());
-        let v = open_with(work.path(), vec![common::key(1)], &clock);
-        let key = common::key(2);
+        let work = kit::dirs::fast_tempdir();
+        kit::dirs::copy_dir(original.path(), work.path());
+        let v = open_with(work.path(), vec![kit::volume::key(1)], &clock);
+        let key = kit::volume::key(2);
         let entry = entry_for(&key);
         v.start_rotation(key, entry, RotationReason::Manual)
             .unwrap();
@@ -369,7 +375,11 @@ fn a_rotation_interrupted_at_every_step_resumes_and_loses_nothing() {
         let result = v.continue_rotation(&options, &mut |_| {});
         drop(v); // crash
         // The superblock names both keys while the rotation runs.
-        let v = open_with(work.path(), vec![common::key(1), common::key(2)], &clock);
+        let v = open_with(
+            work.path(),
+            vec![kit::volume::key(1), kit::volume::key(2)],
+            &clock,
+        );
         assert!(
             read_all(&v) == image,
             "data differs after a crash at step {steps}"

@@ -1,26 +1,11 @@
 //! What the disk must never show: plaintext, repeated ciphertext for repeated
 //! data, or the key.
 
-mod common;
+mod kit;
 
-use std::path::Path;
-
-use common::{create, segment_files};
+use kit::dirs::files_with_contents;
+use kit::volume::{create, segment_files};
 use lsvblk::store::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-
-/// Every file under `dir`, recursively, with its bytes.
-fn all_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            found.extend(all_files(&entry.path()));
-        } else {
-            found.push((entry.path(), std::fs::read(entry.path()).unwrap()));
-        }
-    }
-    found
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -37,8 +22,8 @@ fn no_file_of_the_volume_holds_the_plaintext_pattern_or_the_key() {
     volume.write(3 << 20, &data[..1024]).unwrap(); // read-modify-write path
     volume.flush().unwrap();
     volume.close().unwrap();
-    let key = common::key(1);
-    let files = all_files(dir.path());
+    let key = kit::volume::key(1);
+    let files = files_with_contents(dir.path());
     assert!(
         files.len() >= 3,
         "segments, checkpoint and superblock were scanned"
@@ -66,7 +51,7 @@ fn no_file_of_the_volume_holds_the_plaintext_pattern_or_the_key() {
 fn rewriting_a_block_with_the_same_data_gives_different_ciphertext() {
     let dir = tempfile::tempdir().unwrap();
     let volume = create(dir.path(), 1 << 20, 4096);
-    let block = common::pattern(4096, 42);
+    let block = kit::data::pattern(4096, 42);
     volume.write(8192, &block).unwrap();
     volume.write(8192, &block).unwrap();
     volume.flush().unwrap();

@@ -8,6 +8,8 @@
 //! `openssl speed -bytes 4096` / `-bytes 512`.
 
 mod common;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 
 use std::hint::black_box;
 use std::process::Command;

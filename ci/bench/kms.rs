@@ -11,73 +11,26 @@
 //! Each case runs `--reps` times (default 3) for `--rep-ms` (default 3000),
 //! round-robin; req/s is the median of the repetitions, latencies are
 //! percentiles over all calls. Prints a table, then one JSON object as the
-//! last line, also written to `target/bench/kms.json`. Self-contained (no
-//! `ci/bench/common`). `unwrap_*` keys are the two-client case;
-//! `*_1client` the one-client case.
+//! last line, also written to `target/bench/kms.json`. Its own options and
+//! report (not `ci/bench/common`'s); the service is the kit's (`tests/kit`).
+//! `unwrap_*` keys are the two-client case; `*_1client` the one-client case.
+
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kit::kms::{Kms, LSVKMS};
 use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::client::KmsClient;
-
-const LSVKMS: &str = env!("CARGO_BIN_EXE_lsvkms");
 /// Unwraps before measuring (connections, page cache, branch predictors).
 const WARMUP_CALLS: u32 = 300;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn lsvkms(args: &[&str]) -> String {
-    let out = Command::new(LSVKMS)
-        .args(args)
-        .output()
-        .expect("lsvkms runs");
-    assert!(
-        out.status.success(),
-        "lsvkms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-fn start(dir: &Path, socket: &Path) -> Server {
-    let child = Command::new(LSVKMS)
-        .args([
-            "serve",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.with_file_name("lsvkms.log")).expect("log file"))
-        .spawn()
-        .expect("lsvkms serve starts");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while KmsClient::new(socket).health().is_err() {
-        assert!(Instant::now() < deadline, "lsvkms did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
 }
 
 /// `--reps N` (default 3) and `--rep-ms N` (default 3000), as the other
@@ -177,20 +130,14 @@ struct Call {
 }
 
 /// Initialises a state directory, starts the service, makes one key.
-fn setup(work: &Path, warmup_calls: u32) -> (Server, PathBuf, Call) {
-    let dir = work.join("state");
-    let socket = work.join("kms.sock");
-    let dir_text = dir.to_str().unwrap();
-    lsvkms(&["init", "--dir", dir_text, "--issuer", "bench"]);
-    let token = lsvkms(&[
-        "token", "issue", "--dir", dir_text, "--user", "alice", "--ttl", "1h",
-    ]);
-    let server = start(&dir, &socket);
+fn setup(work: &Path, warmup_calls: u32) -> (Kms, Call) {
+    let kms = Kms::start_in(Path::new(LSVKMS), work);
+    let token = kms.token_text("alice", "1h");
     let context = KeyContext {
         volume_id: "bench-volume".into(),
         snapshot_id: String::new(),
     };
-    let client = KmsClient::new(&socket);
+    let client = KmsClient::new(kms.socket());
     let generated = client
         .generate_data_key(&["alice".to_owned()], &context)
         .unwrap();
@@ -199,15 +146,12 @@ fn setup(work: &Path, warmup_calls: u32) -> (Server, PathBuf, Call) {
             .unwrap(&generated.wrapped_blob, &context, &token)
             .unwrap();
     }
-    (
-        server,
-        socket,
-        Call {
-            blob: generated.wrapped_blob,
-            context,
-            token,
-        },
-    )
+    let call = Call {
+        blob: generated.wrapped_blob,
+        context,
+        token,
+    };
+    (kms, call)
 }
 
 fn main() {
@@ -216,7 +160,7 @@ fn main() {
     std::fs::create_dir_all(&bench_dir).unwrap();
     let work = tempfile::tempdir_in(&bench_dir).unwrap();
     let warmup_calls = if options.smoke { 10 } else { WARMUP_CALLS };
-    let (_server, socket, call) = setup(work.path(), warmup_calls);
+    let (kms, call) = setup(work.path(), warmup_calls);
     let mut runs: Vec<Runs> = [1, 2]
         .iter()
         .map(|c| Runs {
@@ -229,7 +173,7 @@ fn main() {
     // Round-robin, so a burst of noise from a neighbour hits both cases alike.
     for _ in 0..options.reps {
         for runs in &mut runs {
-            let (rps, latencies) = measure(&socket, runs.clients, options.rep, &call);
+            let (rps, latencies) = measure(kms.socket(), runs.clients, options.rep, &call);
             runs.calls += latencies.len();
             runs.rps.push(rps);
             runs.latencies_us.extend(latencies);

@@ -19,12 +19,15 @@
 //! rotates per repetition); the median of the repetitions is reported.
 
 mod common;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Options, Report, median};
+use kit::rng::Rng;
 use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
 use lsvblk::volume::{Volume, VolumeOptions};
 
@@ -141,7 +144,7 @@ fn main() {
     }
 
     let blocks = volume_bytes / IO_BYTES as u64;
-    let mut rng = common::SplitMix64(0x5eed_1234_abcd_0001);
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut buf = vec![0u8; IO_BYTES];
     // Warm-up: a short untimed pass of every case.
     let warm_up = (options.rep_duration / 8).min(Duration::from_millis(300));
@@ -235,7 +238,7 @@ fn run_case(
     op: Op,
     blocks: u64,
     duration: Duration,
-    rng: &mut common::SplitMix64,
+    rng: &mut Rng,
     buf: &mut [u8],
 ) -> f64 {
     let start = Instant::now();

@@ -26,6 +26,10 @@ use lsvblk::kms::{server, tls};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep the process dumpable (core files, ptrace): for debugging and
+    /// tests only. Without it the process writes no core dump.
+    #[arg(long, global = true, hide = true)]
+    allow_core_dumps: bool,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +146,9 @@ enum AuditCommand {
 }
 
 fn main() -> Result<()> {
+    // Before anything else, so that no key ever lives in a dumpable process.
+    lsvblk::crypto::hygiene::protect_process_unless_flagged()
+        .context("cannot disable core dumps")?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -214,11 +221,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         serve_tls(address, &args, &service)?;
     }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
+    let accepting = Arc::clone(&service);
     std::thread::Builder::new()
         .name("kms-accept".into())
-        .spawn(move || server::serve_unix(listener, service))?;
+        .spawn(move || server::serve_unix(listener, accepting))?;
     let signal = wait_for(&signals);
     tracing::info!(signal, "stopping");
+    service.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::hygiene::RegisterScrub;
 use super::locked::{LockedBox, LockedFillError};
 
 /// Bytes of key material of an AES-256-XTS key (two AES-256 keys).
@@ -66,6 +67,8 @@ pub struct KeyId(pub [u8; KEY_ID_BYTES]);
 impl KeyId {
     /// Derives the id of `material` used as a key of `kind`.
     pub fn derive(kind: KeyKind, material: &[u8]) -> Self {
+        // SHA-256 (SHA-NI/AVX2) holds the padded key in vector registers.
+        let _registers = RegisterScrub::on_drop();
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(material)
             .expect("HMAC accepts keys of any length");
         mac.update(KEY_ID_LABEL);
@@ -168,6 +171,8 @@ impl DataKey {
     /// Copies `material` into a new key of `kind`. The caller still owns (and
     /// must wipe) its own copy; use `zeroize::Zeroizing` for it.
     pub fn from_bytes(kind: KeyKind, material: &[u8]) -> Result<Self, KeyError> {
+        // The copy into locked memory goes through vector registers.
+        let _registers = RegisterScrub::on_drop();
         let expected = kind.material_bytes();
         if material.len() != expected {
             return Err(KeyError::Length {

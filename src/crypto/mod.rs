@@ -1,6 +1,8 @@
 //! Cryptography: batched AES-256-XTS, data keys in locked memory, and the
-//! fixed crypto thread pool that splits large buffers into chunks.
+//! fixed crypto thread pool that splits large buffers into chunks, and the
+//! hygiene that keeps key material out of registers and dead stack frames.
 
+pub mod hygiene;
 pub mod key;
 pub mod locked;
 pub mod pool;
@@ -8,4 +10,4 @@ pub mod xts;
 
 pub use key::{DataKey, KeyId, KeyKind};
 pub use pool::CryptoPool;
-pub use xts::{DataUnit, Tweak, XtsCipher};
+pub use xts::{DataUnit, Tweak, XtsCipher, XtsPath};

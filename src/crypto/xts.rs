@@ -1,49 +1,46 @@
 //! AES-256-XTS (IEEE 1619) over whole buffers of data units, batched.
 //!
-//! Why not the `xts-mode` crate: it encrypts one 16-byte block per call, so the
-//! AES pipeline never fills (about 0.35 GB/s here). We run the `aes` crate's
-//! parallel backend (8 blocks at a time with AES-NI, 64 with VAES + AVX-512)
-//! over chunks of 64 blocks: compute the chunk's tweaks, XOR them in, encrypt
-//! the chunk in place, XOR them out again. The results are bit-identical to
-//! `xts-mode`, which the tests use as the oracle, and to the IEEE 1619 vectors.
+//! Why not the `xts-mode` crate: it encrypts one 16-byte block per call, so
+//! the AES pipeline never fills (about 0.35 GB/s here). Ours has four
+//! paths ([`XtsPath`]), chosen once at run time for the CPU:
+//! * `vaes-avx512`, `vaes-avx2`, `aes-ni`: our own AES rounds in ZMM, YMM
+//!   or XMM registers (modules `x86`, `kernel`, `lanes`). Tweak generation,
+//!   the XOR before and after, and the rounds are one fused pass over the
+//!   data, eight vectors of blocks in flight;
+//! * `portable`: the `aes` crate's backend (software, or ARMv8 AES) over
+//!   chunks of 64 blocks, with tweaks made in lanes around each call
+//!   (modules `portable`, `tweaks`).
 //!
-//! Three things keep the XTS overhead small next to AES itself:
-//! * the per-block tweaks T·α^j come from eight independent lanes stepped by
-//!   α^8 in SIMD registers (module `tweaks`), not from one serial chain;
-//! * the tweak values E(K2, i) of up to `UNIT_TWEAKS_BATCH` data units are
-//!   encrypted in one call, so small units do not each wait out an AES
-//!   latency;
-//! * our loop runs inside `aes`'s backend closure (`encrypt_with_backend`), so
-//!   it is compiled with the backend's CPU features and the round keys are
-//!   broadcast once per call rather than once per chunk.
+//! The tweak values E(K2, i) of up to 32 data units are encrypted in one
+//! batch, so small units do not each wait out an AES latency. Results are
+//! bit-identical on every path to `xts-mode` (the tests' oracle) and to the
+//! IEEE 1619 vectors. Data units are a multiple of 16 bytes (512 and 4096 in
+//! practice), so ciphertext stealing is never needed and not implemented.
 //!
-//! Data units are a multiple of 16 bytes (512 and 4096 in practice), so
-//! ciphertext stealing is never needed and not implemented.
+//! Every call ends by overwriting the stack its callees used and clearing
+//! the vector registers (round keys live in both while AES runs), so no
+//! thread keeps a copy of a key after the key is dropped.
 
+#[cfg(target_arch = "x86_64")]
+mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+mod portable;
 mod tweaks;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
-use aes::Aes256;
-use aes::cipher::{
-    Array, BlockCipherDecBackend, BlockCipherDecClosure, BlockCipherDecrypt, BlockCipherEncBackend,
-    BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit, array::ArraySize,
-    consts::U16,
-};
-
-use super::locked::{scrub_callee_frames, scrub_stack};
-use tweaks::Generator;
+use super::hygiene::scrub_vector_registers;
+use super::locked::{LockedBox, scrub_callee_frames, scrub_stack};
 
 /// Bytes in one AES block.
 const AES_BLOCK_BYTES: usize = 16;
 
-/// AES blocks per chunk: 1 KiB of data and 1 KiB of tweaks stay in L1, and the
-/// chunk is a whole number of every backend's parallel width (8 for AES-NI,
-/// 32 or 64 for VAES). Measured: 128 and 256 were slower, not faster.
-const CHUNK_BLOCKS: usize = 64;
-
-/// Data units whose tweak values E(K2, i) are encrypted in one AES call.
-const UNIT_TWEAKS_BATCH: usize = 32;
-
-type Block = Array<u8, U16>;
+/// The environment variable that picks a slower path than the CPU's best
+/// (`portable`, `aes-ni`, `vaes-avx2`), to measure or test a machine as one
+/// without AVX-512 or VAES would run. Unknown or unsupported values are
+/// ignored with a warning.
+pub const XTS_PATH_ENV: &str = "LSVBLK_XTS_PATH";
 
 /// The size of one XTS data unit (one tweak per unit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,29 +84,200 @@ impl Tweak {
     }
 }
 
+/// Whether a pass encrypts or decrypts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+/// The code that runs XTS, fastest first. [`XtsPath::detect`] picks one
+/// for the CPU; tests and benchmarks force each path the CPU supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum XtsPath {
+    /// Our rounds in ZMM registers: VAES + AVX-512F (Intel Ice Lake and
+    /// later, AMD Zen 4 and later).
+    VaesAvx512,
+    /// Our rounds in YMM registers: VAES + AVX2 (AMD Zen 3, Intel Alder
+    /// Lake, any AVX-512 CPU with VAES).
+    VaesAvx2,
+    /// Our rounds in XMM registers: AES-NI (every x86-64 server since 2010).
+    AesNi,
+    /// The `aes` crate's backend with batched tweaks: any CPU.
+    Portable,
+}
+
+impl XtsPath {
+    /// Every path, fastest first.
+    pub const ALL: [XtsPath; 4] = [
+        XtsPath::VaesAvx512,
+        XtsPath::VaesAvx2,
+        XtsPath::AesNi,
+        XtsPath::Portable,
+    ];
+
+    /// The path's name, as [`XTS_PATH_ENV`] and the benchmarks spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            XtsPath::VaesAvx512 => "vaes-avx512",
+            XtsPath::VaesAvx2 => "vaes-avx2",
+            XtsPath::AesNi => "aes-ni",
+            XtsPath::Portable => "portable",
+        }
+    }
+
+    /// The path named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|path| path.name() == name)
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self.width() {
+            #[cfg(target_arch = "x86_64")]
+            Some(width) => width.supported(),
+            _ => self == XtsPath::Portable,
+        }
+    }
+
+    /// The paths this CPU can run, fastest first.
+    pub fn all_supported() -> Vec<XtsPath> {
+        Self::ALL.into_iter().filter(|p| p.supported()).collect()
+    }
+
+    /// The path new ciphers use: the fastest this CPU supports, or the one
+    /// [`XTS_PATH_ENV`] names if the CPU supports it. Decided once per
+    /// process.
+    pub fn detect() -> XtsPath {
+        static CHOSEN: std::sync::OnceLock<XtsPath> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Self::all_supported()[0];
+            let Ok(asked) = std::env::var(XTS_PATH_ENV) else {
+                return best;
+            };
+            match Self::from_name(&asked) {
+                Some(path) if path.supported() => path,
+                _ => {
+                    tracing::warn!(
+                        "{XTS_PATH_ENV}={asked:?} is not a path this CPU runs; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            }
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn width(self) -> Option<x86::Width> {
+        match self {
+            XtsPath::VaesAvx512 => Some(x86::Width::Zmm),
+            XtsPath::VaesAvx2 => Some(x86::Width::Ymm),
+            XtsPath::AesNi => Some(x86::Width::Xmm),
+            XtsPath::Portable => None,
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn width(self) -> Option<()> {
+        None
+    }
+}
+
+/// A path this CPU cannot run was asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("this CPU cannot run the {} XTS path", .0.name())]
+pub struct UnsupportedPath(pub XtsPath);
+
+/// The expanded keys of one path.
+enum Engine {
+    #[cfg(target_arch = "x86_64")]
+    X86 {
+        width: x86::Width,
+        data: x86::Schedule,
+        tweak: x86::Schedule,
+    },
+    Portable(portable::Keys),
+}
+
 /// An AES-256-XTS key schedule: data key (K1) and tweak key (K2).
 ///
 /// Holds expanded key material: keep it in locked memory
-/// (`LockedBox<XtsCipher>`); the `aes` crate zeroes schedules on drop.
+/// ([`XtsCipher::new_locked`]); schedules are zeroed on drop.
 pub struct XtsCipher {
-    data: Aes256,
-    tweak: Aes256,
-    generator: Generator,
+    path: XtsPath,
+    engine: Engine,
 }
 
 impl XtsCipher {
     /// Expands a 64-byte XTS key: bytes 0..32 are K1 (data), 32..64 are K2
-    /// (tweak), as in IEEE 1619.
+    /// (tweak), as in IEEE 1619. Runs on [`XtsPath::detect`]'s path.
     pub fn new(key: &[u8; 64]) -> Self {
-        let (data_key, tweak_key) = key.split_at(32);
-        let cipher = XtsCipher {
-            data: Aes256::new_from_slice(data_key).expect("K1 is 32 bytes"),
-            tweak: Aes256::new_from_slice(tweak_key).expect("K2 is 32 bytes"),
-            generator: Generator::detect(),
-        };
-        // `Aes256::new` built the schedules on our stack before moving them.
+        Self::with_path(key, XtsPath::detect()).expect("the detected path is supported")
+    }
+
+    /// As [`XtsCipher::new`] on `path` (for tests and benchmarks: every
+    /// path gives the same results).
+    pub fn with_path(key: &[u8; 64], path: XtsPath) -> Result<Self, UnsupportedPath> {
+        let mut cipher = Self::blank(path)?;
+        cipher.expand(key);
+        // Expansion left key bytes in our callees' frames and in registers.
         scrub_stack();
-        cipher
+        scrub_vector_registers();
+        Ok(cipher)
+    }
+
+    /// Expands `key` straight into new locked, non-dumpable pages (on the
+    /// fast paths no copy of the schedule is ever made elsewhere).
+    pub fn new_locked(key: &[u8; 64]) -> std::io::Result<LockedBox<XtsCipher>> {
+        let path = XtsPath::detect();
+        let blank = Self::blank(path).expect("the detected path is supported");
+        let mut locked = LockedBox::new(blank)?;
+        locked.get_mut().expand(key);
+        scrub_stack();
+        scrub_vector_registers();
+        Ok(locked)
+    }
+
+    /// A cipher on `path` with an all-zero schedule.
+    fn blank(path: XtsPath) -> Result<Self, UnsupportedPath> {
+        if !path.supported() {
+            return Err(UnsupportedPath(path));
+        }
+        let engine = match path.width() {
+            #[cfg(target_arch = "x86_64")]
+            Some(width) => Engine::X86 {
+                width,
+                data: x86::Schedule::zeroed(),
+                tweak: x86::Schedule::zeroed(),
+            },
+            _ => Engine::Portable(portable::Keys::new(&[0; 32], &[0; 32])),
+        };
+        Ok(XtsCipher { path, engine })
+    }
+
+    /// Expands `key` into this cipher's schedules, in place where the path
+    /// allows.
+    #[inline(never)]
+    fn expand(&mut self, key: &[u8; 64]) {
+        let (data_key, tweak_key) = key.split_at(32);
+        match &mut self.engine {
+            #[cfg(target_arch = "x86_64")]
+            Engine::X86 { data, tweak, .. } => {
+                // SAFETY: every x86 width needs AES-NI, and `blank` checked
+                // that this CPU supports the path.
+                unsafe {
+                    data.expand(data_key.try_into().expect("K1 is 32 bytes"));
+                    tweak.expand(tweak_key.try_into().expect("K2 is 32 bytes"));
+                }
+            }
+            Engine::Portable(keys) => *keys = portable::Keys::new(data_key, tweak_key),
+        }
+    }
+
+    /// The path this cipher runs on.
+    pub fn path(&self) -> XtsPath {
+        self.path
     }
 
     /// Encrypts `buf` in place: consecutive data units of `unit` bytes, the
@@ -119,10 +287,11 @@ impl XtsCipher {
     /// If `buf` is not a whole number of data units (a caller bug).
     pub fn encrypt(&self, buf: &mut [u8], unit: DataUnit, first: Tweak) {
         self.apply(buf, unit, first, Direction::Encrypt);
-        // `apply` and the AES backend held round keys in their frames (the
-        // backend broadcasts them to vector registers and spills some):
-        // wipe them now, not whenever this thread's stack is next used.
+        // `apply` and the AES code held round keys in their frames and in
+        // vector registers: wipe both now, not whenever this thread's stack
+        // and registers are next used.
         scrub_callee_frames();
+        scrub_vector_registers();
     }
 
     /// Decrypts `buf` in place; the inverse of [`XtsCipher::encrypt`].
@@ -134,6 +303,28 @@ impl XtsCipher {
         // As in `encrypt` (decryption's last round key is the key's first
         // 16 bytes).
         scrub_callee_frames();
+        scrub_vector_registers();
+    }
+
+    /// AES-256-ECB encryption of `blocks` (a multiple of 16 bytes) under
+    /// K1 on this cipher's path: the ceiling XTS is measured against in
+    /// the benchmarks. Not for data.
+    #[doc(hidden)]
+    pub fn raw_aes_encrypt_for_bench(&self, blocks: &mut [u8]) {
+        assert!(blocks.len().is_multiple_of(AES_BLOCK_BYTES));
+        self.ecb_encrypt(blocks);
+        scrub_callee_frames();
+        scrub_vector_registers();
+    }
+
+    #[inline(never)]
+    fn ecb_encrypt(&self, blocks: &mut [u8]) {
+        match &self.engine {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `blank` checked that this CPU supports the width.
+            Engine::X86 { width, data, .. } => unsafe { x86::ecb_encrypt(*width, data, blocks) },
+            Engine::Portable(keys) => keys.ecb_encrypt(blocks),
+        }
     }
 
     /// Not inlined, so that the scrub after it covers its own frame too.
@@ -145,165 +336,30 @@ impl XtsCipher {
             buf.len(),
             unit.bytes()
         );
-        let (blocks, rest) = Block::slice_as_chunks_mut(buf);
-        debug_assert!(rest.is_empty());
-        let blocks_per_unit = unit.bytes() / AES_BLOCK_BYTES;
-        let mut encrypted_tweaks = [Block::default(); UNIT_TWEAKS_BATCH];
-        let mut next = first;
-        for group in blocks.chunks_mut(blocks_per_unit * UNIT_TWEAKS_BATCH) {
-            let unit_tweaks = &mut encrypted_tweaks[..group.len() / blocks_per_unit];
-            for slot in unit_tweaks.iter_mut() {
-                *slot = Block::from(next.0.to_le_bytes());
-                next = next.add_units(1);
+        match &self.engine {
+            #[cfg(target_arch = "x86_64")]
+            Engine::X86 { width, data, tweak } => {
+                // SAFETY: `blank` checked that this CPU supports the width.
+                unsafe { x86::xts(*width, data, tweak, direction, buf, unit.bytes(), first.0) }
             }
-            // IEEE 1619: the first block of unit i is masked with E(K2, i).
-            self.tweak.encrypt_blocks(unit_tweaks);
-            let pass = Pass {
-                blocks: group,
-                unit_tweaks,
-                blocks_per_unit,
-                generator: self.generator,
-            };
-            match direction {
-                Direction::Encrypt => self.data.encrypt_with_backend(EncryptPass(pass)),
-                Direction::Decrypt => self.data.decrypt_with_backend(DecryptPass(pass)),
-            }
+            Engine::Portable(keys) => keys.xts(buf, unit.bytes(), first.0, direction),
         }
     }
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Encrypt,
-    Decrypt,
-}
-
-/// One pass of XTS over whole data units whose tweak values are already
-/// encrypted, run by an AES backend.
-struct Pass<'a> {
-    blocks: &'a mut [Block],
-    /// E(K2, i) for each data unit in `blocks`, in order.
-    unit_tweaks: &'a [Block],
-    blocks_per_unit: usize,
-    generator: Generator,
-}
-
-/// [`Pass`] as an encryption closure for `encrypt_with_backend`.
-struct EncryptPass<'a>(Pass<'a>);
-
-/// [`Pass`] as a decryption closure for `decrypt_with_backend`.
-struct DecryptPass<'a>(Pass<'a>);
-
-impl BlockSizeUser for EncryptPass<'_> {
-    type BlockSize = U16;
-}
-
-impl BlockSizeUser for DecryptPass<'_> {
-    type BlockSize = U16;
-}
-
-impl BlockCipherEncClosure for EncryptPass<'_> {
-    // Inlined into the backend's `#[target_feature]` function, so our tweak
-    // and XOR loops are compiled for the same CPU features as the AES code.
-    #[inline(always)]
-    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
-        self.0.run::<B::ParBlocksSize>(
-            |blocks| backend.encrypt_par_blocks_inplace(blocks),
-            |blocks| backend.encrypt_tail_blocks_inplace(blocks),
-        );
-    }
-}
-
-impl BlockCipherDecClosure for DecryptPass<'_> {
-    #[inline(always)]
-    fn call<B: BlockCipherDecBackend<BlockSize = U16>>(self, backend: &B) {
-        self.0.run::<B::ParBlocksSize>(
-            |blocks| backend.decrypt_par_blocks_inplace(blocks),
-            |blocks| backend.decrypt_tail_blocks_inplace(blocks),
-        );
-    }
-}
-
-impl Pass<'_> {
-    /// Runs XTS over the blocks, chunk by chunk: `parallel` transforms
-    /// `P` blocks at once, `tail` fewer than `P`.
-    #[inline(always)]
-    fn run<P: ArraySize>(
-        self,
-        mut parallel: impl FnMut(&mut Array<Block, P>),
-        mut tail: impl FnMut(&mut [Block]),
-    ) {
-        let mut stream = TweakStream {
-            unit_tweaks: self.unit_tweaks.iter(),
-            blocks_per_unit: self.blocks_per_unit,
-            blocks_left_in_unit: 0,
-            next: 0,
-            generator: self.generator,
-        };
-        let mut words = [0u64; 2 * CHUNK_BLOCKS];
-        for chunk in self.blocks.chunks_mut(CHUNK_BLOCKS) {
-            let words = &mut words[..2 * chunk.len()];
-            stream.fill(words);
-            xor_words(chunk, words);
-            let (batches, rest) = Array::<Block, P>::slice_as_chunks_mut(chunk);
-            for batch in batches {
-                parallel(batch);
-            }
-            if !rest.is_empty() {
-                tail(rest);
-            }
-            xor_words(chunk, words);
-        }
-        debug_assert!(stream.unit_tweaks.next().is_none());
-    }
-}
-
-/// The per-block tweaks of consecutive data units, produced a chunk at a time.
-struct TweakStream<'a> {
-    unit_tweaks: std::slice::Iter<'a, Block>,
-    blocks_per_unit: usize,
-    blocks_left_in_unit: usize,
-    /// The tweak of the next block, if `blocks_left_in_unit > 0`.
-    next: u128,
-    generator: Generator,
-}
-
-impl TweakStream<'_> {
-    /// Writes the tweaks of the next `words.len() / 2` blocks as
-    /// little-endian (low, high) word pairs.
-    #[inline(always)]
-    fn fill(&mut self, words: &mut [u64]) {
-        let mut filled = 0;
-        while filled < words.len() {
-            if self.blocks_left_in_unit == 0 {
-                let encrypted = self.unit_tweaks.next().expect("one tweak per data unit");
-                self.next = u128::from_le_bytes((*encrypted).into());
-                self.blocks_left_in_unit = self.blocks_per_unit;
-            }
-            let run = (words.len() - filled).min(2 * self.blocks_left_in_unit);
-            self.next = self
-                .generator
-                .run(self.next, &mut words[filled..filled + run]);
-            filled += run;
-            self.blocks_left_in_unit -= run / 2;
-        }
-    }
-}
-
-/// XORs each block with its tweak, given as little-endian word pairs.
-#[inline(always)]
-fn xor_words(blocks: &mut [Block], words: &[u64]) {
-    let bytes = Array::slice_as_flattened_mut(blocks);
-    debug_assert_eq!(bytes.len(), 8 * words.len());
-    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
-        let value = u64::from_le_bytes((&*chunk).try_into().expect("8 bytes")) ^ word;
-        chunk.copy_from_slice(&value.to_le_bytes());
+impl std::fmt::Debug for XtsCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XtsCipher")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aes::Aes256;
+    use aes::cipher::KeyInit;
     use xts_mode::{Xts128, get_tweak_default};
 
     fn key() -> [u8; 64] {
@@ -321,23 +377,36 @@ mod tests {
         assert_eq!(buf, plain);
     }
 
-    /// Every generator this CPU can run, in a cipher of its own.
-    fn ciphers() -> Vec<XtsCipher> {
-        let mut portable = XtsCipher::new(&key());
-        portable.generator = Generator::Portable;
-        let detected = XtsCipher::new(&key());
-        vec![portable, detected]
+    #[test]
+    fn the_best_path_is_detected_and_every_x86_64_cpu_has_one_beyond_portable() {
+        assert!(XtsPath::detect().supported());
+        assert!(XtsPath::Portable.supported());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("aes") {
+            assert!(XtsPath::AesNi.supported());
+        }
+        for path in XtsPath::ALL {
+            assert_eq!(XtsPath::from_name(path.name()), Some(path));
+        }
+    }
+
+    /// One cipher per path this CPU can run.
+    fn ciphers(key: &[u8; 64]) -> Vec<XtsCipher> {
+        XtsPath::all_supported()
+            .into_iter()
+            .map(|path| XtsCipher::with_path(key, path).expect("supported"))
+            .collect()
     }
 
     #[test]
-    fn every_tweak_generator_matches_xts_mode() {
+    fn every_path_matches_xts_mode() {
         let key = key();
         let oracle = Xts128::new(
             Aes256::new_from_slice(&key[..32]).unwrap(),
             Aes256::new_from_slice(&key[32..]).unwrap(),
         );
-        // Units that end mid-chunk, span chunks, and are smaller than a lane
-        // group; counts that leave a partial group of encrypted tweaks.
+        // Units that end mid-batch, span batches, and are smaller than a
+        // vector; counts that leave a partial group of encrypted tweaks.
         for unit_bytes in [16usize, 48, 112, 512, 1040, 4096] {
             for units in [1usize, 3, 33, 70] {
                 let unit = DataUnit::new(unit_bytes as u32).unwrap();
@@ -349,8 +418,8 @@ mod tests {
                         get_tweak_default((u128::MAX - 5).wrapping_add(index as u128)),
                     );
                 }
-                for cipher in ciphers() {
-                    let context = format!("{:?} unit {unit_bytes} x {units}", cipher.generator);
+                for cipher in ciphers(&key) {
+                    let context = format!("{:?} unit {unit_bytes} x {units}", cipher.path());
                     let mut buf = plain.clone();
                     cipher.encrypt(&mut buf, unit, Tweak(u128::MAX - 5));
                     assert!(buf == expected, "{context}");
@@ -359,5 +428,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn raw_aes_on_every_path_matches_the_aes_crate() {
+        let key = key();
+        let reference = Aes256::new_from_slice(&key[..32]).unwrap();
+        let plain: Vec<u8> = (0..16 * 77).map(|i| (i * 13) as u8).collect();
+        let mut expected = plain.clone();
+        for block in expected.chunks_exact_mut(16) {
+            let mut array = aes::Block::try_from(&*block).unwrap();
+            aes::cipher::BlockCipherEncrypt::encrypt_block(&reference, &mut array);
+            block.copy_from_slice(&array);
+        }
+        for cipher in ciphers(&key) {
+            let mut buf = plain.clone();
+            cipher.raw_aes_encrypt_for_bench(&mut buf);
+            assert!(buf == expected, "{:?}", cipher.path());
+        }
+    }
+
+    #[test]
+    fn a_locked_cipher_encrypts_like_a_plain_one() {
+        let key = key();
+        let locked = XtsCipher::new_locked(&key).unwrap();
+        let plain = XtsCipher::new(&key);
+        let mut a = vec![7u8; 4096];
+        let mut b = a.clone();
+        locked.get().encrypt(&mut a, DataUnit::BYTES_4096, Tweak(5));
+        plain.encrypt(&mut b, DataUnit::BYTES_4096, Tweak(5));
+        assert!(a == b);
     }
 }

@@ -45,7 +45,9 @@ use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use zeroize::Zeroizing;
 
+use crate::crypto::hygiene::scrub_vector_registers;
 use crate::crypto::key::KEY_ID_BYTES;
+use crate::crypto::locked::scrub_stack;
 use crate::crypto::{DataKey, KeyId, KeyKind};
 
 use super::api::KeyContext;
@@ -274,6 +276,15 @@ fn input_cipher_encrypt(
         .cipher()
         .encrypt_in_place(&nonce, aad, &mut **payload)
         .expect("payload far below the AEAD's length limit");
+    wipe_aead_traces();
+}
+
+/// The AEAD built its key schedules (from the blob key and the nonce) on
+/// the stack and ran them through vector registers: wipe both.
+#[inline(never)]
+fn wipe_aead_traces() {
+    scrub_stack();
+    scrub_vector_registers();
 }
 
 /// The plaintext payload, built in a zeroized buffer with room for the tag
@@ -375,10 +386,11 @@ impl UncheckedBlob<'_> {
         let mut payload = Zeroizing::new(Vec::with_capacity(self.sealed.len()));
         payload.extend_from_slice(self.sealed);
         let nonce = Nonce::from(self.nonce);
-        blob_key
+        let opened = blob_key
             .cipher()
-            .decrypt_in_place(&nonce, self.aad, &mut *payload)
-            .map_err(|_| SealError::Unauthentic)?;
+            .decrypt_in_place(&nonce, self.aad, &mut *payload);
+        wipe_aead_traces();
+        opened.map_err(|_| SealError::Unauthentic)?;
         let (key, created_unix_s, acl) = parse_payload(self.kind, &payload)?;
         if key.id() != self.key_id {
             return Err(SealError::PayloadMalformed("key id does not match the key"));

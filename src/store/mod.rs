@@ -153,11 +153,14 @@ use std::path::{Path, PathBuf};
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
-    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, KeyUsage, Log,
-    LogConfig, ReadPiece, RecoveryReport, RekeyPlan, SegmentSpace, SpaceReport, open, open_view,
-    write_snapshot_index,
+    AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
+    LogConfig, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform, SegmentSpace,
+    SpaceReport, TornTail, open, open_view, write_snapshot_index,
 };
-pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
+pub use record::{
+    BLOCK_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums,
+    checksum_table_bytes, fill_block_checksums, first_corrupt_block,
+};
 pub use segment::SEGMENT_HEADER_BYTES;
 pub use snapshot::{SnapshotPoint, referenced_segments};
 
@@ -218,6 +221,15 @@ pub enum StoreError {
     /// A change was asked of a log opened read-only.
     #[error("the volume is open read-only")]
     ReadOnly,
+    /// An append named a log head the log does not have (the volume was
+    /// opened with fewer heads than the caller has queues).
+    #[error("no log {head}: the volume was opened with {heads} head(s)")]
+    NoSuchHead {
+        /// The head asked for.
+        head: HeadId,
+        /// How many guest heads the log has.
+        heads: usize,
+    },
     /// A long operation stopped early on request (tests simulate a crash
     /// this way); everything it did so far is consistent.
     #[error("interrupted")]

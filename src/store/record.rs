@@ -1,5 +1,7 @@
-//! Record headers: encoding, decoding and checking (layout in the `store`
-//! module docs, section "Record").
+//! Records: their headers (encoding, decoding and checking; layout in the
+//! `store` module docs, section "Record") and the block checksum table that
+//! follows a data record's header. This module alone knows the table's
+//! entry size and builds and checks it.
 //!
 //! Bytes read from disk are parsed into an [`UncheckedRecordHeader`]; only
 //! [`UncheckedRecordHeader::check`] (magic, version, CRC, field sanity) turns
@@ -93,7 +95,7 @@ impl RecordHeader {
     /// Bytes of the per-block checksum table that follows the header.
     pub fn table_bytes(&self) -> u64 {
         if self.kind == RecordKind::Data {
-            u64::from(self.block_count) * 4
+            checksum_table_bytes(u64::from(self.block_count))
         } else {
             0
         }
@@ -186,14 +188,81 @@ impl UncheckedRecordHeader {
     }
 }
 
-/// Builds the per-block checksum table of `payload` (CRC32C of each block).
-pub fn block_checksums(payload: &[u8], block_bytes: usize) -> Vec<u8> {
-    debug_assert_eq!(payload.len() % block_bytes, 0);
-    let mut table = Vec::with_capacity(payload.len() / block_bytes * 4);
-    for block in payload.chunks_exact(block_bytes) {
-        table.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+/// Bytes of one entry of a data record's block checksum table: the CRC32C
+/// of one block's ciphertext, u32 little-endian.
+pub const BLOCK_CHECKSUM_BYTES: usize = 4;
+
+/// Bytes of the block checksum table of a data record of `blocks` blocks.
+pub fn checksum_table_bytes(blocks: u64) -> u64 {
+    blocks * BLOCK_CHECKSUM_BYTES as u64
+}
+
+/// Offset, within a record's checksum table, of the entry of its block
+/// `index` (counted from the record's first block).
+pub fn checksum_entry_offset(index: u64) -> u64 {
+    checksum_table_bytes(index)
+}
+
+/// Fills `table` with the checksum-table entries of the whole blocks in
+/// `blocks` (`block_bytes` each), one entry per block, in order.
+pub fn fill_block_checksums(blocks: &[u8], block_bytes: usize, table: &mut [u8]) {
+    debug_assert_eq!(blocks.len() % block_bytes, 0);
+    assert_eq!(
+        table.len(),
+        blocks.len() / block_bytes * BLOCK_CHECKSUM_BYTES,
+        "checksum table size"
+    );
+    for (block, entry) in blocks
+        .chunks_exact(block_bytes)
+        .zip(table.chunks_exact_mut(BLOCK_CHECKSUM_BYTES))
+    {
+        entry.copy_from_slice(&crc32c::crc32c(block).to_le_bytes());
     }
+}
+
+/// Builds the block checksum table of `payload` (whole blocks of
+/// `block_bytes`).
+pub fn block_checksums(payload: &[u8], block_bytes: usize) -> Vec<u8> {
+    let mut table = vec![0u8; payload.len() / block_bytes * BLOCK_CHECKSUM_BYTES];
+    fill_block_checksums(payload, block_bytes, &mut table);
     table
+}
+
+/// The index of the first of the whole blocks in `blocks` whose checksum
+/// differs from its entry in `table` (same order), or `None` if all match.
+pub fn first_corrupt_block(blocks: &[u8], block_bytes: usize, table: &[u8]) -> Option<usize> {
+    debug_assert_eq!(
+        table.len(),
+        blocks.len() / block_bytes * BLOCK_CHECKSUM_BYTES
+    );
+    blocks
+        .chunks_exact(block_bytes)
+        .zip(table.chunks_exact(BLOCK_CHECKSUM_BYTES))
+        .position(|(block, entry)| crc32c::crc32c(block).to_le_bytes() != entry)
+}
+
+/// Where the parts of a data record are, for reading blocks from its
+/// `first`th block on: the record header at `record_offset`, then the
+/// checksum table of `record_blocks` entries, then the blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRecordOffsets {
+    /// Offset of the checksum-table entry of block `first`.
+    pub table: u64,
+    /// Offset of the ciphertext of block `first`.
+    pub payload: u64,
+}
+
+impl DataRecordOffsets {
+    /// The offsets of block `first` of the record at `record_offset` that
+    /// covers `record_blocks` blocks of `1 << block_shift` bytes.
+    pub fn of_block(record_offset: u64, record_blocks: u32, block_shift: u8, first: u64) -> Self {
+        let table_start = record_offset + RECORD_HEADER_BYTES as u64;
+        let payload_start = table_start + checksum_table_bytes(u64::from(record_blocks));
+        Self {
+            table: table_start + checksum_entry_offset(first),
+            payload: payload_start + (first << block_shift),
+        }
+    }
 }
 
 pub(crate) fn put_u16(bytes: &mut [u8], offset: usize, value: u16) {

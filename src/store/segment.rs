@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use super::record::{
-    RECORD_HEADER_BYTES, RecordHeader, RecordKind, UncheckedRecordHeader, get_u16, get_u32,
-    get_u64, put_u16, put_u32, put_u64,
+    RECORD_HEADER_BYTES, RecordHeader, RecordKind, UncheckedRecordHeader, checksum_entry_offset,
+    first_corrupt_block, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64,
 };
 
 /// Size of the segment header, bytes.
@@ -288,11 +288,10 @@ fn check_payload(file: &File, offset: u64, header: &RecordHeader) -> Result<(), 
         let chunk = &mut buf[..count * block_bytes];
         file.read_exact_at(chunk, payload_offset + (block * block_bytes) as u64)
             .map_err(CheckError::Io)?;
-        for (i, data) in chunk.chunks_exact(block_bytes).enumerate() {
-            let want = get_u32(&table, (block + i) * 4);
-            if crc32c::crc32c(data) != want {
-                return Err(CheckError::Payload(*header));
-            }
+        let entries = checksum_entry_offset(block as u64) as usize
+            ..checksum_entry_offset((block + count) as u64) as usize;
+        if first_corrupt_block(chunk, block_bytes, &table[entries]).is_some() {
+            return Err(CheckError::Payload(*header));
         }
         block += count;
     }

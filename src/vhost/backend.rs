@@ -16,6 +16,7 @@ use vmm_sys_util::event::{
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
+use crate::store::HeadId;
 use crate::volume::Volume;
 
 /// Guest memory as the vhost-user crates hand it to us.
@@ -173,6 +174,7 @@ impl VhostUserBackend for BlockBackend {
         let worker = QueueWorker {
             shared: &self.shared,
             memory: &memory,
+            head: HeadId(usize::from(device_event)),
         };
         if !self.shared.event_idx.load(Ordering::Relaxed) {
             return worker.drain(vring);

@@ -16,12 +16,15 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, V
 use super::backend::{GuestMemory, Shared};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
-use crate::volume::VolumeError;
+use crate::store::HeadId;
+use crate::volume::{Change, VolumeError};
 
 /// One worker's view of the device while it drains a queue.
 pub(crate) struct QueueWorker<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) memory: &'a GuestMemory,
+    /// The log head this queue appends through (its queue index).
+    pub(crate) head: HeadId,
 }
 
 /// How one chain ends: its status and the bytes it put in guest buffers.
@@ -37,7 +40,7 @@ struct Outcome {
 #[derive(Default)]
 struct WriteBatch {
     indexes: Vec<usize>,
-    items: Vec<(u64, Vec<u8>)>,
+    items: Vec<Change>,
     bytes: u64,
 }
 
@@ -45,7 +48,10 @@ impl WriteBatch {
     fn push(&mut self, index: usize, offset: u64, shadow: Vec<u8>) {
         self.bytes += shadow.len() as u64;
         self.indexes.push(index);
-        self.items.push((offset, shadow));
+        self.items.push(Change::Write {
+            offset,
+            data: shadow,
+        });
     }
 
     /// True when a write of `bytes` more would take the batch past its limit.
@@ -61,6 +67,8 @@ pub(crate) enum HostError {
     Volume(#[from] VolumeError),
     #[error("guest memory changed under the request: {0}")]
     Memory(String),
+    #[error("a write reached the single-request path instead of a batch")]
+    UnbatchedWrite,
 }
 
 impl QueueWorker<'_> {
@@ -159,7 +167,7 @@ impl QueueWorker<'_> {
         let status = match self
             .shared
             .volume
-            .write_batch(items)
+            .write_batch(self.head, items)
             .map_err(HostError::from)
             .and_then(|()| self.writethrough())
         {
@@ -211,16 +219,6 @@ impl QueueWorker<'_> {
                 volume.read_vectored(sector * SECTOR_BYTES, &mut slices)?;
                 Ok(u32::try_from(*bytes).unwrap_or(u32::MAX))
             }
-            Request::Write {
-                sector,
-                data,
-                bytes,
-            } => {
-                let shadow = gather(mem, data, *bytes)?;
-                volume.write_owned(sector * SECTOR_BYTES, shadow)?;
-                self.writethrough()?;
-                Ok(0)
-            }
             Request::Flush => {
                 volume.flush()?;
                 Ok(0)
@@ -233,19 +231,26 @@ impl QueueWorker<'_> {
                 Ok(len as u32)
             }
             Request::Discard(ranges) => {
-                for range in ranges {
-                    volume.discard(range_offset(range), range_len(range))?;
-                }
+                let changes = ranges.iter().map(|range| Change::Discard {
+                    offset: range_offset(range),
+                    len: range_len(range),
+                });
+                volume.write_batch(self.head, changes.collect())?;
                 self.writethrough()?;
                 Ok(0)
             }
             Request::WriteZeroes(ranges) => {
-                for range in ranges {
-                    volume.write_zeroes(range_offset(range), range_len(range), range.unmap)?;
-                }
+                let changes = ranges.iter().map(|range| Change::WriteZeroes {
+                    offset: range_offset(range),
+                    len: range_len(range),
+                    unmap: range.unmap,
+                });
+                volume.write_batch(self.head, changes.collect())?;
                 self.writethrough()?;
                 Ok(0)
             }
+            // `drain` gathers every write into a batch; one here is a bug.
+            Request::Write { .. } => Err(HostError::UnbatchedWrite),
         }
     }
 

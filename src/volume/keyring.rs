@@ -163,10 +163,10 @@ fn activate(key: DataKey, null_cipher: bool) -> Result<ActiveKey, VolumeError> {
     let transform = if null_cipher {
         null_transform()?
     } else {
-        let cipher = XtsCipher::new(key.expose_secret());
-        let locked = LockedBox::new(cipher)
+        // Expanded in place in locked pages; `new_locked` scrubs the stack
+        // and the registers it used.
+        let locked = XtsCipher::new_locked(key.expose_secret())
             .map_err(|e| VolumeError::Key(crate::crypto::key::KeyError::Lock(e)))?;
-        crate::crypto::locked::scrub_stack();
         Transform::Xts(locked)
     };
     Ok(ActiveKey { key, transform })

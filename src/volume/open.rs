@@ -2,13 +2,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::clock::{SystemClock, unix_now_s};
+use super::policy::KeyPolicy;
 use super::snapshots::{self, SnapshotPaths};
-use super::superblock::{FORMAT_NAME, FORMAT_VERSION};
+use super::stripes::StripeLocks;
+use super::superblock::{FORMAT_NAME, FORMAT_VERSION, new_volume_id};
 use super::{
-    CipherName, KeyEntry, Keyring, ParentRef, StripeLocks, Superblock, Volume, VolumeError,
-    VolumeLock, VolumeOptions,
+    CipherName, KeyEntry, Keyring, ParentRef, Superblock, Volume, VolumeError, VolumeLock,
+    VolumeOptions,
 };
 use crate::crypto::{CryptoPool, DataKey};
 use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, VOLUME_BYTES_MAX};
@@ -305,7 +307,7 @@ impl Volume {
             clock: options
                 .clock
                 .clone()
-                .unwrap_or_else(|| Arc::new(super::SystemClock)),
+                .unwrap_or_else(|| Arc::new(SystemClock)),
             lifecycle: std::sync::Mutex::new(()),
             _lock: locks.0,
             _parent_locks: locks.1,
@@ -348,18 +350,10 @@ fn new_superblock(
         }],
         created_unix_s: now,
         parent: None,
-        key_policy: super::KeyPolicy::default(),
+        key_policy: KeyPolicy::default(),
         rotation: None,
         destroy_owed: Vec::new(),
     }
-}
-
-/// A fresh random volume id.
-pub fn new_volume_id() -> Result<[u8; 16], VolumeError> {
-    let mut volume_id = [0u8; 16];
-    getrandom::fill(&mut volume_id)
-        .map_err(|e| VolumeError::BadOption(format!("random source failed: {e}")))?;
-    Ok(volume_id)
 }
 
 fn log_config(superblock: &Superblock, options: &VolumeOptions) -> Result<LogConfig, VolumeError> {
@@ -423,10 +417,4 @@ fn prepare_empty_dir(dir: &Path) -> Result<(), VolumeError> {
         }
         Err(e) => Err(io(e)),
     }
-}
-
-pub(crate) fn unix_now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -13,17 +13,20 @@
 //! within moments (or rebuilt by recovery). Deleting removes the `.json`
 //! first, so a crash halfway leaves only files the next open cleans up.
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::superblock::ParentRef;
+use super::clock::unix_now_s;
+use super::json_file::{io_error, write_json_atomic};
+use super::superblock::{ParentRef, new_volume_id};
 use super::{KeyEntry, Superblock, Volume, VolumeError, VolumeLock};
 use crate::crypto::KeyId;
 use crate::store::{self, SnapshotPoint};
+use crate::sync::LockOrRecover;
 
 /// Directory of snapshot files inside a volume directory.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
@@ -194,29 +197,12 @@ pub fn pending_acl(dir: &Path) -> Result<Option<PendingAcl>, VolumeError> {
     }
 }
 
-/// Writes `value` as JSON at `path` atomically and durably.
-pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), VolumeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut text = serde_json::to_string_pretty(value).expect("metadata serializes");
-    text.push('\n');
-    let mut file = fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
-    store::sync_dir(dir)?;
-    Ok(())
-}
-
-fn io_error(path: &Path, source: std::io::Error) -> VolumeError {
-    VolumeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+/// Every key id any snapshot of the volume in `dir` lists.
+pub(crate) fn snapshot_key_ids(dir: &Path) -> Result<BTreeSet<KeyId>, VolumeError> {
+    Ok(list_snapshots(dir)?
+        .iter()
+        .flat_map(|m| m.keys.iter().map(|k| k.key_id))
+        .collect())
 }
 
 /// Snapshots whose metadata is there but whose index is not (taken just
@@ -357,9 +343,9 @@ impl Volume {
         let meta = SnapshotMeta {
             format: SNAPSHOT_FORMAT.to_string(),
             name: name.to_string(),
-            snapshot_id: hex::encode(super::new_volume_id()?),
+            snapshot_id: hex::encode(new_volume_id()?),
             volume_id: superblock.volume_id.clone(),
-            created_unix_s: super::open::unix_now_s(),
+            created_unix_s: unix_now_s(),
             size_bytes: superblock.size_bytes,
             point,
             current_key_id: superblock.current_key_id,
@@ -374,7 +360,7 @@ impl Volume {
             // The snapshot holds the new blob; the volume adopts it too, but
             // after the snapshot exists (see `materialize_snapshots`): until
             // then the pending file stays, and adopting it again is harmless.
-            *self.adopt_acl.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
+            *self.adopt_acl.lock_or_recover() = Some(pending);
         }
         Ok(meta)
     }
@@ -383,11 +369,7 @@ impl Volume {
     /// files, and makes the volume adopt an ACL change the last one carried.
     pub fn materialize_snapshots(&self) -> Result<(), VolumeError> {
         self.log.materialize_snapshots()?;
-        let pending = self
-            .adopt_acl
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let pending = self.adopt_acl.lock_or_recover().take();
         if let Some(pending) = pending {
             // Load-modify-store of volume.json: never beside a rotation's.
             let _one = self.lifecycle_lock();
@@ -454,7 +436,7 @@ impl Volume {
             .iter()
             .map(|k| k.key_id)
             .collect();
-        let others = super::lifecycle::snapshot_key_ids(self)?;
+        let others = snapshot_key_ids(&self.dir)?;
         Ok(meta
             .keys
             .iter()

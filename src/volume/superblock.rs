@@ -5,12 +5,13 @@
 //! It is replaced atomically: temporary file, fsync, rename, directory fsync.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
+use super::json_file::write_json_atomic;
+use super::policy::{KeyPolicy, RotationState};
 use crate::crypto::{KeyId, KeyKind};
 
 /// File name of the superblock inside a volume directory.
@@ -95,10 +96,10 @@ pub struct Superblock {
     pub parent: Option<ParentRef>,
     /// When keys are rotated and retired.
     #[serde(default)]
-    pub key_policy: super::lifecycle::KeyPolicy,
+    pub key_policy: KeyPolicy,
     /// A key rotation in progress (continued after a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<super::lifecycle::RotationState>,
+    pub rotation: Option<RotationState>,
     /// Keys the volume forgot that the key service is to destroy and has
     /// not confirmed yet (it may have been down): kept here, not only in a
     /// daemon's memory, so that a restart still has them destroyed.
@@ -183,19 +184,14 @@ impl Superblock {
 
     /// Writes the superblock into `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<(), VolumeError> {
-        let path = dir.join(SUPERBLOCK_FILE);
-        let tmp = dir.join(format!(".{SUPERBLOCK_FILE}.tmp"));
-        let io = |p: &Path, e| VolumeError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        };
-        let mut text = serde_json::to_string_pretty(self).expect("superblock serializes");
-        text.push('\n');
-        let mut file = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        file.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
-        file.sync_all().map_err(|e| io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-        crate::store::sync_dir(dir)?;
-        Ok(())
+        write_json_atomic(&dir.join(SUPERBLOCK_FILE), self)
     }
+}
+
+/// A fresh random 16-byte id: a volume's, or a snapshot's.
+pub fn new_volume_id() -> Result<[u8; 16], VolumeError> {
+    let mut volume_id = [0u8; 16];
+    getrandom::fill(&mut volume_id)
+        .map_err(|e| VolumeError::BadOption(format!("random source failed: {e}")))?;
+    Ok(volume_id)
 }

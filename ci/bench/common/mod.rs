@@ -1,4 +1,7 @@
-//! Helpers shared by every benchmark under `ci/bench/` (`mod common;`).
+//! Helpers shared by every benchmark under `ci/bench/` (`mod common;`):
+//! measuring and reporting. What benchmarks share with the tests (processes,
+//! the libblkio client, load generators, random data) is in `tests/kit/`,
+//! which every benchmark includes as `crate::kit` ([`serve`] uses it).
 //!
 //! A benchmark registers throughput cases with a [`Suite`], runs them
 //! round-robin (so a burst of noise from a neighbour's compile hits every case
@@ -11,10 +14,15 @@
 // Each benchmark uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod procs;
+pub mod build;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The user the benchmarks' lsvkms issues tokens for and their volumes'
+/// ACLs name.
+pub const USER: &str = "bench";
 
 /// Bytes in one MB, as used for every MB/s figure.
 pub const MB_BYTES: f64 = 1e6;
@@ -337,6 +345,13 @@ fn bench_output_dir() -> PathBuf {
     target.join("bench")
 }
 
+/// The 1-minute load average from `/proc/loadavg`, if there is one: how
+/// busy the machine was (noise in the figures).
+pub fn load_avg_1m() -> Option<f64> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    loadavg.split_whitespace().next()?.parse().ok()
+}
+
 /// The CPU model from `/proc/cpuinfo`, if there is one.
 pub fn cpu_model() -> Option<String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -345,24 +360,4 @@ pub fn cpu_model() -> Option<String> {
         .find(|line| line.starts_with("model name"))
         .and_then(|line| line.split_once(':'))
         .map(|(_, model)| model.trim().to_owned())
-}
-
-/// A small deterministic generator (SplitMix64): benchmark offsets and data,
-/// never crypto.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n is far below 2^64; the bias is negligible).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
 }

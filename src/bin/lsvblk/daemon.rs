@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use lsvblk::kms::client::KmsClient;
 use lsvblk::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
+use lsvblk::sync::LockOrRecover;
 use lsvblk::volume::{RotationReason, Volume};
 use serde_json::{Value, json};
 
@@ -72,7 +73,7 @@ impl Daemon {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CompactionState> {
-        self.compaction.lock().unwrap_or_else(|p| p.into_inner())
+        self.compaction.lock_or_recover()
     }
 
     fn run_compaction(

@@ -12,6 +12,7 @@ use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::client::KmsClient;
 use lsvblk::kms::keys::KeyAction;
 use lsvblk::store::CompactOptions;
+use lsvblk::sync::LockOrRecover;
 use lsvblk::volume::{KeyEntry, RotationReason, Volume, VolumeError};
 use serde_json::{Value, json};
 
@@ -60,7 +61,7 @@ impl KeyCare {
     }
 
     fn status_mut(&self) -> std::sync::MutexGuard<'_, CareStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        self.status.lock_or_recover()
     }
 
     /// The right to rotate: one rotation at a time.

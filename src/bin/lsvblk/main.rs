@@ -33,6 +33,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep the process dumpable (core files, ptrace): for debugging and
+    /// tests only. Without it the process writes no core dump.
+    #[arg(long, global = true, hide = true)]
+    allow_core_dumps: bool,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +73,11 @@ enum Command {
 }
 
 fn main() {
+    // Before anything else, so that no key ever lives in a dumpable process.
+    if let Err(error) = lsvblk::crypto::hygiene::protect_process_unless_flagged() {
+        eprintln!("lsvblk: error: cannot disable core dumps: {error}");
+        std::process::exit(exit::SOFTWARE);
+    }
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {

@@ -15,6 +15,7 @@ use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use zeroize::Zeroizing;
 
 use super::{KekError, WrappingKeys, check_not_retired, load_min_version, store_min_version};
+use crate::crypto::hygiene::RegisterScrub;
 use crate::crypto::locked::{LockedBox, LockedFillError, scrub_stack};
 use crate::kms::fsutil;
 use crate::kms::limits::KEK_VERSIONS_MAX;
@@ -104,6 +105,9 @@ fn parse_version_name(name: &str) -> Option<u32> {
 }
 
 fn load_key(path: &Path) -> Result<LockedBox<Aes256>, KekError> {
+    // Key expansion and the move into locked pages run through vector
+    // registers.
+    let _registers = RegisterScrub::on_drop();
     fsutil::check_private(path)?;
     let mut file = File::open(path).map_err(|e| io_error(&path.display().to_string(), e))?;
     let raw = LockedBox::new_filled([0u8; KEK_FILE_BYTES], |bytes: &mut [u8; KEK_FILE_BYTES]| {
@@ -135,6 +139,8 @@ fn write_new_version(state_dir: &Path, version: u32) -> Result<(), KekError> {
 
 /// Encrypts the four derivation blocks under `cipher`.
 pub fn derive_with(cipher: &Aes256, nonce: &BlobNonce) -> BlobKey {
+    // AES-NI holds the wrapping key's round keys in vector registers.
+    let _registers = RegisterScrub::on_drop();
     let mut blocks = Zeroizing::new(BlobKey::derive_input(nonce));
     for chunk in blocks.chunks_exact_mut(16) {
         let mut block = Array::from(<[u8; 16]>::try_from(&*chunk).expect("16-byte chunk"));

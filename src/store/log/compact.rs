@@ -25,13 +25,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::index::Location;
-use super::super::record::{RECORD_HEADER_BYTES, block_checksums};
-use super::super::segment::{self, SEGMENT_HEADER_BYTES};
-use super::super::{StoreError, checkpoint, sync_dir};
+use super::super::index::{DataLocation, Extent, Location};
+use super::super::record::{
+    DataRecordOffsets, RecordKind, block_checksums, checksum_table_bytes, first_corrupt_block,
+};
+use super::super::segment::SEGMENT_HEADER_BYTES;
+use super::super::{StoreError, sync_dir};
 use super::{AppendRecord, Log};
 use crate::crypto::KeyId;
-use crate::store::RecordKind;
+use crate::sync::{LockOrRecover, RwLockOrRecover};
 
 /// Payload bytes moved per append (one `pwritev`).
 const MOVE_BATCH_BYTES: u64 = 1 << 20;
@@ -125,8 +127,40 @@ pub(super) struct LivePiece {
     pub(super) seq: u64,
     pub(super) key_id: KeyId,
     pub(super) segment_id: u64,
-    pub(super) table_offset: u64,
-    pub(super) payload_offset: u64,
+    pub(super) offsets: DataRecordOffsets,
+}
+
+impl LivePiece {
+    /// The piece an index holds as `extent` from block `lba`, in the data
+    /// record at `location`, under `key_id`.
+    pub(super) fn new(
+        lba: u64,
+        extent: &Extent,
+        location: &DataLocation,
+        key_id: KeyId,
+        block_shift: u8,
+    ) -> Self {
+        Self {
+            lba,
+            blocks: extent.blocks,
+            seq: extent.seq,
+            key_id,
+            segment_id: location.segment_id,
+            offsets: DataRecordOffsets::of_block(
+                location.record_offset,
+                location.record_blocks,
+                block_shift,
+                lba - location.record_lba,
+            ),
+        }
+    }
+}
+
+/// A segment chosen for cleaning, and the live bytes to move out of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct CleanTarget {
+    pub(super) segment_id: u64,
+    pub(super) live_bytes: u64,
 }
 
 /// A piece's ciphertext and its block checksum table, read and verified.
@@ -200,16 +234,15 @@ impl Log {
     pub fn space(&self) -> Result<SpaceReport, StoreError> {
         let live = self.live_bytes_by_segment();
         let pinned = self.pinned_segments();
-        let files: Vec<(u64, std::sync::Arc<fs::File>)> = self
+        let files: Vec<(u64, Arc<fs::File>)> = self
             .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .iter()
-            .map(|(id, f)| (*id, std::sync::Arc::clone(f)))
+            .map(|(id, f)| (*id, Arc::clone(f)))
             .collect();
         let mut report = SpaceReport::default();
         for (id, file) in files {
-            let path = segment::segment_path(&self.segments_dir, id);
+            let path = self.segment_path(id);
             let file_bytes = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
             let live_bytes = live.get(&id).copied().unwrap_or(0);
             report.live_bytes += live_bytes;
@@ -242,13 +275,7 @@ impl Log {
     /// leaves the head positions, so a segment in the `files` read that is
     /// open is seen in one of the two later reads.
     pub(super) fn closed_segments(&self) -> BTreeSet<u64> {
-        let files: Vec<u64> = self
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let files: Vec<u64> = self.files.read_or_recover().keys().copied().collect();
         let mut busy: BTreeSet<u64> = self
             .read_state()
             .head_positions
@@ -256,13 +283,7 @@ impl Log {
             .flatten()
             .map(|(id, _)| *id)
             .collect();
-        busy.extend(
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|p| p.id),
-        );
+        busy.extend(self.pending.lock_or_recover().iter().map(|p| p.id));
         files.into_iter().filter(|id| !busy.contains(id)).collect()
     }
 
@@ -277,7 +298,7 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.compact_lock.lock_or_recover();
         // Seal what left the heads, and write out snapshots taken so far so
         // that their pins are all known and none depends on replay.
         self.flush()?;
@@ -286,12 +307,12 @@ impl Log {
         self.clean(&chosen, options, None, progress)
     }
 
-    /// Moves the live pieces out of `chosen` (segment, live bytes) in
-    /// batches, re-encrypting those under `rekey.from` on the way, and
-    /// deletes the segments after each batch's checkpoint.
+    /// Moves the live pieces out of the `chosen` segments in batches,
+    /// re-encrypting those under `rekey.from` on the way, and deletes the
+    /// segments after each batch's checkpoint.
     pub(super) fn clean(
         &self,
-        chosen: &[(u64, u64)],
+        chosen: &[CleanTarget],
         options: &CompactOptions,
         rekey: Option<&RekeyPlan<'_>>,
         progress: &mut dyn FnMut(&CompactProgress),
@@ -302,7 +323,7 @@ impl Log {
         };
         let mut status = CompactProgress {
             segments_total: chosen.len() as u64,
-            bytes_total: chosen.iter().map(|(_, live)| live).sum(),
+            bytes_total: chosen.iter().map(|c| c.live_bytes).sum(),
             ..CompactProgress::default()
         };
         progress(&status);
@@ -310,9 +331,9 @@ impl Log {
         let started = Instant::now();
         let mut batch: Vec<u64> = Vec::new();
         let mut batch_bytes = 0;
-        for (index, (segment_id, live)) in chosen.iter().enumerate() {
-            batch.push(*segment_id);
-            batch_bytes += live;
+        for (index, target) in chosen.iter().enumerate() {
+            batch.push(target.segment_id);
+            batch_bytes += target.live_bytes;
             let last = index + 1 == chosen.len();
             if batch_bytes < CLEAN_BATCH_BYTES && !last {
                 continue;
@@ -338,13 +359,13 @@ impl Log {
         Ok(report)
     }
 
-    /// (segment, live bytes) of the segments to clean, best first: every
+    /// The segments to clean, best first: every
     /// closed, unpinned segment at most `live_ratio_max` live, ranked by the
     /// cost-benefit score of LFS (Rosenblum & Ousterhout): space freed ×
     /// age / cost of moving, `(1 - u) × age / (1 + u)` for live ratio `u`,
     /// so cold segments are cleaned before hot ones of equal liveness (their
     /// remaining blocks are less likely to die soon on their own).
-    fn choose_segments(&self, live_ratio_max: f64) -> Result<Vec<(u64, u64)>, StoreError> {
+    fn choose_segments(&self, live_ratio_max: f64) -> Result<Vec<CleanTarget>, StoreError> {
         let closed = self.closed_segments();
         let pinned = self.pinned_segments();
         let live = self.live_bytes_by_segment();
@@ -354,7 +375,7 @@ impl Log {
             let Ok(file) = self.segment_file(*id) else {
                 continue;
             };
-            let path = segment::segment_path(&self.segments_dir, *id);
+            let path = self.segment_path(*id);
             let metadata = file.metadata().map_err(|e| StoreError::io(&path, e))?;
             let record_bytes = metadata.len().saturating_sub(SEGMENT_HEADER_BYTES).max(1);
             let live_bytes = live.get(id).copied().unwrap_or(0);
@@ -366,11 +387,15 @@ impl Log {
                     .and_then(|m| now.duration_since(m).ok())
                     .map_or(0.0, |d| d.as_secs_f64());
                 let score = (1.0 - ratio) * (1.0 + age_s) / (1.0 + ratio);
-                chosen.push((*id, live_bytes, score));
+                let target = CleanTarget {
+                    segment_id: *id,
+                    live_bytes,
+                };
+                chosen.push((target, score));
             }
         }
-        chosen.sort_by(|a, b| b.2.total_cmp(&a.2));
-        Ok(chosen.into_iter().map(|(id, live, _)| (id, live)).collect())
+        chosen.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(chosen.into_iter().map(|(target, _)| target).collect())
     }
 
     /// The pieces of the index that live in `segments`, in file order.
@@ -380,25 +405,17 @@ impl Log {
             .index
             .iter()
             .filter_map(|(lba, extent)| match extent.location {
-                Location::Data(d) if segments.contains(&d.segment_id) => {
-                    let first = lba - d.record_lba;
-                    let table_start = d.record_offset + RECORD_HEADER_BYTES as u64;
-                    Some(LivePiece {
-                        lba,
-                        blocks: extent.blocks,
-                        seq: extent.seq,
-                        key_id: state.keys[d.key_index as usize],
-                        segment_id: d.segment_id,
-                        table_offset: table_start + first * 4,
-                        payload_offset: table_start
-                            + u64::from(d.record_blocks) * 4
-                            + (first << self.config.block_shift),
-                    })
-                }
+                Location::Data(d) if segments.contains(&d.segment_id) => Some(LivePiece::new(
+                    lba,
+                    extent,
+                    &d,
+                    state.keys[d.key_index as usize],
+                    self.config.block_shift,
+                )),
                 _ => None,
             })
             .collect();
-        pieces.sort_by_key(|p| (p.segment_id, p.payload_offset));
+        pieces.sort_by_key(|p| (p.segment_id, p.offsets.payload));
         pieces
     }
 
@@ -504,17 +521,13 @@ impl Log {
         piece: &LivePiece,
     ) -> Result<Option<MovedPiece>, StoreError> {
         let file = self.segment_file(piece.segment_id)?;
-        let path = segment::segment_path(&self.segments_dir, piece.segment_id);
         let block_bytes = 1usize << self.config.block_shift;
         let mut payload = vec![0u8; piece.blocks as usize * block_bytes];
-        let mut table = vec![0u8; piece.blocks as usize * 4];
-        file.read_exact_at(&mut payload, piece.payload_offset)
-            .and_then(|()| file.read_exact_at(&mut table, piece.table_offset))
-            .map_err(|e| StoreError::io(&path, e))?;
-        let intact = payload
-            .chunks_exact(block_bytes)
-            .zip(table.chunks_exact(4))
-            .all(|(block, crc)| crc32c::crc32c(block).to_le_bytes() == crc);
+        let mut table = vec![0u8; checksum_table_bytes(piece.blocks) as usize];
+        file.read_exact_at(&mut payload, piece.offsets.payload)
+            .and_then(|()| file.read_exact_at(&mut table, piece.offsets.table))
+            .map_err(|e| StoreError::io(&self.segment_path(piece.segment_id), e))?;
+        let intact = first_corrupt_block(&payload, block_bytes, &table).is_none();
         Ok(intact.then_some(MovedPiece {
             payload,
             table,
@@ -535,7 +548,7 @@ impl Log {
     ) -> Result<(), StoreError> {
         // Under the pins lock: a snapshot being taken either sees the moved
         // copies or pins the segment before we look.
-        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pins = self.pins.lock_or_recover();
         let pinned: BTreeSet<u64> = pins.values().flatten().copied().collect();
         let live = self.live_bytes_by_segment();
         let closed = self.closed_segments();
@@ -544,12 +557,8 @@ impl Log {
             if pinned.contains(id) || live.contains_key(id) || !closed.contains(id) {
                 continue;
             }
-            let file = self
-                .files
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
-            let path = segment::segment_path(&self.segments_dir, *id);
+            let file = self.files.write_or_recover().remove(id);
+            let path = self.segment_path(*id);
             let bytes = file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
             deleted_any = true;
@@ -562,16 +571,8 @@ impl Log {
         drop(pins);
         if deleted_any {
             sync_dir(&self.segments_dir)?;
-            let _no_checkpoint = self
-                .checkpoint_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for old in checkpoint::list_checkpoints(&self.checkpoints_dir)?
-                .into_iter()
-                .skip(1)
-            {
-                fs::remove_file(&old).map_err(|e| StoreError::io(&old, e))?;
-            }
+            let _no_checkpoint = self.checkpoint_lock.lock_or_recover();
+            self.remove_checkpoints_beyond(1)?;
         }
         Ok(())
     }

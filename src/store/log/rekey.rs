@@ -5,16 +5,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::StoreError;
 use super::super::checkpoint::CheckpointData;
-use super::super::index::DataLocation;
-use super::super::index::Location;
-use super::super::record::block_checksums;
-use super::super::record::{RECORD_HEADER_BYTES, RecordKind, UncheckedRecordHeader};
-use super::super::segment::{self, SEGMENT_HEADER_BYTES, read_exact_or_eof};
+use super::super::index::{DataLocation, Location};
+use super::super::record::{
+    RECORD_HEADER_BYTES, RecordKind, UncheckedRecordHeader, block_checksums,
+};
+use super::super::segment::{SEGMENT_HEADER_BYTES, read_exact_or_eof};
 use super::super::snapshot::referenced_segments;
-use super::AppendRecord;
-use super::Log;
-use super::compact::{CompactOptions, CompactProgress, CompactReport, LivePiece, RekeyPlan};
+use super::compact::{
+    CleanTarget, CompactOptions, CompactProgress, CompactReport, LivePiece, RekeyPlan,
+};
+use super::{AppendRecord, Log, RecordPosition};
 use crate::crypto::KeyId;
+use crate::sync::LockOrRecover;
 
 /// How much one key protects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -50,21 +52,11 @@ impl Log {
         usage
     }
 
-    /// Closes every head's open segment (the next append starts a new one)
-    /// and seals them: afterwards no open segment holds an older record.
-    pub fn roll_heads(&self) -> Result<(), StoreError> {
-        if self.config.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        self.close_heads();
-        self.flush()
-    }
-
     /// The key ids of every data record in segment `id` (live or dead),
     /// read from the record headers alone.
     pub fn segment_keys(&self, id: u64) -> Result<BTreeSet<KeyId>, StoreError> {
         let file = self.segment_file(id)?;
-        let path = segment::segment_path(&self.segments_dir, id);
+        let path = self.segment_path(id);
         let end = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         let mut keys = BTreeSet::new();
         let mut offset = SEGMENT_HEADER_BYTES;
@@ -100,7 +92,7 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.compact_lock.lock_or_recover();
         self.roll_heads()?;
         self.materialize_snapshots()?;
         let pinned = self.pinned_segments();
@@ -117,7 +109,13 @@ impl Log {
                 chosen.insert(id, live_bytes);
             }
         }
-        let chosen: Vec<(u64, u64)> = chosen.into_iter().collect();
+        let chosen: Vec<CleanTarget> = chosen
+            .into_iter()
+            .map(|(segment_id, live_bytes)| CleanTarget {
+                segment_id,
+                live_bytes,
+            })
+            .collect();
         self.clean(&chosen, options, Some(plan), progress)
     }
 
@@ -138,7 +136,7 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let _one_at_a_time = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.compact_lock.lock_or_recover();
         let mut new = data.clone();
         let to_index = match new.keys.iter().position(|k| *k == plan.to) {
             Some(index) => index as u32,
@@ -157,22 +155,10 @@ impl Log {
             if !plan.from.contains(&key_id) {
                 continue;
             }
-            let first = *lba - d.record_lba;
-            let table_start = d.record_offset + RECORD_HEADER_BYTES as u64;
-            let piece = LivePiece {
-                lba: *lba,
-                blocks: extent.blocks,
-                seq: extent.seq,
-                key_id,
-                segment_id: d.segment_id,
-                table_offset: table_start + first * 4,
-                payload_offset: table_start
-                    + u64::from(d.record_blocks) * 4
-                    + (first << self.config.block_shift),
-            };
+            let piece = LivePiece::new(*lba, extent, &d, key_id, self.config.block_shift);
             let mut moved = self.read_verified(&piece)?.ok_or(StoreError::Corrupt {
-                path: segment::segment_path(&self.segments_dir, d.segment_id),
-                offset_bytes: piece.payload_offset,
+                path: self.segment_path(d.segment_id),
+                offset_bytes: piece.offsets.payload,
                 reason: "a snapshot block to re-key fails its checksum",
             })?;
             (plan.transform)(&mut moved.payload, key_id, piece.seq, piece.lba)?;
@@ -187,10 +173,10 @@ impl Log {
                 checksums: Some(&table),
                 moved: false,
             };
-            let (segment_id, record_offset) = self.append_compacted(&[record])?[0];
+            let RecordPosition { segment_id, offset } = self.append_compacted(&[record])?[0];
             extent.location = Location::Data(DataLocation {
                 segment_id,
-                record_offset,
+                record_offset: offset,
                 record_lba: piece.lba,
                 record_blocks: piece.blocks as u32,
                 key_index: to_index,

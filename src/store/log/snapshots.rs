@@ -1,14 +1,22 @@
-//! Taking, writing out and pinning snapshots (see `store::snapshot`).
+//! Taking snapshots, writing out their indexes (built by
+//! `snapshot_index`), and pinning their segments (see `store::snapshot`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
-use super::super::checkpoint::{self, CheckpointData};
 use super::super::snapshot::{SnapshotPoint, referenced_segments};
-use super::recovery::build_snapshot_data;
-use super::{Log, UnmaterializedSnapshot};
+use super::Log;
+use super::snapshot_index::write_snapshot_index;
+use crate::sync::LockOrRecover;
+
+/// A snapshot taken whose index is not written yet.
+pub(super) struct UnmaterializedSnapshot {
+    name: String,
+    path: PathBuf,
+    point: SnapshotPoint,
+}
 
 impl Log {
     /// Takes a snapshot named `name` whose index will be written to
@@ -29,16 +37,9 @@ impl Log {
         }
         // No checkpoint between the capture and the queueing: the index is
         // built from a checkpoint older than the point.
-        let _no_checkpoint = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _no_checkpoint = self.checkpoint_lock.lock_or_recover();
         let point = {
-            let _heads: Vec<_> = self
-                .heads
-                .iter()
-                .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
-                .collect();
+            let _heads: Vec<_> = self.heads.iter().map(|h| h.lock_or_recover()).collect();
             let state = self.read_state();
             SnapshotPoint {
                 seq_next: self.seq_next.load(Ordering::SeqCst),
@@ -48,8 +49,7 @@ impl Log {
         };
         self.flush()?;
         self.unmaterialized
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .push(UnmaterializedSnapshot {
                 name: name.to_string(),
                 path: index_path,
@@ -63,12 +63,9 @@ impl Log {
     /// a checkpoint calls this first, so no segment a snapshot needs goes
     /// before the snapshot pins it.
     pub fn materialize_snapshots(&self) -> Result<(), StoreError> {
-        let mut queue = self
-            .unmaterialized
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut queue = self.unmaterialized.lock_or_recover();
         while let Some(snapshot) = queue.first() {
-            let data = build_snapshot_data(self, &snapshot.point)?;
+            let data = self.snapshot_index_now(&snapshot.point)?;
             write_snapshot_index(&snapshot.path, &self.config.volume_id, &data)?;
             self.pin(&snapshot.name, referenced_segments(&data));
             queue.remove(0);
@@ -80,8 +77,7 @@ impl Log {
     /// not be recorded), and its pins.
     pub fn abandon_snapshot(&self, name: &str, index_path: &Path) {
         self.unmaterialized
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .retain(|s| s.path != index_path);
         self.unpin(name);
     }
@@ -89,36 +85,22 @@ impl Log {
     /// Keeps the segments `segments` (a snapshot's) from being compacted away.
     pub fn pin(&self, name: &str, segments: BTreeSet<u64>) {
         self.pins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .insert(name.to_string(), segments);
     }
 
     /// Drops the pins of snapshot `name` (deleted).
     pub fn unpin(&self, name: &str) {
-        self.pins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.pins.lock_or_recover().remove(name);
     }
 
     /// Every pinned segment.
     pub fn pinned_segments(&self) -> BTreeSet<u64> {
         self.pins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .values()
             .flatten()
             .copied()
             .collect()
     }
-}
-
-/// Writes a snapshot index durably at `path` (checkpoint format, no heads).
-pub fn write_snapshot_index(
-    path: &Path,
-    volume_id: &[u8; 16],
-    data: &CheckpointData,
-) -> Result<(), StoreError> {
-    checkpoint::write_to(path, volume_id, data)
 }

@@ -1,0 +1,332 @@
+//! One vector register of AES blocks, for each x86-64 instruction set the
+//! XTS kernels run on: XMM (AES-NI, one block), YMM (VAES + AVX2, two
+//! blocks) and ZMM (VAES + AVX-512F, four blocks).
+//!
+//! Besides the AES rounds, each type knows the XTS tweak arithmetic on its
+//! lanes: every 128-bit lane holds one tweak as two little-endian 64-bit
+//! words (IEEE 1619 order), and [`Lanes::next_tweaks`] multiplies each lane
+//! by x^BLOCKS in GF(2^128) with shifts: the bits shifted out of the top
+//! (a polynomial c of degree < BLOCKS) come back as c·(x^7 + x^2 + x + 1).
+//! This costs six or seven cheap vector instructions and needs no
+//! carry-less multiplier, so it runs on every CPU these kernels run on; the
+//! kernels keep it off the AES dependency chain.
+
+use std::arch::x86_64::{
+    __m128i, __m256i, __m512i, _MM_PERM_BADC, _mm_aesdec_si128, _mm_aesdeclast_si128,
+    _mm_aesenc_si128, _mm_aesenclast_si128, _mm_and_si128, _mm_loadu_si128, _mm_set_epi64x,
+    _mm_shuffle_epi32, _mm_slli_epi64, _mm_srli_epi64, _mm_storeu_si128, _mm_xor_si128,
+    _mm256_aesdec_epi128, _mm256_aesdeclast_epi128, _mm256_aesenc_epi128, _mm256_aesenclast_epi128,
+    _mm256_and_si256, _mm256_broadcastsi128_si256, _mm256_loadu_si256, _mm256_set_epi64x,
+    _mm256_shuffle_epi32, _mm256_slli_epi64, _mm256_srli_epi64, _mm256_storeu_si256,
+    _mm256_xor_si256, _mm512_aesdec_epi128, _mm512_aesdeclast_epi128, _mm512_aesenc_epi128,
+    _mm512_aesenclast_epi128, _mm512_broadcast_i32x4, _mm512_loadu_si512, _mm512_maskz_mov_epi64,
+    _mm512_shuffle_epi32, _mm512_slli_epi64, _mm512_srli_epi64, _mm512_storeu_si512,
+    _mm512_xor_si512,
+};
+
+/// `t` times x in GF(2^128) with the XTS polynomial (IEEE 1619 bit order).
+#[inline(always)]
+pub(super) fn mul_alpha(t: u128) -> u128 {
+    (t << 1) ^ ((t >> 127) * 0x87)
+}
+
+/// `shuffle_epi32` control that swaps the two 64-bit words of each lane.
+const SWAP_WORDS: i32 = 0b01_00_11_10;
+
+/// A vector of [`Lanes::BLOCKS`] AES blocks.
+///
+/// # Safety
+/// Implementations use CPU instructions that not every x86-64 CPU has:
+/// calling any method is undefined behaviour unless the CPU has the
+/// features named in the implementation's doc comment. Methods are
+/// `#[inline(always)]` so that they compile into the kernel function that
+/// enables those features.
+pub(super) unsafe trait Lanes: Copy {
+    /// AES blocks (and tweaks) per vector.
+    const BLOCKS: usize;
+    /// Loads `BLOCKS` blocks from `src` (no alignment needed).
+    unsafe fn load(src: *const u8) -> Self;
+    /// Stores `BLOCKS` blocks to `dst` (no alignment needed).
+    unsafe fn store(dst: *mut u8, value: Self);
+    /// Bitwise XOR.
+    unsafe fn xor(a: Self, b: Self) -> Self;
+    /// The same round key in every lane.
+    unsafe fn broadcast(key: __m128i) -> Self;
+    /// One AES encryption round on every lane.
+    unsafe fn enc(state: Self, key: Self) -> Self;
+    /// The last AES encryption round.
+    unsafe fn enc_last(state: Self, key: Self) -> Self;
+    /// One AES decryption round (equivalent inverse cipher).
+    unsafe fn dec(state: Self, key: Self) -> Self;
+    /// The last AES decryption round.
+    unsafe fn dec_last(state: Self, key: Self) -> Self;
+    /// Lane i holds `t·x^i`.
+    unsafe fn tweaks_from(t: u128) -> Self;
+    /// Every lane times x^BLOCKS.
+    unsafe fn next_tweaks(tweaks: Self) -> Self;
+    /// The tweak in lane 0.
+    unsafe fn first_tweak(tweaks: Self) -> u128;
+}
+
+/// Scalar tweaks `t·x^0 .. t·x^(N-1)` as little-endian words, for loading.
+#[inline(always)]
+fn scalar_tweaks<const N: usize>(t: u128) -> [i64; 8] {
+    let mut words = [0i64; 8];
+    let mut x = t;
+    for lane in 0..N {
+        words[2 * lane] = x as u64 as i64;
+        words[2 * lane + 1] = (x >> 64) as u64 as i64;
+        x = mul_alpha(x);
+    }
+    words
+}
+
+/// One block in an XMM register. Needs AES-NI (and SSE2, part of x86-64).
+#[derive(Clone, Copy)]
+pub(super) struct Xmm(__m128i);
+
+// SAFETY: every method uses only SSE2 and AES-NI instructions, as the type's
+// contract says.
+unsafe impl Lanes for Xmm {
+    const BLOCKS: usize = 1;
+
+    #[inline(always)]
+    unsafe fn load(src: *const u8) -> Self {
+        // SAFETY: the caller passes 16 readable bytes; unaligned load.
+        Xmm(unsafe { _mm_loadu_si128(src.cast()) })
+    }
+    #[inline(always)]
+    unsafe fn store(dst: *mut u8, value: Self) {
+        // SAFETY: the caller passes 16 writable bytes; unaligned store.
+        unsafe { _mm_storeu_si128(dst.cast(), value.0) }
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self, b: Self) -> Self {
+        // SAFETY: SSE2, part of x86-64.
+        Xmm(unsafe { _mm_xor_si128(a.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn broadcast(key: __m128i) -> Self {
+        Xmm(key)
+    }
+    #[inline(always)]
+    unsafe fn enc(state: Self, key: Self) -> Self {
+        // SAFETY: AES-NI, per the trait's contract.
+        Xmm(unsafe { _mm_aesenc_si128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn enc_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Xmm(unsafe { _mm_aesenclast_si128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Xmm(unsafe { _mm_aesdec_si128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Xmm(unsafe { _mm_aesdeclast_si128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn tweaks_from(t: u128) -> Self {
+        // SAFETY: SSE2, part of x86-64.
+        Xmm(unsafe { _mm_set_epi64x((t >> 64) as u64 as i64, t as u64 as i64) })
+    }
+    #[inline(always)]
+    unsafe fn next_tweaks(tweaks: Self) -> Self {
+        // SAFETY: SSE2, part of x86-64.
+        unsafe {
+            let v = tweaks.0;
+            let carry = _mm_srli_epi64::<63>(_mm_shuffle_epi32::<SWAP_WORDS>(v));
+            let wrapped = _mm_and_si128(carry, _mm_set_epi64x(0, -1));
+            let folded = _mm_xor_si128(
+                _mm_xor_si128(_mm_slli_epi64::<1>(wrapped), _mm_slli_epi64::<2>(wrapped)),
+                _mm_slli_epi64::<7>(wrapped),
+            );
+            Xmm(_mm_xor_si128(
+                _mm_xor_si128(_mm_slli_epi64::<1>(v), carry),
+                folded,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn first_tweak(tweaks: Self) -> u128 {
+        let mut bytes = [0u8; 16];
+        // SAFETY: 16 writable bytes.
+        unsafe { Self::store(bytes.as_mut_ptr(), tweaks) };
+        u128::from_le_bytes(bytes)
+    }
+}
+
+/// Two blocks in a YMM register. Needs VAES and AVX2.
+#[derive(Clone, Copy)]
+pub(super) struct Ymm(__m256i);
+
+// SAFETY: every method uses only AVX, AVX2 and VAES instructions, as the
+// type's contract says.
+unsafe impl Lanes for Ymm {
+    const BLOCKS: usize = 2;
+
+    #[inline(always)]
+    unsafe fn load(src: *const u8) -> Self {
+        // SAFETY: the caller passes 32 readable bytes; unaligned load.
+        Ymm(unsafe { _mm256_loadu_si256(src.cast()) })
+    }
+    #[inline(always)]
+    unsafe fn store(dst: *mut u8, value: Self) {
+        // SAFETY: the caller passes 32 writable bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(dst.cast(), value.0) }
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self, b: Self) -> Self {
+        // SAFETY: AVX2, per the trait's contract.
+        Ymm(unsafe { _mm256_xor_si256(a.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn broadcast(key: __m128i) -> Self {
+        // SAFETY: AVX2, per the trait's contract.
+        Ymm(unsafe { _mm256_broadcastsi128_si256(key) })
+    }
+    #[inline(always)]
+    unsafe fn enc(state: Self, key: Self) -> Self {
+        // SAFETY: VAES, per the trait's contract.
+        Ymm(unsafe { _mm256_aesenc_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn enc_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Ymm(unsafe { _mm256_aesenclast_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Ymm(unsafe { _mm256_aesdec_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Ymm(unsafe { _mm256_aesdeclast_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn tweaks_from(t: u128) -> Self {
+        let w = scalar_tweaks::<2>(t);
+        // SAFETY: AVX, per the trait's contract.
+        Ymm(unsafe { _mm256_set_epi64x(w[3], w[2], w[1], w[0]) })
+    }
+    #[inline(always)]
+    unsafe fn next_tweaks(tweaks: Self) -> Self {
+        // SAFETY: AVX2, per the trait's contract.
+        unsafe {
+            let v = tweaks.0;
+            let carry = _mm256_srli_epi64::<62>(_mm256_shuffle_epi32::<SWAP_WORDS>(v));
+            let wrapped = _mm256_and_si256(carry, _mm256_set_epi64x(0, -1, 0, -1));
+            let folded = _mm256_xor_si256(
+                _mm256_xor_si256(
+                    _mm256_slli_epi64::<1>(wrapped),
+                    _mm256_slli_epi64::<2>(wrapped),
+                ),
+                _mm256_slli_epi64::<7>(wrapped),
+            );
+            Ymm(_mm256_xor_si256(
+                _mm256_xor_si256(_mm256_slli_epi64::<2>(v), carry),
+                folded,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn first_tweak(tweaks: Self) -> u128 {
+        let mut bytes = [0u8; 32];
+        // SAFETY: 32 writable bytes.
+        unsafe { Self::store(bytes.as_mut_ptr(), tweaks) };
+        u128::from_le_bytes(bytes[..16].try_into().expect("16 bytes"))
+    }
+}
+
+/// Four blocks in a ZMM register. Needs VAES and AVX-512F.
+#[derive(Clone, Copy)]
+pub(super) struct Zmm(__m512i);
+
+/// Mask of the low word of each lane of a ZMM register.
+const LOW_WORDS: u8 = 0b0101_0101;
+
+// SAFETY: every method uses only AVX-512F and VAES instructions, as the
+// type's contract says.
+unsafe impl Lanes for Zmm {
+    const BLOCKS: usize = 4;
+
+    #[inline(always)]
+    unsafe fn load(src: *const u8) -> Self {
+        // SAFETY: the caller passes 64 readable bytes; unaligned load.
+        Zmm(unsafe { _mm512_loadu_si512(src.cast()) })
+    }
+    #[inline(always)]
+    unsafe fn store(dst: *mut u8, value: Self) {
+        // SAFETY: the caller passes 64 writable bytes; unaligned store.
+        unsafe { _mm512_storeu_si512(dst.cast(), value.0) }
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self, b: Self) -> Self {
+        // SAFETY: AVX-512F, per the trait's contract.
+        Zmm(unsafe { _mm512_xor_si512(a.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn broadcast(key: __m128i) -> Self {
+        // SAFETY: AVX-512F, per the trait's contract.
+        Zmm(unsafe { _mm512_broadcast_i32x4(key) })
+    }
+    #[inline(always)]
+    unsafe fn enc(state: Self, key: Self) -> Self {
+        // SAFETY: VAES with AVX-512F, per the trait's contract.
+        Zmm(unsafe { _mm512_aesenc_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn enc_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Zmm(unsafe { _mm512_aesenclast_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Zmm(unsafe { _mm512_aesdec_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn dec_last(state: Self, key: Self) -> Self {
+        // SAFETY: as in `enc`.
+        Zmm(unsafe { _mm512_aesdeclast_epi128(state.0, key.0) })
+    }
+    #[inline(always)]
+    unsafe fn tweaks_from(t: u128) -> Self {
+        let words = scalar_tweaks::<4>(t);
+        // SAFETY: 64 readable bytes; AVX-512F per the trait's contract.
+        Zmm(unsafe { _mm512_loadu_si512(words.as_ptr().cast()) })
+    }
+    #[inline(always)]
+    unsafe fn next_tweaks(tweaks: Self) -> Self {
+        // SAFETY: AVX-512F, per the trait's contract.
+        unsafe {
+            let v = tweaks.0;
+            let carry = _mm512_srli_epi64::<60>(_mm512_shuffle_epi32::<_MM_PERM_BADC>(v));
+            let wrapped = _mm512_maskz_mov_epi64(LOW_WORDS, carry);
+            let folded = _mm512_xor_si512(
+                _mm512_xor_si512(
+                    _mm512_slli_epi64::<1>(wrapped),
+                    _mm512_slli_epi64::<2>(wrapped),
+                ),
+                _mm512_slli_epi64::<7>(wrapped),
+            );
+            Zmm(_mm512_xor_si512(
+                _mm512_xor_si512(_mm512_slli_epi64::<4>(v), carry),
+                folded,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn first_tweak(tweaks: Self) -> u128 {
+        let mut bytes = [0u8; 64];
+        // SAFETY: 64 writable bytes.
+        unsafe { Self::store(bytes.as_mut_ptr(), tweaks) };
+        u128::from_le_bytes(bytes[..16].try_into().expect("16 bytes"))
+    }
+}

@@ -1,0 +1,249 @@
+//! The log: appending records through log heads, keeping the extent index,
+//! flushing, checkpointing, and recovering after a crash.
+//!
+//! One file per job: `append.rs` (records into a head's segment and the
+//! index), `durability.rs` (flush, seal, checkpoint, close), `read.rs`
+//! (lookups and ciphertext reads), `state.rs` (what the index lock
+//! protects), `replay.rs` (which segments to scan, and scanning them),
+//! `recovery.rs` (opening), `snapshots.rs` (taking snapshots, pins),
+//! `snapshot_index.rs` (building and writing a snapshot's index, the one
+//! place that does), `compact.rs` and `rekey.rs` (the mover).
+//!
+//! A head's mutex is held from the start of an append until its records are
+//! in the index, so each head's records enter the index in file order and a
+//! checkpoint can name, per head, the offset up to which the index holds
+//! everything. The order the locks are taken in is written next to them, in
+//! [`Log`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::segment;
+use super::{StoreError, sync_dir};
+use crate::limits::CHECKPOINT_INTERVAL_BYTES;
+use crate::sync::RwLockOrRecover;
+use durability::PendingSeal;
+use snapshots::UnmaterializedSnapshot;
+use state::IndexState;
+
+mod append;
+mod compact;
+mod durability;
+mod read;
+mod recovery;
+mod rekey;
+mod replay;
+mod snapshot_index;
+mod snapshots;
+mod state;
+
+pub use append::{AppendRecord, RecordPosition};
+pub use compact::{
+    CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
+    SpaceReport,
+};
+pub use read::{DataPiece, ReadPiece};
+pub use recovery::{RecoveryReport, TornTail, open, open_view};
+pub use rekey::KeyUsage;
+pub use snapshot_index::write_snapshot_index;
+
+/// Fixed facts about the log, from the volume's superblock.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Volume id, stamped into every segment and checkpoint.
+    pub volume_id: [u8; 16],
+    /// log2 of the block size (9 or 12).
+    pub block_shift: u8,
+    /// Blocks in the volume.
+    pub capacity_blocks: u64,
+    /// Target segment size; a head moves to a new segment once past it.
+    pub segment_bytes: u64,
+    /// Number of guest log heads (independent append streams), at least 1.
+    pub heads: usize,
+    /// Open without changing anything on disk.
+    pub read_only: bool,
+}
+
+/// One of the log's guest heads: `0 .. LogConfig::heads`. The caller says
+/// which head each append goes through: a queue worker its queue index, so
+/// that queues never wait for each other's head; callers that are not queue
+/// workers (tools, tests, the volume's own convenience calls) use
+/// [`HeadId::FIRST`]. Compaction appends through a head of its own, which
+/// only the store uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeadId(pub usize);
+
+impl HeadId {
+    /// The first head: what callers that are not queue workers append through.
+    pub const FIRST: HeadId = HeadId(0);
+}
+
+impl std::fmt::Display for HeadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "head {}", self.0)
+    }
+}
+
+/// A head's open segment: where its next record goes.
+struct OpenSegment {
+    id: u64,
+    file: Arc<File>,
+    offset: u64,
+}
+
+/// One log head (append stream) and its open segment, if any.
+struct Head {
+    id: u32,
+    open: Option<OpenSegment>,
+}
+
+/// An open log: segments, extent index, checkpoints.
+///
+/// **Lock order.** A thread holding some of these locks takes another only
+/// if it comes later in this list (so two threads can never wait for each
+/// other):
+///
+/// 1. `compact_lock` (one compaction or re-key at a time);
+/// 2. `checkpoint_lock` (one checkpoint at a time; a snapshot holds it so
+///    no checkpoint falls between its capture and its queueing);
+/// 3. `unmaterialized` (the queue of snapshot indexes to write);
+/// 4. `flush_lock` (one flush at a time);
+/// 5. `heads[i]`, several only in index order (a snapshot takes them all);
+/// 6. `pins`;
+/// 7. `pending` (segments waiting for a flush to seal them);
+/// 8. `state` (the index and what a checkpoint must see with it);
+/// 9. `files` (the open segment files).
+///
+/// **Poisoning.** Every lock here is taken with [`crate::sync`]'s
+/// recovering helpers: no panic possible while one is held leaves its data
+/// half changed. The `()` locks guard no data. A head, `pending`, `files`,
+/// `pins` and `unmaterialized` change by single pushes, inserts and
+/// removals. The index state changes in `IndexState::apply`, whose only
+/// panics are assertions on the record that `append` checks before taking
+/// any lock. The log on disk is the truth either way: a reopen rebuilds all
+/// of it.
+pub struct Log {
+    segments_dir: PathBuf,
+    checkpoints_dir: PathBuf,
+    config: LogConfig,
+    /// The guest heads, then the compaction head (the last one).
+    heads: Vec<Mutex<Head>>,
+    state: RwLock<IndexState>,
+    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    seq_next: AtomicU64,
+    bytes_since_checkpoint: AtomicU64,
+    checkpoint_lock: Mutex<()>,
+    /// Segments that left a head (full or abandoned) and are not yet synced;
+    /// the next flush syncs them and then seals the full ones.
+    pending: Mutex<Vec<PendingSeal>>,
+    /// A segment file was created since the directory was last synced.
+    dir_dirty: AtomicBool,
+    /// One flush at a time: a flush that returns must not leave syncs of
+    /// segments it took from `pending` to another flush still running.
+    flush_lock: Mutex<()>,
+    /// Snapshot indexes taken but not yet written out; written before the
+    /// next checkpoint at the latest (see `snapshots`).
+    unmaterialized: Mutex<Vec<UnmaterializedSnapshot>>,
+    /// Segments each snapshot (by name) refers to: never deleted.
+    pins: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+    /// One compaction at a time.
+    compact_lock: Mutex<()>,
+}
+
+impl Log {
+    /// Creates an empty log in `dir` (which must exist and hold no log).
+    pub fn create(dir: &Path, config: LogConfig) -> Result<Self, StoreError> {
+        for sub in ["segments", "checkpoints"] {
+            let path = dir.join(sub);
+            fs::create_dir(&path).map_err(|e| StoreError::io(&path, e))?;
+        }
+        sync_dir(dir)?;
+        let log = Self::empty(dir, config, 0, 0);
+        log.checkpoint()?;
+        Ok(log)
+    }
+
+    fn empty(dir: &Path, config: LogConfig, seq_next: u64, segment_id_next: u64) -> Self {
+        // The guest's heads, then one for compaction (so moved, cold blocks
+        // do not mix with hot ones).
+        let heads = (0..config.heads.max(1) + 1)
+            .map(|id| {
+                Mutex::new(Head {
+                    id: id as u32,
+                    open: None,
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut state = IndexState::empty(heads.len());
+        state.segment_id_next = segment_id_next;
+        Self {
+            segments_dir: dir.join("segments"),
+            checkpoints_dir: dir.join("checkpoints"),
+            state: RwLock::new(state),
+            heads,
+            config,
+            files: RwLock::new(BTreeMap::new()),
+            seq_next: AtomicU64::new(seq_next),
+            bytes_since_checkpoint: AtomicU64::new(0),
+            checkpoint_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            dir_dirty: AtomicBool::new(false),
+            flush_lock: Mutex::new(()),
+            unmaterialized: Mutex::new(Vec::new()),
+            pins: Mutex::new(BTreeMap::new()),
+            compact_lock: Mutex::new(()),
+        }
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Takes the next write sequence number. Never returns the same number
+    /// twice for one volume, across reopens and crashes.
+    pub fn next_seq(&self) -> u64 {
+        self.seq_next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of extents in the index.
+    pub fn extent_count(&self) -> usize {
+        self.read_state().index.len()
+    }
+
+    /// True when enough has been appended since the last checkpoint that the
+    /// next flush should write one.
+    pub fn checkpoint_due(&self) -> bool {
+        self.bytes_since_checkpoint.load(Ordering::Relaxed) >= CHECKPOINT_INTERVAL_BYTES
+    }
+
+    /// The path of segment `id`.
+    fn segment_path(&self, id: u64) -> PathBuf {
+        segment::segment_path(&self.segments_dir, id)
+    }
+
+    /// The open file of segment `id`.
+    fn segment_file(&self, id: u64) -> Result<Arc<File>, StoreError> {
+        self.files
+            .read_or_recover()
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::SegmentMissing { segment_id: id })
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.state.read_or_recover()
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
+        self.state.write_or_recover()
+    }
+
+    /// The compaction head: the last one, after the guest heads.
+    fn compaction_head(&self) -> usize {
+        self.heads.len() - 1
+    }
+}

@@ -1,0 +1,113 @@
+//! A snapshot's index, and the one place that builds one: the newest
+//! checkpoint older than the snapshot's point, plus the records the point
+//! covers among those written after that checkpoint (read back from the
+//! segments and verified). The running log builds it when it materializes
+//! a snapshot ([`Log::snapshot_index_now`]); recovery rebuilds it from the
+//! records it replayed when the process died first
+//! ([`Log::rebuild_snapshot_index`]). Either way it is written in
+//! checkpoint format ([`write_snapshot_index`]).
+//!
+//! The checkpoint is always older than the point: a checkpoint first
+//! materializes every snapshot taken before it (see `Log::checkpoint`).
+
+use std::path::Path;
+
+use super::super::StoreError;
+use super::super::checkpoint::{self, CheckpointData};
+use super::super::segment;
+use super::super::snapshot::SnapshotPoint;
+use super::Log;
+use super::replay::{ReplayedRecord, list_segments, replay_plan};
+use super::state::IndexState;
+
+impl Log {
+    /// The index of the snapshot at `point` while the log is open: the
+    /// newest valid checkpoint no newer than the point, plus the records the
+    /// point covers among those written after it.
+    pub(super) fn snapshot_index_now(
+        &self,
+        point: &SnapshotPoint,
+    ) -> Result<CheckpointData, StoreError> {
+        let segment_ids = list_segments(&self.segments_dir)?;
+        let mut checkpoint = None;
+        for path in checkpoint::list_checkpoints(&self.checkpoints_dir)? {
+            if let Ok(data) = checkpoint::read(&path, &self.config.volume_id)
+                && data.seq_next <= point.seq_next
+                && data.segment_id_next <= point.segment_id_next
+            {
+                checkpoint = Some(data);
+                break;
+            }
+        }
+        let checkpoint = checkpoint.unwrap_or_default();
+        let mut records = Vec::new();
+        for scan in replay_plan(&checkpoint, &segment_ids)? {
+            if scan.segment_id >= point.segment_id_next {
+                continue;
+            }
+            let file = self.segment_file(scan.segment_id)?;
+            // Records past the point may be half written right now: the scan
+            // stops there, after every record the point covers (all durable).
+            let outcome = segment::scan_segment(
+                &file,
+                &self.segment_path(scan.segment_id),
+                scan.from,
+                self.config.block_shift,
+                self.config.capacity_blocks,
+            )?;
+            records.extend(ReplayedRecord::of_segment(scan.segment_id, outcome.records));
+        }
+        records.sort_by_key(|r| r.header.seq);
+        Ok(build(&checkpoint, &records, point))
+    }
+
+    /// Rebuilds and writes at `path` the index of a snapshot that was taken
+    /// but not written out before a crash, from the checkpoint recovery
+    /// loaded and the records it replayed (in sequence order).
+    pub(super) fn rebuild_snapshot_index(
+        &self,
+        checkpoint: &CheckpointData,
+        records: &[ReplayedRecord],
+        path: &Path,
+        point: &SnapshotPoint,
+    ) -> Result<(), StoreError> {
+        if checkpoint.segment_id_next > point.segment_id_next
+            || checkpoint.seq_next > point.seq_next
+        {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                offset_bytes: 0,
+                reason: "snapshot index missing and the newest checkpoint is newer than the snapshot",
+            });
+        }
+        let data = build(checkpoint, records, point);
+        tracing::info!(snapshot = %path.display(), "rebuilt a snapshot index from the log");
+        write_snapshot_index(path, &self.config.volume_id, &data)
+    }
+}
+
+/// The index of the snapshot at `point`: `checkpoint` (older than the
+/// point) plus those of `records` (in sequence order) that the point covers.
+fn build(
+    checkpoint: &CheckpointData,
+    records: &[ReplayedRecord],
+    point: &SnapshotPoint,
+) -> CheckpointData {
+    let mut state = IndexState::loaded(checkpoint);
+    for record in records
+        .iter()
+        .filter(|r| point.covers(r.segment_id, r.offset))
+    {
+        state.apply(record.segment_id, record.offset, &record.header);
+    }
+    state.frozen_at(point)
+}
+
+/// Writes a snapshot index durably at `path` (checkpoint format, no heads).
+pub fn write_snapshot_index(
+    path: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+) -> Result<(), StoreError> {
+    checkpoint::write_to(path, volume_id, data)
+}

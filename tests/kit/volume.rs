@@ -1,0 +1,54 @@
+//! Volumes in this process: deterministic keys, a shared crypto pool, small
+//! segments; and the files a volume keeps.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
+use lsvblk::volume::{Volume, VolumeOptions};
+
+/// A deterministic test key from a one-byte seed.
+pub fn key(seed: u8) -> DataKey {
+    let material: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    DataKey::from_bytes(KeyKind::Aes256Xts, &material).unwrap()
+}
+
+/// One small crypto pool shared by every test in a binary (threads are not free).
+pub fn pool() -> Arc<CryptoPool> {
+    static POOL: OnceLock<Arc<CryptoPool>> = OnceLock::new();
+    Arc::clone(POOL.get_or_init(|| Arc::new(CryptoPool::new(2, 64 * 1024).unwrap())))
+}
+
+/// Options for small test volumes: small segments so that tests roll over.
+pub fn options(block_bytes: u32) -> VolumeOptions {
+    VolumeOptions {
+        block_bytes,
+        segment_bytes: 64 * 1024,
+        heads: 2,
+        pool: Some(pool()),
+        ..VolumeOptions::default()
+    }
+}
+
+/// Creates a volume of `size` bytes in `dir`, with `key(1)`.
+pub fn create(dir: &Path, size: u64, block_bytes: u32) -> Volume {
+    Volume::create(dir, size, key(1), &options(block_bytes)).unwrap()
+}
+
+/// Opens the volume in `dir` with `key(1)`.
+pub fn open(dir: &Path, block_bytes: u32) -> Volume {
+    Volume::open(dir, key(1), &options(block_bytes)).unwrap()
+}
+
+/// Segment files of the volume in `dir`, in id order.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
