@@ -223,6 +223,10 @@ osd_recovery_sleep_hybrid = 0
 [client.rgw.s3]
 rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw_data = $CEPH_DIR/rgw
+# Overwritten and deleted objects' data is reclaimed after a minute, not
+# two hours: the benchmark overwrites gigabytes.
+rgw_gc_obj_min_wait = 60
+rgw_gc_processor_period = 60
 # radosgw asks for "secure" monitor sessions by default, which need cephx.
 ms_mon_client_mode = crc
 EOF

@@ -13,12 +13,15 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-# Integration tests named tests/*_s3.rs need the Ceph cluster: they run in
-# their own stage below; every other one runs here.
+# Integration tests (cargo's: tests/NAME.rs and tests/NAME/main.rs) named
+# *_s3 need the Ceph cluster: they run in their own stage below; every other
+# one runs here.
 plain_tests=()
 s3_tests=()
-for file in tests/*.rs; do
-  name=$(basename "$file" .rs)
+for file in tests/*.rs tests/*/main.rs; do
+  name=${file#tests/}
+  name=${name%/main.rs}
+  name=${name%.rs}
   case "$name" in
     *_s3) s3_tests+=(--test "$name") ;;
     *) plain_tests+=(--test "$name") ;;

@@ -15,7 +15,6 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use lsvblk::objstore::{Credentials, ObjectKey, S3Config, S3Store};
 
