@@ -10,6 +10,7 @@ mod backend;
 pub mod config;
 pub mod request;
 mod server;
+pub mod socket_access;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
