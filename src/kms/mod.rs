@@ -13,11 +13,14 @@
 //!   compromise check;
 //! - [`keys`]: per-key state (enabled, disabled, destroyed, compromised);
 //! - [`service`]: the operations, independent of HTTP;
-//! - [`http`], [`server`], [`tls`], [`client`]: the wire.
+//! - [`http`], [`server`], [`router`], [`tls`], [`client`]: the wire;
+//!   [`admission`] and [`refusal`]: connection slots, and refusals before
+//!   any API call (answered at once, audited in counts).
 //!
 //! Log messages, errors and `Debug` output of this module never contain key
 //! material (tested in `tests/kms_no_key_in_logs.rs`).
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -29,6 +32,8 @@ pub mod http;
 pub mod kek;
 pub mod keys;
 pub mod limits;
+pub mod refusal;
+pub mod router;
 pub mod seal;
 pub mod server;
 pub mod service;

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
 use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -14,7 +16,7 @@ use crate::control::{ControlHandler, ControlServer, control_socket_path};
 use crate::daemon::Daemon;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keys::{read_token, unwrap_all};
-use crate::kms::parse_kms_address;
+use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`.
@@ -29,9 +31,24 @@ pub struct ServeArgs {
     /// The key-wrapping service: unix:PATH of its socket.
     #[arg(long, value_parser = parse_kms_address)]
     kms: PathBuf,
-    /// File holding the user's token (from `lsvkms token issue`).
+    /// File holding the user's token (from `lsvkms token issue`); must not
+    /// be readable by group or others (exit 64 otherwise).
     #[arg(long)]
     token_file: PathBuf,
+    /// Mode of the vhost-user socket file (octal). Whoever may connect to it
+    /// reads and writes the decrypted disk: 0600 lets only our user in; use
+    /// 0660 with --socket-group for a VMM running as another user.
+    #[arg(long, default_value = "0600", value_parser = parse_socket_mode)]
+    socket_mode: u32,
+    /// Group of the vhost-user socket file (name or gid), e.g. the group
+    /// libvirt's QEMU runs as.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// How long to keep trying while lsvkms is down, busy or silent when
+    /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
+    /// E.g. 90s, 2m; 1s tries about once.
+    #[arg(long, default_value = "30s", value_parser = parse_kms_timeout)]
+    kms_timeout: Duration,
     /// Virtqueues offered to the guest (one worker thread each).
     #[arg(long, default_value_t = 1)]
     num_queues: u16,
@@ -89,24 +106,29 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
+    let kms = client(&args.kms).retrying_for(args.kms_timeout);
     let volume = Arc::new(match &args.snapshot {
         Some(name) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &meta.keys)?;
+            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
             Volume::open_snapshot(&args.volume, name, keys, &options)?
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
             let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &superblock.keys)?;
+            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
             Volume::open_locked(&args.volume, lock, keys, &options)?
         }
     });
     drop(token);
+    drop(kms);
     report_recovery(&volume);
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    socket_access(&args)?
+        .apply(&args.socket)
+        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status` on its
     // control socket and compacts in the background.
@@ -155,6 +177,27 @@ pub fn run(args: ServeArgs) -> Outcome {
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("volume flushed and closed");
     Ok(())
+}
+
+fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal mode like 0600 or 0660"))
+}
+
+fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
+    let group = match &args.socket_group {
+        Some(name) => Some(
+            group_id(name)
+                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(SocketAccess {
+        mode: args.socket_mode,
+        group,
+    })
 }
 
 fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOptions, Failure> {
