@@ -221,11 +221,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         serve_tls(address, &args, &service)?;
     }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
+    let accepting = Arc::clone(&service);
     std::thread::Builder::new()
         .name("kms-accept".into())
-        .spawn(move || server::serve_unix(listener, service))?;
+        .spawn(move || server::serve_unix(listener, accepting))?;
     let signal = wait_for(&signals);
     tracing::info!(signal, "stopping");
+    service.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -12,8 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{KeyId, KeyKind};
 
-use super::error::KmsError;
 use super::limits::{ACL_ENTRIES_MAX, CONTEXT_ID_BYTES_MAX, USER_BYTES_MAX};
+
+/// A request field that breaks the API's rules (the service answers it
+/// with 400 `bad_request`). Its own type, not the service's error, so the
+/// wire types depend on nothing but the limits.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidField(pub String);
 
 /// Who and what a key is for, sealed into its blob as associated data: an
 /// unwrap must present the same context.
@@ -29,7 +35,7 @@ pub struct KeyContext {
 
 impl KeyContext {
     /// Checks each id's length and characters.
-    pub fn validate(&self) -> Result<(), KmsError> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         check_name(
             "context.volume_id",
             &self.volume_id,
@@ -46,14 +52,14 @@ impl KeyContext {
 }
 
 /// Checks a user name (an ACL entry or a token subject).
-pub fn validate_user(user: &str) -> Result<(), KmsError> {
+pub fn validate_user(user: &str) -> Result<(), InvalidField> {
     check_name("user", user, USER_BYTES_MAX, false)
 }
 
 /// Checks an ACL: 1 to [`ACL_ENTRIES_MAX`] valid, distinct user names.
-pub fn validate_acl(acl: &[String]) -> Result<(), KmsError> {
+pub fn validate_acl(acl: &[String]) -> Result<(), InvalidField> {
     if acl.is_empty() || acl.len() > ACL_ENTRIES_MAX {
-        return Err(KmsError::BadRequest(format!(
+        return Err(InvalidField(format!(
             "acl has {} entries, allowed 1..={ACL_ENTRIES_MAX}",
             acl.len()
         )));
@@ -61,21 +67,26 @@ pub fn validate_acl(acl: &[String]) -> Result<(), KmsError> {
     for (index, user) in acl.iter().enumerate() {
         validate_user(user)?;
         if acl[..index].contains(user) {
-            return Err(KmsError::BadRequest(format!("acl lists {user:?} twice")));
+            return Err(InvalidField(format!("acl lists {user:?} twice")));
         }
     }
     Ok(())
 }
 
-fn check_name(field: &str, value: &str, bytes_max: usize, empty_ok: bool) -> Result<(), KmsError> {
+fn check_name(
+    field: &str,
+    value: &str,
+    bytes_max: usize,
+    empty_ok: bool,
+) -> Result<(), InvalidField> {
     if value.len() > bytes_max || (value.is_empty() && !empty_ok) {
-        return Err(KmsError::BadRequest(format!(
+        return Err(InvalidField(format!(
             "{field} must be 1..={bytes_max} bytes, got {}",
             value.len()
         )));
     }
     if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(KmsError::BadRequest(format!(
+        return Err(InvalidField(format!(
             "{field} must not contain whitespace or control characters"
         )));
     }
@@ -291,14 +302,22 @@ pub fn to_base64(bytes: &[u8]) -> String {
 
 /// Decodes standard base64 into `target`, which must have room for it
 /// (used to decode key material straight into a zeroized buffer).
-pub fn base64_decode_into(text: &str, target: &mut Vec<u8>) -> Result<(), KmsError> {
+pub fn base64_decode_into(text: &str, target: &mut Vec<u8>) -> Result<(), InvalidField> {
     B64.decode_vec(text.as_bytes(), target)
-        .map_err(|e| KmsError::BadRequest(format!("not base64: {e}")))
+        .map_err(|e| InvalidField(format!("not base64: {e}")))
 }
 
-/// Encodes bytes as standard base64 into `target` (used for key material).
-pub fn base64_encode_into(bytes: &[u8], target: &mut String) {
-    B64.encode_string(bytes, target);
+/// Encodes bytes as standard base64 into `target`, replacing what it held
+/// (used for key material: give it a zeroized buffer with room, so it never
+/// reallocates). The text is written straight into `target`: the `base64`
+/// crate's `String` encoders stage their output in a 1 KiB array on the
+/// stack, which would leave the encoded key behind in a dead frame.
+pub fn base64_encode_into(bytes: &[u8], target: &mut Vec<u8>) {
+    let encoded_bytes = base64::encoded_len(bytes.len(), true).expect("small input");
+    target.clear();
+    target.resize(encoded_bytes, 0);
+    B64.encode_slice(bytes, &mut target[..])
+        .expect("the buffer is sized for the encoding");
 }
 
 #[cfg(test)]

@@ -5,14 +5,16 @@
 //! One connection is kept alive between calls. If a call on a *reused*
 //! connection fails before any response byte arrives (the service closed
 //! an idle connection, or restarted), it is retried once on a fresh
-//! connection. Plaintext keys are decoded from the zeroized response body
+//! connection. A client made [`KmsClient::retrying_for`] a while also
+//! retries, with backoff, calls that found the service down, busy (503) or
+//! silent, until that while is over. Plaintext keys are decoded from the zeroized response body
 //! straight into a [`DataKey`] in locked memory.
 
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -25,13 +27,12 @@ use super::api::{
     Base64Bytes, DataKeyRequest, ErrorBody, Health, KeyContext, KeyInfo, MinVersionRequest,
     RewrapRequest, RewrapResponse, UnwrapRequest, WrappingKeyInfo, base64_decode_into,
 };
-use super::http::{HttpConn, HttpError};
+use super::http::{HttpConn, HttpError, is_timeout};
 use super::keys::KeyAction;
 use super::limits::{CLIENT_TIMEOUT_MS_DEFAULT, HTTP_RESPONSE_BYTES_MAX};
 
 /// Why a call to the service failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ClientError {
     /// Nothing answers on the socket: the service is down.
     #[error("key service unavailable at {path}: {source} (is lsvkms running?)")]
@@ -48,7 +49,11 @@ pub enum ClientError {
         /// The timeout.
         timeout_ms: u64,
     },
-    /// The connection broke or the answer is not what the API promises.
+    /// The connection broke before an answer came (the service closed it
+    /// or went away).
+    #[error("key service closed the connection without answering: {0}")]
+    Disconnected(String),
+    /// The answer is not what the API promises.
     #[error("key service protocol error: {0}")]
     Protocol(String),
     /// The service refused or failed the call.
@@ -85,10 +90,31 @@ struct KeyResponse<'a> {
     plaintext_key: &'a str,
 }
 
+impl ClientError {
+    /// True if the service was down, busy or silent: asking again later
+    /// may succeed. Refusals (4xx) and broken answers are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Disconnected(_) => true,
+            ClientError::Api { status, .. } => *status == 503,
+            ClientError::Protocol(_) => false,
+        }
+    }
+}
+
+/// First pause between two tries of a client that retries, doubled after
+/// each try up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between two tries.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 /// A client of one `lsvkms` UNIX socket.
 pub struct KmsClient {
     socket_path: PathBuf,
     timeout: Duration,
+    retry_for: Duration,
     conn: Mutex<Option<HttpConn<UnixStream>>>,
 }
 
@@ -106,8 +132,18 @@ impl KmsClient {
         Self {
             socket_path: socket_path.as_ref().to_path_buf(),
             timeout,
+            retry_for: Duration::ZERO,
             conn: Mutex::new(None),
         }
+    }
+
+    /// This client, retrying each call that finds the service down, busy
+    /// or silent ([`ClientError::is_transient`]) with backoff (50 ms
+    /// doubling to 1 s) until `retry_for` has passed since the call began;
+    /// then the last error is returned.
+    pub fn retrying_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
     }
 
     /// `POST /v1/datakey`.
@@ -237,8 +273,29 @@ impl KmsClient {
         serde_json::from_slice(&answer).map_err(|e| protocol(&format!("answer to {target}: {e}")))
     }
 
-    /// One request/response; the body of a 200, else [`ClientError::Api`].
+    /// One request/response, retried while transient if so configured;
+    /// the body of a 200, else [`ClientError::Api`].
     fn call(
+        &self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let give_up = Instant::now() + self.retry_for;
+        let mut pause = RETRY_PAUSE_FIRST;
+        loop {
+            match self.call_once(method, target, body) {
+                Err(error) if error.is_transient() && Instant::now() + pause < give_up => {
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "key service not available; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn call_once(
         &self,
         method: &str,
         target: &str,
@@ -251,10 +308,12 @@ impl KmsClient {
             None => self.connect()?,
         };
         let mut result = exchange(&mut conn, method, target, body);
-        if reused
-            && matches!(result, Err(HttpError::Closed) | Err(HttpError::Io(_)))
-            && !is_timeout(&result)
-        {
+        let stale = match &result {
+            Err(HttpError::Closed) => true,
+            Err(HttpError::Io(e)) => !is_timeout(e),
+            _ => false,
+        };
+        if reused && stale {
             conn = self.connect()?;
             result = exchange(&mut conn, method, target, body);
         }
@@ -289,33 +348,31 @@ impl KmsClient {
 
     fn transport_error(&self, error: HttpError) -> ClientError {
         match error {
-            HttpError::Io(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                ClientError::Timeout {
-                    timeout_ms: self.timeout.as_millis() as u64,
-                }
-            }
+            HttpError::Io(e) if is_timeout(&e) => ClientError::Timeout {
+                timeout_ms: self.timeout.as_millis() as u64,
+            },
+            HttpError::Io(e) => ClientError::Disconnected(e.to_string()),
+            HttpError::Closed => ClientError::Disconnected(HttpError::Closed.to_string()),
             other => protocol(&other.to_string()),
         }
     }
 }
 
-fn is_timeout(result: &Result<(u16, Zeroizing<Vec<u8>>), HttpError>) -> bool {
-    matches!(result, Err(HttpError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
-}
-
+/// Sends a request and reads the answer. The service may answer before it
+/// reads a byte (503 busy, 403 to a stranger) and close: then sending
+/// fails, but the answer is there to read, and it is what counts.
 fn exchange(
     conn: &mut HttpConn<UnixStream>,
     method: &str,
     target: &str,
     body: &[u8],
 ) -> Result<(u16, Zeroizing<Vec<u8>>), HttpError> {
-    conn.write_request(method, target, body)?;
-    conn.read_response()
+    let sent = conn.write_request(method, target, body);
+    match (conn.read_response(), sent) {
+        (Ok(answer), _) => Ok(answer),
+        (Err(_), Err(unsent)) => Err(HttpError::Io(unsent)),
+        (Err(unread), Ok(())) => Err(unread),
+    }
 }
 
 fn protocol(detail: &str) -> ClientError {

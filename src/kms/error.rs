@@ -3,6 +3,7 @@
 
 use crate::crypto::KeyId;
 
+use super::api::InvalidField;
 use super::seal::SealError;
 
 /// Why a call to the key-wrapping service was refused or failed.
@@ -17,13 +18,15 @@ pub enum KmsError {
     #[error("bad request: {0}")]
     BadRequest(String),
     /// The request body is larger than the service accepts.
-    #[error("request body of {bytes} bytes, limit {bytes_max}")]
-    TooLarge {
-        /// Bytes the peer announced.
-        bytes: u64,
-        /// Our limit.
-        bytes_max: u64,
-    },
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    /// The request head (request line and headers) is larger, or has more
+    /// lines, than the service accepts.
+    #[error("request head too large: {0}")]
+    HeadTooLarge(String),
+    /// The request was not complete in time (or never started).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The wrapped blob does not parse or does not authenticate.
     #[error("wrapped blob rejected: {0}")]
     BadBlob(#[from] SealError),
@@ -107,11 +110,17 @@ pub enum KmsError {
     #[error("key state storage failed: {0}")]
     State(String),
     /// Too many connections or queued calls.
-    #[error("service busy")]
-    Busy,
+    #[error("service busy: {0}")]
+    Busy(String),
     /// A bug or an impossible condition; please report it.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<InvalidField> for KmsError {
+    fn from(invalid: InvalidField) -> Self {
+        KmsError::BadRequest(invalid.0)
+    }
 }
 
 impl KmsError {
@@ -123,7 +132,9 @@ impl KmsError {
             | KmsError::ContextMismatch
             | KmsError::UnknownKekVersion(_) => 400,
             KmsError::MethodNotAllowed { .. } => 405,
-            KmsError::TooLarge { .. } => 413,
+            KmsError::RequestTimeout(_) => 408,
+            KmsError::TooLarge(_) => 413,
+            KmsError::HeadTooLarge(_) => 431,
             KmsError::Unauthenticated(_)
             | KmsError::TokenInvalid(_)
             | KmsError::TokenExpired { .. } => 401,
@@ -137,7 +148,7 @@ impl KmsError {
             KmsError::AuditUnwritable(_)
             | KmsError::Kek(_)
             | KmsError::State(_)
-            | KmsError::Busy => 503,
+            | KmsError::Busy(_) => 503,
             KmsError::Internal(_) => 500,
         }
     }
@@ -147,7 +158,9 @@ impl KmsError {
     pub fn code(&self) -> &'static str {
         match self {
             KmsError::BadRequest(_) => "bad_request",
-            KmsError::TooLarge { .. } => "too_large",
+            KmsError::TooLarge(_) => "too_large",
+            KmsError::HeadTooLarge(_) => "head_too_large",
+            KmsError::RequestTimeout(_) => "request_timeout",
             KmsError::BadBlob(_) => "bad_blob",
             KmsError::ContextMismatch => "context_mismatch",
             KmsError::Unauthenticated(_) => "unauthenticated",
@@ -167,7 +180,7 @@ impl KmsError {
             KmsError::AuditUnwritable(_) => "audit_unavailable",
             KmsError::Kek(_) => "wrapping_key_unavailable",
             KmsError::State(_) => "state_unavailable",
-            KmsError::Busy => "busy",
+            KmsError::Busy(_) => "busy",
             KmsError::Internal(_) => "internal",
         }
     }

@@ -3,12 +3,18 @@
 //!
 //! Only what the API needs: `Content-Length` bodies (no chunked encoding:
 //! refused), keep-alive, `Expect: 100-continue`. Heads and bodies are
-//! bounded ([`HTTP_HEAD_BYTES_MAX`], [`HTTP_BODY_BYTES_MAX`]). The buffer
+//! bounded ([`HTTP_HEAD_BYTES_MAX`], [`HTTP_BODY_BYTES_MAX`]) however the
+//! bytes arrive (one read or many), and so is time when [`Deadlines`] are
+//! set (the server's side): a peer gets `idle` to start a request and
+//! `whole` for all of it, head and body, not a fresh timeout per read, so
+//! one byte every few hundred milliseconds does not hold a connection. The buffer
 //! is zeroized on drop because bodies carry key material; it is allocated
 //! once, large enough for any request or key-bearing response, so it never
 //! reallocates (which would leave a copy behind) while holding one.
 
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -36,6 +42,50 @@ pub enum HttpError {
         /// Our limit.
         bytes_max: u64,
     },
+    /// The head has more header lines than allowed.
+    #[error("more than {HTTP_HEADERS_MAX} header lines")]
+    TooManyHeaders,
+    /// `Transfer-Encoding` (chunked bodies) is not supported.
+    #[error("Transfer-Encoding is not supported; send Content-Length")]
+    Chunked,
+    /// The peer sent nothing of a request within the idle time.
+    #[error("no request within {ms} ms")]
+    Idle {
+        /// The idle time allowed.
+        ms: u64,
+    },
+    /// The peer started a request but did not finish it (head and body)
+    /// within the time allowed for a whole request.
+    #[error("request not complete within {ms} ms")]
+    TooSlow {
+        /// The time allowed for a whole request.
+        ms: u64,
+    },
+}
+
+/// Streams whose read and write timeouts can be set, so the codec can
+/// bound how long a peer may take.
+pub trait TimeoutStream {
+    /// Sets both the read and the write timeout.
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimeoutStream for UnixStream {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
+}
+
+/// How long a peer may take (the server's side of a connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// From the end of one request (or the connection's start) to the
+    /// first byte of the next.
+    pub idle: Duration,
+    /// From the first byte of a request to its last (head and body), and
+    /// for writing a whole response.
+    pub whole: Duration,
 }
 
 /// A parsed request.
@@ -61,16 +111,28 @@ struct Head {
     status: u16,
 }
 
+/// What the current read or write must finish by.
+#[derive(Clone, Copy)]
+enum Due {
+    /// Waiting for a request's first byte.
+    Idle(Instant),
+    /// Inside a request or response.
+    Whole(Instant),
+}
+
 /// One HTTP connection: the stream and its read buffer.
 pub struct HttpConn<S> {
     stream: S,
     buf: Zeroizing<Vec<u8>>,
     filled: usize,
     body_bytes_max: usize,
+    deadlines: Option<Deadlines>,
+    due: Option<Due>,
 }
 
-impl<S: Read + Write> HttpConn<S> {
-    /// Wraps `stream`; bodies up to `body_bytes_max` are accepted.
+impl<S: Read + Write + TimeoutStream> HttpConn<S> {
+    /// Wraps `stream`; bodies up to `body_bytes_max` are accepted. Time is
+    /// bounded by the stream's own timeouts only.
     pub fn new(stream: S, body_bytes_max: usize) -> Self {
         let initial = HTTP_HEAD_BYTES_MAX + HTTP_BODY_BYTES_MAX;
         Self {
@@ -78,6 +140,17 @@ impl<S: Read + Write> HttpConn<S> {
             buf: Zeroizing::new(vec![0u8; initial]),
             filled: 0,
             body_bytes_max,
+            deadlines: None,
+            due: None,
+        }
+    }
+
+    /// Like [`HttpConn::new`], with every request read and response
+    /// written within `deadlines`.
+    pub fn with_deadlines(stream: S, body_bytes_max: usize, deadlines: Deadlines) -> Self {
+        Self {
+            deadlines: Some(deadlines),
+            ..Self::new(stream, body_bytes_max)
         }
     }
 
@@ -88,6 +161,20 @@ impl<S: Read + Write> HttpConn<S> {
 
     /// Reads the next request; `Ok(None)` on a clean close between requests.
     pub fn read_request(&mut self) -> Result<Option<Request>, HttpError> {
+        let result = self.read_request_due();
+        self.due = None;
+        result
+    }
+
+    fn read_request_due(&mut self) -> Result<Option<Request>, HttpError> {
+        if let Some(deadlines) = self.deadlines {
+            let now = Instant::now();
+            self.due = Some(if self.filled == 0 {
+                Due::Idle(now + deadlines.idle)
+            } else {
+                Due::Whole(now + deadlines.whole)
+            });
+        }
         let Some(head) = self.read_head(true)? else {
             return Ok(None);
         };
@@ -112,13 +199,8 @@ impl<S: Read + Write> HttpConn<S> {
 
     /// Writes a JSON response in one `write`.
     pub fn write_response(&mut self, status: u16, body: &[u8], keep_alive: bool) -> io::Result<()> {
-        let connection = if keep_alive { "keep-alive" } else { "close" };
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: {connection}\r\n\r\n",
-            reason_phrase(status),
-            body.len()
-        );
-        self.write_message(head.as_bytes(), body)
+        let message = response_bytes(status, body, keep_alive);
+        self.write_all_due(&message)
     }
 
     /// Writes a request in one `write`.
@@ -131,20 +213,49 @@ impl<S: Read + Write> HttpConn<S> {
     }
 
     fn write_message(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
-        let mut message = Zeroizing::new(Vec::with_capacity(head.len() + body.len()));
-        message.extend_from_slice(head);
-        message.extend_from_slice(body);
-        self.stream.write_all(&message)?;
+        self.write_all_due(&joined(head, body))
+    }
+
+    fn write_all_due(&mut self, message: &[u8]) -> io::Result<()> {
+        let Some(deadlines) = self.deadlines else {
+            self.stream.write_all(message)?;
+            return self.stream.flush();
+        };
+        // A peer that reads a byte at a time must not hold us either.
+        let due = Instant::now() + deadlines.whole;
+        let mut sent = 0;
+        while sent < message.len() {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer too slow to take the response",
+                ));
+            }
+            self.stream.set_timeouts(Some(left))?;
+            match self.stream.write(&message[sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(wrote) => sent += wrote,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.stream.flush()
     }
 
     /// Reads until a whole head is buffered and parses it. `None` if the
-    /// peer closed before sending any byte of it.
+    /// peer closed before sending any byte of it. The head must end within
+    /// [`HTTP_HEAD_BYTES_MAX`] bytes, whatever else the same reads brought.
     fn read_head(&mut self, is_request: bool) -> Result<Option<Head>, HttpError> {
+        let mut scanned = 0;
         loop {
-            if let Some(end) = find_head_end(&self.buf[..self.filled]) {
+            let searched = self.filled.min(HTTP_HEAD_BYTES_MAX);
+            // Resume three bytes back: the end marker may straddle reads.
+            if let Some(end) = find_head_end(&self.buf[scanned..searched]) {
+                let end = scanned + end;
                 return parse_head(&self.buf[..end], is_request).map(Some);
             }
+            scanned = searched.saturating_sub(3);
             if self.filled >= HTTP_HEAD_BYTES_MAX {
                 return Err(HttpError::TooLarge {
                     what: "head",
@@ -197,15 +308,77 @@ impl<S: Read + Write> HttpConn<S> {
         let room = &mut self.buf[self.filled..];
         let room_bytes = room.len().min(HTTP_HEAD_BYTES_MAX + HTTP_BODY_BYTES_MAX);
         let read = loop {
+            if let Some(due) = self.due {
+                let left = match due {
+                    Due::Idle(at) | Due::Whole(at) => at.saturating_duration_since(Instant::now()),
+                };
+                if left.is_zero() {
+                    return Err(self.overdue(due));
+                }
+                self.stream.set_timeouts(Some(left))?;
+            }
             match self.stream.read(&mut room[..room_bytes]) {
                 Ok(read) => break read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) && self.due.is_some() => continue,
                 Err(e) => return Err(HttpError::Io(e)),
             }
         };
         self.filled += read;
+        if read > 0
+            && let (Some(Due::Idle(_)), Some(deadlines)) = (self.due, self.deadlines)
+        {
+            // The request has started: from now on it has `whole` in all.
+            self.due = Some(Due::Whole(Instant::now() + deadlines.whole));
+        }
         Ok(read)
     }
+
+    fn overdue(&self, due: Due) -> HttpError {
+        let deadlines = self.deadlines.expect("a due time comes from deadlines");
+        match due {
+            Due::Idle(_) => HttpError::Idle {
+                ms: deadlines.idle.as_millis() as u64,
+            },
+            Due::Whole(_) => HttpError::TooSlow {
+                ms: deadlines.whole.as_millis() as u64,
+            },
+        }
+    }
+}
+
+/// Whether `error` is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expired).
+pub fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl<S> HttpConn<S> {
+    /// True if the connection holds bytes of a request not yet read.
+    pub fn has_pending_bytes(&self) -> bool {
+        self.filled > 0
+    }
+}
+
+/// A whole JSON response, head and body, in a zeroized buffer (bodies may
+/// carry a key).
+pub fn response_bytes(status: u16, body: &[u8], keep_alive: bool) -> Zeroizing<Vec<u8>> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: {connection}\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    joined(head.as_bytes(), body)
+}
+
+fn joined(head: &[u8], body: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut message = Zeroizing::new(Vec::with_capacity(head.len() + body.len()));
+    message.extend_from_slice(head);
+    message.extend_from_slice(body);
+    message
 }
 
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
@@ -217,7 +390,10 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
 
 fn parse_head(bytes: &[u8], is_request: bool) -> Result<Head, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HTTP_HEADERS_MAX];
-    let malformed = |e: httparse::Error| HttpError::Malformed(e.to_string());
+    let malformed = |e: httparse::Error| match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        other => HttpError::Malformed(other.to_string()),
+    };
     let (method, target, status, version, list) = if is_request {
         let mut request = httparse::Request::new(&mut headers);
         let parsed = request.parse(bytes).map_err(malformed)?;
@@ -274,9 +450,7 @@ fn apply_headers(head: &mut Head, headers: &[httparse::Header<'_>]) -> Result<()
             length_seen = true;
             head.content_bytes = bytes;
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::Malformed(
-                "Transfer-Encoding is not supported; send Content-Length".into(),
-            ));
+            return Err(HttpError::Chunked);
         } else if header.name.eq_ignore_ascii_case("connection") {
             let value = value.to_ascii_lowercase();
             if value.contains("close") {
@@ -300,8 +474,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -352,10 +528,7 @@ mod tests {
         let mut server = HttpConn::new(b, 16);
         a.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap();
-        assert!(matches!(
-            server.read_request(),
-            Err(HttpError::Malformed(_))
-        ));
+        assert!(matches!(server.read_request(), Err(HttpError::Chunked)));
         let (mut a, b) = UnixStream::pair().unwrap();
         let mut server = HttpConn::new(b, 16);
         a.write_all(&vec![b'a'; HTTP_HEAD_BYTES_MAX + 10]).unwrap();
@@ -363,5 +536,97 @@ mod tests {
             server.read_request(),
             Err(HttpError::TooLarge { what: "head", .. })
         ));
+    }
+
+    /// One write of a head far over the limit, complete (it ends in a blank
+    /// line): refused as a head, whatever arrived in the same read.
+    #[test]
+    fn the_head_limit_holds_when_the_head_arrives_in_one_read() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut server = HttpConn::new(b, HTTP_BODY_BYTES_MAX);
+        let big = format!(
+            "GET /v1/health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(60_000)
+        );
+        let writer = std::thread::spawn(move || a.write_all(big.as_bytes()));
+        let result = server.read_request();
+        assert!(
+            matches!(result, Err(HttpError::TooLarge { what: "head", .. })),
+            "{:?}",
+            result.err()
+        );
+        drop(server);
+        let _ = writer.join();
+        // Just under the limit is fine, in one read or in many.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut server = HttpConn::new(b, HTTP_BODY_BYTES_MAX);
+        let line = "GET /v1/health HTTP/1.1\r\nX-Fill: ";
+        let fill = HTTP_HEAD_BYTES_MAX - line.len() - 4;
+        let head = format!("{line}{}\r\n\r\n", "b".repeat(fill));
+        assert_eq!(head.len(), HTTP_HEAD_BYTES_MAX);
+        a.write_all(head.as_bytes()).unwrap();
+        assert!(server.read_request().unwrap().is_some());
+        let mut headers = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=HTTP_HEADERS_MAX {
+            headers.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        headers.push_str("\r\n");
+        a.write_all(headers.as_bytes()).unwrap();
+        assert!(matches!(
+            server.read_request(),
+            Err(HttpError::TooManyHeaders)
+        ));
+    }
+
+    const TEST_DEADLINES: Deadlines = Deadlines {
+        idle: Duration::from_millis(400),
+        whole: Duration::from_millis(300),
+    };
+
+    /// A byte every 50 ms never lets a per-read timeout fire, but the
+    /// request as a whole is cut off at its deadline.
+    #[test]
+    fn a_trickled_request_is_cut_off_at_its_deadline() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut server = HttpConn::with_deadlines(b, HTTP_BODY_BYTES_MAX, TEST_DEADLINES);
+        let trickler = std::thread::spawn(move || {
+            for byte in b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                .iter()
+                .cycle()
+                .take(200)
+            {
+                if a.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let result = server.read_request();
+        assert!(
+            matches!(result, Err(HttpError::TooSlow { ms: 300 })),
+            "{:?}",
+            result.err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(server);
+        trickler.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_is_idle_and_a_prompt_one_is_served() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut server = HttpConn::with_deadlines(b, HTTP_BODY_BYTES_MAX, TEST_DEADLINES);
+        assert!(matches!(
+            server.read_request(),
+            Err(HttpError::Idle { ms: 400 })
+        ));
+        let mut client = HttpConn::new(a, HTTP_BODY_BYTES_MAX);
+        client.write_request("POST", "/v1/unwrap", b"{}").unwrap();
+        assert_eq!(server.read_request().unwrap().unwrap().target, "/v1/unwrap");
     }
 }

@@ -26,13 +26,27 @@ pub const HTTP_REQUESTS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Idle time a kept-alive connection may wait for its next request, ms.
 pub const HTTP_IDLE_MS_MAX: u64 = 30_000;
 
-/// Time a peer that is not allow-listed may take to send its one request,
-/// ms: it is answered (403, audited) and closed, and cannot hold a slot.
-pub const STRANGER_IDLE_MS_MAX: u64 = 1_000;
+/// Time from the first byte of a request to its last (head and body), and
+/// for writing a whole response, ms. Our clients send a request in one
+/// write; a peer that trickles it is cut off here, whatever the pace.
+pub const HTTP_REQUEST_MS_MAX: u64 = 2_000;
 
 /// Connections served at once; one more is answered 503 and closed.
-/// Each costs one thread (stack 256 KiB).
+/// Each costs one thread (stack 256 KiB). Peers that are not allow-listed
+/// never take one: they are answered 403 and closed before a byte is read.
 pub const CONNECTIONS_MAX: usize = 64;
+
+/// Connections one peer (a UNIX uid, a TLS client's address) may hold at
+/// once, so one principal cannot take every slot.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 16;
+
+/// Refusals before any API call (stranger, busy, malformed, too large, too
+/// slow) are audited as one record per peer and reason per window of this
+/// many ms, with a count.
+pub const REFUSAL_AUDIT_WINDOW_MS: u64 = 1_000;
+
+/// Peers told apart in one refusal window; more are counted as `others`.
+pub const REFUSAL_AUDIT_PEERS_MAX: usize = 256;
 
 /// Entries in one ACL.
 pub const ACL_ENTRIES_MAX: usize = 64;
@@ -110,3 +124,4 @@ pub const PKCS11_SESSIONS: usize = 4;
 
 const _: () = assert!(BLOB_BYTES_MAX * 4 / 3 + TOKEN_BYTES_MAX + 1024 < HTTP_BODY_BYTES_MAX);
 const _: () = assert!(AUDIT_BATCH_MAX <= AUDIT_QUEUE_MAX);
+const _: () = assert!(CONNECTIONS_PER_PEER_MAX * 2 <= CONNECTIONS_MAX);

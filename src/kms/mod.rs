@@ -13,12 +13,15 @@
 //!   compromise check;
 //! - [`keys`]: per-key state (enabled, disabled, destroyed, compromised);
 //! - [`service`]: the operations, independent of HTTP;
-//! - [`http`], [`server`], [`tls`], [`client`]: the wire.
+//! - [`http`], [`server`], [`router`], [`tls`], [`client`]: the wire;
+//!   [`admission`] and [`refusal`]: connection slots, and refusals before
+//!   any API call (answered at once, audited in counts).
 //!
 //! Log messages, errors and `Debug` output of this module never contain key
 //! material (tested by `no_plaintext_key_bytes_in_audit_log_service_log_or_state`
 //! in `tests/kms_flow.rs`).
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -30,6 +33,8 @@ pub mod http;
 pub mod kek;
 pub mod keys;
 pub mod limits;
+pub mod refusal;
+pub mod router;
 pub mod seal;
 pub mod server;
 pub mod service;

@@ -1,264 +1,68 @@
-//! The HTTP server: a UNIX-socket listener (and optionally TLS over TCP),
-//! one thread per connection (at most [`CONNECTIONS_MAX`]), and the router
-//! that maps each endpoint onto a [`Service`] operation.
+//! The HTTP server: the UNIX-socket listener (TLS over TCP is in
+//! [`super::tls`]), one thread per connection, and what keeps hostile
+//! clients from locking the others out:
 //!
-//! Bodies are never logged; responses carrying key material are built in
-//! zeroized buffers.
+//! - the peer is identified (`SO_PEERCRED`) **before a byte is read**; a
+//!   peer that is not an allow-listed service is answered 403 without
+//!   reading and the connection closed at once, so strangers never hold a
+//!   slot;
+//! - at most 64 connections, at most 16 per peer ([`Admission`]);
+//! - a request has [`HTTP_REQUEST_MS_MAX`] from its first byte to its last,
+//!   head and body, however it trickles in; a kept-alive connection
+//!   [`HTTP_IDLE_MS_MAX`] between requests;
+//! - every refusal at this level is audited, counted per peer and reason
+//!   ([`super::refusal`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
-use zeroize::Zeroizing;
-
-use crate::crypto::{DataKey, KeyId, KeyKind};
-
-use super::api::{
-    Base64Bytes, DataKeyRequest, ErrorBody, MinVersionRequest, RewrapRequest, RewrapResponse,
-    UnwrapRequest, base64_encode_into,
-};
+use super::admission::{Admission, Slot};
 use super::auth::PeerIdentity;
 use super::auth::peer::unix_peer;
-use super::error::KmsError;
-use super::http::{HttpConn, HttpError, Request};
-use super::keys::KeyAction;
+use super::http::{Deadlines, HttpConn, TimeoutStream, response_bytes};
 use super::limits::{
-    CONNECTIONS_MAX, HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
-    STRANGER_IDLE_MS_MAX,
+    HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUEST_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
 };
+use super::refusal::Refusal;
+use super::router::{Reply, route};
 use super::service::Service;
 
-/// Bytes reserved for a response that carries a key, so serializing never
-/// reallocates (a reallocation would leave a copy of the key behind).
-const KEY_RESPONSE_BYTES: usize = 16 * 1024;
-
-/// An HTTP reply: status and JSON body (zeroized on drop).
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Zeroizing<Vec<u8>>,
-}
-
-impl Reply {
-    fn json(value: &impl Serialize) -> Self {
-        let mut body = Zeroizing::new(Vec::with_capacity(KEY_RESPONSE_BYTES));
-        serde_json::to_writer(&mut *body, value).expect("responses serialize");
-        Reply { status: 200, body }
-    }
-
-    fn error(error: &KmsError) -> Self {
-        let body = ErrorBody {
-            error: error.code().to_owned(),
-            message: error.to_string(),
-        };
-        Reply {
-            status: error.http_status(),
-            ..Reply::json(&body)
-        }
-    }
-}
-
-/// A response that carries a plaintext key (borrowed from a zeroized string).
-#[derive(Serialize)]
-struct KeyResponse<'a> {
-    key_id: KeyId,
-    key_type: KeyKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wrapped_blob: Option<Base64Bytes>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wrapping_key_version: Option<u32>,
-    plaintext_key: &'a str,
-}
-
-fn key_reply(
-    key: &DataKey,
-    wrapped_blob: Option<Base64Bytes>,
-    wrapping_key_version: Option<u32>,
-) -> Reply {
-    let mut encoded = Zeroizing::new(String::with_capacity(128));
-    base64_encode_into(
-        &key.expose_secret()[..key.kind().material_bytes()],
-        &mut encoded,
-    );
-    Reply::json(&KeyResponse {
-        key_id: key.id(),
-        key_type: key.kind(),
-        wrapped_blob,
-        wrapping_key_version,
-        plaintext_key: &encoded,
-    })
-}
-
-fn parse_body<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, KmsError> {
-    serde_json::from_slice(body).map_err(|e| KmsError::BadRequest(format!("request body: {e}")))
-}
-
-fn parse_key_id(text: &str) -> Result<KeyId, KmsError> {
-    text.parse()
-        .map_err(|e: crate::crypto::key::ParseKeyIdError| KmsError::BadRequest(e.to_string()))
-}
-
-/// Answers one request. Every call except `GET /v1/health` is audited,
-/// including malformed ones.
-pub fn route(
-    service: &Service,
-    peer: &PeerIdentity,
-    method: &str,
-    target: &str,
-    body: &[u8],
-) -> Reply {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if method == "GET" && path == "/v1/health" {
-        let (healthy, health) = service.health();
-        let mut reply = Reply::json(&health);
-        reply.status = if healthy { 200 } else { 503 };
-        return reply;
-    }
-    let _call = service.begin_call();
-    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| Reply::error(&error))
-}
-
-fn dispatch(
-    service: &Service,
-    peer: &PeerIdentity,
-    method: &str,
-    path: &str,
-    query: &str,
-    body: &[u8],
-) -> Result<Reply, KmsError> {
-    let refuse = |action: &str, error: KmsError| service.refuse(peer, action, error);
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        ("POST", ["v1", "datakey"]) => {
-            let request: DataKeyRequest = parse_body(body).map_err(|e| refuse("datakey", e))?;
-            let grant = service.datakey(peer, &request)?;
-            Ok(key_reply(
-                &grant.key,
-                Some(Base64Bytes(grant.blob)),
-                Some(grant.kek_version),
-            ))
-        }
-        ("POST", ["v1", "unwrap"]) => {
-            let request: UnwrapRequest = parse_body(body).map_err(|e| refuse("unwrap", e))?;
-            Ok(key_reply(&service.unwrap(peer, &request)?.key, None, None))
-        }
-        ("POST", ["v1", "rewrap"]) => {
-            let request: RewrapRequest = parse_body(body).map_err(|e| refuse("rewrap", e))?;
-            let r = service.rewrap(peer, &request)?;
-            let response = RewrapResponse {
-                key_id: r.key_id,
-                wrapped_blob: Base64Bytes(r.blob),
-                wrapping_key_version: r.kek_version,
-            };
-            Ok(Reply::json(&response))
-        }
-        ("POST", ["v1", "wrapping-key", "rotate"]) => Ok(Reply::json(&service.rotate(peer)?)),
-        ("POST", ["v1", "wrapping-key", "min-version"]) => {
-            let request: MinVersionRequest =
-                parse_body(body).map_err(|e| refuse("set_min_version", e))?;
-            Ok(Reply::json(
-                &service.set_min_version(peer, request.min_version)?,
-            ))
-        }
-        ("GET", ["v1", "wrapping-key"]) => Ok(Reply::json(&service.wrapping_key_info(peer)?)),
-        ("GET", ["v1", "keys", id]) => {
-            let id = parse_key_id(id).map_err(|e| refuse("key_info", e))?;
-            Ok(Reply::json(&service.key_info(peer, id)?))
-        }
-        ("POST", ["v1", "keys", id, action]) => {
-            let Some(action) = KeyAction::from_name(action) else {
-                return Err(refuse("unknown", KmsError::NoRoute(path.to_owned())));
-            };
-            let id = parse_key_id(id).map_err(|e| refuse(action.name(), e))?;
-            Ok(Reply::json(&service.set_state(peer, id, action)?))
-        }
-        ("GET", ["v1", "audit"]) => audit_query(service, peer, query),
-        (_, segments) => Err(refuse("unknown", no_route(method, path, segments))),
-    }
-}
-
-fn audit_query(service: &Service, peer: &PeerIdentity, query: &str) -> Result<Reply, KmsError> {
-    let (key_id, limit) =
-        parse_audit_query(query).map_err(|e| service.refuse(peer, "audit_read", e))?;
-    let records = service.audit_query(peer, key_id, limit)?;
-    Ok(Reply::json(&serde_json::json!({ "records": records })))
-}
-
-fn parse_audit_query(query: &str) -> Result<(Option<KeyId>, usize), KmsError> {
-    let mut key_id = None;
-    let mut limit = 100usize;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("key_id", value)) => key_id = Some(parse_key_id(value)?),
-            Some(("limit", value)) => {
-                limit = value
-                    .parse()
-                    .map_err(|_| KmsError::BadRequest("limit must be a number".into()))?;
-            }
-            _ => {
-                return Err(KmsError::BadRequest(format!(
-                    "unknown query parameter {pair:?}"
-                )));
-            }
-        }
-    }
-    Ok((key_id, limit))
-}
-
-fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
-    let known = matches!(
-        segments,
-        [
-            "v1",
-            "health" | "datakey" | "unwrap" | "rewrap" | "audit" | "wrapping-key"
-        ] | ["v1", "wrapping-key", "rotate" | "min-version"]
-            | ["v1", "keys", _]
-            | ["v1", "keys", _, "disable" | "enable" | "destroy"]
-    );
-    if known {
-        KmsError::MethodNotAllowed {
-            method: method.to_owned(),
-            path: path.to_owned(),
-        }
-    } else {
-        KmsError::NoRoute(path.to_owned())
-    }
-}
+/// The time limits every server connection runs under.
+pub const DEADLINES: Deadlines = Deadlines {
+    idle: Duration::from_millis(HTTP_IDLE_MS_MAX),
+    whole: Duration::from_millis(HTTP_REQUEST_MS_MAX),
+};
 
 /// Serves one connection until the peer closes it, it idles too long, or
-/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests. A peer that is
-/// not allow-listed gets one request (answered, audited) and is closed, so
-/// strangers cannot hold connection slots.
-pub fn serve_connection<S: Read + Write>(service: &Service, peer: &PeerIdentity, stream: S) {
-    let mut conn = HttpConn::new(stream, HTTP_BODY_BYTES_MAX);
-    let requests_max = if service.is_allowed(peer) {
-        HTTP_REQUESTS_PER_CONNECTION_MAX
-    } else {
-        1
-    };
-    for _ in 0..requests_max {
-        let request: Request = match conn.read_request() {
+/// it has sent [`HTTP_REQUESTS_PER_CONNECTION_MAX`] requests. A peer that
+/// is not allow-listed (a TLS client, known only after its handshake) is
+/// answered 403 without a byte read; a request the codec refuses (too
+/// large, malformed, too slow) is answered and the connection closed.
+pub fn serve_connection<S: Read + Write + TimeoutStream>(
+    service: &Service,
+    peer: &PeerIdentity,
+    stream: S,
+) {
+    let mut conn = HttpConn::with_deadlines(stream, HTTP_BODY_BYTES_MAX, DEADLINES);
+    if !service.is_allowed(peer) {
+        refuse(service, peer, &mut conn, Refusal::Stranger, "");
+        return;
+    }
+    for served in 0..HTTP_REQUESTS_PER_CONNECTION_MAX {
+        let request = match conn.read_request() {
             Ok(Some(request)) => request,
             Ok(None) => return,
-            Err(HttpError::Io(e)) => {
-                tracing::debug!(error = %e, "connection ended");
-                return;
-            }
-            Err(e) => {
-                let error = match e {
-                    HttpError::TooLarge {
-                        bytes, bytes_max, ..
-                    } => KmsError::TooLarge { bytes, bytes_max },
-                    other => KmsError::BadRequest(other.to_string()),
-                };
-                let reply = Reply::error(&error);
-                let _ = conn.write_response(reply.status, &reply.body, false);
+            Err(error) => {
+                match Refusal::of_http(&error) {
+                    // A kept-alive connection that goes quiet just closes.
+                    Some(Refusal::Idle) if served > 0 => {}
+                    Some(refusal) => refuse(service, peer, &mut conn, refusal, &error.to_string()),
+                    None => tracing::debug!(%error, "connection ended"),
+                }
                 return;
             }
         };
@@ -270,30 +74,63 @@ pub fn serve_connection<S: Read + Write>(service: &Service, peer: &PeerIdentity,
             &request.body,
         );
         tracing::debug!(method = %request.method, target = %request.target, status = reply.status, "request");
-        if conn
-            .write_response(reply.status, &reply.body, request.keep_alive)
-            .is_err()
-            || !request.keep_alive
-        {
+        let written = conn.write_response(reply.status, &reply.body, request.keep_alive);
+        drop(reply);
+        scrub_request_traces();
+        if written.is_err() || !request.keep_alive {
             return;
         }
     }
 }
 
-/// Counts live connections; the guard gives its slot back on drop.
-struct Slot(Arc<AtomicUsize>);
+/// Bytes of stack below [`serve_connection`]'s frame that a request's
+/// callees may have used (the router, the service, the AEAD that opened
+/// the blob, JSON and base64 encoding of the answer), with room to spare;
+/// well inside the connection thread's [`CONNECTION_STACK_BYTES`].
+const REQUEST_FRAMES_BYTES: usize = 128 * 1024;
 
-impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
-        let previous = active.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(Arc::clone(active));
-        (previous < CONNECTIONS_MAX).then_some(slot)
-    }
+/// Stack of a connection thread.
+const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(REQUEST_FRAMES_BYTES * 3 / 2 <= CONNECTION_STACK_BYTES);
+
+/// Overwrites what a request left in dead stack frames and in vector
+/// registers. Opening a blob, deriving a key id and encoding the answer
+/// put the plaintext key (raw, in AES and hash state, as base64) in the
+/// frames of callees; left there, it would stay in this thread's stack, or
+/// in the cached stack of the thread once it exits, long after the answer
+/// went out. Called after every request (a few microseconds: one memset).
+#[inline(never)]
+fn scrub_request_traces() {
+    let mut frames = [0u8; REQUEST_FRAMES_BYTES];
+    // The compiler must assume `black_box` reads the zeros: the memset stays.
+    std::hint::black_box(&mut frames);
+    crate::crypto::hygiene::scrub_vector_registers();
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+/// Counts `refusal` for the audit log and answers it (best effort: the
+/// peer may be gone, or too slow to take the answer).
+fn refuse<S: Read + Write + TimeoutStream>(
+    service: &Service,
+    peer: &PeerIdentity,
+    conn: &mut HttpConn<S>,
+    refusal: Refusal,
+    detail: &str,
+) {
+    service.note_refusal(peer, refusal);
+    let reply = Reply::error(&refusal.answer(&peer.describe(), detail));
+    let _ = conn.write_response(reply.status, &reply.body, false);
+}
+
+/// Counts `refusal` and answers it on a connection nothing was read from,
+/// without waiting (the answer fits in the empty socket buffer; a peer
+/// that does not read it loses it), then closes the connection.
+fn refuse_unread(service: &Service, peer: &PeerIdentity, stream: UnixStream, refusal: Refusal) {
+    service.note_refusal(peer, refusal);
+    let reply = Reply::error(&refusal.answer(&peer.describe(), ""));
+    let message = response_bytes(reply.status, &reply.body, false);
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&stream).write(&message);
     }
 }
 
@@ -314,9 +151,10 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections forever, one thread each.
+/// Accepts connections forever: strangers and peers over their share are
+/// answered and closed here, the others served on a thread each.
 pub fn serve_unix(listener: UnixListener, service: Arc<Service>) -> io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
+    let admission = Admission::new();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -333,72 +171,41 @@ pub fn serve_unix(listener: UnixListener, service: Arc<Service>) -> io::Result<(
                 continue;
             }
         };
-        spawn_connection(&service, &active, peer, stream)?;
+        if !service.is_allowed(&peer) {
+            refuse_unread(&service, &peer, stream, Refusal::Stranger);
+            continue;
+        }
+        let Some(slot) = admission.admit(&peer.describe()) else {
+            tracing::debug!(peer = %peer.describe(), "no connection slot for the peer");
+            refuse_unread(&service, &peer, stream, Refusal::Busy);
+            continue;
+        };
+        spawn_connection(&service, slot, stream, move |service, stream| {
+            serve_connection(service, &peer, stream)
+        })?;
     }
     Ok(())
 }
 
-/// Serves `stream` on its own thread, or answers 503 if too many are live.
-pub fn spawn_connection<S>(
+/// Runs `serve(service, stream)` on its own thread, holding `slot` until
+/// it returns.
+pub fn spawn_connection<S, F>(
     service: &Arc<Service>,
-    active: &Arc<AtomicUsize>,
-    peer: PeerIdentity,
-    stream: S,
-) -> io::Result<()>
-where
-    S: Read + Write + Send + TimeoutStream + 'static,
-{
-    let idle_ms = if service.is_allowed(&peer) {
-        HTTP_IDLE_MS_MAX
-    } else {
-        STRANGER_IDLE_MS_MAX
-    };
-    stream.set_timeouts(Some(Duration::from_millis(idle_ms)))?;
-    spawn_with_slot(service, active, stream, move |service, stream| {
-        serve_connection(service, &peer, stream)
-    })
-}
-
-/// Runs `serve(service, stream)` on its own thread if a connection slot is
-/// free; otherwise answers 503 (in plain HTTP: a TLS peer just sees the
-/// connection close) and drops the stream.
-pub fn spawn_with_slot<S, F>(
-    service: &Arc<Service>,
-    active: &Arc<AtomicUsize>,
+    slot: Slot,
     stream: S,
     serve: F,
 ) -> io::Result<()>
 where
-    S: Read + Write + Send + 'static,
+    S: Send + 'static,
     F: FnOnce(&Service, S) + Send + 'static,
 {
-    let Some(slot) = Slot::take(active) else {
-        tracing::warn!("connection limit reached; refusing a connection");
-        let mut conn = HttpConn::new(stream, 0);
-        let reply = Reply::error(&KmsError::Busy);
-        let _ = conn.write_response(reply.status, &reply.body, false);
-        return Ok(());
-    };
     let service = Arc::clone(service);
     std::thread::Builder::new()
         .name("kms-conn".into())
-        .stack_size(256 * 1024)
+        .stack_size(CONNECTION_STACK_BYTES)
         .spawn(move || {
             let _slot = slot;
             serve(&service, stream);
         })?;
     Ok(())
-}
-
-/// Streams whose read and write timeouts can be set.
-pub trait TimeoutStream {
-    /// Sets both timeouts.
-    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()>;
-}
-
-impl TimeoutStream for UnixStream {
-    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout)?;
-        self.set_write_timeout(timeout)
-    }
 }

@@ -4,6 +4,7 @@
 //! record cannot be written the caller gets 503 instead.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::crypto::{DataKey, KeyId};
@@ -22,6 +23,7 @@ use super::error::KmsError;
 use super::kek::{KekError, WrappingKeys};
 use super::keys::{KeyAction, KeyRecord, KeyStore};
 use super::limits::AUDIT_QUERY_RECORDS_MAX;
+use super::refusal::{Refusal, RefusalAudit};
 use super::seal::{self, OpenedBlob, SealInput, UncheckedBlob};
 
 /// A new data key: its plaintext (for the calling service only) and its blob.
@@ -48,7 +50,8 @@ pub struct Rewrapped {
 pub struct Service {
     kek: Box<dyn WrappingKeys>,
     keys: KeyStore,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
+    refusals: Arc<RefusalAudit>,
     audit_path: PathBuf,
     services: ServiceAllowList,
     tokens: TokenVerifier,
@@ -76,6 +79,12 @@ fn kek_error(error: KekError) -> KmsError {
     }
 }
 
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 impl Service {
     /// Opens everything the state directory `dir` configures. A damaged audit
     /// log is fatal; an audit log that cannot be opened makes every call
@@ -96,29 +105,38 @@ impl Service {
             }
             Err(damaged) => return Err(KmsError::State(damaged.to_string())),
         };
+        let audit = Arc::new(audit);
+        let refusals = RefusalAudit::start(Arc::downgrade(&audit))
+            .map_err(|e| KmsError::Internal(format!("starting the refusal audit: {e}")))?;
         Ok(Self {
             kek,
             keys,
             audit,
+            refusals,
             audit_path,
             services: config.allow_list(),
             tokens,
         })
     }
 
-    fn entry(&self, peer: &PeerIdentity, action: &str) -> AuditEntry {
-        let service = self
-            .services
+    /// How `peer` shows up in the audit log: its allow-listed name, or
+    /// how it looked (`uid:N`, `tls:<fingerprint>`).
+    fn principal(&self, peer: &PeerIdentity) -> String {
+        self.services
             .authenticate(peer)
-            .unwrap_or_else(|_| peer.describe());
+            .unwrap_or_else(|_| peer.describe())
+    }
+
+    fn entry(&self, peer: &PeerIdentity, action: &str) -> AuditEntry {
         AuditEntry {
-            service,
+            service: self.principal(peer),
             user: None,
             action: action.to_owned(),
             key_id: None,
             context: None,
             decision: Decision::Allow,
             reason: "ok".to_owned(),
+            count: None,
         }
     }
 
@@ -152,6 +170,19 @@ impl Service {
     /// Whether `peer` is an allow-listed service.
     pub fn is_allowed(&self, peer: &PeerIdentity) -> bool {
         self.services.authenticate(peer).is_ok()
+    }
+
+    /// Counts a refusal before any API call (a stranger, no slot, a
+    /// request too large, malformed or too slow); audited in counts.
+    pub fn note_refusal(&self, peer: &PeerIdentity, refusal: Refusal) {
+        self.refusals.note(&self.principal(peer), refusal);
+    }
+
+    /// Audits the refusals counted so far and stops counting in the
+    /// background (before the process exits).
+    pub fn shutdown(&self) {
+        self.refusals.stop();
+        self.refusals.flush(&self.audit);
     }
 
     /// Counts a call in progress (for audit group commit) until dropped.

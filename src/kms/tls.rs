@@ -11,8 +11,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,9 +19,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use sha2::{Digest, Sha256};
 
+use super::admission::Admission;
 use super::auth::PeerIdentity;
-use super::limits::HTTP_IDLE_MS_MAX;
-use super::server::{TimeoutStream, spawn_with_slot};
+use super::http::TimeoutStream;
+use super::refusal::Refusal;
+use super::server::{DEADLINES, spawn_connection};
 use super::service::Service;
 
 /// Why TLS could not be set up.
@@ -98,14 +99,21 @@ impl TimeoutStream for TcpStream {
     }
 }
 
+impl<C> TimeoutStream for StreamOwned<C, TcpStream> {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_timeouts(timeout)
+    }
+}
+
 /// Accepts TCP connections forever; each does its handshake and is served
-/// on its own thread (counted against the same connection limit).
+/// on its own thread. Slots are counted per client address (the identity
+/// is known only after the handshake), at most 16 each, 64 in all.
 pub fn serve_tcp(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     service: Arc<Service>,
 ) -> io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
+    let admission = Admission::new();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -115,10 +123,18 @@ pub fn serve_tcp(
                 continue;
             }
         };
-        stream.set_timeouts(Some(Duration::from_millis(HTTP_IDLE_MS_MAX)))?;
+        let address = match stream.peer_addr() {
+            Ok(address) => format!("tcp:{}", address.ip()),
+            Err(_) => continue, // gone already
+        };
+        let Some(slot) = admission.admit(&address) else {
+            // No plaintext answer on a TLS port: just close.
+            service.note_refusal(&PeerIdentity::Anonymous, Refusal::Busy);
+            continue;
+        };
         stream.set_nodelay(true)?;
         let tls = Arc::clone(&tls);
-        spawn_with_slot(&service, &active, stream, move |service, stream| {
+        spawn_connection(&service, slot, stream, move |service, stream| {
             serve_tls(service, &tls, stream)
         })?;
     }
@@ -130,8 +146,18 @@ fn serve_tls(service: &Service, tls: &Arc<ServerConfig>, mut tcp: TcpStream) {
         Ok(conn) => conn,
         Err(e) => return tracing::warn!(error = %e, "TLS session setup failed"),
     };
+    // The handshake, like a request, must be over within the request time.
+    let due = Instant::now() + DEADLINES.whole;
     while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut tcp) {
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            service.note_refusal(&PeerIdentity::Anonymous, Refusal::TooSlow);
+            return tracing::debug!("TLS handshake too slow");
+        }
+        if let Err(e) = tcp
+            .set_timeouts(Some(left))
+            .and_then(|()| conn.complete_io(&mut tcp).map(|_| ()))
+        {
             return tracing::debug!(error = %e, "TLS handshake failed");
         }
     }

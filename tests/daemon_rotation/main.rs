@@ -178,6 +178,16 @@ pub fn current_key(status: &Value) -> String {
         .to_owned()
 }
 
+/// Checks that `outcome.FIELD` of the answer of `lsvblk rotate --json` is
+/// exactly `keys`.
+pub fn assert_outcome(rotated: &Value, field: &str, keys: &[&str]) {
+    assert_eq!(
+        rotated["outcome"][field],
+        serde_json::json!(keys),
+        "{field}: {rotated}"
+    );
+}
+
 /// Waits until `status` says the last rotation was for `reason` and none
 /// is in progress; returns that status.
 pub fn wait_for_rotation(setup: &Setup, reason: &str) -> Value {

@@ -3,7 +3,7 @@
 
 use super::files::records_by_key;
 use super::kit::disk::Disk;
-use super::{MIB, Setup, current_key, lsvblk_json};
+use super::{MIB, Setup, assert_outcome, current_key, lsvblk_json};
 
 #[test]
 fn a_snapshot_keeps_the_old_key_alive_until_it_is_deleted() {
@@ -20,18 +20,9 @@ fn a_snapshot_keeps_the_old_key_alive_until_it_is_deleted() {
     let old_key = current_key(&setup.status());
 
     let rotated = lsvblk_json(&["rotate", setup.vol(), "--json"]);
-    let outcome = &rotated["outcome"];
-    assert_eq!(
-        outcome["forgotten"],
-        serde_json::json!([old_key]),
-        "{rotated}"
-    );
-    assert_eq!(
-        outcome["kept_for_snapshots"],
-        serde_json::json!([old_key]),
-        "{rotated}"
-    );
-    assert_eq!(outcome["destroyable"], serde_json::json!([]), "{rotated}");
+    assert_outcome(&rotated, "forgotten", &[&old_key]);
+    assert_outcome(&rotated, "kept_for_snapshots", &[&old_key]);
+    assert_outcome(&rotated, "destroyable", &[]);
     assert_eq!(setup.key_status(&old_key), "enabled");
     // The snapshot's segments keep their records under the old key, but
     // the volume no longer holds that key: it reads all its data (checked

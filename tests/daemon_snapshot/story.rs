@@ -68,37 +68,22 @@ impl Story {
 
     /// `lsvblk acl set` by the owner of `token`.
     pub fn acl_set(&self, acl: &str, token: &Path) -> Output {
-        let kms = self.kms.address();
-        run_lsvblk(&[
-            "acl",
-            "set",
-            self.vol(),
-            "--acl",
-            acl,
-            "--kms",
-            &kms,
-            "--token-file",
-            path(token),
-            "--json",
-        ])
+        self.run_as(token, &["acl", "set", self.vol(), "--acl", acl])
     }
 
     /// `lsvblk clone VOLUME SNAPSHOT NEW --acl ACL` by the owner of `token`.
     pub fn clone_snapshot(&self, snapshot: &str, new: &Path, acl: &str, token: &Path) -> Output {
+        let args = ["clone", self.vol(), snapshot, path(new), "--acl", acl];
+        self.run_as(token, &args)
+    }
+
+    /// `lsvblk ARGS --kms KMS --token-file TOKEN --json`: a command that
+    /// asks lsvkms as the owner of `token`.
+    fn run_as(&self, token: &Path, args: &[&str]) -> Output {
         let kms = self.kms.address();
-        run_lsvblk(&[
-            "clone",
-            self.vol(),
-            snapshot,
-            path(new),
-            "--acl",
-            acl,
-            "--kms",
-            &kms,
-            "--token-file",
-            path(token),
-            "--json",
-        ])
+        let mut all = args.to_vec();
+        all.extend(["--kms", &kms, "--token-file", path(token), "--json"]);
+        run_lsvblk(&all)
     }
 
     /// The key the volume writes with now (its id, from volume.json).

@@ -14,8 +14,12 @@
 //!   on it;
 //! - [`secrets`]: key material looked for in bytes and in a process's memory;
 //! - [`dirs`]: temporary directories and the files under them;
+//! - [`stranger`]: another local user (a forked child under another uid)
+//!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
-//! - [`rng`]: a small seedable random generator.
+//! - [`rng`]: a small seedable random generator;
+//! - [`core`]: core dumps of our processes, read (memory and registers);
+//!   [`aes_schedule`]: the AES-256 round keys of a key, to look for.
 //!
 //! Every integration test is a crate of its own, and so is every benchmark:
 //! each includes the kit as a module, `mod kit;` from `tests/NAME.rs`,
@@ -29,8 +33,10 @@
 // Each test and benchmark compiles the whole kit and uses a part of it.
 #![allow(dead_code)]
 
+pub mod aes_schedule;
 pub mod blkio;
 pub mod cli;
+pub mod core;
 pub mod daemon;
 pub mod data;
 pub mod dirs;
@@ -40,5 +46,6 @@ pub mod kms_acceptance;
 pub mod process;
 pub mod rng;
 pub mod secrets;
+pub mod stranger;
 pub mod versions;
 pub mod volume;

@@ -45,7 +45,7 @@ pub fn run(args: CloneArgs) -> Outcome {
     let meta = load_snapshot(&args.volume, &args.snapshot)?;
     let token = read_token(&args.token_file)?;
     // The snapshot's ACL decides who may build on it: unwrap first.
-    let parent_keys = unwrap_all(&args.kms, &token, &parent.volume_id, &meta.keys)?;
+    let parent_keys = unwrap_all(&client(&args.kms), &token, &parent.volume_id, &meta.keys)?;
     let volume_id = new_volume_id()?;
     let generated = client(&args.kms)
         .generate_data_key(

@@ -51,5 +51,20 @@ impl From<lsvblk::volume::VolumeError> for Failure {
     }
 }
 
+/// The exit code of a failed call to lsvkms: down, busy or silent is 69,
+/// a refusal (bad token, not on the ACL, key disabled or destroyed, a blob
+/// it does not take) 77, a broken answer 70.
+pub fn of_kms(error: &lsvblk::kms::client::ClientError) -> i32 {
+    use lsvblk::kms::client::ClientError as E;
+    match error {
+        E::Unavailable { .. } | E::Timeout { .. } | E::Disconnected(_) => KMS_UNAVAILABLE,
+        E::Api { status: 503, .. } => KMS_UNAVAILABLE,
+        E::Api {
+            status: 400..=499, ..
+        } => DENIED,
+        E::Api { .. } | E::Protocol(_) => SOFTWARE,
+    }
+}
+
 /// Result type of every subcommand.
 pub type Outcome = Result<(), Failure>;

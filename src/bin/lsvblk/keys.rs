@@ -6,11 +6,12 @@ use std::path::Path;
 use base64::Engine;
 use lsvblk::crypto::DataKey;
 use lsvblk::kms::api::KeyContext;
+use lsvblk::kms::client::KmsClient;
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
 
 use crate::exit::{DATA, Failure, USAGE};
-use crate::kms::{client, failure};
+use crate::kms::failure;
 
 /// Reads the user's token from `path` (kept out of logs and zeroized).
 pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
@@ -50,12 +51,11 @@ pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
 /// Unwraps every entry (sealed for `volume_id` unless the entry names
 /// another volume) with `token`; any refusal stops with lsvkms's reason.
 pub fn unwrap_all(
-    kms: &Path,
+    kms: &KmsClient,
     token: &str,
     volume_id: &str,
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, Failure> {
-    let kms = client(&kms.to_path_buf());
     let mut keys = Vec::with_capacity(entries.len());
     for entry in entries {
         let blob = blob_of(entry)?;
@@ -66,9 +66,14 @@ pub fn unwrap_all(
                 .unwrap_or_else(|| volume_id.to_string()),
             snapshot_id: String::new(),
         };
-        let key = kms
-            .unwrap(&blob, &context, token)
-            .map_err(|e| failure(&format!("lsvkms refused to unwrap key {}", entry.key_id), e))?;
+        let key = kms.unwrap(&blob, &context, token).map_err(|e| {
+            let what = if e.is_transient() {
+                "lsvkms is unavailable (retried until --kms-timeout); cannot unwrap key"
+            } else {
+                "lsvkms refused to unwrap key"
+            };
+            failure(&format!("{what} {}", entry.key_id), e)
+        })?;
         if key.id() != entry.key_id {
             return Err(Failure::new(
                 DATA,

@@ -1,6 +1,9 @@
 //! Talking to the key-wrapping service from the command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use lsvblk::kms::auth::token::parse_ttl;
 
 use lsvblk::kms::client::{ClientError, KmsClient};
 
@@ -20,19 +23,12 @@ pub fn client(socket: &PathBuf) -> KmsClient {
     KmsClient::new(socket)
 }
 
+/// Parses `--kms-timeout` (`90s`, `2m`; a bare number is seconds).
+pub fn parse_kms_timeout(text: &str) -> Result<Duration, String> {
+    parse_ttl(text).map(Duration::from_secs)
+}
+
 /// Maps a service error to a failure with the right exit code.
 pub fn failure(action: &str, error: ClientError) -> Failure {
-    let code = match &error {
-        ClientError::Unavailable { .. } | ClientError::Timeout { .. } => exit::KMS_UNAVAILABLE,
-        ClientError::Api {
-            status: 401 | 403, ..
-        } => exit::DENIED,
-        ClientError::Api {
-            status: 404 | 409 | 400,
-            ..
-        } => exit::DENIED,
-        ClientError::Api { status: 503, .. } => exit::KMS_UNAVAILABLE,
-        _ => exit::SOFTWARE,
-    };
-    Failure::new(code, anyhow::anyhow!("{action}: {error}"))
+    Failure::new(exit::of_kms(&error), anyhow::anyhow!("{action}: {error}"))
 }

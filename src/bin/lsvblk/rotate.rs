@@ -86,7 +86,12 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
     let superblock = Superblock::load(&args.volume)?;
     let lock = VolumeLock::acquire(&args.volume, false)?;
     let token = read_token(token_file)?;
-    let keys = unwrap_all(kms, &token, &superblock.volume_id, &superblock.keys)?;
+    let keys = unwrap_all(
+        &client(kms),
+        &token,
+        &superblock.volume_id,
+        &superblock.keys,
+    )?;
     drop(token);
     let pool = CryptoPool::new(0, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
         .map_err(|e| Failure::new(SOFTWARE, e))?;

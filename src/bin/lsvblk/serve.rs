@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::vhost::{DeviceOptions, Server};
@@ -14,7 +15,7 @@ use crate::control::{ControlHandler, ControlServer, control_socket_path};
 use crate::daemon::Daemon;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keys::{read_token, unwrap_all};
-use crate::kms::parse_kms_address;
+use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`.
@@ -32,6 +33,11 @@ pub struct ServeArgs {
     /// File holding the user's token (from `lsvkms token issue`).
     #[arg(long)]
     token_file: PathBuf,
+    /// How long to keep trying while lsvkms is down, busy or silent when
+    /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
+    /// E.g. 90s, 2m; 1s tries about once.
+    #[arg(long, default_value = "30s", value_parser = parse_kms_timeout)]
+    kms_timeout: Duration,
     /// Virtqueues offered to the guest (one worker thread each).
     #[arg(long, default_value_t = 1)]
     num_queues: u16,
@@ -89,21 +95,23 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
+    let kms = client(&args.kms).retrying_for(args.kms_timeout);
     let volume = Arc::new(match &args.snapshot {
         Some(name) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &meta.keys)?;
+            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
             Volume::open_snapshot(&args.volume, name, keys, &options)?
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
             let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-            let keys = unwrap_all(&args.kms, &token, &superblock.volume_id, &superblock.keys)?;
+            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
             Volume::open_locked(&args.volume, lock, keys, &options)?
         }
     });
     drop(token);
+    drop(kms);
     report_recovery(&volume);
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;

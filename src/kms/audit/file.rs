@@ -380,6 +380,7 @@ mod tests {
             context: None,
             decision: Decision::Allow,
             reason: "ok".into(),
+            count: None,
         }
     }
 

@@ -306,6 +306,7 @@ mod tests {
             context: None,
             decision: Decision::Allow,
             reason: "ok".into(),
+            count: None,
         }
     }
 

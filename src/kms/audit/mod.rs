@@ -74,6 +74,12 @@ pub struct AuditEntry {
     pub decision: Decision,
     /// `ok` or the error code of the refusal.
     pub reason: String,
+    /// How many such calls this one record stands for, when refusals
+    /// before any API call (a stranger's connection, a malformed or slow
+    /// request) are counted per peer and reason rather than written one by
+    /// one. Absent for single calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// One line of the log as stored (without its `hash`).
@@ -248,6 +254,7 @@ mod tests {
                 }),
                 decision: Decision::Allow,
                 reason: "ok".into(),
+                count: None,
             },
             prev: GENESIS_HASH.into(),
         }
