@@ -17,6 +17,8 @@
 //! - [`stranger`]: another local user (a forked child under another uid)
 //!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
+//! - [`frontend`]: a hand-built vhost-user frontend (guest memory and
+//!   virtqueues written by hand) driving a backend in this process;
 //! - [`rng`]: a small seedable random generator;
 //! - [`core`]: core dumps of our processes, read (memory and registers);
 //!   [`aes_schedule`]: the AES-256 round keys of a key, to look for.
@@ -41,6 +43,7 @@ pub mod daemon;
 pub mod data;
 pub mod dirs;
 pub mod disk;
+pub mod frontend;
 pub mod kms;
 pub mod kms_acceptance;
 pub mod process;
