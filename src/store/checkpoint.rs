@@ -327,12 +327,49 @@ pub fn read(path: &Path, volume_id: &[u8; 16]) -> Result<CheckpointData, StoreEr
     decode(path, volume_id, &bytes)
 }
 
+/// The checkpoint of `docs/format.md`, section 5 (pinned byte for byte in
+/// `format_tests`; the tests below reuse it).
+#[cfg(test)]
+pub(crate) fn sample_checkpoint() -> CheckpointData {
+    CheckpointData {
+        seq_next: 100,
+        segment_id_next: 5,
+        heads: vec![(4, 4096)],
+        keys: vec![KeyId([9; 16])],
+        key_encrypted_bytes: vec![8192],
+        extents: vec![
+            (
+                0,
+                Extent {
+                    blocks: 2,
+                    seq: 7,
+                    location: Location::Data(DataLocation {
+                        segment_id: 3,
+                        record_offset: 64,
+                        record_lba: 0,
+                        record_blocks: 4,
+                        key_index: 0,
+                    }),
+                },
+            ),
+            (
+                10,
+                Extent {
+                    blocks: 3,
+                    seq: 8,
+                    location: Location::Zero,
+                },
+            ),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     // The checkpoint `docs/format.md` shows (a head, a key, a data and a
     // zero extent), pinned byte for byte in `format_tests`.
-    use crate::store::format_tests::sample_checkpoint as sample;
+    use super::sample_checkpoint as sample;
 
     #[test]
     fn round_trips() {

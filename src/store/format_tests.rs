@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use super::checkpoint::{self, CheckpointData};
-use super::index::{DataLocation, Extent, Location};
+use super::checkpoint::{self, CheckpointData, sample_checkpoint};
 use super::record::{
     RecordHeader, RecordKind, UncheckedRecordHeader, block_checksums, first_corrupt_block,
+    sample_data_header,
 };
 use super::segment::SegmentHeader;
 use crate::crypto::KeyId;
@@ -64,20 +64,6 @@ fn segment_header_is_pinned() {
     );
     assert_eq!(hex::encode(header.encode()), hex::encode(golden));
     assert_eq!(SegmentHeader::decode(&golden), Ok(header));
-}
-
-/// The data record header of `docs/format.md`, section 4.2.
-pub(super) fn sample_data_header() -> RecordHeader {
-    RecordHeader {
-        kind: RecordKind::Data,
-        seq: 0x0102_0304_0506_0708,
-        lba: 42,
-        block_count: 3,
-        block_shift: 12,
-        key_id: KeyId([9; 16]),
-        table_crc32c: 0xdead_beef,
-        moved: false,
-    }
 }
 
 #[test]
@@ -162,41 +148,6 @@ fn checksum_table_is_pinned() {
     let mut damaged = blocks.clone();
     damaged[600] ^= 1;
     assert_eq!(first_corrupt_block(&damaged, 512, &table), Some(1));
-}
-
-/// The checkpoint of `docs/format.md`, section 5.
-pub(super) fn sample_checkpoint() -> CheckpointData {
-    CheckpointData {
-        seq_next: 100,
-        segment_id_next: 5,
-        heads: vec![(4, 4096)],
-        keys: vec![KeyId([9; 16])],
-        key_encrypted_bytes: vec![8192],
-        extents: vec![
-            (
-                0,
-                Extent {
-                    blocks: 2,
-                    seq: 7,
-                    location: Location::Data(DataLocation {
-                        segment_id: 3,
-                        record_offset: 64,
-                        record_lba: 0,
-                        record_blocks: 4,
-                        key_index: 0,
-                    }),
-                },
-            ),
-            (
-                10,
-                Extent {
-                    blocks: 3,
-                    seq: 8,
-                    location: Location::Zero,
-                },
-            ),
-        ],
-    }
 }
 
 /// The two extents of the sample, as the body holds them.

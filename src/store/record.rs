@@ -288,12 +288,28 @@ pub(crate) fn get_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The data record header of `docs/format.md`, section 4.2 (pinned byte
+/// for byte in `format_tests`; the tests below reuse it).
+#[cfg(test)]
+pub(crate) fn sample_data_header() -> RecordHeader {
+    RecordHeader {
+        kind: RecordKind::Data,
+        seq: 0x0102_0304_0506_0708,
+        lba: 42,
+        block_count: 3,
+        block_shift: 12,
+        key_id: KeyId([9; 16]),
+        table_crc32c: 0xdead_beef,
+        moved: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     // The data record `docs/format.md` shows, pinned byte for byte (layout
     // and round trip) in `format_tests`.
-    use crate::store::format_tests::sample_data_header as sample;
+    use super::sample_data_header as sample;
 
     #[test]
     fn any_flipped_bit_is_detected() {
