@@ -64,6 +64,8 @@
 
 mod aligned;
 mod checkpoint;
+#[cfg(test)]
+mod format_tests;
 mod frame;
 mod index;
 mod io;
