@@ -1,11 +1,13 @@
 //! The keys a volume's blocks are encrypted under, ready to use: each key's
-//! expanded AES-256-XTS schedule lives in locked memory.
+//! expanded AES-256-XTS schedule and its MAC key (`crypto::mac`) live in
+//! locked memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::VolumeError;
 use crate::crypto::locked::LockedBox;
+use crate::crypto::mac::MacKey;
 use crate::crypto::{CryptoPool, DataKey, DataUnit, KeyId, Tweak, XtsCipher};
 
 /// How one key transforms blocks.
@@ -16,17 +18,24 @@ enum Transform {
     Null,
 }
 
-/// One usable key: its id, its schedule, and the key itself (kept so the
-/// volume can hand it on, e.g. to a re-encryptor, without asking the KMS).
+/// One usable key: its id, its schedule, its MAC key, and the key itself
+/// (kept so the volume can hand it on, e.g. to a re-encryptor, without
+/// asking the KMS).
 pub struct ActiveKey {
     key: DataKey,
     transform: Transform,
+    mac: LockedBox<MacKey>,
 }
 
 impl ActiveKey {
     /// The key's id.
     pub fn id(&self) -> KeyId {
         self.key.id()
+    }
+
+    /// The MAC key derived from this key (block tags, record MACs).
+    pub fn mac_key(&self) -> &MacKey {
+        self.mac.get()
     }
 
     /// Encrypts whole blocks in place with `pool`.
@@ -169,7 +178,13 @@ fn activate(key: DataKey, null_cipher: bool) -> Result<ActiveKey, VolumeError> {
             .map_err(|e| VolumeError::Key(crate::crypto::key::KeyError::Lock(e)))?;
         Transform::Xts(locked)
     };
-    Ok(ActiveKey { key, transform })
+    let mac = MacKey::derive_locked(key.expose_secret())
+        .map_err(|e| VolumeError::Key(crate::crypto::key::KeyError::Lock(e)))?;
+    Ok(ActiveKey {
+        key,
+        transform,
+        mac,
+    })
 }
 
 #[cfg(feature = "null-cipher")]

@@ -42,6 +42,7 @@ mod rotation;
 mod snapshots;
 mod stripes;
 mod superblock;
+mod tags;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ pub use snapshots::{
     PENDING_ACL_FILE, PendingAcl, SNAPSHOTS_DIR, SnapshotMeta, SnapshotPaths, list_snapshots,
     live_clones, load_snapshot, pending_acl, set_pending_acl, validate_snapshot_name,
 };
-pub use superblock::{CipherName, KeyEntry, ParentRef, Superblock, new_volume_id};
+pub use superblock::{CipherName, Integrity, KeyEntry, ParentRef, Superblock, new_volume_id};
 pub use write::Change;
 
 use crate::crypto::{CryptoPool, DataUnit, KeyId};
@@ -89,6 +90,10 @@ pub struct VolumeOptions {
     /// Benchmark only: store blocks unencrypted. Needs the `null-cipher`
     /// feature; never use it for data.
     pub null_cipher: bool,
+    /// Whether `create` makes a volume whose blocks are authenticated
+    /// (`Mac`, the default). `Crc` is for benchmarks measuring the MAC's
+    /// cost. Ignored by `open` (the volume says).
+    pub integrity: Integrity,
     /// The clock key ages are measured with (tests move it); `None`: the
     /// system clock.
     pub clock: Option<Arc<dyn Clock>>,
@@ -103,6 +108,7 @@ impl Default for VolumeOptions {
             read_only: false,
             pool: None,
             null_cipher: false,
+            integrity: Integrity::Mac,
             clock: None,
         }
     }

@@ -117,6 +117,8 @@ impl Volume {
             block_bytes: parent.block_bytes,
             segment_bytes: parent.segment_bytes,
             null_cipher: parent.cipher == CipherName::Null,
+            // Its reads fall through to the parent's blocks, checked alike.
+            integrity: parent.integrity,
             ..options.clone()
         };
         check_create_options(meta.size_bytes, &options)?;
@@ -339,6 +341,7 @@ fn new_superblock(
         } else {
             CipherName::Aes256Xts
         },
+        integrity: options.integrity,
         current_key_id: key.id(),
         keys: vec![KeyEntry {
             key_id: key.id(),

@@ -1,13 +1,15 @@
 //! The read path: look the range up in the index (falling through to the
 //! parent snapshots of a clone where it has holes), read the ciphertext
 //! straight into the caller's buffer (guest memory, for a vhost read), then
-//! verify each block's checksum and decrypt it in place, chunk by chunk on
-//! the crypto pool while it is in cache. Holes, discarded and zeroed blocks
-//! read as zeros; a block whose checksum fails is an error, never data.
+//! verify each block's checksum (and in a volume with MACs its tag) and
+//! decrypt it in place, chunk by chunk on the crypto pool while it is in
+//! cache. Holes, discarded and zeroed blocks read as zeros; a block whose
+//! checksum or tag fails is an error, never data.
 
-use super::{Volume, VolumeError};
+use super::tags::first_forged_block;
+use super::{Integrity, Volume, VolumeError};
 use crate::crypto::Tweak;
-use crate::store::{DataPiece, Log, ReadPiece};
+use crate::store::{DataPiece, Log, ReadPiece, TableFormat};
 
 impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Never-written, discarded and
@@ -104,6 +106,8 @@ impl Volume {
         let key = self.key(&piece.key_id)?;
         let unit = self.unit();
         let first = Tweak::for_block(piece.seq, piece.lba);
+        // Version 1 segments have no tags (a volume with them is `crc`).
+        let tagged = self.superblock.integrity == Integrity::Mac && format == TableFormat::V2;
         let verified = self.pool.try_run_with_side(
             part,
             &mut table,
@@ -111,14 +115,25 @@ impl Volume {
             unit,
             first,
             |chunk, entries, tweak| {
+                // The tweak's low half is the chunk's first block number.
+                let at = |index: usize| tweak.0 as u64 - piece.lba + index as u64;
                 if let Some(index) = format.first_corrupt_block(chunk, unit.bytes(), entries) {
-                    // The tweak's low half is the chunk's first block number.
-                    return Err(tweak.0 as u64 - piece.lba + index as u64);
+                    return Err((at(index), "block checksum mismatch"));
+                }
+                if tagged
+                    && let Some(index) =
+                        first_forged_block(key.mac_key(), tweak, chunk, unit.bytes(), entries)
+                {
+                    return Err((
+                        at(index),
+                        "block tag mismatch (not written by this volume's key)",
+                    ));
                 }
                 key.decrypt_here(chunk, unit, tweak);
                 Ok(())
             },
         );
-        verified.map_err(|index| VolumeError::Store(log.block_corrupt(piece, index)))
+        verified
+            .map_err(|(index, reason)| VolumeError::Store(log.block_corrupt(piece, index, reason)))
     }
 }

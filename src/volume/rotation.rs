@@ -14,10 +14,12 @@ use serde::Serialize;
 
 use super::policy::{RotationReason, RotationState};
 use super::snapshots::{SnapshotPaths, list_snapshots, snapshot_key_ids, store_snapshot_meta};
-use super::{ActiveKey, KeyEntry, Superblock, Volume, VolumeError};
+use super::tags::{first_forged_block, tag_blocks};
+use super::{ActiveKey, Integrity, KeyEntry, Superblock, Volume, VolumeError};
 use crate::crypto::{DataKey, KeyId, Tweak};
 use crate::store::{
-    CheckpointData, CompactOptions, CompactProgress, CompactReport, Location, RekeyPlan, StoreError,
+    CheckpointData, CompactOptions, CompactProgress, CompactReport, Location, RekeyPlan,
+    StoreError, TableFormat,
 };
 
 /// Most passes of the re-encryptor per rotation (writes in flight at the
@@ -169,22 +171,36 @@ impl Volume {
         Ok(Some(outcome))
     }
 
-    /// Re-encryption for the mover: decrypt with the block's key, encrypt
-    /// with `new_key`, same tweak (sequence number, block).
+    /// Re-encryption for the mover: check each block's tag (a volume with
+    /// MACs) with the block's key, decrypt with it, encrypt with `new_key`,
+    /// same tweak (sequence number, block); then the new table entries
+    /// (CRCs, and tags under `new_key`).
     fn rekey_transform<'a>(
         &'a self,
         new_key: &'a Arc<ActiveKey>,
-    ) -> impl Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a {
+    ) -> impl Fn(&mut [u8], &mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a {
         let unit = self.unit();
-        move |buf: &mut [u8], old: KeyId, seq: u64, lba: u64| {
-            let old = self.key(&old).map_err(|_| StoreError::Corrupt {
+        let macs = self.superblock.integrity == Integrity::Mac;
+        move |buf: &mut [u8], table: &mut [u8], old: KeyId, seq: u64, lba: u64| {
+            let corrupt = |reason| StoreError::Corrupt {
                 path: self.dir.clone(),
                 offset_bytes: 0,
-                reason: "a block to re-key is under a key the volume does not hold",
+                reason,
+            };
+            let old = self.key(&old).map_err(|_| {
+                corrupt("a block to re-key is under a key the volume does not hold")
             })?;
             let tweak = Tweak::for_block(seq, lba);
+            if macs && first_forged_block(old.mac_key(), tweak, buf, unit.bytes(), table).is_some()
+            {
+                return Err(corrupt("a block to re-key fails its tag"));
+            }
             old.decrypt(&self.pool, buf, unit, tweak);
             new_key.encrypt(&self.pool, buf, unit, tweak);
+            TableFormat::V2.fill(buf, unit.bytes(), table);
+            if macs {
+                tag_blocks(new_key.mac_key(), tweak, buf, unit.bytes(), table);
+            }
             Ok(())
         }
     }

@@ -32,6 +32,28 @@ pub enum CipherName {
     Null,
 }
 
+/// Whether a volume's records are authenticated (docs/format.md, section
+/// 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Integrity {
+    /// Every block carries a tag (a MAC under a key derived from its data
+    /// key), checked before it is decrypted: the default for new volumes.
+    Mac,
+    /// CRCs only: volumes created before MACs (no `integrity` field), and
+    /// a benchmark-only option to measure what the MAC costs.
+    #[default]
+    Crc,
+}
+
+impl Integrity {
+    /// Whether this is [`Integrity::Crc`] (not written to `volume.json`,
+    /// so that files of volumes created before MACs stay as they are).
+    pub fn is_crc(&self) -> bool {
+        *self == Integrity::Crc
+    }
+}
+
 /// One data key the volume knows, by id (never material).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEntry {
@@ -84,6 +106,10 @@ pub struct Superblock {
     pub segment_bytes: u64,
     /// Cipher of the stored blocks.
     pub cipher: CipherName,
+    /// Whether blocks are authenticated; absent (`crc`) in volumes created
+    /// before MACs.
+    #[serde(default, skip_serializing_if = "Integrity::is_crc")]
+    pub integrity: Integrity,
     /// The key new writes use.
     pub current_key_id: KeyId,
     /// Every key the volume's blocks may be under.

@@ -26,7 +26,9 @@
 
 use std::ops::Range;
 
+use super::Integrity;
 use super::stripes::BlockRange;
+use super::tags::tag_blocks;
 use super::{ActiveKey, Volume, VolumeError};
 use crate::crypto::{KeyId, Tweak};
 use crate::limits::WRITE_BYTES_MAX;
@@ -410,8 +412,9 @@ impl Volume {
     }
 
     /// Encrypts whole blocks in place with the tweaks of (`seq`, block) and
-    /// returns their block table (version 2 layout); each chunk is
-    /// encrypted and checksummed on the crypto pool while it is in cache.
+    /// returns their block table (version 2 layout: CRC32C, and in a volume
+    /// with MACs each block's tag); each chunk is encrypted, checksummed and
+    /// tagged on the crypto pool while it is in cache.
     fn encrypt_and_checksum(
         &self,
         key: &ActiveKey,
@@ -424,6 +427,7 @@ impl Volume {
         let format = TableFormat::V2;
         let mut table = vec![0u8; format.table_bytes(blocks) as usize];
         let first = Tweak::for_block(seq, lba);
+        let macs = self.superblock.integrity == Integrity::Mac;
         let done: Result<(), ()> = self.pool.try_run_with_side(
             data,
             &mut table,
@@ -433,6 +437,9 @@ impl Volume {
             |chunk, entries, tweak| {
                 key.encrypt_here(chunk, unit, tweak);
                 format.fill(chunk, unit.bytes(), entries);
+                if macs {
+                    tag_blocks(key.mac_key(), tweak, chunk, unit.bytes(), entries);
+                }
                 Ok(())
             },
         );

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
-use lsvblk::volume::{Volume, VolumeOptions};
+use lsvblk::volume::{Integrity, Volume, VolumeOptions};
 
 /// A deterministic test key from a one-byte seed.
 pub fn key(seed: u8) -> DataKey {
@@ -35,6 +35,15 @@ pub fn options(block_bytes: u32) -> VolumeOptions {
 /// Creates a volume of `size` bytes in `dir`, with `key(1)`.
 pub fn create(dir: &Path, size: u64, block_bytes: u32) -> Volume {
     Volume::create(dir, size, key(1), &options(block_bytes)).unwrap()
+}
+
+/// Creates a volume like [`create`] whose integrity is `integrity`.
+pub fn create_with(dir: &Path, size: u64, block_bytes: u32, integrity: Integrity) -> Volume {
+    let options = VolumeOptions {
+        integrity,
+        ..options(block_bytes)
+    };
+    Volume::create(dir, size, key(1), &options).unwrap()
 }
 
 /// Opens the volume in `dir` with `key(1)`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use lsvblk::kms::api::KeyContext;
-use lsvblk::volume::{Volume, VolumeOptions, WrappedKey, new_volume_id};
+use lsvblk::volume::{Integrity, Volume, VolumeOptions, WrappedKey, new_volume_id};
 
 use crate::exit::{Failure, Outcome, USAGE};
 use crate::kms::{client, failure, parse_kms_address};
@@ -44,6 +44,10 @@ pub struct CreateArgs {
     #[cfg(feature = "null-cipher")]
     #[arg(long, hide = true)]
     unencrypted_benchmark_only: bool,
+    /// Benchmark only: blocks carry CRCs but no MACs (integrity `crc`), to
+    /// measure what the MACs cost against the same build. Hidden.
+    #[arg(long, hide = true)]
+    no_macs_benchmark_only: bool,
 }
 
 /// Creates the volume with a fresh data key from the service.
@@ -77,6 +81,11 @@ pub fn run(args: CreateArgs) -> Outcome {
         segment_bytes: args.segment_size,
         #[cfg(feature = "null-cipher")]
         null_cipher: args.unencrypted_benchmark_only,
+        integrity: if args.no_macs_benchmark_only {
+            Integrity::Crc
+        } else {
+            Integrity::Mac
+        },
         ..VolumeOptions::default()
     };
     let volume = Volume::create_with_id(

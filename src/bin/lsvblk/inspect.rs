@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lsvblk::volume::{Superblock, pending_acl};
+use lsvblk::volume::{Integrity, Superblock, pending_acl};
 
 use crate::admin;
 use crate::control::ControlRequest;
@@ -59,6 +59,8 @@ pub fn run(args: InspectArgs) -> Outcome {
         "block_bytes": superblock.block_bytes,
         "segment_bytes": superblock.segment_bytes,
         "cipher": superblock.cipher,
+        "integrity": superblock.integrity,
+        "authenticated": superblock.integrity == Integrity::Mac,
         "current_key_id": superblock.current_key_id,
         "keys": keys,
         "segments": segments,
@@ -80,6 +82,7 @@ pub fn run(args: InspectArgs) -> Outcome {
             superblock.size_bytes, superblock.block_bytes
         );
         println!("cipher      {:?}", superblock.cipher);
+        println!("integrity   {}", integrity_line(superblock.integrity));
         println!("key id      {} (current)", superblock.current_key_id);
         println!("log         {segments} segments, {segment_bytes} bytes");
         println!("checkpoints {checkpoints}, {checkpoint_bytes} bytes");
@@ -128,4 +131,14 @@ fn dir_stats(dir: &Path, extension: &str) -> Result<(u64, u64), Failure> {
         }
     }
     Ok((count, bytes))
+}
+
+/// What `inspect` says about a volume's integrity.
+fn integrity_line(integrity: Integrity) -> &'static str {
+    match integrity {
+        Integrity::Mac => "mac: every block is authenticated (a tag checked before decryption)",
+        Integrity::Crc => {
+            "crc: blocks are NOT authenticated (CRCs only: a volume created before MACs)"
+        }
+    }
 }

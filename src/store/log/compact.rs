@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use super::super::index::Location;
 use super::super::record::RecordKind;
-use super::super::table::TableFormat;
 use super::super::{StoreError, sync_dir};
 use super::pieces::{LivePiece, MovedPiece};
 use super::{AppendRecord, Log, SegmentFile};
@@ -131,17 +130,20 @@ pub struct RekeyPlan<'a> {
     pub from: BTreeSet<KeyId>,
     /// The key re-encrypted data is under.
     pub to: KeyId,
-    /// Re-encrypts the whole blocks in place: (ciphertext, its key, its
-    /// sequence number, its first block). The sequence number stays, so the
+    /// Re-encrypts the whole blocks in place and rewrites their block
+    /// table: see [`RekeyTransform`]. The sequence number stays, so the
     /// tweak is (seq, block) under the new key, unused by it before (its own
     /// writes take sequence numbers past every older one).
     pub transform: &'a RekeyTransform<'a>,
 }
 
-/// Re-encrypts whole blocks in place: (ciphertext, its key, its sequence
-/// number, its first block).
+/// Re-encrypts whole blocks in place: (ciphertext, its block table in the
+/// version 2 layout, its key, its sequence number, its first block). The
+/// table holds the blocks' entries on the way in (CRCs checked; tags, if
+/// the volume has them, for the transform to check) and must hold the new
+/// ciphertext's entries on the way out.
 pub type RekeyTransform<'a> =
-    dyn Fn(&mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a;
+    dyn Fn(&mut [u8], &mut [u8], KeyId, u64, u64) -> Result<(), StoreError> + Sync + 'a;
 
 /// The state one cleaning pass threads through its batches.
 struct Mover<'a, 'p> {
@@ -406,12 +408,11 @@ impl Log {
                         if let Some(plan) = mover.rekey.filter(|p| p.from.contains(&piece.key_id)) {
                             (plan.transform)(
                                 &mut moved.payload,
+                                &mut moved.table,
                                 piece.key_id,
                                 piece.seq,
                                 piece.lba,
                             )?;
-                            moved.table =
-                                TableFormat::V2.build(&moved.payload, block_bytes as usize);
                             moved.key_id = plan.to;
                             moved.rekeyed = true;
                         }

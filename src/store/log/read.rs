@@ -110,12 +110,12 @@ impl Log {
         }))
     }
 
-    /// The error for block `index` of `piece` failing its checksum.
-    pub fn block_corrupt(&self, piece: &DataPiece, index: u64) -> StoreError {
+    /// The error for block `index` of `piece` failing a check (`reason`).
+    pub fn block_corrupt(&self, piece: &DataPiece, index: u64, reason: &'static str) -> StoreError {
         StoreError::Corrupt {
             path: self.segment_path(piece.segment_id),
             offset_bytes: piece.payload_offset + (index << self.config.block_shift),
-            reason: "block checksum mismatch",
+            reason,
         }
     }
 

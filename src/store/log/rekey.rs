@@ -9,7 +9,6 @@ use super::super::index::{DataLocation, Location};
 use super::super::record::RecordKind;
 use super::super::scan;
 use super::super::snapshot::referenced_segments;
-use super::super::table::TableFormat;
 use super::compact::{CleanTarget, CompactOptions, CompactProgress, CompactReport, RekeyPlan};
 use super::pieces::LivePiece;
 use super::{AppendRecord, Log, RecordPosition};
@@ -142,8 +141,13 @@ impl Log {
                 offset_bytes: piece.payload_offset,
                 reason: "a snapshot block to re-key fails its checksum",
             })?;
-            (plan.transform)(&mut moved.payload, key_id, piece.seq, piece.lba)?;
-            let table = TableFormat::V2.build(&moved.payload, block_bytes);
+            (plan.transform)(
+                &mut moved.payload,
+                &mut moved.table,
+                key_id,
+                piece.seq,
+                piece.lba,
+            )?;
             let record = AppendRecord {
                 kind: RecordKind::Data,
                 seq: piece.seq,
@@ -151,7 +155,7 @@ impl Log {
                 block_count: piece.blocks as u32,
                 key_id: plan.to,
                 payload: &moved.payload,
-                table: Some(&table),
+                table: Some(&moved.table),
                 moved: false,
             };
             let at: RecordPosition = self.append_compacted(&[record])?[0];
