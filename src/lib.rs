@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod kms;
 pub mod limits;
+pub mod ops;
 pub mod store;
 pub mod sync;
 pub mod vhost;
