@@ -152,3 +152,46 @@ flip_byte() {
   # shellcheck disable=SC2059 # octal escape built on purpose
   printf "\\$(printf '%03o' $((255 - b)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
+
+# kms_start DIR LOGDIR USER...: lsvkms init + serve with its state in DIR/kms
+# and its socket at DIR/kms.sock, and a 1 h token per USER in DIR/USER.token.
+# Sets KMS_PID and KMS_SOCK (stop it with stop_pid "$KMS_PID").
+kms_start() {
+  local dir=$1 logs=$2 user
+  shift 2
+  KMS_SOCK=$dir/kms.sock
+  "$LSVKMS" init --dir "$dir/kms" >"$logs/lsvkms-init.log" 2>&1 ||
+    { cat "$logs/lsvkms-init.log" >&2; die "lsvkms init failed"; }
+  "$LSVKMS" serve --dir "$dir/kms" --socket "$KMS_SOCK" >"$logs/lsvkms.log" 2>&1 &
+  KMS_PID=$!
+  wait_socket "$KMS_SOCK" "$KMS_PID" "lsvkms serve" "$logs/lsvkms.log"
+  for user in "$@"; do
+    (umask 077 && "$LSVKMS" token issue --dir "$dir/kms" --user "$user" --ttl 1h >"$dir/$user.token") ||
+      die "lsvkms token issue failed"
+  done
+}
+
+# ms_since T0_NS: milliseconds since T0_NS (date +%s%N).
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+# wait_for_line FILE PATTERN SECONDS [PID]: waits until FILE has a line
+# matching the extended regex PATTERN; false on timeout, or if PID exits first.
+wait_for_line() {
+  local i
+  for ((i = 0; i < $3 * 20; i++)); do
+    grep -a -q -E "$2" "$1" 2>/dev/null && return 0
+    if [ -n "${4:-}" ] && exited "$4"; then
+      grep -a -q -E "$2" "$1" 2>/dev/null && return 0
+      return 1
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+# percentile P VALUES...: the P-th percentile (nearest rank) of integers.
+percentile() {
+  local p=$1
+  shift
+  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit } r = int((p * NR + 99) / 100); if (r < 1) r = 1; print v[r] }'
+}

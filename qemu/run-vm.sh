@@ -13,6 +13,10 @@
 #   --accel MODE       auto (default: KVM only if a cached probe boot worked), tcg, kvm
 #   --log FILE         serial console log (default qemu/out/NAME-TIMESTAMP.log)
 #   --append ARGS      extra kernel command line words
+#   --reconnect S      QEMU reconnects to the socket S seconds after the backend
+#                      goes away (restart tests); default: a lost backend is final
+#   --qmp PATH         QMP monitor on the UNIX socket PATH (migration tests)
+#   --incoming URI     wait for an incoming migration on URI (e.g. unix:PATH)
 #   --verbose          kernel messages on (no "quiet"), console shown while it runs
 #   --print-cmd        print the QEMU command line before running it
 # The guest prints "LSVBLK-E2E: PASS NAME" or "LSVBLK-E2E: FAIL NAME REASON" on
@@ -34,7 +38,7 @@ usage() {
 }
 
 SOCK="" SCENARIO="" SECTORS="" TIMEOUT=600 QUEUES=1 SMP=1 MEM=512M ACCEL=auto LOG=""
-APPEND_EXTRA="" VERBOSE=0 PRINT_CMD=0
+APPEND_EXTRA="" VERBOSE=0 PRINT_CMD=0 RECONNECT="" QMP="" INCOMING=""
 while [ $# -gt 0 ]; do
   case $1 in
     --socket) SOCK=${2:?}; shift 2 ;;
@@ -47,6 +51,9 @@ while [ $# -gt 0 ]; do
     --accel) ACCEL=${2:?}; shift 2 ;;
     --log) LOG=${2:?}; shift 2 ;;
     --append) APPEND_EXTRA=${2?}; shift 2 ;;
+    --reconnect) RECONNECT=${2:?}; shift 2 ;;
+    --qmp) QMP=${2:?}; shift 2 ;;
+    --incoming) INCOMING=${2:?}; shift 2 ;;
     --verbose) VERBOSE=1; shift ;;
     --print-cmd) PRINT_CMD=1; shift ;;
     -h | --help) usage ;;
@@ -60,6 +67,7 @@ done
 [[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || bad "--num-queues must be a positive number"
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || bad "--smp must be a positive number"
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || bad "--timeout must be a positive number of seconds"
+[ -z "$RECONNECT" ] || [[ "$RECONNECT" =~ ^[1-9][0-9]*$ ]] || bad "--reconnect must be a positive number of seconds"
 case $ACCEL in auto | tcg | kvm) ;; *) bad "--accel must be auto, tcg or kvm" ;; esac
 if [ "$SCENARIO" != probe ]; then
   [ -n "$SOCK" ] || { log "--socket is required"; usage; }
@@ -95,9 +103,11 @@ qemu_cmd() {
   CMD+=(-m "$MEM" -smp "$SMP"
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -machine "pc,memory-backend=mem")
   if [ -n "$sock" ]; then
-    CMD+=(-chardev "socket,id=vub0,path=$sock"
+    CMD+=(-chardev "socket,id=vub0,path=$sock${RECONNECT:+,reconnect=$RECONNECT}"
       -device "vhost-user-blk-pci,chardev=vub0,num-queues=$QUEUES")
   fi
+  [ -z "$QMP" ] || CMD+=(-qmp "unix:$QMP,server=on,wait=off")
+  [ -z "$INCOMING" ] || CMD+=(-incoming "$INCOMING")
   CMD+=(-chardev "file,id=con0,path=$logf" -serial chardev:con0
     -kernel "$KERNEL_DIR/vmlinuz" -initrd "$initrd" -append "$append")
 }

@@ -9,20 +9,15 @@ mod kit;
 
 use std::sync::Arc;
 
-use lsvblk::vhost::{BlockBackend, DeviceOptions};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use kit::frontend::{Frontend, MEMORY_BYTES, WRITE, desc, kick};
+use lsvblk::vhost::{BlockBackend, DeviceOptions, GuestMemory};
+use vhost_user_backend::VringRwLock;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
+use vm_memory::{Bytes, GuestAddress};
 
 const OK: u8 = 0;
 const IOERR: u8 = 1;
 const UNSUPP: u8 = 2;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-const MEMORY_BYTES: usize = 16 << 20;
 const QUEUE_SIZE: u16 = 16;
 /// Where request buffers go: above the rings (queue 0 at 0, queue 1 at 64 KiB).
 const HEADER_AT: u64 = 0x10_0000;
@@ -32,10 +27,9 @@ const STATUS_AT: u64 = 0x30_0000;
 const UNTOUCHED: u8 = 0xAA;
 
 struct Rig {
-    mem: GuestMemoryMmap,
+    fe: Frontend,
     backend: BlockBackend,
-    vrings: Vec<VringRwLock>,
-    queues: Vec<MockSplitQueue<'static, GuestMemoryMmap>>,
+    vrings: Vec<VringRwLock<GuestMemory>>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,40 +55,14 @@ fn rig(read_only: bool) -> Rig {
         logical_block_bytes: 512,
     };
     let backend = BlockBackend::new(Arc::new(volume), options);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY_BYTES)]).unwrap();
-    // The mock queues borrow the memory for the life of the test process.
-    let leaked: &'static GuestMemoryMmap = Box::leak(Box::new(mem.clone()));
-    let atomic = GuestMemoryAtomic::new(mem.clone());
-    backend.update_memory(atomic.clone()).unwrap();
-    let mut vrings = Vec::new();
-    let mut queues = Vec::new();
-    for index in 0..2u64 {
-        let queue = MockSplitQueue::create(leaked, GuestAddress(index * 0x1_0000), QUEUE_SIZE);
-        let vring = VringRwLock::new(atomic.clone(), QUEUE_SIZE).unwrap();
-        vring.set_queue_size(QUEUE_SIZE);
-        vring
-            .set_queue_info(
-                queue.desc_table_addr().0,
-                queue.avail_addr().0,
-                queue.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
-        vrings.push(vring);
-        queues.push(queue);
-    }
+    let fe = Frontend::new(2, QUEUE_SIZE);
+    let vrings = fe.start(&backend, 0);
     Rig {
-        mem,
+        fe,
         backend,
         vrings,
-        queues,
         _dir: dir,
     }
-}
-
-fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
 }
 
 /// A header at HEADER_AT for `request_type` and `sector`.
@@ -102,7 +70,8 @@ fn header(rig: &Rig, request_type: u32, sector: u64) {
     let mut bytes = [0u8; 16];
     bytes[0..4].copy_from_slice(&request_type.to_le_bytes());
     bytes[8..16].copy_from_slice(&sector.to_le_bytes());
-    rig.mem
+    rig.fe
+        .mem
         .write_slice(&bytes, GuestAddress(HEADER_AT))
         .unwrap();
 }
@@ -110,34 +79,14 @@ fn header(rig: &Rig, request_type: u32, sector: u64) {
 /// Submits one chain (descriptors linked in order) on `queue`, runs the
 /// backend, and returns (used length, status byte).
 fn submit(rig: &Rig, queue: usize, chain: &[RawDescriptor]) -> (u32, u8) {
-    rig.mem
+    rig.fe
+        .mem
         .write_obj(UNTOUCHED, GuestAddress(STATUS_AT))
         .unwrap();
-    let linked: Vec<RawDescriptor> = chain
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let d = SplitDescriptor::from(*raw);
-            let last = i + 1 == chain.len();
-            let flags = if last {
-                d.flags() & !NEXT
-            } else {
-                d.flags() | NEXT
-            };
-            RawDescriptor::from(SplitDescriptor::new(
-                d.addr().0,
-                d.len(),
-                flags,
-                i as u16 + 1,
-            ))
-        })
-        .collect();
-    let q = &rig.queues[queue];
+    let q = &rig.fe.queues[queue];
     let used_before = q.used().idx().load();
-    q.add_desc_chains(&linked, 0).unwrap();
-    rig.backend
-        .handle_event(queue as u16, EventSet::IN, &rig.vrings, 0)
-        .unwrap();
+    rig.fe.add_chain(queue, chain, 0);
+    kick(&rig.backend, &rig.vrings, queue);
     let used_after = q.used().idx().load();
     assert_eq!(
         used_after,
@@ -150,7 +99,7 @@ fn submit(rig: &Rig, queue: usize, chain: &[RawDescriptor]) -> (u32, u8) {
         .ref_at(usize::from(used_before % QUEUE_SIZE))
         .unwrap()
         .load();
-    let status: u8 = rig.mem.read_obj(GuestAddress(STATUS_AT)).unwrap();
+    let status: u8 = rig.fe.mem.read_obj(GuestAddress(STATUS_AT)).unwrap();
     (element.len(), status)
 }
 
@@ -161,7 +110,8 @@ fn status_desc() -> RawDescriptor {
 #[test]
 fn a_well_formed_write_and_read_succeed() {
     let rig = rig(false);
-    rig.mem
+    rig.fe
+        .mem
         .write_slice(&[0x5a; 4096], GuestAddress(DATA_AT))
         .unwrap();
     header(&rig, 1, 8);
@@ -175,7 +125,8 @@ fn a_well_formed_write_and_read_succeed() {
         ],
     );
     assert_eq!((len, status), (1, OK));
-    rig.mem
+    rig.fe
+        .mem
         .write_slice(&[0u8; 4096], GuestAddress(DATA_AT))
         .unwrap();
     header(&rig, 0, 8);
@@ -190,7 +141,8 @@ fn a_well_formed_write_and_read_succeed() {
     );
     assert_eq!((len, status), (4097, OK));
     let mut back = [0u8; 4096];
-    rig.mem
+    rig.fe
+        .mem
         .read_slice(&mut back, GuestAddress(DATA_AT))
         .unwrap();
     assert_eq!(back, [0x5a; 4096]);
@@ -322,7 +274,8 @@ fn discard_with_unmap_is_unsupported_and_bad_segments_are_errors() {
     let mut segment = [0u8; 16];
     segment[8..12].copy_from_slice(&8u32.to_le_bytes()); // 8 sectors
     segment[12..16].copy_from_slice(&1u32.to_le_bytes()); // unmap
-    rig.mem
+    rig.fe
+        .mem
         .write_slice(&segment, GuestAddress(DATA_AT))
         .unwrap();
     header(&rig, 11, 0); // DISCARD with unmap: virtio 1.2 5.2.6.2
@@ -357,7 +310,8 @@ fn writes_to_a_read_only_disk_fail_with_ioerr_and_reads_work() {
         IOERR
     );
     header(&rig, 11, 0);
-    rig.mem
+    rig.fe
+        .mem
         .write_slice(&[0u8; 16], GuestAddress(DATA_AT))
         .unwrap();
     assert_eq!(
@@ -388,7 +342,8 @@ fn get_id_returns_the_serial() {
     );
     assert_eq!((len, status), (21, OK));
     let mut serial = [0u8; 20];
-    rig.mem
+    rig.fe
+        .mem
         .read_slice(&mut serial, GuestAddress(DATA_AT))
         .unwrap();
     assert_eq!(&serial[..9], b"malformed");
@@ -399,11 +354,9 @@ fn get_id_returns_the_serial() {
 fn a_corrupt_avail_index_disables_only_that_queue() {
     let rig = rig(false);
     // An avail index far more than a queue's size ahead (virtio-queue refuses it).
-    let q = &rig.queues[0];
+    let q = &rig.fe.queues[0];
     q.avail().idx().store(QUEUE_SIZE * 4);
-    rig.backend
-        .handle_event(0, EventSet::IN, &rig.vrings, 0)
-        .unwrap();
+    kick(&rig.backend, &rig.vrings, 0);
     let h = desc(HEADER_AT, 16, 0);
     header(&rig, 0, 0);
     let (len, status) = submit(&rig, 1, &[h, desc(DATA_AT, 512, WRITE), status_desc()]);

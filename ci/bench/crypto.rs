@@ -6,6 +6,16 @@
 //! figures encrypt one buffer per call, as a write of that size would: a
 //! 4096-byte call is one 4 KiB data unit, a 512-byte call one sector, like
 //! `openssl speed -bytes 4096` / `-bytes 512`.
+//!
+//! The first rows are the path this CPU runs by default (`xts_path`; set
+//! `LSVBLK_XTS_PATH` to run a slower one everywhere, the pool included).
+//! Then, for every XTS path the CPU supports, forced one at a time, the
+//! same 4 KiB call against raw AES on the same instruction set (our rounds
+//! in the same registers; the `aes` crate's own dispatch cannot be
+//! steered) and against OpenSSL limited to that instruction set through
+//! `OPENSSL_ia32cap`: on an AVX-512 machine the `vaes_avx2` rows are what
+//! an AVX2-only server (AMD Zen 3) runs. Last, what the register and stack
+//! scrubs after each call cost.
 
 mod common;
 #[path = "../../tests/kit/mod.rs"]
@@ -17,7 +27,9 @@ use std::process::Command;
 use aes::Aes256;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit, consts::U16};
 use common::{Options, Report, Suite, Throughput, median};
-use lsvblk::crypto::{CryptoPool, DataUnit, Tweak, XtsCipher};
+use lsvblk::crypto::hygiene::scrub_vector_registers;
+use lsvblk::crypto::locked::scrub_callee_frames;
+use lsvblk::crypto::{CryptoPool, DataUnit, Tweak, XtsCipher, XtsPath};
 use lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT;
 use xts_mode::{Xts128, get_tweak_default};
 
@@ -45,6 +57,10 @@ fn main() {
     let pool_1t = CryptoPool::new(1, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 1");
     let pool_2t = CryptoPool::new(2, CRYPTO_CHUNK_BYTES_DEFAULT).expect("pool of 2");
 
+    let forced: Vec<XtsCipher> = XtsPath::all_supported()
+        .into_iter()
+        .map(|path| XtsCipher::with_path(&key, path).expect("a supported path"))
+        .collect();
     let mut suite = Suite::new(options.clone());
     for unit in [DataUnit::BYTES_4096, DataUnit::BYTES_512] {
         add_single_thread_cases(&mut suite, xts, &data_key, &oracle, unit);
@@ -61,6 +77,10 @@ fn main() {
             black_box(&mut sectors);
         },
     );
+    for cipher in &forced {
+        add_path_cases(&mut suite, cipher);
+    }
+    add_scrub_cases(&mut suite);
     let mut results = suite.run();
 
     // The pools get a suite of their own: rayon workers spin for a while
@@ -82,15 +102,108 @@ fn main() {
     results.extend(pool_suite.run());
     // `--only` narrows the run to some of our cases (for profiling); a smoke
     // run under `cargo test` skips the seconds openssl takes.
-    let (openssl_4k, openssl_512) = if options.only.is_none() && !options.smoke {
+    let openssl_runs = options.only.is_none() && !options.smoke;
+    let (openssl_4k, openssl_512) = if openssl_runs {
         (
-            openssl_speed_mbps(4096, options.reps),
-            openssl_speed_mbps(512, options.reps),
+            openssl_speed_mbps(4096, options.reps, None),
+            openssl_speed_mbps(512, options.reps, None),
         )
     } else {
         (None, None)
     };
-    report(&options, &results, openssl_4k, openssl_512);
+    let openssl_by_path: Vec<(XtsPath, Option<f64>)> = forced
+        .iter()
+        .map(|cipher| {
+            let path = cipher.path();
+            let mask = openssl_mask(path);
+            (
+                path,
+                openssl_runs
+                    .then(|| openssl_speed_mbps(4096, options.reps, mask))
+                    .flatten(),
+            )
+        })
+        .collect();
+    let mut report = report(&options, xts, &results, openssl_4k, openssl_512);
+    report_paths(&mut report, &results, &openssl_by_path);
+    report_scrubs(&mut report, &results);
+    report.finish();
+}
+
+/// `openssl_*`/`ratio_*`/`xts_*` keys of one path: its name in snake case.
+fn path_key(path: XtsPath) -> String {
+    path.name().replace('-', "_")
+}
+
+/// XTS and raw AES on one forced path, 4 KiB calls.
+fn add_path_cases<'a>(suite: &mut Suite<'a>, cipher: &'a XtsCipher) {
+    let name = cipher.path().name();
+    let key = path_key(cipher.path());
+    let mut buf = vec![0xa5u8; 4096];
+    let mut seq = 0u64;
+    suite.add(
+        &format!("xts_4k_mbps_{key}"),
+        &format!("XTS enc 4 KiB, {name} path"),
+        4096,
+        move || {
+            seq += 1;
+            cipher.encrypt(&mut buf, DataUnit::BYTES_4096, Tweak::for_block(seq, 0));
+            black_box(&mut buf);
+        },
+    );
+    let mut blocks = vec![0xa5u8; 4096];
+    suite.add(
+        &format!("aes_ecb_mbps_{key}"),
+        &format!("raw AES-256 4 KiB, {name} rounds"),
+        4096,
+        move || {
+            cipher.raw_aes_encrypt_for_bench(&mut blocks);
+            black_box(&mut blocks);
+        },
+    );
+}
+
+/// The two scrubs every XTS call ends with, alone, timed per call (as if
+/// each call were 4 KiB, so the table shows MB/s; the report turns them
+/// into nanoseconds).
+fn add_scrub_cases(suite: &mut Suite<'_>) {
+    suite.add(
+        "scrub_registers_per_4k_mbps",
+        "scrub_vector_registers, per 4 KiB",
+        4096,
+        || {
+            scrub_vector_registers();
+            black_box(());
+        },
+    );
+    suite.add(
+        "scrub_stack_per_4k_mbps",
+        "scrub_callee_frames (16 KiB), per 4 KiB",
+        4096,
+        || {
+            scrub_callee_frames();
+            black_box(());
+        },
+    );
+}
+
+/// `OPENSSL_ia32cap` that hides from OpenSSL what a CPU running only
+/// `path` lacks (the format is `~WORD0:~WORD1`, CPUID leaf 1 EDX/ECX and
+/// leaf 7 EBX/ECX; see OPENSSL_ia32cap(3)). `None`: nothing hidden.
+fn openssl_mask(path: XtsPath) -> Option<&'static str> {
+    // AVX-512 F, DQ, IFMA, CD, BW, VL (leaf 7 EBX) and VBMI, VBMI2, VNNI,
+    // BITALG, VPOPCNTDQ (leaf 7 ECX).
+    const NO_AVX512: &str = "~0x0:~0x5842D0230000";
+    // Also AVX (leaf 1 ECX), AVX2, VAES and VPCLMULQDQ.
+    const NO_AVX: &str = "~0x1000000000000000:~0x5E42D0230020";
+    // Also AES-NI and PCLMULQDQ: OpenSSL's software AES.
+    const NO_AES: &str = "~0x1200000200000000:~0x5E42D0230020";
+    match path {
+        XtsPath::VaesAvx512 => None,
+        XtsPath::VaesAvx2 => Some(NO_AVX512),
+        XtsPath::AesNi => Some(NO_AVX),
+        XtsPath::Portable => Some(NO_AES),
+    }
 }
 
 /// Adds our XTS (encrypt and decrypt), raw AES and `xts-mode` on one call of
@@ -156,17 +269,21 @@ fn add_single_thread_cases<'a>(
 }
 
 /// Median single-thread AES-256-XTS encryption speed that `openssl speed`
-/// reports for `bytes`-byte calls over `reps` runs; `None` if openssl is
-/// missing or its output cannot be parsed.
-fn openssl_speed_mbps(bytes: usize, reps: usize) -> Option<f64> {
+/// reports for `bytes`-byte calls over `reps` runs, with `OPENSSL_ia32cap`
+/// set to `mask` if given; `None` if openssl is missing or its output
+/// cannot be parsed.
+fn openssl_speed_mbps(bytes: usize, reps: usize, mask: Option<&str>) -> Option<f64> {
     let mut samples = Vec::new();
     for _ in 0..reps {
-        let output = Command::new("openssl")
+        let mut command = Command::new("openssl");
+        command
             .args(["speed", "-mr", "-evp", "aes-256-xts", "-bytes"])
             .arg(bytes.to_string())
-            .args(["-seconds", &OPENSSL_SECONDS.to_string()])
-            .output()
-            .ok()?;
+            .args(["-seconds", &OPENSSL_SECONDS.to_string()]);
+        if let Some(mask) = mask {
+            command.env("OPENSSL_ia32cap", mask);
+        }
+        let output = command.output().ok()?;
         if !output.status.success() {
             return None;
         }
@@ -183,20 +300,27 @@ fn parse_openssl_mr(stdout: &str) -> Option<f64> {
     Some(bytes_per_s / common::MB_BYTES)
 }
 
+/// The default path's rows: our XTS, raw AES (the `aes` crate), xts-mode,
+/// OpenSSL, the pools, and their ratios.
 fn report(
     options: &Options,
+    xts: &XtsCipher,
     results: &[Throughput],
     openssl_4k: Option<f64>,
     openssl_512: Option<f64>,
-) {
-    let median = |key: &str| results.iter().find(|r| r.key == key).map(|r| r.median_mbps);
+) -> Report {
+    let median = |key: &str| find(results, key);
     let mut report = Report::new("crypto", options);
     if let Some(cpu) = common::cpu_model() {
         report.info("cpu", &cpu);
     }
     report.info("cpu_features", &cpu_features());
+    report.info("xts_path", xts.path().name());
+    let per_path = ["xts_4k_mbps_", "aes_ecb_mbps_", "scrub_"];
     for result in results {
-        report.throughput(result, "");
+        if !per_path.iter().any(|prefix| result.key.starts_with(prefix)) {
+            report.throughput(result, "");
+        }
     }
     let note = "openssl speed -evp aes-256-xts, median of runs";
     report.row(
@@ -213,10 +337,6 @@ fn report(
         "MB/s",
         note,
     );
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
     let xts_4k = median("xts_4k_mbps");
     let xts_512 = median("xts_512_mbps");
     let rows = [
@@ -254,10 +374,108 @@ fn report(
     for (key, label, value) in rows {
         report.row(key, label, value, "x", "of medians");
     }
-    report.finish();
+    report
 }
 
-/// The AES-relevant CPU features present, e.g. `aes,avx512f,vaes`.
+/// Each forced path: XTS, raw AES on the same instruction set, OpenSSL
+/// limited to it, and the two ratios.
+fn report_paths(report: &mut Report, results: &[Throughput], openssl: &[(XtsPath, Option<f64>)]) {
+    for &(path, openssl_4k) in openssl {
+        let key = path_key(path);
+        let name = path.name();
+        let xts = find(results, &format!("xts_4k_mbps_{key}"));
+        let ecb = find(results, &format!("aes_ecb_mbps_{key}"));
+        report.row(
+            &format!("xts_4k_mbps_{key}"),
+            &format!("{name}: XTS enc 4 KiB"),
+            xts,
+            "MB/s",
+            "median",
+        );
+        report.row(
+            &format!("aes_ecb_mbps_{key}"),
+            &format!("{name}: raw AES 4 KiB"),
+            ecb,
+            "MB/s",
+            "same instructions",
+        );
+        let note = openssl_mask(path).map_or("OpenSSL as is".to_owned(), |m| {
+            format!("OPENSSL_ia32cap={m}")
+        });
+        report.row(
+            &format!("openssl_xts_4k_mbps_{key}"),
+            &format!("{name}: OpenSSL XTS 4 KiB"),
+            openssl_4k,
+            "MB/s",
+            &note,
+        );
+        report.row(
+            &format!("ratio_xts_vs_ecb_{key}"),
+            &format!("{name}: ratio XTS/raw AES"),
+            ratio(xts, ecb),
+            "x",
+            "of medians",
+        );
+        report.row(
+            &format!("ratio_xts_vs_openssl_{key}"),
+            &format!("{name}: ratio XTS/OpenSSL"),
+            ratio(xts, openssl_4k),
+            "x",
+            "of medians",
+        );
+    }
+}
+
+/// The cost of the scrubs after each call: nanoseconds per call, and the
+/// share of a 4 KiB call and of a 512 KiB pool chunk on the default path.
+fn report_scrubs(report: &mut Report, results: &[Throughput]) {
+    let ns_per_call = |key: &str| find(results, key).map(|mbps| 4096.0 * 1e3 / mbps);
+    let xts_4k_ns = ns_per_call("xts_4k_mbps");
+    let chunk_ns = xts_4k_ns.map(|ns| ns * (CRYPTO_CHUNK_BYTES_DEFAULT / 4096) as f64);
+    for (key, label) in [
+        ("scrub_registers", "scrub_vector_registers"),
+        ("scrub_stack", "scrub_callee_frames (16 KiB)"),
+    ] {
+        let ns = ns_per_call(&format!("{key}_per_4k_mbps"));
+        report.row(
+            &format!("{key}_ns"),
+            &format!("{label}, one call"),
+            ns,
+            "ns",
+            "median",
+        );
+        let share = |call_ns: Option<f64>| ratio(ns, call_ns).map(|r| 100.0 * r);
+        report.row(
+            &format!("{key}_share_4k_pct"),
+            &format!("{label}, share of a 4 KiB call"),
+            share(xts_4k_ns),
+            "%",
+            "",
+        );
+        report.row(
+            &format!("{key}_share_512k_pct"),
+            &format!("{label}, share of a 512 KiB chunk"),
+            share(chunk_ns),
+            "%",
+            "",
+        );
+    }
+}
+
+/// The median of case `key`, if it ran.
+fn find(results: &[Throughput], key: &str) -> Option<f64> {
+    results.iter().find(|r| r.key == key).map(|r| r.median_mbps)
+}
+
+/// `a / b` when both are known and `b` is not 0.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The AES-relevant CPU features present, e.g. `aes,avx2,avx512f,vaes,vpclmulqdq`.
 fn cpu_features() -> String {
     let mut features = Vec::new();
     #[cfg(target_arch = "x86_64")]
@@ -273,6 +491,9 @@ fn cpu_features() -> String {
         }
         if std::arch::is_x86_feature_detected!("vaes") {
             features.push("vaes");
+        }
+        if std::arch::is_x86_feature_detected!("vpclmulqdq") {
+            features.push("vpclmulqdq");
         }
     }
     features.join(",")

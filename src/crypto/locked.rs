@@ -124,9 +124,16 @@ pub const CALLEE_FRAMES_BYTES: usize = 16 * 1024;
 /// worker, a queue worker), or in the cached stack of a thread that exited,
 /// after the key was zeroized and unmapped: a rotated-away key would still
 /// be in the daemon's memory.
-#[inline(never)]
+#[inline]
 pub fn scrub_callee_frames() {
-    let mut scratch = [0u8; CALLEE_FRAMES_BYTES];
+    scrub_callee_frames_of::<CALLEE_FRAMES_BYTES>();
+}
+
+/// [`scrub_callee_frames`] over `BYTES` of stack, for callers that know
+/// how deep their callees go (a test checks it: see `crypto::xts`).
+#[inline(never)]
+pub fn scrub_callee_frames_of<const BYTES: usize>() {
+    let mut scratch = [0u8; BYTES];
     // The compiler must assume `black_box` reads the zeros, so the memset
     // stays (zeroize's volatile byte writes would cost ten times more on
     // this hot path).

@@ -26,15 +26,24 @@ mod kernel;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 mod portable;
+#[cfg(test)]
+mod stack_tests;
 mod tweaks;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use super::hygiene::scrub_vector_registers;
-use super::locked::{LockedBox, scrub_callee_frames, scrub_stack};
+use super::locked::{CALLEE_FRAMES_BYTES, LockedBox, scrub_callee_frames_of, scrub_stack};
 
 /// Bytes in one AES block.
 const AES_BLOCK_BYTES: usize = 16;
+
+/// Bytes of stack our own kernels' frames may use below `encrypt` and
+/// `decrypt` (at most about 4.6 KiB measured, debug or release; the test
+/// in `stack_tests` checks every path against its scrub), which is all the
+/// scrub after each call needs to cover: half what the `aes` crate's
+/// backends need, so half the cost.
+const KERNEL_FRAMES_BYTES: usize = 8 * 1024;
 
 /// The environment variable that picks a slower path than the CPU's best
 /// (`portable`, `aes-ni`, `vaes-avx2`), to measure or test a machine as one
@@ -95,13 +104,14 @@ enum Direction {
 /// for the CPU; tests and benchmarks force each path the CPU supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XtsPath {
-    /// Our rounds in ZMM registers: VAES + AVX-512F (Intel Ice Lake and
-    /// later, AMD Zen 4 and later).
+    /// Our rounds in ZMM registers: VAES + VPCLMULQDQ + AVX-512F/BW (Intel
+    /// Ice Lake and later, AMD Zen 4 and later).
     VaesAvx512,
-    /// Our rounds in YMM registers: VAES + AVX2 (AMD Zen 3, Intel Alder
-    /// Lake, any AVX-512 CPU with VAES).
+    /// Our rounds in YMM registers: VAES + VPCLMULQDQ + AVX2 (AMD Zen 3,
+    /// Intel Alder Lake, any AVX-512 CPU with VAES).
     VaesAvx2,
-    /// Our rounds in XMM registers: AES-NI (every x86-64 server since 2010).
+    /// Our rounds in XMM registers: AES-NI + PCLMULQDQ (every x86-64
+    /// server since 2010).
     AesNi,
     /// The `aes` crate's backend with batched tweaks: any CPU.
     Portable,
@@ -290,7 +300,7 @@ impl XtsCipher {
         // `apply` and the AES code held round keys in their frames and in
         // vector registers: wipe both now, not whenever this thread's stack
         // and registers are next used.
-        scrub_callee_frames();
+        self.scrub_callee_frames();
         scrub_vector_registers();
     }
 
@@ -302,7 +312,7 @@ impl XtsCipher {
         self.apply(buf, unit, first, Direction::Decrypt);
         // As in `encrypt` (decryption's last round key is the key's first
         // 16 bytes).
-        scrub_callee_frames();
+        self.scrub_callee_frames();
         scrub_vector_registers();
     }
 
@@ -313,8 +323,29 @@ impl XtsCipher {
     pub fn raw_aes_encrypt_for_bench(&self, blocks: &mut [u8]) {
         assert!(blocks.len().is_multiple_of(AES_BLOCK_BYTES));
         self.ecb_encrypt(blocks);
-        scrub_callee_frames();
+        self.scrub_callee_frames();
         scrub_vector_registers();
+    }
+
+    /// Bytes of stack the frames below `encrypt`/`decrypt` may use on this
+    /// cipher's path.
+    #[cfg(test)]
+    fn callee_frames_bytes(&self) -> usize {
+        match self.engine {
+            #[cfg(target_arch = "x86_64")]
+            Engine::X86 { .. } => KERNEL_FRAMES_BYTES,
+            Engine::Portable(_) => CALLEE_FRAMES_BYTES,
+        }
+    }
+
+    /// Zeroes the stack below the caller that this path's frames used.
+    #[inline(always)]
+    fn scrub_callee_frames(&self) {
+        match self.engine {
+            #[cfg(target_arch = "x86_64")]
+            Engine::X86 { .. } => scrub_callee_frames_of::<KERNEL_FRAMES_BYTES>(),
+            Engine::Portable(_) => scrub_callee_frames_of::<CALLEE_FRAMES_BYTES>(),
+        }
     }
 
     #[inline(never)]

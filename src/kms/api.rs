@@ -307,9 +307,17 @@ pub fn base64_decode_into(text: &str, target: &mut Vec<u8>) -> Result<(), Invali
         .map_err(|e| InvalidField(format!("not base64: {e}")))
 }
 
-/// Encodes bytes as standard base64 into `target` (used for key material).
-pub fn base64_encode_into(bytes: &[u8], target: &mut String) {
-    B64.encode_string(bytes, target);
+/// Encodes bytes as standard base64 into `target`, replacing what it held
+/// (used for key material: give it a zeroized buffer with room, so it never
+/// reallocates). The text is written straight into `target`: the `base64`
+/// crate's `String` encoders stage their output in a 1 KiB array on the
+/// stack, which would leave the encoded key behind in a dead frame.
+pub fn base64_encode_into(bytes: &[u8], target: &mut Vec<u8>) {
+    let encoded_bytes = base64::encoded_len(bytes.len(), true).expect("small input");
+    target.clear();
+    target.resize(encoded_bytes, 0);
+    B64.encode_slice(bytes, &mut target[..])
+        .expect("the buffer is sized for the encoding");
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn key_reply(
     wrapped_blob: Option<Base64Bytes>,
     wrapping_key_version: Option<u32>,
 ) -> Reply {
-    let mut encoded = Zeroizing::new(String::with_capacity(128));
+    let mut encoded = Zeroizing::new(Vec::with_capacity(128));
     base64_encode_into(
         &key.expose_secret()[..key.kind().material_bytes()],
         &mut encoded,
@@ -77,7 +77,7 @@ fn key_reply(
         key_type: key.kind(),
         wrapped_blob,
         wrapping_key_version,
-        plaintext_key: &encoded,
+        plaintext_key: std::str::from_utf8(&encoded).expect("base64 is ASCII"),
     })
 }
 

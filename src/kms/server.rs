@@ -74,14 +74,38 @@ pub fn serve_connection<S: Read + Write + TimeoutStream>(
             &request.body,
         );
         tracing::debug!(method = %request.method, target = %request.target, status = reply.status, "request");
-        if conn
-            .write_response(reply.status, &reply.body, request.keep_alive)
-            .is_err()
-            || !request.keep_alive
-        {
+        let written = conn.write_response(reply.status, &reply.body, request.keep_alive);
+        drop(reply);
+        scrub_request_traces();
+        if written.is_err() || !request.keep_alive {
             return;
         }
     }
+}
+
+/// Bytes of stack below [`serve_connection`]'s frame that a request's
+/// callees may have used (the router, the service, the AEAD that opened
+/// the blob, JSON and base64 encoding of the answer), with room to spare;
+/// well inside the connection thread's [`CONNECTION_STACK_BYTES`].
+const REQUEST_FRAMES_BYTES: usize = 128 * 1024;
+
+/// Stack of a connection thread.
+const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(REQUEST_FRAMES_BYTES * 3 / 2 <= CONNECTION_STACK_BYTES);
+
+/// Overwrites what a request left in dead stack frames and in vector
+/// registers. Opening a blob, deriving a key id and encoding the answer
+/// put the plaintext key (raw, in AES and hash state, as base64) in the
+/// frames of callees; left there, it would stay in this thread's stack, or
+/// in the cached stack of the thread once it exits, long after the answer
+/// went out. Called after every request (a few microseconds: one memset).
+#[inline(never)]
+fn scrub_request_traces() {
+    let mut frames = [0u8; REQUEST_FRAMES_BYTES];
+    // The compiler must assume `black_box` reads the zeros: the memset stays.
+    std::hint::black_box(&mut frames);
+    crate::crypto::hygiene::scrub_vector_registers();
 }
 
 /// Counts `refusal` for the audit log and answers it (best effort: the
@@ -178,7 +202,7 @@ where
     let service = Arc::clone(service);
     std::thread::Builder::new()
         .name("kms-conn".into())
-        .stack_size(256 * 1024)
+        .stack_size(CONNECTION_STACK_BYTES)
         .spawn(move || {
             let _slot = slot;
             serve(&service, stream);

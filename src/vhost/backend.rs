@@ -1,40 +1,29 @@
 //! The `VhostUserBackend` for one connection: features, configuration space,
-//! one worker thread per queue, and the EVENT_IDX loop around queue draining.
+//! one worker thread per queue, the EVENT_IDX loop around queue draining,
+//! inflight I/O tracking and stopping a queue only once its requests are done.
 
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
+use super::hold::HoldHook;
+use super::inflight::InflightArea;
+use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::store::HeadId;
 use crate::volume::Volume;
-
-/// Guest memory as the vhost-user crates hand it to us.
-pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
-
-/// State one connection's workers share.
-pub(crate) struct Shared {
-    pub(crate) volume: Arc<Volume>,
-    pub(crate) options: DeviceOptions,
-    pub(crate) geometry: DeviceGeometry,
-    pub(crate) memory: Mutex<Option<GuestMemory>>,
-    pub(crate) event_idx: AtomicBool,
-    /// 1: writeback cache (FLUSH makes writes durable); 0: writethrough.
-    pub(crate) wce: AtomicU8,
-    pub(crate) acked_features: AtomicU64,
-    pub(crate) guest_errors: RateLimitedLog,
-    pub(crate) host_errors: RateLimitedLog,
-}
 
 /// A vhost-user-blk backend serving one volume to one frontend connection.
 #[derive(Clone)]
@@ -45,6 +34,19 @@ pub struct BlockBackend {
 impl BlockBackend {
     /// A backend for `volume` with `options`.
     pub fn new(volume: Arc<Volume>, options: DeviceOptions) -> Self {
+        Self::build(volume, options, HoldHook::get())
+    }
+
+    /// TEST-ONLY: like [`BlockBackend::new`], but the `nth` request this
+    /// backend takes off its queues is held back while later ones complete
+    /// (what [`HOLD_VARIABLE`](super::HOLD_VARIABLE) does for a daemon).
+    #[doc(hidden)]
+    pub fn with_test_hold(volume: Arc<Volume>, options: DeviceOptions, nth: u64) -> Self {
+        let hook: &'static HoldHook = Box::leak(Box::new(HoldHook::new(Some(nth))));
+        Self::build(volume, options, hook)
+    }
+
+    fn build(volume: Arc<Volume>, options: DeviceOptions, hold: &'static HoldHook) -> Self {
         let geometry = DeviceGeometry {
             capacity_sectors: volume.size_bytes() / 512,
             logical_block_bytes: options.logical_block_bytes,
@@ -52,6 +54,9 @@ impl BlockBackend {
             num_queues: options.num_queues,
             read_only: options.read_only,
         };
+        let queues = (0..options.num_queues)
+            .map(|_| Mutex::new(QueueState::default()))
+            .collect();
         Self {
             shared: Arc::new(Shared {
                 volume,
@@ -63,22 +68,47 @@ impl BlockBackend {
                 acked_features: AtomicU64::new(0),
                 guest_errors: RateLimitedLog::new("guest request error"),
                 host_errors: RateLimitedLog::new("I/O error serving a request"),
+                inflight: Mutex::new(None),
+                queues,
+                hold,
             }),
         }
     }
 
-    fn memory(&self) -> Option<GuestMemory> {
-        self.shared
-            .memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn drain(
+        &self,
+        index: usize,
+        vring: &Vring,
+        queue: &mut QueueState,
+        memory: &GuestMemory,
+    ) -> io::Result<()> {
+        let worker = QueueWorker {
+            shared: &self.shared,
+            memory,
+            head: HeadId(index),
+        };
+        if !queue.resumed {
+            worker.resume(vring, queue)?;
+        }
+        if !self.shared.event_idx.load(Ordering::Relaxed) {
+            return worker.drain(vring, queue);
+        }
+        // With EVENT_IDX the driver kicks only when it sees us idle: keep
+        // draining until re-enabling notifications finds the queue empty, or a
+        // request added in between would never be seen.
+        loop {
+            vring.disable_notification().map_err(io::Error::other)?;
+            worker.drain(vring, queue)?;
+            if !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
     }
 }
 
 impl VhostUserBackend for BlockBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         usize::from(self.shared.options.num_queues)
@@ -103,6 +133,8 @@ impl VhostUserBackend for BlockBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -153,41 +185,104 @@ impl VhostUserBackend for BlockBackend {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
 
+    fn get_inflight_fd(
+        &self,
+        inflight: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        let (file, size) = InflightArea::create(inflight.num_queues, inflight.queue_size)
+            .map_err(io::Error::other)?;
+        tracing::debug!(
+            queues = inflight.num_queues,
+            queue_size = inflight.queue_size,
+            "new inflight area"
+        );
+        let reply = VhostUserInflight {
+            mmap_size: size,
+            mmap_offset: 0,
+            num_queues: inflight.num_queues,
+            queue_size: inflight.queue_size,
+        };
+        Ok((reply, file))
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> io::Result<()> {
+        let area = InflightArea::map(
+            &file,
+            inflight.mmap_offset,
+            inflight.mmap_size,
+            inflight.num_queues,
+            inflight.queue_size,
+        )
+        .map_err(io::Error::other)?;
+        let area = Arc::new(area);
+        for index in 0..self.shared.queues.len() {
+            if let Some(mut queue) = self.shared.queue(index) {
+                queue.inflight = u16::try_from(index).ok().and_then(|i| area.queue(i));
+                queue.resumed = false;
+            }
+        }
+        *self
+            .shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(area);
+        Ok(())
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // Taking the queue's lock waits for a drain in progress; the queue is
+        // already marked not ready, so no new drain starts after it. The
+        // frontend's GET_VRING_BASE returns only after this: every request
+        // taken off the ring is complete.
+        let Some(mut queue) = self.shared.queue(queue_index as usize) else {
+            return Ok(());
+        };
+        if !queue.held.is_empty()
+            && let (Some(vring), Some(memory)) = (queue.vring.clone(), self.shared.memory())
+        {
+            let worker = QueueWorker {
+                shared: &self.shared,
+                memory: &memory,
+                head: HeadId(queue_index as usize),
+            };
+            worker.finish_held(&vring, &mut queue)?;
+        }
+        queue.resumed = false;
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
+        vrings: &[Vring],
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
+        // `device_event` counts within this thread's vrings.
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Err(io::Error::other(format!(
                 "event for unknown queue {device_event}"
             )));
         };
-        let Some(memory) = self.memory() else {
+        let Some(memory) = self.shared.memory() else {
             return Err(io::Error::other("queue kicked before guest memory was set"));
         };
-        let worker = QueueWorker {
-            shared: &self.shared,
-            memory: &memory,
-            head: HeadId(usize::from(device_event)),
+        // One thread per queue (`queues_per_thread`): the thread's index is
+        // the queue's.
+        let index = thread_id;
+        let Some(mut queue) = self.shared.queue(index) else {
+            return Err(io::Error::other(format!("no state for queue {index}")));
         };
-        if !self.shared.event_idx.load(Ordering::Relaxed) {
-            return worker.drain(vring);
+        // A kick that raced GET_VRING_BASE: the queue is stopped.
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
         }
-        // With EVENT_IDX the driver kicks only when it sees us idle: keep
-        // draining until re-enabling notifications finds the queue empty, or a
-        // request added in between would never be seen.
-        loop {
-            vring.disable_notification().map_err(io::Error::other)?;
-            worker.drain(vring)?;
-            if !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
+        if queue.vring.is_none() {
+            queue.vring = Some(vring.clone());
         }
+        self.drain(index, vring, &mut queue, &memory)
     }
 }

@@ -52,7 +52,13 @@ pub fn device_features(read_only: bool) -> u64 {
     if read_only {
         features |= 1 << VIRTIO_BLK_F_RO;
     }
-    features | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    // Not virtio features but vhost-user ones: protocol features, and
+    // LOG_ALL (the backend logs its writes to guest memory while the VM
+    // migrates; without it QEMU refuses to migrate the VM).
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    features
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | VhostUserVirtioFeatures::LOG_ALL.bits()
 }
 
 /// The configuration space, `wce` given (1 = writeback, 0 = writethrough).

@@ -2,21 +2,32 @@
 //! to a VMM (QEMU, cloud-hypervisor, libblkio, ...) over a UNIX socket.
 //!
 //! `request` parses descriptor chains (guest input: typed errors, no panics),
-//! `worker` drains a queue against the volume, `backend` is the
-//! `VhostUserBackend` (features, config space, one thread per queue),
-//! `server` accepts connections one after another and stops on a signal.
+//! `chain` walks a chain from its head (for resubmitted requests), `worker`
+//! drains a queue against the volume, `state` is what a connection's backend
+//! and workers share, `backend` is the `VhostUserBackend` (features, config
+//! space, one thread per queue), `inflight` the inflight I/O tracking area
+//! that lets a restarted daemon finish what its predecessor left in flight,
+//! `hold` a test-only hook, `server` accepts connections one after another
+//! and stops on a signal.
 
 mod backend;
+mod chain;
 pub mod config;
+mod hold;
+pub mod inflight;
 pub mod request;
 mod server;
+pub mod socket_access;
+mod state;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use backend::{BlockBackend, GuestMemory};
+pub use backend::BlockBackend;
+pub use hold::HOLD_VARIABLE;
 pub use server::{ServeError, Server, StopHandle};
+pub use state::{GuestMemory, GuestRam};
 
 use crate::limits::{QUEUE_SIZE_MAX, QUEUES_MAX};
 

@@ -8,13 +8,16 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
-use virtio_queue::QueueOwnedT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
 
-use super::backend::{GuestMemory, Shared};
+use super::chain::Chain;
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
+use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::store::HeadId;
 use crate::volume::{Change, VolumeError};
@@ -30,7 +33,7 @@ pub(crate) struct QueueWorker<'a> {
 /// How one chain ends: its status and the bytes it put in guest buffers.
 struct Outcome {
     head: u16,
-    status_addr: Option<vm_memory::GuestAddress>,
+    status_addr: Option<GuestAddress>,
     status: u8,
     data_len: u32,
 }
@@ -72,11 +75,14 @@ pub(crate) enum HostError {
 }
 
 impl QueueWorker<'_> {
-    /// Processes every chain now available on `vring`.
-    pub(crate) fn drain(&self, vring: &VringRwLock) -> io::Result<()> {
+    /// Processes every chain now available on `vring`. Each is marked in
+    /// flight (when the frontend tracks inflight I/O) before any is run.
+    pub(crate) fn drain(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
         let mem = self.memory.memory();
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
+        let chains: Vec<Chain> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+            Ok(iter) => iter
+                .map(|chain| Chain::from_descriptors(chain.head_index(), chain))
+                .collect(),
             Err(error) => {
                 // A corrupt avail ring: nothing on this queue can be trusted
                 // until the driver resets it. Other queues carry on.
@@ -89,6 +95,85 @@ impl QueueWorker<'_> {
         if chains.is_empty() {
             return Ok(());
         }
+        if let Some(inflight) = queue.inflight.as_mut() {
+            for chain in &chains {
+                inflight.mark(chain.head);
+            }
+        }
+        let chains = self.hold_back(chains, queue);
+        self.run(vring, queue, chains, &mem)
+    }
+
+    /// Brings the queue's inflight region up to date after the queue
+    /// started, and runs what the previous backend left in flight before
+    /// anything new (see `inflight`).
+    pub(crate) fn resume(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
+        queue.resumed = true;
+        let Some(inflight) = queue.inflight.as_mut() else {
+            return Ok(());
+        };
+        let used = vring.queue_used_idx().map_err(io::Error::other)?;
+        let resume = match inflight.start(used) {
+            Ok(resume) => resume,
+            Err(error) => {
+                // Run without tracking rather than not at all.
+                tracing::error!(%error, "inflight I/O tracking off for this queue");
+                queue.inflight = None;
+                return Ok(());
+            }
+        };
+        if let Some(next_avail) = resume.next_avail {
+            vring.set_queue_next_avail(next_avail);
+        }
+        if resume.resubmit.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            requests = resume.resubmit.len(),
+            used_idx = used,
+            "resubmitting the requests the previous backend left in flight"
+        );
+        let mem = self.memory.memory();
+        let (table, size) = {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            (GuestAddress(q.desc_table()), q.size())
+        };
+        let chains = resume
+            .resubmit
+            .into_iter()
+            .map(|head| Chain::walk(&*mem, table, size, head))
+            .collect();
+        self.run(vring, queue, chains, &mem)
+    }
+
+    /// Runs the requests the test hook held back (when the queue stops).
+    pub(crate) fn finish_held(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
+        let held = std::mem::take(&mut queue.held);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mem = self.memory.memory();
+        self.run(vring, queue, held, &mem)
+    }
+
+    /// The test hook's hold-back: keeps the chosen chain for later.
+    fn hold_back(&self, chains: Vec<Chain>, queue: &mut QueueState) -> Vec<Chain> {
+        let (held, run): (Vec<Chain>, Vec<Chain>) = chains
+            .into_iter()
+            .partition(|c| self.shared.hold.take(c.head));
+        queue.held.extend(held);
+        run
+    }
+
+    /// Parses and executes `chains` in order, then completes them.
+    fn run(
+        &self,
+        vring: &Vring,
+        queue: &mut QueueState,
+        chains: Vec<Chain>,
+        mem: &GuestRam,
+    ) -> io::Result<()> {
         let limits = DeviceLimits {
             capacity_sectors: self.shared.geometry.capacity_sectors,
             read_only: self.shared.options.read_only,
@@ -96,18 +181,10 @@ impl QueueWorker<'_> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
         let mut writes = WriteBatch::default();
         for chain in chains {
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain
-                .map(|d| Desc {
-                    addr: d.addr(),
-                    len: d.len(),
-                    writable: d.is_write_only(),
-                })
-                .collect();
-            let parsed = request::parse(&descs, &*mem, limits);
+            let parsed = request::parse(&chain.descs, mem, limits);
             let index = outcomes.len();
             outcomes.push(Outcome {
-                head,
+                head: chain.head,
                 status_addr: parsed.status,
                 status: 0,
                 data_len: 0,
@@ -129,14 +206,14 @@ impl QueueWorker<'_> {
                     if writes.is_full_for(bytes) {
                         self.run_writes(&mut writes, &mut outcomes);
                     }
-                    match gather(&mem, &data, bytes) {
+                    match gather(mem, &data, bytes) {
                         Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
                         Err(error) => outcomes[index].status = self.host_failure(&error),
                     }
                 }
                 Ok(other) => {
                     self.run_writes(&mut writes, &mut outcomes);
-                    let (status, data_len) = match self.execute(&other, &mem) {
+                    let (status, data_len) = match self.execute(&other, mem) {
                         Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
                         Err(error) => (self.host_failure(&error), 0),
                     };
@@ -146,12 +223,35 @@ impl QueueWorker<'_> {
             }
         }
         self.run_writes(&mut writes, &mut outcomes);
-        for outcome in &outcomes {
-            let used_len = self.write_status(outcome, &mem);
-            vring
-                .add_used(outcome.head, used_len)
-                .map_err(io::Error::other)?;
+        self.complete(vring, queue, &outcomes, mem)
+    }
+
+    /// Writes each status byte and publishes each used element, one at a
+    /// time, each bracketed by the inflight region's completion steps.
+    fn complete(
+        &self,
+        vring: &Vring,
+        queue: &QueueState,
+        outcomes: &[Outcome],
+        mem: &GuestRam,
+    ) -> io::Result<()> {
+        for outcome in outcomes {
+            let used_len = self.write_status(outcome, mem);
+            if let Some(inflight) = &queue.inflight {
+                inflight.completing(outcome.head);
+            }
+            let used_idx = {
+                let mut state = vring.get_mut();
+                let q = state.get_queue_mut();
+                q.add_used(mem, outcome.head, used_len)
+                    .map_err(io::Error::other)?;
+                q.next_used()
+            };
+            if let Some(inflight) = &queue.inflight {
+                inflight.completed(outcome.head, used_idx);
+            }
         }
+        self.shared.hold.completed(outcomes.len() as u64);
         if vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
         }
@@ -186,7 +286,7 @@ impl QueueWorker<'_> {
 
     /// Writes the status byte; returns the used length (bytes written to
     /// device-writable buffers, status included), 0 without a status byte.
-    fn write_status(&self, outcome: &Outcome, mem: &GuestMemoryMmap) -> u32 {
+    fn write_status(&self, outcome: &Outcome, mem: &GuestRam) -> u32 {
         let Some(status_addr) = outcome.status_addr else {
             return 0; // nowhere to write a status: the driver sees length 0
         };
@@ -205,7 +305,7 @@ impl QueueWorker<'_> {
     }
 
     /// Executes a valid request; returns bytes written into guest buffers.
-    fn execute(&self, request: &Request, mem: &GuestMemoryMmap) -> Result<u32, HostError> {
+    fn execute(&self, request: &Request, mem: &GuestRam) -> Result<u32, HostError> {
         let volume = &self.shared.volume;
         match request {
             Request::Read {
@@ -217,6 +317,11 @@ impl QueueWorker<'_> {
                 let mut slices: Vec<&mut [u8]> =
                     buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
                 volume.read_vectored(sector * SECTOR_BYTES, &mut slices)?;
+                // Written behind vm-memory's back: log the pages for a
+                // migration in progress.
+                for buffer in &buffers {
+                    buffer.dirty.mark_dirty(0, buffer.len);
+                }
                 Ok(u32::try_from(*bytes).unwrap_or(u32::MAX))
             }
             Request::Flush => {
@@ -276,6 +381,8 @@ fn range_len(range: &SectorRange) -> u64 {
 struct GuestBuffer {
     ptr: *mut u8,
     len: usize,
+    /// Its region's dirty-page log, from the buffer's first byte.
+    dirty: BitmapMmapRegion,
 }
 
 impl GuestBuffer {
@@ -291,16 +398,17 @@ impl GuestBuffer {
 }
 
 /// Host views of the guest buffers `data` (split where they cross regions).
-fn guest_buffers(mem: &GuestMemoryMmap, data: &[Desc]) -> Result<Vec<GuestBuffer>, HostError> {
+fn guest_buffers(mem: &GuestRam, data: &[Desc]) -> Result<Vec<GuestBuffer>, HostError> {
     let mut buffers = Vec::with_capacity(data.len());
     for desc in data {
         for slice in mem.get_slices(desc.addr, desc.len as usize) {
-            let slice: VolatileSlice<'_, ()> =
+            let slice: VolatileSlice<'_, BitmapMmapRegion> =
                 slice.map_err(|e| HostError::Memory(e.to_string()))?;
             let guard = slice.ptr_guard_mut();
             buffers.push(GuestBuffer {
                 ptr: guard.as_ptr(),
                 len: slice.len(),
+                dirty: slice.bitmap().clone(),
             });
         }
     }
@@ -308,7 +416,7 @@ fn guest_buffers(mem: &GuestMemoryMmap, data: &[Desc]) -> Result<Vec<GuestBuffer
 }
 
 /// Copies the guest buffers `data` (`bytes` in all) into one shadow buffer.
-fn gather(mem: &GuestMemoryMmap, data: &[Desc], bytes: u64) -> Result<Vec<u8>, HostError> {
+fn gather(mem: &GuestRam, data: &[Desc], bytes: u64) -> Result<Vec<u8>, HostError> {
     let mut shadow = vec![0u8; bytes as usize];
     let mut at = 0usize;
     for desc in data {

@@ -66,6 +66,10 @@ pub struct ServeOptions {
     pub name: String,
     /// What dropping the [`Daemon`] while it runs does.
     pub on_drop: OnDrop,
+    /// Where a core goes if the daemon dies of a signal, and whether it
+    /// gets `--allow-core-dumps` ([`super::core::arrange_core`]); `None`:
+    /// the process limits as they are.
+    pub core: Option<(PathBuf, bool)>,
 }
 
 impl ServeOptions {
@@ -77,6 +81,7 @@ impl ServeOptions {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             name: "lsvblk".to_owned(),
             on_drop: OnDrop::Kill,
+            core: None,
         }
     }
 }
@@ -130,6 +135,9 @@ impl Daemon {
             .arg("--token-file")
             .arg(token)
             .args(&options.args);
+        if let Some((dir, allow)) = &options.core {
+            super::core::arrange_core(&mut command, dir, *allow);
+        }
         let mut process = Process::spawn(&options.name, command, stderr_path);
         process.set_on_drop(options.on_drop);
         Daemon {

@@ -43,6 +43,8 @@ pub struct Kms {
     lsvkms: PathBuf,
     env: Vec<(String, String)>,
     serve_args: Vec<String>,
+    /// Where `serve` leaves a core, and whether with `--allow-core-dumps`.
+    core: Option<(PathBuf, bool)>,
     on_drop: OnDrop,
     process: Option<Process>,
     names_next: AtomicU32,
@@ -68,6 +70,15 @@ impl Kms {
         let dir = tmp.path().to_path_buf();
         let mut env = env;
         env.push(("RUST_LOG".to_owned(), "debug".to_owned()));
+        Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
+    }
+
+    /// [`Kms::init`], but `serve` logs at the default level (no
+    /// `RUST_LOG`): what a production service keeps in memory.
+    pub fn init_default_logging(init_args: &[&str]) -> Self {
+        let tmp = fast_tempdir();
+        let dir = tmp.path().to_path_buf();
+        let env = vec![("RUST_LOG".to_owned(), String::new())];
         Self::init_at(Path::new(LSVKMS), dir, Some(tmp), env, init_args)
     }
 
@@ -100,6 +111,7 @@ impl Kms {
             lsvkms: lsvkms.to_path_buf(),
             env,
             serve_args: Vec::new(),
+            core: None,
             on_drop: OnDrop::Kill,
             process: None,
             names_next: AtomicU32::new(0),
@@ -124,6 +136,24 @@ impl Kms {
         self.serve_args = args;
     }
 
+    /// Makes every later `lsvkms serve` leave a core in `dir` if it dies
+    /// of a signal, with `--allow-core-dumps` if `allow` (see
+    /// [`super::core::arrange_core`]).
+    pub fn set_core(&mut self, dir: PathBuf, allow: bool) {
+        self.core = Some((dir, allow));
+    }
+
+    /// The process id of `lsvkms serve`.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("lsvkms is running").pid()
+    }
+
+    /// Sends `signal` to `lsvkms serve` and waits for it to end.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut process = self.process.take().expect("lsvkms is running");
+        process.signal_and_wait(signal)
+    }
+
     /// `lsvkms serve` on the socket; returns once it answers a health
     /// check. Also starts the service again after [`Kms::stop`] or
     /// [`Kms::kill9`], on the same socket and state (its stderr goes on in
@@ -138,6 +168,9 @@ impl Kms {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.serve_args);
+        if let Some((dir, allow)) = &self.core {
+            super::core::arrange_core(&mut command, dir, *allow);
+        }
         let mut process = Process::spawn("lsvkms", command, self.stderr_path.clone());
         process.set_on_drop(self.on_drop);
         let client = KmsClient::with_timeout(&self.socket, Duration::from_secs(1));

@@ -8,6 +8,8 @@
 //! - [`cli`]: commands run to completion (exit codes, JSON answers) or in
 //!   the background;
 //! - [`blkio`]: a libblkio client, the VMM of the tests and benchmarks;
+//! - [`ceph`]: the Ceph cluster of `ci/ceph.sh` (S3 settings, stores on its
+//!   bucket, OSD and radosgw faults) for the object-store tests;
 //! - [`data`]: recognisable data, and where two buffers differ;
 //! - [`disk`]: a byte model of a disk, checked against what a daemon reads;
 //! - [`versions`]: a per-block version model and a verified load generator
@@ -17,7 +19,11 @@
 //! - [`stranger`]: another local user (a forked child under another uid)
 //!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
-//! - [`rng`]: a small seedable random generator.
+//! - [`frontend`]: a hand-built vhost-user frontend (guest memory and
+//!   virtqueues written by hand) driving a backend in this process;
+//! - [`rng`]: a small seedable random generator;
+//! - [`core`]: core dumps of our processes, read (memory and registers);
+//!   [`aes_schedule`]: the AES-256 round keys of a key, to look for.
 //!
 //! Every integration test is a crate of its own, and so is every benchmark:
 //! each includes the kit as a module, `mod kit;` from `tests/NAME.rs`,
@@ -31,12 +37,16 @@
 // Each test and benchmark compiles the whole kit and uses a part of it.
 #![allow(dead_code)]
 
+pub mod aes_schedule;
 pub mod blkio;
+pub mod ceph;
 pub mod cli;
+pub mod core;
 pub mod daemon;
 pub mod data;
 pub mod dirs;
 pub mod disk;
+pub mod frontend;
 pub mod kms;
 pub mod kms_acceptance;
 pub mod process;

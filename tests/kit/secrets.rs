@@ -82,6 +82,8 @@ pub fn memory_holds(pid: u32, needles: &[&[u8]]) -> Vec<String> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let longest = needles.iter().map(|n| n.len()).max().unwrap();
+    // One pass over each chunk for all needles, however many.
+    let finder = aho_corasick::AhoCorasick::new(needles).unwrap();
     let mut found = Vec::new();
     let mut bytes_read = 0u64;
     for line in maps.lines() {
@@ -105,20 +107,17 @@ pub fn memory_holds(pid: u32, needles: &[&[u8]]) -> Vec<String> {
             };
             buf.truncate(read);
             bytes_read += read as u64;
-            for (n, needle) in needles.iter().enumerate() {
-                let mut from = 0;
-                while let Some(pos) = buf[from..].windows(needle.len()).position(|w| w == *needle) {
-                    let addr = at + (from + pos) as u64;
-                    let stack_of: Vec<String> = threads
-                        .iter()
-                        .filter(|(_, sp)| (start..end).contains(sp))
-                        .map(|(name, sp)| format!("{name} (sp {sp:#x})"))
-                        .collect();
-                    found.push(format!(
-                        "needle {n} at {addr:#x} in {line} (stack of {stack_of:?})"
-                    ));
-                    from += pos + 1;
-                }
+            for hit in finder.find_overlapping_iter(&buf[..]) {
+                let addr = at + hit.start() as u64;
+                let stack_of: Vec<String> = threads
+                    .iter()
+                    .filter(|(_, sp)| (start..end).contains(sp))
+                    .map(|(name, sp)| format!("{name} (sp {sp:#x})"))
+                    .collect();
+                found.push(format!(
+                    "needle {} at {addr:#x} in {line} (stack of {stack_of:?})",
+                    hit.pattern().as_usize()
+                ));
             }
             if read == 0 {
                 break;

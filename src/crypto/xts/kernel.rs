@@ -3,12 +3,12 @@
 //! pass over the data, so each block is loaded once and stored once.
 //!
 //! Work goes in batches of `W` vectors (8 × 4 blocks with ZMM): the AES
-//! rounds run round by round across the batch, so `W` independent blocks
-//! hide each round's latency, and the batch's tweaks are made while the
-//! previous batch's rounds are still in flight (they depend only on the
-//! tweak chain, never on AES results). Data units are a multiple of 16
-//! bytes; a unit that is not a multiple of the batch ends with single
-//! vectors, then single blocks in XMM registers.
+//! rounds run round by round across the batch, so `W` independent vectors
+//! hide each round's latency, and the next batch's tweaks are made while
+//! this batch's rounds are in flight (they depend only on earlier tweaks,
+//! never on AES results). Data units are a multiple of 16 bytes; a unit
+//! that is not a whole number of batches ends with single vectors, then
+//! single blocks in XMM registers.
 //!
 //! Everything here is `#[inline(always)]` and `unsafe`: it compiles into
 //! the `#[target_feature]` entry points of `super::x86`, which check the
@@ -17,7 +17,7 @@
 use std::arch::x86_64::{__m128i, _mm_loadu_si128};
 
 use super::Direction;
-use super::lanes::{Lanes, Xmm};
+use super::lanes::{Lanes, Xmm, mul_alpha};
 
 /// Rounds of AES-256 plus one: the round keys in a schedule.
 pub(super) const ROUND_KEYS: usize = 15;
@@ -72,43 +72,84 @@ unsafe fn rounds<L: Lanes, const W: usize>(
     }
 }
 
-/// XTS over `batches` batches of `W` vectors at `data`, the first block's
-/// tweak in lane 0 of `tweaks`; returns the tweaks of the block after.
+/// Blocks one [`Lanes::times_x8`] step advances a tweak by: each vector's
+/// tweaks are those of the vector `8 / L::BLOCKS` places before it times
+/// x^8, so there are `8 / L::BLOCKS` short independent chains and tweak
+/// arithmetic never waits long on itself.
+const STEP_BLOCKS: usize = 8;
+
+/// The tweaks of the first `W` vectors of a data unit whose first block's
+/// tweak is `t`.
+///
+/// # Safety
+/// The CPU has the features of `L`.
+#[inline(always)]
+unsafe fn first_lanes<L: Lanes, const W: usize>(t: u128) -> [L; W] {
+    // t·x^0 .. t·x^7 (little-endian), the first 8 / BLOCKS vectors.
+    let mut first_eight = [0u8; 16 * STEP_BLOCKS];
+    let mut x = t;
+    for slot in first_eight.chunks_exact_mut(16) {
+        slot.copy_from_slice(&x.to_le_bytes());
+        x = mul_alpha(x);
+    }
+    let lag = STEP_BLOCKS / L::BLOCKS;
+    // SAFETY: every load reads inside `first_eight` (i < lag vectors of
+    // BLOCKS blocks); the caller vouches for `L`.
+    unsafe {
+        let mut lanes = [L::load(first_eight.as_ptr()); W];
+        for i in 1..W {
+            lanes[i] = if i < lag {
+                L::load(first_eight.as_ptr().add(i * L::BLOCKS * 16))
+            } else {
+                L::times_x8(lanes[i - lag])
+            };
+        }
+        lanes
+    }
+}
+
+/// Moves `lanes` on to the next batch of `W` vectors.
+///
+/// # Safety
+/// The CPU has the features of `L`.
+#[inline(always)]
+unsafe fn advance<L: Lanes, const W: usize>(lanes: &mut [L; W]) {
+    let lag = STEP_BLOCKS / L::BLOCKS;
+    for i in 0..W {
+        // Vectors before `i` already hold the new batch's tweaks; from
+        // `i` on, the old batch's.
+        let before = if i < lag {
+            lanes[W - lag + i]
+        } else {
+            lanes[i - lag]
+        };
+        // SAFETY: the caller vouches for `L`.
+        lanes[i] = unsafe { L::times_x8(before) };
+    }
+}
+
+/// XTS over `W` vectors at `data` with their `tweaks`.
 ///
 /// # Safety
 /// The CPU has the features of `L`; `data` is valid for reads and writes
-/// of `batches * W * L::BLOCKS * 16` bytes.
+/// of `W * L::BLOCKS * 16` bytes.
 #[inline(always)]
-unsafe fn xts_batches<L: Lanes, const W: usize>(
+unsafe fn xts_vectors<L: Lanes, const W: usize>(
     keys: &Broadcast<L>,
     direction: Direction,
-    mut data: *mut u8,
-    batches: usize,
-    mut tweaks: L,
-) -> L {
+    data: *mut u8,
+    tweaks: &[L; W],
+) {
     let vector_bytes = L::BLOCKS * 16;
-    for _ in 0..batches {
-        // SAFETY: the caller vouches for `L` and for `W` vectors at `data`.
-        unsafe {
-            let mut batch_tweaks = [tweaks; W];
-            for i in 1..W {
-                batch_tweaks[i] = L::next_tweaks(batch_tweaks[i - 1]);
-            }
-            tweaks = L::next_tweaks(batch_tweaks[W - 1]);
-            let mut state: [L; W] = std::array::from_fn(|i| {
-                L::xor(L::load(data.add(i * vector_bytes)), batch_tweaks[i])
-            });
-            rounds(keys, direction, &mut state);
-            for i in 0..W {
-                L::store(
-                    data.add(i * vector_bytes),
-                    L::xor(state[i], batch_tweaks[i]),
-                );
-            }
-            data = data.add(W * vector_bytes);
+    // SAFETY: the caller vouches for `L` and for `W` vectors at `data`.
+    unsafe {
+        let mut state: [L; W] =
+            std::array::from_fn(|i| L::xor(L::load(data.add(i * vector_bytes)), tweaks[i]));
+        rounds(keys, direction, &mut state);
+        for i in 0..W {
+            L::store(data.add(i * vector_bytes), L::xor(state[i], tweaks[i]));
         }
     }
-    tweaks
 }
 
 /// XTS over one data unit, `unit` (a multiple of 16 bytes), whose first
@@ -128,26 +169,31 @@ pub(super) unsafe fn xts_unit<L: Lanes, const W: usize>(
     let blocks = unit.len() / 16;
     let batch_blocks = W * L::BLOCKS;
     let data = unit.as_mut_ptr();
-    // SAFETY: each call covers blocks inside `unit`; the caller vouches for
-    // the CPU.
+    // SAFETY: every call covers blocks inside `unit`; the caller vouches
+    // for the CPU.
     unsafe {
+        let mut lanes = first_lanes::<L, W>(tweak);
         let mut done = 0;
-        let mut tweaks = L::tweaks_from(tweak);
-        let batches = blocks / batch_blocks;
-        tweaks = xts_batches::<L, W>(keys, direction, data, batches, tweaks);
-        done += batches * batch_blocks;
+        while blocks - done >= batch_blocks {
+            xts_vectors::<L, W>(keys, direction, data.add(done * 16), &lanes);
+            advance(&mut lanes);
+            done += batch_blocks;
+        }
+        // A unit that is not a whole number of batches: single vectors,
+        // then single blocks.
         let vectors = (blocks - done) / L::BLOCKS;
-        tweaks = xts_batches::<L, 1>(keys, direction, data.add(done * 16), vectors, tweaks);
-        done += vectors * L::BLOCKS;
+        for lane in &lanes[..vectors] {
+            xts_vectors::<L, 1>(keys, direction, data.add(done * 16), &[*lane]);
+            done += L::BLOCKS;
+        }
         if done < blocks {
-            let next = Xmm::tweaks_from(L::first_tweak(tweaks));
-            xts_batches::<Xmm, 1>(
-                narrow_keys,
-                direction,
-                data.add(done * 16),
-                blocks - done,
-                next,
-            );
+            let mut t = L::first_tweak(lanes[vectors]);
+            while done < blocks {
+                let tweak = [Xmm::from_u128(t)];
+                xts_vectors::<Xmm, 1>(narrow_keys, direction, data.add(done * 16), &tweak);
+                t = mul_alpha(t);
+                done += 1;
+            }
         }
     }
 }

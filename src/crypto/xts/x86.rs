@@ -126,6 +126,13 @@ impl Schedule {
         }
     }
 
+    /// Every round key, encryption then decryption (for tests that look
+    /// for them where they must not be).
+    #[cfg(test)]
+    pub(super) fn round_keys(&self) -> Vec<[u8; 16]> {
+        self.enc.iter().chain(self.dec.iter()).copied().collect()
+    }
+
     /// The round keys for `direction`.
     fn keys(&self, direction: Direction) -> &[[u8; 16]; ROUND_KEYS] {
         match direction {
@@ -138,11 +145,11 @@ impl Schedule {
 /// The x86-64 vector widths our own kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Width {
-    /// XMM: AES-NI.
+    /// XMM: AES-NI + PCLMULQDQ.
     Xmm,
-    /// YMM: VAES + AVX2.
+    /// YMM: VAES + VPCLMULQDQ + AVX2.
     Ymm,
-    /// ZMM: VAES + AVX-512F.
+    /// ZMM: VAES + VPCLMULQDQ + AVX-512F/BW.
     Zmm,
 }
 
@@ -151,10 +158,17 @@ impl Width {
     pub(super) fn supported(self) -> bool {
         let aes = std::arch::is_x86_feature_detected!("aes");
         let vaes = std::arch::is_x86_feature_detected!("vaes");
+        let pclmul = std::arch::is_x86_feature_detected!("pclmulqdq");
+        let vpclmul = std::arch::is_x86_feature_detected!("vpclmulqdq");
         match self {
-            Width::Xmm => aes,
-            Width::Ymm => aes && vaes && std::arch::is_x86_feature_detected!("avx2"),
-            Width::Zmm => aes && vaes && std::arch::is_x86_feature_detected!("avx512f"),
+            Width::Xmm => aes && pclmul,
+            Width::Ymm => aes && vaes && vpclmul && std::arch::is_x86_feature_detected!("avx2"),
+            Width::Zmm => {
+                aes && vaes
+                    && vpclmul
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            }
         }
     }
 }
@@ -229,9 +243,9 @@ macro_rules! entry_points {
 }
 
 entry_points! {
-    xts_xmm, ecb_xmm, Xmm, XMM_BATCH, "aes";
-    xts_ymm, ecb_ymm, Ymm, YMM_BATCH, "aes,avx2,vaes";
-    xts_zmm, ecb_zmm, Zmm, ZMM_BATCH, "aes,avx512f,vaes";
+    xts_xmm, ecb_xmm, Xmm, XMM_BATCH, "aes,pclmulqdq";
+    xts_ymm, ecb_ymm, Ymm, YMM_BATCH, "aes,avx2,vaes,vpclmulqdq";
+    xts_zmm, ecb_zmm, Zmm, ZMM_BATCH, "aes,avx512f,avx512bw,vaes,vpclmulqdq";
 }
 
 /// The body of every XTS entry point: the tweak values of up to

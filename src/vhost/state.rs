@@ -1,0 +1,81 @@
+//! What one connection's backend and its queue workers share: the volume,
+//! the device's options and geometry, guest memory, negotiated settings, and
+//! each queue's own state (inflight tracking, and the test hook's held
+//! requests). `backend` writes it as the frontend configures the device,
+//! `worker` reads it while draining queues.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vhost_user_backend::VringRwLock;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::chain::Chain;
+use super::config::DeviceGeometry;
+use super::hold::HoldHook;
+use super::inflight::{InflightArea, QueueInflight};
+use super::{DeviceOptions, RateLimitedLog};
+use crate::volume::Volume;
+
+/// Guest RAM as the backend maps it: each region carries a dirty-page
+/// bitmap that logs the backend's writes while the VM migrates.
+pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
+
+/// Guest memory as the vhost-user crates hand it to us.
+pub type GuestMemory = GuestMemoryAtomic<GuestRam>;
+
+/// A virtqueue as the vhost-user crates hand it to us.
+pub(crate) type Vring = VringRwLock<GuestMemory>;
+
+/// State one connection's workers share.
+pub(crate) struct Shared {
+    pub(crate) volume: Arc<Volume>,
+    pub(crate) options: DeviceOptions,
+    pub(crate) geometry: DeviceGeometry,
+    pub(crate) memory: Mutex<Option<GuestMemory>>,
+    pub(crate) event_idx: AtomicBool,
+    /// 1: writeback cache (FLUSH makes writes durable); 0: writethrough.
+    pub(crate) wce: AtomicU8,
+    pub(crate) acked_features: AtomicU64,
+    pub(crate) guest_errors: RateLimitedLog,
+    pub(crate) host_errors: RateLimitedLog,
+    /// The frontend's inflight area (`SET_INFLIGHT_FD`), if it sent one.
+    pub(crate) inflight: Mutex<Option<Arc<InflightArea>>>,
+    /// One per queue; a worker holds its queue's lock while it drains, so
+    /// stopping a queue waits for the requests in progress.
+    pub(crate) queues: Vec<Mutex<QueueState>>,
+    /// Test-only request hold-back (off unless its variable is set).
+    pub(crate) hold: &'static HoldHook,
+}
+
+/// One queue's state across kicks.
+#[derive(Default)]
+pub(crate) struct QueueState {
+    /// This queue's inflight region, when the frontend tracks inflight I/O.
+    pub(crate) inflight: Option<QueueInflight>,
+    /// Whether the region was brought up to date since the queue started.
+    pub(crate) resumed: bool,
+    /// Requests the test hook holds back.
+    pub(crate) held: Vec<Chain>,
+    /// The vring, kept to finish held requests when the queue stops.
+    pub(crate) vring: Option<Vring>,
+}
+
+impl Shared {
+    /// Queue `index`'s state, locked (a poisoned lock is still usable: the
+    /// state is rebuilt at the next start anyway).
+    pub(crate) fn queue(&self, index: usize) -> Option<MutexGuard<'_, QueueState>> {
+        self.queues
+            .get(index)
+            .map(|q| q.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The guest memory, once the frontend sent its table.
+    pub(crate) fn memory(&self) -> Option<GuestMemory> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
