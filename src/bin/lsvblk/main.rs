@@ -14,7 +14,6 @@ mod docs;
 mod exit;
 mod image;
 mod inspect;
-mod keycare;
 mod keys;
 mod kms;
 mod progress;
