@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lsvblk::ops::sparse::zero_and_data_runs;
+use lsvblk::service::maintenance;
 use lsvblk::volume::{Superblock, Volume, VolumeError, VolumeLock, VolumeOptions, load_snapshot};
 
 use super::{CHUNK_BYTES, KeyArgs, Tally, is_stdio};
@@ -94,7 +95,7 @@ fn open_source(
             let name = format!("export-{}-{}", std::process::id(), unix_now_s());
             let request = ControlRequest::SnapshotCreate { name: name.clone() };
             admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
-                admin::snapshot_create(v, &name)
+                maintenance::snapshot_create(v, &name)
             })?;
             match open_snapshot(args, superblock, &name, &options) {
                 Ok(volume) => Ok((volume, Some(name))),
@@ -124,7 +125,7 @@ fn delete_snapshot(volume: &Path, name: &str) -> Result<(), Failure> {
         name: name.to_owned(),
     };
     admin::run_anywhere(volume, request, false, &mut |_| {}, |v, _| {
-        admin::snapshot_delete(v, name)
+        maintenance::snapshot_delete(v, name)
     })?;
     Ok(())
 }
