@@ -29,6 +29,8 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     compaction: Mutex<CompactionState>,
     keys: KeyCare,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: std::sync::OnceLock<Arc<lsvblk::remote::Uploader>>,
 }
 
 /// What `status` shows about compaction.
@@ -51,7 +53,13 @@ impl Daemon {
             stop,
             compaction: Mutex::new(CompactionState::default()),
             keys,
+            uploader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows `uploader`'s backlog in `status`.
+    pub fn set_uploader(&self, uploader: Arc<lsvblk::remote::Uploader>) {
+        let _ = self.uploader.set(uploader);
     }
 
     /// Asks the compactor (and any compaction in progress) to stop.
@@ -213,6 +221,7 @@ impl ControlHandler for Daemon {
                         "background_rate_mib_s": self.auto_rate_mib,
                     },
                     "keys": self.keys.status().map_err(control_error)?,
+                    "upload": self.uploader.get().map(|u| u.status()),
                 }))
             }
         }

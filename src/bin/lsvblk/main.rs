@@ -16,10 +16,12 @@ mod keycare;
 mod keys;
 mod kms;
 mod progress;
+mod remote_serve;
 mod rotate;
 mod serve;
 mod size;
 mod snapshot;
+mod store;
 
 use clap::{Parser, Subcommand};
 

@@ -86,11 +86,19 @@ pub struct ServeArgs {
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
     clock_skew_file: Option<PathBuf>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
+    #[command(flatten)]
+    remote: crate::remote_serve::RemoteServeArgs,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
+    // A volume kept in an object store: claim it (an empty directory is
+    // rebuilt from the store first).
+    let mut remote =
+        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
     let token = read_token(&args.token_file)?;
@@ -116,7 +124,10 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
-            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
+            let lock = match &mut remote {
+                Some(claimed) => claimed.take_lock()?,
+                None => VolumeLock::acquire(&args.volume, args.read_only)?,
+            };
             let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
             Volume::open_locked(&args.volume, lock, keys, &options)?
         }
@@ -124,6 +135,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     drop(token);
     drop(kms);
     report_recovery(&volume);
+    let remote = remote.map(|claimed| claimed.start(&volume)).transpose()?;
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
     socket_access(&args)?
@@ -154,6 +166,9 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map_err(|e| Failure::new(SOFTWARE, e))?;
         (Some(control), Some(compactor))
     };
+    if let Some(remote) = &remote {
+        daemon.set_uploader(remote.uploader());
+    }
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
@@ -171,9 +186,15 @@ pub fn run(args: ServeArgs) -> Outcome {
         let _ = compactor.join();
     }
     drop(daemon);
+    if let Some(remote) = &remote {
+        remote.stop_ticker();
+    }
     served?;
     let volume = last_reference(volume)?;
     volume.close()?;
+    if let Some(remote) = remote {
+        remote.finish();
+    }
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("volume flushed and closed");
     Ok(())
