@@ -24,6 +24,8 @@ use crate::sync::LockOrRecover;
 
 /// First wait after a failed upload; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// Checkpoints kept waiting for their segments; older ones are dropped.
+const CHECKPOINTS_PENDING_MAX: usize = 16;
 /// Longest wait between two attempts of one upload.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -58,7 +60,12 @@ struct State {
     uploaded: BTreeSet<u64>,
     /// Segments deleted locally before they were uploaded (compacted).
     gone: BTreeSet<u64>,
-    checkpoint: Option<WrittenCheckpoint>,
+    /// Checkpoints written and not stored yet, oldest first, with their
+    /// bytes (read when written: the log deletes old checkpoint files).
+    /// The newest whose segments are all stored goes up; older ones are
+    /// then dropped. Keeping more than the newest matters under
+    /// compaction, whose checkpoints keep needing its open segment.
+    checkpoints: Vec<(WrittenCheckpoint, Bytes)>,
     checkpoint_busy: bool,
     meta_crc: Option<u32>,
     status: UploadStatus,
@@ -69,12 +76,19 @@ struct State {
 }
 
 impl State {
+    /// The newest checkpoint whose segments are all stored.
+    fn ready_checkpoint(&self) -> Option<&(WrittenCheckpoint, Bytes)> {
+        if self.checkpoint_busy {
+            return None;
+        }
+        self.checkpoints
+            .iter()
+            .rev()
+            .find(|(c, _)| c.needs.iter().all(|id| self.uploaded.contains(id)))
+    }
+
     fn checkpoint_ready(&self) -> bool {
-        !self.checkpoint_busy
-            && self
-                .checkpoint
-                .as_ref()
-                .is_some_and(|c| c.needs.iter().all(|id| self.uploaded.contains(id)))
+        self.ready_checkpoint().is_some()
     }
 
     fn backlog_bytes(&self) -> u64 {
@@ -100,7 +114,7 @@ struct Shared {
 
 enum Job {
     Segment { id: u64, path: PathBuf, len: u64 },
-    Checkpoint(WrittenCheckpoint),
+    Checkpoint(WrittenCheckpoint, Bytes),
 }
 
 /// Uploads a volume's log to its object store in the background.
@@ -279,7 +293,7 @@ impl Uploader {
             if (idle && !state.checkpoint_ready() && !state.checkpoint_busy)
                 || state.status.fenced_by.is_some()
             {
-                break idle && state.checkpoint.is_none();
+                break idle && state.checkpoints.is_empty();
             }
             match self.shared.wait_until(state, deadline, "the last uploads") {
                 Ok(next) => state = next,
@@ -310,13 +324,25 @@ impl LogEvents for Uploader {
     }
 
     fn checkpoint_written(&self, checkpoint: &WrittenCheckpoint) {
+        // The file was just written and synced: this read is from the page
+        // cache. A failure only skips this checkpoint; a later one follows.
+        let bytes = match std::fs::read(&checkpoint.path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                tracing::warn!(%error, path = %checkpoint.path.display(), "cannot read a checkpoint to upload");
+                return;
+            }
+        };
         let mut state = self.shared.lock();
         let newer = state
-            .checkpoint
-            .as_ref()
-            .is_none_or(|c| c.seq_next < checkpoint.seq_next);
+            .checkpoints
+            .last()
+            .is_none_or(|(c, _)| c.seq_next < checkpoint.seq_next);
         if newer {
-            state.checkpoint = Some(checkpoint.clone());
+            state.checkpoints.push((checkpoint.clone(), bytes));
+            if state.checkpoints.len() > CHECKPOINTS_PENDING_MAX {
+                state.checkpoints.remove(0);
+            }
             self.shared.changed.notify_all();
         }
     }
@@ -392,9 +418,9 @@ impl Shared {
                 state.in_flight.insert(id, len);
                 return Some(Job::Segment { id, path, len });
             }
-            if state.checkpoint_ready() {
+            if let Some((checkpoint, bytes)) = state.ready_checkpoint().cloned() {
                 state.checkpoint_busy = true;
-                return state.checkpoint.clone().map(Job::Checkpoint);
+                return Some(Job::Checkpoint(checkpoint, bytes));
             }
             if state.stopping && state.in_flight.is_empty() && !state.checkpoint_busy {
                 return None;
@@ -412,15 +438,11 @@ impl Shared {
             Job::Segment { id, .. } => {
                 state.in_flight.remove(id);
             }
-            Job::Checkpoint(checkpoint) => {
+            Job::Checkpoint(checkpoint, _) => {
                 state.checkpoint_busy = false;
-                if state
-                    .checkpoint
-                    .as_ref()
-                    .is_some_and(|c| c.seq_next == checkpoint.seq_next)
-                {
-                    state.checkpoint = None;
-                }
+                state
+                    .checkpoints
+                    .retain(|(c, _)| c.seq_next > checkpoint.seq_next);
             }
         }
         state.status.last_error = None;
@@ -430,7 +452,7 @@ impl Shared {
     fn run(&self, job: &Job) -> Result<()> {
         match job {
             Job::Segment { id, path, len } => self.upload_segment(*id, path, *len),
-            Job::Checkpoint(checkpoint) => self.upload_checkpoint(checkpoint),
+            Job::Checkpoint(checkpoint, bytes) => self.upload_checkpoint(checkpoint, bytes.clone()),
         }
     }
 
@@ -454,17 +476,7 @@ impl Shared {
         Ok(())
     }
 
-    fn upload_checkpoint(&self, checkpoint: &WrittenCheckpoint) -> Result<()> {
-        let bytes = match read_synced(&checkpoint.path) {
-            Ok(bytes) => bytes,
-            // Replaced by a newer one already (old checkpoints are deleted).
-            Err(RemoteError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(());
-            }
-            Err(error) => return Err(error),
-        };
+    fn upload_checkpoint(&self, checkpoint: &WrittenCheckpoint, bytes: Bytes) -> Result<()> {
         lease::check_not_fenced(self.store.as_ref(), self.epoch).inspect_err(|error| {
             if let RemoteError::Fenced { by, .. } = error {
                 self.lock().status.fenced_by = Some(*by);
