@@ -15,6 +15,7 @@ pub mod kms;
 pub mod limits;
 pub mod objstore;
 pub mod remote;
+pub mod service;
 pub mod store;
 pub mod sync;
 pub mod vhost;

@@ -29,6 +29,8 @@
 
 mod clock;
 mod error;
+#[cfg(test)]
+mod format_tests;
 mod json_file;
 mod key_state;
 mod keyring;
