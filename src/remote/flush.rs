@@ -80,8 +80,16 @@ impl RemoteFlush {
         };
         let local = |e: crate::store::StoreError| super::RemoteError::Log(e);
         log.checkpoint().map_err(local)?;
-        log.roll_heads().map_err(local)?;
-        self.uploader.wait_checkpoint_past(gap, self.wait_max)
+        // Background compaction keeps writing checkpoints that need its
+        // open segment: seal the heads again until one is stored.
+        let deadline = Instant::now() + self.wait_max;
+        loop {
+            log.roll_heads().map_err(local)?;
+            match self.uploader.wait_checkpoint_past(gap, GAP_POLL) {
+                Err(super::RemoteError::Incomplete { .. }) if Instant::now() < deadline => {}
+                other => return other,
+            }
+        }
     }
 }
 
@@ -111,6 +119,10 @@ pub struct Ticker {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How long a remote FLUSH waits for a checkpoint before it seals the
+/// heads again (see `close_replay_gap`).
+const GAP_POLL: Duration = Duration::from_secs(1);
+
 /// How often the ticker asks the store whether a newer writer exists.
 const FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -133,7 +145,7 @@ impl Ticker {
                         std::thread::sleep(Duration::from_millis(100));
                         if last_roll.elapsed() >= interval {
                             last_roll = Instant::now();
-                            if let Err(error) = volume.log().roll_heads() {
+                            if let Err(error) = seal_for_upload(volume.log(), &uploader) {
                                 tracing::warn!(%error, "sealing the log heads for upload failed");
                             }
                         }
