@@ -198,6 +198,11 @@ impl ControlHandler for Daemon {
                 rate_mib_s,
                 live_ratio_max,
             } => self.run_compaction(rate_mib_s, live_ratio_max, progress),
+            // The serving loop hands the volume over (`services`), not this.
+            ControlRequest::HandOver => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "this daemon cannot hand its volume over",
+            )),
             ControlRequest::Status => {
                 let space = admin::space(&self.volume).map_err(control_error)?;
                 let state = self.state();

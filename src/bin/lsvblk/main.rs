@@ -18,6 +18,7 @@ mod kms;
 mod progress;
 mod rotate;
 mod serve;
+mod services;
 mod size;
 mod snapshot;
 
