@@ -15,6 +15,11 @@
 #   ci/ceph.sh use CMD...  up, run CMD, then down unless someone else still uses
 #                          the cluster or it was started by a plain `up`
 #
+# Users of the cluster hold $LSVBLK_CEPH_DIR.users shared while they run
+# (`use` does; so do the tests); a test that stops a daemon holds
+# $LSVBLK_CEPH_DIR.faults exclusively and every other test holds it shared
+# (tests/common/ceph.rs), so concurrent runs never see each other's faults.
+#
 # State lives in $LSVBLK_CEPH_DIR (default /var/tmp/lsvblk-ceph): the cluster
 # is one per machine (its ports are fixed), so its state is too - not per
 # checkout, not under target/ (`cargo clean` would pull files out from under
@@ -218,6 +223,10 @@ osd_recovery_sleep_hybrid = 0
 [client.rgw.s3]
 rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw_data = $CEPH_DIR/rgw
+# Overwritten and deleted objects' data is reclaimed after a minute, not
+# two hours: the benchmark overwrites gigabytes.
+rgw_gc_obj_min_wait = 60
+rgw_gc_processor_period = 60
 # radosgw asks for "secure" monitor sessions by default, which need cephx.
 ms_mon_client_mode = crc
 EOF
@@ -397,25 +406,33 @@ cmd_rgw_start() {
   log "radosgw up"
 }
 
-# use CMD...: the cluster for the length of CMD (ci/test.sh). Takes it down
-# afterwards only if this `use` started it and no other `use` still runs.
+# use CMD...: the cluster for the length of CMD (ci/test.sh, the benchmark).
+# Takes it down afterwards (also when CMD fails or we are interrupted) only
+# if a `use` started it and no other `use` still runs. CMD sees
+# LSVBLK_CEPH_IN_USE=1.
 cmd_use() {
   [ $# -gt 0 ] || die "usage: ci/ceph.sh use CMD [ARGS...]"
-  local status=0 started_here=0
+  local status=0
   mkdir -p "$(dirname "$CEPH_DIR")"
   exec {users_fd}>>"$USERS_LOCK"
   flock -s "$users_fd"
-  [ -f "$CEPH_DIR/ready" ] || started_here=1
-  [ "$started_here" -eq 1 ] || [ ! -f "$CEPH_DIR/started-by-use" ] || started_here=1
+  use_started_it=0
+  [ -f "$CEPH_DIR/ready" ] && [ ! -f "$CEPH_DIR/started-by-use" ] || use_started_it=1
+  trap use_release EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   with_lock cmd_up
-  [ "$started_here" -eq 0 ] || touch "$CEPH_DIR/started-by-use"
-  "$@" || status=$?
-  if [ "$started_here" -eq 1 ] && flock -n -x "$users_fd"; then
+  [ "$use_started_it" -eq 0 ] || touch "$CEPH_DIR/started-by-use"
+  LSVBLK_CEPH_IN_USE=1 "$@" || status=$?
+  return "$status"
+}
+
+use_release() {
+  if [ "$use_started_it" -eq 1 ] && flock -n -x "$users_fd"; then
     with_lock cmd_down
   else
     log "leaving the cluster up (started by 'up', or still in use)"
   fi
-  return "$status"
 }
 
 # Serialize commands that start or stop daemons.

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, property,
 # crash, integration with real lsvkms/lsvblk processes and libblkio, doc),
-# then the QEMU end-to-end test (a real Linux guest under TCG writing to an
+# the object-store tests against a real Ceph cluster (ci/ceph.sh), then the
+# QEMU end-to-end test (a real Linux guest under TCG writing to an
 # encrypted lsvblk disk) and the long QEMU stage ci/test-vm.sh (the daemon
-# restarted under a guest's verified write loop). CI runs exactly this
-# (through .ci/run).
+# restarted and migrated under a guest's verified write loop). CI runs
+# exactly this (through .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +15,36 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-echo "== cargo test (library, binaries, tests/)"
-cargo test --lib --bins --tests
+# Integration tests (cargo's: tests/NAME.rs and tests/NAME/main.rs) named
+# *_s3 need the Ceph cluster: they run in their own stage below; every other
+# one runs here.
+plain_tests=()
+s3_tests=()
+for file in tests/*.rs tests/*/main.rs; do
+  name=${file#tests/}
+  name=${name%/main.rs}
+  name=${name%.rs}
+  case "$name" in
+    *_s3) s3_tests+=(--test "$name") ;;
+    *) plain_tests+=(--test "$name") ;;
+  esac
+done
+
+echo "== cargo test (library, binaries, tests/ except *_s3)"
+cargo test --lib --bins "${plain_tests[@]}"
 echo "== cargo test --doc"
 cargo test --doc
+
+# A real Ceph cluster (three OSDs, radosgw on 127.0.0.1:7480) for the
+# object-store tests: `ci/ceph.sh use` installs Ceph's Debian packages when
+# missing (~1.5 min), starts the cluster (~15 s), runs the tests (~1 min) and
+# stops it again, also when they fail (unless it was already running for
+# someone else).
+echo "== object stores on a real Ceph cluster: ci/ceph.sh use cargo test ${s3_tests[*]}"
+cargo test --no-run "${s3_tests[@]}"
+stage_started=$SECONDS
+ci/ceph.sh use cargo test "${s3_tests[@]}"
+echo "(object-store stage: $((SECONDS - stage_started)) s with the cluster's start and stop)"
 
 echo "== QEMU end-to-end: qemu/e2e.sh"
 cargo build --bins

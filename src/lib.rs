@@ -2,7 +2,8 @@
 //!
 //! The library is layered so that dependencies point one way:
 //! `volume` → {`crypto`, `store`}. `store` knows nothing about keys except
-//! their ids; `crypto` knows nothing about the log.
+//! their ids; `crypto` knows nothing about the log; `objstore` (whole
+//! objects in a bucket or a directory) knows nothing about either.
 //!
 //! Log messages and `Debug` output never contain key material: key types
 //! implement neither `Serialize` nor a `Debug` that shows bytes.
@@ -12,6 +13,7 @@
 pub mod crypto;
 pub mod kms;
 pub mod limits;
+pub mod objstore;
 pub mod store;
 pub mod sync;
 pub mod vhost;

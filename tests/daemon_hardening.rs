@@ -1,12 +1,16 @@
 //! `lsvblk serve` against a key service that is not there yet, and the
-//! daemon's sockets and files against other local users.
+//! daemon's sockets and files against other local users (a forked child
+//! under another uid, `kit/stranger.rs`).
 
 mod kit;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kit::daemon::{Daemon, create_volume, is_listening};
 use kit::kms::Kms;
+use kit::stranger::{NOBODY, Stranger, connect, unix_address};
 
 const MIB: u64 = 1 << 20;
 
@@ -39,4 +43,82 @@ fn serve_waits_for_an_lsvkms_that_comes_back_within_the_kms_timeout() {
         daemon.stderr()
     );
     assert!(daemon.sigterm_and_wait().success());
+}
+
+/// Every file under `dir` (two levels, as a volume is laid out) whose mode
+/// lets group or others in, with its mode.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            if meta.mode() & 0o077 != 0 {
+                found.push(format!(
+                    "{} {:o}",
+                    entry.path().display(),
+                    meta.mode() & 0o7777
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Under `umask 000` the daemon's socket is 0600 and its files private; a
+/// process of another user cannot connect (the kernel refuses: no write
+/// permission on the socket file), and the daemon serves its own client on.
+#[test]
+fn under_umask_000_the_socket_and_files_are_private_and_another_user_cannot_connect() {
+    // The daemon inherits the umask; so would anything else this test
+    // binary starts meanwhile (nothing that cares).
+    // SAFETY: umask(2) only sets the process's file-creation mask.
+    let previous = unsafe { libc::umask(0) };
+    let kms = Kms::start();
+    let volume = create_volume(&kms, MIB, &["alice"], 4096);
+    let token = kms.token("alice");
+    let mut daemon = Daemon::start(&volume, &kms, &token, &[]);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let mut client = daemon.client(1);
+    client.write(0, 0, &[7; 4096]).unwrap();
+    client.flush(0).unwrap();
+
+    let socket_mode = std::fs::metadata(&daemon.socket).unwrap().mode() & 0o777;
+    assert_eq!(socket_mode, 0o600, "vhost-user socket mode");
+    // The test's directory is private: open it so that only the socket's
+    // own mode stands between another user and the daemon.
+    std::fs::set_permissions(kms.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let address = unix_address(&daemon.socket);
+    let mut stranger = Stranger::spawn(NOBODY, NOBODY, || {
+        let fd = connect(&address);
+        i32::from(fd >= 0)
+    });
+    assert_eq!(
+        stranger.wait(Duration::from_secs(10)),
+        0,
+        "uid {NOBODY} connected to the vhost-user socket"
+    );
+    assert_eq!(client.read(0, 0, 4096).unwrap(), vec![7; 4096]);
+    drop(client);
+    assert!(daemon.sigterm_and_wait().success());
+    let open = open_to_others(&volume);
+    assert!(open.is_empty(), "volume files open to others: {open:?}");
+}
+
+#[test]
+fn a_token_file_others_may_read_is_refused_with_64() {
+    let kms = Kms::start();
+    let volume = create_volume(&kms, MIB, &["alice"], 4096);
+    let token = kms.token("alice");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut daemon = Daemon::spawn(&volume, &kms, &token, &[]);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    let stderr = daemon.stderr();
+    assert_eq!(status.code(), Some(64), "{status}:\n{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!daemon.socket.exists());
 }

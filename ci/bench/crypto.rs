@@ -3,7 +3,10 @@
 //! `openssl speed`; and the crypto pool on a large buffer.
 //!
 //! Run through `ci/bench.sh crypto [--reps N] [--rep-ms N]`. Single-thread
-//! figures encrypt one buffer per call, as a write of that size would: a
+//! figures are per second of the measuring thread's CPU time (as `openssl
+//! speed` reports by default, user CPU time), so that neighbours on a busy
+//! machine do not shift one side more than the other; the pool figures are
+//! wall time. Single-thread figures encrypt one buffer per call, as a write of that size would: a
 //! 4096-byte call is one 4 KiB data unit, a 512-byte call one sector, like
 //! `openssl speed -bytes 4096` / `-bytes 512`.
 //!
@@ -26,9 +29,10 @@ use std::process::Command;
 
 use aes::Aes256;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit, consts::U16};
-use common::{Options, Report, Suite, Throughput, median};
+use common::{Clock, Options, Report, Suite, Throughput, median};
 use lsvblk::crypto::hygiene::scrub_vector_registers;
-use lsvblk::crypto::locked::scrub_callee_frames;
+use lsvblk::crypto::locked::{scrub_callee_frames, scrub_callee_frames_of};
+use lsvblk::crypto::xts::KERNEL_FRAMES_BYTES;
 use lsvblk::crypto::{CryptoPool, DataUnit, Tweak, XtsCipher, XtsPath};
 use lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT;
 use xts_mode::{Xts128, get_tweak_default};
@@ -61,7 +65,9 @@ fn main() {
         .into_iter()
         .map(|path| XtsCipher::with_path(&key, path).expect("a supported path"))
         .collect();
-    let mut suite = Suite::new(options.clone());
+    // Per CPU second of this thread, as `openssl speed` counts by default:
+    // other processes on a busy machine shift neither side.
+    let mut suite = Suite::new(options.clone()).with_clock(Clock::ThreadCpu);
     for unit in [DataUnit::BYTES_4096, DataUnit::BYTES_512] {
         add_single_thread_cases(&mut suite, xts, &data_key, &oracle, unit);
     }
@@ -178,7 +184,16 @@ fn add_scrub_cases(suite: &mut Suite<'_>) {
     );
     suite.add(
         "scrub_stack_per_4k_mbps",
-        "scrub_callee_frames (16 KiB), per 4 KiB",
+        "stack scrub of our kernels (8 KiB), per 4 KiB",
+        4096,
+        || {
+            scrub_callee_frames_of::<KERNEL_FRAMES_BYTES>();
+            black_box(());
+        },
+    );
+    suite.add(
+        "scrub_stack_16k_per_4k_mbps",
+        "stack scrub of the aes-crate path (16 KiB), per 4 KiB",
         4096,
         || {
             scrub_callee_frames();
@@ -434,7 +449,8 @@ fn report_scrubs(report: &mut Report, results: &[Throughput]) {
     let chunk_ns = xts_4k_ns.map(|ns| ns * (CRYPTO_CHUNK_BYTES_DEFAULT / 4096) as f64);
     for (key, label) in [
         ("scrub_registers", "scrub_vector_registers"),
-        ("scrub_stack", "scrub_callee_frames (16 KiB)"),
+        ("scrub_stack", "stack scrub (8 KiB, our kernels)"),
+        ("scrub_stack_16k", "stack scrub (16 KiB, aes-crate path)"),
     ] {
         let ns = ns_per_call(&format!("{key}_per_4k_mbps"));
         report.row(

@@ -43,7 +43,7 @@ const AES_BLOCK_BYTES: usize = 16;
 /// in `stack_tests` checks every path against its scrub), which is all the
 /// scrub after each call needs to cover: half what the `aes` crate's
 /// backends need, so half the cost.
-const KERNEL_FRAMES_BYTES: usize = 8 * 1024;
+pub const KERNEL_FRAMES_BYTES: usize = 8 * 1024;
 
 /// The environment variable that picks a slower path than the CPU's best
 /// (`portable`, `aes-ni`, `vaes-avx2`), to measure or test a machine as one

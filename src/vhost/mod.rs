@@ -17,6 +17,7 @@ mod hold;
 pub mod inflight;
 pub mod request;
 mod server;
+pub mod socket_access;
 mod state;
 mod worker;
 

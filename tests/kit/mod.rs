@@ -8,6 +8,8 @@
 //! - [`cli`]: commands run to completion (exit codes, JSON answers) or in
 //!   the background;
 //! - [`blkio`]: a libblkio client, the VMM of the tests and benchmarks;
+//! - [`ceph`]: the Ceph cluster of `ci/ceph.sh` (S3 settings, stores on its
+//!   bucket, OSD and radosgw faults) for the object-store tests;
 //! - [`data`]: recognisable data, and where two buffers differ;
 //! - [`disk`]: a byte model of a disk, checked against what a daemon reads;
 //! - [`versions`]: a per-block version model and a verified load generator
@@ -37,6 +39,7 @@
 
 pub mod aes_schedule;
 pub mod blkio;
+pub mod ceph;
 pub mod cli;
 pub mod core;
 pub mod daemon;

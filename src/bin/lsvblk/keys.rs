@@ -13,8 +13,22 @@ use zeroize::Zeroizing;
 use crate::exit::{DATA, Failure, USAGE};
 use crate::kms::failure;
 
-/// Reads the user's token from `path` (kept out of logs and zeroized).
+/// Reads the user's token from `path` (kept out of logs and zeroized). A
+/// token file that group or others may read is refused (exit 64, a usage
+/// error: the caller fixes the file), as ssh refuses an open private key.
 pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Failure::new(
+                USAGE,
+                anyhow::anyhow!(
+                    "--token-file {} is readable by others (mode {mode:04o}): a token is a credential; chmod 600 it",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         Failure::new(
             USAGE,

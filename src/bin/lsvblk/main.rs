@@ -74,6 +74,11 @@ enum Command {
 }
 
 fn main() {
+    // Files and sockets we create are ours alone unless we say otherwise
+    // (explicit modes where others need access): an inherited umask of 000
+    // must not make segments, checkpoints or sockets world-writable.
+    // SAFETY: umask(2) only sets the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     // Before anything else, so that no key ever lives in a dumpable process.
     if let Err(error) = lsvblk::crypto::hygiene::protect_process_unless_flagged() {
         eprintln!("lsvblk: error: cannot disable core dumps: {error}");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
 use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
@@ -31,9 +32,19 @@ pub struct ServeArgs {
     /// The key-wrapping service: unix:PATH of its socket.
     #[arg(long, value_parser = parse_kms_address)]
     kms: PathBuf,
-    /// File holding the user's token (from `lsvkms token issue`).
+    /// File holding the user's token (from `lsvkms token issue`); must not
+    /// be readable by group or others (exit 64 otherwise).
     #[arg(long)]
     token_file: PathBuf,
+    /// Mode of the vhost-user socket file (octal). Whoever may connect to it
+    /// reads and writes the decrypted disk: 0600 lets only our user in; use
+    /// 0660 with --socket-group for a VMM running as another user.
+    #[arg(long, default_value = "0600", value_parser = parse_socket_mode)]
+    socket_mode: u32,
+    /// Group of the vhost-user socket file (name or gid), e.g. the group
+    /// libvirt's QEMU runs as.
+    #[arg(long)]
+    socket_group: Option<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
@@ -153,6 +164,9 @@ pub fn run(args: ServeArgs) -> Outcome {
     }
     let server =
         Server::bind(Arc::clone(&served), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    socket_access(&args)?
+        .apply(&args.socket)
+        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
     // control socket and compacts in the background while it is active here.
@@ -192,6 +206,27 @@ pub fn run(args: ServeArgs) -> Outcome {
         tracing::info!("volume flushed and closed");
     }
     Ok(())
+}
+
+fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal mode like 0600 or 0660"))
+}
+
+fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
+    let group = match &args.socket_group {
+        Some(name) => Some(
+            group_id(name)
+                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(SocketAccess {
+        mode: args.socket_mode,
+        group,
+    })
 }
 
 fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOptions, Failure> {
