@@ -8,6 +8,11 @@
 #   2. lsvblk, 10 x SIGTERM + restart                       (~1.5 min)
 #   3. qemu-storage-daemon, 10 x kill -9 + restart: the reference, printed
 #      next to lsvblk's                                      (~1.5 min)
+# Not here (yet): qemu/migrate-test.sh, the live migrations under the same
+# loop. QEMU 7.2 under TCG sometimes migrates this guest into a kernel panic
+# right after the switch-over, with qemu-storage-daemon's disk as with
+# lsvblk's (seen in about 1 of 5 migrations on this machine): as a CI stage
+# it would fail for QEMU's reasons. Run it by hand (qemu/README.md).
 # Environment: LSVBLK_BIN_DIR (prebuilt lsvblk + lsvkms; default: a debug
 # build, as ci/test.sh makes), LSVBLK_QSD.
 set -euo pipefail

@@ -4,7 +4,7 @@
 # the object-store tests against a real Ceph cluster (ci/ceph.sh), then the
 # QEMU end-to-end test (a real Linux guest under TCG writing to an
 # encrypted lsvblk disk) and the long QEMU stage ci/test-vm.sh (the daemon
-# restarted and migrated under a guest's verified write loop). CI runs
+# restarted under a guest's verified write loop). CI runs
 # exactly this (through .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,8 @@
 //! daemon's own account of its start (key unwrap, volume open) from its log.
 //! Prints a table, then one JSON object as the last line, also written to
 //! `target/bench/restart.json`. A smoke run under `cargo test` uses the test
-//! build, a 64 MiB volume and 2 restarts.
+//! build, a 64 MiB volume and 2 restarts. `LSVBLK_BIN_DIR=DIR` takes prebuilt
+//! `lsvblk` and `lsvkms` from DIR instead of building them.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -308,10 +309,14 @@ fn report_target(report: &mut Report, name: &str, restarts: &[Restart], note: &s
 fn main() {
     let args = args();
     let dir = tempfile::tempdir().expect("temp dir");
-    let binaries = if args.options.smoke {
-        Binaries::of_this_target()
-    } else {
-        Binaries::build(&[], dir.path())
+    // LSVBLK_BIN_DIR: prebuilt lsvblk and lsvkms (as the QEMU tests take).
+    let binaries = match std::env::var_os("LSVBLK_BIN_DIR") {
+        Some(bin_dir) => Binaries {
+            lsvblk: Path::new(&bin_dir).join("lsvblk"),
+            lsvkms: Path::new(&bin_dir).join("lsvkms"),
+        },
+        None if args.options.smoke => Binaries::of_this_target(),
+        None => Binaries::build(&[], dir.path()),
     };
     let (lsvblk, account) = lsvblk_restarts(&binaries, dir.path(), &args);
     let mut report = Report::new("restart", &args.options);

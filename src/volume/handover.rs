@@ -94,7 +94,9 @@ impl Standby {
     /// Takes the volume over: the holder lets go, then the lock, then the
     /// open.
     fn take_over(&self) -> Result<Volume, HandoverError> {
+        let started = Instant::now();
         let asked = self.holder.release();
+        let release_ms = started.elapsed().as_millis();
         if let Err(reason) = &asked {
             tracing::warn!(%reason, "the volume's holder did not hand it over; trying its lock");
         }
@@ -119,7 +121,13 @@ impl Standby {
             .map(DataKey::try_clone)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| VolumeError::BadOption(format!("copying a key: {e}")))?;
-        Ok(Volume::open_locked(&self.dir, lock, keys, &self.options)?)
+        let volume = Volume::open_locked(&self.dir, lock, keys, &self.options)?;
+        tracing::info!(
+            release_ms,
+            lock_and_open_ms = started.elapsed().as_millis() - release_ms,
+            "the holder let go of the volume; opened it"
+        );
+        Ok(volume)
     }
 }
 

@@ -2,7 +2,7 @@
 //! (snapshots, compaction, status) and compact the log in the background.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use lsvblk::kms::client::KmsClient;
@@ -17,9 +17,6 @@ use crate::keycare::KeyCare;
 
 /// How often the background compactor looks at the space use.
 const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
-/// How often a sleeping compactor looks at the stop flag: shutdown joins
-/// it, so this bounds how long SIGTERM waits for it.
-const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// The daemon's side of the control socket, and its compactor.
 pub struct Daemon {
@@ -27,6 +24,9 @@ pub struct Daemon {
     /// Background compaction rate, MiB/s (0: no background compaction).
     auto_rate_mib: u64,
     stop: Arc<AtomicBool>,
+    /// Wakes a sleeping compactor at [`Daemon::stop`] (shutdown and a
+    /// live migration's hand-over join it: they must not wait a poll out).
+    wake: (Mutex<()>, Condvar),
     compaction: Mutex<CompactionState>,
     keys: KeyCare,
 }
@@ -49,6 +49,7 @@ impl Daemon {
             volume,
             auto_rate_mib,
             stop,
+            wake: (Mutex::new(()), Condvar::new()),
             compaction: Mutex::new(CompactionState::default()),
             keys,
         })
@@ -56,18 +57,24 @@ impl Daemon {
 
     /// Asks the compactor (and any compaction in progress) to stop.
     pub fn stop(&self) {
+        let _guard = self.wake.0.lock_or_recover();
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.1.notify_all();
     }
 
     /// Sleeps `duration`, or until [`Daemon::stop`]; true if stopped.
     fn sleep_unless_stopped(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
+        let mut guard = self.wake.0.lock_or_recover();
         while !self.stop.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(left.min(STOP_POLL));
+            guard = match self.wake.1.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
         true
     }

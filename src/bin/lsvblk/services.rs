@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use lsvblk::sync::LockOrRecover;
 use lsvblk::vhost::StopHandle;
@@ -114,11 +115,17 @@ impl Services {
                  device is stopped (QEMU stops it at a migration's switch-over)",
             ));
         }
+        let started = Instant::now();
         self.stop();
+        let services_ms = started.elapsed().as_millis();
         self.served
             .hand_over()
             .map_err(|e| ControlError::new(ControlError::IO, e.to_string()))?;
-        tracing::info!("handed the volume over to another daemon; stopping");
+        tracing::info!(
+            services_ms,
+            close_ms = started.elapsed().as_millis() - services_ms,
+            "handed the volume over to another daemon; stopping"
+        );
         self.stop.stop();
         Ok(json!({ "handed_over": true }))
     }
