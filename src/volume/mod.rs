@@ -31,6 +31,8 @@
 
 mod clock;
 mod error;
+#[cfg(test)]
+mod format_tests;
 pub mod handover;
 mod json_file;
 mod key_state;
