@@ -287,3 +287,98 @@ fn snapshots_compaction_and_space_report_what_they_did() {
     );
     assert_filled(volume, 5);
 }
+
+#[test]
+fn a_served_volume_records_its_upkeep_for_status_and_stops_when_asked() {
+    let f = Fixture::new();
+    let served = Arc::new(super::ServedVolume::new(
+        Arc::clone(&f.volume),
+        1,
+        Some(KmsClient::new(&f.socket)),
+    ));
+    fill(&f.volume, 1);
+    fill(&f.volume, 2);
+    served.compact(None, Some(1.0), &mut |_| {}).unwrap();
+    let old = f.volume.current_key_id().unwrap();
+    served.snapshot_create("kept").unwrap();
+    // An operator names the current key compromised: the rotation re-keys
+    // the snapshot too, so deleting it leaves no key to keep.
+    let rotated = served.rotate(Some(old), None, false, &mut |_| {}).unwrap();
+    assert_eq!(rotated["reason"], "compromised");
+    assert_eq!(rotated["compromised"], serde_json::json!(old));
+    assert_eq!(f.kms.key_info(old).unwrap().status, "destroyed");
+    assert_eq!(served.snapshot_delete("kept").unwrap()["deleted"], "kept");
+    assert_filled(&f.volume, 2);
+    let status = served.status().unwrap();
+    assert_eq!(status["served"], true);
+    assert_eq!(status["compaction"]["runs"], 1);
+    assert_eq!(status["compaction"]["background_rate_mib_s"], 1);
+    assert!(status["compaction"]["last"]["report"].is_object());
+    assert_eq!(status["keys"]["rotations"], 1);
+    // The background loop ends soon after stop().
+    let background = std::thread::spawn({
+        let served = Arc::clone(&served);
+        move || served.background()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let asked = std::time::Instant::now();
+    served.stop();
+    background.join().unwrap();
+    assert!(asked.elapsed() < std::time::Duration::from_secs(2));
+}
+
+/// A token lsvkms accepts for `user` (as `lsvkms issue` makes one).
+fn token(f: &Fixture, user: &str) -> String {
+    let state = f.dir.path().join("kms");
+    let config = Config::load(&state).unwrap();
+    let signer = crate::kms::auth::token::TokenSigner::load(
+        config.issuer,
+        &state.join(config::files::TOKEN_KEY),
+    )
+    .unwrap();
+    signer
+        .issue(user, crate::kms::service::now_unix_s(), 600)
+        .unwrap()
+}
+
+#[test]
+fn only_a_user_on_the_acl_unwraps_the_key_set() {
+    let f = Fixture::new();
+    let superblock = f.volume.superblock_now().unwrap();
+    let keys = super::unwrap_all(
+        &f.kms,
+        &token(&f, "alice"),
+        &superblock.volume_id,
+        &superblock.keys,
+    )
+    .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(Some(keys[0].id()), f.volume.current_key_id());
+    let refused = super::unwrap_all(
+        &f.kms,
+        &token(&f, "mallory"),
+        &superblock.volume_id,
+        &superblock.keys,
+    );
+    assert!(matches!(
+        refused,
+        Err(ServiceError::KeyService {
+            source: crate::kms::client::ClientError::Api { status: 403, .. },
+            ..
+        })
+    ));
+    // A blob sealed for another volume is not unwrapped for this one.
+    let elsewhere = super::unwrap_all(&f.kms, &token(&f, "alice"), "other", &superblock.keys);
+    assert!(matches!(elsewhere, Err(ServiceError::KeyService { .. })));
+    let mut bare = superblock.keys[0].clone();
+    bare.wrapped_blob = None;
+    assert!(matches!(
+        super::wrapped_blob(&bare),
+        Err(ServiceError::NoWrappedBlob { .. })
+    ));
+    bare.wrapped_blob = Some("not base64!".into());
+    assert!(matches!(
+        super::wrapped_blob(&bare),
+        Err(ServiceError::BlobNotBase64 { .. })
+    ));
+}
