@@ -98,6 +98,11 @@ impl ControlHandler for Daemon {
                 }
                 Ok(status)
             }
+            // The serving loop hands the volume over (`services`), not this.
+            ControlRequest::HandOver => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "this daemon cannot hand its volume over",
+            )),
         }
     }
 }

@@ -3,84 +3,98 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
+use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::control::{ControlHandler, ControlServer, control_socket_path};
-use crate::daemon::Daemon;
+use crate::control::control_socket_path;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
+use crate::services::{ControlSocketHolder, Services};
 use crate::size::parse_size;
 
-/// Arguments of `lsvblk serve`.
+/// Arguments of `lsvblk serve`. Each can also come from an environment
+/// variable (`LSVBLK_VOLUME`, ...; `--help` names them): what the
+/// `lsvblk@.service` unit reads from its instance's environment file.
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Volume directory.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_VOLUME")]
     volume: PathBuf,
     /// vhost-user socket to listen on (a stale socket file is replaced).
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SOCKET")]
     socket: PathBuf,
     /// The key-wrapping service: unix:PATH of its socket.
-    #[arg(long, value_parser = parse_kms_address)]
+    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address)]
     kms: PathBuf,
     /// File holding the user's token (from `lsvkms token issue`); must not
     /// be readable by group or others (exit 64 otherwise).
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_TOKEN_FILE")]
     token_file: PathBuf,
     /// Mode of the vhost-user socket file (octal). Whoever may connect to it
     /// reads and writes the decrypted disk: 0600 lets only our user in; use
     /// 0660 with --socket-group for a VMM running as another user.
-    #[arg(long, default_value = "0600", value_parser = parse_socket_mode)]
+    #[arg(long, env = "LSVBLK_SOCKET_MODE", default_value = "0600", value_parser = parse_socket_mode)]
     socket_mode: u32,
     /// Group of the vhost-user socket file (name or gid), e.g. the group
     /// libvirt's QEMU runs as.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SOCKET_GROUP")]
     socket_group: Option<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
-    #[arg(long, default_value = "30s", value_parser = parse_kms_timeout)]
+    #[arg(long, env = "LSVBLK_KMS_TIMEOUT", default_value = "30s", value_parser = parse_kms_timeout)]
     kms_timeout: Duration,
     /// Virtqueues offered to the guest (one worker thread each).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "LSVBLK_NUM_QUEUES", default_value_t = 1)]
     num_queues: u16,
     /// Largest virtqueue size accepted (power of two).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "LSVBLK_QUEUE_SIZE", default_value_t = 256)]
     queue_size: u16,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_READ_ONLY")]
     read_only: bool,
     /// Serve snapshot NAME of the volume instead of the volume itself
     /// (read-only; works while another daemon serves the volume). The
     /// token's user must be on the snapshot's ACL.
-    #[arg(long, value_name = "NAME", requires = "read_only")]
+    #[arg(
+        long,
+        env = "LSVBLK_SNAPSHOT",
+        value_name = "NAME",
+        requires = "read_only"
+    )]
     snapshot: Option<String>,
+    /// Live migration destination: wait in standby (key unwrapped, volume
+    /// neither opened nor locked) and take the volume over from the daemon
+    /// serving it when the VM starts here; that daemon hands it over and
+    /// stops. Give the destination QEMU this daemon's socket.
+    #[arg(long, conflicts_with_all = ["read_only", "snapshot"])]
+    standby: bool,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SERIAL")]
     serial: Option<String>,
     /// Crypto threads (0 = one per CPU).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "LSVBLK_CRYPTO_THREADS", default_value_t = 0)]
     crypto_threads: usize,
     /// Requests larger than this are encrypted in parallel chunks (K/M suffixes).
-    #[arg(long, default_value = "512K", value_parser = parse_size)]
+    #[arg(long, env = "LSVBLK_CHUNK_SIZE", default_value = "512K", value_parser = parse_size)]
     chunk_size: u64,
     /// Logical block size offered to the guest: 512 or 4096. Default: the
     /// volume's block size.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_BLOCK_SIZE")]
     block_size: Option<u32>,
     /// Background compaction moves at most this many MiB/s (0: off). It
     /// starts when the segments hold 1.5× the live data. Key rotations the
     /// daemon starts by itself re-encrypt at this rate too (0: unthrottled;
     /// a compromised key's rotation is never throttled).
-    #[arg(long, default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
+    #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
@@ -94,6 +108,7 @@ pub struct ServeArgs {
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
+    let started = Instant::now();
     raise_open_file_limit();
     // A volume kept in an object store: claim it (an empty directory is
     // rebuilt from the store first).
@@ -115,12 +130,34 @@ pub fn run(args: ServeArgs) -> Outcome {
         ..VolumeOptions::default()
     };
     let kms = client(&args.kms).retrying_for(args.kms_timeout);
-    let volume = Arc::new(match &args.snapshot {
+    // How long the start takes, for the "serving" line (a restart in place
+    // is this long plus the old daemon's exit).
+    let (mut unwrap_ms, open_started) = (0, Instant::now());
+    let mut unwrap = |keys| {
+        let at = Instant::now();
+        let unwrapped = unwrap_all(&kms, &token, &superblock.volume_id, keys);
+        unwrap_ms = at.elapsed().as_millis();
+        unwrapped
+    };
+    let served = Arc::new(match &args.snapshot {
         Some(name) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
-            Volume::open_snapshot(&args.volume, name, keys, &options)?
+            let keys = unwrap(&meta.keys)?;
+            Served::open(Arc::new(Volume::open_snapshot(
+                &args.volume,
+                name,
+                keys,
+                &options,
+            )?))
+        }
+        // A live migration's destination: the key now, the volume later.
+        None if args.standby => {
+            let keys = unwrap(&superblock.keys)?;
+            let holder = ControlSocketHolder {
+                socket: control_socket_path(&args.volume),
+            };
+            Served::standby(Standby::new(&args.volume, keys, options, Box::new(holder)))?
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
@@ -128,75 +165,74 @@ pub fn run(args: ServeArgs) -> Outcome {
                 Some(claimed) => claimed.take_lock()?,
                 None => VolumeLock::acquire(&args.volume, args.read_only)?,
             };
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
-            Volume::open_locked(&args.volume, lock, keys, &options)?
+            let keys = unwrap(&superblock.keys)?;
+            let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
+            if let Some(claimed) = remote.take() {
+                serving = Some(claimed.start(&volume)?);
+            }
+            Served::open(volume)
         }
     });
+    let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
     drop(token);
     drop(kms);
-    report_recovery(&volume);
-    let remote = remote.map(|claimed| claimed.start(&volume)).transpose()?;
+    if let Some(volume) = served.if_active() {
+        report_recovery(&volume);
+    }
     let server =
-        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+        Server::bind(Arc::clone(&served), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
     socket_access(&args)?
         .apply(&args.socket)
         .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
-    // A writable volume answers `lsvblk snapshot/compact/status` on its
-    // control socket and compacts in the background.
-    let daemon = Daemon::new(
-        Arc::clone(&volume),
-        args.compact_rate_mib,
-        Some(crate::kms::client(&args.kms)),
-    );
-    let (control, compactor) = if args.read_only {
-        (None, None)
-    } else {
-        let control = ControlServer::start(
-            &control_socket_path(&args.volume),
-            Arc::clone(&daemon) as Arc<dyn ControlHandler>,
+    // A writable volume answers `lsvblk snapshot/compact/status/...` on its
+    // control socket and compacts in the background while it is active here.
+    let services = (!args.read_only).then(|| {
+        Services::start_when_active(
+            &served,
+            args.compact_rate_mib,
+            args.kms.clone(),
+            server.stop_handle(),
+            serving.as_ref().map(|s| s.uploader()),
         )
-        .map_err(|e| Failure::new(IO, e))?;
-        let compactor = std::thread::Builder::new()
-            .name("compactor".to_string())
-            .spawn({
-                let daemon = Arc::clone(&daemon);
-                move || daemon.background()
-            })
-            .map_err(|e| Failure::new(SOFTWARE, e))?;
-        (Some(control), Some(compactor))
-    };
-    if let Some(remote) = &remote {
-        daemon.set_uploader(remote.uploader());
-    }
+    });
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
         key_id = %superblock.current_key_id,
         snapshot = args.snapshot.as_deref().unwrap_or("-"),
         read_only = args.read_only,
+        standby = served.is_standby(),
+        unwrap_ms,
+        open_ms,
+        ready_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = server.run().map_err(|e| Failure::new(IO, e));
-    daemon.stop();
-    if let Some(control) = control {
-        control.stop();
+    // The vhost-user socket listens (a VMM's connect is queued until `run`
+    // accepts it) and the control socket is up (or, in standby, comes up
+    // when the volume is taken over): the VMM may start now.
+    lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
+    let ran = server.run().map_err(|e| Failure::new(IO, e));
+    if let Some(services) = services {
+        services.stop();
     }
-    if let Some(compactor) = compactor {
-        let _ = compactor.join();
+    if let Some(serving) = &serving {
+        serving.stop_ticker();
     }
-    drop(daemon);
-    if let Some(remote) = &remote {
-        remote.stop_ticker();
+    let handed_over = served.if_active().is_none() && !served.is_standby();
+    served.hand_over().map_err(|e| Failure::new(IO, e))?;
+    if let Some(serving) = serving {
+        serving.finish();
     }
-    served?;
-    let volume = last_reference(volume)?;
-    volume.close()?;
-    if let Some(remote) = remote {
-        remote.finish();
-    }
+    ran?;
     let _ = std::fs::remove_file(&args.socket);
-    tracing::info!("volume flushed and closed");
+    if handed_over {
+        tracing::info!("volume handed over to another daemon");
+    } else if served.is_standby() {
+        tracing::info!("stopped in standby: the volume was never taken over");
+    } else {
+        tracing::info!("volume flushed and closed");
+    }
     Ok(())
 }
 
@@ -239,22 +275,6 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
     Ok(device)
 }
 
-/// Waits (briefly) for control connections still finishing to let go of
-/// the volume, so that it can be closed cleanly.
-fn last_reference(mut volume: Arc<Volume>) -> Result<Volume, Failure> {
-    for _ in 0..300 {
-        match Arc::try_unwrap(volume) {
-            Ok(volume) => return Ok(volume),
-            Err(shared) => volume = shared,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Err(Failure::new(
-        SOFTWARE,
-        anyhow::anyhow!("volume still in use at shutdown"),
-    ))
-}
-
 fn report_recovery(volume: &Volume) {
     let report = volume.recovery_report();
     for skipped in &report.skipped_checkpoints {
@@ -277,6 +297,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
         .name("lsvblk-signals".to_string())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                lsvblk::ops::notify::stopping();
                 tracing::info!(signal, "stopping: flushing and closing the volume");
                 stop.stop();
             }
