@@ -112,6 +112,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
     // A volume kept in an object store: claim it (an empty directory is
     // rebuilt from the store first).
+    let mut serving = None;
     let mut remote =
         crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
     let superblock = Superblock::load(&args.volume)?;
