@@ -11,9 +11,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod crypto;
+pub mod fsmode;
 pub mod kms;
 pub mod limits;
 pub mod objstore;
+pub mod peer;
 pub mod store;
 pub mod sync;
 pub mod vhost;

@@ -128,8 +128,9 @@
 //! Live pieces of cleaned segments are appended again unchanged (same
 //! sequence number, first block, key id, ciphertext and block checksums) as
 //! new data records; then a checkpoint is written, then the segments are
-//! deleted, then older checkpoints. A checkpoint that refers to a segment
-//! that does not exist is skipped at open like a damaged one. Segments that
+//! deleted, then older checkpoints. So the newest checkpoint that passes its
+//! checks never refers to a segment that is gone: if one does, the open
+//! fails naming the segment (`SegmentMissing`). Segments that
 //! a snapshot index refers to are never deleted. Replay after compaction
 //! needs a checkpoint: a full replay from segment 0 finds segments missing
 //! and fails (a deleted discard record could otherwise let older data
@@ -140,6 +141,7 @@
 //! writes that were never synced may be lost or torn at any byte after a
 //! power cut, which the checksums detect.
 
+mod check;
 mod checkpoint;
 mod index;
 mod io;
@@ -150,6 +152,7 @@ mod snapshot;
 
 use std::path::{Path, PathBuf};
 
+pub use check::{CheckDepth, Damage, DamageKind, DamageReport, check_files};
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{

@@ -193,7 +193,7 @@ impl ControlHandler for Daemon {
                 Ok(json!({ "policy": policy }))
             }
             ControlRequest::SnapshotList => crate::snapshot::snapshot_list(self.volume.dir())
-                .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
+                .map_err(|f| ControlError::new(ControlError::IO, format!("{f}"))),
             ControlRequest::Compact {
                 rate_mib_s,
                 live_ratio_max,

@@ -10,7 +10,7 @@ use lsvblk::kms::client::KmsClient;
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
 
-use crate::exit::{DATA, Failure, USAGE};
+use crate::exit::Failure;
 use crate::kms::failure;
 
 /// Reads the user's token from `path` (kept out of logs and zeroized). A
@@ -20,45 +20,32 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
         if mode & 0o077 != 0 {
-            return Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!(
-                    "--token-file {} is readable by others (mode {mode:04o}): a token is a credential; chmod 600 it",
-                    path.display()
-                ),
-            ));
+            return Err(Failure::usage(format!(
+                "--token-file {} is readable by others (mode {mode:04o}): a token is a credential; chmod 600 it",
+                path.display()
+            )));
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Failure::new(
-            USAGE,
-            anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("cannot read --token-file {}: {e}", path.display())))?;
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
 /// Decodes an entry's base64 blob.
 pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
     let text = entry.wrapped_blob.as_ref().ok_or_else(|| {
-        Failure::new(
-            DATA,
-            anyhow::anyhow!(
-                "key {} has no wrapped blob (was the volume made by `lsvblk create`?)",
-                entry.key_id
-            ),
-        )
+        Failure::BadData(anyhow::anyhow!(
+            "key {} has no wrapped blob (was the volume made by `lsvblk create`?)",
+            entry.key_id
+        ))
     })?;
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|e| {
-            Failure::new(
-                DATA,
-                anyhow::anyhow!(
-                    "the wrapped blob of key {} is not base64: {e}",
-                    entry.key_id
-                ),
-            )
+            Failure::BadData(anyhow::anyhow!(
+                "the wrapped blob of key {} is not base64: {e}",
+                entry.key_id
+            ))
         })
 }
 
@@ -89,14 +76,11 @@ pub fn unwrap_all(
             failure(&format!("{what} {}", entry.key_id), e)
         })?;
         if key.id() != entry.key_id {
-            return Err(Failure::new(
-                DATA,
-                anyhow::anyhow!(
-                    "lsvkms returned key {} for the blob of key {}",
-                    key.id(),
-                    entry.key_id
-                ),
-            ));
+            return Err(Failure::BadData(anyhow::anyhow!(
+                "lsvkms returned key {} for the blob of key {}",
+                key.id(),
+                entry.key_id
+            )));
         }
         keys.push(key);
     }

@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::store::{CheckDepth, DamageKind};
+use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::{
+    SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::control::{ControlHandler, ControlServer, control_socket_path};
 use crate::daemon::Daemon;
-use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::size::parse_size;
@@ -44,6 +48,17 @@ pub struct ServeArgs {
     /// libvirt's QEMU runs as.
     #[arg(long)]
     socket_group: Option<String>,
+    /// Serve only connections from this user (uid; repeatable). The peer of
+    /// every connection is checked (SO_PEERCRED) before a message is read;
+    /// others are closed at once and logged. Default, when neither this nor
+    /// --allow-gid is given: the daemon's own user and root. Given, only the
+    /// listed users and groups are served.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Serve connections from processes whose group is this one (name or
+    /// gid; repeatable), e.g. libvirt's QEMU group.
+    #[arg(long = "allow-gid", value_name = "GROUP")]
+    allow_gids: Vec<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
@@ -92,10 +107,11 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
     let superblock = Superblock::load(&args.volume)?;
+    refuse_foreign_files(&args.volume)?;
     let device = device_options(&args, &superblock)?;
     let token = read_token(&args.token_file)?;
-    let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
-        .map_err(|e| Failure::new(USAGE, e))?;
+    let pool =
+        CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
         heads: usize::from(device.num_queues),
         read_only: args.read_only,
@@ -124,11 +140,12 @@ pub fn run(args: ServeArgs) -> Outcome {
     drop(token);
     drop(kms);
     report_recovery(&volume);
-    let server =
-        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    let server = Server::bind(Arc::clone(&volume), &args.socket, device)
+        .map_err(Failure::io)?
+        .allow_peers(allowed_peers(&args)?);
     socket_access(&args)?
         .apply(&args.socket)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
+        .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status` on its
     // control socket and compacts in the background.
@@ -144,14 +161,14 @@ pub fn run(args: ServeArgs) -> Outcome {
             &control_socket_path(&args.volume),
             Arc::clone(&daemon) as Arc<dyn ControlHandler>,
         )
-        .map_err(|e| Failure::new(IO, e))?;
+        .map_err(Failure::io)?;
         let compactor = std::thread::Builder::new()
             .name("compactor".to_string())
             .spawn({
                 let daemon = Arc::clone(&daemon);
                 move || daemon.background()
             })
-            .map_err(|e| Failure::new(SOFTWARE, e))?;
+            .map_err(Failure::internal)?;
         (Some(control), Some(compactor))
     };
     tracing::info!(
@@ -162,7 +179,7 @@ pub fn run(args: ServeArgs) -> Outcome {
         read_only = args.read_only,
         "serving"
     );
-    let served = server.run().map_err(|e| Failure::new(IO, e));
+    let served = server.run().map_err(Failure::io);
     daemon.stop();
     if let Some(control) = control {
         control.stop();
@@ -179,6 +196,34 @@ pub fn run(args: ServeArgs) -> Outcome {
     Ok(())
 }
 
+/// Refuses a volume whose segments or checkpoints carry another id than
+/// its superblock (another volume's files, or a `volume_id` changed by
+/// hand): a data error (65), found before lsvkms is asked for a key.
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Failure> {
+    let report = check_files(dir, CheckDepth::Headers)?;
+    let foreign = report
+        .findings
+        .iter()
+        .any(|finding| finding.kind == DamageKind::ForeignVolume);
+    if foreign {
+        return Err(Failure::Damaged(report));
+    }
+    Ok(())
+}
+
+/// The peers `--allow-uid` and `--allow-gid` name, or the default.
+fn allowed_peers(args: &ServeArgs) -> Result<AllowedPeers, Failure> {
+    if args.allow_uids.is_empty() && args.allow_gids.is_empty() {
+        return Ok(AllowedPeers::owner_and_root());
+    }
+    let gids = args
+        .allow_gids
+        .iter()
+        .map(|name| group_id(name).map_err(|e| Failure::usage(format!("--allow-gid {name}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AllowedPeers::new(args.allow_uids.clone(), gids))
+}
+
 fn parse_socket_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
@@ -189,8 +234,7 @@ fn parse_socket_mode(text: &str) -> Result<u32, String> {
 fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
     let group = match &args.socket_group {
         Some(name) => Some(
-            group_id(name)
-                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+            group_id(name).map_err(|e| Failure::usage(format!("--socket-group {name}: {e}")))?,
         ),
         None => None,
     };
@@ -212,9 +256,7 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
     };
-    device
-        .validate()
-        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    device.validate().map_err(Failure::usage)?;
     Ok(device)
 }
 
@@ -228,10 +270,7 @@ fn last_reference(mut volume: Arc<Volume>) -> Result<Volume, Failure> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Err(Failure::new(
-        SOFTWARE,
-        anyhow::anyhow!("volume still in use at shutdown"),
-    ))
+    Err(Failure::internal("volume still in use at shutdown"))
 }
 
 fn report_recovery(volume: &Volume) {
@@ -251,7 +290,7 @@ fn report_recovery(volume: &Volume) {
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::new(SOFTWARE, e))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()
         .name("lsvblk-signals".to_string())
         .spawn(move || {
@@ -260,7 +299,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
                 stop.stop();
             }
         })
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     Ok(())
 }
 
