@@ -30,6 +30,8 @@
 mod check;
 mod clock;
 mod error;
+#[cfg(test)]
+mod format_tests;
 mod json_file;
 mod key_state;
 mod keyring;
