@@ -10,8 +10,7 @@ use std::sync::Arc;
 use lsvblk::crypto::{DataKey, KeyId};
 use lsvblk::store::{CompactOptions, StoreError};
 use lsvblk::volume::{
-    KeyEntry, KeyPolicy, ManualClock, RotationReason, Volume, VolumeError, VolumeLock,
-    VolumeOptions,
+    KeyPolicy, ManualClock, RotationReason, Volume, VolumeError, VolumeLock, VolumeOptions,
 };
 
 const BLOCK: u32 = 4096;

@@ -76,9 +76,9 @@ pub fn rotate(args: RotateArgs) -> Outcome {
 /// Opens the volume with its keys (unwrapped with the token) and rotates.
 fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Value, Failure> {
     let (Some(kms), Some(token_file)) = (&args.kms, &args.token_file) else {
-        return Err(Failure::usage(format!(
-            "no daemon serves the volume: give --kms and --token-file to rotate it here"
-        )));
+        return Err(Failure::usage(
+            "no daemon serves the volume: give --kms and --token-file to rotate it here",
+        ));
     };
     let superblock = Superblock::load(&args.volume)?;
     let lock = VolumeLock::acquire(&args.volume, false)?;
