@@ -16,6 +16,7 @@ pub mod kms;
 pub mod limits;
 pub mod objstore;
 pub mod peer;
+pub mod service;
 pub mod store;
 pub mod sync;
 pub mod vhost;

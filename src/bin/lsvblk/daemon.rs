@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use lsvblk::kms::client::KmsClient;
 use lsvblk::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
+use lsvblk::service::{KeyCare, maintenance};
 use lsvblk::sync::LockOrRecover;
 use lsvblk::volume::{RotationReason, Volume};
 use serde_json::{Value, json};
 
-use crate::admin::{self, control_error};
+use crate::admin::{control_error, service_error};
 use crate::control::{ControlError, ControlHandler, ControlRequest};
-use crate::keycare::KeyCare;
 
 /// How often the background compactor looks at the space use.
 const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
@@ -83,7 +83,7 @@ impl Daemon {
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ControlError> {
         self.state().running = Some(json!({ "started": true }));
-        let result = admin::compact(
+        let result = maintenance::compact(
             &self.volume,
             rate_mib_s,
             live_ratio_max,
@@ -158,7 +158,7 @@ impl ControlHandler for Daemon {
     ) -> Result<Value, ControlError> {
         match request {
             ControlRequest::SnapshotCreate { name } => {
-                admin::snapshot_create(&self.volume, &name).map_err(control_error)
+                maintenance::snapshot_create(&self.volume, &name).map_err(control_error)
             }
             ControlRequest::SnapshotDelete { name } => {
                 let destroyable = self.volume.delete_snapshot(&name).map_err(control_error)?;
@@ -186,8 +186,9 @@ impl ControlHandler for Daemon {
                 let include_snapshots = include_snapshots || compromised.is_some();
                 self.keys
                     .rotate(reason, compromised, rate_mib_s, include_snapshots, progress)
+                    .map_err(service_error)
             }
-            ControlRequest::Rewrap => self.keys.rewrap(false),
+            ControlRequest::Rewrap => self.keys.rewrap(false).map_err(service_error),
             ControlRequest::SetPolicy { policy } => {
                 self.volume.set_key_policy(&policy).map_err(control_error)?;
                 Ok(json!({ "policy": policy }))
@@ -199,7 +200,7 @@ impl ControlHandler for Daemon {
                 live_ratio_max,
             } => self.run_compaction(rate_mib_s, live_ratio_max, progress),
             ControlRequest::Status => {
-                let space = admin::space(&self.volume).map_err(control_error)?;
+                let space = maintenance::space(&self.volume).map_err(control_error)?;
                 let state = self.state();
                 Ok(json!({
                     "served": true,

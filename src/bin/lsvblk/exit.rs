@@ -4,6 +4,7 @@
 //! function; change both together.
 
 use lsvblk::kms::client::ClientError;
+use lsvblk::service::ServiceError;
 use lsvblk::store::DamageReport;
 use lsvblk::store::StoreError;
 use lsvblk::volume::VolumeError;
@@ -37,6 +38,8 @@ pub enum Failure {
     Damaged(DamageReport),
     /// A volume operation failed.
     Volume(VolumeError),
+    /// A key-care or maintenance operation run here failed.
+    Service(ServiceError),
     /// A call to lsvkms failed while doing `action`.
     Kms {
         /// What was being done, for the message.
@@ -60,6 +63,7 @@ pub fn exit_code(failure: &Failure) -> i32 {
         Failure::Usage(_) => USAGE,
         Failure::BadData(_) | Failure::Damaged(_) => DATA,
         Failure::Volume(error) => of_volume(error),
+        Failure::Service(error) => of_service(error),
         Failure::Kms { error, .. } => of_kms(error),
         Failure::Daemon(error) => of_call(error),
         Failure::Refused(error) => of_refusal(error),
@@ -91,6 +95,18 @@ fn of_volume(error: &VolumeError) -> i32 {
         E::SnapshotInUse { .. } | E::SnapshotNotReady { .. } => BUSY,
         E::Io { .. } | E::Key(_) => IO,
         _ => SOFTWARE,
+    }
+}
+
+/// A key-care operation's code: its volume's or lsvkms's, else by kind.
+fn of_service(error: &ServiceError) -> i32 {
+    match error {
+        ServiceError::Volume(error) => of_volume(error),
+        ServiceError::KeyService { source, .. } => of_kms(source),
+        ServiceError::RewrapRefused(_) => DENIED,
+        ServiceError::RotationRunning => BUSY,
+        ServiceError::NoKeyService | ServiceError::NoAcl => USAGE,
+        ServiceError::NoCurrentKeyEntry => DATA,
     }
 }
 
@@ -163,6 +179,7 @@ impl std::fmt::Display for Failure {
             }
             Failure::Damaged(report) => write!(f, "{report}"),
             Failure::Volume(e) => write!(f, "{e}"),
+            Failure::Service(e) => write!(f, "{e}"),
             Failure::Kms { action, error } => write!(f, "{action}: {error}"),
             Failure::Daemon(e) => write!(f, "the daemon serving the volume: {e}"),
             Failure::Refused(e) => write!(f, "{e}"),

@@ -8,6 +8,7 @@ use lsvblk::volume::{Superblock, check_files, pending_acl};
 use crate::admin;
 use crate::control::ControlRequest;
 use crate::exit::{Failure, Outcome};
+use lsvblk::service::maintenance;
 
 /// Arguments of `lsvblk inspect`.
 #[derive(clap::Args)]
@@ -57,7 +58,7 @@ fn describe(args: &InspectArgs, superblock: &Superblock, damage: &DamageReport) 
         ControlRequest::Status,
         true,
         &mut |_| {},
-        |v, _| Ok(serde_json::json!({ "space": admin::space(v)? })),
+        |v, _| Ok(serde_json::json!({ "space": maintenance::space(v)? })),
     )?;
     let space = status["space"].clone();
     let keys: Vec<_> = superblock

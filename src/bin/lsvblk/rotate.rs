@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use lsvblk::crypto::{CryptoPool, KeyId};
+use lsvblk::service::{KeyCare, rewrap_blobs};
 use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
 use serde_json::Value;
 
 use crate::admin::{self, Reach, print};
 use crate::control::{self, ControlRequest};
 use crate::exit::{Failure, Outcome};
-use crate::keycare::{KeyCare, rewrap_blobs};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address};
 use crate::progress::BytesProgress;
@@ -118,7 +118,7 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
     drop(care);
     let volume = Arc::try_unwrap(volume).map_err(|_| Failure::internal("volume still in use"))?;
     volume.close()?;
-    result.map_err(Failure::from)
+    result.map_err(Failure::Service)
 }
 
 /// Arguments of `lsvblk rewrap`.
