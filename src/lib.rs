@@ -15,6 +15,7 @@ pub mod fsmode;
 pub mod kms;
 pub mod limits;
 pub mod objstore;
+pub mod ops;
 pub mod peer;
 pub mod service;
 pub mod store;

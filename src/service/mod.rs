@@ -5,7 +5,8 @@
 //! blobs after lsvkms rotated its wrapping key); [`maintenance`] holds the
 //! keyless operations (snapshots, compaction, space) that the daemon runs
 //! for its control socket and the command line runs itself when no daemon
-//! serves the volume.
+//! serves the volume; [`ServedVolume`] is a serving daemon's upkeep of its
+//! volume (key care, background compaction, the control operations).
 //!
 //! Why a layer of its own rather than inside `volume`: the volume takes
 //! keys, it never fetches them, so `volume` does not depend on the key
@@ -17,8 +18,10 @@
 mod error;
 mod keycare;
 pub mod maintenance;
+mod served;
 #[cfg(test)]
 mod tests;
 
 pub use error::ServiceError;
 pub use keycare::{KeyCare, rewrap_blobs};
+pub use served::ServedVolume;

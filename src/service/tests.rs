@@ -287,3 +287,42 @@ fn snapshots_compaction_and_space_report_what_they_did() {
     );
     assert_filled(volume, 5);
 }
+
+#[test]
+fn a_served_volume_records_its_upkeep_for_status_and_stops_when_asked() {
+    let f = Fixture::new();
+    let served = Arc::new(super::ServedVolume::new(
+        Arc::clone(&f.volume),
+        1,
+        Some(KmsClient::new(&f.socket)),
+    ));
+    fill(&f.volume, 1);
+    fill(&f.volume, 2);
+    served.compact(None, Some(1.0), &mut |_| {}).unwrap();
+    let old = f.volume.current_key_id().unwrap();
+    served.snapshot_create("kept").unwrap();
+    // An operator names the current key compromised: the rotation re-keys
+    // the snapshot too, so deleting it leaves no key to keep.
+    let rotated = served.rotate(Some(old), None, false, &mut |_| {}).unwrap();
+    assert_eq!(rotated["reason"], "compromised");
+    assert_eq!(rotated["compromised"], serde_json::json!(old));
+    assert_eq!(f.kms.key_info(old).unwrap().status, "destroyed");
+    assert_eq!(served.snapshot_delete("kept").unwrap()["deleted"], "kept");
+    assert_filled(&f.volume, 2);
+    let status = served.status().unwrap();
+    assert_eq!(status["served"], true);
+    assert_eq!(status["compaction"]["runs"], 1);
+    assert_eq!(status["compaction"]["background_rate_mib_s"], 1);
+    assert!(status["compaction"]["last"]["report"].is_object());
+    assert_eq!(status["keys"]["rotations"], 1);
+    // The background loop ends soon after stop().
+    let background = std::thread::spawn({
+        let served = Arc::clone(&served);
+        move || served.background()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let asked = std::time::Instant::now();
+    served.stop();
+    background.join().unwrap();
+    assert!(asked.elapsed() < std::time::Duration::from_secs(2));
+}

@@ -53,6 +53,8 @@ pub enum Failure {
     Refused(ControlError),
     /// I/O outside the volume's log failed (sockets, directories).
     Io(anyhow::Error),
+    /// Something else holds what the command needs; try again later.
+    Busy(anyhow::Error),
     /// A bug or an unexpected state.
     Internal(anyhow::Error),
 }
@@ -68,6 +70,7 @@ pub fn exit_code(failure: &Failure) -> i32 {
         Failure::Daemon(error) => of_call(error),
         Failure::Refused(error) => of_refusal(error),
         Failure::Io(_) => IO,
+        Failure::Busy(_) => BUSY,
         Failure::Internal(_) => SOFTWARE,
     }
 }
@@ -174,7 +177,11 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Usage(e) | Failure::BadData(e) | Failure::Io(e) | Failure::Internal(e) => {
+            Failure::Usage(e)
+            | Failure::BadData(e)
+            | Failure::Io(e)
+            | Failure::Busy(e)
+            | Failure::Internal(e) => {
                 write!(f, "{e:#}")
             }
             Failure::Damaged(report) => write!(f, "{report}"),
