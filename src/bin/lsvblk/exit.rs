@@ -109,7 +109,10 @@ fn of_service(error: &ServiceError) -> i32 {
         ServiceError::RewrapRefused(_) => DENIED,
         ServiceError::RotationRunning => BUSY,
         ServiceError::NoKeyService | ServiceError::NoAcl => USAGE,
-        ServiceError::NoCurrentKeyEntry => DATA,
+        ServiceError::NoCurrentKeyEntry
+        | ServiceError::NoWrappedBlob { .. }
+        | ServiceError::BlobNotBase64 { .. }
+        | ServiceError::WrongKey { .. } => DATA,
     }
 }
 
