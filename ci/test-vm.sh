@@ -11,7 +11,7 @@
 # Not here (yet): qemu/migrate-test.sh, the live migrations under the same
 # loop. QEMU 7.2 under TCG sometimes migrates this guest into a kernel panic
 # right after the switch-over, with qemu-storage-daemon's disk as with
-# lsvblk's (seen in about 1 of 5 migrations on this machine): as a CI stage
+# lsvblk's (3 of 10 migrations on this machine): as a CI stage
 # it would fail for QEMU's reasons. Run it by hand (qemu/README.md).
 # Environment: LSVBLK_BIN_DIR (prebuilt lsvblk + lsvkms; default: a debug
 # build, as ci/test.sh makes), LSVBLK_QSD.
