@@ -9,7 +9,7 @@ use std::time::Duration;
 use lsvblk::remote::{self, FlushMode, RemoteFlush, RemoteStore, Ticker, UploadLag, Uploader};
 use lsvblk::volume::{Volume, VolumeLock};
 
-use crate::exit::{Failure, SOFTWARE, USAGE};
+use crate::exit::Failure;
 use crate::kms::parse_kms_timeout;
 use crate::size::parse_size;
 use crate::store::{StoreArgs, remote_failure};
@@ -77,12 +77,9 @@ pub fn claim(
         return Ok(None);
     };
     if read_only {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!(
-                "--store serves a volume read-write; --read-only is not supported with it"
-            ),
-        ));
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--store serves a volume read-write; --read-only is not supported with it"
+        )));
     }
     // A directory that holds a volume is locked before the claim, so that
     // a second daemon here never fences the first; an empty one after its
@@ -110,9 +107,9 @@ pub fn claim(
 impl Claimed {
     /// The volume's lock, which `claim` took (`serve` takes it over once).
     pub fn take_lock(&mut self) -> Result<VolumeLock, Failure> {
-        self.lock.take().ok_or_else(|| {
-            Failure::new(SOFTWARE, anyhow::anyhow!("the volume lock was taken twice"))
-        })
+        self.lock
+            .take()
+            .ok_or_else(|| Failure::Internal(anyhow::anyhow!("the volume lock was taken twice")))
     }
 }
 
@@ -155,7 +152,7 @@ impl Claimed {
             self.args.store_wait,
         )));
         let ticker = Ticker::start(Arc::clone(volume), Arc::clone(&uploader), lag.interval)
-            .map_err(|e| Failure::new(SOFTWARE, e))?;
+            .map_err(|e| Failure::Internal(e.into()))?;
         tracing::info!(store = %self.remote.location, epoch = self.epoch, flush = ?mode, "keeping the volume in the object store");
         Ok(Serving {
             remote: self.remote,

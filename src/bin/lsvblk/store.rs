@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lsvblk::objstore::{Credentials, Error as StoreError, S3Config, S3Store};
 use lsvblk::remote::{RemoteError, RemoteStore};
 
-use crate::exit::{DATA, DENIED, Failure, IO, KMS_UNAVAILABLE, USAGE};
+use crate::exit::{BUSY, DATA, DENIED, Failure, IO, KMS_UNAVAILABLE, USAGE};
 
 /// Where a volume is kept besides its directory.
 #[derive(clap::Args, Clone, Debug)]
@@ -55,27 +55,31 @@ impl StoreArgs {
     }
 }
 
-/// The exit code of a failure of the object store.
+/// A failure of the object store.
 fn store_failure(error: StoreError) -> Failure {
-    let code = match &error {
-        StoreError::CredentialsRefused { .. } => DENIED,
-        StoreError::BucketMissing { .. }
-        | StoreError::Credentials { .. }
-        | StoreError::Config { .. }
-        | StoreError::InvalidKey { .. } => USAGE,
-        StoreError::Transient { .. } => KMS_UNAVAILABLE,
-        _ => IO,
-    };
-    Failure::new(code, error)
+    Failure::Remote(RemoteError::Store(error))
 }
 
-/// The exit code of a failure of a volume kept in an object store.
+/// A failure of a volume kept in an object store.
 pub fn remote_failure(error: RemoteError) -> Failure {
-    if let RemoteError::Store(error) = error {
-        return store_failure(error);
-    }
-    let code = match &error {
-        RemoteError::Held { .. } | RemoteError::Fenced { .. } => crate::exit::BUSY,
+    Failure::Remote(error)
+}
+
+/// The exit code of a failure of a volume kept in an object store: refused
+/// credentials 77, an unreachable store 69, another writer 75, a wrong
+/// bucket, prefix or directory 64, a damaged or foreign object 65.
+pub fn remote_exit_code(error: &RemoteError) -> i32 {
+    match error {
+        RemoteError::Store(error) => match error {
+            StoreError::CredentialsRefused { .. } => DENIED,
+            StoreError::BucketMissing { .. }
+            | StoreError::Credentials { .. }
+            | StoreError::Config { .. }
+            | StoreError::InvalidKey { .. } => USAGE,
+            StoreError::Transient { .. } => KMS_UNAVAILABLE,
+            _ => IO,
+        },
+        RemoteError::Held { .. } | RemoteError::Fenced { .. } => BUSY,
         RemoteError::NoVolume { .. }
         | RemoteError::VolumeExists { .. }
         | RemoteError::Diverged { .. }
@@ -85,6 +89,5 @@ pub fn remote_failure(error: RemoteError) -> Failure {
         | RemoteError::Incomplete { .. }
         | RemoteError::Log(_) => DATA,
         _ => IO,
-    };
-    Failure::new(code, error)
+    }
 }
