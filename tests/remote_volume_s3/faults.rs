@@ -26,7 +26,10 @@ fn rebuild_and_verify(
 fn an_osd_killed_during_writes_loses_nothing() {
     let _exclusive = cluster().fault_lock(true);
     let setup = Setup::new("osd-kill", 32 * MIB);
-    let mut daemon = setup.serve(&setup.volume, &["--flush", "remote"]);
+    let mut daemon = setup.serve(
+        &setup.volume,
+        &["--flush", "remote", "--compact-rate-mib", "0"],
+    );
     let mut load = VerifiedLoad::new("osd-kill", daemon.client(1), 8, 30);
     load.precondition();
     let fault = Fault::kill_osd(1);
