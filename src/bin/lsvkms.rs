@@ -28,10 +28,8 @@ use lsvblk::ops::notify;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep the process dumpable (core files, ptrace): for debugging and
-    /// tests only. Without it the process writes no core dump.
-    #[arg(long, global = true, hide = true)]
-    allow_core_dumps: bool,
+    #[command(flatten)]
+    process: lsvblk::ops::cli::ProcessArgs,
 }
 
 #[derive(Subcommand)]
@@ -181,16 +179,6 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Parses the command line: a usage error exits 64 (clap's default is 2),
-/// `--help` and `--version` exit 0.
-fn parse_args() -> Cli {
-    Cli::try_parse().unwrap_or_else(|error| {
-        let code = if error.use_stderr() { 64 } else { 0 };
-        let _ = error.print();
-        std::process::exit(code);
-    })
-}
-
 fn main() {
     if let Err(error) = run() {
         eprintln!("lsvkms: error: {error:#}");
@@ -199,19 +187,10 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    // Files and sockets we create are ours alone unless we say otherwise
-    // (explicit modes where others need access): an inherited umask of 000
-    // must not make segments, checkpoints or sockets world-writable.
-    // SAFETY: umask(2) only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    // Before anything else, so that no key ever lives in a dumpable process.
-    lsvblk::crypto::hygiene::protect_process_unless_flagged()
-        .context("cannot disable core dumps")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match parse_args().command {
+    lsvblk::ops::cli::protect_process().context("cannot disable core dumps")?;
+    // RUST_LOG unset: errors only.
+    lsvblk::ops::cli::init_logging("error");
+    match lsvblk::ops::cli::parse_args::<Cli>().command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),

@@ -42,7 +42,9 @@ pub fn service_error(error: ServiceError) -> ControlError {
         ServiceError::NoCurrentKeyEntry
         | ServiceError::NoWrappedBlob { .. }
         | ServiceError::BlobNotBase64 { .. }
-        | ServiceError::WrongKey { .. } => ControlError::INTERNAL,
+        | ServiceError::WrongKey { .. }
+        | ServiceError::CryptoPool(_)
+        | ServiceError::VolumeStillInUse => ControlError::INTERNAL,
     };
     ControlError::new(kind, message)
 }
