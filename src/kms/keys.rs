@@ -50,6 +50,21 @@ pub struct KeyRecord {
     pub former_acl_users: Vec<String>,
     /// The context sealed in its blob.
     pub context: KeyContext,
+    /// Counts the changes to this record (0 when created): what a caller
+    /// that already knows the record compares to learn whether anything
+    /// changed (`GET /v1/keys/{id}?since=REVISION`).
+    #[serde(default)]
+    pub revision: u64,
+    /// When the state last changed (disable, enable, destroy), seconds
+    /// since the UNIX epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_changed_unix_s: Option<u64>,
+    /// The key this one replaced in a rotation (`datakey` with `replaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<KeyId>,
+    /// The key that replaced this one in a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<KeyId>,
 }
 
 impl KeyRecord {
@@ -106,6 +121,11 @@ impl KeyRecord {
             created_unix_s: self.created_unix_s,
             wrapping_key_versions: self.wrapping_key_versions.clone(),
             acl: self.acl.clone(),
+            revision: self.revision,
+            context: Some(self.context.clone()),
+            state_changed_unix_s: self.state_changed_unix_s,
+            replaces: self.replaces,
+            replaced_by: self.replaced_by,
         }
     }
 }
@@ -156,6 +176,37 @@ impl KeyStore {
         Ok(Some(record))
     }
 
+    /// Every stored record `keep` accepts, oldest first, at most `max` of
+    /// them (and whether more matched). Files that are not key records
+    /// (the lock, temporaries) are skipped; a damaged record is an error.
+    pub fn list(
+        &self,
+        max: usize,
+        keep: impl Fn(&KeyRecord) -> bool,
+    ) -> Result<(Vec<KeyRecord>, bool), KmsError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| state_error("listing keys", e))?;
+        let mut records = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| state_error("listing keys", e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(key_id) = id.parse::<KeyId>() else {
+                continue;
+            };
+            if let Some(record) = self.get(key_id)?
+                && keep(&record)
+            {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|r| (r.created_unix_s, r.key_id.0));
+        let more = records.len() > max;
+        records.truncate(max);
+        Ok((records, more))
+    }
+
     /// Stores the record of a new key; refuses if the id is already known.
     pub fn create(&self, record: &KeyRecord) -> Result<(), KmsError> {
         let _guard = self.lock()?;
@@ -175,6 +226,7 @@ impl KeyStore {
         let _guard = self.lock()?;
         let mut record = self.get(key_id)?.ok_or(KmsError::KeyNotFound(key_id))?;
         change(&mut record)?;
+        record.revision += 1;
         let bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
         fsutil::write_atomic(&self.path(key_id), &bytes, 0o600)
             .map_err(|e| state_error("storing key", e))?;
@@ -269,6 +321,10 @@ mod tests {
             acl: vec!["alice".into()],
             former_acl_users: Vec::new(),
             context: KeyContext::default(),
+            revision: 0,
+            state_changed_unix_s: None,
+            replaces: None,
+            replaced_by: None,
         }
     }
 

@@ -28,6 +28,7 @@
 //! keyring (write, to add or drop a key), then the log's.
 
 mod clock;
+pub mod ephemeral;
 mod error;
 mod json_file;
 mod key_state;

@@ -15,8 +15,9 @@ use crate::admin::{self, control_error};
 use crate::control::{ControlError, ControlHandler, ControlRequest};
 use crate::keycare::KeyCare;
 
-/// How often the background compactor looks at the space use.
-const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
+/// How often the background thread looks at the keys (lsvkms' state of
+/// each, rotation due) and at the space use, unless told otherwise.
+pub const BACKGROUND_POLL_DEFAULT: Duration = Duration::from_secs(2);
 /// How often a sleeping compactor looks at the stop flag: shutdown joins
 /// it, so this bounds how long SIGTERM waits for it.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -26,6 +27,8 @@ pub struct Daemon {
     volume: Arc<Volume>,
     /// Background compaction rate, MiB/s (0: no background compaction).
     auto_rate_mib: u64,
+    /// How often the background thread looks at keys and space.
+    poll: Duration,
     stop: Arc<AtomicBool>,
     compaction: Mutex<CompactionState>,
     keys: KeyCare,
@@ -41,17 +44,28 @@ struct CompactionState {
 
 impl Daemon {
     /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction
-    /// off; `kms` is where new keys come from (rotation).
-    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64, kms: Option<KmsClient>) -> Arc<Self> {
+    /// off; `kms` is where new keys come from (rotation); `poll` is how
+    /// often the background thread looks at keys and space.
+    pub fn new(
+        volume: Arc<Volume>,
+        auto_rate_mib: u64,
+        kms: Option<KmsClient>,
+        poll: Duration,
+    ) -> Arc<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let keys = KeyCare::new(Arc::clone(&volume), kms, auto_rate_mib, Arc::clone(&stop));
         Arc::new(Self {
             volume,
             auto_rate_mib,
+            poll,
             stop,
             compaction: Mutex::new(CompactionState::default()),
             keys,
         })
+    }
+
+    fn is_ephemeral(&self) -> bool {
+        self.volume.superblock().ephemeral_owner.is_some()
     }
 
     /// Asks the compactor (and any compaction in progress) to stop.
@@ -118,7 +132,7 @@ impl Daemon {
         }
         // An interrupted rotation resumes at once.
         self.keys.tick();
-        while !self.sleep_unless_stopped(AUTO_COMPACT_POLL) {
+        while !self.sleep_unless_stopped(self.poll) {
             self.keys.tick();
             if self.auto_rate_mib == 0 {
                 continue;
@@ -157,6 +171,10 @@ impl ControlHandler for Daemon {
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ControlError> {
         match request {
+            ControlRequest::SnapshotCreate { .. } if self.is_ephemeral() => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "snapshots of an ephemeral volume are refused: its key lives only in this daemon and dies with it, so a snapshot could never be read",
+            )),
             ControlRequest::SnapshotCreate { name } => {
                 admin::snapshot_create(&self.volume, &name).map_err(control_error)
             }

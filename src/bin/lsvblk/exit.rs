@@ -43,7 +43,9 @@ impl From<lsvblk::volume::VolumeError> for Failure {
             | E::AlreadyExists { .. }
             | E::OutOfRange { .. }
             | E::Misaligned { .. } => USAGE,
-            E::WrongKey { .. } | E::NullCipherUnavailable | E::ReadOnly => DATA,
+            E::WrongKey { .. } | E::NullCipherUnavailable | E::ReadOnly | E::Ephemeral { .. } => {
+                DATA
+            }
             E::Io { .. } | E::Key(_) => IO,
             _ => SOFTWARE,
         };

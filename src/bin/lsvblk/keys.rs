@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::Engine;
 use lsvblk::crypto::DataKey;
 use lsvblk::kms::api::KeyContext;
-use lsvblk::kms::client::KmsClient;
+use lsvblk::kms::client::{ClientError, KmsClient};
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
 
@@ -70,6 +70,18 @@ pub fn unwrap_all(
     volume_id: &str,
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, Failure> {
+    unwrap_entries(volume_id, entries, |blob, context| {
+        kms.unwrap(blob, context, token)
+    })
+}
+
+/// Unwraps every entry (sealed for `volume_id` unless the entry names
+/// another volume) with `unwrap`; any refusal stops with lsvkms's reason.
+pub fn unwrap_entries(
+    volume_id: &str,
+    entries: &[KeyEntry],
+    mut unwrap: impl FnMut(&[u8], &KeyContext) -> Result<DataKey, ClientError>,
+) -> Result<Vec<DataKey>, Failure> {
     let mut keys = Vec::with_capacity(entries.len());
     for entry in entries {
         let blob = blob_of(entry)?;
@@ -80,7 +92,7 @@ pub fn unwrap_all(
                 .unwrap_or_else(|| volume_id.to_string()),
             snapshot_id: String::new(),
         };
-        let key = kms.unwrap(&blob, &context, token).map_err(|e| {
+        let key = unwrap(&blob, &context).map_err(|e| {
             let what = if e.is_transient() {
                 "lsvkms is unavailable (retried until --kms-timeout); cannot unwrap key"
             } else {

@@ -15,6 +15,7 @@ mod inspect;
 mod keycare;
 mod keys;
 mod kms;
+mod lease;
 mod progress;
 mod rotate;
 mod serve;

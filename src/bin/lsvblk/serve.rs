@@ -1,6 +1,8 @@
 //! `lsvblk serve`: unwrap the key through lsvkms, open the volume, serve it
 //! over vhost-user-blk until SIGTERM/SIGINT, then flush and close.
 
+mod open;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +10,14 @@ use std::time::Duration;
 use lsvblk::crypto::CryptoPool;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::control::{ControlHandler, ControlServer, control_socket_path};
 use crate::daemon::Daemon;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
-use crate::keys::{read_token, unwrap_all};
-use crate::kms::{client, parse_kms_address, parse_kms_timeout};
+use crate::kms::{parse_kms_address, parse_kms_timeout};
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`.
@@ -28,13 +29,29 @@ pub struct ServeArgs {
     /// vhost-user socket to listen on (a stale socket file is replaced).
     #[arg(long)]
     socket: PathBuf,
-    /// The key-wrapping service: unix:PATH of its socket.
-    #[arg(long, value_parser = parse_kms_address)]
-    kms: PathBuf,
+    /// The key-wrapping service: unix:PATH of its socket (not with
+    /// --ephemeral).
+    #[arg(long, value_parser = parse_kms_address, required_unless_present = "ephemeral")]
+    kms: Option<PathBuf>,
+    /// Serve a new ephemeral volume of --size in --volume (absent, empty,
+    /// or left by a killed ephemeral daemon): its data key is made here in
+    /// locked memory and never wrapped or stored; the directory is deleted
+    /// when the daemon ends, and nothing else can ever read it.
+    #[arg(long, requires = "size", conflicts_with_all = ["kms", "token_file", "snapshot", "read_only"])]
+    ephemeral: bool,
+    /// Capacity of the --ephemeral volume (K/M/G/T suffixes).
+    #[arg(long, value_parser = parse_size, requires = "ephemeral")]
+    size: Option<u64>,
     /// File holding the user's token (from `lsvkms token issue`); must not
-    /// be readable by group or others (exit 64 otherwise).
+    /// be readable by group or others (exit 64 otherwise). Without it, the
+    /// leases a former `serve --lease` kept in the volume are used.
     #[arg(long)]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
+    /// With --token-file: ask lsvkms for a lease this long (e.g. 30d; lsvkms
+    /// may shorten it), kept in VOLUME/lease.json (0600), so later `serve`
+    /// runs need no token until it ends or is revoked.
+    #[arg(long, value_parser = parse_kms_timeout, requires = "token_file")]
+    lease: Option<Duration>,
     /// Mode of the vhost-user socket file (octal). Whoever may connect to it
     /// reads and writes the decrypted disk: 0600 lets only our user in; use
     /// 0660 with --socket-group for a VMM running as another user.
@@ -86,18 +103,24 @@ pub struct ServeArgs {
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
     clock_skew_file: Option<PathBuf>,
+    /// Tests only: how often (ms) the daemon asks lsvkms about its keys and
+    /// looks at space use (default 2000), so a test sees an hour's polls in
+    /// seconds.
+    #[arg(long, hide = true)]
+    background_poll_ms: Option<u64>,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
-    let superblock = Superblock::load(&args.volume)?;
-    let device = device_options(&args, &superblock)?;
-    let token = read_token(&args.token_file)?;
+    if !args.ephemeral {
+        // Bad arguments fail before any key is asked for.
+        device_options(&args, &Superblock::load(&args.volume)?)?;
+    }
     let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
         .map_err(|e| Failure::new(USAGE, e))?;
     let options = VolumeOptions {
-        heads: usize::from(device.num_queues),
+        heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
         pool: Some(Arc::new(pool)),
         clock: args
@@ -106,23 +129,10 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
-    let kms = client(&args.kms).retrying_for(args.kms_timeout);
-    let volume = Arc::new(match &args.snapshot {
-        Some(name) => {
-            // The snapshot's own key set and ACL decide, not the volume's.
-            let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
-            Volume::open_snapshot(&args.volume, name, keys, &options)?
-        }
-        None => {
-            // Lock first: a second daemon on this volume must not get a key.
-            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
-            Volume::open_locked(&args.volume, lock, keys, &options)?
-        }
-    });
-    drop(token);
-    drop(kms);
+    let opened = args.open(&options)?;
+    let ephemeral_dir = opened.ephemeral;
+    let volume = Arc::new(opened.volume);
+    let device = device_options(&args, volume.superblock())?;
     report_recovery(&volume);
     let server =
         Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
@@ -135,7 +145,11 @@ pub fn run(args: ServeArgs) -> Outcome {
     let daemon = Daemon::new(
         Arc::clone(&volume),
         args.compact_rate_mib,
-        Some(crate::kms::client(&args.kms)),
+        args.kms.as_ref().map(crate::kms::client),
+        args.background_poll_ms.map_or(
+            crate::daemon::BACKGROUND_POLL_DEFAULT,
+            Duration::from_millis,
+        ),
     );
     let (control, compactor) = if args.read_only {
         (None, None)
@@ -157,7 +171,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
-        key_id = %superblock.current_key_id,
+        key_id = %volume.superblock().current_key_id,
         snapshot = args.snapshot.as_deref().unwrap_or("-"),
         read_only = args.read_only,
         "serving"
@@ -174,6 +188,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     served?;
     let volume = last_reference(volume)?;
     volume.close()?;
+    drop(ephemeral_dir);
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("volume flushed and closed");
     Ok(())

@@ -381,6 +381,7 @@ mod tests {
             decision: Decision::Allow,
             reason: "ok".into(),
             count: None,
+            lease: None,
         }
     }
 

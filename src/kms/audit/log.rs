@@ -307,6 +307,7 @@ mod tests {
             decision: Decision::Allow,
             reason: "ok".into(),
             count: None,
+            lease: None,
         }
     }
 

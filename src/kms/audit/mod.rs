@@ -80,6 +80,10 @@ pub struct AuditEntry {
     /// one. Absent for single calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The lease an unwrap was allowed by, or that it granted (`user` is
+    /// then the user whose unwrap granted it). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// One line of the log as stored (without its `hash`).
@@ -255,6 +259,7 @@ mod tests {
                 decision: Decision::Allow,
                 reason: "ok".into(),
                 count: None,
+                lease: None,
             },
             prev: GENESIS_HASH.into(),
         }
