@@ -117,7 +117,7 @@ probe_sector() {
 # find_block BLOCK SEGMENT...: prints "FILE OFFSET SEQ": where the live copy
 # of volume block BLOCK's ciphertext starts, i.e. in the data record with the
 # highest sequence number covering it (nothing if a later discard or
-# write-zeroes record covers it, or nothing does). Layout: src/store/mod.rs.
+# write-zeroes record covers it, or nothing does). Layout: docs/format.md.
 find_block() {
   perl -e '
     use strict; use warnings;

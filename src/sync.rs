@@ -11,7 +11,8 @@
 //!
 //! One helper for every such lock, instead of `unwrap_or_else(|p|
 //! p.into_inner())` at each call: [`LockOrRecover`] for `Mutex`,
-//! [`RwLockOrRecover`] for `RwLock`.
+//! [`RwLockOrRecover`] for `RwLock`, [`IntoInnerOrRecover`] for a `Mutex`
+//! that is done with.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -48,6 +49,20 @@ impl<T: ?Sized> RwLockOrRecover<T> for RwLock<T> {
     }
 }
 
+/// `Mutex::into_inner` that takes the data even if a holder panicked (see
+/// the module docs for when that is right).
+pub trait IntoInnerOrRecover<T> {
+    /// The data, whether or not a holder panicked.
+    fn into_inner_or_recover(self) -> T;
+}
+
+impl<T> IntoInnerOrRecover<T> for Mutex<T> {
+    fn into_inner_or_recover(self) -> T {
+        self.into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +85,6 @@ mod tests {
         assert_eq!(*rwlock.read_or_recover(), 8);
         *rwlock.write_or_recover() += 1;
         assert_eq!(*rwlock.read_or_recover(), 9);
+        assert_eq!(mutex.into_inner_or_recover(), 7);
     }
 }

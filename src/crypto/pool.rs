@@ -6,6 +6,7 @@
 
 use super::xts::{DataUnit, Tweak, XtsCipher};
 use crate::limits::{CRYPTO_CHUNK_BYTES_DEFAULT, CRYPTO_CHUNK_BYTES_MIN};
+use crate::sync::{IntoInnerOrRecover, LockOrRecover};
 
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,8 @@ impl CryptoPool {
         }
         let units_per_chunk = chunk_bytes / unit.bytes();
         let side_chunk = units_per_chunk * side_per_unit;
+        // The first error only; a panicking chunk cannot leave the slot
+        // half set, so a poisoned slot is still read.
         let failure: std::sync::Mutex<Option<E>> = std::sync::Mutex::new(None);
         let run_one = |index: usize, chunk: &mut [u8], side: &mut [u8]| {
             if let Err(error) = transform(
@@ -127,10 +130,7 @@ impl CryptoPool {
                 side,
                 first.add_units((index * units_per_chunk) as u64),
             ) {
-                failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(error);
+                failure.lock_or_recover().get_or_insert(error);
             }
         };
         let mut pieces = buf
@@ -147,7 +147,7 @@ impl CryptoPool {
             }
             run_one(0, first_chunk, first_side);
         });
-        match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        match failure.into_inner_or_recover() {
             Some(error) => Err(error),
             None => Ok(()),
         }

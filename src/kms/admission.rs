@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::limits::{CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX};
+use crate::sync::LockOrRecover;
 
 /// The slots of one listener (shared by its connection threads).
 #[derive(Default)]
@@ -34,7 +35,7 @@ impl Admission {
 
     /// A slot for `peer`, or `None` if all slots or its share are taken.
     pub fn admit(self: &Arc<Self>, peer: &str) -> Option<Slot> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock_or_recover();
         let mine = held.per_peer.get(peer).copied().unwrap_or(0);
         if held.total >= CONNECTIONS_MAX || mine >= CONNECTIONS_PER_PEER_MAX {
             return None;
@@ -50,11 +51,7 @@ impl Admission {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut held = self
-            .admission
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut held = self.admission.held.lock_or_recover();
         held.total -= 1;
         if let Some(mine) = held.per_peer.get_mut(&self.peer) {
             *mine -= 1;

@@ -2,8 +2,8 @@
 //!
 //! The service holds the versioned wrapping key, creates data keys (DEKs),
 //! seals them into wrapped blobs and releases a DEK only to an
-//! authenticated calling service acting for a user on the key's ACL
-//! (SPEC §3). Modules, one job each:
+//! authenticated calling service acting for a user on the key's ACL (the
+//! ACL sealed inside the blob). Modules, one job each:
 //!
 //! - [`api`]: the JSON types both sides share;
 //! - [`seal`]: the wrapped-blob format (parses untrusted bytes);
@@ -18,7 +18,8 @@
 //!   any API call (answered at once, audited in counts).
 //!
 //! Log messages, errors and `Debug` output of this module never contain key
-//! material (tested in `tests/kms_no_key_in_logs.rs`).
+//! material (tested by `no_plaintext_key_bytes_in_audit_log_service_log_or_state`
+//! in `tests/kms_flow.rs`).
 
 pub mod admission;
 pub mod api;

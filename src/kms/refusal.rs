@@ -11,7 +11,7 @@
 //! window; more are counted together as `others`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use super::audit::log::AuditLog;
@@ -21,6 +21,7 @@ use super::http::HttpError;
 use super::limits::{
     CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, REFUSAL_AUDIT_PEERS_MAX, REFUSAL_AUDIT_WINDOW_MS,
 };
+use crate::sync::LockOrRecover;
 
 /// Why a connection or request was refused before reaching the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,7 +125,7 @@ impl RefusalAudit {
     /// Counts one refusal of `peer` (an allow-listed name or how the peer
     /// looked, e.g. `uid:65534`).
     pub fn note(&self, peer: &str, refusal: Refusal) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock_or_recover();
         let known = pending.counts.contains_key(&(peer.to_owned(), refusal));
         let peer = if known || pending.counts.len() < REFUSAL_AUDIT_PEERS_MAX {
             peer
@@ -139,34 +140,25 @@ impl RefusalAudit {
 
     /// Audits what is counted so far, one record per peer and reason.
     pub fn flush(&self, audit: &AuditLog) {
-        let counts = std::mem::take(
-            &mut self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .counts,
-        );
+        let counts = std::mem::take(&mut self.pending.lock_or_recover().counts);
         write_counts(audit, counts);
     }
 
     /// Ends the writer thread (what it has not written yet stays for
     /// [`RefusalAudit::flush`]).
     pub fn stop(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stopping = true;
+        self.pending.lock_or_recover().stopping = true;
         self.wake.notify_all();
     }
 
     fn run(&self, audit: &Weak<AuditLog>) {
         let window = Duration::from_millis(REFUSAL_AUDIT_WINDOW_MS);
         loop {
-            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let pending = self.pending.lock_or_recover();
             let (pending, _) = self
                 .wake
                 .wait_timeout_while(pending, window, |p| !p.stopping)
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(PoisonError::into_inner);
             if pending.stopping {
                 return;
             }

@@ -45,7 +45,7 @@ use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use zeroize::Zeroizing;
 
-use crate::crypto::hygiene::scrub_vector_registers;
+use crate::crypto::hygiene::{RegisterScrub, scrub_vector_registers};
 use crate::crypto::key::KEY_ID_BYTES;
 use crate::crypto::locked::scrub_stack;
 use crate::crypto::{DataKey, KeyId, KeyKind};
@@ -166,6 +166,25 @@ impl BlobKey {
             key[index * 8..index * 8 + 8].copy_from_slice(&block[..8]);
         }
         BlobKey(key)
+    }
+
+    /// The key of the blob with `nonce` when the wrapping key is an AES-256
+    /// key held in this process (the file backend): the four derivation
+    /// blocks encrypted under `cipher`.
+    pub fn derive_with(cipher: &aes::Aes256, nonce: &BlobNonce) -> Self {
+        use aes::cipher::{Array, BlockCipherEncrypt};
+        // AES-NI holds the wrapping key's round keys in vector registers.
+        let _registers = RegisterScrub::on_drop();
+        let mut blocks = Zeroizing::new(BlobKey::derive_input(nonce));
+        for chunk in blocks.chunks_exact_mut(16) {
+            let mut block = Array::from(<[u8; 16]>::try_from(&*chunk).expect("16-byte chunk"));
+            cipher.encrypt_block(&mut block);
+            chunk.copy_from_slice(&block);
+            // The block is derived key material: leave no copy on the stack.
+            block.fill(0);
+        }
+        let output: &[u8; DERIVE_INPUT_BYTES] = &blocks;
+        BlobKey::from_derive_output(output)
     }
 
     fn cipher(&self) -> Aes256GcmSiv {

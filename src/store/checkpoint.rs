@@ -1,5 +1,5 @@
 //! Checkpoints: the extent index written out so that opening a volume replays
-//! only the log written after it (layout in the `store` module docs).
+//! only the log written after it (layout in `docs/format.md`, section 5).
 //!
 //! A checkpoint is written to a temporary file, synced, renamed into place,
 //! and the directory synced: it is either wholly there or not at all. Reading
@@ -327,43 +327,49 @@ pub fn read(path: &Path, volume_id: &[u8; 16]) -> Result<CheckpointData, StoreEr
     decode(path, volume_id, &bytes)
 }
 
+/// The checkpoint of `docs/format.md`, section 5 (pinned byte for byte in
+/// `format_tests`; the tests below reuse it).
+#[cfg(test)]
+pub(crate) fn sample_checkpoint() -> CheckpointData {
+    CheckpointData {
+        seq_next: 100,
+        segment_id_next: 5,
+        heads: vec![(4, 4096)],
+        keys: vec![KeyId([9; 16])],
+        key_encrypted_bytes: vec![8192],
+        extents: vec![
+            (
+                0,
+                Extent {
+                    blocks: 2,
+                    seq: 7,
+                    location: Location::Data(DataLocation {
+                        segment_id: 3,
+                        record_offset: 64,
+                        record_lba: 0,
+                        record_blocks: 4,
+                        key_index: 0,
+                    }),
+                },
+            ),
+            (
+                10,
+                Extent {
+                    blocks: 3,
+                    seq: 8,
+                    location: Location::Zero,
+                },
+            ),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> CheckpointData {
-        CheckpointData {
-            seq_next: 77,
-            segment_id_next: 3,
-            heads: vec![(2, 4160)],
-            keys: vec![KeyId([5; 16])],
-            key_encrypted_bytes: vec![12288],
-            extents: vec![
-                (
-                    0,
-                    Extent {
-                        blocks: 2,
-                        seq: 4,
-                        location: Location::Zero,
-                    },
-                ),
-                (
-                    8,
-                    Extent {
-                        blocks: 3,
-                        seq: 9,
-                        location: Location::Data(DataLocation {
-                            segment_id: 1,
-                            record_offset: 64,
-                            record_lba: 7,
-                            record_blocks: 5,
-                            key_index: 0,
-                        }),
-                    },
-                ),
-            ],
-        }
-    }
+    // The checkpoint `docs/format.md` shows (a head, a key, a data and a
+    // zero extent), pinned byte for byte in `format_tests`.
+    use super::sample_checkpoint as sample;
 
     #[test]
     fn round_trips() {

@@ -2,145 +2,34 @@
 //! checkpoints. It knows nothing about keys except their ids; it stores
 //! ciphertext it is given and hands it back verified.
 //!
-//! # On-disk format (version 1)
+//! **The on-disk format is documented byte by byte in `docs/format.md`**:
+//! the segment and record headers, the block checksum table, seal records,
+//! checkpoints and snapshot indexes, the JSON files, the file names, the
+//! version history, the recovery procedure step by step and what is assumed
+//! of the media. `format_tests.rs` pins every header to the bytes shown
+//! there.
 //!
-//! All integers are little-endian. CRC32C is the Castagnoli CRC (iSCSI,
-//! polynomial 0x1EDC6F41, reflected, initial and final XOR 0xFFFFFFFF), as
-//! computed by the `crc32c` crate. A volume is a directory:
+//! In short: a volume directory holds `segments/<id>.seg` (the log: one
+//! segment per log head at a time, records back to back, a seal record once
+//! a segment is full and synced), `checkpoints/<seq_next>.ckpt` (the extent
+//! index written out) and, per snapshot, `snapshots/<name>.index` (its
+//! frozen index, checkpoint format). Every write has a sequence number; for
+//! every block the record with the highest one wins, so replay order does
+//! not matter. Opening loads the newest valid checkpoint, replays what was
+//! appended after it (cutting the torn tail of an unsealed segment), and
+//! sets the next sequence number `limits::SEQ_REOPEN_GAP` (2^24) past the
+//! highest seen, so that a write in flight at a crash never shares an XTS
+//! tweak with a later one.
 //!
-//! ```text
-//! volume.json            superblock (JSON, see `volume`)
-//! lock                   flock(2)ed by the process that has the volume open
-//! segments/<id>.seg      the log; <id> is 16 lowercase hex digits
-//! checkpoints/<seq>.ckpt index snapshots; <seq> is the checkpoint's seq_next
-//! snapshots/<name>.json  a snapshot's metadata block (JSON, see `volume`),
-//!                        holding its SnapshotPoint
-//! snapshots/<name>.index the snapshot's frozen index: checkpoint format,
-//!                        no head positions
-//! ```
-//!
-//! The log has one head per I/O queue plus one for compaction: each head
-//! appends to its own segment.
-//!
-//! ## Segment file
-//! A 64-byte segment header, then records back to back, with no padding.
-//!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0  | 4  | magic `LSVS` |
-//! | 4  | 2  | segment format version = 1 |
-//! | 6  | 2  | zero |
-//! | 8  | 8  | segment id (must equal the id in the file name) |
-//! | 16 | 16 | volume id (the superblock's `volume_id`, raw bytes) |
-//! | 32 | 4  | log head that wrote the segment (informational) |
-//! | 36 | 24 | zero |
-//! | 60 | 4  | CRC32C of bytes 0..60 |
-//!
-//! ## Record
-//! A 64-byte record header; for `Data` records it is followed by the block
-//! checksum table (`block_count` × u32: CRC32C of each block's ciphertext)
-//! and then the ciphertext (`block_count` × block size). Other kinds have no
-//! table and no payload. Record length = 64 + 4·n + n·block size for data,
-//! 64 otherwise.
-//!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0  | 4  | magic `LSVR` |
-//! | 4  | 2  | record format version = 1 |
-//! | 6  | 1  | kind: 1 data, 2 discard, 3 write-zeroes, 4 seal |
-//! | 7  | 1  | flags: bit 0 = moved (data copied unchanged by compaction, not newly encrypted); other bits 0 |
-//! | 8  | 8  | sequence number (seal: 0) |
-//! | 16 | 8  | first block (LBA in volume blocks; seal: 0) |
-//! | 24 | 4  | block count (seal: 0, others ≥ 1) |
-//! | 28 | 1  | log2 of the block size: 9 (512 B) or 12 (4096 B) |
-//! | 29 | 3  | zero |
-//! | 32 | 16 | key id of the ciphertext (zero without payload) |
-//! | 48 | 4  | CRC32C of the block checksum table (zero without payload) |
-//! | 52 | 8  | zero |
-//! | 60 | 4  | CRC32C of bytes 0..60 |
-//!
-//! Each ciphertext block is AES-256-XTS with the block as the data unit and
-//! the tweak = (sequence number << 64) | block number, as a little-endian
-//! 128-bit value (see `crypto::xts::Tweak::for_block`).
-//!
-//! A **seal** record is the last record of a segment that will never be
-//! appended to again; it is written only after every earlier record was
-//! synced. A segment ending in a seal must be valid throughout: an invalid
-//! header or checksum table in it is corruption and opening fails; a block
-//! whose checksum fails is indexed anyway and reading it is an error. A segment without a seal was a log
-//! head when the writer stopped: replay stops at its first invalid record (the
-//! torn tail), cuts the file there and seals it.
-//!
-//! ## Checkpoint file
-//! A 64-byte header, then the body: head positions, key table, extents.
-//!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0  | 4  | magic `LSVC` |
-//! | 4  | 2  | checkpoint format version = 2 (version 1 is still read) |
-//! | 6  | 2  | zero |
-//! | 8  | 16 | volume id |
-//! | 24 | 8  | seq_next: every write before the checkpoint had a smaller sequence number |
-//! | 32 | 8  | segment_id_next: segments with this id or higher are replayed whole |
-//! | 40 | 4  | H = number of head positions |
-//! | 44 | 4  | K = number of key ids |
-//! | 48 | 8  | E = number of extents |
-//! | 56 | 4  | CRC32C of the body |
-//! | 60 | 4  | CRC32C of bytes 0..60 |
-//!
-//! Body: H × (segment id u64, offset u64) — segments a head had open, to be
-//! replayed from that offset; then K key table entries (version 2: 16-byte
-//! key id + u64 bytes ever encrypted under it in this volume, moves not
-//! counted; version 1: the 16-byte id alone); then E × 56-byte
-//! extents, sorted by first block and disjoint:
-//!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0  | 8 | first block |
-//! | 8  | 8 | block count (≥ 1) |
-//! | 16 | 8 | sequence number of the write |
-//! | 24 | 8 | segment id, or 0xFFFF_FFFF_FFFF_FFFF for blocks that read as zeros |
-//! | 32 | 8 | offset of the record header in the segment |
-//! | 40 | 8 | first block of the record |
-//! | 48 | 4 | block count of the record |
-//! | 52 | 4 | index into the key table |
-//!
-//! # Opening (recovery)
-//! 1. Load the newest checkpoint that passes its checks (older ones are the
-//!    fallback; with none, start empty and replay everything).
-//! 2. Replay, in any order, every record of segments with id ≥
-//!    segment_id_next and of the head segments from their offsets; every
-//!    header, table and block checksum is verified. Newest sequence number
-//!    wins per block, so the order does not matter.
-//! 3. Set the next sequence number 2^32 past the highest seen (a write in
-//!    flight at the crash may have used numbers replay never saw).
-//! 4. Seal the replayed segments and write a checkpoint.
-//!
-//! # Snapshots
-//! A snapshot is a point in the log (`SnapshotPoint`: next sequence number,
-//! next segment id, and each head's (segment, end offset)); a record is in
-//! it iff the point covers its position. Its index — the newest checkpoint
-//! (older than the point) plus the covered records, read back and verified
-//! — is written as a checkpoint-format file before the next checkpoint, by
-//! the running log or, if the process died first, by recovery.
-//!
-//! # Compaction
-//! Live pieces of cleaned segments are appended again unchanged (same
-//! sequence number, first block, key id, ciphertext and block checksums) as
-//! new data records; then a checkpoint is written, then the segments are
-//! deleted, then older checkpoints. A checkpoint that refers to a segment
-//! that does not exist is skipped at open like a damaged one. Segments that
-//! a snapshot index refers to are never deleted. Replay after compaction
-//! needs a checkpoint: a full replay from segment 0 finds segments missing
-//! and fails (a deleted discard record could otherwise let older data
-//! reappear).
-//!
-//! # Assumptions about the media
-//! `fdatasync` makes earlier writes to that file durable; `rename` is atomic;
-//! writes that were never synced may be lost or torn at any byte after a
-//! power cut, which the checksums detect.
+//! Modules: `record` (record headers and the block checksum table),
+//! `segment` (segment files: header, scanning), `index` (the extent index),
+//! `checkpoint` (checkpoint files), `snapshot` (snapshot points), `io`
+//! (`pwritev`), `log` (the log itself: heads, append, flush, lookups,
+//! recovery, snapshots, compaction, re-keying).
 
 mod checkpoint;
+#[cfg(test)]
+mod format_tests;
 mod index;
 mod io;
 mod log;

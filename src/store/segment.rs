@@ -1,7 +1,7 @@
 //! Segment files: creating them, appending to them, and scanning them back.
 //!
 //! A segment is `segments/<id as 16 hex digits>.seg`: a 64-byte segment header
-//! (layout in the `store` module docs), then records back to back. Only one
+//! (layout in `docs/format.md`, section 4.1), then records back to back. Only one
 //! log head appends to a segment, so a segment never has holes: the first
 //! invalid record of an unsealed segment is its torn tail.
 
@@ -45,17 +45,50 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Encodes a segment header.
-pub fn encode_segment_header(id: u64, volume_id: &[u8; 16], head: u32) -> [u8; 64] {
-    let mut bytes = [0u8; 64];
-    bytes[..4].copy_from_slice(&SEGMENT_MAGIC);
-    put_u16(&mut bytes, S_VERSION_OFFSET, SEGMENT_VERSION);
-    put_u64(&mut bytes, S_ID_OFFSET, id);
-    bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16].copy_from_slice(volume_id);
-    put_u32(&mut bytes, S_HEAD_OFFSET, head);
-    let crc = crc32c::crc32c(&bytes[..S_CRC_OFFSET]);
-    put_u32(&mut bytes, S_CRC_OFFSET, crc);
-    bytes
+/// The fields of a segment header (layout in `docs/format.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The segment's id (its file name says the same).
+    pub id: u64,
+    /// The volume it belongs to.
+    pub volume_id: [u8; 16],
+    /// The log head that wrote it (informational).
+    pub head: u32,
+}
+
+impl SegmentHeader {
+    /// Encodes the header, computing its CRC.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+        let mut bytes = [0u8; SEGMENT_HEADER_BYTES as usize];
+        bytes[..4].copy_from_slice(&SEGMENT_MAGIC);
+        put_u16(&mut bytes, S_VERSION_OFFSET, SEGMENT_VERSION);
+        put_u64(&mut bytes, S_ID_OFFSET, self.id);
+        bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16].copy_from_slice(&self.volume_id);
+        put_u32(&mut bytes, S_HEAD_OFFSET, self.head);
+        let crc = crc32c::crc32c(&bytes[..S_CRC_OFFSET]);
+        put_u32(&mut bytes, S_CRC_OFFSET, crc);
+        bytes
+    }
+
+    /// Decodes header bytes read from disk, checking magic, CRC and version.
+    pub fn decode(bytes: &[u8; SEGMENT_HEADER_BYTES as usize]) -> Result<Self, &'static str> {
+        if bytes[..4] != SEGMENT_MAGIC {
+            return Err("not a segment file (bad magic)");
+        }
+        if crc32c::crc32c(&bytes[..S_CRC_OFFSET]) != get_u32(bytes, S_CRC_OFFSET) {
+            return Err("segment header checksum mismatch");
+        }
+        if get_u16(bytes, S_VERSION_OFFSET) != SEGMENT_VERSION {
+            return Err("unsupported segment version");
+        }
+        let mut volume_id = [0u8; 16];
+        volume_id.copy_from_slice(&bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16]);
+        Ok(Self {
+            id: get_u64(bytes, S_ID_OFFSET),
+            volume_id,
+            head: get_u32(bytes, S_HEAD_OFFSET),
+        })
+    }
 }
 
 /// Creates segment `id` (which must not exist) with its header written.
@@ -72,7 +105,12 @@ pub fn create_segment(
         .create_new(true)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    file.write_all_at(&encode_segment_header(id, volume_id, head), 0)
+    let header = SegmentHeader {
+        id,
+        volume_id: *volume_id,
+        head,
+    };
+    file.write_all_at(&header.encode(), 0)
         .map_err(|e| StoreError::io(&path, e))?;
     Ok(file)
 }
@@ -84,7 +122,7 @@ pub fn check_segment_header(
     id: u64,
     volume_id: &[u8; 16],
 ) -> Result<(), StoreError> {
-    let mut bytes = [0u8; 64];
+    let mut bytes = [0u8; SEGMENT_HEADER_BYTES as usize];
     let corrupt = |reason: &'static str| StoreError::Corrupt {
         path: path.to_path_buf(),
         offset_bytes: 0,
@@ -94,22 +132,14 @@ pub fn check_segment_header(
         .map_err(|e| StoreError::io(path, e))?
         .then_some(())
         .ok_or_else(|| corrupt("segment shorter than its header"))?;
-    if bytes[..4] != SEGMENT_MAGIC {
-        return Err(corrupt("not a segment file (bad magic)"));
-    }
-    if crc32c::crc32c(&bytes[..S_CRC_OFFSET]) != get_u32(&bytes, S_CRC_OFFSET) {
-        return Err(corrupt("segment header checksum mismatch"));
-    }
-    if get_u16(&bytes, S_VERSION_OFFSET) != SEGMENT_VERSION {
-        return Err(corrupt("unsupported segment version"));
-    }
-    if bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16] != volume_id[..] {
+    let header = SegmentHeader::decode(&bytes).map_err(corrupt)?;
+    if header.volume_id != *volume_id {
         return Err(StoreError::ForeignSegment {
             path: path.to_path_buf(),
-            volume_id: hex::encode(&bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16]),
+            volume_id: hex::encode(header.volume_id),
         });
     }
-    if get_u64(&bytes, S_ID_OFFSET) != id {
+    if header.id != id {
         return Err(corrupt("segment id does not match its file name"));
     }
     Ok(())

@@ -30,6 +30,8 @@
 mod clock;
 pub mod ephemeral;
 mod error;
+#[cfg(test)]
+mod format_tests;
 mod json_file;
 mod key_state;
 mod keyring;

@@ -58,7 +58,7 @@ pub fn blob_versions(volume: &Path) -> BTreeMap<String, u32> {
 /// records without payload): (records, data blocks).
 pub type RecordsByKey = BTreeMap<String, (u64, u64)>;
 
-/// Walks every segment file's records (layout in src/store/mod.rs: a
+/// Walks every segment file's records (layout in docs/format.md: a
 /// 64-byte segment header `LSVS`, then 64-byte record headers `LSVR`, each
 /// data record followed by its checksum table and blocks) and counts them
 /// by key id. A walk stops at the first bytes that are not a record header:

@@ -32,23 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use super::file::{AuditOpenError, FileSink, Head, head_path, open_file_sink, read_head};
-use super::{AuditEntry, AuditKey, AuditRecord, encode_line, rfc3339_utc};
+use super::{AuditEntry, AuditKey, AuditRecord, AuditSink, encode_line, rfc3339_utc};
 use crate::kms::limits::{
     AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_LINGER_US_MAX, AUDIT_QUEUE_MAX,
 };
-
-/// Where appended lines go. A trait so tests can make writes and syncs fail.
-pub trait AuditSink: Send {
-    /// Appends bytes at the end.
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes everything appended durable.
-    fn sync(&mut self) -> io::Result<()>;
-    /// `Err` with a reason if the sink must not be written now (read-only mode).
-    fn check_writable(&self) -> Result<(), String>;
-    /// Records the newest durable record (best effort, not synced); the
-    /// sink adds where it ends.
-    fn set_head(&mut self, head: &Head);
-}
 
 struct Job {
     entry: AuditEntry,

@@ -20,9 +20,12 @@
 //! log and finds non-ACL unwraps.
 
 pub mod file;
+#[cfg(test)]
+mod file_tests;
 pub mod log;
 pub mod verify;
 
+use std::io;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
@@ -237,6 +240,19 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// Where appended lines go. A trait so tests can make writes and syncs fail.
+pub trait AuditSink: Send {
+    /// Appends bytes at the end.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything appended durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// `Err` with a reason if the sink must not be written now (read-only mode).
+    fn check_writable(&self) -> Result<(), String>;
+    /// Records the newest durable record (best effort, not synced); the
+    /// sink adds where it ends.
+    fn set_head(&mut self, head: &file::Head);
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use aes::Aes256;
-use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use aes::cipher::KeyInit;
 use zeroize::Zeroizing;
 
 use super::{KekError, WrappingKeys, check_not_retired, load_min_version, store_min_version};
@@ -19,7 +19,7 @@ use crate::crypto::hygiene::RegisterScrub;
 use crate::crypto::locked::{LockedBox, LockedFillError, scrub_stack};
 use crate::kms::fsutil;
 use crate::kms::limits::KEK_VERSIONS_MAX;
-use crate::kms::seal::{BlobKey, BlobNonce, DERIVE_INPUT_BYTES};
+use crate::kms::seal::{BlobKey, BlobNonce};
 
 /// Bytes of one wrapping-key file.
 pub const KEK_FILE_BYTES: usize = 32;
@@ -137,22 +137,6 @@ fn write_new_version(state_dir: &Path, version: u32) -> Result<(), KekError> {
         .map_err(|e| io_error(&path.display().to_string(), e))
 }
 
-/// Encrypts the four derivation blocks under `cipher`.
-pub fn derive_with(cipher: &Aes256, nonce: &BlobNonce) -> BlobKey {
-    // AES-NI holds the wrapping key's round keys in vector registers.
-    let _registers = RegisterScrub::on_drop();
-    let mut blocks = Zeroizing::new(BlobKey::derive_input(nonce));
-    for chunk in blocks.chunks_exact_mut(16) {
-        let mut block = Array::from(<[u8; 16]>::try_from(&*chunk).expect("16-byte chunk"));
-        cipher.encrypt_block(&mut block);
-        chunk.copy_from_slice(&block);
-        // The block is derived key material: leave no copy on the stack.
-        block.fill(0);
-    }
-    let output: &[u8; DERIVE_INPUT_BYTES] = &blocks;
-    BlobKey::from_derive_output(output)
-}
-
 impl WrappingKeys for FileKek {
     fn backend(&self) -> &'static str {
         "file"
@@ -173,7 +157,7 @@ impl WrappingKeys for FileKek {
         let cipher = keys
             .get(&version)
             .ok_or(KekError::UnknownVersion(version))?;
-        Ok(derive_with(cipher.get(), nonce))
+        Ok(BlobKey::derive_with(cipher.get(), nonce))
     }
 
     fn rotate(&self) -> Result<u32, KekError> {

@@ -4,8 +4,8 @@
 //! `<prefix><version>`. Deriving a blob key is one `C_Encrypt` with
 //! `CKM_AES_ECB` over four blocks; the key's value never leaves the HSM.
 //!
-//! Tested against SoftHSM2 (`tests/kms_pkcs11.rs`). Facts relied on
-//! (`shared/notes/pkcs11.md`): initialise with `OS_LOCKING_OK`; one
+//! Tested against SoftHSM2 (`tests/kms_pkcs11.rs`). Facts about PKCS#11
+//! tokens relied on (checked with SoftHSM2): initialise with `OS_LOCKING_OK`; one
 //! `Session` per thread (we keep a small pool); a second login answers
 //! `CKR_USER_ALREADY_LOGGED_IN`, which is success; look keys up by label
 //! before generating, or duplicates appear.

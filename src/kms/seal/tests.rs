@@ -7,7 +7,6 @@ use aes::cipher::KeyInit;
 use proptest::prelude::*;
 
 use super::*;
-use crate::kms::kek::file::derive_with;
 
 fn kek(seed: u8) -> Aes256 {
     Aes256::new_from_slice(&[seed; 32]).unwrap()
@@ -27,13 +26,13 @@ fn sample_blob() -> (DataKey, Vec<u8>) {
         context: &context,
     };
     let nonce = [3u8; NONCE_BYTES];
-    let blob = seal(&input, 7, &nonce, &derive_with(&kek(1), &nonce));
+    let blob = seal(&input, 7, &nonce, &BlobKey::derive_with(&kek(1), &nonce));
     (key, blob)
 }
 
 fn open_with(bytes: &[u8], seed: u8) -> Result<OpenedBlob, SealError> {
     let blob = parse(bytes)?;
-    blob.open(&derive_with(&kek(seed), &blob.nonce))
+    blob.open(&BlobKey::derive_with(&kek(seed), &blob.nonce))
 }
 
 #[test]
@@ -113,7 +112,7 @@ proptest! {
     fn parse_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         if let Ok(blob) = parse(&bytes) {
             // Whatever parses must still fail to authenticate.
-            prop_assert!(blob.open(&derive_with(&kek(1), &blob.nonce)).is_err());
+            prop_assert!(blob.open(&BlobKey::derive_with(&kek(1), &blob.nonce)).is_err());
         }
     }
 

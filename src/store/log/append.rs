@@ -191,7 +191,7 @@ impl Log {
             });
         }
         // Allocate, create and publish the segment under the index lock, so a
-        // checkpoint sees either none of it or all of it (see module docs).
+        // checkpoint sees either none of it or all of it.
         let mut state = self.write_state();
         let id = state.segment_id_next;
         let file =
