@@ -424,8 +424,10 @@ fn keys_list(socket: &Path, token_file: &Path, json: bool) -> Result<()> {
                 &context.snapshot_id
             },
             time(Some(key.created_unix_s)),
-            time(key.state_changed_unix_s),
-            key.replaced_by.map_or("-".to_owned(), |id| id.to_string()),
+            time(key.history.state_changed_unix_s),
+            key.history
+                .replaced_by
+                .map_or("-".to_owned(), |id| id.to_string()),
             key.acl.join(",")
         );
     }

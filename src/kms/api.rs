@@ -289,11 +289,19 @@ pub struct KeyInfo {
     /// The context sealed in the key's blobs (volume, snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<KeyContext>,
-    /// When the state last changed, seconds since the UNIX epoch (for a
-    /// key rotated away: when it was destroyed).
+    /// When its state changed last, and the keys of its rotations.
+    #[serde(flatten)]
+    pub history: KeyHistory,
+}
+
+/// A key's history as its record keeps it (and [`KeyInfo`] shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHistory {
+    /// When the state last changed (disable, enable, destroy), seconds
+    /// since the UNIX epoch (for a key rotated away: when it was destroyed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_changed_unix_s: Option<u64>,
-    /// The key this one replaced in a rotation.
+    /// The key this one replaced in a rotation (`datakey` with `replaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<KeyId>,
     /// The key that replaced this one in a rotation.

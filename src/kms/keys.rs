@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{KeyId, KeyKind};
 
-use super::api::{KeyContext, KeyInfo, KeyState};
+use super::api::{KeyContext, KeyHistory, KeyInfo, KeyState};
 use super::error::KmsError;
 use super::fsutil;
 use super::limits::{FORMER_ACL_USERS_MAX, STATE_FILE_BYTES_MAX};
@@ -55,16 +55,9 @@ pub struct KeyRecord {
     /// changed (`GET /v1/keys/{id}?since=REVISION`).
     #[serde(default)]
     pub revision: u64,
-    /// When the state last changed (disable, enable, destroy), seconds
-    /// since the UNIX epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_changed_unix_s: Option<u64>,
-    /// The key this one replaced in a rotation (`datakey` with `replaces`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<KeyId>,
-    /// The key that replaced this one in a rotation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced_by: Option<KeyId>,
+    /// When its state changed last, and the keys of its rotations.
+    #[serde(flatten)]
+    pub history: KeyHistory,
 }
 
 impl KeyRecord {
@@ -123,9 +116,7 @@ impl KeyRecord {
             acl: self.acl.clone(),
             revision: self.revision,
             context: Some(self.context.clone()),
-            state_changed_unix_s: self.state_changed_unix_s,
-            replaces: self.replaces,
-            replaced_by: self.replaced_by,
+            history: self.history.clone(),
         }
     }
 }
@@ -136,8 +127,22 @@ pub struct KeyStore {
     in_process: Mutex<()>,
 }
 
-fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
+/// A state-storage failure: `what` failed because of `error`.
+pub fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
     KmsError::State(format!("{what}: {error}"))
+}
+
+/// The JSON record stored at `path`, or `None` if there is none.
+pub fn read_state_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, KmsError> {
+    let shown = || path.display().to_string();
+    let bytes = match fsutil::read_bounded(path, STATE_FILE_BYTES_MAX) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_error(&shown(), e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| state_error(&shown(), e))
 }
 
 impl KeyStore {
@@ -160,13 +165,9 @@ impl KeyStore {
     /// The record of `key_id`, if the key is known.
     pub fn get(&self, key_id: KeyId) -> Result<Option<KeyRecord>, KmsError> {
         let path = self.path(key_id);
-        let bytes = match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(state_error(&path.display().to_string(), e)),
+        let Some(record) = read_state_file::<KeyRecord>(&path)? else {
+            return Ok(None);
         };
-        let record: KeyRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| state_error(&path.display().to_string(), e))?;
         if record.key_id != key_id {
             return Err(state_error(
                 &path.display().to_string(),
@@ -184,15 +185,10 @@ impl KeyStore {
         max: usize,
         keep: impl Fn(&KeyRecord) -> bool,
     ) -> Result<(Vec<KeyRecord>, bool), KmsError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| state_error("listing keys", e))?;
+        let stems = fsutil::json_stems(&self.dir).map_err(|e| state_error("listing keys", e))?;
         let mut records = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| state_error("listing keys", e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Ok(key_id) = id.parse::<KeyId>() else {
+        for stem in stems {
+            let Ok(key_id) = stem.parse::<KeyId>() else {
                 continue;
             };
             if let Some(record) = self.get(key_id)?
@@ -322,9 +318,7 @@ mod tests {
             former_acl_users: Vec::new(),
             context: KeyContext::default(),
             revision: 0,
-            state_changed_unix_s: None,
-            replaces: None,
-            replaced_by: None,
+            history: KeyHistory::default(),
         }
     }
 

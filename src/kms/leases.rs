@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::api::KeyContext;
 use super::error::KmsError;
 use super::fsutil;
-use super::limits::STATE_FILE_BYTES_MAX;
+use super::keys::{read_state_file, state_error};
 
 /// Characters in a lease id (128 random bits in hex).
 pub const LEASE_ID_CHARS: usize = 32;
@@ -69,10 +69,6 @@ pub fn parse_lease_id(text: &str) -> Result<&str, KmsError> {
 pub struct LeaseStore {
     dir: PathBuf,
     writing: Mutex<()>,
-}
-
-fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
-    KmsError::State(format!("{what}: {error}"))
 }
 
 impl LeaseStore {
@@ -123,13 +119,9 @@ impl LeaseStore {
     /// The lease `lease_id` (already checked by [`parse_lease_id`]), if known.
     pub fn get(&self, lease_id: &str) -> Result<Option<Lease>, KmsError> {
         let path = self.path(lease_id);
-        let bytes = match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(state_error(&path.display().to_string(), e)),
+        let Some(lease) = read_state_file::<Lease>(&path)? else {
+            return Ok(None);
         };
-        let lease: Lease = serde_json::from_slice(&bytes)
-            .map_err(|e| state_error(&path.display().to_string(), e))?;
         if lease.lease_id != lease_id {
             return Err(state_error(
                 &path.display().to_string(),
@@ -148,15 +140,10 @@ impl LeaseStore {
         matches: impl Fn(&Lease) -> bool,
     ) -> Result<Vec<Lease>, KmsError> {
         let _writing = self.writing.lock().expect("lease store lock poisoned");
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| state_error("listing leases", e))?;
+        let stems = fsutil::json_stems(&self.dir).map_err(|e| state_error("listing leases", e))?;
         let mut ended = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| state_error("listing leases", e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Ok(id) = parse_lease_id(id) else {
+        for stem in stems {
+            let Ok(id) = parse_lease_id(&stem) else {
                 continue;
             };
             let Some(mut lease) = self.get(id)? else {

@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::crypto::{DataKey, KeyId};
 
 use super::api::{
-    DataKeyRequest, Health, KeyInfo, KeyState, RewrapRequest, UnwrapRequest, WrappingKeyInfo,
-    validate_acl,
+    DataKeyRequest, Health, KeyHistory, KeyInfo, KeyState, RewrapRequest, UnwrapRequest,
+    WrappingKeyInfo, validate_acl,
 };
 use super::audit::log::{AuditLog, AuditOpenError, open_file_sink};
 use super::audit::verify::query;
@@ -239,9 +239,10 @@ impl Service {
             former_acl_users: Vec::new(),
             context: request.context.clone(),
             revision: 0,
-            state_changed_unix_s: None,
-            replaces: request.replaces,
-            replaced_by: None,
+            history: KeyHistory {
+                replaces: request.replaces,
+                ..KeyHistory::default()
+            },
         };
         self.keys
             .create(&record)
@@ -249,7 +250,7 @@ impl Service {
         if let Some(old) = request.replaces {
             self.keys
                 .update(old, |old| {
-                    old.replaced_by = Some(record.key_id);
+                    old.history.replaced_by = Some(record.key_id);
                     Ok(())
                 })
                 .map_err(|e| self.act_failed(entry, e))?;
@@ -503,7 +504,7 @@ impl Service {
             .keys
             .update(key_id, |record| {
                 record.state = action.apply(record)?;
-                record.state_changed_unix_s = Some(now_unix_s());
+                record.history.state_changed_unix_s = Some(now_unix_s());
                 Ok(())
             })
             .map_err(|e| self.act_failed(entry, e))?;

@@ -9,23 +9,26 @@ use super::kit::data::BLOCK;
 use super::kit::kms::Kms;
 use super::{MIB, path};
 
-/// `lsvkms keys list --socket S --token-file TOKEN --json`.
-fn list(kms: &Kms, token: &std::path::Path) -> Value {
+/// `lsvkms keys list --socket S --token-file TOKEN [ARGS]`, run to its end.
+fn run_list(kms: &Kms, token: &std::path::Path, args: &[&str]) -> std::process::Output {
     let socket = path(kms.socket());
-    let out = kms.run(&[
+    let mut all = vec![
         "keys",
         "list",
         "--socket",
         socket,
         "--token-file",
         path(token),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ];
+    all.extend_from_slice(args);
+    kms.run(&all)
+}
+
+/// `lsvkms keys list ... --json`: the answer.
+fn list(kms: &Kms, token: &std::path::Path) -> Value {
+    let out = run_list(kms, token, &["--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -136,15 +139,7 @@ fn users_list_their_key_ids_rotations_show_and_a_removed_user_stops_seeing_the_k
     );
 
     // The table names the keys too.
-    let socket = path(kms.socket());
-    let out = kms.run(&[
-        "keys",
-        "list",
-        "--socket",
-        socket,
-        "--token-file",
-        path(&alice),
-    ]);
+    let out = run_list(&kms, &alice, &[]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains(&first) && table.contains(&second) && table.contains("destroyed"),
@@ -155,14 +150,7 @@ fn users_list_their_key_ids_rotations_show_and_a_removed_user_stops_seeing_the_k
     let forged = kms.fresh_path("forged", "jwt");
     std::fs::write(&forged, "not.a.token").unwrap();
     std::fs::set_permissions(&forged, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = kms.run(&[
-        "keys",
-        "list",
-        "--socket",
-        socket,
-        "--token-file",
-        path(&forged),
-    ]);
+    let out = run_list(&kms, &forged, &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("token_invalid"),

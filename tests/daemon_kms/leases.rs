@@ -53,7 +53,7 @@ fn revoke(kms: &Kms, lease_id: &str) {
 
 #[test]
 fn a_leased_daemon_outlives_a_5s_token_and_a_revoked_lease_refuses_the_restart() {
-    let setup = Setup::new();
+    let setup = Setup::start();
     let short = setup.kms.token_for("alice", "5s");
     let mut daemon = Daemon::start(&setup.volume, &setup.kms, &short, &["--lease", "1h"]);
     let mut disk = Disk::zeros(8 * MIB);
@@ -120,7 +120,7 @@ fn a_leased_daemon_outlives_a_5s_token_and_a_revoked_lease_refuses_the_restart()
 
 #[test]
 fn a_disabled_key_or_a_user_taken_off_the_acl_ends_the_lease_at_once() {
-    let setup = Setup::new();
+    let setup = Setup::start();
     let mut daemon = Daemon::start(&setup.volume, &setup.kms, &setup.alice, &["--lease", "30d"]);
     let status = setup.status();
     let key_id: lsvblk::crypto::KeyId = status["keys"]["current_key_id"]

@@ -42,7 +42,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new() -> Self {
+    pub fn start() -> Self {
         let kms = Kms::start();
         let volume = create_volume(&kms, 8 * MIB, &["alice"], BLOCK as u32);
         Self {

@@ -37,13 +37,13 @@ fn wait_polls(setup: &Setup, from: u64, more: u64) -> Value {
             last = setup.status();
             (polls(&last) >= from + more).then(|| last.clone())
         },
-        || String::new(),
+        || format!("polled from {from}"),
     )
 }
 
 #[test]
 fn an_hour_of_key_polls_audits_only_the_changes_and_a_disable_is_seen_within_a_poll() {
-    let setup = Setup::new();
+    let setup = Setup::start();
     let mut daemon = Daemon::start(
         &setup.volume,
         &setup.kms,
