@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use lsvblk::service::maintenance;
+
 use crate::admin::{self, print};
 use crate::control::ControlRequest;
 use crate::exit::Outcome;
@@ -37,7 +39,7 @@ pub fn run(args: CompactArgs) -> Outcome {
         request,
         false,
         &mut |value| bar.update(value),
-        |v, p| admin::compact(v, Some(rate), Some(ratio), None, p),
+        |v, p| maintenance::compact(v, Some(rate), Some(ratio), None, p),
     )?;
     bar.finish("compacted");
     print(&out, args.json);
@@ -66,7 +68,7 @@ pub fn status(args: StatusArgs) -> Outcome {
             let superblock = v.superblock_now()?;
             Ok(serde_json::json!({
                 "served": false,
-                "space": admin::space(v)?,
+                "space": maintenance::space(v)?,
                 "keys": {
                     "current_key_id": superblock.current_key_id,
                     "keys": v.key_status()?,

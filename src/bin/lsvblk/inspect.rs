@@ -7,6 +7,7 @@ use lsvblk::volume::{Superblock, pending_acl};
 use crate::admin;
 use crate::control::ControlRequest;
 use crate::exit::{Failure, IO, Outcome};
+use lsvblk::service::maintenance;
 
 /// Arguments of `lsvblk inspect`.
 #[derive(clap::Args)]
@@ -34,7 +35,7 @@ pub fn run(args: InspectArgs) -> Outcome {
         ControlRequest::Status,
         true,
         &mut |_| {},
-        |v, _| Ok(serde_json::json!({ "space": admin::space(v)? })),
+        |v, _| Ok(serde_json::json!({ "space": maintenance::space(v)? })),
     )?;
     let space = status["space"].clone();
     let keys: Vec<_> = superblock

@@ -12,7 +12,6 @@ mod create;
 mod daemon;
 mod exit;
 mod inspect;
-mod keycare;
 mod keys;
 mod kms;
 mod lease;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use lsvblk::crypto::{CryptoPool, KeyId};
+use lsvblk::service::{KeyCare, rewrap_blobs};
 use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
 use serde_json::Value;
 
-use crate::admin::{self, Reach, print};
+use crate::admin::{self, Reach, print, service_error};
 use crate::control::{self, ControlError, ControlRequest};
 use crate::exit::{DENIED, Failure, IO, Outcome, SOFTWARE, USAGE};
-use crate::keycare::{KeyCare, rewrap_blobs};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address};
 use crate::progress::BytesProgress;
@@ -122,7 +122,7 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
     let volume = Arc::try_unwrap(volume)
         .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use")))?;
     volume.close()?;
-    result.map_err(control_failure)
+    result.map_err(|error| control_failure(service_error(error)))
 }
 
 /// The exit code for a refused operation run here.

@@ -147,7 +147,7 @@ pub fn run(args: ServeArgs) -> Outcome {
         args.compact_rate_mib,
         args.kms.as_ref().map(crate::kms::client),
         args.background_poll_ms.map_or(
-            crate::daemon::BACKGROUND_POLL_DEFAULT,
+            lsvblk::service::BACKGROUND_POLL_DEFAULT,
             Duration::from_millis,
         ),
     );

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::admin::{self, print};
 use crate::control::ControlRequest;
 use crate::exit::Outcome;
+use lsvblk::service::maintenance;
 
 /// Arguments of `lsvblk snapshot`.
 #[derive(clap::Args)]
@@ -58,7 +59,7 @@ pub fn run(args: SnapshotArgs) -> Outcome {
         SnapshotCommand::Create { volume, name, json } => {
             let request = ControlRequest::SnapshotCreate { name: name.clone() };
             let out = admin::run_anywhere(&volume, request, false, &mut |_| {}, |v, _| {
-                admin::snapshot_create(v, &name)
+                maintenance::snapshot_create(v, &name)
             })?;
             print(&out, json);
         }
@@ -82,7 +83,7 @@ pub fn run(args: SnapshotArgs) -> Outcome {
         SnapshotCommand::Delete { volume, name, json } => {
             let request = ControlRequest::SnapshotDelete { name: name.clone() };
             let out = admin::run_anywhere(&volume, request, false, &mut |_| {}, |v, _| {
-                admin::snapshot_delete(v, &name)
+                maintenance::snapshot_delete(v, &name)
             })?;
             print(&out, json);
         }

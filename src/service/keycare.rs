@@ -7,17 +7,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use lsvblk::crypto::KeyId;
-use lsvblk::kms::api::{KeyContext, KeyInfo};
-use lsvblk::kms::client::{ClientError, KmsClient};
-use lsvblk::kms::keys::KeyAction;
-use lsvblk::store::CompactOptions;
-use lsvblk::sync::LockOrRecover;
-use lsvblk::volume::{KeyEntry, RotationReason, Volume, VolumeError};
 use serde_json::{Value, json};
 
-use crate::admin::control_error;
-use crate::control::ControlError;
+use super::ServiceError;
+use crate::crypto::KeyId;
+use crate::kms::api::{KeyContext, KeyInfo};
+use crate::kms::client::{ClientError, KmsClient};
+use crate::kms::keys::KeyAction;
+use crate::store::CompactOptions;
+use crate::sync::LockOrRecover;
+use crate::volume::{KeyEntry, RotationReason, Volume, VolumeError};
 
 /// The volume's key caretaker.
 pub struct KeyCare {
@@ -71,19 +70,14 @@ impl KeyCare {
     }
 
     /// The right to rotate: one rotation at a time.
-    fn one_rotation(&self) -> Result<std::sync::MutexGuard<'_, ()>, ControlError> {
+    fn one_rotation(&self) -> Result<std::sync::MutexGuard<'_, ()>, ServiceError> {
         self.rotating
             .try_lock()
-            .map_err(|_| ControlError::new(ControlError::BUSY, "a key rotation is already running"))
+            .map_err(|_| ServiceError::RotationRunning)
     }
 
-    fn kms(&self) -> Result<&KmsClient, ControlError> {
-        self.kms.as_ref().ok_or_else(|| {
-            ControlError::new(
-                ControlError::BAD_REQUEST,
-                "no key service configured (--kms)",
-            )
-        })
+    fn kms(&self) -> Result<&KmsClient, ServiceError> {
+        self.kms.as_ref().ok_or(ServiceError::NoKeyService)
     }
 
     /// One look at the keys (the daemon calls it every few seconds): resume
@@ -94,9 +88,9 @@ impl KeyCare {
         if self.volume.is_read_only() || self.kms.is_none() {
             return;
         }
-        let result = (|| -> Result<(), ControlError> {
+        let result = (|| -> Result<(), ServiceError> {
             self.destroy_pending();
-            if self.volume.rotation().map_err(control_error)?.is_some() {
+            if self.volume.rotation()?.is_some() {
                 self.continue_rotation(None, &mut |_| {})?;
                 return Ok(());
             }
@@ -112,7 +106,7 @@ impl KeyCare {
                 )?;
                 return Ok(());
             }
-            if let Some(reason) = self.volume.rotation_due().map_err(control_error)? {
+            if let Some(reason) = self.volume.rotation_due()? {
                 tracing::info!(?reason, "key rotation due");
                 self.rotate(reason, None, None, false, &mut |_| {})?;
             }
@@ -123,12 +117,12 @@ impl KeyCare {
     }
 
     /// The first of the volume's own keys lsvkms says is compromised.
-    fn compromised_key(&self) -> Result<Option<KeyId>, ControlError> {
+    fn compromised_key(&self) -> Result<Option<KeyId>, ServiceError> {
         let Some(kms) = &self.kms else {
             return Ok(None);
         };
         let kept = self.status_mut().compromised_kept.clone();
-        let keys = self.volume.key_status().map_err(control_error)?;
+        let keys = self.volume.key_status()?;
         self.status_mut()
             .kms_keys
             .retain(|id, _| keys.iter().any(|k| k.key_id == *id));
@@ -139,11 +133,11 @@ impl KeyCare {
             match self.poll_key(kms, key.key_id) {
                 Ok(info) if info.compromised => return Ok(Some(key.key_id)),
                 Ok(_) => {}
-                Err(error) => {
-                    return Err(ControlError::new(
-                        ControlError::IO,
-                        format!("asking lsvkms about key {}: {error}", key.key_id),
-                    ));
+                Err(source) => {
+                    return Err(ServiceError::KeyService {
+                        action: format!("asking lsvkms about key {}", key.key_id),
+                        source,
+                    });
                 }
             }
         }
@@ -183,22 +177,17 @@ impl KeyCare {
         rate_mib: Option<u64>,
         include_snapshots: bool,
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, ControlError> {
+    ) -> Result<Value, ServiceError> {
         let _one = self.one_rotation()?;
-        let superblock = self.volume.superblock_now().map_err(control_error)?;
+        let superblock = self.volume.superblock_now()?;
         if superblock.rotation.is_none() {
             let current = superblock
                 .keys
                 .iter()
                 .find(|k| k.key_id == superblock.current_key_id)
-                .ok_or_else(|| {
-                    ControlError::new(ControlError::INTERNAL, "no entry for the current key")
-                })?;
+                .ok_or(ServiceError::NoCurrentKeyEntry)?;
             if current.acl.is_empty() {
-                return Err(ControlError::new(
-                    ControlError::BAD_REQUEST,
-                    "the volume does not record its key's ACL; cannot ask for a new key",
-                ));
+                return Err(ServiceError::NoAcl);
             }
             let generated = self
                 .kms()?
@@ -210,8 +199,9 @@ impl KeyCare {
                     },
                     Some(current.key_id),
                 )
-                .map_err(|e| {
-                    ControlError::new(ControlError::IO, format!("asking lsvkms for a key: {e}"))
+                .map_err(|source| ServiceError::KeyService {
+                    action: "asking lsvkms for a key".into(),
+                    source,
                 })?;
             let entry = KeyEntry {
                 key_id: generated.key.id(),
@@ -224,8 +214,7 @@ impl KeyCare {
                 context_volume_id: None,
             };
             self.volume
-                .start_rotation_with(generated.key, entry, reason, include_snapshots)
-                .map_err(control_error)?;
+                .start_rotation_with(generated.key, entry, reason, include_snapshots)?;
         }
         let outcome = self.run_continue(rate_mib, progress);
         drop(_one);
@@ -241,7 +230,7 @@ impl KeyCare {
         &self,
         rate_mib: Option<u64>,
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, ControlError> {
+    ) -> Result<Value, ServiceError> {
         let _one = self.one_rotation()?;
         self.run_continue(rate_mib, progress)
     }
@@ -250,8 +239,8 @@ impl KeyCare {
         &self,
         rate_mib: Option<u64>,
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, ControlError> {
-        let rotation = self.volume.rotation().map_err(control_error)?;
+    ) -> Result<Value, ServiceError> {
+        let rotation = self.volume.rotation()?;
         let rate = rate_mib.unwrap_or(self.rate_mib);
         let options = CompactOptions {
             live_ratio_max: 1.0,
@@ -266,7 +255,7 @@ impl KeyCare {
             progress(value);
         });
         self.status_mut().progress = None;
-        let Some(outcome) = result.map_err(control_error)? else {
+        let Some(outcome) = result? else {
             return Ok(json!({ "rotation": null }));
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -350,11 +339,11 @@ impl KeyCare {
 
     /// Replaces every blob of the volume and its snapshots sealed under an
     /// older wrapping-key version (all of them unless `only_if_older`).
-    pub fn rewrap(&self, only_if_older: bool) -> Result<Value, ControlError> {
+    pub fn rewrap(&self, only_if_older: bool) -> Result<Value, ServiceError> {
         rewrap_blobs(&self.volume, self.kms()?, only_if_older)
     }
 
-    fn rewrap_if_newer(&self) -> Result<(), ControlError> {
+    fn rewrap_if_newer(&self) -> Result<(), ServiceError> {
         if self.kms.is_some() {
             self.rewrap(true)?;
         }
@@ -392,36 +381,34 @@ pub fn rewrap_blobs(
     volume: &Volume,
     kms: &KmsClient,
     only_if_older: bool,
-) -> Result<Value, ControlError> {
+) -> Result<Value, ServiceError> {
     let current = kms
         .health()
         .ok()
         .and_then(|h| h.wrapping_key)
         .map(|w| w.current_version);
     let mut failures = Vec::new();
-    let replaced = volume
-        .replace_wrapped_blobs(&mut |entry| {
-            let Some(text) = &entry.wrapped_blob else {
-                return Ok(None);
-            };
-            let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(text) else {
-                return Ok(None);
-            };
-            let version = lsvblk::kms::seal::parse(&blob).ok().map(|b| b.kek_version);
-            if only_if_older && version >= current {
-                return Ok(None);
+    let replaced = volume.replace_wrapped_blobs(&mut |entry| {
+        let Some(text) = &entry.wrapped_blob else {
+            return Ok(None);
+        };
+        let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(text) else {
+            return Ok(None);
+        };
+        let version = crate::kms::seal::parse(&blob).ok().map(|b| b.kek_version);
+        if only_if_older && version >= current {
+            return Ok(None);
+        }
+        match kms.rewrap(&blob) {
+            Ok(new) => Ok(Some(
+                base64::engine::general_purpose::STANDARD.encode(&new.wrapped_blob.0),
+            )),
+            Err(error) => {
+                failures.push(format!("{}: {error}", entry.key_id));
+                Ok(None)
             }
-            match kms.rewrap(&blob) {
-                Ok(new) => Ok(Some(
-                    base64::engine::general_purpose::STANDARD.encode(&new.wrapped_blob.0),
-                )),
-                Err(error) => {
-                    failures.push(format!("{}: {error}", entry.key_id));
-                    Ok(None)
-                }
-            }
-        })
-        .map_err(control_error)?;
+        }
+    })?;
     if replaced > 0 {
         tracing::info!(
             replaced,
@@ -429,10 +416,7 @@ pub fn rewrap_blobs(
         );
     }
     if !failures.is_empty() && !only_if_older {
-        return Err(ControlError::new(
-            ControlError::IO,
-            format!("lsvkms refused to rewrap: {}", failures.join("; ")),
-        ));
+        return Err(ServiceError::RewrapRefused(failures));
     }
     Ok(json!({ "replaced": replaced, "wrapping_key_version": current, "failed": failures }))
 }

@@ -1,0 +1,38 @@
+//! Why a key-care or maintenance operation failed.
+
+use crate::kms::client::ClientError;
+use crate::volume::VolumeError;
+
+/// Why a [`KeyCare`](super::KeyCare) operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Another rotation holds the volume (one at a time).
+    #[error("a key rotation is already running")]
+    RotationRunning,
+    /// The operation needs lsvkms and none was given.
+    #[error("no key service configured (--kms)")]
+    NoKeyService,
+    /// The current key's entry lists no ACL, so a new key cannot be asked
+    /// for on the same terms.
+    #[error("the volume does not record its key's ACL; cannot ask for a new key")]
+    NoAcl,
+    /// The superblock has no entry for its own current key (a bug or a
+    /// damaged superblock).
+    #[error("no entry for the current key")]
+    NoCurrentKeyEntry,
+    /// lsvkms was down, silent or refused (`action` says what was asked).
+    #[error("{action}: {source}")]
+    KeyService {
+        /// What was asked of lsvkms.
+        action: String,
+        /// How the call failed.
+        #[source]
+        source: ClientError,
+    },
+    /// lsvkms refused to rewrap some blobs (one message per key).
+    #[error("lsvkms refused to rewrap: {}", .0.join("; "))]
+    RewrapRefused(Vec<String>),
+    /// The volume refused or failed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+}
