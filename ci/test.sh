@@ -3,7 +3,8 @@
 # crash, integration with real lsvkms/lsvblk processes and libblkio, doc),
 # the object-store tests against a real Ceph cluster (ci/ceph.sh), then the
 # QEMU end-to-end test (a real Linux guest under TCG writing to an
-# encrypted lsvblk disk). CI runs exactly this (through .ci/run).
+# encrypted lsvblk disk) and the same guest under libvirt. CI runs exactly
+# this (through .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,3 +49,9 @@ echo "== QEMU end-to-end: qemu/e2e.sh"
 cargo build --bins
 LSVBLK_BIN_DIR="$PWD/target/debug" qemu/e2e.sh
 echo "qemu-e2e: 1 passed, 0 failed"
+
+# The same write/verify boots under libvirt (virt-qemu-run, the domain of
+# qemu/libvirt/domain.xml): ~3 min on a quiet machine.
+echo "== libvirt: qemu/libvirt.sh"
+LSVBLK_BIN_DIR="$PWD/target/debug" qemu/libvirt.sh
+echo "libvirt: 1 passed, 0 failed"

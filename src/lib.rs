@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod kms;
 pub mod limits;
 pub mod objstore;
+pub mod ops;
 pub mod service;
 pub mod store;
 pub mod sync;

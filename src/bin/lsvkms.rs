@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use lsvblk::kms::audit::verify::{check, verify};
 use lsvblk::kms::audit::{AuditKey, rfc3339_utc};
@@ -19,11 +19,13 @@ use lsvblk::kms::keys::KeyStore;
 use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
+use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
+use lsvblk::ops::notify;
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "lsvkms", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +51,16 @@ enum Command {
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Print the shell completion script (bash, zsh, fish, ...) to stdout.
+    Completions {
+        /// The shell to complete for (bash, zsh, fish, elvish, powershell).
+        shell: Shell,
+    },
+    /// Write the manual pages (lsvkms.1 and one per subcommand) to DIR.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
     /// What a user may see of the keys whose ACL lists them.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -103,7 +115,7 @@ enum TlsCommand {
 #[derive(Args)]
 struct DirArg {
     /// The state directory (`lsvkms init --dir`).
-    #[arg(long)]
+    #[arg(long, env = "LSVKMS_DIR")]
     dir: PathBuf,
 }
 
@@ -136,21 +148,21 @@ struct ServeArgs {
     #[command(flatten)]
     dir: DirArg,
     /// UNIX socket to serve on (default: socket_path in config.json).
-    #[arg(long)]
+    #[arg(long, env = "LSVKMS_SOCKET")]
     socket: Option<PathBuf>,
     /// Also serve TLS 1.3 on this TCP address (e.g. 127.0.0.1:8443); needs
     /// --tls-cert, --tls-key and --client-ca. Callers must present a client
     /// certificate whose fingerprint is in tls_services (config.json).
-    #[arg(long, requires_all = ["tls_cert", "tls_key", "client_ca"])]
+    #[arg(long, env = "LSVKMS_TCP", requires_all = ["tls_cert", "tls_key", "client_ca"])]
     tcp: Option<String>,
     /// Server certificate chain (PEM).
-    #[arg(long, requires = "tcp")]
+    #[arg(long, env = "LSVKMS_TLS_CERT", requires = "tcp")]
     tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
-    #[arg(long, requires = "tcp")]
+    #[arg(long, env = "LSVKMS_TLS_KEY", requires = "tcp")]
     tls_key: Option<PathBuf>,
     /// CA certificate(s) that sign client certificates (PEM).
-    #[arg(long, requires = "tcp")]
+    #[arg(long, env = "LSVKMS_CLIENT_CA", requires = "tcp")]
     client_ca: Option<PathBuf>,
 }
 
@@ -218,6 +230,18 @@ fn main() -> Result<()> {
             println!("{}", tls::fingerprint(&certs[0]));
             Ok(())
         }
+        Command::Completions { shell } => {
+            write_completions(shell, Cli::command(), &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let pages = write_man_pages(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            for page in pages {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -279,7 +303,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     std::thread::Builder::new()
         .name("kms-accept".into())
         .spawn(move || server::serve_unix(listener, accepting))?;
+    // Every listener is bound and listening: callers can connect.
+    notify::ready(&format!("serving on {}", socket.display()));
     let signal = wait_for(&signals);
+    notify::stopping();
     tracing::info!(signal, "stopping");
     service.shutdown();
     let _ = std::fs::remove_file(&socket);

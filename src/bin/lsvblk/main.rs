@@ -10,7 +10,9 @@ mod compact;
 mod control;
 mod create;
 mod daemon;
+mod docs;
 mod exit;
+mod image;
 mod inspect;
 mod keys;
 mod kms;
@@ -21,7 +23,7 @@ mod serve;
 mod size;
 mod snapshot;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Encrypted, log-structured virtual disks for VMs, served over vhost-user-blk.
 ///
@@ -70,6 +72,16 @@ enum Command {
     Rewrap(rotate::RewrapArgs),
     /// Show or change when keys are rotated and retired.
     Policy(rotate::PolicyCommand),
+    /// Write a raw disk image into a volume that no daemon serves (holes
+    /// and zero blocks are not written; `-` reads stdin).
+    Import(image::ImportArgs),
+    /// Write a volume, or one of its snapshots, out as a raw image (sparse
+    /// file; `-` writes stdout). Works on a served volume.
+    Export(image::ExportArgs),
+    /// Print the shell completion script (bash, zsh, fish, ...) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (lsvblk.1 and one per subcommand) to DIR.
+    Man(docs::ManArgs),
 }
 
 fn main() {
@@ -97,6 +109,10 @@ fn main() {
         Command::Rotate(args) => rotate::rotate(args),
         Command::Rewrap(args) => rotate::rewrap(args),
         Command::Policy(args) => rotate::policy(args),
+        Command::Import(args) => image::import(args),
+        Command::Export(args) => image::export(args),
+        Command::Completions(args) => docs::completions(args, Cli::command()),
+        Command::Man(args) => docs::man(args, Cli::command()),
     };
     if let Err(error) = result {
         eprintln!("lsvblk: error: {:#}", error.error);

@@ -20,18 +20,20 @@ use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::kms::{parse_kms_address, parse_kms_timeout};
 use crate::size::parse_size;
 
-/// Arguments of `lsvblk serve`.
+/// Arguments of `lsvblk serve`. Each can also come from an environment
+/// variable (`LSVBLK_VOLUME`, ...; `--help` names them): what the
+/// `lsvblk@.service` unit reads from its instance's environment file.
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Volume directory.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_VOLUME")]
     volume: PathBuf,
     /// vhost-user socket to listen on (a stale socket file is replaced).
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SOCKET")]
     socket: PathBuf,
     /// The key-wrapping service: unix:PATH of its socket (not with
     /// --ephemeral).
-    #[arg(long, value_parser = parse_kms_address, required_unless_present = "ephemeral")]
+    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address, required_unless_present = "ephemeral")]
     kms: Option<PathBuf>,
     /// Serve a new ephemeral volume of --size in --volume (absent, empty,
     /// or left by a killed ephemeral daemon): its data key is made here in
@@ -45,7 +47,7 @@ pub struct ServeArgs {
     /// File holding the user's token (from `lsvkms token issue`); must not
     /// be readable by group or others (exit 64 otherwise). Without it, the
     /// leases a former `serve --lease` kept in the volume are used.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// With --token-file: ask lsvkms for a lease this long (e.g. 30d; lsvkms
     /// may shorten it), kept in VOLUME/lease.json (0600), so later `serve`
@@ -55,49 +57,54 @@ pub struct ServeArgs {
     /// Mode of the vhost-user socket file (octal). Whoever may connect to it
     /// reads and writes the decrypted disk: 0600 lets only our user in; use
     /// 0660 with --socket-group for a VMM running as another user.
-    #[arg(long, default_value = "0600", value_parser = parse_socket_mode)]
+    #[arg(long, env = "LSVBLK_SOCKET_MODE", default_value = "0600", value_parser = parse_socket_mode)]
     socket_mode: u32,
     /// Group of the vhost-user socket file (name or gid), e.g. the group
     /// libvirt's QEMU runs as.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SOCKET_GROUP")]
     socket_group: Option<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
-    #[arg(long, default_value = "30s", value_parser = parse_kms_timeout)]
+    #[arg(long, env = "LSVBLK_KMS_TIMEOUT", default_value = "30s", value_parser = parse_kms_timeout)]
     kms_timeout: Duration,
     /// Virtqueues offered to the guest (one worker thread each).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "LSVBLK_NUM_QUEUES", default_value_t = 1)]
     num_queues: u16,
     /// Largest virtqueue size accepted (power of two).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "LSVBLK_QUEUE_SIZE", default_value_t = 256)]
     queue_size: u16,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_READ_ONLY")]
     read_only: bool,
     /// Serve snapshot NAME of the volume instead of the volume itself
     /// (read-only; works while another daemon serves the volume). The
     /// token's user must be on the snapshot's ACL.
-    #[arg(long, value_name = "NAME", requires = "read_only")]
+    #[arg(
+        long,
+        env = "LSVBLK_SNAPSHOT",
+        value_name = "NAME",
+        requires = "read_only"
+    )]
     snapshot: Option<String>,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_SERIAL")]
     serial: Option<String>,
     /// Crypto threads (0 = one per CPU).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "LSVBLK_CRYPTO_THREADS", default_value_t = 0)]
     crypto_threads: usize,
     /// Requests larger than this are encrypted in parallel chunks (K/M suffixes).
-    #[arg(long, default_value = "512K", value_parser = parse_size)]
+    #[arg(long, env = "LSVBLK_CHUNK_SIZE", default_value = "512K", value_parser = parse_size)]
     chunk_size: u64,
     /// Logical block size offered to the guest: 512 or 4096. Default: the
     /// volume's block size.
-    #[arg(long)]
+    #[arg(long, env = "LSVBLK_BLOCK_SIZE")]
     block_size: Option<u32>,
     /// Background compaction moves at most this many MiB/s (0: off). It
     /// starts when the segments hold 1.5× the live data. Key rotations the
     /// daemon starts by itself re-encrypt at this rate too (0: unthrottled;
     /// a compromised key's rotation is never throttled).
-    #[arg(long, default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
+    #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
@@ -176,6 +183,9 @@ pub fn run(args: ServeArgs) -> Outcome {
         read_only = args.read_only,
         "serving"
     );
+    // The vhost-user socket listens (a VMM's connect is queued until `run`
+    // accepts it) and the control socket is up: the VMM may start now.
+    lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
     let served = server.run().map_err(|e| Failure::new(IO, e));
     daemon.stop();
     if let Some(control) = control {
@@ -271,6 +281,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
         .name("lsvblk-signals".to_string())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                lsvblk::ops::notify::stopping();
                 tracing::info!(signal, "stopping: flushing and closing the volume");
                 stop.stop();
             }

@@ -1,0 +1,10 @@
+//! What an operator needs around the two daemons, shared by `lsvblk` and
+//! `lsvkms`: shell completions and manual pages made from their clap
+//! definitions ([`docs`]), the systemd readiness protocol ([`notify`]), and
+//! sparse files for image import and export ([`sparse`]).
+//!
+//! Nothing here touches a volume or a key.
+
+pub mod docs;
+pub mod notify;
+pub mod sparse;
