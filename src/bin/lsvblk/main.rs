@@ -20,6 +20,7 @@ mod lease;
 mod progress;
 mod rotate;
 mod serve;
+mod services;
 mod size;
 mod snapshot;
 
