@@ -15,6 +15,7 @@ mod chain;
 pub mod config;
 mod hold;
 pub mod inflight;
+pub mod peer_check;
 pub mod request;
 mod server;
 pub mod socket_access;

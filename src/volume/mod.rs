@@ -29,6 +29,7 @@
 //! then the log's own (see `store::Log`); the lifecycle lock, then the
 //! keyring (write, to add or drop a key), then the log's.
 
+mod check;
 mod clock;
 pub mod ephemeral;
 mod error;
@@ -51,6 +52,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use check::check_files;
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
 pub use key_state::KeyStatus;

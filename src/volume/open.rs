@@ -372,7 +372,10 @@ fn new_superblock(
     }
 }
 
-fn log_config(superblock: &Superblock, options: &VolumeOptions) -> Result<LogConfig, VolumeError> {
+pub(super) fn log_config(
+    superblock: &Superblock,
+    options: &VolumeOptions,
+) -> Result<LogConfig, VolumeError> {
     Ok(LogConfig {
         volume_id: superblock.volume_id_bytes()?,
         block_shift: superblock.block_shift(),
@@ -429,7 +432,7 @@ fn prepare_empty_dir(dir: &Path) -> Result<(), VolumeError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)
+            crate::fsmode::create_private_dir_all(dir).map_err(io)
         }
         Err(e) => Err(io(e)),
     }

@@ -6,7 +6,7 @@ use base64::Engine;
 use lsvblk::kms::api::KeyContext;
 use lsvblk::volume::{Volume, VolumeOptions, WrappedKey, new_volume_id};
 
-use crate::exit::{Failure, Outcome, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::kms::{client, failure, parse_kms_address};
 use crate::size::parse_size;
 
@@ -49,18 +49,15 @@ pub struct CreateArgs {
 /// Creates the volume with a fresh data key from the service.
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!("--acl has an empty user name"),
-        ));
+        return Err(Failure::usage("--acl has an empty user name"));
     }
     // Refuse a used directory before a data key is generated (and audited)
     // for a volume that will never exist.
     if std::fs::read_dir(&args.volume).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!("{} already exists and is not empty", args.volume.display()),
-        ));
+        return Err(Failure::usage(format!(
+            "{} already exists and is not empty",
+            args.volume.display()
+        )));
     }
     let volume_id = new_volume_id()?;
     let context = KeyContext {

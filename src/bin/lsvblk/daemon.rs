@@ -89,7 +89,7 @@ impl ControlHandler for Daemon {
                 served.set_policy(&policy).map_err(control_error)
             }
             ControlRequest::SnapshotList => crate::snapshot::snapshot_list(served.volume().dir())
-                .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
+                .map_err(|f| ControlError::new(ControlError::IO, format!("{f}"))),
             ControlRequest::Compact {
                 rate_mib_s,
                 live_ratio_max,

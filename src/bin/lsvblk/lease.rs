@@ -23,7 +23,7 @@ use lsvblk::volume::KeyEntry;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::exit::{Failure, IO, USAGE};
+use crate::exit::Failure;
 use crate::keys::{read_token, unwrap_entries};
 
 /// The file, in the volume directory, that keeps the daemon's leases.
@@ -59,13 +59,10 @@ impl Credential {
                 lease_s,
             }),
             None if volume.join(LEASE_FILE).exists() => Ok(Credential::Leases),
-            None => Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!(
-                    "--token-file is required: {} holds no lease (serve once with --token-file and --lease)",
-                    volume.display()
-                ),
-            )),
+            None => Err(Failure::Usage(anyhow::anyhow!(
+                "--token-file is required: {} holds no lease (serve once with --token-file and --lease)",
+                volume.display()
+            ))),
         }
     }
 }
@@ -121,14 +118,14 @@ pub fn unwrap_all_with(
 
 fn load(path: &PathBuf) -> Result<LeaseFile, Failure> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::Io(anyhow::anyhow!("{}: {e}", path.display())))?;
     serde_json::from_str(&text)
-        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("{}: {e}", path.display())))
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
 /// Writes the lease file atomically, mode 0600.
 fn store(path: &Path, file: &LeaseFile) -> Result<(), Failure> {
-    let io = |e: std::io::Error| Failure::new(IO, anyhow::anyhow!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| Failure::Io(anyhow::anyhow!("{}: {e}", path.display()));
     let tmp = path.with_extension("json.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut out = std::fs::OpenOptions::new()

@@ -96,7 +96,7 @@ fn main() {
         eprintln!("lsvblk: error: cannot disable core dumps: {error}");
         std::process::exit(exit::SOFTWARE);
     }
-    let cli = Cli::parse();
+    let cli: Cli = exit::parse_args();
     init_logging();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
@@ -115,9 +115,9 @@ fn main() {
         Command::Completions(args) => docs::completions(args, Cli::command()),
         Command::Man(args) => docs::man(args, Cli::command()),
     };
-    if let Err(error) = result {
-        eprintln!("lsvblk: error: {:#}", error.error);
-        std::process::exit(error.code);
+    if let Err(failure) = result {
+        eprintln!("lsvblk: error: {failure}");
+        std::process::exit(exit::exit_code(&failure));
     }
 }
 

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::store::{CheckDepth, DamageKind};
+use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
 use lsvblk::volume::handover::{Served, Standby};
-use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::{
+    SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::control::control_socket_path;
-use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::lease::{Credential, unwrap_all_with};
 use crate::services::{ControlSocketHolder, Services};
@@ -65,6 +69,17 @@ pub struct ServeArgs {
     /// libvirt's QEMU runs as.
     #[arg(long, env = "LSVBLK_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// Serve only connections from this user (uid; repeatable). The peer of
+    /// every connection is checked (SO_PEERCRED) before a message is read;
+    /// others are closed at once and logged. Default, when neither this nor
+    /// --allow-gid is given: the daemon's own user and root. Given, only the
+    /// listed users and groups are served.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Serve connections from processes whose group is this one (name or
+    /// gid; repeatable), e.g. libvirt's QEMU group.
+    #[arg(long = "allow-gid", value_name = "GROUP")]
+    allow_gids: Vec<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
@@ -129,8 +144,8 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Outcome {
     let started = Instant::now();
     raise_open_file_limit();
-    let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
-        .map_err(|e| Failure::new(USAGE, e))?;
+    let pool =
+        CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
         heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
@@ -152,7 +167,11 @@ pub fn run(args: ServeArgs) -> Outcome {
     };
     let superblock = match &ephemeral_volume {
         Some(volume) => volume.superblock().clone(),
-        None => Superblock::load(&args.volume)?,
+        None => {
+            let superblock = Superblock::load(&args.volume)?;
+            refuse_foreign_files(&args.volume)?;
+            superblock
+        }
     };
     let device = device_options(&args, &superblock)?;
     let credential = match args.ephemeral {
@@ -173,10 +192,9 @@ pub fn run(args: ServeArgs) -> Outcome {
     let mut unwrap = |keys| {
         let at = Instant::now();
         let (Some(kms), Some(credential)) = (&kms, &credential) else {
-            return Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!("--kms is required (or --ephemeral)"),
-            ));
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--kms is required (or --ephemeral)"
+            )));
         };
         let unwrapped = unwrap_all_with(kms, credential, &args.volume, &superblock.volume_id, keys);
         unwrap_ms = at.elapsed().as_millis();
@@ -221,11 +239,12 @@ pub fn run(args: ServeArgs) -> Outcome {
     if let Some(volume) = served.if_active() {
         report_recovery(&volume);
     }
-    let server =
-        Server::bind(Arc::clone(&served), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    let server = Server::bind(Arc::clone(&served), &args.socket, device)
+        .map_err(Failure::io)?
+        .allow_peers(allowed_peers(&args)?);
     socket_access(&args)?
         .apply(&args.socket)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
+        .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
     // control socket and compacts in the background while it is active here.
@@ -257,12 +276,12 @@ pub fn run(args: ServeArgs) -> Outcome {
     // accepts it) and the control socket is up (or, in standby, comes up
     // when the volume is taken over): the VMM may start now.
     lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
-    let ran = server.run().map_err(|e| Failure::new(IO, e));
+    let ran = server.run().map_err(Failure::io);
     if let Some(services) = services {
         services.stop();
     }
     let handed_over = served.if_active().is_none() && !served.is_standby();
-    served.hand_over().map_err(|e| Failure::new(IO, e))?;
+    served.hand_over().map_err(Failure::io)?;
     drop(ephemeral_dir);
     ran?;
     let _ = std::fs::remove_file(&args.socket);
@@ -276,6 +295,34 @@ pub fn run(args: ServeArgs) -> Outcome {
     Ok(())
 }
 
+/// Refuses a volume whose segments or checkpoints carry another id than
+/// its superblock (another volume's files, or a `volume_id` changed by
+/// hand): a data error (65), found before lsvkms is asked for a key.
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Failure> {
+    let report = check_files(dir, CheckDepth::Headers)?;
+    let foreign = report
+        .findings
+        .iter()
+        .any(|finding| finding.kind == DamageKind::ForeignVolume);
+    if foreign {
+        return Err(Failure::Damaged(report));
+    }
+    Ok(())
+}
+
+/// The peers `--allow-uid` and `--allow-gid` name, or the default.
+fn allowed_peers(args: &ServeArgs) -> Result<AllowedPeers, Failure> {
+    if args.allow_uids.is_empty() && args.allow_gids.is_empty() {
+        return Ok(AllowedPeers::owner_and_root());
+    }
+    let gids = args
+        .allow_gids
+        .iter()
+        .map(|name| group_id(name).map_err(|e| Failure::usage(format!("--allow-gid {name}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AllowedPeers::new(args.allow_uids.clone(), gids))
+}
+
 fn parse_socket_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
@@ -286,8 +333,7 @@ fn parse_socket_mode(text: &str) -> Result<u32, String> {
 fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
     let group = match &args.socket_group {
         Some(name) => Some(
-            group_id(name)
-                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+            group_id(name).map_err(|e| Failure::usage(format!("--socket-group {name}: {e}")))?,
         ),
         None => None,
     };
@@ -309,9 +355,7 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
     };
-    device
-        .validate()
-        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    device.validate().map_err(Failure::usage)?;
     Ok(device)
 }
 
@@ -332,7 +376,7 @@ fn report_recovery(volume: &Volume) {
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::new(SOFTWARE, e))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()
         .name("lsvblk-signals".to_string())
         .spawn(move || {
@@ -342,7 +386,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
                 stop.stop();
             }
         })
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 //! [`Log`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,6 +48,7 @@ pub use compact::{
 pub use read::{DataPiece, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
+pub(crate) use replay::list_segments;
 pub use snapshot_index::write_snapshot_index;
 
 /// Fixed facts about the log, from the volume's superblock.
@@ -158,7 +159,7 @@ impl Log {
     pub fn create(dir: &Path, config: LogConfig) -> Result<Self, StoreError> {
         for sub in ["segments", "checkpoints"] {
             let path = dir.join(sub);
-            fs::create_dir(&path).map_err(|e| StoreError::io(&path, e))?;
+            crate::fsmode::create_private_dir(&path).map_err(|e| StoreError::io(&path, e))?;
         }
         sync_dir(dir)?;
         let log = Self::empty(dir, config, 0, 0);

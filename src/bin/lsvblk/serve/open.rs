@@ -7,7 +7,7 @@ use lsvblk::volume::ephemeral::{remove_dir, remove_leftover};
 use lsvblk::volume::{Volume, VolumeOptions};
 
 use super::ServeArgs;
-use crate::exit::{Failure, USAGE};
+use crate::exit::Failure;
 
 /// An ephemeral volume's directory, deleted when this is dropped (on every
 /// way out of `serve` but a kill: then the next `serve --ephemeral` on the
@@ -31,10 +31,7 @@ impl ServeArgs {
         options: &VolumeOptions,
     ) -> Result<(Volume, EphemeralDir), Failure> {
         let size = self.size.ok_or_else(|| {
-            Failure::new(
-                USAGE,
-                anyhow::anyhow!("--ephemeral needs --size (e.g. 20G)"),
-            )
+            Failure::Usage(anyhow::anyhow!("--ephemeral needs --size (e.g. 20G)"))
         })?;
         if remove_leftover(&self.volume)? {
             tracing::warn!(volume = %self.volume.display(), "deleted an ephemeral volume a killed daemon left (unreadable: its key died with it)");
