@@ -17,6 +17,7 @@ pub mod limits;
 pub mod objstore;
 pub mod ops;
 pub mod peer;
+pub mod remote;
 pub mod service;
 pub mod store;
 pub mod sync;

@@ -324,6 +324,7 @@ impl Volume {
                 .clone()
                 .unwrap_or_else(|| Arc::new(SystemClock)),
             lifecycle: std::sync::Mutex::new(()),
+            flush_hook: std::sync::OnceLock::new(),
             _lock: locks.0,
             _parent_locks: locks.1,
         })

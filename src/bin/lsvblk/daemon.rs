@@ -17,6 +17,8 @@ use crate::control::{ControlError, ControlHandler, ControlRequest};
 /// The daemon's side of the control socket, and its background upkeep.
 pub struct Daemon {
     served: ServedVolume,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: std::sync::OnceLock<Arc<lsvblk::remote::Uploader>>,
 }
 
 impl Daemon {
@@ -31,7 +33,13 @@ impl Daemon {
     ) -> Arc<Self> {
         Arc::new(Self {
             served: ServedVolume::new(volume, auto_rate_mib, kms).polling_every(poll),
+            uploader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows `uploader`'s backlog in `status`.
+    pub fn set_uploader(&self, uploader: Arc<lsvblk::remote::Uploader>) {
+        let _ = self.uploader.set(uploader);
     }
 
     fn is_ephemeral(&self) -> bool {
@@ -96,7 +104,15 @@ impl ControlHandler for Daemon {
             } => served
                 .compact(rate_mib_s, live_ratio_max, progress)
                 .map_err(control_error),
-            ControlRequest::Status => served.status().map_err(control_error),
+            ControlRequest::Status => {
+                let mut status = served.status().map_err(control_error)?;
+                if let (Some(uploader), Some(fields)) =
+                    (self.uploader.get(), status.as_object_mut())
+                {
+                    fields.insert("upload".to_string(), serde_json::json!(uploader.status()));
+                }
+                Ok(status)
+            }
             // The serving loop hands the volume over (`services`), not this.
             ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,

@@ -57,6 +57,8 @@ pub enum Failure {
     Busy(anyhow::Error),
     /// A bug or an unexpected state.
     Internal(anyhow::Error),
+    /// The object store of a volume kept in one (`--store`).
+    Remote(lsvblk::remote::RemoteError),
 }
 
 /// The exit code of `failure`: the README's exit-code table.
@@ -72,6 +74,7 @@ pub fn exit_code(failure: &Failure) -> i32 {
         Failure::Io(_) => IO,
         Failure::Busy(_) => BUSY,
         Failure::Internal(_) => SOFTWARE,
+        Failure::Remote(error) => crate::store::remote_exit_code(error),
     }
 }
 
@@ -194,6 +197,7 @@ impl std::fmt::Display for Failure {
             Failure::Kms { action, error } => write!(f, "{action}: {error}"),
             Failure::Daemon(e) => write!(f, "the daemon serving the volume: {e}"),
             Failure::Refused(e) => write!(f, "{e}"),
+            Failure::Remote(e) => write!(f, "{e}"),
         }
     }
 }

@@ -18,11 +18,13 @@ mod keys;
 mod kms;
 mod lease;
 mod progress;
+mod remote_serve;
 mod rotate;
 mod serve;
 mod services;
 mod size;
 mod snapshot;
+mod store;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -48,7 +50,7 @@ enum Command {
     /// the wrapped key in the volume, print the key id (never the key).
     Create(create::CreateArgs),
     /// Serve a volume over vhost-user-blk until SIGTERM/SIGINT.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a volume's geometry, keys (ids only), ACLs, snapshots and
     /// space use (live and dead bytes).
     Inspect(inspect::InspectArgs),
@@ -100,7 +102,7 @@ fn main() {
     init_logging();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Clone(args) => clone::run(args),

@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// or left by a killed ephemeral daemon): its data key is made here in
     /// locked memory and never wrapped or stored; the directory is deleted
     /// when the daemon ends, and nothing else can ever read it.
-    #[arg(long, requires = "size", conflicts_with_all = ["kms", "token_file", "snapshot", "read_only"])]
+    #[arg(long, requires = "size", conflicts_with_all = ["kms", "token_file", "snapshot", "read_only", "store"])]
     ephemeral: bool,
     /// Capacity of the --ephemeral volume (K/M/G/T suffixes).
     #[arg(long, value_parser = parse_size, requires = "ephemeral")]
@@ -138,12 +138,21 @@ pub struct ServeArgs {
     /// seconds.
     #[arg(long, hide = true)]
     background_poll_ms: Option<u64>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
+    #[command(flatten)]
+    remote: crate::remote_serve::RemoteServeArgs,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
     let started = Instant::now();
     raise_open_file_limit();
+    // A volume kept in an object store: claim it (an empty directory is
+    // rebuilt from the store first).
+    let mut serving = None;
+    let mut remote =
+        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
     let pool =
         CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
@@ -223,14 +232,16 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
         (None, None) => {
             // Lock first: a second daemon on this volume must not get a key.
-            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
+            let lock = match &mut remote {
+                Some(claimed) => claimed.take_lock()?,
+                None => VolumeLock::acquire(&args.volume, args.read_only)?,
+            };
             let keys = unwrap(&superblock.keys)?;
-            Served::open(Arc::new(Volume::open_locked(
-                &args.volume,
-                lock,
-                keys,
-                &options,
-            )?))
+            let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
+            if let Some(claimed) = remote.take() {
+                serving = Some(claimed.start(&volume)?);
+            }
+            Served::open(volume)
         }
     });
     let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
@@ -258,6 +269,7 @@ pub fn run(args: ServeArgs) -> Outcome {
                 lsvblk::service::BACKGROUND_POLL_DEFAULT,
                 Duration::from_millis,
             ),
+            serving.as_ref().map(|s| s.uploader()),
         )
     });
     tracing::info!(
@@ -280,8 +292,14 @@ pub fn run(args: ServeArgs) -> Outcome {
     if let Some(services) = services {
         services.stop();
     }
+    if let Some(serving) = &serving {
+        serving.stop_ticker();
+    }
     let handed_over = served.if_active().is_none() && !served.is_standby();
     served.hand_over().map_err(Failure::io)?;
+    if let Some(serving) = serving {
+        serving.finish();
+    }
     drop(ephemeral_dir);
     ran?;
     let _ = std::fs::remove_file(&args.socket);

@@ -38,6 +38,8 @@ pub struct Services {
     /// How often the background upkeep looks at keys and space.
     poll: Duration,
     running: Mutex<Option<Running>>,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: Option<Arc<lsvblk::remote::Uploader>>,
 }
 
 impl Services {
@@ -48,6 +50,7 @@ impl Services {
         kms: Option<PathBuf>,
         stop: StopHandle,
         poll: Duration,
+        uploader: Option<Arc<lsvblk::remote::Uploader>>,
     ) -> Arc<Self> {
         let services = Arc::new(Self {
             served: Arc::clone(served),
@@ -56,6 +59,7 @@ impl Services {
             stop,
             poll,
             running: Mutex::new(None),
+            uploader,
         });
         let weak = Arc::downgrade(&services);
         served.when_active(Box::new(move |volume| {
@@ -75,6 +79,9 @@ impl Services {
             self.kms.as_ref().map(crate::kms::client),
             self.poll,
         );
+        if let Some(uploader) = &self.uploader {
+            daemon.set_uploader(Arc::clone(uploader));
+        }
         let handler = Arc::new(ServeControl {
             services: Arc::downgrade(self),
         });

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::segment;
 use super::{StoreError, sync_dir};
@@ -32,6 +32,7 @@ use state::IndexState;
 mod append;
 mod compact;
 mod durability;
+mod events;
 mod read;
 mod recovery;
 mod rekey;
@@ -45,6 +46,7 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
+pub use events::{LogEvents, WrittenCheckpoint};
 pub use read::{DataPiece, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
@@ -152,6 +154,8 @@ pub struct Log {
     pins: Mutex<BTreeMap<String, BTreeSet<u64>>>,
     /// One compaction at a time.
     compact_lock: Mutex<()>,
+    /// Who hears of seals and checkpoints (see `events`), if anyone.
+    events: OnceLock<Arc<dyn events::LogEvents>>,
 }
 
 impl Log {
@@ -196,6 +200,7 @@ impl Log {
             unmaterialized: Mutex::new(Vec::new()),
             pins: Mutex::new(BTreeMap::new()),
             compact_lock: Mutex::new(()),
+            events: OnceLock::new(),
         }
     }
 
