@@ -469,6 +469,7 @@ fn apply_headers(head: &mut Head, headers: &[httparse::Header<'_>]) -> Result<()
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

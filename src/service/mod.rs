@@ -36,6 +36,6 @@ mod unserved;
 pub use error::ServiceError;
 pub use keycare::{KeyCare, RotateRequest, rewrap_blobs};
 pub use provision::{Cloned, Created, NewClone, NewVolume, clone_snapshot, create_volume, set_acl};
-pub use served::ServedVolume;
-pub use unlock::{unwrap_all, wrapped_blob};
+pub use served::{BACKGROUND_POLL_DEFAULT, ServedVolume};
+pub use unlock::{unwrap_all, unwrap_entries, wrapped_blob};
 pub use unserved::rotate_unserved;

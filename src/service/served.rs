@@ -16,14 +16,17 @@ use crate::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
 use crate::sync::LockOrRecover;
 use crate::volume::{KeyPolicy, Volume, VolumeError};
 
-/// How often the background compactor looks at the space use.
-const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
+/// How often the background thread looks at the keys (lsvkms' state of
+/// each, rotation due) and at the space use, unless told otherwise.
+pub const BACKGROUND_POLL_DEFAULT: Duration = Duration::from_secs(2);
 
 /// A served volume's upkeep: keys, compaction, snapshots, status.
 pub struct ServedVolume {
     volume: Arc<Volume>,
     /// Background compaction rate, MiB/s (0: no background compaction).
     auto_rate_mib: u64,
+    /// How often the background thread looks at keys and space.
+    poll: Duration,
     stop: Arc<AtomicBool>,
     /// Wakes a sleeping compactor at [`ServedVolume::stop`] (shutdown and a
     /// live migration's hand-over join it: they must not wait a poll out).
@@ -51,11 +54,19 @@ impl ServedVolume {
         Self {
             volume,
             auto_rate_mib,
+            poll: BACKGROUND_POLL_DEFAULT,
             stop,
             wake: (Mutex::new(()), Condvar::new()),
             compaction: Mutex::new(CompactionState::default()),
             keys,
         }
+    }
+
+    /// This upkeep, looking at keys and space every `poll` instead of
+    /// [`BACKGROUND_POLL_DEFAULT`] (tests compress hours of polls).
+    pub fn polling_every(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// The volume.
@@ -147,7 +158,7 @@ impl ServedVolume {
         }
         // An interrupted rotation resumes at once.
         self.keys.tick();
-        while !self.sleep_unless_stopped(AUTO_COMPACT_POLL) {
+        while !self.sleep_unless_stopped(self.poll) {
             self.keys.tick();
             if self.auto_rate_mib == 0 || !self.compaction_worth_it() {
                 continue;

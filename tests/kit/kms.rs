@@ -251,7 +251,12 @@ impl Kms {
     /// A token for `user`, valid an hour, in a new file (mode 0600) whose
     /// path it returns: for `lsvblk serve --token-file`.
     pub fn token(&self, user: &str) -> PathBuf {
-        let token = self.token_text(user, "1h");
+        self.token_for(user, "1h")
+    }
+
+    /// [`Kms::token`] valid for `ttl` (`5s`, `10m`).
+    pub fn token_for(&self, user: &str, ttl: &str) -> PathBuf {
+        let token = self.token_text(user, ttl);
         let path = self.fresh_path(&format!("token-{user}"), "jwt");
         fs::OpenOptions::new()
             .create_new(true)
@@ -306,6 +311,7 @@ impl Kms {
             decision: Decision::Allow,
             reason: "ok".into(),
             count: None,
+            lease: None,
         })
         .unwrap();
     }

@@ -80,7 +80,8 @@ fn of_volume(error: &VolumeError) -> i32 {
         | E::UnknownKey { .. }
         | E::WrongKey { .. }
         | E::NullCipherUnavailable
-        | E::ReadOnly => DATA,
+        | E::ReadOnly
+        | E::Ephemeral { .. } => DATA,
         E::BadOption(_)
         | E::AlreadyExists { .. }
         | E::OutOfRange { .. }

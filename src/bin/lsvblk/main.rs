@@ -16,6 +16,7 @@ mod image;
 mod inspect;
 mod keys;
 mod kms;
+mod lease;
 mod progress;
 mod remote_serve;
 mod rotate;
@@ -47,7 +48,7 @@ enum Command {
     /// the wrapped key in the volume, print the key id (never the key).
     Create(create::CreateArgs),
     /// Serve a volume over vhost-user-blk until SIGTERM/SIGINT.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a volume's geometry, keys (ids only), ACLs, snapshots and
     /// space use (live and dead bytes).
     Inspect(inspect::InspectArgs),
@@ -93,7 +94,7 @@ fn main() {
     lsvblk::ops::cli::init_logging("info");
     let result = match cli.command {
         Command::Create(args) => create::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Clone(args) => clone::run(args),
