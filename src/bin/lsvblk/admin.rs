@@ -95,6 +95,18 @@ pub fn run_anywhere(
     }
 }
 
+/// As [`run_anywhere`], for an operation that reports no progress.
+pub fn run_quietly(
+    dir: &Path,
+    request: ControlRequest,
+    read_only: bool,
+    local: impl FnOnce(&Volume) -> Result<Value, VolumeError>,
+) -> Result<Value, Failure> {
+    run_anywhere(dir, request, read_only, &mut |_| {}, |volume, _| {
+        local(volume)
+    })
+}
+
 /// Prints `value` as JSON, or as `key: value` lines.
 pub fn print(value: &Value, as_json: bool) {
     if as_json {

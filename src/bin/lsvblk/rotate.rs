@@ -108,17 +108,11 @@ pub struct RewrapArgs {
 /// lsvkms's newest wrapping key (no data key is unwrapped).
 pub fn rewrap(args: RewrapArgs) -> Outcome {
     let kms = args.kms.clone();
-    let out = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Rewrap,
-        false,
-        &mut |_| {},
-        |v, _| {
-            // A keyless open: rewrapping needs only the volume's metadata.
-            rewrap_blobs(v, &client(&kms), false)
-                .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
-        },
-    )?;
+    let out = admin::run_quietly(&args.volume, ControlRequest::Rewrap, false, |v| {
+        // A keyless open: rewrapping needs only the volume's metadata.
+        rewrap_blobs(v, &client(&kms), false)
+            .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
+    })?;
     print(&out, args.json);
     Ok(())
 }
@@ -188,7 +182,7 @@ pub fn policy(args: PolicyCommand) -> Outcome {
     let request = ControlRequest::SetPolicy {
         policy: policy.clone(),
     };
-    let out = admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
+    let out = admin::run_quietly(&args.volume, request, false, |v| {
         v.set_key_policy(&policy)?;
         Ok(serde_json::json!({ "policy": policy }))
     })?;
