@@ -225,7 +225,7 @@ fn an_acl_user_changes_the_acl_and_the_new_blob_carries_it() {
 fn acl_changes_are_refused_without_a_listed_user_or_a_valid_acl() {
     let kms = Kms::start();
     let client = kms.client();
-    let (context, generated) = generate_key(&client, &["alice"], "vol-acl");
+    let (_, generated) = generate_key(&client, &["alice"], "vol-acl");
     let (blob, key_id) = (generated.wrapped_blob, generated.key.id());
     let alice = kms.token_text("alice", "1h");
     let wide = vec!["alice".to_owned(), "mallory".to_owned()];

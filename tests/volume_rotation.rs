@@ -99,7 +99,7 @@ fn compact_all(v: &Volume) -> lsvblk::store::CompactReport {
 
 #[test]
 fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
-    let (dir, clock, v, mut image) = filled(3);
+    let (dir, clock, v, image) = filled(3);
     let old = kit::volume::key(1).id();
     assert!(keys_on_disk(&v, dir.path()).contains(&old));
     let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
@@ -123,7 +123,7 @@ fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
 
 #[test]
 fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
-    let (dir, clock, v, mut image) = filled(1);
+    let (dir, _clock, v, mut image) = filled(1);
     snapshot(&v, "kept");
     let held = image.clone();
     fill(&v, &mut image, 1);
@@ -143,7 +143,7 @@ fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
 
 #[test]
 fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
-    let (dir, clock, v, mut image) = filled(1);
+    let (dir, clock, v, image) = filled(1);
     snapshot(&v, "shares");
     // No overwrite: every live block is in segments the snapshot pins.
     let old = kit::volume::key(1).id();

@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::args::Args;
 use common::build::Binaries;
 use common::{Options, Report, USER, load_avg_1m};
 use kit::blkio::{BlkClient, ClientOptions};
@@ -129,7 +128,7 @@ struct Args {
 
 fn args() -> Args {
     let options = Options::from_args(20, 1);
-    let argv = Args::from_env();
+    let argv = common::args::Args::from_env();
     let value = |name: &str| argv.number(name, false);
     let smoke = options.smoke;
     Args {
