@@ -132,17 +132,25 @@ pub fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
     KmsError::State(format!("{what}: {error}"))
 }
 
-/// The JSON record stored at `path`, or `None` if there is none.
-pub fn read_state_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, KmsError> {
+/// The JSON record stored at `path`, or `None` if there is none. A record
+/// that `names_itself` refuses (its id is not the one in its file's name)
+/// is an error: the file `holds_another` record.
+pub fn read_state_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    names_itself: impl FnOnce(&T) -> bool,
+    holds_another: &str,
+) -> Result<Option<T>, KmsError> {
     let shown = || path.display().to_string();
     let bytes = match fsutil::read_bounded(path, STATE_FILE_BYTES_MAX) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(state_error(&shown(), e)),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| state_error(&shown(), e))
+    let record: T = serde_json::from_slice(&bytes).map_err(|e| state_error(&shown(), e))?;
+    if !names_itself(&record) {
+        return Err(state_error(&shown(), holds_another));
+    }
+    Ok(Some(record))
 }
 
 impl KeyStore {
@@ -164,17 +172,11 @@ impl KeyStore {
 
     /// The record of `key_id`, if the key is known.
     pub fn get(&self, key_id: KeyId) -> Result<Option<KeyRecord>, KmsError> {
-        let path = self.path(key_id);
-        let Some(record) = read_state_file::<KeyRecord>(&path)? else {
-            return Ok(None);
-        };
-        if record.key_id != key_id {
-            return Err(state_error(
-                &path.display().to_string(),
-                "holds another key's record",
-            ));
-        }
-        Ok(Some(record))
+        read_state_file(
+            &self.path(key_id),
+            |record: &KeyRecord| record.key_id == key_id,
+            "holds another key's record",
+        )
     }
 
     /// Every stored record `keep` accepts, oldest first, at most `max` of

@@ -118,17 +118,11 @@ impl LeaseStore {
 
     /// The lease `lease_id` (already checked by [`parse_lease_id`]), if known.
     pub fn get(&self, lease_id: &str) -> Result<Option<Lease>, KmsError> {
-        let path = self.path(lease_id);
-        let Some(lease) = read_state_file::<Lease>(&path)? else {
-            return Ok(None);
-        };
-        if lease.lease_id != lease_id {
-            return Err(state_error(
-                &path.display().to_string(),
-                "holds another lease",
-            ));
-        }
-        Ok(Some(lease))
+        read_state_file(
+            &self.path(lease_id),
+            |lease: &Lease| lease.lease_id == lease_id,
+            "holds another lease",
+        )
     }
 
     /// Ends every live lease `matches` picks, for `reason`; returns them.

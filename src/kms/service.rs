@@ -10,24 +10,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::crypto::{DataKey, KeyId};
 
 use super::api::{
-    DataKeyRequest, Health, KeyHistory, KeyInfo, KeyState, RewrapRequest, UnwrapRequest,
-    WrappingKeyInfo, validate_acl,
+    DataKeyRequest, KeyHistory, KeyState, RewrapRequest, UnwrapRequest, validate_acl,
 };
 use super::audit::log::{AuditLog, AuditOpenError, open_file_sink};
-use super::audit::verify::query;
 use super::audit::{AuditEntry, AuditKey, Decision};
 use super::auth::token::TokenVerifier;
 use super::auth::{PeerIdentity, ServiceAllowList, check_acl};
 use super::config::{Config, files};
 use super::error::KmsError;
 use super::kek::{KekError, WrappingKeys};
-use super::keys::{KeyAction, KeyRecord, KeyStore};
+use super::keys::{KeyRecord, KeyStore};
 use super::leases::{Lease, LeaseStore};
-use super::limits::AUDIT_QUERY_RECORDS_MAX;
 use super::refusal::{Refusal, RefusalAudit};
 use super::seal::{self, OpenedBlob, SealInput, UncheckedBlob};
 
+mod key_records;
 mod leasing;
+mod operator;
 mod user_keys;
 
 /// A new data key: its plaintext (for the calling service only) and its blob.
@@ -91,6 +90,17 @@ fn kek_error(error: KekError) -> KmsError {
         KekError::BadMinimum { .. } => KmsError::Conflict(error.to_string()),
         other => KmsError::Kek(other.to_string()),
     }
+}
+
+/// The blob in `wrapped`, not yet authenticated; its key id goes into the
+/// audit `entry` whatever happens next.
+fn parsed_blob<'a>(
+    wrapped: &'a [u8],
+    entry: &mut AuditEntry,
+) -> Result<UncheckedBlob<'a>, KmsError> {
+    let blob = seal::parse(wrapped)?;
+    entry.key_id = Some(blob.key_id);
+    Ok(blob)
 }
 
 impl Drop for Service {
@@ -268,7 +278,7 @@ impl Service {
         validate_acl(&request.acl)?;
         request.context.validate()?;
         if let Some(old) = request.replaces {
-            let record = self.keys.get(old)?.ok_or(KmsError::KeyNotFound(old))?;
+            let record = self.record(old)?;
             if record.context.volume_id != request.context.volume_id {
                 return Err(KmsError::BadRequest(format!(
                     "replaces names key {old}, which is another volume's"
@@ -300,12 +310,14 @@ impl Service {
         Ok((seal::seal(input, version, &nonce, &blob_key), version))
     }
 
+    /// The key's record, whatever its state.
+    fn record(&self, key_id: KeyId) -> Result<KeyRecord, KmsError> {
+        self.keys.get(key_id)?.ok_or(KmsError::KeyNotFound(key_id))
+    }
+
     /// The key's record if its state allows use.
     fn usable(&self, key_id: KeyId) -> Result<KeyRecord, KmsError> {
-        let record = self
-            .keys
-            .get(key_id)?
-            .ok_or(KmsError::KeyNotFound(key_id))?;
+        let record = self.record(key_id)?;
         match record.state {
             KeyState::Enabled => Ok(record),
             KeyState::Disabled => Err(KmsError::KeyDisabled(key_id)),
@@ -348,8 +360,7 @@ impl Service {
         entry: &mut AuditEntry,
     ) -> Result<Unwrapped, KmsError> {
         let service = self.services.authenticate(peer)?;
-        let blob = seal::parse(&request.wrapped_blob.0)?;
-        entry.key_id = Some(blob.key_id);
+        let blob = parsed_blob(&request.wrapped_blob.0, entry)?;
         entry.context = Some(request.context.clone());
         let lease = match &request.lease_id {
             Some(lease_id) => {
@@ -438,8 +449,7 @@ impl Service {
         entry: &mut AuditEntry,
     ) -> Result<Rewrapped, KmsError> {
         self.services.authenticate(peer)?;
-        let blob = seal::parse(&request.wrapped_blob.0)?;
-        entry.key_id = Some(blob.key_id);
+        let blob = parsed_blob(&request.wrapped_blob.0, entry)?;
         entry.context = Some(blob.context.clone());
         // An ACL change is an unwrap-level decision: the token's user must
         // be allowed by the ACL sealed in the blob (checked once it opens).
@@ -481,158 +491,5 @@ impl Service {
             blob,
             kek_version,
         })
-    }
-
-    /// `POST /v1/keys/{id}/disable|enable|destroy`.
-    pub fn set_state(
-        &self,
-        peer: &PeerIdentity,
-        key_id: KeyId,
-        action: KeyAction,
-    ) -> Result<KeyInfo, KmsError> {
-        let mut entry = self.entry(peer, action.name());
-        entry.key_id = Some(key_id);
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            let record = self
-                .keys
-                .get(key_id)?
-                .ok_or(KmsError::KeyNotFound(key_id))?;
-            action.apply(&record).map(|_| ())
-        });
-        self.decide(entry.clone(), outcome)?;
-        let record = self
-            .keys
-            .update(key_id, |record| {
-                record.state = action.apply(record)?;
-                record.history.state_changed_unix_s = Some(now_unix_s());
-                Ok(())
-            })
-            .map_err(|e| self.act_failed(entry, e))?;
-        tracing::info!(key_id = %key_id, action = action.name(), "key state changed");
-        if action == KeyAction::Disable {
-            self.end_leases_of_disabled(&record);
-        }
-        Ok(record.info())
-    }
-
-    /// `GET /v1/keys/{id}`: status, type, created, versions; never material.
-    pub fn key_info(&self, peer: &PeerIdentity, key_id: KeyId) -> Result<KeyInfo, KmsError> {
-        self.key_info_since(peer, key_id, None)
-            .map(|info| info.expect("always answered without `since`"))
-    }
-
-    /// `GET /v1/keys/{id}?since=REVISION`: `None` while the record is still
-    /// at `since` — an answer that tells the caller nothing new, so it is
-    /// **not audited** (a daemon polls every 2 s; auditing each poll wrote
-    /// ~43 000 records a day per volume). A changed record, an unknown key
-    /// or a refusal is answered and audited as `key_info`.
-    pub fn key_info_since(
-        &self,
-        peer: &PeerIdentity,
-        key_id: KeyId,
-        since: Option<u64>,
-    ) -> Result<Option<KeyInfo>, KmsError> {
-        let mut entry = self.entry(peer, "key_info");
-        entry.key_id = Some(key_id);
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            let record = self
-                .keys
-                .get(key_id)?
-                .ok_or(KmsError::KeyNotFound(key_id))?;
-            Ok(record)
-        });
-        if let (Ok(record), Some(since)) = (&outcome, since)
-            && record.revision == since
-        {
-            return Ok(None);
-        }
-        self.decide(entry, outcome.map(|record| Some(record.info())))
-    }
-
-    /// `POST /v1/wrapping-key/rotate`: a new wrapping-key version.
-    pub fn rotate(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "rotate");
-        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
-        let version = self
-            .kek
-            .rotate()
-            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
-        tracing::info!(version, "wrapping key rotated");
-        Ok(self.wrapping_key())
-    }
-
-    /// `POST /v1/wrapping-key/min-version`: retire older versions.
-    pub fn set_min_version(
-        &self,
-        peer: &PeerIdentity,
-        version_min: u32,
-    ) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "set_min_version");
-        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
-        self.kek
-            .set_min_version(version_min)
-            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
-        Ok(self.wrapping_key())
-    }
-
-    /// `GET /v1/wrapping-key`.
-    pub fn wrapping_key_info(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "wrapping_key_info");
-        self.decide(
-            entry,
-            self.services
-                .authenticate(peer)
-                .map(|_| self.wrapping_key()),
-        )
-    }
-
-    fn wrapping_key(&self) -> WrappingKeyInfo {
-        WrappingKeyInfo {
-            backend: self.kek.backend().to_owned(),
-            current_version: self.kek.current_version(),
-            min_version: self.kek.min_version(),
-        }
-    }
-
-    /// `GET /v1/audit`: the last `limit` records about `key_id` (or all).
-    pub fn audit_query(
-        &self,
-        peer: &PeerIdentity,
-        key_id: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<serde_json::Value>, KmsError> {
-        let mut entry = self.entry(peer, "audit_read");
-        entry.key_id = key_id;
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            if limit == 0 || limit > AUDIT_QUERY_RECORDS_MAX {
-                return Err(KmsError::BadRequest(format!(
-                    "limit must be 1..={AUDIT_QUERY_RECORDS_MAX}"
-                )));
-            }
-            Ok(())
-        });
-        self.decide(entry, outcome)?;
-        query(&self.audit_path, key_id, limit).map_err(|e| KmsError::State(e.to_string()))
-    }
-
-    /// `GET /v1/health` (not audited, needs no identity).
-    pub fn health(&self) -> (bool, Health) {
-        let audit = self.audit.health();
-        let healthy = audit.is_ok();
-        let health = Health {
-            status: if healthy { "ok" } else { "degraded" }.to_owned(),
-            audit: audit
-                .as_ref()
-                .err()
-                .cloned()
-                .unwrap_or_else(|| "ok".to_owned()),
-            wrapping_key: Some(self.wrapping_key()),
-            error: audit
-                .as_ref()
-                .err()
-                .map(|_| KmsError::AuditUnwritable(String::new()).code().to_owned()),
-            message: audit.err(),
-        };
-        (healthy, health)
     }
 }
