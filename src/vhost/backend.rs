@@ -19,6 +19,7 @@ use vmm_sys_util::event::{
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
 use super::hold::HoldHook;
 use super::inflight::InflightArea;
+use super::metrics::DeviceMetrics;
 use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
@@ -34,7 +35,18 @@ pub struct BlockBackend {
 impl BlockBackend {
     /// A backend for `volume` with `options`.
     pub fn new(volume: Arc<Volume>, options: DeviceOptions) -> Self {
-        Self::build(volume, options, HoldHook::get())
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::counted(volume, options, metrics)
+    }
+
+    /// Like [`BlockBackend::new`], counting into `metrics` (which must have
+    /// a queue for each of `options.num_queues`).
+    pub fn counted(
+        volume: Arc<Volume>,
+        options: DeviceOptions,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
+        Self::build(volume, options, HoldHook::get(), metrics)
     }
 
     /// TEST-ONLY: like [`BlockBackend::new`], but the `nth` request this
@@ -43,10 +55,16 @@ impl BlockBackend {
     #[doc(hidden)]
     pub fn with_test_hold(volume: Arc<Volume>, options: DeviceOptions, nth: u64) -> Self {
         let hook: &'static HoldHook = Box::leak(Box::new(HoldHook::new(Some(nth))));
-        Self::build(volume, options, hook)
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::build(volume, options, hook, metrics)
     }
 
-    fn build(volume: Arc<Volume>, options: DeviceOptions, hold: &'static HoldHook) -> Self {
+    fn build(
+        volume: Arc<Volume>,
+        options: DeviceOptions,
+        hold: &'static HoldHook,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
         let geometry = DeviceGeometry {
             capacity_sectors: volume.size_bytes() / 512,
             logical_block_bytes: options.logical_block_bytes,
@@ -71,6 +89,7 @@ impl BlockBackend {
                 inflight: Mutex::new(None),
                 queues,
                 hold,
+                metrics,
             }),
         }
     }

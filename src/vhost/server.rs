@@ -14,6 +14,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use super::metrics::DeviceMetrics;
 use super::{BlockBackend, DeviceOptions};
 use crate::volume::{Volume, VolumeError};
 
@@ -73,6 +74,7 @@ pub struct Server {
     options: DeviceOptions,
     listener: Listener,
     stop: StopHandle,
+    metrics: Arc<DeviceMetrics>,
 }
 
 impl Server {
@@ -91,12 +93,19 @@ impl Server {
             current: Arc::new(Mutex::new(None)),
             socket: socket.to_path_buf(),
         };
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
         Ok(Self {
             volume,
             options,
             listener,
             stop,
+            metrics,
         })
+    }
+
+    /// The device's counters, kept across connections.
+    pub fn metrics(&self) -> Arc<DeviceMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A handle that stops this server from another thread.
@@ -117,7 +126,11 @@ impl Server {
     }
 
     fn serve_one(&mut self, number: u64) -> Result<(), ServeError> {
-        let backend = BlockBackend::new(Arc::clone(&self.volume), self.options.clone());
+        let backend = BlockBackend::counted(
+            Arc::clone(&self.volume),
+            self.options.clone(),
+            Arc::clone(&self.metrics),
+        );
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("lsvblk".to_string(), backend, memory)
             .map_err(|e| ServeError::Vhost(e.to_string()))?;

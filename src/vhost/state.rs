@@ -15,6 +15,7 @@ use super::chain::Chain;
 use super::config::DeviceGeometry;
 use super::hold::HoldHook;
 use super::inflight::{InflightArea, QueueInflight};
+use super::metrics::DeviceMetrics;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::volume::Volume;
 
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<Mutex<QueueState>>,
     /// Test-only request hold-back (off unless its variable is set).
     pub(crate) hold: &'static HoldHook,
+    /// What the workers count; outlives the connection (the server's).
+    pub(crate) metrics: Arc<DeviceMetrics>,
 }
 
 /// One queue's state across kicks.
