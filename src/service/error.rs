@@ -1,5 +1,6 @@
 //! Why a key-care or maintenance operation failed.
 
+use crate::crypto::KeyId;
 use crate::kms::client::ClientError;
 use crate::volume::VolumeError;
 
@@ -32,6 +33,28 @@ pub enum ServiceError {
     /// lsvkms refused to rewrap some blobs (one message per key).
     #[error("lsvkms refused to rewrap: {}", .0.join("; "))]
     RewrapRefused(Vec<String>),
+    /// A key entry has no wrapped blob to unwrap.
+    #[error("key {key_id} has no wrapped blob (was the volume made by `lsvblk create`?)")]
+    NoWrappedBlob {
+        /// The entry's key.
+        key_id: KeyId,
+    },
+    /// A key entry's wrapped blob is not base64.
+    #[error("the wrapped blob of key {key_id} is not base64: {reason}")]
+    BlobNotBase64 {
+        /// The entry's key.
+        key_id: KeyId,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// lsvkms unwrapped a blob to another key than its entry names.
+    #[error("lsvkms returned key {got} for the blob of key {asked}")]
+    WrongKey {
+        /// The key the entry names.
+        asked: KeyId,
+        /// The key that came back.
+        got: KeyId,
+    },
     /// The volume refused or failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),

@@ -6,7 +6,10 @@
 //! keyless operations (snapshots, compaction, space) that the daemon runs
 //! for its control socket and the command line runs itself when no daemon
 //! serves the volume; [`ServedVolume`] is a serving daemon's upkeep of its
-//! volume (key care, background compaction, the control operations).
+//! volume (key care, background compaction, the control operations);
+//! [`unwrap_all`] unwraps a volume's or a snapshot's key set with a user's
+//! token (how a daemon gets its keys, and how a snapshot handed to another
+//! user is served with that user's token).
 //!
 //! Why a layer of its own rather than inside `volume`: the volume takes
 //! keys, it never fetches them, so `volume` does not depend on the key
@@ -21,7 +24,9 @@ pub mod maintenance;
 mod served;
 #[cfg(test)]
 mod tests;
+mod unlock;
 
 pub use error::ServiceError;
 pub use keycare::{KeyCare, rewrap_blobs};
 pub use served::ServedVolume;
+pub use unlock::{unwrap_all, wrapped_blob};

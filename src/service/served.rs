@@ -4,7 +4,7 @@
 //! here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -18,9 +18,6 @@ use crate::volume::{KeyPolicy, RotationReason, Volume, VolumeError};
 
 /// How often the background compactor looks at the space use.
 const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
-/// How often a sleeping compactor looks at the stop flag: shutdown joins
-/// it, so this bounds how long SIGTERM waits for it.
-const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// A served volume's upkeep: keys, compaction, snapshots, status.
 pub struct ServedVolume {
@@ -28,6 +25,9 @@ pub struct ServedVolume {
     /// Background compaction rate, MiB/s (0: no background compaction).
     auto_rate_mib: u64,
     stop: Arc<AtomicBool>,
+    /// Wakes a sleeping compactor at [`ServedVolume::stop`] (shutdown and a
+    /// live migration's hand-over join it: they must not wait a poll out).
+    wake: (Mutex<()>, Condvar),
     /// What `status` shows about compaction. Recovered if poisoned: each
     /// field is replaced whole, never left half written.
     compaction: Mutex<CompactionState>,
@@ -52,6 +52,7 @@ impl ServedVolume {
             volume,
             auto_rate_mib,
             stop,
+            wake: (Mutex::new(()), Condvar::new()),
             compaction: Mutex::new(CompactionState::default()),
             keys,
         }
@@ -65,18 +66,24 @@ impl ServedVolume {
     /// Asks the compactor (and any compaction or re-keying in progress) to
     /// stop.
     pub fn stop(&self) {
+        let _guard = self.wake.0.lock_or_recover();
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.1.notify_all();
     }
 
     /// Sleeps `duration`, or until [`ServedVolume::stop`]; true if stopped.
     fn sleep_unless_stopped(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
+        let mut guard = self.wake.0.lock_or_recover();
         while !self.stop.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(left.min(STOP_POLL));
+            guard = match self.wake.1.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
         true
     }

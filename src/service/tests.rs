@@ -326,3 +326,59 @@ fn a_served_volume_records_its_upkeep_for_status_and_stops_when_asked() {
     background.join().unwrap();
     assert!(asked.elapsed() < std::time::Duration::from_secs(2));
 }
+
+/// A token lsvkms accepts for `user` (as `lsvkms issue` makes one).
+fn token(f: &Fixture, user: &str) -> String {
+    let state = f.dir.path().join("kms");
+    let config = Config::load(&state).unwrap();
+    let signer = crate::kms::auth::token::TokenSigner::load(
+        config.issuer,
+        &state.join(config::files::TOKEN_KEY),
+    )
+    .unwrap();
+    signer
+        .issue(user, crate::kms::service::now_unix_s(), 600)
+        .unwrap()
+}
+
+#[test]
+fn only_a_user_on_the_acl_unwraps_the_key_set() {
+    let f = Fixture::new();
+    let superblock = f.volume.superblock_now().unwrap();
+    let keys = super::unwrap_all(
+        &f.kms,
+        &token(&f, "alice"),
+        &superblock.volume_id,
+        &superblock.keys,
+    )
+    .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(Some(keys[0].id()), f.volume.current_key_id());
+    let refused = super::unwrap_all(
+        &f.kms,
+        &token(&f, "mallory"),
+        &superblock.volume_id,
+        &superblock.keys,
+    );
+    assert!(matches!(
+        refused,
+        Err(ServiceError::KeyService {
+            source: crate::kms::client::ClientError::Api { status: 403, .. },
+            ..
+        })
+    ));
+    // A blob sealed for another volume is not unwrapped for this one.
+    let elsewhere = super::unwrap_all(&f.kms, &token(&f, "alice"), "other", &superblock.keys);
+    assert!(matches!(elsewhere, Err(ServiceError::KeyService { .. })));
+    let mut bare = superblock.keys[0].clone();
+    bare.wrapped_blob = None;
+    assert!(matches!(
+        super::wrapped_blob(&bare),
+        Err(ServiceError::NoWrappedBlob { .. })
+    ));
+    bare.wrapped_blob = Some("not base64!".into());
+    assert!(matches!(
+        super::wrapped_blob(&bare),
+        Err(ServiceError::BlobNotBase64 { .. })
+    ));
+}

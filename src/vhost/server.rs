@@ -16,7 +16,9 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::metrics::DeviceMetrics;
 use super::{BlockBackend, DeviceOptions};
-use crate::volume::{Volume, VolumeError};
+use crate::sync::LockOrRecover;
+use crate::volume::VolumeError;
+use crate::volume::handover::Served;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +39,13 @@ pub enum ServeError {
     Volume(#[from] VolumeError),
 }
 
-/// Asks a running [`Server`] to stop; cheap to clone into a signal thread.
+/// Asks a running [`Server`] to stop, and tells whether its frontend runs
+/// the device; cheap to clone into a signal thread.
 #[derive(Clone)]
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<ShutdownHandle>>>,
+    device: Arc<Mutex<Option<BlockBackend>>>,
     socket: PathBuf,
 }
 
@@ -50,11 +54,7 @@ impl StopHandle {
     /// finish first), or the waiting accept is woken.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let current = self.current.lock_or_recover().take();
         match current {
             Some(handle) => handle.shutdown(),
             // Nobody connected: wake the accept with a connection of our own.
@@ -66,11 +66,20 @@ impl StopHandle {
     pub fn is_stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+
+    /// True while the connected frontend runs the device (a queue is
+    /// started): a VM is using the disk through this daemon.
+    pub fn is_device_running(&self) -> bool {
+        self.device
+            .lock_or_recover()
+            .as_ref()
+            .is_some_and(BlockBackend::is_running)
+    }
 }
 
 /// Serves one volume on one socket, connection after connection.
 pub struct Server {
-    volume: Arc<Volume>,
+    served: Arc<Served>,
     options: DeviceOptions,
     listener: Listener,
     stop: StopHandle,
@@ -78,9 +87,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `socket` (replacing a stale socket file) for `volume`.
+    /// Binds `socket` (replacing a stale socket file) for `served`.
     pub fn bind(
-        volume: Arc<Volume>,
+        served: Arc<Served>,
         socket: &Path,
         options: DeviceOptions,
     ) -> Result<Self, ServeError> {
@@ -91,11 +100,12 @@ impl Server {
         let stop = StopHandle {
             stop: Arc::new(AtomicBool::new(false)),
             current: Arc::new(Mutex::new(None)),
+            device: Arc::new(Mutex::new(None)),
             socket: socket.to_path_buf(),
         };
         let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
         Ok(Self {
-            volume,
+            served,
             options,
             listener,
             stop,
@@ -120,17 +130,20 @@ impl Server {
         while !self.stop.is_stopping() {
             self.serve_one(connections)?;
             connections += 1;
-            self.volume.flush()?;
+            if let Some(volume) = self.served.if_active() {
+                volume.flush()?;
+            }
         }
         Ok(())
     }
 
     fn serve_one(&mut self, number: u64) -> Result<(), ServeError> {
         let backend = BlockBackend::counted(
-            Arc::clone(&self.volume),
+            Arc::clone(&self.served),
             self.options.clone(),
             Arc::clone(&self.metrics),
         );
+        *self.stop.device.lock_or_recover() = Some(backend.clone());
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("lsvblk".to_string(), backend, memory)
             .map_err(|e| ServeError::Vhost(e.to_string()))?;
@@ -138,7 +151,7 @@ impl Server {
         daemon
             .start(&mut self.listener)
             .map_err(|e| ServeError::Vhost(e.to_string()))?;
-        *self.stop.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+        *self.stop.current.lock_or_recover() = daemon.shutdown_handle();
         if self.stop.is_stopping() {
             daemon.request_shutdown(); // the stop came while we were accepting
         } else {
@@ -146,11 +159,8 @@ impl Server {
         }
         let stopping = self.stop.is_stopping();
         let result = daemon.wait();
-        self.stop
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.stop.current.lock_or_recover().take();
+        self.stop.device.lock_or_recover().take();
         for handler in daemon.get_epoll_handlers() {
             handler.send_exit_event();
         }

@@ -6,6 +6,7 @@
 //! place (guest memory is never modified by a write).
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -22,12 +23,15 @@ use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYT
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::store::HeadId;
-use crate::volume::{Change, VolumeError};
+use crate::volume::{Change, Volume, VolumeError};
 
 /// One worker's view of the device while it drains a queue.
 pub(crate) struct QueueWorker<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) memory: &'a GuestMemory,
+    /// The volume, or why there is none to serve with (handed over to
+    /// another daemon, or not taken over): requests then fail with IOERR.
+    pub(crate) volume: Result<Arc<Volume>, String>,
     /// The log head this queue appends through (its queue index).
     pub(crate) head: HeadId,
 }
@@ -76,6 +80,8 @@ pub(crate) enum HostError {
     Volume(#[from] VolumeError),
     #[error("guest memory changed under the request: {0}")]
     Memory(String),
+    #[error("no volume to serve with: {0}")]
+    NoVolume(String),
     #[error("a write reached the single-request path instead of a batch")]
     UnbatchedWrite,
 }
@@ -299,10 +305,8 @@ impl QueueWorker<'_> {
         }
         let WriteBatch { indexes, items, .. } = std::mem::take(writes);
         let status = match self
-            .shared
-            .volume
-            .write_batch(self.head, items)
-            .map_err(HostError::from)
+            .volume()
+            .and_then(|volume| Ok(volume.write_batch(self.head, items)?))
             .and_then(|()| self.writethrough())
         {
             Ok(()) => VIRTIO_BLK_S_OK as u8,
@@ -311,6 +315,12 @@ impl QueueWorker<'_> {
         for index in indexes {
             outcomes[index].status = status;
         }
+    }
+
+    fn volume(&self) -> Result<&Arc<Volume>, HostError> {
+        self.volume
+            .as_ref()
+            .map_err(|reason| HostError::NoVolume(reason.clone()))
     }
 
     fn host_failure(&self, error: &HostError) -> u8 {
@@ -340,7 +350,7 @@ impl QueueWorker<'_> {
 
     /// Executes a valid request; returns bytes written into guest buffers.
     fn execute(&self, request: &Request, mem: &GuestRam) -> Result<u32, HostError> {
-        let volume = &self.shared.volume;
+        let volume = self.volume()?;
         match request {
             Request::Read {
                 sector,
@@ -397,7 +407,7 @@ impl QueueWorker<'_> {
     /// before it completes.
     fn writethrough(&self) -> Result<(), HostError> {
         if self.shared.wce.load(Ordering::Relaxed) == 0 {
-            self.shared.volume.flush()?;
+            self.volume()?.flush()?;
         }
         Ok(())
     }

@@ -21,7 +21,9 @@
 //! rotation state `volume.json` keeps), `superblock.rs` (`volume.json`),
 //! `json_file.rs` (atomic JSON files), `clock.rs`, `keyring.rs` (key
 //! schedules in locked memory), `stripes.rs` (read-modify-write locks),
-//! `lockfile.rs` (one writer per volume, readers per snapshot), `error.rs`.
+//! `lockfile.rs` (one writer per volume, readers per snapshot),
+//! `handover.rs` (a served volume: active, standby, handed over to another
+//! daemon for a live migration), `error.rs`.
 //!
 //! Locks: the stripes of a batch, then the keyring (read, for the key),
 //! then the log's own (see `store::Log`); the lifecycle lock, then the
@@ -31,6 +33,7 @@ mod clock;
 mod error;
 #[cfg(test)]
 mod format_tests;
+pub mod handover;
 mod json_file;
 mod key_state;
 mod keyring;

@@ -402,3 +402,12 @@ pub fn cpu_model() -> Option<String> {
         .and_then(|line| line.split_once(':'))
         .map(|(_, model)| model.trim().to_owned())
 }
+
+/// An executable on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    })
+}

@@ -62,11 +62,11 @@ mod targets;
 use std::path::{Path, PathBuf};
 
 use common::build::Binaries;
-use common::{Options, USER};
+use common::{Options, USER, which};
 use kit::kms::Kms;
 use kit::rng::Rng;
 use report::report;
-use targets::{CaseResult, Limits, lsvblk_target, qsd_target, which};
+use targets::{CaseResult, Limits, lsvblk_target, qsd_target};
 
 /// Repetitions per case when `--reps` is not given.
 const REPS_DEFAULT: usize = 5;

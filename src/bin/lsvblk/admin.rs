@@ -38,7 +38,10 @@ pub fn service_error(error: ServiceError) -> ControlError {
         ServiceError::RotationRunning => ControlError::BUSY,
         ServiceError::NoKeyService | ServiceError::NoAcl => ControlError::BAD_REQUEST,
         ServiceError::KeyService { .. } | ServiceError::RewrapRefused(_) => ControlError::IO,
-        ServiceError::NoCurrentKeyEntry => ControlError::INTERNAL,
+        ServiceError::NoCurrentKeyEntry
+        | ServiceError::NoWrappedBlob { .. }
+        | ServiceError::BlobNotBase64 { .. }
+        | ServiceError::WrongKey { .. } => ControlError::INTERNAL,
     };
     ControlError::new(kind, message)
 }

@@ -82,6 +82,11 @@ impl ControlHandler for Daemon {
                 .compact(rate_mib_s, live_ratio_max, progress)
                 .map_err(control_error),
             ControlRequest::Status => served.status().map_err(control_error),
+            // The serving loop hands the volume over (`services`), not this.
+            ControlRequest::HandOver => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "this daemon cannot hand its volume over",
+            )),
         }
     }
 }

@@ -1,17 +1,15 @@
-//! Unwrapping a volume's (or a snapshot's) wrapped keys through lsvkms with
-//! the user's token: the ACL sealed in each blob decides.
+//! The user's token from its file, and the library's unwrapping of a
+//! volume's (or a snapshot's) keys with it, failures mapped to exit codes.
 
 use std::path::Path;
 
-use base64::Engine;
 use lsvblk::crypto::DataKey;
-use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::client::KmsClient;
+use lsvblk::service::{self, ServiceError};
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
 
-use crate::exit::{DATA, Failure, USAGE};
-use crate::kms::failure;
+use crate::exit::{self, DATA, Failure, SOFTWARE, USAGE};
 
 /// Reads the user's token from `path` (kept out of logs and zeroized). A
 /// token file that group or others may read is refused (exit 64, a usage
@@ -40,65 +38,31 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
 
 /// Decodes an entry's base64 blob.
 pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
-    let text = entry.wrapped_blob.as_ref().ok_or_else(|| {
-        Failure::new(
-            DATA,
-            anyhow::anyhow!(
-                "key {} has no wrapped blob (was the volume made by `lsvblk create`?)",
-                entry.key_id
-            ),
-        )
-    })?;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| {
-            Failure::new(
-                DATA,
-                anyhow::anyhow!(
-                    "the wrapped blob of key {} is not base64: {e}",
-                    entry.key_id
-                ),
-            )
-        })
+    service::wrapped_blob(entry).map_err(unlock_failure)
 }
 
 /// Unwraps every entry (sealed for `volume_id` unless the entry names
-/// another volume) with `token`; any refusal stops with lsvkms's reason.
+/// another volume) with `token`; any refusal stops with lsvkms's reason
+/// (see [`service::unwrap_all`]).
 pub fn unwrap_all(
     kms: &KmsClient,
     token: &str,
     volume_id: &str,
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, Failure> {
-    let mut keys = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let blob = blob_of(entry)?;
-        let context = KeyContext {
-            volume_id: entry
-                .context_volume_id
-                .clone()
-                .unwrap_or_else(|| volume_id.to_string()),
-            snapshot_id: String::new(),
-        };
-        let key = kms.unwrap(&blob, &context, token).map_err(|e| {
-            let what = if e.is_transient() {
-                "lsvkms is unavailable (retried until --kms-timeout); cannot unwrap key"
-            } else {
-                "lsvkms refused to unwrap key"
-            };
-            failure(&format!("{what} {}", entry.key_id), e)
-        })?;
-        if key.id() != entry.key_id {
-            return Err(Failure::new(
-                DATA,
-                anyhow::anyhow!(
-                    "lsvkms returned key {} for the blob of key {}",
-                    key.id(),
-                    entry.key_id
-                ),
-            ));
-        }
-        keys.push(key);
-    }
-    Ok(keys)
+    service::unwrap_all(kms, token, volume_id, entries).map_err(unlock_failure)
+}
+
+/// The exit code for a failed unwrap: lsvkms's answer decides, a broken
+/// entry is bad data.
+fn unlock_failure(error: ServiceError) -> Failure {
+    let message = error.to_string();
+    let code = match &error {
+        ServiceError::KeyService { source, .. } => exit::of_kms(source),
+        ServiceError::NoWrappedBlob { .. }
+        | ServiceError::BlobNotBase64 { .. }
+        | ServiceError::WrongKey { .. } => DATA,
+        _ => SOFTWARE,
+    };
+    Failure::new(code, anyhow::anyhow!(message))
 }

@@ -19,6 +19,7 @@ mod kms;
 mod progress;
 mod rotate;
 mod serve;
+mod services;
 mod size;
 mod snapshot;
 

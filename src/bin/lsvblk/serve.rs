@@ -3,22 +3,23 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress};
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
+use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
 use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::control::{ControlHandler, ControlServer, control_socket_path};
-use crate::daemon::Daemon;
+use crate::control::control_socket_path;
 use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
+use crate::services::{ControlSocketHolder, Services};
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`. Each can also come from an environment
@@ -72,6 +73,12 @@ pub struct ServeArgs {
         requires = "read_only"
     )]
     snapshot: Option<String>,
+    /// Live migration destination: wait in standby (key unwrapped, volume
+    /// neither opened nor locked) and take the volume over from the daemon
+    /// serving it when the VM starts here; that daemon hands it over and
+    /// stops. Give the destination QEMU this daemon's socket.
+    #[arg(long, conflicts_with_all = ["read_only", "snapshot"])]
+    standby: bool,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
     #[arg(long, env = "LSVBLK_SERIAL")]
     serial: Option<String>,
@@ -103,6 +110,7 @@ pub struct ServeArgs {
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
+    let started = Instant::now();
     raise_open_file_limit();
     let superblock = Superblock::load(&args.volume)?;
     let device = device_options(&args, &superblock)?;
@@ -120,84 +128,106 @@ pub fn run(args: ServeArgs) -> Outcome {
         ..VolumeOptions::default()
     };
     let kms = client(&args.kms).retrying_for(args.kms_timeout);
-    let volume = Arc::new(match &args.snapshot {
+    // How long the start takes, for the "serving" line (a restart in place
+    // is this long plus the old daemon's exit).
+    let (mut unwrap_ms, open_started) = (0, Instant::now());
+    let mut unwrap = |keys| {
+        let at = Instant::now();
+        let unwrapped = unwrap_all(&kms, &token, &superblock.volume_id, keys);
+        unwrap_ms = at.elapsed().as_millis();
+        unwrapped
+    };
+    let served = Arc::new(match &args.snapshot {
         Some(name) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
-            Volume::open_snapshot(&args.volume, name, keys, &options)?
+            let keys = unwrap(&meta.keys)?;
+            Served::open(Arc::new(Volume::open_snapshot(
+                &args.volume,
+                name,
+                keys,
+                &options,
+            )?))
+        }
+        // A live migration's destination: the key now, the volume later.
+        None if args.standby => {
+            let keys = unwrap(&superblock.keys)?;
+            let holder = ControlSocketHolder {
+                socket: control_socket_path(&args.volume),
+            };
+            Served::standby(Standby::new(&args.volume, keys, options, Box::new(holder)))?
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
             let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
-            Volume::open_locked(&args.volume, lock, keys, &options)?
+            let keys = unwrap(&superblock.keys)?;
+            Served::open(Arc::new(Volume::open_locked(
+                &args.volume,
+                lock,
+                keys,
+                &options,
+            )?))
         }
     });
+    let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
     drop(token);
     drop(kms);
-    report_recovery(&volume);
+    if let Some(volume) = served.if_active() {
+        report_recovery(&volume);
+    }
     let server =
-        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+        Server::bind(Arc::clone(&served), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
     socket_access(&args)?
         .apply(&args.socket)
         .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
     if let Some(address) = &args.metrics {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), &volume)));
+        registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), &served)));
         metrics::serve(address, registry)
             .map_err(|e| Failure::new(IO, anyhow::anyhow!("--metrics {address:?}: {e}")))?;
     }
     watch_signals(server.stop_handle())?;
-    // A writable volume answers `lsvblk snapshot/compact/status` on its
-    // control socket and compacts in the background.
-    let daemon = Daemon::new(
-        Arc::clone(&volume),
-        args.compact_rate_mib,
-        Some(crate::kms::client(&args.kms)),
-    );
-    let (control, compactor) = if args.read_only {
-        (None, None)
-    } else {
-        let control = ControlServer::start(
-            &control_socket_path(&args.volume),
-            Arc::clone(&daemon) as Arc<dyn ControlHandler>,
+    // A writable volume answers `lsvblk snapshot/compact/status/...` on its
+    // control socket and compacts in the background while it is active here.
+    let services = (!args.read_only).then(|| {
+        Services::start_when_active(
+            &served,
+            args.compact_rate_mib,
+            args.kms.clone(),
+            server.stop_handle(),
         )
-        .map_err(|e| Failure::new(IO, e))?;
-        let compactor = std::thread::Builder::new()
-            .name("compactor".to_string())
-            .spawn({
-                let daemon = Arc::clone(&daemon);
-                move || daemon.background()
-            })
-            .map_err(|e| Failure::new(SOFTWARE, e))?;
-        (Some(control), Some(compactor))
-    };
+    });
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
         key_id = %superblock.current_key_id,
         snapshot = args.snapshot.as_deref().unwrap_or("-"),
         read_only = args.read_only,
+        standby = served.is_standby(),
+        unwrap_ms,
+        open_ms,
+        ready_ms = started.elapsed().as_millis(),
         "serving"
     );
     // The vhost-user socket listens (a VMM's connect is queued until `run`
-    // accepts it) and the control socket is up: the VMM may start now.
+    // accepts it) and the control socket is up (or, in standby, comes up
+    // when the volume is taken over): the VMM may start now.
     lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
-    let served = server.run().map_err(|e| Failure::new(IO, e));
-    daemon.stop();
-    if let Some(control) = control {
-        control.stop();
+    let ran = server.run().map_err(|e| Failure::new(IO, e));
+    if let Some(services) = services {
+        services.stop();
     }
-    if let Some(compactor) = compactor {
-        let _ = compactor.join();
-    }
-    drop(daemon);
-    served?;
-    let volume = last_reference(volume)?;
-    volume.close()?;
+    let handed_over = served.if_active().is_none() && !served.is_standby();
+    served.hand_over().map_err(|e| Failure::new(IO, e))?;
+    ran?;
     let _ = std::fs::remove_file(&args.socket);
-    tracing::info!("volume flushed and closed");
+    if handed_over {
+        tracing::info!("volume handed over to another daemon");
+    } else if served.is_standby() {
+        tracing::info!("stopped in standby: the volume was never taken over");
+    } else {
+        tracing::info!("volume flushed and closed");
+    }
     Ok(())
 }
 
@@ -238,22 +268,6 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         .validate()
         .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
     Ok(device)
-}
-
-/// Waits (briefly) for control connections still finishing to let go of
-/// the volume, so that it can be closed cleanly.
-fn last_reference(mut volume: Arc<Volume>) -> Result<Volume, Failure> {
-    for _ in 0..300 {
-        match Arc::try_unwrap(volume) {
-            Ok(volume) => return Ok(volume),
-            Err(shared) => volume = shared,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Err(Failure::new(
-        SOFTWARE,
-        anyhow::anyhow!("volume still in use at shutdown"),
-    ))
 }
 
 fn report_recovery(volume: &Volume) {

@@ -10,28 +10,15 @@ use std::path::Path;
 
 use super::file::{AuditOpenError, Head, head_path, open_file_sink, read_head};
 use super::log::AuditLog;
-use super::{AuditEntry, AuditKey, Decision};
+use super::{AuditKey, sample_entry};
 use crate::kms::limits::AUDIT_PREALLOC_BYTES;
-
-fn entry(n: u32) -> AuditEntry {
-    AuditEntry {
-        service: format!("s{n}"),
-        user: None,
-        action: "rotate".into(),
-        key_id: None,
-        context: None,
-        decision: Decision::Allow,
-        reason: "ok".into(),
-        count: None,
-    }
-}
 
 fn append(path: &Path, count: u32) -> Head {
     let key = AuditKey::from_bytes([5; 32]);
     let (sink, head) = open_file_sink(path, &key).unwrap();
     let log = AuditLog::start(Box::new(sink), key, head).unwrap();
     for n in 0..count {
-        log.append(entry(n)).unwrap();
+        log.append(sample_entry(&format!("s{n}"))).unwrap();
     }
     drop(log);
     read_head(&head_path(path)).unwrap().unwrap()

@@ -259,7 +259,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::audit::{Decision, GENESIS_HASH};
+    use crate::kms::audit::{GENESIS_HASH, sample_entry};
 
     struct FlakySink {
         fail_sync: bool,
@@ -284,19 +284,6 @@ mod tests {
         fn set_head(&mut self, _head: &Head) {}
     }
 
-    fn entry() -> AuditEntry {
-        AuditEntry {
-            service: "s".into(),
-            user: None,
-            action: "rotate".into(),
-            key_id: None,
-            context: None,
-            decision: Decision::Allow,
-            reason: "ok".into(),
-            count: None,
-        }
-    }
-
     #[test]
     fn failed_sync_refuses_and_stays_refused() {
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -314,8 +301,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(log.append(entry()).is_err());
-        assert!(log.append(entry()).is_err(), "poisoned until restart");
+        assert!(log.append(sample_entry("s")).is_err());
+        assert!(
+            log.append(sample_entry("s")).is_err(),
+            "poisoned until restart"
+        );
         assert!(log.health().is_err());
     }
 
@@ -343,7 +333,7 @@ mod tests {
                 let log = Arc::clone(&log);
                 std::thread::spawn(move || {
                     (0..25)
-                        .map(|_| log.append(entry()).unwrap())
+                        .map(|_| log.append(sample_entry("s")).unwrap())
                         .collect::<Vec<_>>()
                 })
             })

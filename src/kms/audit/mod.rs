@@ -238,6 +238,22 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// A plain allowed `rotate` call by `service` (for the tests of the log
+/// and of its file).
+#[cfg(test)]
+fn sample_entry(service: &str) -> AuditEntry {
+    AuditEntry {
+        service: service.into(),
+        user: None,
+        action: "rotate".into(),
+        key_id: None,
+        context: None,
+        decision: Decision::Allow,
+        reason: "ok".into(),
+        count: None,
+    }
+}
+
 /// Where appended lines go. A trait so tests can make writes and syncs fail.
 pub trait AuditSink: Send {
     /// Appends bytes at the end.

@@ -10,25 +10,25 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::vhost::metrics::{DeviceMetrics, ErrorKind, HistogramSnapshot, Op};
-use crate::volume::Volume;
+use crate::volume::handover::Served;
 
 /// Labels of one series: name and value pairs.
 type Labels = Vec<(&'static str, String)>;
 
 /// Reads a served volume's device counters and log space on each scrape.
-/// It does not keep the volume alive: the daemon closes it at shutdown
-/// whatever the metrics thread is doing.
+/// It does not keep the volume alive: the daemon closes or hands it over
+/// at shutdown whatever the metrics thread is doing.
 pub struct DeviceCollector {
     device: Arc<DeviceMetrics>,
-    volume: Weak<Volume>,
+    served: Weak<Served>,
 }
 
 impl DeviceCollector {
-    /// A collector for `volume` served with the counters `device`.
-    pub fn new(device: Arc<DeviceMetrics>, volume: &Arc<Volume>) -> Self {
+    /// A collector for the volume in `served`, with the counters `device`.
+    pub fn new(device: Arc<DeviceMetrics>, served: &Arc<Served>) -> Self {
         DeviceCollector {
             device,
-            volume: Arc::downgrade(volume),
+            served: Arc::downgrade(served),
         }
     }
 
@@ -105,7 +105,7 @@ impl DeviceCollector {
     }
 
     fn encode_volume(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let Some(volume) = self.volume.upgrade() else {
+        let Some(served) = self.served.upgrade() else {
             return Ok(()); // closing
         };
         let none: Labels = Vec::new();
@@ -113,13 +113,19 @@ impl DeviceCollector {
             encoder,
             "lsvblk_volume_size_bytes",
             "Size of the volume the guest sees.",
-            &[(none.clone(), saturate(volume.size_bytes()))],
+            &[(none.clone(), saturate(served.superblock().size_bytes))],
         )?;
         // The index walk behind this is the one `lsvblk status` does; a
         // failure leaves the log's series out of this scrape.
+        // A standby daemon (an incoming migration) has no volume open yet.
+        let Some(volume) = served.if_active() else {
+            return Ok(());
+        };
+        drop(served);
         let Ok(space) = volume.space() else {
             return Ok(());
         };
+        drop(volume);
         let dead = space.file_bytes.saturating_sub(space.live_bytes);
         for (name, help, value) in [
             (
