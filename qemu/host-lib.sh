@@ -171,6 +171,30 @@ kms_start() {
   done
 }
 
+# loop_backend_setup BACKEND DIR LOGDIR SIZE: what the write-loop scenarios
+# (restart-test.sh, migrate-test.sh) need before a guest boots: for lsvblk the
+# binaries, lsvkms with a token for alice and a volume at DIR/vol; for qsd a raw
+# file DIR/disk.raw and QSD (the qemu-storage-daemon binary) with QSD_VERSION;
+# then the guest's kernel and initramfs. Sets KMS_PID/KMS_SOCK (lsvblk).
+loop_backend_setup() {
+  local backend=$1 dir=$2 logs=$3 size=$4
+  if [ "$backend" = lsvblk ]; then
+    build_binaries
+    kms_start "$dir" "$logs" alice
+    "$LSVBLK" create --volume "$dir/vol" --size "$size" --acl alice --kms "unix:$KMS_SOCK" \
+      >"$logs/create.log" 2>&1 || { cat "$logs/create.log" >&2; die "lsvblk create failed"; }
+  else
+    QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
+    truncate -s "$size" "$dir/disk.raw"
+  fi
+  "$QEMU_DIR/fetch.sh" >"$logs/fetch.log" 2>&1 || { cat "$logs/fetch.log" >&2; die "fetch.sh failed"; }
+  "$QEMU_DIR/build-initramfs.sh" >"$logs/initramfs.log" 2>&1 || { cat "$logs/initramfs.log" >&2; die "build-initramfs.sh failed"; }
+  if [ "$backend" != lsvblk ]; then
+    [ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"
+    QSD_VERSION=$("$QSD" --version | head -n1)
+  fi
+}
+
 # ms_since T0_NS: milliseconds since T0_NS (date +%s%N).
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 

@@ -68,20 +68,12 @@ trap 'log "interrupted"; exit 130' INT TERM
 export NO_COLOR=1
 
 # ---------------------------------------------------------------- setup
+loop_backend_setup "$BACKEND" "$TMPD" "$OUT" "$SIZE"
 if [ "$BACKEND" = lsvblk ]; then
-  build_binaries
-  kms_start "$TMPD" "$OUT" alice
-  "$LSVBLK" create --volume "$TMPD/vol" --size "$SIZE" --acl alice --kms "unix:$KMS_SOCK" \
-    >"$OUT/create.log" 2>&1 || { cat "$OUT/create.log" >&2; die "lsvblk create failed"; }
   WHAT="lsvblk serve ($BIN_HOW), the destination's with --standby"
 else
-  QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
-  truncate -s "$SIZE" "$TMPD/disk.raw"
-  WHAT="qemu-storage-daemon, the destination's with locking=off"
+  WHAT="qemu-storage-daemon, the destination's with locking=off ($QSD_VERSION)"
 fi
-"$QEMU_DIR/fetch.sh" >"$OUT/fetch.log" 2>&1 || { cat "$OUT/fetch.log" >&2; die "fetch.sh failed"; }
-"$QEMU_DIR/build-initramfs.sh" >"$OUT/initramfs.log" 2>&1 || { cat "$OUT/initramfs.log" >&2; die "build-initramfs.sh failed"; }
-[ "$BACKEND" = lsvblk ] || { [ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"; WHAT="$WHAT ($("$QSD" --version | head -n1))"; }
 
 # start_backend K STANDBY(0|1): backend K on $TMPD/vhost-K.sock; sets BPID.
 start_backend() {

@@ -354,14 +354,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
             Op::Rotate { crash_after } => {
                 let seed = 9 + seeds.len() as u8;
                 let key = kit::volume::key(seed);
-                let entry = lsvblk::volume::KeyEntry {
-                    key_id: key.id(),
-                    kind: key.kind(),
-                    wrapped_blob: None,
-                    created_unix_s: 0,
-                    acl: Vec::new(),
-                    context_volume_id: None,
-                };
+                let entry = kit::volume::entry_for(&key);
                 seeds.push(seed);
                 v.start_rotation(key, entry, lsvblk::volume::RotationReason::Manual)
                     .unwrap();

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use lsvblk::crypto::{DataKey, KeyId};
 use lsvblk::store::{CompactOptions, StoreError};
 use lsvblk::volume::{
-    KeyEntry, KeyPolicy, ManualClock, RotationReason, Volume, VolumeError, VolumeLock,
-    VolumeOptions,
+    KeyPolicy, ManualClock, RotationReason, Volume, VolumeError, VolumeLock, VolumeOptions,
 };
 
 const BLOCK: u32 = 4096;
@@ -22,17 +21,6 @@ fn options(clock: &Arc<ManualClock>) -> VolumeOptions {
     VolumeOptions {
         clock: Some(Arc::clone(clock) as Arc<dyn lsvblk::volume::Clock>),
         ..kit::volume::options(BLOCK)
-    }
-}
-
-fn entry_for(key: &DataKey) -> KeyEntry {
-    KeyEntry {
-        key_id: key.id(),
-        kind: key.kind(),
-        wrapped_blob: None,
-        created_unix_s: 0,
-        acl: Vec::new(),
-        context_volume_id: None,
     }
 }
 
@@ -71,7 +59,7 @@ fn keys_on_disk(v: &Volume, dir: &Path) -> Vec<KeyId> {
 }
 
 fn rotate(v: &Volume, new_key: DataKey, reason: RotationReason) -> lsvblk::volume::RotationOutcome {
-    let entry = entry_for(&new_key);
+    let entry = kit::volume::entry_for(&new_key);
     v.start_rotation(new_key, entry, reason).unwrap();
     v.continue_rotation(&CompactOptions::default(), &mut |_| {})
         .unwrap()
@@ -193,7 +181,7 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     }
     let old = kit::volume::key(1).id();
     let key = kit::volume::key(2);
-    let entry = entry_for(&key);
+    let entry = kit::volume::entry_for(&key);
     v.start_rotation_with(key, entry, RotationReason::Manual, true)
         .unwrap();
     let outcome = v
@@ -365,7 +353,7 @@ fn a_rotation_interrupted_at_every_step_resumes_and_loses_nothing() {
         kit::dirs::copy_dir(original.path(), work.path());
         let v = open_with(work.path(), vec![kit::volume::key(1)], &clock);
         let key = kit::volume::key(2);
-        let entry = entry_for(&key);
+        let entry = kit::volume::entry_for(&key);
         v.start_rotation(key, entry, RotationReason::Manual)
             .unwrap();
         let options = CompactOptions {

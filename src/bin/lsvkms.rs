@@ -157,7 +157,48 @@ enum AuditCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// Why lsvkms failed, where the kind decides the exit code; any other
+/// error is a plain failure (exit 1). See [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Bad arguments (sysexits EX_USAGE).
+    #[error("{0}")]
+    Usage(String),
+    /// `audit verify` found the log broken.
+    #[error("audit log BROKEN: {0}")]
+    AuditBroken(String),
+    /// `audit check` found unwraps by users not on the key's ACL.
+    #[error("audit check: {0} finding(s)")]
+    AuditFindings(usize),
+}
+
+/// The exit code of a failed command: README.md "Exit codes", lsvkms.
+fn exit_code(error: &anyhow::Error) -> i32 {
+    match error.downcast_ref::<Failure>() {
+        Some(Failure::Usage(_)) => 64,
+        Some(Failure::AuditFindings(_)) => 2,
+        Some(Failure::AuditBroken(_)) | None => 1,
+    }
+}
+
+/// Parses the command line: a usage error exits 64 (clap's default is 2),
+/// `--help` and `--version` exit 0.
+fn parse_args() -> Cli {
+    Cli::try_parse().unwrap_or_else(|error| {
+        let code = if error.use_stderr() { 64 } else { 0 };
+        let _ = error.print();
+        std::process::exit(code);
+    })
+}
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("lsvkms: error: {error:#}");
+        std::process::exit(exit_code(&error));
+    }
+}
+
+fn run() -> Result<()> {
     // Files and sockets we create are ours alone unless we say otherwise
     // (explicit modes where others need access): an inherited umask of 000
     // must not make segments, checkpoints or sockets world-writable.
@@ -170,7 +211,7 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match parse_args().command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
@@ -202,16 +243,18 @@ fn init(args: InitArgs) -> Result<()> {
         "pkcs11" => KekConfig::Pkcs11(Pkcs11Config {
             module: args
                 .pkcs11_module
-                .context("--kek pkcs11 needs --pkcs11-module")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-module".into()))?,
             token_label: args
                 .pkcs11_token
-                .context("--kek pkcs11 needs --pkcs11-token")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-token".into()))?,
             pin_file: args
                 .pkcs11_pin_file
-                .context("--kek pkcs11 needs --pkcs11-pin-file")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-pin-file".into()))?,
             key_label_prefix: "lsvkms-kek-v".into(),
         }),
-        other => bail!("unknown --kek {other:?} (file or pkcs11)"),
+        other => bail!(Failure::Usage(format!(
+            "unknown --kek {other:?} (file or pkcs11)"
+        ))),
     };
     let uids = if args.service_uids.is_empty() {
         vec![effective_uid()]
@@ -266,7 +309,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn serve_tls(address: &str, args: &ServeArgs, service: &Arc<Service>) -> Result<()> {
     let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.client_ca) else {
-        bail!("--tcp needs --tls-cert, --tls-key and --client-ca");
+        bail!(Failure::Usage(
+            "--tcp needs --tls-cert, --tls-key and --client-ca".into()
+        ));
     };
     let config = tls::server_config(cert, key, ca)?;
     let listener =
@@ -305,9 +350,11 @@ fn wait_for(set: &libc::sigset_t) -> i32 {
 }
 
 fn issue(dir: &Path, user: &str, ttl: &str) -> Result<()> {
-    let ttl_s = parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    let ttl_s = parse_ttl(ttl).map_err(Failure::Usage)?;
     if ttl_s > TOKEN_TTL_S_MAX {
-        bail!("--ttl {ttl} is longer than 30 days");
+        bail!(Failure::Usage(format!(
+            "--ttl {ttl} is longer than 30 days"
+        )));
     }
     let config = Config::load(dir)?;
     let signer = TokenSigner::load(config.issuer.clone(), &dir.join(files::TOKEN_KEY))?;
@@ -336,10 +383,7 @@ fn audit_verify(dir: &Path) -> Result<()> {
             );
             Ok(())
         }
-        Err(error) => {
-            eprintln!("audit log BROKEN: {error}");
-            std::process::exit(1);
-        }
+        Err(error) => Err(Failure::AuditBroken(error.to_string()).into()),
     }
 }
 
@@ -363,7 +407,7 @@ fn audit_check(dir: &Path) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&report)?);
     if !report.findings.is_empty() {
-        std::process::exit(2);
+        bail!(Failure::AuditFindings(report.findings.len()));
     }
     Ok(())
 }

@@ -57,9 +57,10 @@ fn parent_of(path: &Path) -> io::Result<&Path> {
     }
 }
 
-/// Creates a directory with mode 0700 (and its parents as needed).
+/// Creates a directory with mode 0700 (and its parents as needed, 0700
+/// too); an existing one is made 0700.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    fs::create_dir_all(path)?;
+    crate::fsmode::create_private_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 

@@ -7,7 +7,7 @@
 //! so the server and an offline `lsvkms audit check` never lose each
 //! other's updates. Reads need no lock: a rename is atomic.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -183,7 +183,7 @@ impl KeyStore {
 
     fn lock(&self) -> Result<StoreLock<'_>, KmsError> {
         let guard = self.in_process.lock().expect("key store lock poisoned");
-        let file = OpenOptions::new()
+        let file = crate::fsmode::private_file_options()
             .create(true)
             .truncate(false)
             .write(true)

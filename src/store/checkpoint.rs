@@ -5,7 +5,7 @@
 //! and the directory synced: it is either wholly there or not at all. Reading
 //! one checks both checksums and every field before anything is trusted.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,9 @@ pub struct CheckpointData {
     /// The extent index: (first block, extent), sorted and disjoint.
     pub extents: Vec<(u64, Extent)>,
 }
+
+/// The reason a checkpoint of another volume is refused with.
+pub const FOREIGN_VOLUME: &str = "belongs to another volume";
 
 /// The file name of the checkpoint with `seq_next`.
 pub fn checkpoint_path(dir: &Path, seq_next: u64) -> PathBuf {
@@ -166,7 +169,7 @@ pub fn decode(
         _ => return Err(bad("unsupported version")),
     };
     if header[C_VOLUME_OFFSET..C_VOLUME_OFFSET + 16] != volume_id[..] {
-        return Err(bad("belongs to another volume"));
+        return Err(bad(FOREIGN_VOLUME));
     }
     let heads = get_u32(header, C_HEADS_OFFSET) as u64;
     let keys = get_u32(header, C_KEYS_OFFSET) as u64;
@@ -313,7 +316,7 @@ pub fn write_to(
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    let mut file = crate::fsmode::create_private_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     file.write_all(&bytes)
         .map_err(|e| StoreError::io(&tmp, e))?;
     file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;

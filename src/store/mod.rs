@@ -25,8 +25,10 @@
 //! `segment` (segment files: header, scanning), `index` (the extent index),
 //! `checkpoint` (checkpoint files), `snapshot` (snapshot points), `io`
 //! (`pwritev`), `log` (the log itself: heads, append, flush, lookups,
-//! recovery, snapshots, compaction, re-keying).
+//! recovery, snapshots, compaction, re-keying), `check` (a keyless check
+//! of the files, reported rather than repaired).
 
+mod check;
 mod checkpoint;
 #[cfg(test)]
 mod format_tests;
@@ -39,12 +41,13 @@ mod snapshot;
 
 use std::path::{Path, PathBuf};
 
+pub use check::{CheckDepth, Damage, DamageKind, DamageReport, check_files};
 pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform, SegmentSpace,
-    SpaceReport, TornTail, open, open_view, write_snapshot_index,
+    LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
+    SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
 };
 pub use record::{
     BLOCK_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums,

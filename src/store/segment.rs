@@ -5,7 +5,7 @@
 //! log head appends to a segment, so a segment never has holes: the first
 //! invalid record of an unsealed segment is its torn tail.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ pub fn create_segment(
     head: u32,
 ) -> Result<File, StoreError> {
     let path = segment_path(segments_dir, id);
-    let file = OpenOptions::new()
+    let file = crate::fsmode::private_file_options()
         .read(true)
         .write(true)
         .create_new(true)
@@ -193,6 +193,9 @@ pub struct ScanOutcome {
     pub stopped: Option<(u64, &'static str)>,
     /// True when the segment ends with a seal record.
     pub sealed: bool,
+    /// Records of a sealed segment indexed although a block fails its
+    /// checksum (reads of that block report it), by offset.
+    pub damaged_records: Vec<u64>,
 }
 
 /// Scans records from `start` to the end of the file, checking every header,
@@ -209,6 +212,7 @@ pub fn scan_segment(
     let mut records = Vec::new();
     let mut offset = start;
     let mut stopped = None;
+    let mut damaged_records = Vec::new();
     while offset < file_bytes {
         match check_record_at(file, offset, file_bytes, block_shift, capacity_blocks) {
             Ok(header) if header.kind == RecordKind::Seal => {
@@ -229,6 +233,7 @@ pub fn scan_segment(
             // torn write, and the tail starts here.
             Err(CheckError::Payload(header)) if sealed => {
                 records.push(ScannedRecord { offset, header });
+                damaged_records.push(offset);
                 offset += header.record_bytes();
             }
             Err(CheckError::Payload(_)) => {
@@ -246,6 +251,7 @@ pub fn scan_segment(
         end_offset: offset,
         stopped,
         sealed,
+        damaged_records,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod config;
 mod hold;
 pub mod inflight;
 pub mod metrics;
+pub mod peer_check;
 pub mod request;
 mod server;
 pub mod socket_access;

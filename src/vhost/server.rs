@@ -4,6 +4,8 @@
 //! source giving up): after each disconnect the volume is flushed and the
 //! same socket accepts the next connection. A stop request (SIGTERM/SIGINT
 //! in the daemon) ends the current connection, or wakes a waiting accept.
+//! Connections are accepted here, not by the vhost-user crate, so that each
+//! peer is checked ([`AllowedPeers`]) before a message is read.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,9 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::metrics::DeviceMetrics;
+use super::peer_check::AllowedPeers;
 use super::{BlockBackend, DeviceOptions};
+use crate::peer::peer_credentials;
 use crate::sync::LockOrRecover;
 use crate::volume::VolumeError;
 use crate::volume::handover::Served;
@@ -84,6 +88,7 @@ pub struct Server {
     listener: Listener,
     stop: StopHandle,
     metrics: Arc<DeviceMetrics>,
+    allowed: AllowedPeers,
 }
 
 impl Server {
@@ -110,12 +115,19 @@ impl Server {
             listener,
             stop,
             metrics,
+            allowed: AllowedPeers::default(),
         })
     }
 
     /// The device's counters, kept across connections.
     pub fn metrics(&self) -> Arc<DeviceMetrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// Serves only `allowed` peers (the default: our own user and root).
+    pub fn allow_peers(mut self, allowed: AllowedPeers) -> Self {
+        self.allowed = allowed;
+        self
     }
 
     /// A handle that stops this server from another thread.
@@ -137,6 +149,35 @@ impl Server {
         Ok(())
     }
 
+    /// Accepts connections until one comes from an allowed peer (or the
+    /// stop's wake-up connection); the others are closed unread.
+    fn accept_allowed(&self) -> Result<UnixStream, ServeError> {
+        loop {
+            let accepted = self
+                .listener
+                .accept()
+                .map_err(|e| ServeError::Vhost(e.to_string()))?;
+            let Some(stream) = accepted else { continue };
+            if self.stop.is_stopping() {
+                return Ok(stream);
+            }
+            match peer_credentials(&stream) {
+                Ok(peer) if self.allowed.allows(&peer) => return Ok(stream),
+                Ok(peer) => tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    allowed = %self.allowed,
+                    "vhost-user connection refused: the peer is not an allowed user or group"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "vhost-user connection refused: its peer's credentials are unreadable"
+                ),
+            }
+        }
+    }
+
     fn serve_one(&mut self, number: u64) -> Result<(), ServeError> {
         let backend = BlockBackend::counted(
             Arc::clone(&self.served),
@@ -148,8 +189,9 @@ impl Server {
         let mut daemon = VhostUserDaemon::new("lsvblk".to_string(), backend, memory)
             .map_err(|e| ServeError::Vhost(e.to_string()))?;
         tracing::info!(connection = number, "waiting for a vhost-user frontend");
+        let stream = self.accept_allowed()?;
         daemon
-            .start(&mut self.listener)
+            .start_with_stream(stream)
             .map_err(|e| ServeError::Vhost(e.to_string()))?;
         *self.stop.current.lock_or_recover() = daemon.shutdown_handle();
         if self.stop.is_stopping() {

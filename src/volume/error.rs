@@ -47,6 +47,12 @@ pub enum VolumeError {
         /// The missing key.
         key_id: KeyId,
     },
+    /// A flush could not make the volume's log durable in its object store.
+    #[error("flush to the object store failed: {reason}")]
+    RemoteFlush {
+        /// Why.
+        reason: String,
+    },
     /// The request reaches past the end of the volume.
     #[error("range {offset}+{len} B is past the end of the {size} B volume")]
     OutOfRange {

@@ -29,6 +29,7 @@
 //! then the log's own (see `store::Log`); the lifecycle lock, then the
 //! keyring (write, to add or drop a key), then the log's.
 
+mod check;
 mod clock;
 mod error;
 #[cfg(test)]
@@ -50,6 +51,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use check::check_files;
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
 pub use key_state::KeyStatus;
@@ -137,6 +139,8 @@ pub struct Volume {
     clock: Arc<dyn Clock>,
     /// One key-lifecycle change of the superblock at a time.
     lifecycle: std::sync::Mutex<()>,
+    /// What else a flush waits for (an upload to an object store), if set.
+    flush_hook: std::sync::OnceLock<Arc<dyn FlushHook>>,
     _lock: VolumeLock,
     _parent_locks: Vec<VolumeLock>,
 }
@@ -271,7 +275,16 @@ impl Volume {
         } else {
             self.log.flush()?;
         }
+        if let Some(hook) = self.flush_hook.get() {
+            hook.after_flush(&self.log)?;
+        }
         Ok(())
+    }
+
+    /// Sets what every [`Volume::flush`] also waits for, after the local
+    /// flush (once; later calls are ignored and return false).
+    pub fn set_flush_hook(&self, hook: Arc<dyn FlushHook>) -> bool {
+        self.flush_hook.set(hook).is_ok()
     }
 
     /// Flushes, seals the log, writes a checkpoint and releases the volume.
@@ -279,6 +292,14 @@ impl Volume {
         self.log.close()?;
         Ok(())
     }
+}
+
+/// Something a volume's flush also waits for once its log is durable
+/// locally: e.g. that the log's tail is in an object store.
+pub trait FlushHook: Send + Sync {
+    /// Called by [`Volume::flush`] after the local flush; an error fails the
+    /// flush.
+    fn after_flush(&self, log: &Log) -> Result<(), VolumeError>;
 }
 
 /// Reads the superblock of `dir` without opening the volume.

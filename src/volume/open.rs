@@ -309,6 +309,7 @@ impl Volume {
                 .clone()
                 .unwrap_or_else(|| Arc::new(SystemClock)),
             lifecycle: std::sync::Mutex::new(()),
+            flush_hook: std::sync::OnceLock::new(),
             _lock: locks.0,
             _parent_locks: locks.1,
         })
@@ -356,7 +357,10 @@ fn new_superblock(
     }
 }
 
-fn log_config(superblock: &Superblock, options: &VolumeOptions) -> Result<LogConfig, VolumeError> {
+pub(super) fn log_config(
+    superblock: &Superblock,
+    options: &VolumeOptions,
+) -> Result<LogConfig, VolumeError> {
     Ok(LogConfig {
         volume_id: superblock.volume_id_bytes()?,
         block_shift: superblock.block_shift(),
@@ -413,7 +417,7 @@ fn prepare_empty_dir(dir: &Path) -> Result<(), VolumeError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)
+            crate::fsmode::create_private_dir_all(dir).map_err(io)
         }
         Err(e) => Err(io(e)),
     }

@@ -9,7 +9,7 @@ use lsvblk::volume::{PendingAcl, Superblock, set_pending_acl};
 use serde_json::json;
 
 use crate::admin::print;
-use crate::exit::{DATA, Failure, Outcome};
+use crate::exit::{Failure, Outcome};
 use crate::keys::{blob_of, read_token};
 use crate::kms::{client, failure, parse_kms_address};
 
@@ -57,10 +57,9 @@ pub fn run(args: AclArgs) -> Outcome {
         .iter()
         .find(|k| k.key_id == superblock.current_key_id)
         .ok_or_else(|| {
-            Failure::new(
-                DATA,
-                anyhow::anyhow!("the superblock lists no entry for its current key"),
-            )
+            Failure::BadData(anyhow::anyhow!(
+                "the superblock lists no entry for its current key"
+            ))
         })?;
     let token = read_token(&token_file)?;
     let rewrapped = client(&kms)

@@ -12,7 +12,7 @@ use lsvblk::volume::{Superblock, Volume, VolumeOptions, WrappedKey, load_snapsho
 use serde_json::json;
 
 use crate::admin::print;
-use crate::exit::{Failure, Outcome, SOFTWARE};
+use crate::exit::{Failure, Outcome};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, failure, parse_kms_address};
 
@@ -62,7 +62,7 @@ pub fn run(args: CloneArgs) -> Outcome {
         acl: args.acl.clone(),
     };
     let pool = CryptoPool::new(1, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     let options = VolumeOptions {
         pool: Some(std::sync::Arc::new(pool)),
         ..VolumeOptions::default()

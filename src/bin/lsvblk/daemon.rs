@@ -16,6 +16,8 @@ use crate::control::{ControlError, ControlHandler, ControlRequest};
 /// The daemon's side of the control socket, and its background upkeep.
 pub struct Daemon {
     served: ServedVolume,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: std::sync::OnceLock<Arc<lsvblk::remote::Uploader>>,
 }
 
 impl Daemon {
@@ -24,7 +26,13 @@ impl Daemon {
     pub fn new(volume: Arc<Volume>, auto_rate_mib: u64, kms: Option<KmsClient>) -> Arc<Self> {
         Arc::new(Self {
             served: ServedVolume::new(volume, auto_rate_mib, kms),
+            uploader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows `uploader`'s backlog in `status`.
+    pub fn set_uploader(&self, uploader: Arc<lsvblk::remote::Uploader>) {
+        let _ = self.uploader.set(uploader);
     }
 
     /// Asks the background upkeep (and any compaction in progress) to stop.
@@ -74,14 +82,22 @@ impl ControlHandler for Daemon {
                 served.set_policy(&policy).map_err(control_error)
             }
             ControlRequest::SnapshotList => crate::snapshot::snapshot_list(served.volume().dir())
-                .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
+                .map_err(|f| ControlError::new(ControlError::IO, format!("{f}"))),
             ControlRequest::Compact {
                 rate_mib_s,
                 live_ratio_max,
             } => served
                 .compact(rate_mib_s, live_ratio_max, progress)
                 .map_err(control_error),
-            ControlRequest::Status => served.status().map_err(control_error),
+            ControlRequest::Status => {
+                let mut status = served.status().map_err(control_error)?;
+                if let (Some(uploader), Some(fields)) =
+                    (self.uploader.get(), status.as_object_mut())
+                {
+                    fields.insert("upload".to_string(), serde_json::json!(uploader.status()));
+                }
+                Ok(status)
+            }
             // The serving loop hands the volume over (`services`), not this.
             ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,

@@ -7,7 +7,7 @@ use lsvblk::kms::auth::token::parse_ttl;
 
 use lsvblk::kms::client::{ClientError, KmsClient};
 
-use crate::exit::{self, Failure};
+use crate::exit::Failure;
 
 /// Parses `--kms unix:PATH` (a bare path also works).
 pub fn parse_kms_address(text: &str) -> Result<PathBuf, String> {
@@ -28,7 +28,7 @@ pub fn parse_kms_timeout(text: &str) -> Result<Duration, String> {
     parse_ttl(text).map(Duration::from_secs)
 }
 
-/// Maps a service error to a failure with the right exit code.
+/// A failed service call while doing `action` (its exit code: `exit`).
 pub fn failure(action: &str, error: ClientError) -> Failure {
-    Failure::new(exit::of_kms(&error), anyhow::anyhow!("{action}: {error}"))
+    Failure::kms(action, error)
 }

@@ -17,11 +17,13 @@ mod inspect;
 mod keys;
 mod kms;
 mod progress;
+mod remote_serve;
 mod rotate;
 mod serve;
 mod services;
 mod size;
 mod snapshot;
+mod store;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -95,7 +97,7 @@ fn main() {
         eprintln!("lsvblk: error: cannot disable core dumps: {error}");
         std::process::exit(exit::SOFTWARE);
     }
-    let cli = Cli::parse();
+    let cli: Cli = exit::parse_args();
     init_logging();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
@@ -114,9 +116,9 @@ fn main() {
         Command::Completions(args) => docs::completions(args, Cli::command()),
         Command::Man(args) => docs::man(args, Cli::command()),
     };
-    if let Err(error) = result {
-        eprintln!("lsvblk: error: {:#}", error.error);
-        std::process::exit(error.code);
+    if let Err(failure) = result {
+        eprintln!("lsvblk: error: {failure}");
+        std::process::exit(exit::exit_code(&failure));
     }
 }
 

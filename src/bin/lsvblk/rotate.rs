@@ -11,9 +11,9 @@ use lsvblk::service::{KeyCare, rewrap_blobs};
 use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
 use serde_json::Value;
 
-use crate::admin::{self, Reach, print, service_error};
-use crate::control::{self, ControlError, ControlRequest};
-use crate::exit::{DENIED, Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::admin::{self, Reach, print};
+use crate::control::{self, ControlRequest};
+use crate::exit::{Failure, Outcome};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address};
 use crate::progress::BytesProgress;
@@ -62,7 +62,7 @@ pub fn rotate(args: RotateArgs) -> Outcome {
             &request,
             &mut on_progress,
         )
-        .map_err(admin::call_failure)?,
+        .map_err(Failure::from)?,
         Reach::Local(maintenance) => {
             drop(maintenance);
             rotate_here(&args, &mut on_progress)?
@@ -76,11 +76,8 @@ pub fn rotate(args: RotateArgs) -> Outcome {
 /// Opens the volume with its keys (unwrapped with the token) and rotates.
 fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Value, Failure> {
     let (Some(kms), Some(token_file)) = (&args.kms, &args.token_file) else {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!(
-                "no daemon serves the volume: give --kms and --token-file to rotate it here"
-            ),
+        return Err(Failure::usage(
+            "no daemon serves the volume: give --kms and --token-file to rotate it here",
         ));
     };
     let superblock = Superblock::load(&args.volume)?;
@@ -94,7 +91,7 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
     )?;
     drop(token);
     let pool = CryptoPool::new(0, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     let options = VolumeOptions {
         pool: Some(Arc::new(pool)),
         ..VolumeOptions::default()
@@ -119,21 +116,9 @@ fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Va
         &mut |v| progress(&v),
     );
     drop(care);
-    let volume = Arc::try_unwrap(volume)
-        .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use")))?;
+    let volume = Arc::try_unwrap(volume).map_err(|_| Failure::internal("volume still in use"))?;
     volume.close()?;
-    result.map_err(|error| control_failure(service_error(error)))
-}
-
-/// The exit code for a refused operation run here.
-fn control_failure(error: ControlError) -> Failure {
-    let code = match error.kind.as_str() {
-        ControlError::BAD_REQUEST | ControlError::NOT_FOUND => USAGE,
-        ControlError::DENIED => DENIED,
-        ControlError::IO => IO,
-        _ => SOFTWARE,
-    };
-    Failure::new(code, anyhow::anyhow!("{error}"))
+    result.map_err(Failure::Service)
 }
 
 /// Arguments of `lsvblk rewrap`.

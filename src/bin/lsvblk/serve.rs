@@ -7,16 +7,20 @@ use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress};
+use lsvblk::store::{CheckDepth, DamageKind};
+use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
 use lsvblk::volume::handover::{Served, Standby};
-use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::{
+    SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
+};
 use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::control::control_socket_path;
-use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::services::{ControlSocketHolder, Services};
@@ -49,6 +53,17 @@ pub struct ServeArgs {
     /// libvirt's QEMU runs as.
     #[arg(long, env = "LSVBLK_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// Serve only connections from this user (uid; repeatable). The peer of
+    /// every connection is checked (SO_PEERCRED) before a message is read;
+    /// others are closed at once and logged. Default, when neither this nor
+    /// --allow-gid is given: the daemon's own user and root. Given, only the
+    /// listed users and groups are served.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Serve connections from processes whose group is this one (name or
+    /// gid; repeatable), e.g. libvirt's QEMU group.
+    #[arg(long = "allow-gid", value_name = "GROUP")]
+    allow_gids: Vec<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
@@ -106,17 +121,27 @@ pub struct ServeArgs {
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
     clock_skew_file: Option<PathBuf>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
+    #[command(flatten)]
+    remote: crate::remote_serve::RemoteServeArgs,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
     let started = Instant::now();
     raise_open_file_limit();
+    // A volume kept in an object store: claim it (an empty directory is
+    // rebuilt from the store first).
+    let mut serving = None;
+    let mut remote =
+        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
     let superblock = Superblock::load(&args.volume)?;
+    refuse_foreign_files(&args.volume)?;
     let device = device_options(&args, &superblock)?;
     let token = read_token(&args.token_file)?;
-    let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
-        .map_err(|e| Failure::new(USAGE, e))?;
+    let pool =
+        CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
         heads: usize::from(device.num_queues),
         read_only: args.read_only,
@@ -159,14 +184,16 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
         None => {
             // Lock first: a second daemon on this volume must not get a key.
-            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
+            let lock = match &mut remote {
+                Some(claimed) => claimed.take_lock()?,
+                None => VolumeLock::acquire(&args.volume, args.read_only)?,
+            };
             let keys = unwrap(&superblock.keys)?;
-            Served::open(Arc::new(Volume::open_locked(
-                &args.volume,
-                lock,
-                keys,
-                &options,
-            )?))
+            let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
+            if let Some(claimed) = remote.take() {
+                serving = Some(claimed.start(&volume)?);
+            }
+            Served::open(volume)
         }
     });
     let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
@@ -175,16 +202,17 @@ pub fn run(args: ServeArgs) -> Outcome {
     if let Some(volume) = served.if_active() {
         report_recovery(&volume);
     }
-    let server =
-        Server::bind(Arc::clone(&served), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    let server = Server::bind(Arc::clone(&served), &args.socket, device)
+        .map_err(Failure::io)?
+        .allow_peers(allowed_peers(&args)?);
     socket_access(&args)?
         .apply(&args.socket)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
+        .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     if let Some(address) = &args.metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), &served)));
         metrics::serve(address, registry)
-            .map_err(|e| Failure::new(IO, anyhow::anyhow!("--metrics {address:?}: {e}")))?;
+            .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))?;
     }
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
@@ -195,6 +223,7 @@ pub fn run(args: ServeArgs) -> Outcome {
             args.compact_rate_mib,
             args.kms.clone(),
             server.stop_handle(),
+            serving.as_ref().map(|s| s.uploader()),
         )
     });
     tracing::info!(
@@ -213,12 +242,18 @@ pub fn run(args: ServeArgs) -> Outcome {
     // accepts it) and the control socket is up (or, in standby, comes up
     // when the volume is taken over): the VMM may start now.
     lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
-    let ran = server.run().map_err(|e| Failure::new(IO, e));
+    let ran = server.run().map_err(Failure::io);
     if let Some(services) = services {
         services.stop();
     }
+    if let Some(serving) = &serving {
+        serving.stop_ticker();
+    }
     let handed_over = served.if_active().is_none() && !served.is_standby();
-    served.hand_over().map_err(|e| Failure::new(IO, e))?;
+    served.hand_over().map_err(Failure::io)?;
+    if let Some(serving) = serving {
+        serving.finish();
+    }
     ran?;
     let _ = std::fs::remove_file(&args.socket);
     if handed_over {
@@ -231,6 +266,34 @@ pub fn run(args: ServeArgs) -> Outcome {
     Ok(())
 }
 
+/// Refuses a volume whose segments or checkpoints carry another id than
+/// its superblock (another volume's files, or a `volume_id` changed by
+/// hand): a data error (65), found before lsvkms is asked for a key.
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Failure> {
+    let report = check_files(dir, CheckDepth::Headers)?;
+    let foreign = report
+        .findings
+        .iter()
+        .any(|finding| finding.kind == DamageKind::ForeignVolume);
+    if foreign {
+        return Err(Failure::Damaged(report));
+    }
+    Ok(())
+}
+
+/// The peers `--allow-uid` and `--allow-gid` name, or the default.
+fn allowed_peers(args: &ServeArgs) -> Result<AllowedPeers, Failure> {
+    if args.allow_uids.is_empty() && args.allow_gids.is_empty() {
+        return Ok(AllowedPeers::owner_and_root());
+    }
+    let gids = args
+        .allow_gids
+        .iter()
+        .map(|name| group_id(name).map_err(|e| Failure::usage(format!("--allow-gid {name}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AllowedPeers::new(args.allow_uids.clone(), gids))
+}
+
 fn parse_socket_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
@@ -241,8 +304,7 @@ fn parse_socket_mode(text: &str) -> Result<u32, String> {
 fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
     let group = match &args.socket_group {
         Some(name) => Some(
-            group_id(name)
-                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+            group_id(name).map_err(|e| Failure::usage(format!("--socket-group {name}: {e}")))?,
         ),
         None => None,
     };
@@ -264,9 +326,7 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
     };
-    device
-        .validate()
-        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    device.validate().map_err(Failure::usage)?;
     Ok(device)
 }
 
@@ -287,7 +347,7 @@ fn report_recovery(volume: &Volume) {
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::new(SOFTWARE, e))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()
         .name("lsvblk-signals".to_string())
         .spawn(move || {
@@ -297,7 +357,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
                 stop.stop();
             }
         })
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     Ok(())
 }
 

@@ -35,6 +35,8 @@ pub struct Services {
     kms: PathBuf,
     stop: StopHandle,
     running: Mutex<Option<Running>>,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: Option<Arc<lsvblk::remote::Uploader>>,
 }
 
 impl Services {
@@ -44,6 +46,7 @@ impl Services {
         compact_rate_mib: u64,
         kms: PathBuf,
         stop: StopHandle,
+        uploader: Option<Arc<lsvblk::remote::Uploader>>,
     ) -> Arc<Self> {
         let services = Arc::new(Self {
             served: Arc::clone(served),
@@ -51,6 +54,7 @@ impl Services {
             kms,
             stop,
             running: Mutex::new(None),
+            uploader,
         });
         let weak = Arc::downgrade(&services);
         served.when_active(Box::new(move |volume| {
@@ -69,6 +73,9 @@ impl Services {
             self.compact_rate_mib,
             Some(crate::kms::client(&self.kms)),
         );
+        if let Some(uploader) = &self.uploader {
+            daemon.set_uploader(Arc::clone(uploader));
+        }
         let handler = Arc::new(ServeControl {
             services: Arc::downgrade(self),
         });

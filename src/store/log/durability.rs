@@ -44,7 +44,9 @@ impl Log {
             moved: false,
         };
         super::super::io::pwritev_all(file, &[&seal.encode()], offset)
-            .map_err(|e| StoreError::io(&self.segment_path(id), e))
+            .map_err(|e| StoreError::io(&self.segment_path(id), e))?;
+        self.notify_sealed(id);
+        Ok(())
     }
 
     /// Makes every record appended before this call durable (fdatasync).
@@ -103,8 +105,9 @@ impl Log {
             .read_state()
             .checkpoint_data(self.seq_next.load(Ordering::Relaxed));
         self.flush()?;
-        checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
+        let path = checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
         self.bytes_since_checkpoint.store(0, Ordering::Relaxed);
+        self.notify_checkpoint(path, &data);
         self.remove_checkpoints_beyond(CHECKPOINTS_KEPT)
     }
 

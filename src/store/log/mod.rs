@@ -16,10 +16,10 @@
 //! [`Log`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::segment;
 use super::{StoreError, sync_dir};
@@ -32,6 +32,7 @@ use state::IndexState;
 mod append;
 mod compact;
 mod durability;
+mod events;
 mod read;
 mod recovery;
 mod rekey;
@@ -45,9 +46,11 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
+pub use events::{LogEvents, WrittenCheckpoint};
 pub use read::{DataPiece, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
+pub(crate) use replay::list_segments;
 pub use snapshot_index::write_snapshot_index;
 
 /// Fixed facts about the log, from the volume's superblock.
@@ -151,6 +154,8 @@ pub struct Log {
     pins: Mutex<BTreeMap<String, BTreeSet<u64>>>,
     /// One compaction at a time.
     compact_lock: Mutex<()>,
+    /// Who hears of seals and checkpoints (see `events`), if anyone.
+    events: OnceLock<Arc<dyn events::LogEvents>>,
 }
 
 impl Log {
@@ -158,7 +163,7 @@ impl Log {
     pub fn create(dir: &Path, config: LogConfig) -> Result<Self, StoreError> {
         for sub in ["segments", "checkpoints"] {
             let path = dir.join(sub);
-            fs::create_dir(&path).map_err(|e| StoreError::io(&path, e))?;
+            crate::fsmode::create_private_dir(&path).map_err(|e| StoreError::io(&path, e))?;
         }
         sync_dir(dir)?;
         let log = Self::empty(dir, config, 0, 0);
@@ -195,6 +200,7 @@ impl Log {
             unmaterialized: Mutex::new(Vec::new()),
             pins: Mutex::new(BTreeMap::new()),
             compact_lock: Mutex::new(()),
+            events: OnceLock::new(),
         }
     }
 

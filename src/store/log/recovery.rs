@@ -108,22 +108,18 @@ fn load_newest_checkpoint(
     report: &mut RecoveryReport,
 ) -> Result<CheckpointData, StoreError> {
     for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
-        let loaded = checkpoint::read(&path, &log.config.volume_id).and_then(|data| {
-            // An older checkpoint may refer to segments compaction deleted
-            // after writing a newer one: unusable, not a reason to read zeros.
-            let missing = referenced_segments(&data)
-                .into_iter()
-                .any(|id| segment_ids.binary_search(&id).is_err());
-            if missing {
-                return Err(StoreError::BadCheckpoint {
-                    path: path.clone(),
-                    reason: "refers to a segment that no longer exists",
-                });
-            }
-            Ok(data)
-        });
-        match loaded {
+        match checkpoint::read(&path, &log.config.volume_id) {
             Ok(data) => {
+                // Compaction deletes segments only after writing a checkpoint
+                // that no longer refers to them: a segment the newest usable
+                // checkpoint refers to that is gone is damage, named here
+                // (an older checkpoint would only fail less clearly).
+                if let Some(segment_id) = referenced_segments(&data)
+                    .into_iter()
+                    .find(|id| segment_ids.binary_search(id).is_err())
+                {
+                    return Err(StoreError::SegmentMissing { segment_id });
+                }
                 report.checkpoint = Some(path);
                 return Ok(data);
             }

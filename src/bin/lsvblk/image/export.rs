@@ -17,7 +17,7 @@ use lsvblk::volume::{Superblock, Volume, VolumeError, VolumeLock, VolumeOptions,
 use super::{CHUNK_BYTES, KeyArgs, Tally, is_stdio};
 use crate::admin::{self, print};
 use crate::control::ControlRequest;
-use crate::exit::{Failure, IO, Outcome, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::progress::Progress;
 
 /// Arguments of `lsvblk export`.
@@ -185,12 +185,6 @@ impl Sink {
         if is_stdio(path) {
             return Ok(Sink::Stdout(std::io::stdout().lock()));
         }
-        let cannot = |code, e: std::io::Error| {
-            Failure::new(
-                code,
-                anyhow::anyhow!("cannot write {}: {e}", path.display()),
-            )
-        };
         let is_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let file = if is_device {
             OpenOptions::new().write(true).open(path)
@@ -203,12 +197,12 @@ impl Sink {
                 .open(path)
         };
         let file = file.map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                USAGE
+            let message = format!("cannot write {}: {e}", path.display());
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Failure::usage(message)
             } else {
-                IO
-            };
-            cannot(code, e)
+                Failure::io(message)
+            }
         })?;
         Ok(Sink::File {
             file,
@@ -244,6 +238,6 @@ impl Sink {
             Sink::Stdout(_) => "stdout".to_owned(),
             Sink::File { path, .. } => path.display().to_string(),
         };
-        Failure::new(IO, anyhow::anyhow!("writing {what}: {error}"))
+        Failure::io(format!("writing {what}: {error}"))
     }
 }
