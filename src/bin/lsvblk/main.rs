@@ -49,7 +49,7 @@ enum Command {
     /// the wrapped key in the volume, print the key id (never the key).
     Create(create::CreateArgs),
     /// Serve a volume over vhost-user-blk until SIGTERM/SIGINT.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a volume's geometry, keys (ids only), ACLs, snapshots and
     /// space use (live and dead bytes).
     Inspect(inspect::InspectArgs),
@@ -101,7 +101,7 @@ fn main() {
     init_logging();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Clone(args) => clone::run(args),
