@@ -32,6 +32,7 @@ pub mod fsutil;
 pub mod http;
 pub mod kek;
 pub mod keys;
+pub mod leases;
 pub mod limits;
 pub mod refusal;
 pub mod router;

@@ -155,15 +155,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
 /// answered and closed here, the others served on a thread each.
 pub fn serve_unix(listener: UnixListener, service: Arc<Service>) -> io::Result<()> {
     let admission = Admission::new();
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+    for stream in accepted(listener.incoming()) {
         let peer = match unix_peer(&stream) {
             Ok(peer) => peer,
             Err(e) => {
@@ -185,6 +177,20 @@ pub fn serve_unix(listener: UnixListener, service: Arc<Service>) -> io::Result<(
         })?;
     }
     Ok(())
+}
+
+/// The connections `incoming` accepts. A failed accept (out of file
+/// descriptors, a peer gone before its accept) is logged and followed by a
+/// short pause, and the server goes on.
+pub fn accepted<S>(incoming: impl Iterator<Item = io::Result<S>>) -> impl Iterator<Item = S> {
+    incoming.filter_map(|stream| {
+        stream
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+            })
+            .ok()
+    })
 }
 
 /// Runs `serve(service, stream)` on its own thread, holding `slot` until

@@ -284,6 +284,16 @@ mod tests {
         fn set_head(&mut self, _head: &Head) {}
     }
 
+    /// A log started on `sink` as a new, empty one.
+    fn empty_log(sink: FlakySink) -> AuditLog {
+        let genesis = Head {
+            seq: 0,
+            hash: GENESIS_HASH.into(),
+            end_offset: 0,
+        };
+        AuditLog::start(Box::new(sink), AuditKey::from_bytes([1; 32]), genesis).unwrap()
+    }
+
     #[test]
     fn failed_sync_refuses_and_stays_refused() {
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -291,16 +301,7 @@ mod tests {
             fail_sync: true,
             lines,
         };
-        let log = AuditLog::start(
-            Box::new(sink),
-            AuditKey::from_bytes([1; 32]),
-            Head {
-                seq: 0,
-                hash: GENESIS_HASH.into(),
-                end_offset: 0,
-            },
-        )
-        .unwrap();
+        let log = empty_log(sink);
         assert!(log.append(sample_entry("s")).is_err());
         assert!(
             log.append(sample_entry("s")).is_err(),
@@ -316,18 +317,7 @@ mod tests {
             fail_sync: false,
             lines: Arc::clone(&lines),
         };
-        let log = Arc::new(
-            AuditLog::start(
-                Box::new(sink),
-                AuditKey::from_bytes([1; 32]),
-                Head {
-                    seq: 0,
-                    hash: GENESIS_HASH.into(),
-                    end_offset: 0,
-                },
-            )
-            .unwrap(),
-        );
+        let log = Arc::new(empty_log(sink));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let log = Arc::clone(&log);
