@@ -31,6 +31,7 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod checkpoint_state;
 mod compact;
 mod durability;
 mod events;
