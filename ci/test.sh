@@ -3,8 +3,9 @@
 # crash, integration with real lsvkms/lsvblk processes and libblkio, doc),
 # the object-store tests against a real Ceph cluster (ci/ceph.sh), then the
 # QEMU end-to-end test (a real Linux guest under TCG writing to an
-# encrypted lsvblk disk) and the same guest under libvirt. CI runs exactly
-# this (through .ci/run).
+# encrypted lsvblk disk), the same guest under libvirt, and the long QEMU
+# stage ci/test-vm.sh (the daemon restarted under a guest's verified write
+# loop). CI runs exactly this (through .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,3 +56,9 @@ echo "qemu-e2e: 1 passed, 0 failed"
 echo "== libvirt: qemu/libvirt.sh"
 LSVBLK_BIN_DIR="$PWD/target/debug" qemu/libvirt.sh
 echo "libvirt: 1 passed, 0 failed"
+
+# The long QEMU stage (restarts under a guest's write loop, lsvblk next to
+# qemu-storage-daemon): its own script, so CI can also run it as a stage of
+# its own.
+echo "== QEMU restarts: ci/test-vm.sh"
+LSVBLK_BIN_DIR="$PWD/target/debug" ci/test-vm.sh

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# host-lib.sh - host-side helpers of e2e.sh and demo.sh (lsvkms/lsvblk
+# host-lib.sh - host-side helpers of the qemu/ scripts (lsvkms/lsvblk
 # processes, binaries, the volume's on-disk format); sourced after common.sh.
 #
 # shellcheck disable=SC2034 # LSVBLK, LSVKMS, BIN_HOW are for the caller
@@ -169,6 +169,50 @@ kms_start() {
     (umask 077 && "$LSVKMS" token issue --dir "$dir/kms" --user "$user" --ttl 1h >"$dir/$user.token") ||
       die "lsvkms token issue failed"
   done
+}
+
+# loop_backend_setup BACKEND DIR LOGDIR SIZE: what the write-loop scenarios
+# (restart-test.sh, migrate-test.sh) need before a guest boots: for lsvblk the
+# binaries, lsvkms with a token for alice and a volume at DIR/vol; for qsd a raw
+# file DIR/disk.raw and QSD (the qemu-storage-daemon binary) with QSD_VERSION;
+# then the guest's kernel and initramfs. Sets KMS_PID/KMS_SOCK (lsvblk).
+loop_backend_setup() {
+  local backend=$1 dir=$2 logs=$3 size=$4
+  if [ "$backend" = lsvblk ]; then
+    build_binaries
+    kms_start "$dir" "$logs" alice
+    "$LSVBLK" create --volume "$dir/vol" --size "$size" --acl alice --kms "unix:$KMS_SOCK" \
+      >"$logs/create.log" 2>&1 || { cat "$logs/create.log" >&2; die "lsvblk create failed"; }
+  else
+    QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
+    truncate -s "$size" "$dir/disk.raw"
+  fi
+  "$QEMU_DIR/fetch.sh" >"$logs/fetch.log" 2>&1 || { cat "$logs/fetch.log" >&2; die "fetch.sh failed"; }
+  "$QEMU_DIR/build-initramfs.sh" >"$logs/initramfs.log" 2>&1 || { cat "$logs/initramfs.log" >&2; die "build-initramfs.sh failed"; }
+  if [ "$backend" != lsvblk ]; then
+    [ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"
+    QSD_VERSION=$("$QSD" --version | head -n1)
+  fi
+}
+
+# loop_finish RC: the end of the write-loop scenarios' cleanup, after they
+# stopped their guests and backends: stops lsvkms (KMS_PID), removes TMPD
+# unless KEEP=1, says where the logs (OUT) are on a failure, exits RC.
+loop_finish() {
+  local rc=$1
+  if [ -n "$KMS_PID" ]; then stop_pid "$KMS_PID" || true; fi
+  if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
+  [ "$rc" = 0 ] || log "FAILED (exit $rc) after ${SECONDS}s; logs in $OUT"
+  exit "$rc"
+}
+
+# loop_traps CLEANUP: CLEANUP runs at exit, SIGINT/SIGTERM exit 130 (through
+# it); tools log without colours.
+loop_traps() {
+  # shellcheck disable=SC2064 # the function's name, now
+  trap "$1" EXIT
+  trap 'log "interrupted"; exit 130' INT TERM
+  export NO_COLOR=1
 }
 
 # ms_since T0_NS: milliseconds since T0_NS (date +%s%N).

@@ -65,30 +65,17 @@ cleanup() {
   trap - INT TERM
   if [ -n "$VM_PID" ]; then kill -TERM "$VM_PID" 2>/dev/null || true; wait "$VM_PID" 2>/dev/null || true; fi
   if [ -n "$BACKEND_PID" ]; then stop_pid "$BACKEND_PID" || true; fi
-  if [ -n "$KMS_PID" ]; then stop_pid "$KMS_PID" || true; fi
-  if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
-  [ "$rc" = 0 ] || log "FAILED (exit $rc) after ${SECONDS}s; logs in $OUT"
-  exit "$rc"
+  loop_finish "$rc"
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-export NO_COLOR=1
+loop_traps cleanup
 
 # ---------------------------------------------------------------- setup
+loop_backend_setup "$BACKEND" "$TMPD" "$OUT" "$SIZE"
 if [ "$BACKEND" = lsvblk ]; then
-  build_binaries
-  kms_start "$TMPD" "$OUT" alice
-  "$LSVBLK" create --volume "$TMPD/vol" --size "$SIZE" --acl alice --kms "unix:$KMS_SOCK" \
-    >"$OUT/create.log" 2>&1 || { cat "$OUT/create.log" >&2; die "lsvblk create failed"; }
   WHAT="lsvblk serve ($BIN_HOW)"
 else
-  QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
-  truncate -s "$SIZE" "$TMPD/disk.raw"
-  WHAT="qemu-storage-daemon"
+  WHAT="qemu-storage-daemon $QSD_VERSION"
 fi
-"$QEMU_DIR/fetch.sh" >"$OUT/fetch.log" 2>&1 || { cat "$OUT/fetch.log" >&2; die "fetch.sh failed"; }
-"$QEMU_DIR/build-initramfs.sh" >"$OUT/initramfs.log" 2>&1 || { cat "$OUT/initramfs.log" >&2; die "build-initramfs.sh failed"; }
-[ "$BACKEND" = lsvblk ] || { [ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"; WHAT="$WHAT $("$QSD" --version | head -n1)"; }
 
 # is_hold K: true if restart K kills a daemon holding a request back.
 is_hold() { [ "$HOLD_EVERY" -gt 0 ] && [ $(($1 % HOLD_EVERY)) = 0 ]; }

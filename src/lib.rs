@@ -11,10 +11,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod crypto;
+pub mod fsmode;
 pub mod kms;
 pub mod limits;
 pub mod objstore;
 pub mod ops;
+pub mod peer;
+pub mod remote;
 pub mod service;
 pub mod store;
 pub mod sync;

@@ -122,3 +122,86 @@ fn a_token_file_others_may_read_is_refused_with_64() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!daemon.socket.exists());
 }
+
+/// What a process sees after sending VHOST_USER_GET_FEATURES on a new
+/// connection to `address`: 0 an answer, 1 the connection closed
+/// unanswered, 2 nothing within 5 s, 3 no connection. System calls only
+/// (it runs in a forked child).
+fn ask_features(address: &libc::sockaddr_un) -> i32 {
+    let fd = connect(address);
+    if fd < 0 {
+        return 3;
+    }
+    // Header: request 1 (GET_FEATURES), flags 1 (protocol version 1), size 0.
+    let request: [u8; 12] = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    let mut reply = [0u8; 20];
+    // SAFETY: send/poll/recv/close on the fd we own, with valid buffers of
+    // the lengths passed; MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE.
+    unsafe {
+        libc::send(
+            fd,
+            request.as_ptr().cast(),
+            request.len(),
+            libc::MSG_NOSIGNAL,
+        );
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut poll, 1, 5000) <= 0 {
+            libc::close(fd);
+            return 2;
+        }
+        let got = libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0);
+        libc::close(fd);
+        if got > 0 { 0 } else { 1 }
+    }
+}
+
+/// [`ask_features`] run by uid 65534 on the socket at `socket`.
+fn ask_features_as_nobody(socket: &Path) -> i32 {
+    let address = unix_address(socket);
+    Stranger::spawn(NOBODY, NOBODY, || ask_features(&address)).wait(Duration::from_secs(10))
+}
+
+/// The peer of every vhost-user connection is checked before a message is
+/// read: with the socket file open to everyone (0666), uid 65534 is closed
+/// on unanswered and logged while the daemon's own user is served; with
+/// `--allow-uid 65534` it gets its answer.
+#[test]
+fn the_vhost_user_socket_serves_only_allowed_peers_whatever_its_mode() {
+    let kms = Kms::start();
+    let volume = create_volume(&kms, MIB, &["alice"], 4096);
+    let token = kms.token("alice");
+    std::fs::set_permissions(kms.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open_to_all = ["--socket-mode", "0666"];
+    let mut daemon = Daemon::start(&volume, &kms, &token, &open_to_all);
+    assert_eq!(
+        ask_features_as_nobody(&daemon.socket),
+        1,
+        "uid {NOBODY} was not closed on unanswered:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("vhost-user connection refused"),
+        "{}",
+        daemon.stderr()
+    );
+    let mut client = daemon.client(1);
+    client.write(0, 0, &[3; 4096]).unwrap();
+    assert_eq!(client.read(0, 0, 4096).unwrap(), vec![3; 4096]);
+    drop(client);
+    assert!(daemon.sigterm_and_wait().success());
+
+    let nobody = NOBODY.to_string();
+    let args = [&open_to_all[..], &["--allow-uid", &nobody]].concat();
+    let mut daemon = Daemon::start(&volume, &kms, &token, &args);
+    assert_eq!(
+        ask_features_as_nobody(&daemon.socket),
+        0,
+        "uid {NOBODY}, allowed, got no answer:\n{}",
+        daemon.stderr()
+    );
+    assert!(daemon.sigterm_and_wait().success());
+}

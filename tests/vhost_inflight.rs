@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kit::frontend::{Frontend, WRITE, desc, kick};
 use lsvblk::vhost::{BlockBackend, DeviceOptions};
 use lsvblk::volume::Volume;
+use lsvblk::volume::handover::Served;
 use vhost::vhost_user::message::VhostUserInflight;
 use vhost_user_backend::VhostUserBackend;
 use vm_memory::{Bytes, GuestAddress};
@@ -86,10 +87,11 @@ fn get_inflight(backend: &BlockBackend) -> (VhostUserInflight, File) {
 fn restart_with_one_request_held(track: bool) -> (Frontend, Arc<Volume>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096));
+    let served = Arc::new(Served::open(Arc::clone(&volume)));
     let fe = Frontend::new(1, QUEUE_SIZE);
 
     // Backend 1 holds the 2nd request back; the 3rd and 4th complete.
-    let first = BlockBackend::with_test_hold(Arc::clone(&volume), options(), 2);
+    let first = BlockBackend::with_test_hold(Arc::clone(&served), options(), 2);
     let area = track.then(|| get_inflight(&first));
     if let Some((inflight, file)) = &area {
         first
@@ -106,7 +108,7 @@ fn restart_with_one_request_held(track: bool) -> (Frontend, Arc<Volume>, tempfil
     drop(first);
     let rewound = fe.used_idx(0);
 
-    let second = BlockBackend::new(Arc::clone(&volume), options());
+    let second = BlockBackend::new(Arc::clone(&served), options());
     if let Some((inflight, file)) = &area {
         second
             .set_inflight_fd(inflight, file.try_clone().unwrap())
@@ -151,8 +153,9 @@ fn a_stopped_queue_finishes_its_held_request_first() {
     // flight: the backend finishes a held request before it answers.
     let dir = tempfile::tempdir().unwrap();
     let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 1 << 20, 4096));
+    let served = Arc::new(Served::open(volume));
     let fe = Frontend::new(1, QUEUE_SIZE);
-    let backend = BlockBackend::with_test_hold(Arc::clone(&volume), options(), 1);
+    let backend = BlockBackend::with_test_hold(served, options(), 1);
     let (inflight, file) = get_inflight(&backend);
     backend.set_inflight_fd(&inflight, file).unwrap();
     let vrings = fe.start(&backend, 0);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use kit::blkio::BlkClient;
 use kit::data::pattern;
 use lsvblk::vhost::{DeviceOptions, Server};
+use lsvblk::volume::handover::Served;
 
 fn device(num_queues: u16, read_only: bool) -> DeviceOptions {
     DeviceOptions {
@@ -24,8 +25,9 @@ fn device(num_queues: u16, read_only: bool) -> DeviceOptions {
 fn libblkio_writes_reads_discards_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vhost.sock");
-    let volume = Arc::new(kit::volume::create(&dir.path().join("vol"), 64 << 20, 4096));
-    let server = Server::bind(Arc::clone(&volume), &socket, device(2, false)).unwrap();
+    let volume = kit::volume::create(&dir.path().join("vol"), 64 << 20, 4096);
+    let served = Arc::new(Served::open(Arc::new(volume)));
+    let server = Server::bind(Arc::clone(&served), &socket, device(2, false)).unwrap();
     let stop = server.stop_handle();
     let thread = std::thread::spawn(move || server.run());
 
@@ -55,5 +57,10 @@ fn libblkio_writes_reads_discards_and_reconnects() {
 
     stop.stop();
     thread.join().unwrap().unwrap();
-    Arc::try_unwrap(volume).unwrap().close().unwrap();
+    // Closing goes through the hand-over path: flush, seal, checkpoint.
+    served.hand_over().unwrap();
+    assert!(
+        served.volume().is_err(),
+        "nothing is served after the close"
+    );
 }

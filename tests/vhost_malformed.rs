@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use kit::frontend::{Frontend, MEMORY_BYTES, WRITE, desc, kick};
 use lsvblk::vhost::{BlockBackend, DeviceOptions, GuestMemory};
+use lsvblk::volume::handover::Served;
 use vhost_user_backend::VringRwLock;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
@@ -54,7 +55,7 @@ fn rig(read_only: bool) -> Rig {
         serial: DeviceOptions::serial_from("malformed"),
         logical_block_bytes: 512,
     };
-    let backend = BlockBackend::new(Arc::new(volume), options);
+    let backend = BlockBackend::new(Arc::new(Served::open(Arc::new(volume))), options);
     let fe = Frontend::new(2, QUEUE_SIZE);
     let vrings = fe.start(&backend, 0);
     Rig {

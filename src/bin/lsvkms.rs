@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use lsvblk::kms::audit::AuditKey;
 use lsvblk::kms::audit::verify::{check, verify};
+use lsvblk::kms::audit::{AuditKey, rfc3339_utc};
 use lsvblk::kms::auth::token::{TokenSigner, parse_ttl};
+use lsvblk::kms::client::KmsClient;
 use lsvblk::kms::config::{self, Config, KekConfig, files};
 use lsvblk::kms::fsutil::effective_uid;
 use lsvblk::kms::kek::pkcs11::Pkcs11Config;
@@ -19,7 +20,9 @@ use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
+use lsvblk::ops::metrics::{self, KmsCollector, MetricsAddress};
 use lsvblk::ops::notify;
+use prometheus_client::registry::Registry;
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
@@ -28,10 +31,8 @@ use lsvblk::ops::notify;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep the process dumpable (core files, ptrace): for debugging and
-    /// tests only. Without it the process writes no core dump.
-    #[arg(long, global = true, hide = true)]
-    allow_core_dumps: bool,
+    #[command(flatten)]
+    process: lsvblk::ops::cli::ProcessArgs,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +60,44 @@ enum Command {
     Man {
         /// Directory to write the pages to (created if missing).
         dir: PathBuf,
+    },
+    /// What a user may see of the keys whose ACL lists them.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Leases lent to services (`lsvblk serve --lease`).
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Subcommand)]
+enum LeaseCommand {
+    /// End a lease at once: the service it was lent to needs the user's
+    /// token again. Audited (`lease_revoke`).
+    Revoke {
+        /// The service's UNIX socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The lease id (from the audit log, or VOLUME/lease.json).
+        lease_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List, with the user's own token, every key whose ACL lists them: key
+    /// id, state, volume and snapshot, ACL, creation, last state change and
+    /// rotation links. Never key material. Audited (`key_list`).
+    List {
+        /// The service's UNIX socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// File holding the user's token; must not be readable by group or
+        /// others.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Print the service's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -125,6 +164,10 @@ struct ServeArgs {
     /// CA certificate(s) that sign client certificates (PEM).
     #[arg(long, env = "LSVKMS_CLIENT_CA", requires = "tcp")]
     client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9651) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVKMS_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
 }
 
 #[derive(Subcommand)]
@@ -157,25 +200,57 @@ enum AuditCommand {
     },
 }
 
-fn main() -> Result<()> {
-    // Files and sockets we create are ours alone unless we say otherwise
-    // (explicit modes where others need access): an inherited umask of 000
-    // must not make segments, checkpoints or sockets world-writable.
-    // SAFETY: umask(2) only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    // Before anything else, so that no key ever lives in a dumpable process.
-    lsvblk::crypto::hygiene::protect_process_unless_flagged()
-        .context("cannot disable core dumps")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+/// Why lsvkms failed, where the kind decides the exit code; any other
+/// error is a plain failure (exit 1). See [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Bad arguments (sysexits EX_USAGE).
+    #[error("{0}")]
+    Usage(String),
+    /// `audit verify` found the log broken.
+    #[error("audit log BROKEN: {0}")]
+    AuditBroken(String),
+    /// `audit check` found unwraps by users not on the key's ACL.
+    #[error("audit check: {0} finding(s)")]
+    AuditFindings(usize),
+}
+
+/// The exit code of a failed command: README.md "Exit codes", lsvkms.
+fn exit_code(error: &anyhow::Error) -> i32 {
+    match error.downcast_ref::<Failure>() {
+        Some(Failure::Usage(_)) => 64,
+        Some(Failure::AuditFindings(_)) => 2,
+        Some(Failure::AuditBroken(_)) | None => 1,
+    }
+}
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("lsvkms: error: {error:#}");
+        std::process::exit(exit_code(&error));
+    }
+}
+
+fn run() -> Result<()> {
+    lsvblk::ops::cli::protect_process().context("cannot disable core dumps")?;
+    // RUST_LOG unset: errors only.
+    lsvblk::ops::cli::init_logging("error");
+    match lsvblk::ops::cli::parse_args::<Cli>().command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
         Command::Audit(AuditCommand::Verify { dir }) => audit_verify(&dir.dir),
         Command::Audit(AuditCommand::Check { dir }) => audit_check(&dir.dir),
+        Command::Keys(KeysCommand::List {
+            socket,
+            token_file,
+            json,
+        }) => keys_list(&socket, &token_file, json),
+        Command::Lease(LeaseCommand::Revoke { socket, lease_id }) => {
+            let lease = KmsClient::new(&socket).revoke_lease(&lease_id)?;
+            println!("{}", serde_json::to_string(&lease)?);
+            Ok(())
+        }
         Command::Tls(TlsCommand::Fingerprint { cert }) => {
             let certs = tls::load_certs(&cert)?;
             println!("{}", tls::fingerprint(&certs[0]));
@@ -202,16 +277,18 @@ fn init(args: InitArgs) -> Result<()> {
         "pkcs11" => KekConfig::Pkcs11(Pkcs11Config {
             module: args
                 .pkcs11_module
-                .context("--kek pkcs11 needs --pkcs11-module")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-module".into()))?,
             token_label: args
                 .pkcs11_token
-                .context("--kek pkcs11 needs --pkcs11-token")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-token".into()))?,
             pin_file: args
                 .pkcs11_pin_file
-                .context("--kek pkcs11 needs --pkcs11-pin-file")?,
+                .ok_or_else(|| Failure::Usage("--kek pkcs11 needs --pkcs11-pin-file".into()))?,
             key_label_prefix: "lsvkms-kek-v".into(),
         }),
-        other => bail!("unknown --kek {other:?} (file or pkcs11)"),
+        other => bail!(Failure::Usage(format!(
+            "unknown --kek {other:?} (file or pkcs11)"
+        ))),
     };
     let uids = if args.service_uids.is_empty() {
         vec![effective_uid()]
@@ -249,6 +326,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(address) = &args.tcp {
         serve_tls(address, &args, &service)?;
     }
+    if let Some(address) = &args.metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(KmsCollector::new(&service)));
+        metrics::serve(address, registry).with_context(|| format!("--metrics {address:?}"))?;
+    }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
     let accepting = Arc::clone(&service);
     std::thread::Builder::new()
@@ -266,7 +348,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn serve_tls(address: &str, args: &ServeArgs, service: &Arc<Service>) -> Result<()> {
     let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.client_ca) else {
-        bail!("--tcp needs --tls-cert, --tls-key and --client-ca");
+        bail!(Failure::Usage(
+            "--tcp needs --tls-cert, --tls-key and --client-ca".into()
+        ));
     };
     let config = tls::server_config(cert, key, ca)?;
     let listener =
@@ -305,9 +389,11 @@ fn wait_for(set: &libc::sigset_t) -> i32 {
 }
 
 fn issue(dir: &Path, user: &str, ttl: &str) -> Result<()> {
-    let ttl_s = parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    let ttl_s = parse_ttl(ttl).map_err(Failure::Usage)?;
     if ttl_s > TOKEN_TTL_S_MAX {
-        bail!("--ttl {ttl} is longer than 30 days");
+        bail!(Failure::Usage(format!(
+            "--ttl {ttl} is longer than 30 days"
+        )));
     }
     let config = Config::load(dir)?;
     let signer = TokenSigner::load(config.issuer.clone(), &dir.join(files::TOKEN_KEY))?;
@@ -336,10 +422,7 @@ fn audit_verify(dir: &Path) -> Result<()> {
             );
             Ok(())
         }
-        Err(error) => {
-            eprintln!("audit log BROKEN: {error}");
-            std::process::exit(1);
-        }
+        Err(error) => Err(Failure::AuditBroken(error.to_string()).into()),
     }
 }
 
@@ -363,7 +446,54 @@ fn audit_check(dir: &Path) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&report)?);
     if !report.findings.is_empty() {
-        std::process::exit(2);
+        bail!(Failure::AuditFindings(report.findings.len()));
+    }
+    Ok(())
+}
+
+/// A user's token from `path`, refused if group or others may read it.
+fn read_token(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    lsvblk::kms::fsutil::check_private(path).context("--token-file")?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+    Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
+}
+
+fn keys_list(socket: &Path, token_file: &Path, json: bool) -> Result<()> {
+    let token = read_token(token_file)?;
+    let mine = KmsClient::new(socket).my_keys(&token)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&mine)?);
+        return Ok(());
+    }
+    let time =
+        |s: Option<u64>| s.map_or("-".to_owned(), |s| rfc3339_utc(s * 1000)[..19].to_owned());
+    println!(
+        "{:<32}  {:<11}  {:<32}  {:<10}  {:<19}  {:<19}  {:<32}  ACL",
+        "KEY ID", "STATUS", "VOLUME", "SNAPSHOT", "CREATED", "STATE CHANGED", "REPLACED BY"
+    );
+    for key in &mine.keys {
+        let context = key.context.clone().unwrap_or_default();
+        println!(
+            "{:<32}  {:<11}  {:<32}  {:<10}  {:<19}  {:<19}  {:<32}  {}",
+            key.key_id.to_string(),
+            key.status,
+            context.volume_id,
+            if context.snapshot_id.is_empty() {
+                "-"
+            } else {
+                &context.snapshot_id
+            },
+            time(Some(key.created_unix_s)),
+            time(key.history.state_changed_unix_s),
+            key.history
+                .replaced_by
+                .map_or("-".to_owned(), |id| id.to_string()),
+            key.acl.join(",")
+        );
+    }
+    if mine.truncated {
+        eprintln!("lsvkms: more keys than one answer lists; the oldest are shown");
     }
     Ok(())
 }

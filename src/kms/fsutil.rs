@@ -57,9 +57,10 @@ fn parent_of(path: &Path) -> io::Result<&Path> {
     }
 }
 
-/// Creates a directory with mode 0700 (and its parents as needed).
+/// Creates a directory with mode 0700 (and its parents as needed, 0700
+/// too); an existing one is made 0700.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    fs::create_dir_all(path)?;
+    crate::fsmode::create_private_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
@@ -122,6 +123,18 @@ pub fn check_private(path: &Path) -> Result<(), PrivateFileError> {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// The stems of the `*.json` files in `dir` (one record each).
+pub fn json_stems(dir: &Path) -> io::Result<Vec<String>> {
+    let mut stems = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+            stems.push(stem.to_owned());
+        }
+    }
+    Ok(stems)
 }
 
 /// Reads a whole file of at most `bytes_max` bytes.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use super::error::{Error, Result};
 use super::{ByteRange, ObjectInfo, ObjectKey, ObjectStore, PutOutcome};
+use crate::fsmode;
 use crate::kms::fsutil;
 
 /// Objects are private data: owner read/write only.
@@ -47,7 +48,7 @@ impl LocalDirStore {
 
     /// The store in `root`, created (with its parents) if missing.
     pub fn create(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|source| local("create", root, source))?;
+        fsmode::create_private_dir_all(root).map_err(|source| local("create", root, source))?;
         Self::open(root)
     }
 
@@ -93,7 +94,7 @@ impl LocalDirStore {
         }
         let parent = dir.parent().expect("below the root");
         self.create_dirs(parent)?;
-        match fs::create_dir(dir) {
+        match fsmode::create_private_dir(dir) {
             Ok(()) => sync_dir(parent),
             Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(()),
             Err(source) => Err(local("create directory", dir, source)),

@@ -19,7 +19,8 @@
 //! `aligned.rs` (aligned buffers and their pool), `scan/` (reading
 //! segments back), `index.rs` (the extent index), `checkpoint/`,
 //! `snapshot.rs` (snapshot points), `io.rs` (`pwritev`), `log/` (heads,
-//! appends, flushes, seals, recovery, compaction).
+//! appends, flushes, seals, recovery, compaction), `check.rs` (a keyless
+//! check of the files, reported rather than repaired).
 //!
 //! # Opening (recovery)
 //! 1. Load the newest checkpoint that passes its checks (older ones are the
@@ -63,6 +64,7 @@
 //! power cut, which the checksums detect.
 
 mod aligned;
+mod check;
 mod checkpoint;
 #[cfg(test)]
 mod format_tests;
@@ -79,18 +81,19 @@ mod table;
 use std::path::{Path, PathBuf};
 
 pub use aligned::{ALIGN, AlignedBuf, align_up};
+pub use check::{CheckDepth, Damage, DamageKind, DamageReport, check_files};
 pub use checkpoint::{
     CheckpointData, HeadPosition, SealRef, SealedSegment, list_checkpoints, read as read_checkpoint,
 };
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform, SegmentSpace,
-    SpaceReport, TornTail, open, open_view, write_snapshot_index,
+    LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
+    SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
 };
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 pub use segment::{SEGMENT_HEADER_BYTES, SegmentVersion, V2_FIRST_FRAME};
-pub use snapshot::{SnapshotPoint, referenced_segments};
+pub use snapshot::{SnapshotPoint, referenced_segments, segments_needed};
 pub use table::{TableFormat, V2_ENTRY_BYTES};
 
 /// What can go wrong in the store. Corruption is data (an `Err`), never a

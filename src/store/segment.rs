@@ -7,7 +7,7 @@
 //! holes: the first invalid record or frame of an unsealed segment is its
 //! torn tail. Layouts in docs/format.md; scanning in `scan`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ pub fn create_segment(
     fields: &SegmentHeaderFields,
 ) -> Result<File, StoreError> {
     let path = segment_path(segments_dir, id);
-    let file = OpenOptions::new()
+    let file = crate::fsmode::private_file_options()
         .read(true)
         .write(true)
         .create_new(true)

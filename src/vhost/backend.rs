@@ -19,11 +19,14 @@ use vmm_sys_util::event::{
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
 use super::hold::HoldHook;
 use super::inflight::InflightArea;
+use super::metrics::DeviceMetrics;
 use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::store::HeadId;
+use crate::sync::LockOrRecover;
 use crate::volume::Volume;
+use crate::volume::handover::Served;
 
 /// A vhost-user-blk backend serving one volume to one frontend connection.
 #[derive(Clone)]
@@ -32,25 +35,43 @@ pub struct BlockBackend {
 }
 
 impl BlockBackend {
-    /// A backend for `volume` with `options`.
-    pub fn new(volume: Arc<Volume>, options: DeviceOptions) -> Self {
-        Self::build(volume, options, HoldHook::get())
+    /// A backend for `served` with `options`.
+    pub fn new(served: Arc<Served>, options: DeviceOptions) -> Self {
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::counted(served, options, metrics)
+    }
+
+    /// Like [`BlockBackend::new`], counting into `metrics` (which must have
+    /// a queue for each of `options.num_queues`).
+    pub fn counted(
+        served: Arc<Served>,
+        options: DeviceOptions,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
+        Self::build(served, options, HoldHook::get(), metrics)
     }
 
     /// TEST-ONLY: like [`BlockBackend::new`], but the `nth` request this
     /// backend takes off its queues is held back while later ones complete
     /// (what [`HOLD_VARIABLE`](super::HOLD_VARIABLE) does for a daemon).
     #[doc(hidden)]
-    pub fn with_test_hold(volume: Arc<Volume>, options: DeviceOptions, nth: u64) -> Self {
+    pub fn with_test_hold(served: Arc<Served>, options: DeviceOptions, nth: u64) -> Self {
         let hook: &'static HoldHook = Box::leak(Box::new(HoldHook::new(Some(nth))));
-        Self::build(volume, options, hook)
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::build(served, options, hook, metrics)
     }
 
-    fn build(volume: Arc<Volume>, options: DeviceOptions, hold: &'static HoldHook) -> Self {
+    fn build(
+        served: Arc<Served>,
+        options: DeviceOptions,
+        hold: &'static HoldHook,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
+        let superblock = served.superblock();
         let geometry = DeviceGeometry {
-            capacity_sectors: volume.size_bytes() / 512,
+            capacity_sectors: superblock.size_bytes / 512,
             logical_block_bytes: options.logical_block_bytes,
-            physical_block_bytes: volume.block_bytes(),
+            physical_block_bytes: superblock.block_bytes,
             num_queues: options.num_queues,
             read_only: options.read_only,
         };
@@ -59,7 +80,7 @@ impl BlockBackend {
             .collect();
         Self {
             shared: Arc::new(Shared {
-                volume,
+                served,
                 options,
                 geometry,
                 memory: Mutex::new(None),
@@ -71,6 +92,7 @@ impl BlockBackend {
                 inflight: Mutex::new(None),
                 queues,
                 hold,
+                metrics,
             }),
         }
     }
@@ -86,6 +108,7 @@ impl BlockBackend {
             shared: &self.shared,
             memory,
             head: HeadId(index),
+            volume: self.volume(),
         };
         if !queue.resumed {
             worker.resume(vring, queue)?;
@@ -103,6 +126,22 @@ impl BlockBackend {
                 return Ok(());
             }
         }
+    }
+}
+
+impl BlockBackend {
+    /// True while the frontend runs the device (a queue is started).
+    pub fn is_running(&self) -> bool {
+        self.shared.is_running()
+    }
+
+    /// The volume to serve a drain with; a standby daemon takes it over
+    /// here if nothing did before.
+    fn volume(&self) -> Result<Arc<Volume>, String> {
+        self.shared.served.volume().map_err(|error| {
+            self.shared.host_errors.log(&error.to_string());
+            error.to_string()
+        })
     }
 }
 
@@ -170,7 +209,21 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn update_memory(&self, memory: GuestMemory) -> io::Result<()> {
-        *self.shared.memory.lock().unwrap_or_else(|p| p.into_inner()) = Some(memory);
+        *self.shared.memory.lock_or_recover() = Some(memory);
+        // The frontend starts the device (a migrated VM starts here): a
+        // standby daemon takes the volume over now, while the frontend
+        // finishes its setup, rather than at the first request.
+        if self.shared.served.is_standby() {
+            let backend = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("take-over".to_owned())
+                .spawn(move || {
+                    let _ = backend.volume();
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot take the volume over ahead of the first request");
+            }
+        }
         Ok(())
     }
 
@@ -221,11 +274,7 @@ impl VhostUserBackend for BlockBackend {
                 queue.resumed = false;
             }
         }
-        *self
-            .shared
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(area);
+        *self.shared.inflight.lock_or_recover() = Some(area);
         Ok(())
     }
 
@@ -244,6 +293,7 @@ impl VhostUserBackend for BlockBackend {
                 shared: &self.shared,
                 memory: &memory,
                 head: HeadId(queue_index as usize),
+                volume: self.volume(),
             };
             worker.finish_held(&vring, &mut queue)?;
         }

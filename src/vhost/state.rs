@@ -7,16 +7,19 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vhost_user_backend::VringRwLock;
 use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::chain::Chain;
 use super::config::DeviceGeometry;
 use super::hold::HoldHook;
 use super::inflight::{InflightArea, QueueInflight};
+use super::metrics::DeviceMetrics;
 use super::{DeviceOptions, RateLimitedLog};
-use crate::volume::Volume;
+use crate::sync::LockOrRecover;
+use crate::volume::handover::Served;
 
 /// Guest RAM as the backend maps it: each region carries a dirty-page
 /// bitmap that logs the backend's writes while the VM migrates.
@@ -30,7 +33,8 @@ pub(crate) type Vring = VringRwLock<GuestMemory>;
 
 /// State one connection's workers share.
 pub(crate) struct Shared {
-    pub(crate) volume: Arc<Volume>,
+    /// The volume: active, or in standby until the device first needs it.
+    pub(crate) served: Arc<Served>,
     pub(crate) options: DeviceOptions,
     pub(crate) geometry: DeviceGeometry,
     pub(crate) memory: Mutex<Option<GuestMemory>>,
@@ -47,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<Mutex<QueueState>>,
     /// Test-only request hold-back (off unless its variable is set).
     pub(crate) hold: &'static HoldHook,
+    /// What the workers count; outlives the connection (the server's).
+    pub(crate) metrics: Arc<DeviceMetrics>,
 }
 
 /// One queue's state across kicks.
@@ -66,16 +72,22 @@ impl Shared {
     /// Queue `index`'s state, locked (a poisoned lock is still usable: the
     /// state is rebuilt at the next start anyway).
     pub(crate) fn queue(&self, index: usize) -> Option<MutexGuard<'_, QueueState>> {
-        self.queues
-            .get(index)
-            .map(|q| q.lock().unwrap_or_else(|p| p.into_inner()))
+        self.queues.get(index).map(|q| q.lock_or_recover())
     }
 
     /// The guest memory, once the frontend sent its table.
     pub(crate) fn memory(&self) -> Option<GuestMemory> {
-        self.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.memory.lock_or_recover().clone()
+    }
+
+    /// True while a queue is started (between its kick and GET_VRING_BASE):
+    /// the frontend runs the device.
+    pub(crate) fn is_running(&self) -> bool {
+        self.queues.iter().any(|q| {
+            q.lock_or_recover()
+                .vring
+                .as_ref()
+                .is_some_and(|vring| vring.get_ref().get_queue().ready())
+        })
     }
 }

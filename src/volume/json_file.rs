@@ -20,7 +20,7 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut text = serde_json::to_string_pretty(value).expect("metadata serializes");
     text.push('\n');
-    let mut file = fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+    let mut file = crate::fsmode::create_private_file(&tmp).map_err(|e| io_error(&tmp, e))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| io_error(&tmp, e))?;

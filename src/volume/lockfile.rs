@@ -1,6 +1,6 @@
 //! The volume lock: one process at a time may have a volume open for writing.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -31,7 +31,7 @@ impl VolumeLock {
     /// exclusive, without waiting: `Busy` when another process holds it.
     pub fn acquire_file(path: &Path, shared: bool) -> Result<Self, VolumeError> {
         let path = path.to_path_buf();
-        let file = OpenOptions::new()
+        let file = crate::fsmode::private_file_options()
             .read(true)
             .write(true)
             .create(true)

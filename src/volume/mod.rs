@@ -21,16 +21,21 @@
 //! rotation state `volume.json` keeps), `superblock.rs` (`volume.json`),
 //! `json_file.rs` (atomic JSON files), `clock.rs`, `keyring.rs` (key
 //! schedules in locked memory), `stripes.rs` (read-modify-write locks),
-//! `lockfile.rs` (one writer per volume, readers per snapshot), `error.rs`.
+//! `lockfile.rs` (one writer per volume, readers per snapshot),
+//! `handover.rs` (a served volume: active, standby, handed over to another
+//! daemon for a live migration), `error.rs`.
 //!
 //! Locks: the stripes of a batch, then the keyring (read, for the key),
 //! then the log's own (see `store::Log`); the lifecycle lock, then the
 //! keyring (write, to add or drop a key), then the log's.
 
+mod check;
 mod clock;
+pub mod ephemeral;
 mod error;
 #[cfg(test)]
 mod format_tests;
+pub mod handover;
 mod json_file;
 mod key_state;
 mod keyring;
@@ -48,6 +53,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use check::check_files;
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
 pub use key_state::KeyStatus;
@@ -140,6 +146,8 @@ pub struct Volume {
     clock: Arc<dyn Clock>,
     /// One key-lifecycle change of the superblock at a time.
     lifecycle: std::sync::Mutex<()>,
+    /// What else a flush waits for (an upload to an object store), if set.
+    flush_hook: std::sync::OnceLock<Arc<dyn FlushHook>>,
     _lock: VolumeLock,
     _parent_locks: Vec<VolumeLock>,
 }
@@ -274,7 +282,16 @@ impl Volume {
         } else {
             self.log.flush()?;
         }
+        if let Some(hook) = self.flush_hook.get() {
+            hook.after_flush(&self.log)?;
+        }
         Ok(())
+    }
+
+    /// Sets what every [`Volume::flush`] also waits for, after the local
+    /// flush (once; later calls are ignored and return false).
+    pub fn set_flush_hook(&self, hook: Arc<dyn FlushHook>) -> bool {
+        self.flush_hook.set(hook).is_ok()
     }
 
     /// Flushes, seals the log, writes a checkpoint and releases the volume.
@@ -282,6 +299,14 @@ impl Volume {
         self.log.close()?;
         Ok(())
     }
+}
+
+/// Something a volume's flush also waits for once its log is durable
+/// locally: e.g. that the log's tail is in an object store.
+pub trait FlushHook: Send + Sync {
+    /// Called by [`Volume::flush`] after the local flush; an error fails the
+    /// flush.
+    fn after_flush(&self, log: &Log) -> Result<(), VolumeError>;
 }
 
 /// Reads the superblock of `dir` without opening the volume.

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,6 +26,7 @@ use super::json_file::{io_error, write_json_atomic};
 use super::superblock::{ParentRef, new_volume_id};
 use super::{KeyEntry, Superblock, Volume, VolumeError, VolumeLock};
 use crate::crypto::KeyId;
+use crate::fsmode;
 use crate::store::{self, SnapshotPoint};
 use crate::sync::LockOrRecover;
 
@@ -294,9 +296,11 @@ pub(crate) fn register_clone(
     clone_volume_id: &str,
     clone_dir: &Path,
 ) -> Result<(), VolumeError> {
-    fs::create_dir_all(&paths.clones).map_err(|e| io_error(&paths.clones, e))?;
+    fsmode::create_private_dir_all(&paths.clones).map_err(|e| io_error(&paths.clones, e))?;
     let path = paths.clones.join(clone_volume_id);
-    fs::write(&path, clone_dir.to_string_lossy().as_bytes()).map_err(|e| io_error(&path, e))?;
+    fsmode::create_private_file(&path)
+        .and_then(|mut file| file.write_all(clone_dir.to_string_lossy().as_bytes()))
+        .map_err(|e| io_error(&path, e))?;
     store::sync_dir(&paths.clones)?;
     Ok(())
 }
@@ -318,7 +322,7 @@ impl Volume {
             });
         }
         let base = self.dir.join(SNAPSHOTS_DIR);
-        fs::create_dir_all(&base).map_err(|e| io_error(&base, e))?;
+        fsmode::create_private_dir_all(&base).map_err(|e| io_error(&base, e))?;
         // The key set and the log point must agree: no rotation may switch
         // keys between reading the one and taking the other.
         let _keys_stable = self.lifecycle_lock();

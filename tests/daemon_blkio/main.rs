@@ -10,6 +10,7 @@
 //! - [`durability`]: acknowledged changes across SIGTERM, SIGINT and kill -9,
 //!   writes in flight, the daemon's memory under a deep queue;
 //! - [`reconnect`]: clients that come and go;
+//! - [`handover`]: a live migration's hand-over to a `--standby` daemon;
 //! - [`refusals`]: what `lsvblk serve` and `lsvblk create` refuse, and how.
 //!
 //! Not covered here, because libblkio 0.5 cannot express it:
@@ -28,6 +29,7 @@
 mod kit;
 
 mod durability;
+mod handover;
 mod io;
 mod queues;
 mod read_only;

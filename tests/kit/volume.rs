@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use lsvblk::crypto::{CryptoPool, DataKey, KeyKind};
-use lsvblk::volume::{Integrity, Volume, VolumeOptions};
+use lsvblk::volume::{Integrity, KeyEntry, Volume, VolumeOptions};
 
 /// A deterministic test key from a one-byte seed.
 pub fn key(seed: u8) -> DataKey {
@@ -13,6 +13,19 @@ pub fn key(seed: u8) -> DataKey {
         .map(|i| i.wrapping_mul(31).wrapping_add(seed))
         .collect();
     DataKey::from_bytes(KeyKind::Aes256Xts, &material).unwrap()
+}
+
+/// The superblock entry of `key` for a volume made in this process (no
+/// wrapped blob, no ACL): what a rotation to `key` records.
+pub fn entry_for(key: &DataKey) -> KeyEntry {
+    KeyEntry {
+        key_id: key.id(),
+        kind: key.kind(),
+        wrapped_blob: None,
+        created_unix_s: 0,
+        acl: Vec::new(),
+        context_volume_id: None,
+    }
 }
 
 /// One small crypto pool shared by every test in a binary (threads are not free).

@@ -292,12 +292,3 @@ fn flush(client: &mut BlkClient, name: &str) {
         panic!("{name}: FLUSH failed: {error:?}");
     }
 }
-
-/// An executable on `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    })
-}

@@ -12,8 +12,8 @@ use lsvblk::store::StoreError;
 use lsvblk::volume::{Volume, VolumeError, VolumeOptions};
 use serde_json::Value;
 
-use crate::control::{self, CallError, ControlError, ControlRequest};
-use crate::exit::{BUSY, DENIED, Failure, IO, SOFTWARE, USAGE};
+use crate::control::{self, ControlError, ControlRequest};
+use crate::exit::Failure;
 
 /// The control error for a volume error (its stable kind and message).
 pub fn control_error(error: VolumeError) -> ControlError {
@@ -21,6 +21,7 @@ pub fn control_error(error: VolumeError) -> ControlError {
         VolumeError::NoSuchSnapshot { .. } => ControlError::NOT_FOUND,
         VolumeError::SnapshotExists { .. } => ControlError::ALREADY_EXISTS,
         VolumeError::SnapshotInUse { .. }
+        | VolumeError::SnapshotNotReady { .. }
         | VolumeError::Busy { .. }
         | VolumeError::Store(StoreError::Interrupted) => ControlError::BUSY,
         VolumeError::BadOption(_) | VolumeError::ReadOnly => ControlError::BAD_REQUEST,
@@ -41,30 +42,11 @@ pub fn service_error(error: ServiceError) -> ControlError {
         ServiceError::NoCurrentKeyEntry
         | ServiceError::NoWrappedBlob { .. }
         | ServiceError::BlobNotBase64 { .. }
-        | ServiceError::WrongKey { .. } => ControlError::INTERNAL,
+        | ServiceError::WrongKey { .. }
+        | ServiceError::CryptoPool(_)
+        | ServiceError::VolumeStillInUse => ControlError::INTERNAL,
     };
     ControlError::new(kind, message)
-}
-
-/// The exit code and message for a failed control call.
-pub fn call_failure(error: CallError) -> Failure {
-    let code = match &error {
-        CallError::Refused(e) => match e.kind.as_str() {
-            ControlError::NOT_FOUND | ControlError::ALREADY_EXISTS | ControlError::BAD_REQUEST => {
-                USAGE
-            }
-            ControlError::BUSY => BUSY,
-            ControlError::DENIED => DENIED,
-            ControlError::IO => IO,
-            _ => SOFTWARE,
-        },
-        CallError::NotServed { .. } => BUSY,
-        CallError::Transport { .. } | CallError::Protocol { .. } => IO,
-    };
-    Failure::new(
-        code,
-        anyhow::anyhow!("the daemon serving the volume: {error}"),
-    )
 }
 
 /// Where to run an operation: the daemon serving the volume, or here.
@@ -78,7 +60,7 @@ pub enum Reach {
 /// Opens the volume here if nobody serves it, else says to ask the daemon.
 pub fn reach(dir: &Path, read_only: bool) -> Result<Reach, Failure> {
     let pool = CryptoPool::new(1, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     let options = VolumeOptions {
         read_only,
         pool: Some(Arc::new(pool)),
@@ -102,7 +84,7 @@ pub fn run_anywhere(
 ) -> Result<Value, Failure> {
     match reach(dir, read_only)? {
         Reach::Served => control::call(&control::control_socket_path(dir), &request, progress)
-            .map_err(call_failure),
+            .map_err(Failure::from),
         Reach::Local(volume) => {
             let result = local(&volume, &mut |value| progress(&value));
             let closed = volume.close();
@@ -111,6 +93,18 @@ pub fn run_anywhere(
             Ok(value)
         }
     }
+}
+
+/// As [`run_anywhere`], for an operation that reports no progress.
+pub fn run_quietly(
+    dir: &Path,
+    request: ControlRequest,
+    read_only: bool,
+    local: impl FnOnce(&Volume) -> Result<Value, VolumeError>,
+) -> Result<Value, Failure> {
+    run_anywhere(dir, request, read_only, &mut |_| {}, |volume, _| {
+        local(volume)
+    })
 }
 
 /// Prints `value` as JSON, or as `key: value` lines.

@@ -2,13 +2,18 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-use lsvblk::kms::api::KeyContext;
-use lsvblk::volume::{Integrity, Volume, VolumeOptions, WrappedKey, new_volume_id};
+use lsvblk::service::{NewVolume, create_volume};
+use lsvblk::volume::{Integrity, KeyPolicy, VolumeOptions};
 
-use crate::exit::{Failure, Outcome, USAGE};
-use crate::kms::{client, failure, parse_kms_address};
+use crate::exit::{Failure, Outcome};
+use crate::kms::{client, parse_kms_address};
 use crate::size::parse_size;
+use crate::store::remote_failure;
+
+/// Default segment size of a volume kept in an object store: one object
+/// each, big enough that a PUT costs little per byte, small enough that
+/// an upload is seconds.
+const SEGMENT_BYTES_IN_STORE: u64 = 16 << 20;
 
 /// Arguments of `lsvblk create`.
 #[derive(clap::Args)]
@@ -28,9 +33,12 @@ pub struct CreateArgs {
     /// Block size and XTS data unit, bytes: 4096 (default) or 512.
     #[arg(long, default_value_t = 4096)]
     block_size: u32,
-    /// Target size of one segment file (K/M/G suffixes).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    segment_size: u64,
+    /// Target size of one segment file (K/M/G suffixes). Default 64M, or
+    /// 16M with --store (each sealed segment becomes one object).
+    #[arg(long, value_parser = parse_size)]
+    segment_size: Option<u64>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
     /// When the data key is rotated and retired (defaults: 512G live, 1T
     /// ever encrypted, 90 days; retirement at 120 days).
     #[command(flatten)]
@@ -50,35 +58,33 @@ pub struct CreateArgs {
     no_macs_benchmark_only: bool,
 }
 
-/// Creates the volume with a fresh data key from the service.
+/// Checks what can be checked before a key is generated, then creates the
+/// volume with a fresh data key from the service (and its object-store
+/// copy, with `--store`).
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!("--acl has an empty user name"),
-        ));
+        return Err(Failure::usage("--acl has an empty user name"));
     }
     // Refuse a used directory before a data key is generated (and audited)
     // for a volume that will never exist.
     if std::fs::read_dir(&args.volume).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!("{} already exists and is not empty", args.volume.display()),
-        ));
+        return Err(Failure::usage(format!(
+            "{} already exists and is not empty",
+            args.volume.display()
+        )));
     }
-    let volume_id = new_volume_id()?;
-    let context = KeyContext {
-        volume_id: hex::encode(volume_id),
-        snapshot_id: String::new(),
-    };
-    let generated = client(&args.kms)
-        .generate_data_key(&args.acl, &context)
-        .map_err(|e| failure("asking lsvkms for a data key", e))?;
-    let key_id = generated.key.id();
-    let wrapped = base64::engine::general_purpose::STANDARD.encode(&generated.wrapped_blob);
+    // Refuse a store we cannot use before a key is generated.
+    let remote = args.store.open()?;
+    if let Some(remote) = &remote {
+        lsvblk::remote::check_vacant(remote).map_err(remote_failure)?;
+    }
     let options = VolumeOptions {
         block_bytes: args.block_size,
-        segment_bytes: args.segment_size,
+        segment_bytes: args.segment_size.unwrap_or(if remote.is_some() {
+            SEGMENT_BYTES_IN_STORE
+        } else {
+            lsvblk::limits::SEGMENT_BYTES_DEFAULT
+        }),
         #[cfg(feature = "null-cipher")]
         null_cipher: args.unencrypted_benchmark_only,
         integrity: if args.no_macs_benchmark_only {
@@ -88,21 +94,20 @@ pub fn run(args: CreateArgs) -> Outcome {
         },
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(
-        &args.volume,
-        args.size,
-        volume_id,
-        generated.key,
-        Some(WrappedKey {
-            blob: wrapped,
-            acl: args.acl.clone(),
-        }),
-        &options,
-    )?;
-    if args.policy.any() {
-        volume.set_key_policy(&args.policy.apply(&volume.key_policy()?))?;
+    let new = NewVolume {
+        dir: &args.volume,
+        size_bytes: args.size,
+        acl: &args.acl,
+        options,
+        policy: args
+            .policy
+            .any()
+            .then(|| args.policy.apply(&KeyPolicy::default())),
+    };
+    let created = create_volume(&client(&args.kms), new).map_err(Failure::Service)?;
+    if let Some(remote) = &remote {
+        lsvblk::remote::create(remote, &args.volume).map_err(remote_failure)?;
     }
-    volume.close()?;
     #[cfg(feature = "null-cipher")]
     if args.unencrypted_benchmark_only {
         tracing::warn!("the volume is UNENCRYPTED (null cipher): for benchmarks only");
@@ -110,10 +115,11 @@ pub fn run(args: CreateArgs) -> Outcome {
     if args.json {
         let out = serde_json::json!({
             "volume": args.volume,
-            "volume_id": hex::encode(volume_id),
+            "volume_id": created.volume_id,
             "size_bytes": args.size,
             "block_bytes": args.block_size,
-            "key_id": key_id,
+            "store": args.store.store,
+            "key_id": created.key_id,
             "acl": args.acl,
         });
         println!("{out}");
@@ -123,8 +129,8 @@ pub fn run(args: CreateArgs) -> Outcome {
             args.volume.display(),
             args.size
         );
-        println!("volume id: {}", hex::encode(volume_id));
-        println!("key id:    {key_id}");
+        println!("volume id: {}", created.volume_id);
+        println!("key id:    {}", created.key_id);
         println!("acl:       {}", args.acl.join(","));
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! its calls and its errors into control errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lsvblk::kms::client::KmsClient;
 use lsvblk::service::ServedVolume;
@@ -16,20 +17,44 @@ use crate::control::{ControlError, ControlHandler, ControlRequest};
 /// The daemon's side of the control socket, and its background upkeep.
 pub struct Daemon {
     served: ServedVolume,
+    /// The uploader of a volume kept in an object store (`status` shows it).
+    uploader: std::sync::OnceLock<Arc<lsvblk::remote::Uploader>>,
 }
 
 impl Daemon {
     /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction
-    /// off; `kms` is where new keys come from (rotation).
-    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64, kms: Option<KmsClient>) -> Arc<Self> {
+    /// off; `kms` is where new keys come from (rotation); `poll` is how
+    /// often the background upkeep looks at keys and space.
+    pub fn new(
+        volume: Arc<Volume>,
+        auto_rate_mib: u64,
+        kms: Option<KmsClient>,
+        poll: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            served: ServedVolume::new(volume, auto_rate_mib, kms),
+            served: ServedVolume::new(volume, auto_rate_mib, kms).polling_every(poll),
+            uploader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows `uploader`'s backlog in `status`.
+    pub fn set_uploader(&self, uploader: Arc<lsvblk::remote::Uploader>) {
+        let _ = self.uploader.set(uploader);
+    }
+
+    fn is_ephemeral(&self) -> bool {
+        self.served.volume().superblock().ephemeral_owner.is_some()
     }
 
     /// Asks the background upkeep (and any compaction in progress) to stop.
     pub fn stop(&self) {
         self.served.stop();
+    }
+
+    /// The upkeep's status (what `lsvblk status` shows of it), for the
+    /// metrics; `None` if it cannot be read now.
+    pub fn upkeep_status(&self) -> Option<Value> {
+        self.served.status().ok()
     }
 
     /// Runs the background upkeep until [`Daemon::stop`] (see
@@ -47,6 +72,10 @@ impl ControlHandler for Daemon {
     ) -> Result<Value, ControlError> {
         let served = &self.served;
         match request {
+            ControlRequest::SnapshotCreate { .. } if self.is_ephemeral() => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "snapshots of an ephemeral volume are refused: its key lives only in this daemon and dies with it, so a snapshot could never be read",
+            )),
             ControlRequest::SnapshotCreate { name } => {
                 served.snapshot_create(&name).map_err(control_error)
             }
@@ -74,14 +103,27 @@ impl ControlHandler for Daemon {
                 served.set_policy(&policy).map_err(control_error)
             }
             ControlRequest::SnapshotList => crate::snapshot::snapshot_list(served.volume().dir())
-                .map_err(|f| ControlError::new(ControlError::IO, format!("{:#}", f.error))),
+                .map_err(|f| ControlError::new(ControlError::IO, format!("{f}"))),
             ControlRequest::Compact {
                 rate_mib_s,
                 live_ratio_max,
             } => served
                 .compact(rate_mib_s, live_ratio_max, progress)
                 .map_err(control_error),
-            ControlRequest::Status => served.status().map_err(control_error),
+            ControlRequest::Status => {
+                let mut status = served.status().map_err(control_error)?;
+                if let (Some(uploader), Some(fields)) =
+                    (self.uploader.get(), status.as_object_mut())
+                {
+                    fields.insert("upload".to_string(), serde_json::json!(uploader.status()));
+                }
+                Ok(status)
+            }
+            // The serving loop hands the volume over (`services`), not this.
+            ControlRequest::HandOver => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "this daemon cannot hand its volume over",
+            )),
         }
     }
 }

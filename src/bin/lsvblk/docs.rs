@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
 
-use crate::exit::{Failure, IO, Outcome};
+use crate::exit::{Failure, Outcome};
 
 /// Arguments of `lsvblk completions`.
 #[derive(clap::Args)]
@@ -30,12 +30,8 @@ pub fn completions(args: CompletionsArgs, command: clap::Command) -> Outcome {
 
 /// Writes `lsvblk.1` and one page per subcommand; prints each path.
 pub fn man(args: ManArgs, command: clap::Command) -> Outcome {
-    let pages = write_man_pages(command, &args.dir).map_err(|e| {
-        Failure::new(
-            IO,
-            anyhow::anyhow!("writing man pages to {}: {e}", args.dir.display()),
-        )
-    })?;
+    let pages = write_man_pages(command, &args.dir)
+        .map_err(|e| Failure::io(format!("writing man pages to {}: {e}", args.dir.display())))?;
     for page in pages {
         println!("{}", page.display());
     }

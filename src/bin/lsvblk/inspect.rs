@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use lsvblk::volume::{Integrity, Superblock, pending_acl};
+use lsvblk::store::{CheckDepth, DamageReport};
+use lsvblk::volume::{Integrity, Superblock, check_files, pending_acl};
 
 use crate::admin;
 use crate::control::ControlRequest;
-use crate::exit::{Failure, IO, Outcome};
+use crate::exit::{Failure, Outcome};
 use lsvblk::service::maintenance;
 
 /// Arguments of `lsvblk inspect`.
@@ -18,25 +19,43 @@ pub struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Check only checkpoints and segment headers, not every record (the
+    /// full check reads the whole log).
+    #[arg(long)]
+    quick: bool,
 }
 
-/// Prints geometry, key ids, ACLs, snapshots, log size and live/dead bytes.
-/// Never key material: the volume holds none in the clear.
+/// Prints geometry, key ids, ACLs, snapshots, log size and live/dead bytes,
+/// and what a keyless check of the files found; damage exits 65 (after the
+/// report). Never key material: the volume holds none in the clear.
 pub fn run(args: InspectArgs) -> Outcome {
     let superblock = Superblock::load(&args.volume)?;
+    let depth = if args.quick {
+        CheckDepth::Headers
+    } else {
+        CheckDepth::Records
+    };
+    let damage = check_files(&args.volume, depth)?;
+    let described = describe(&args, &superblock, &damage);
+    match (described, damage.is_clean()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(Failure::Damaged(damage)),
+        // The open failed on what the check found: the check says more.
+        (Err(_), false) => Err(Failure::Damaged(damage)),
+        (Err(failure), true) => Err(failure),
+    }
+}
+
+fn describe(args: &InspectArgs, superblock: &Superblock, damage: &DamageReport) -> Outcome {
     let (segments, segment_bytes) = dir_stats(&args.volume.join("segments"), "seg")?;
     let (checkpoints, checkpoint_bytes) = dir_stats(&args.volume.join("checkpoints"), "ckpt")?;
     let snapshots = crate::snapshot::snapshot_list(&args.volume)?;
     let pending = pending_acl(&args.volume)?;
     // Live and dead bytes need the index: from the daemon if one serves the
     // volume, else from a read-only open here (no key needed).
-    let status = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Status,
-        true,
-        &mut |_| {},
-        |v, _| Ok(serde_json::json!({ "space": maintenance::space(v)? })),
-    )?;
+    let status = admin::run_quietly(&args.volume, ControlRequest::Status, true, |v| {
+        Ok(serde_json::json!({ "space": maintenance::space(v)? }))
+    })?;
     let space = status["space"].clone();
     let keys: Vec<_> = superblock
         .keys
@@ -72,6 +91,7 @@ pub fn run(args: InspectArgs) -> Outcome {
         "pending_acl": pending.as_ref().map(|p| &p.acl),
         "snapshots": snapshots,
         "space": space,
+        "damage": damage,
     });
     if args.json {
         println!("{out}");
@@ -101,6 +121,16 @@ pub fn run(args: InspectArgs) -> Outcome {
                 parent.volume_dir.display()
             );
         }
+        println!(
+            "check       {} segments, {} checkpoints, {} bytes read: {} problem(s)",
+            damage.segments_checked,
+            damage.checkpoints_checked,
+            damage.bytes_checked,
+            damage.findings.len()
+        );
+        for finding in &damage.findings {
+            println!("damage      {:?}: {}", finding.kind, finding.detail);
+        }
         for snapshot in snapshots.as_array().into_iter().flatten() {
             let acl: Vec<&str> = snapshot["acl"]
                 .as_array()
@@ -123,8 +153,8 @@ pub fn run(args: InspectArgs) -> Outcome {
 fn dir_stats(dir: &Path, extension: &str) -> Result<(u64, u64), Failure> {
     let mut count = 0;
     let mut bytes = 0;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Failure::io(format!("{}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         if entry.path().extension().is_some_and(|x| x == extension) {
             count += 1;

@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use lsvblk::crypto::DataKey;
-use lsvblk::kms::client::KmsClient;
-use lsvblk::service::{self, ServiceError};
+use lsvblk::kms::api::KeyContext;
+use lsvblk::kms::client::{ClientError, KmsClient};
+use lsvblk::service;
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
 
-use crate::exit::{self, DATA, Failure, SOFTWARE, USAGE};
+use crate::exit::Failure;
 
 /// Reads the user's token from `path` (kept out of logs and zeroized). A
 /// token file that group or others may read is refused (exit 64, a usage
@@ -18,27 +19,15 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
         if mode & 0o077 != 0 {
-            return Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!(
-                    "--token-file {} is readable by others (mode {mode:04o}): a token is a credential; chmod 600 it",
-                    path.display()
-                ),
-            ));
+            return Err(Failure::usage(format!(
+                "--token-file {} is readable by others (mode {mode:04o}): a token is a credential; chmod 600 it",
+                path.display()
+            )));
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Failure::new(
-            USAGE,
-            anyhow::anyhow!("cannot read --token-file {}: {e}", path.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("cannot read --token-file {}: {e}", path.display())))?;
     Ok(Zeroizing::new(text.trim().to_string()))
-}
-
-/// Decodes an entry's base64 blob.
-pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
-    service::wrapped_blob(entry).map_err(unlock_failure)
 }
 
 /// Unwraps every entry (sealed for `volume_id` unless the entry names
@@ -50,19 +39,16 @@ pub fn unwrap_all(
     volume_id: &str,
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, Failure> {
-    service::unwrap_all(kms, token, volume_id, entries).map_err(unlock_failure)
+    service::unwrap_all(kms, token, volume_id, entries).map_err(Failure::Service)
 }
 
-/// The exit code for a failed unwrap: lsvkms's answer decides, a broken
-/// entry is bad data.
-fn unlock_failure(error: ServiceError) -> Failure {
-    let message = error.to_string();
-    let code = match &error {
-        ServiceError::KeyService { source, .. } => exit::of_kms(source),
-        ServiceError::NoWrappedBlob { .. }
-        | ServiceError::BlobNotBase64 { .. }
-        | ServiceError::WrongKey { .. } => DATA,
-        _ => SOFTWARE,
-    };
-    Failure::new(code, anyhow::anyhow!(message))
+/// Unwraps every entry (sealed for `volume_id` unless the entry names
+/// another volume) with `unwrap` (a token's or a lease's unwrap); any
+/// refusal stops with lsvkms's reason (see [`service::unwrap_entries`]).
+pub fn unwrap_entries(
+    volume_id: &str,
+    entries: &[KeyEntry],
+    unwrap: impl FnMut(&[u8], &KeyContext) -> Result<DataKey, ClientError>,
+) -> Result<Vec<DataKey>, Failure> {
+    service::unwrap_entries(volume_id, entries, unwrap).map_err(Failure::Service)
 }

@@ -3,18 +3,16 @@
 //! otherwise the volume is opened here (rotate needs its keys: --token-file).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use lsvblk::crypto::{CryptoPool, KeyId};
-use lsvblk::service::{KeyCare, rewrap_blobs};
-use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
+use lsvblk::crypto::KeyId;
+use lsvblk::service::{RotateRequest, rewrap_blobs, rotate_unserved};
+use lsvblk::volume::{KeyPolicy, Superblock};
 use serde_json::Value;
 
-use crate::admin::{self, Reach, print, service_error};
-use crate::control::{self, ControlError, ControlRequest};
-use crate::exit::{DENIED, Failure, IO, Outcome, SOFTWARE, USAGE};
-use crate::keys::{read_token, unwrap_all};
+use crate::admin::{self, Reach, print};
+use crate::control::{self, ControlRequest};
+use crate::exit::{Failure, Outcome};
+use crate::keys::read_token;
 use crate::kms::{client, parse_kms_address};
 use crate::progress::BytesProgress;
 use crate::size::parse_size;
@@ -62,7 +60,7 @@ pub fn rotate(args: RotateArgs) -> Outcome {
             &request,
             &mut on_progress,
         )
-        .map_err(admin::call_failure)?,
+        .map_err(Failure::from)?,
         Reach::Local(maintenance) => {
             drop(maintenance);
             rotate_here(&args, &mut on_progress)?
@@ -73,67 +71,24 @@ pub fn rotate(args: RotateArgs) -> Outcome {
     Ok(())
 }
 
-/// Opens the volume with its keys (unwrapped with the token) and rotates.
+/// Rotates here: the volume is opened with its keys, unwrapped with the
+/// user's token.
 fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Value, Failure> {
     let (Some(kms), Some(token_file)) = (&args.kms, &args.token_file) else {
-        return Err(Failure::new(
-            USAGE,
-            anyhow::anyhow!(
-                "no daemon serves the volume: give --kms and --token-file to rotate it here"
-            ),
+        return Err(Failure::usage(
+            "no daemon serves the volume: give --kms and --token-file to rotate it here",
         ));
     };
-    let superblock = Superblock::load(&args.volume)?;
-    let lock = VolumeLock::acquire(&args.volume, false)?;
+    let asked = RotateRequest {
+        compromised: args.compromised,
+        rate_mib_s: args.rate_mib,
+        include_snapshots: args.include_snapshots,
+    };
     let token = read_token(token_file)?;
-    let keys = unwrap_all(
-        &client(kms),
-        &token,
-        &superblock.volume_id,
-        &superblock.keys,
-    )?;
-    drop(token);
-    let pool = CryptoPool::new(0, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
-    let options = VolumeOptions {
-        pool: Some(Arc::new(pool)),
-        ..VolumeOptions::default()
-    };
-    let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
-    let care = KeyCare::new(
-        Arc::clone(&volume),
-        Some(client(kms)),
-        args.rate_mib.unwrap_or(0),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let reason = if args.compromised.is_some() {
-        RotationReason::Compromised
-    } else {
-        RotationReason::Manual
-    };
-    let result = care.rotate(
-        reason,
-        args.compromised,
-        args.rate_mib,
-        args.include_snapshots || args.compromised.is_some(),
-        &mut |v| progress(&v),
-    );
-    drop(care);
-    let volume = Arc::try_unwrap(volume)
-        .map_err(|_| Failure::new(SOFTWARE, anyhow::anyhow!("volume still in use")))?;
-    volume.close()?;
-    result.map_err(|error| control_failure(service_error(error)))
-}
-
-/// The exit code for a refused operation run here.
-fn control_failure(error: ControlError) -> Failure {
-    let code = match error.kind.as_str() {
-        ControlError::BAD_REQUEST | ControlError::NOT_FOUND => USAGE,
-        ControlError::DENIED => DENIED,
-        ControlError::IO => IO,
-        _ => SOFTWARE,
-    };
-    Failure::new(code, anyhow::anyhow!("{error}"))
+    rotate_unserved(&args.volume, client(kms), &token, &asked, &mut |v| {
+        progress(&v)
+    })
+    .map_err(Failure::Service)
 }
 
 /// Arguments of `lsvblk rewrap`.
@@ -153,17 +108,11 @@ pub struct RewrapArgs {
 /// lsvkms's newest wrapping key (no data key is unwrapped).
 pub fn rewrap(args: RewrapArgs) -> Outcome {
     let kms = args.kms.clone();
-    let out = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Rewrap,
-        false,
-        &mut |_| {},
-        |v, _| {
-            // A keyless open: rewrapping needs only the volume's metadata.
-            rewrap_blobs(v, &client(&kms), false)
-                .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
-        },
-    )?;
+    let out = admin::run_quietly(&args.volume, ControlRequest::Rewrap, false, |v| {
+        // A keyless open: rewrapping needs only the volume's metadata.
+        rewrap_blobs(v, &client(&kms), false)
+            .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
+    })?;
     print(&out, args.json);
     Ok(())
 }
@@ -233,7 +182,7 @@ pub fn policy(args: PolicyCommand) -> Outcome {
     let request = ControlRequest::SetPolicy {
         policy: policy.clone(),
     };
-    let out = admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
+    let out = admin::run_quietly(&args.volume, request, false, |v| {
         v.set_key_policy(&policy)?;
         Ok(serde_json::json!({ "policy": policy }))
     })?;

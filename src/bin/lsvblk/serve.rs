@@ -1,22 +1,31 @@
 //! `lsvblk serve`: unwrap the key through lsvkms, open the volume, serve it
 //! over vhost-user-blk until SIGTERM/SIGINT, then flush and close.
 
+mod open;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress, UpkeepCollector};
+use lsvblk::store::{CheckDepth, DamageKind};
+use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::{SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, load_snapshot};
+use lsvblk::volume::handover::{Served, Standby};
+use lsvblk::volume::{
+    SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
+};
+use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::control::{ControlHandler, ControlServer, control_socket_path};
-use crate::daemon::Daemon;
-use crate::exit::{Failure, IO, Outcome, SOFTWARE, USAGE};
-use crate::keys::{read_token, unwrap_all};
+use crate::control::control_socket_path;
+use crate::exit::{Failure, Outcome};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
+use crate::lease::{Credential, unwrap_all_with};
+use crate::services::{ControlSocketHolder, Services};
 use crate::size::parse_size;
 
 /// Arguments of `lsvblk serve`. Each can also come from an environment
@@ -30,13 +39,29 @@ pub struct ServeArgs {
     /// vhost-user socket to listen on (a stale socket file is replaced).
     #[arg(long, env = "LSVBLK_SOCKET")]
     socket: PathBuf,
-    /// The key-wrapping service: unix:PATH of its socket.
-    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address)]
-    kms: PathBuf,
+    /// The key-wrapping service: unix:PATH of its socket (not with
+    /// --ephemeral).
+    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address, required_unless_present = "ephemeral")]
+    kms: Option<PathBuf>,
+    /// Serve a new ephemeral volume of --size in --volume (absent, empty,
+    /// or left by a killed ephemeral daemon): its data key is made here in
+    /// locked memory and never wrapped or stored; the directory is deleted
+    /// when the daemon ends, and nothing else can ever read it.
+    #[arg(long, requires = "size", conflicts_with_all = ["kms", "token_file", "snapshot", "read_only", "store"])]
+    ephemeral: bool,
+    /// Capacity of the --ephemeral volume (K/M/G/T suffixes).
+    #[arg(long, value_parser = parse_size, requires = "ephemeral")]
+    size: Option<u64>,
     /// File holding the user's token (from `lsvkms token issue`); must not
-    /// be readable by group or others (exit 64 otherwise).
+    /// be readable by group or others (exit 64 otherwise). Without it, the
+    /// leases a former `serve --lease` kept in the volume are used.
     #[arg(long, env = "LSVBLK_TOKEN_FILE")]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
+    /// With --token-file: ask lsvkms for a lease this long (e.g. 30d; lsvkms
+    /// may shorten it), kept in VOLUME/lease.json (0600), so later `serve`
+    /// runs need no token until it ends or is revoked.
+    #[arg(long, value_parser = parse_kms_timeout, requires = "token_file")]
+    lease: Option<Duration>,
     /// Mode of the vhost-user socket file (octal). Whoever may connect to it
     /// reads and writes the decrypted disk: 0600 lets only our user in; use
     /// 0660 with --socket-group for a VMM running as another user.
@@ -46,6 +71,17 @@ pub struct ServeArgs {
     /// libvirt's QEMU runs as.
     #[arg(long, env = "LSVBLK_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// Serve only connections from this user (uid; repeatable). The peer of
+    /// every connection is checked (SO_PEERCRED) before a message is read;
+    /// others are closed at once and logged. Default, when neither this nor
+    /// --allow-gid is given: the daemon's own user and root. Given, only the
+    /// listed users and groups are served.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Serve connections from processes whose group is this one (name or
+    /// gid; repeatable), e.g. libvirt's QEMU group.
+    #[arg(long = "allow-gid", value_name = "GROUP")]
+    allow_gids: Vec<String>,
     /// How long to keep trying while lsvkms is down, busy or silent when
     /// unwrapping the key (backoff 50 ms doubling to 1 s); then exit 69.
     /// E.g. 90s, 2m; 1s tries about once.
@@ -70,6 +106,12 @@ pub struct ServeArgs {
         requires = "read_only"
     )]
     snapshot: Option<String>,
+    /// Live migration destination: wait in standby (key unwrapped, volume
+    /// neither opened nor locked) and take the volume over from the daemon
+    /// serving it when the VM starts here; that daemon hands it over and
+    /// stops. Give the destination QEMU this daemon's socket.
+    #[arg(long, conflicts_with_all = ["read_only", "snapshot"])]
+    standby: bool,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
     #[arg(long, env = "LSVBLK_SERIAL")]
     serial: Option<String>,
@@ -89,22 +131,38 @@ pub struct ServeArgs {
     /// a compromised key's rotation is never throttled).
     #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9650) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVBLK_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
     clock_skew_file: Option<PathBuf>,
+    /// Tests only: how often (ms) the daemon asks lsvkms about its keys and
+    /// looks at space use (default 2000), so a test sees an hour's polls in
+    /// seconds.
+    #[arg(long, hide = true)]
+    background_poll_ms: Option<u64>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
+    #[command(flatten)]
+    remote: crate::remote_serve::RemoteServeArgs,
 }
 
 /// Serves until a signal; exit 0 after a clean flush and close.
 pub fn run(args: ServeArgs) -> Outcome {
+    let started = Instant::now();
     raise_open_file_limit();
-    let superblock = Superblock::load(&args.volume)?;
-    let device = device_options(&args, &superblock)?;
-    let token = read_token(&args.token_file)?;
-    let pool = CryptoPool::new(args.crypto_threads, args.chunk_size as usize)
-        .map_err(|e| Failure::new(USAGE, e))?;
+    // A volume kept in an object store: claim it (an empty directory is
+    // rebuilt from the store first).
+    let mut serving = None;
+    let mut remote =
+        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
+    let pool =
+        CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
-        heads: usize::from(device.num_queues),
+        heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
         pool: Some(Arc::new(pool)),
         clock: args
@@ -113,80 +171,183 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
-    let kms = client(&args.kms).retrying_for(args.kms_timeout);
-    let volume = Arc::new(match &args.snapshot {
-        Some(name) => {
+    // An ephemeral volume is made here (its key too); any other is opened
+    // with keys from lsvkms.
+    let (ephemeral_volume, ephemeral_dir) = match args.ephemeral {
+        true => {
+            let (volume, dir) = args.create_ephemeral(&options)?;
+            (Some(volume), Some(dir))
+        }
+        false => (None, None),
+    };
+    let superblock = match &ephemeral_volume {
+        Some(volume) => volume.superblock().clone(),
+        None => {
+            let superblock = Superblock::load(&args.volume)?;
+            refuse_foreign_files(&args.volume)?;
+            superblock
+        }
+    };
+    let device = device_options(&args, &superblock)?;
+    let credential = match args.ephemeral {
+        true => None,
+        false => Some(Credential::from_args(
+            args.token_file.as_deref(),
+            args.lease.map(|d| d.as_secs()),
+            &args.volume,
+        )?),
+    };
+    let kms = args
+        .kms
+        .as_ref()
+        .map(|path| client(path).retrying_for(args.kms_timeout));
+    // How long the start takes, for the "serving" line (a restart in place
+    // is this long plus the old daemon's exit).
+    let (mut unwrap_ms, open_started) = (0, Instant::now());
+    let mut unwrap = |keys| {
+        let at = Instant::now();
+        let (Some(kms), Some(credential)) = (&kms, &credential) else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--kms is required (or --ephemeral)"
+            )));
+        };
+        let unwrapped = unwrap_all_with(kms, credential, &args.volume, &superblock.volume_id, keys);
+        unwrap_ms = at.elapsed().as_millis();
+        unwrapped
+    };
+    let served = Arc::new(match (&args.snapshot, ephemeral_volume) {
+        (_, Some(volume)) => Served::open(Arc::new(volume)),
+        (Some(name), None) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &meta.keys)?;
-            Volume::open_snapshot(&args.volume, name, keys, &options)?
+            let keys = unwrap(&meta.keys)?;
+            Served::open(Arc::new(Volume::open_snapshot(
+                &args.volume,
+                name,
+                keys,
+                &options,
+            )?))
         }
-        None => {
+        // A live migration's destination: the key now, the volume later.
+        (None, None) if args.standby => {
+            let keys = unwrap(&superblock.keys)?;
+            let holder = ControlSocketHolder {
+                socket: control_socket_path(&args.volume),
+            };
+            Served::standby(Standby::new(&args.volume, keys, options, Box::new(holder)))?
+        }
+        (None, None) => {
             // Lock first: a second daemon on this volume must not get a key.
-            let lock = VolumeLock::acquire(&args.volume, args.read_only)?;
-            let keys = unwrap_all(&kms, &token, &superblock.volume_id, &superblock.keys)?;
-            Volume::open_locked(&args.volume, lock, keys, &options)?
+            let lock = match &mut remote {
+                Some(claimed) => claimed.take_lock()?,
+                None => VolumeLock::acquire(&args.volume, args.read_only)?,
+            };
+            let keys = unwrap(&superblock.keys)?;
+            let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
+            if let Some(claimed) = remote.take() {
+                serving = Some(claimed.start(&volume)?);
+            }
+            Served::open(volume)
         }
     });
-    drop(token);
+    let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
+    drop(credential);
     drop(kms);
-    report_recovery(&volume);
-    let server =
-        Server::bind(Arc::clone(&volume), &args.socket, device).map_err(|e| Failure::new(IO, e))?;
+    if let Some(volume) = served.if_active() {
+        report_recovery(&volume);
+    }
+    let server = Server::bind(Arc::clone(&served), &args.socket, device)
+        .map_err(Failure::io)?
+        .allow_peers(allowed_peers(&args)?);
     socket_access(&args)?
         .apply(&args.socket)
-        .map_err(|e| Failure::new(IO, anyhow::anyhow!("{}: {e}", args.socket.display())))?;
+        .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
-    // A writable volume answers `lsvblk snapshot/compact/status` on its
-    // control socket and compacts in the background.
-    let daemon = Daemon::new(
-        Arc::clone(&volume),
-        args.compact_rate_mib,
-        Some(crate::kms::client(&args.kms)),
-    );
-    let (control, compactor) = if args.read_only {
-        (None, None)
-    } else {
-        let control = ControlServer::start(
-            &control_socket_path(&args.volume),
-            Arc::clone(&daemon) as Arc<dyn ControlHandler>,
+    // A writable volume answers `lsvblk snapshot/compact/status/...` on its
+    // control socket and compacts in the background while it is active here.
+    let services = (!args.read_only).then(|| {
+        Services::start_when_active(
+            &served,
+            args.compact_rate_mib,
+            args.kms.clone(),
+            server.stop_handle(),
+            args.background_poll_ms.map_or(
+                lsvblk::service::BACKGROUND_POLL_DEFAULT,
+                Duration::from_millis,
+            ),
+            serving.as_ref().map(|s| s.uploader()),
         )
-        .map_err(|e| Failure::new(IO, e))?;
-        let compactor = std::thread::Builder::new()
-            .name("compactor".to_string())
-            .spawn({
-                let daemon = Arc::clone(&daemon);
-                move || daemon.background()
-            })
-            .map_err(|e| Failure::new(SOFTWARE, e))?;
-        (Some(control), Some(compactor))
-    };
+    });
+    if let Some(address) = &args.metrics {
+        serve_metrics(address, &server, &served, services.as_ref())?;
+    }
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
         key_id = %superblock.current_key_id,
         snapshot = args.snapshot.as_deref().unwrap_or("-"),
         read_only = args.read_only,
+        standby = served.is_standby(),
+        unwrap_ms,
+        open_ms,
+        ready_ms = started.elapsed().as_millis(),
         "serving"
     );
     // The vhost-user socket listens (a VMM's connect is queued until `run`
-    // accepts it) and the control socket is up: the VMM may start now.
+    // accepts it) and the control socket is up (or, in standby, comes up
+    // when the volume is taken over): the VMM may start now.
     lsvblk::ops::notify::ready(&format!("serving on {}", args.socket.display()));
-    let served = server.run().map_err(|e| Failure::new(IO, e));
-    daemon.stop();
-    if let Some(control) = control {
-        control.stop();
+    let ran = server.run().map_err(Failure::io);
+    if let Some(services) = services {
+        services.stop();
     }
-    if let Some(compactor) = compactor {
-        let _ = compactor.join();
+    if let Some(serving) = &serving {
+        serving.stop_ticker();
     }
-    drop(daemon);
-    served?;
-    let volume = last_reference(volume)?;
-    volume.close()?;
+    let handed_over = served.if_active().is_none() && !served.is_standby();
+    served.hand_over().map_err(Failure::io)?;
+    if let Some(serving) = serving {
+        serving.finish();
+    }
+    drop(ephemeral_dir);
+    ran?;
     let _ = std::fs::remove_file(&args.socket);
-    tracing::info!("volume flushed and closed");
+    if handed_over {
+        tracing::info!("volume handed over to another daemon");
+    } else if served.is_standby() {
+        tracing::info!("stopped in standby: the volume was never taken over");
+    } else {
+        tracing::info!("volume flushed and closed");
+    }
     Ok(())
+}
+
+/// Refuses a volume whose segments or checkpoints carry another id than
+/// its superblock (another volume's files, or a `volume_id` changed by
+/// hand): a data error (65), found before lsvkms is asked for a key.
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Failure> {
+    let report = check_files(dir, CheckDepth::Headers)?;
+    let foreign = report
+        .findings
+        .iter()
+        .any(|finding| finding.kind == DamageKind::ForeignVolume);
+    if foreign {
+        return Err(Failure::Damaged(report));
+    }
+    Ok(())
+}
+
+/// The peers `--allow-uid` and `--allow-gid` name, or the default.
+fn allowed_peers(args: &ServeArgs) -> Result<AllowedPeers, Failure> {
+    if args.allow_uids.is_empty() && args.allow_gids.is_empty() {
+        return Ok(AllowedPeers::owner_and_root());
+    }
+    let gids = args
+        .allow_gids
+        .iter()
+        .map(|name| group_id(name).map_err(|e| Failure::usage(format!("--allow-gid {name}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AllowedPeers::new(args.allow_uids.clone(), gids))
 }
 
 fn parse_socket_mode(text: &str) -> Result<u32, String> {
@@ -199,8 +360,7 @@ fn parse_socket_mode(text: &str) -> Result<u32, String> {
 fn socket_access(args: &ServeArgs) -> Result<SocketAccess, Failure> {
     let group = match &args.socket_group {
         Some(name) => Some(
-            group_id(name)
-                .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--socket-group {name}: {e}")))?,
+            group_id(name).map_err(|e| Failure::usage(format!("--socket-group {name}: {e}")))?,
         ),
         None => None,
     };
@@ -222,26 +382,8 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
     };
-    device
-        .validate()
-        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!(e)))?;
+    device.validate().map_err(Failure::usage)?;
     Ok(device)
-}
-
-/// Waits (briefly) for control connections still finishing to let go of
-/// the volume, so that it can be closed cleanly.
-fn last_reference(mut volume: Arc<Volume>) -> Result<Volume, Failure> {
-    for _ in 0..300 {
-        match Arc::try_unwrap(volume) {
-            Ok(volume) => return Ok(volume),
-            Err(shared) => volume = shared,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Err(Failure::new(
-        SOFTWARE,
-        anyhow::anyhow!("volume still in use at shutdown"),
-    ))
 }
 
 fn report_recovery(volume: &Volume) {
@@ -260,8 +402,26 @@ fn report_recovery(volume: &Volume) {
 }
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
+/// Serves `--metrics`: the device's counters and the log, and (for a
+/// writable volume) the upkeep's status and the lsvkms calls.
+fn serve_metrics(
+    address: &MetricsAddress,
+    server: &Server,
+    served: &Arc<Served>,
+    services: Option<&Arc<Services>>,
+) -> Result<(), Failure> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), served)));
+    let services = services.map(Arc::downgrade);
+    registry.register_collector(Box::new(UpkeepCollector::new(Box::new(move || {
+        services.as_ref()?.upgrade()?.upkeep_status()
+    }))));
+    metrics::serve(address, registry)
+        .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))
+}
+
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::new(SOFTWARE, e))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()
         .name("lsvblk-signals".to_string())
         .spawn(move || {
@@ -271,7 +431,7 @@ fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
                 stop.stop();
             }
         })
-        .map_err(|e| Failure::new(SOFTWARE, e))?;
+        .map_err(Failure::internal)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
-//! The UNIX peer's credentials (`SO_PEERCRED`).
+//! The UNIX peer's identity for the key service (`SO_PEERCRED`, see
+//! [`crate::peer`]).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use super::PeerIdentity;
@@ -9,26 +9,7 @@ use super::PeerIdentity;
 /// The uid and pid of the process at the other end of `stream`, as the
 /// kernel recorded them at `connect` time.
 pub fn unix_peer(stream: &UnixStream) -> io::Result<PeerIdentity> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = libc::socklen_t::try_from(size_of::<libc::ucred>()).expect("small struct");
-    // SAFETY: `cred` is a valid, writable ucred and `len` its exact size; the
-    // fd is open for the duration of the call (borrowed from `stream`).
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cred = crate::peer::peer_credentials(stream)?;
     Ok(PeerIdentity::Unix {
         uid: cred.uid,
         pid: cred.pid,

@@ -42,7 +42,7 @@ pub(super) fn decode(
         _ => return Err("unsupported version"),
     };
     if header[C_VOLUME_OFFSET..C_VOLUME_OFFSET + 16] != volume_id[..] {
-        return Err("belongs to another volume");
+        return Err(super::FOREIGN_VOLUME);
     }
     let heads = u64::from(get_u32(header, C_HEADS_OFFSET));
     let keys = u64::from(get_u32(header, C_KEYS_OFFSET));

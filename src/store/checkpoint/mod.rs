@@ -12,7 +12,7 @@
 mod legacy;
 mod v3;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -119,6 +119,9 @@ impl Default for CheckpointData {
     }
 }
 
+/// The reason a checkpoint of another volume is refused with.
+pub const FOREIGN_VOLUME: &str = "belongs to another volume";
+
 /// The file name of the checkpoint with `seq_next`.
 pub fn checkpoint_path(dir: &Path, seq_next: u64) -> PathBuf {
     dir.join(format!("{seq_next:016x}.ckpt"))
@@ -187,7 +190,7 @@ pub fn write_to(
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    let mut file = crate::fsmode::create_private_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     file.write_all(&bytes)
         .map_err(|e| StoreError::io(&tmp, e))?;
     file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;

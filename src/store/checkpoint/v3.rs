@@ -141,7 +141,7 @@ pub(super) fn decode(volume_id: &[u8; 16], bytes: &[u8]) -> Result<CheckpointDat
         return Err("header checksum mismatch");
     }
     if header[C_VOLUME..C_VOLUME + 16] != volume_id[..] {
-        return Err("belongs to another volume");
+        return Err(super::FOREIGN_VOLUME);
     }
     let flags = get_u16(header, C_FLAGS);
     if flags & !FLAG_MACS != 0 || get_u32(header, C_SEALED + 4) != 0 {

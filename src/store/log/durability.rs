@@ -92,6 +92,7 @@ impl Log {
             seal_mac: [0; 16],
             version: segment.file.version,
         });
+        self.notify_sealed(segment.id);
         Ok(())
     }
 
@@ -158,8 +159,9 @@ impl Log {
         // The seals as the flush left them: every segment that had left
         // its head when the index was taken is sealed now.
         self.read_state().update_seals(&mut data);
-        checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
+        let path = checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
         self.bytes_since_checkpoint.store(0, Ordering::Relaxed);
+        self.notify_checkpoint(path, &data);
         self.remove_checkpoints_beyond(CHECKPOINTS_KEPT)
     }
 

@@ -16,10 +16,10 @@
 //! [`Log`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::frame::Mac;
 use super::segment::{self, SegmentVersion};
@@ -31,8 +31,10 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod checkpoint_state;
 mod compact;
 mod durability;
+mod events;
 mod pieces;
 mod read;
 mod recovery;
@@ -48,10 +50,13 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
+pub use events::{LogEvents, WrittenCheckpoint};
 pub use read::{DataPiece, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
+pub(crate) use replay::list_segments;
 pub use snapshot_index::write_snapshot_index;
+pub(crate) use verify::chain_seals;
 
 /// Fixed facts about the log, from the volume's superblock.
 #[derive(Clone, Debug)]
@@ -166,6 +171,8 @@ pub struct Log {
     pins: Mutex<BTreeMap<String, BTreeSet<u64>>>,
     /// One compaction at a time.
     compact_lock: Mutex<()>,
+    /// Who hears of seals and checkpoints (see `events`), if anyone.
+    events: OnceLock<Arc<dyn events::LogEvents>>,
 }
 
 impl Log {
@@ -173,7 +180,7 @@ impl Log {
     pub fn create(dir: &Path, config: LogConfig) -> Result<Self, StoreError> {
         for sub in ["segments", "checkpoints"] {
             let path = dir.join(sub);
-            fs::create_dir(&path).map_err(|e| StoreError::io(&path, e))?;
+            crate::fsmode::create_private_dir(&path).map_err(|e| StoreError::io(&path, e))?;
         }
         sync_dir(dir)?;
         let log = Self::empty(dir, config, 0, 0);
@@ -210,6 +217,7 @@ impl Log {
             unmaterialized: Mutex::new(Vec::new()),
             pins: Mutex::new(BTreeMap::new()),
             compact_lock: Mutex::new(()),
+            events: OnceLock::new(),
         }
     }
 

@@ -23,7 +23,7 @@ pub(super) struct SegmentScan {
 }
 
 /// The ids of the segment files in `segments_dir`, ascending.
-pub(super) fn list_segments(segments_dir: &Path) -> Result<Vec<u64>, StoreError> {
+pub(crate) fn list_segments(segments_dir: &Path) -> Result<Vec<u64>, StoreError> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(segments_dir).map_err(|e| StoreError::io(segments_dir, e))? {
         let entry = entry.map_err(|e| StoreError::io(segments_dir, e))?;

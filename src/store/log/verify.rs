@@ -95,7 +95,7 @@ impl Log {
 /// the checkpoint's newest seal, and returns them in chain order. A seal
 /// that does not fit (its predecessor is not the chain's end) means a
 /// segment of the chain is missing, older than it was, or foreign.
-pub(super) fn chain_seals(
+pub(crate) fn chain_seals(
     last: Option<SealRef>,
     mut found: BTreeMap<u64, SealFound>,
 ) -> Result<Vec<(u64, SealFound)>, StoreError> {

@@ -73,6 +73,10 @@ pub struct ScanOutcome {
     pub stopped: Option<(u64, &'static str)>,
     /// The segment's seal, if it has one.
     pub seal: Option<SealFound>,
+    /// Where records of a sealed segment were indexed although a block
+    /// fails its CRC (reads of that block report it): the record's offset
+    /// (version 1) or its frame's (version 2).
+    pub damaged: Vec<u64>,
 }
 
 /// Scans the records of segment `segment_id` (of `version`) from `start`.

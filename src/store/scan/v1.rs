@@ -52,6 +52,7 @@ pub fn scan(
     let mut records = Vec::new();
     let mut offset = start;
     let mut stopped = None;
+    let mut damaged = Vec::new();
     while offset < file_bytes {
         match check_record_at(file, offset, file_bytes, limits) {
             Ok(record) if record.header.kind == RecordKind::Seal => {
@@ -72,6 +73,7 @@ pub fn scan(
             // torn write, and the tail starts here.
             Err(CheckError::Payload(record)) if seal.is_some() => {
                 records.push(ScannedRecord::unmacced(record.placed(segment_id, offset)));
+                damaged.push(offset);
                 offset += record.record_bytes();
             }
             Err(CheckError::Payload(_)) => {
@@ -89,6 +91,7 @@ pub fn scan(
         end_offset: offset,
         stopped,
         seal,
+        damaged,
     })
 }
 

@@ -57,8 +57,9 @@ pub fn scan(
     let mut records = Vec::new();
     let mut offset = start;
     let (mut stopped, mut seal) = (None, None);
-    // The first frame with a block that fails its CRC: its first record.
-    let mut first_damaged: Option<(usize, u64)> = None;
+    // Frames with a block that fails its CRC: (index of the frame's first
+    // record, frame offset).
+    let mut damaged: Vec<(usize, u64)> = Vec::new();
     while offset < file_bytes {
         match read_frame(file, segment_id, offset, file_bytes, limits) {
             Ok(Frame::Seal(found)) => {
@@ -70,8 +71,8 @@ pub fn scan(
                 frame_bytes,
                 intact,
             }) => {
-                if !intact && first_damaged.is_none() {
-                    first_damaged = Some((records.len(), offset));
+                if !intact {
+                    damaged.push((records.len(), offset));
                 }
                 records.extend(found);
                 offset += frame_bytes;
@@ -86,18 +87,20 @@ pub fn scan(
     }
     // Blocks that fail their CRC in a sealed segment are damage to those
     // blocks alone (reads of them fail); in an open one, a torn write.
-    if let Some((index, at)) = first_damaged
+    if let Some(&(index, at)) = damaged.first()
         && seal.is_none()
     {
         records.truncate(index);
         stopped = Some((at, "block checksum mismatch"));
         offset = at;
+        damaged.clear();
     }
     Ok(ScanOutcome {
         records,
         end_offset: seal.map_or(offset, |s| s.end),
         stopped,
         seal,
+        damaged: damaged.into_iter().map(|(_, at)| at).collect(),
     })
 }
 

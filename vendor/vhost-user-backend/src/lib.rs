@@ -218,6 +218,18 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// Run a dedicated thread handling all requests coming through `stream`,
+    /// a connection the caller accepted itself, for example after checking
+    /// the peer's credentials (`SO_PEERCRED`) against the users allowed to
+    /// drive the device.
+    ///
+    /// This runs in an infinite loop that should be terminating once the other end of the socket
+    /// (the VMM) disconnects.
+    pub fn start_with_stream(&mut self, stream: UnixStream) -> Result<()> {
+        let backend_handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        self.start_daemon(backend_handler)
+    }
+
     fn accept(
         &self,
         backend_listener: &mut BackendListener<Mutex<VhostUserHandler<T>>>,

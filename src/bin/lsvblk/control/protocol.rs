@@ -63,6 +63,11 @@ pub enum ControlRequest {
         /// The new policy.
         policy: lsvblk::volume::KeyPolicy,
     },
+    /// Hand the volume over to the daemon asking (a live migration's
+    /// destination, `lsvblk serve --standby`): refused while a VM runs on
+    /// this daemon's disk; otherwise the daemon flushes, seals, checkpoints,
+    /// releases the volume, answers, and stops.
+    HandOver,
 }
 
 impl ControlRequest {
@@ -77,6 +82,7 @@ impl ControlRequest {
             ControlRequest::Rotate { .. } => "rotate",
             ControlRequest::Rewrap => "rewrap",
             ControlRequest::SetPolicy { .. } => "set-policy",
+            ControlRequest::HandOver => "hand-over",
         }
     }
 }

@@ -57,7 +57,8 @@ impl ControlHandler for Dummy {
             ControlRequest::Status => Ok(json!({ "state": "serving" })),
             ControlRequest::Rotate { .. }
             | ControlRequest::Rewrap
-            | ControlRequest::SetPolicy { .. } => Err(ControlError::new(
+            | ControlRequest::SetPolicy { .. }
+            | ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,
                 "not in this test",
             )),

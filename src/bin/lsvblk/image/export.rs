@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lsvblk::ops::sparse::zero_and_data_runs;
-use lsvblk::service::maintenance;
 use lsvblk::volume::{Superblock, Volume, VolumeError, VolumeLock, VolumeOptions, load_snapshot};
 
 use super::{CHUNK_BYTES, KeyArgs, Tally, is_stdio};
-use crate::admin::{self, print};
-use crate::control::ControlRequest;
-use crate::exit::{Failure, IO, Outcome, USAGE};
+use crate::admin::print;
+use crate::exit::{Failure, Outcome};
 use crate::progress::Progress;
 
 /// Arguments of `lsvblk export`.
@@ -93,10 +91,7 @@ fn open_source(
             // Served: the daemon takes a snapshot (O(1)), which we read
             // while it goes on serving.
             let name = format!("export-{}-{}", std::process::id(), unix_now_s());
-            let request = ControlRequest::SnapshotCreate { name: name.clone() };
-            admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
-                maintenance::snapshot_create(v, &name)
-            })?;
+            crate::snapshot::take(&args.volume, &name)?;
             match open_snapshot(args, superblock, &name, &options) {
                 Ok(volume) => Ok((volume, Some(name))),
                 Err(error) => {
@@ -121,13 +116,7 @@ fn open_snapshot(
 }
 
 fn delete_snapshot(volume: &Path, name: &str) -> Result<(), Failure> {
-    let request = ControlRequest::SnapshotDelete {
-        name: name.to_owned(),
-    };
-    admin::run_anywhere(volume, request, false, &mut |_| {}, |v, _| {
-        maintenance::snapshot_delete(v, name)
-    })?;
-    Ok(())
+    crate::snapshot::delete(volume, name).map(drop)
 }
 
 fn unix_now_s() -> u64 {
@@ -185,12 +174,6 @@ impl Sink {
         if is_stdio(path) {
             return Ok(Sink::Stdout(std::io::stdout().lock()));
         }
-        let cannot = |code, e: std::io::Error| {
-            Failure::new(
-                code,
-                anyhow::anyhow!("cannot write {}: {e}", path.display()),
-            )
-        };
         let is_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let file = if is_device {
             OpenOptions::new().write(true).open(path)
@@ -203,12 +186,12 @@ impl Sink {
                 .open(path)
         };
         let file = file.map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                USAGE
+            let message = format!("cannot write {}: {e}", path.display());
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Failure::usage(message)
             } else {
-                IO
-            };
-            cannot(code, e)
+                Failure::io(message)
+            }
         })?;
         Ok(Sink::File {
             file,
@@ -244,6 +227,6 @@ impl Sink {
             Sink::Stdout(_) => "stdout".to_owned(),
             Sink::File { path, .. } => path.display().to_string(),
         };
-        Failure::new(IO, anyhow::anyhow!("writing {what}: {error}"))
+        Failure::io(format!("writing {what}: {error}"))
     }
 }

@@ -16,7 +16,7 @@ use lsvblk::volume::{Superblock, Volume, VolumeError, VolumeLock, VolumeOptions}
 
 use super::{CHUNK_BYTES, KeyArgs, Tally, is_stdio};
 use crate::admin::print;
-use crate::exit::{BUSY, Failure, IO, Outcome, USAGE};
+use crate::exit::{Failure, Outcome};
 use crate::progress::Progress;
 
 /// Arguments of `lsvblk import`.
@@ -40,13 +40,10 @@ pub fn import(args: ImportArgs) -> Outcome {
     let started = Instant::now();
     let superblock = Superblock::load(&args.volume)?;
     let lock = VolumeLock::acquire(&args.volume, false).map_err(|e| match e {
-        VolumeError::Busy { .. } => Failure::new(
-            BUSY,
-            anyhow::anyhow!(
-                "{} is served by a daemon: import works on a volume nobody serves",
-                args.volume.display()
-            ),
-        ),
+        VolumeError::Busy { .. } => Failure::Busy(anyhow::anyhow!(
+            "{} is served by a daemon: import works on a volume nobody serves",
+            args.volume.display()
+        )),
         other => other.into(),
     })?;
     let keys = args.keys.unwrap(&superblock, &superblock.keys)?;
@@ -88,13 +85,9 @@ impl Writer<'_> {
     /// A file or block device: its data ranges only (a block device is all
     /// data), read chunk by chunk.
     fn copy_file(&mut self, path: &std::path::Path) -> Result<(), Failure> {
-        let file = File::open(path).map_err(|e| {
-            Failure::new(
-                USAGE,
-                anyhow::anyhow!("cannot open {}: {e}", path.display()),
-            )
-        })?;
-        let io = |e: std::io::Error| Failure::new(IO, anyhow::anyhow!("{}: {e}", path.display()));
+        let file = File::open(path)
+            .map_err(|e| Failure::usage(format!("cannot open {}: {e}", path.display())))?;
+        let io = |e: std::io::Error| Failure::io(format!("{}: {e}", path.display()));
         let meta = file.metadata().map_err(io)?;
         let (len, ranges) = if meta.file_type().is_block_device() {
             let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
@@ -133,8 +126,8 @@ impl Writer<'_> {
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut at = 0u64;
         loop {
-            let n = fill(input, &mut buf)
-                .map_err(|e| Failure::new(IO, anyhow::anyhow!("reading stdin: {e}")))?;
+            let n =
+                fill(input, &mut buf).map_err(|e| Failure::io(format!("reading stdin: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -151,18 +144,14 @@ impl Writer<'_> {
     fn check_length(&self, len: u64) -> Result<(), Failure> {
         let size = self.volume.size_bytes();
         if len > size {
-            return Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!(
-                    "the image ({len} bytes or more) is larger than the volume ({size} bytes)"
-                ),
-            ));
+            return Err(Failure::usage(format!(
+                "the image ({len} bytes or more) is larger than the volume ({size} bytes)"
+            )));
         }
         if !len.is_multiple_of(u64::from(lsvblk::limits::SECTOR_BYTES)) {
-            return Err(Failure::new(
-                USAGE,
-                anyhow::anyhow!("the image is {len} bytes: not a whole number of 512-byte sectors"),
-            ));
+            return Err(Failure::usage(format!(
+                "the image is {len} bytes: not a whole number of 512-byte sectors"
+            )));
         }
         Ok(())
     }

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# migrate-test.sh - live-migrate a running guest between two QEMU processes on
+# this host, again and again, while it runs a verified write loop
+# (scenarios/loop.sh) on a vhost-user-blk disk. Each migration: a second
+# backend and a second QEMU (-incoming) start, the source migrates to it
+# (qemu/migrate.pl, through QMP), and the source QEMU and backend go away.
+# The guest must see no I/O error and every round's read-back must match
+# (also the rounds the destination runs, on what the source wrote).
+#   --backend lsvblk   the destination's daemon is `lsvblk serve --standby`
+#                      on the same volume: it takes the volume over from the
+#                      source's daemon when the guest starts on it (the source
+#                      flushes, writes a checkpoint, lets go of the lock and
+#                      exits 0); the default
+#   --backend qsd      qemu-storage-daemon, the destination's a second instance
+#                      on the same raw file with locking=off: the reference
+#   --migrations N     migrations, back and forth (default 3)
+#   --boot-timeout S   limit for the whole guest run (default 600)
+#   --progress-timeout S  guest progress needed within S seconds (default 120)
+#   --summary FILE     append one result line (key=value) to FILE
+#   --keep             keep the temp dir
+# Per migration it prints QEMU's total time and downtime, and the disk's
+# downtime: from the source's STOP to the later of the destination's RESUME
+# and (lsvblk) the destination's daemon serving the volume.
+# Environment: LSVBLK_BIN_DIR / LSVBLK_CARGO_PROFILE (as e2e.sh), LSVBLK_QSD.
+# Logs: qemu/out/migrate-BACKEND-TIMESTAMP-PID/.
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=SCRIPTDIR/host-lib.sh
+. "$QEMU_DIR/host-lib.sh"
+
+BACKEND=lsvblk MIGRATIONS=3 BOOT_TIMEOUT=600 PROGRESS_TIMEOUT=120 SUMMARY="" KEEP=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --backend) BACKEND=${2:?}; shift 2 ;;
+    --migrations) MIGRATIONS=${2:?}; shift 2 ;;
+    --boot-timeout) BOOT_TIMEOUT=${2:?}; shift 2 ;;
+    --progress-timeout) PROGRESS_TIMEOUT=${2:?}; shift 2 ;;
+    --summary) SUMMARY=${2:?}; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+case $BACKEND in lsvblk | qsd) ;; *) die "--backend must be lsvblk or qsd" ;; esac
+for n in "$MIGRATIONS" "$BOOT_TIMEOUT" "$PROGRESS_TIMEOUT"; do
+  [[ "$n" =~ ^[0-9]+$ ]] || die "numbers only: $n"
+done
+
+SIZE=$((256 * 1048576))
+OUT=$QEMU_DIR/out/migrate-$BACKEND-$(date +%Y%m%d-%H%M%S)-$$
+mkdir -p "$OUT"
+TMPD=$(mktemp -d /tmp/lsvblk-migrate.XXXXXX)
+declare -a VM_PIDS=() BACKEND_PIDS=()
+KMS_PID=""
+cleanup() {
+  local rc=$? p
+  trap - INT TERM
+  for p in "${VM_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in "${BACKEND_PIDS[@]}"; do stop_pid "$p" || true; done
+  loop_finish "$rc"
+}
+loop_traps cleanup
+
+# ---------------------------------------------------------------- setup
+loop_backend_setup "$BACKEND" "$TMPD" "$OUT" "$SIZE"
+if [ "$BACKEND" = lsvblk ]; then
+  WHAT="lsvblk serve ($BIN_HOW), the destination's with --standby"
+else
+  WHAT="qemu-storage-daemon, the destination's with locking=off ($QSD_VERSION)"
+fi
+
+# start_backend K STANDBY(0|1): backend K on $TMPD/vhost-K.sock; sets BPID.
+start_backend() {
+  local k=$1 sock=$TMPD/vhost-$1.sock log=$OUT/backend-$1.log
+  rm -f "$sock"
+  if [ "$BACKEND" = lsvblk ]; then
+    local standby=()
+    [ "$2" = 0 ] || standby=(--standby)
+    "$LSVBLK" serve --volume "$TMPD/vol" --socket "$sock" --kms "unix:$KMS_SOCK" \
+      --token-file "$TMPD/alice.token" "${standby[@]}" >"$log" 2>&1 &
+  else
+    local locking=""
+    [ "$2" = 0 ] || locking=",locking=off"
+    "$QSD" --blockdev "driver=file,node-name=file0,filename=$TMPD/disk.raw$locking" \
+      --export "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path=$sock,writable=on,num-queues=1" \
+      >"$log" 2>&1 &
+  fi
+  BPID=$!
+  BACKEND_PIDS+=("$BPID")
+  wait_socket "$sock" "$BPID" "$BACKEND" "$log"
+}
+
+# start_vm K [INCOMING_URI]: QEMU K on backend K's socket; sets VPID.
+start_vm() {
+  local k=$1 incoming=()
+  [ -z "${2:-}" ] || incoming=(--incoming "$2")
+  "$QEMU_DIR/run-vm.sh" --socket "$TMPD/vhost-$k.sock" --scenario loop --append "lsvblk.rounds=$ROUNDS" \
+    --qmp "$TMPD/qmp-$k.sock" "${incoming[@]}" --log "$OUT/console-$k.log" --timeout "$BOOT_TIMEOUT" \
+    >"$OUT/guest-$k.result" 2>"$OUT/guest-$k.stderr" &
+  VPID=$!
+  VM_PIDS+=("$VPID")
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [ -S "$TMPD/qmp-$k.sock" ] && return 0
+    exited "$VPID" && die "QEMU $k exited at once ($OUT/guest-$k.stderr, $OUT/console-$k.log.stderr)"
+    sleep 0.1
+  done
+  die "QEMU $k did not open its QMP socket in 30 s"
+}
+
+consoles() { cat "$OUT"/console-*.log 2>/dev/null | tr -d '\r'; }
+rounds_done() { consoles | grep -a -c -E '^lsvblk-loop: round [0-9]+/[0-9]+ ok' || true; }
+
+# epoch_of_log_line LOG PATTERN: the timestamp of LOG's first line matching
+# PATTERN, in seconds since the epoch ("-" if none).
+epoch_of_log_line() {
+  local stamp
+  stamp=$(grep -a -m1 -E "$2" "$1" | awk '{ print $1 }')
+  if [ -n "$stamp" ]; then date -d "$stamp" +%s.%6N; else echo -; fi
+}
+
+# field NAME: the value of NAME in $result (migrate.pl's key=value line).
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$result"; }
+
+# ms_between A B: milliseconds from epoch time A to B (decimals).
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }'; }
+
+# ---------------------------------------------------------------- run
+# A migration takes about two rounds (a destination started, then the next
+# round ended); a few more keep the guest writing until the last one.
+ROUNDS=$((2 * MIGRATIONS + 3))
+log "backend: $WHAT; $MIGRATIONS live migrations during $ROUNDS verified rounds"
+k=1
+start_backend 1 0
+SRC_BACKEND=$BPID
+start_vm 1
+SRC_VM=$VPID
+wait_for_line "$OUT/console-1.log" '^lsvblk-loop: round 1/' "$PROGRESS_TIMEOUT" "$SRC_VM" ||
+  die "the guest did not finish its first round within ${PROGRESS_TIMEOUT}s (console: $OUT/console-1.log)"
+
+declare -a ROWS=() DOWN=() TOTAL=() QDOWN=()
+for ((m = 1; m <= MIGRATIONS; m++)); do
+  d=$((k + 1))
+  start_backend "$d" 1
+  DST_BACKEND=$BPID
+  start_vm "$d" "unix:$TMPD/migrate-$d.sock"
+  DST_VM=$VPID
+  # A moment into a round: the migration lands with requests in flight.
+  want=$(($(rounds_done) + 1))
+  for ((i = 0; i < PROGRESS_TIMEOUT * 20; i++)); do
+    [ "$(rounds_done)" -ge "$want" ] && break
+    exited "$SRC_VM" && die "migration $m: the guest stopped before it (console: $OUT/console-$k.log)"
+    consoles | grep -a -q '^LSVBLK-E2E: ' && die "migration $m: the guest finished its $ROUNDS rounds before it"
+    sleep 0.05
+  done
+  [ "$(rounds_done)" -ge "$want" ] || die "migration $m: no guest progress for ${PROGRESS_TIMEOUT}s"
+  sleep 0.5
+  result=$("$QEMU_DIR/migrate.pl" "$TMPD/qmp-$k.sock" "$TMPD/qmp-$d.sock" "unix:$TMPD/migrate-$d.sock" "$PROGRESS_TIMEOUT" 2>"$OUT/migrate-$m.stderr") ||
+    die "migration $m failed: $result $(cat "$OUT/migrate-$m.stderr")"
+  echo "$result" >"$OUT/migrate-$m.result"
+  stop_at=$(field stop_at) resume_at=$(field resume_at)
+  ready_at=$resume_at
+  if [ "$BACKEND" = lsvblk ]; then
+    # The source's daemon handed the volume over and exits 0 by itself.
+    wait_exit "$SRC_BACKEND" 30 || die "migration $m: the source's lsvblk did not exit after the hand-over ($OUT/backend-$k.log)"
+    rc=0
+    wait "$SRC_BACKEND" || rc=$?
+    [ "$rc" = 0 ] || die "migration $m: the source's lsvblk exited $rc ($OUT/backend-$k.log)"
+    grep -q "volume handed over to another daemon" "$OUT/backend-$k.log" ||
+      die "migration $m: the source's lsvblk did not hand the volume over ($OUT/backend-$k.log)"
+    wait_for_line "$OUT/backend-$d.log" 'took the volume over' 30 "$DST_BACKEND" ||
+      die "migration $m: the destination's lsvblk did not take the volume over ($OUT/backend-$d.log)"
+    taken_at=$(epoch_of_log_line "$OUT/backend-$d.log" 'took the volume over')
+    ready_at=$(awk -v a="$resume_at" -v b="$taken_at" 'BEGIN { print (b > a) ? b : a }')
+  else
+    stop_pid "$SRC_BACKEND" || true
+  fi
+  wait "$SRC_VM" 2>/dev/null || true # quit by migrate.pl; its run-vm.sh has no result
+  down_ms=$(ms_between "$stop_at" "$ready_at")
+  DOWN+=("$down_ms")
+  TOTAL+=("$(field total_ms)")
+  QDOWN+=("$(field qemu_downtime_ms)")
+  ROWS+=("$(printf '%9s %9s %12s %9s %8s' "$m" "$(field total_ms)" "$(field qemu_downtime_ms)" "$down_ms" "$(field ram_mib)")")
+  echo "   migration $m: total $(field total_ms) ms, QEMU downtime $(field qemu_downtime_ms) ms, disk down ${down_ms} ms ($(field ram_mib) MiB RAM sent)"
+  k=$d SRC_BACKEND=$DST_BACKEND SRC_VM=$DST_VM
+done
+
+rc=0
+wait "$SRC_VM" || rc=$?
+result=$(cat "$OUT/guest-$k.result")
+echo "   $result"
+[ "$rc" = 0 ] || die "the guest's loop did not PASS on the last destination (console: $OUT/console-$k.log)"
+rc=0
+stop_pid "$SRC_BACKEND" || rc=$?
+[ "$rc" = 0 ] || die "the last $BACKEND exited $rc after SIGTERM ($OUT/backend-$k.log)"
+if [ "$BACKEND" = lsvblk ]; then
+  grep -q "volume flushed and closed" "$OUT/backend-$k.log" ||
+    die "the last lsvblk did not flush and close the volume ($OUT/backend-$k.log)"
+fi
+VM_PIDS=() BACKEND_PIDS=()
+guest_errors=$(consoles | grep -a -c -E 'I/O error, dev|blk_update_request|is not a head' || true)
+[ "$guest_errors" = 0 ] || die "the guest's kernel reported $guest_errors I/O errors ($OUT/console-*.log)"
+verified=$(rounds_done)
+[ "$verified" = "$ROUNDS" ] || die "$verified rounds verified, $ROUNDS expected"
+
+echo
+echo "migrate-test: PASS $BACKEND, $MIGRATIONS migrations, $verified rounds verified, ${SECONDS}s"
+printf '%9s %9s %12s %9s %8s\n' migration total_ms qemu_down_ms disk_down ram_mib
+printf '%s\n' "${ROWS[@]}"
+line="backend=$BACKEND migrations=$MIGRATIONS guest=PASS guest_io_errors=$guest_errors"
+line+=" total_p50_ms=$(percentile 50 "${TOTAL[@]}") qemu_downtime_p50_ms=$(percentile 50 "${QDOWN[@]}")"
+line+=" disk_down_p50_ms=$(percentile 50 "${DOWN[@]}") disk_down_max_ms=$(percentile 100 "${DOWN[@]}") wall_s=$SECONDS"
+echo "$line"
+[ -z "$SUMMARY" ] || echo "$line" >>"$SUMMARY"

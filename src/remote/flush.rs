@@ -1,0 +1,191 @@
+//! What a guest FLUSH means for a volume kept in an object store, and the
+//! ticker that keeps the not-yet-uploaded tail of the log short.
+//!
+//! - `local` (default): a FLUSH returns when the log is durable in the local
+//!   journal (as for any volume), and once the sealed segments not yet
+//!   uploaded hold at most the lag's bytes. The ticker seals the log heads
+//!   every lag interval, so what is not in the store is at most that old
+//!   (while the store answers). Survives: the process or host crashing and
+//!   coming back (the journal has it); losing the host loses at most the
+//!   tail not yet uploaded.
+//! - `remote`: a FLUSH also seals the heads and returns only when every
+//!   segment sealed before it is in the store, and the store shows no newer
+//!   writer. Survives losing the host and its disks: everything flushed is
+//!   in the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::uploader::Uploader;
+use crate::store::Log;
+use crate::sync::LockOrRecover;
+use crate::volume::{FlushHook, Volume, VolumeError};
+
+/// When a guest FLUSH returns (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// Durable in the local journal; the upload follows within the lag.
+    Local,
+    /// Durable in the object store.
+    Remote,
+}
+
+/// How far the uploads may trail the journal in `local` mode.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct UploadLag {
+    /// A FLUSH waits while more sealed bytes than this wait for upload.
+    pub bytes: u64,
+    /// The heads are sealed (and so uploaded) at least this often.
+    pub interval: Duration,
+}
+
+/// The [`FlushHook`] of a volume kept in an object store.
+pub struct RemoteFlush {
+    uploader: Arc<Uploader>,
+    mode: FlushMode,
+    lag: UploadLag,
+    /// Longest a FLUSH waits for the store before it fails.
+    wait_max: Duration,
+}
+
+impl RemoteFlush {
+    /// A hook for `mode`; a FLUSH fails after waiting `wait_max` for the
+    /// store.
+    pub fn new(
+        uploader: Arc<Uploader>,
+        mode: FlushMode,
+        lag: UploadLag,
+        wait_max: Duration,
+    ) -> Self {
+        Self {
+            uploader,
+            mode,
+            lag,
+            wait_max,
+        }
+    }
+}
+
+impl RemoteFlush {
+    /// Compaction may delete a segment before it was uploaded; a rebuild
+    /// replays stored segments after the stored checkpoint only up to such
+    /// a gap. Then a new checkpoint (which covers it) must be stored:
+    /// write one, seal the segments it needs, wait for it.
+    fn close_replay_gap(&self, log: &Log) -> super::Result<()> {
+        let Some(gap) = self.uploader.replay_gap() else {
+            return Ok(());
+        };
+        let local = |e: crate::store::StoreError| super::RemoteError::Log(e);
+        log.checkpoint().map_err(local)?;
+        // Background compaction keeps writing checkpoints that need its
+        // open segment: seal the heads again until one is stored.
+        let deadline = Instant::now() + self.wait_max;
+        loop {
+            log.roll_heads().map_err(local)?;
+            match self.uploader.wait_checkpoint_past(gap, GAP_POLL) {
+                Err(super::RemoteError::Incomplete { .. }) if Instant::now() < deadline => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl FlushHook for RemoteFlush {
+    fn after_flush(&self, log: &Log) -> Result<(), VolumeError> {
+        let result = match self.mode {
+            FlushMode::Remote => {
+                log.roll_heads()?;
+                self.uploader
+                    .wait_sealed_uploaded(self.wait_max)
+                    .and_then(|()| self.close_replay_gap(log))
+            }
+            FlushMode::Local => self
+                .uploader
+                .wait_backlog_below(self.lag.bytes, self.wait_max),
+        };
+        result.map_err(|e| VolumeError::RemoteFlush {
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Seals the volume's log heads every lag interval and checks the lease
+/// now and then, until stopped.
+pub struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How long a remote FLUSH waits for a checkpoint before it seals the
+/// heads again (see `close_replay_gap`).
+const GAP_POLL: Duration = Duration::from_secs(1);
+
+/// How often the ticker asks the store whether a newer writer exists.
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Ticker {
+    /// Starts the ticker of `volume`.
+    pub fn start(
+        volume: Arc<Volume>,
+        uploader: Arc<Uploader>,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("upload-lag".to_string())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    let mut last_roll = Instant::now();
+                    let mut last_check = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if last_roll.elapsed() >= interval {
+                            last_roll = Instant::now();
+                            if let Err(error) = seal_for_upload(volume.log(), &uploader) {
+                                tracing::warn!(%error, "sealing the log heads for upload failed");
+                            }
+                        }
+                        if last_check.elapsed() >= FENCE_CHECK_INTERVAL {
+                            last_check = Instant::now();
+                            // A failure to ask is retried at the next check;
+                            // being fenced is logged by the uploader.
+                            let _ = uploader.check_fence();
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the ticker (it lets go of the volume).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.lock_or_recover().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Seals the heads; when compaction left a gap past the stored checkpoint,
+/// also writes a checkpoint (and seals what it needs) for upload.
+fn seal_for_upload(log: &Log, uploader: &Uploader) -> Result<(), crate::store::StoreError> {
+    log.roll_heads()?;
+    if uploader.replay_gap().is_some() {
+        log.checkpoint()?;
+        log.roll_heads()?;
+    }
+    Ok(())
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

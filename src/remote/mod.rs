@@ -1,0 +1,42 @@
+//! Volumes kept in an object store: the local volume directory is the
+//! journal (writes are acknowledged from it, exactly as for any volume) and
+//! a cache; every sealed segment becomes one immutable object, and
+//! checkpoints and metadata follow, so the volume outlives its host.
+//!
+//! ```text
+//!   guest writes ──> log heads (local journal, segments/) ──seal──> uploader
+//!                                                                    │ PUT
+//!   lsvblk serve --store on an empty dir <── rebuild (GET) ── object store
+//! ```
+//!
+//! One file per job: `layout.rs` (object names), `lease.rs` (fencing by
+//! epochs), `resolve.rs` (which objects make up the volume), `uploader.rs`
+//! (background uploads), `meta.rs` (metadata files as one object),
+//! `rebuild.rs` (an empty directory from the store), `attach.rs` (create
+//! and claim), `flush.rs` (flush modes and the upload-lag ticker),
+//! `error.rs`.
+//!
+//! The log knows nothing of this: the uploader hears of seals and
+//! checkpoints through [`crate::store::LogEvents`], and a volume's flush
+//! waits for it through [`crate::volume::FlushHook`].
+
+mod attach;
+mod error;
+mod flush;
+mod layout;
+mod lease;
+mod meta;
+mod rebuild;
+mod resolve;
+mod uploader;
+
+pub use attach::{
+    Claimed, LOCAL_STATE_FILE, RemoteStore, check_vacant, claim, create, needs_rebuild,
+    newest_checkpoint,
+};
+pub use error::{RemoteError, Result};
+pub use flush::{FlushMode, RemoteFlush, Ticker, UploadLag};
+pub use layout::{ObjectKind, StoredObject};
+pub use lease::{Holder, Leases, release};
+pub use resolve::{Resolution, resolve};
+pub use uploader::{UploadStatus, Uploader};

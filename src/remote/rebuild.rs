@@ -1,0 +1,135 @@
+//! Rebuilding a volume directory from the object store alone: the metadata,
+//! the newest checkpoint, every segment it needs and the segments written
+//! after it (up to the first missing one), downloaded in parallel and each
+//! checked against its name before it is written.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::error::{RemoteError, Result};
+use super::layout::{ObjectKind, StoredObject};
+use super::meta;
+use super::resolve::Resolution;
+use crate::kms::fsutil::{fsync_dir, write_new};
+use crate::objstore::ObjectStore;
+use crate::store::{read_checkpoint, segments_needed};
+use crate::volume::Superblock;
+
+/// Rebuilds the volume `volume_id` (hex) into the empty directory `dir`
+/// from `resolution`, with `threads` parallel downloads. Returns the
+/// objects it used (the new epoch adopts them).
+pub fn rebuild(
+    store: &dyn ObjectStore,
+    resolution: &Resolution,
+    dir: &Path,
+    volume_id: &str,
+    threads: usize,
+) -> Result<Vec<StoredObject>> {
+    let incomplete = |reason: &str| RemoteError::Incomplete {
+        reason: reason.to_string(),
+    };
+    let meta_object = resolution
+        .newest(ObjectKind::Meta)
+        .ok_or_else(|| incomplete("no metadata object"))?;
+    let checkpoint_object = resolution
+        .newest(ObjectKind::Checkpoint)
+        .ok_or_else(|| incomplete("no checkpoint object"))?;
+    let bundle = download(store, meta_object)?;
+    meta::restore(dir, meta_object.key().as_str(), &bundle)?;
+    let superblock = Superblock::load(dir).map_err(|e| incomplete(&e.to_string()))?;
+    if superblock.volume_id != volume_id {
+        return Err(RemoteError::OtherVolume {
+            expected: volume_id.to_string(),
+            found: superblock.volume_id,
+        });
+    }
+    let raw_id = volume_id_bytes(volume_id)?;
+    for sub in ["segments", "checkpoints"] {
+        let path = dir.join(sub);
+        fs::create_dir(&path).map_err(|e| RemoteError::io(&path, e))?;
+    }
+    fsync_dir(dir).map_err(|e| RemoteError::io(dir, e))?;
+    let checkpoint_path = dir
+        .join("checkpoints")
+        .join(format!("{:016x}.ckpt", checkpoint_object.number));
+    let bytes = download(store, checkpoint_object)?;
+    write_new(&checkpoint_path, &bytes, 0o600).map_err(|e| RemoteError::io(&checkpoint_path, e))?;
+    let data = read_checkpoint(&checkpoint_path, &raw_id)?;
+    let needs = segments_needed(&data);
+    if let Some(missing) = needs.iter().find(|id| resolution.segment(**id).is_none()) {
+        return Err(RemoteError::Incomplete {
+            reason: format!(
+                "checkpoint {} needs segment {missing:016x}, which is not stored",
+                checkpoint_object.key().as_str()
+            ),
+        });
+    }
+    let mut segments: Vec<StoredObject> = resolution
+        .of_kind(ObjectKind::Segment)
+        .filter(|s| s.number < data.segment_id_next)
+        .cloned()
+        .collect();
+    // Segments after the checkpoint are replayed in order: stop at a gap.
+    let mut next = data.segment_id_next;
+    while let Some(segment) = resolution.segment(next) {
+        segments.push(segment.clone());
+        next += 1;
+    }
+    download_segments(store, &segments, &dir.join("segments"), threads)?;
+    fsync_dir(&dir.join("checkpoints")).map_err(|e| RemoteError::io(dir, e))?;
+    segments.push(checkpoint_object.clone());
+    segments.push(meta_object.clone());
+    Ok(segments)
+}
+
+/// Downloads `objects` into `segments_dir` with `threads` threads.
+fn download_segments(
+    store: &dyn ObjectStore,
+    objects: &[StoredObject],
+    segments_dir: &Path,
+    threads: usize,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<RemoteError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, objects.len().max(1)) {
+            scope.spawn(|| {
+                while let Some(object) = objects.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let path = segments_dir.join(format!("{:016x}.seg", object.number));
+                    let result = download(store, object).and_then(|bytes| {
+                        write_new(&path, &bytes, 0o600).map_err(|e| RemoteError::io(&path, e))
+                    });
+                    if let Err(error) = result {
+                        let mut failure = failure.lock().unwrap_or_else(|e| e.into_inner());
+                        failure.get_or_insert(error);
+                        next.store(objects.len(), Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(error);
+    }
+    fsync_dir(segments_dir).map_err(|e| RemoteError::io(segments_dir, e))
+}
+
+/// Gets an object and checks it against its name.
+fn download(store: &dyn ObjectStore, object: &StoredObject) -> Result<bytes::Bytes> {
+    let bytes = store.get(&object.key())?;
+    object.verify(&bytes)?;
+    Ok(bytes)
+}
+
+/// The 16 bytes of a volume id written as 32 hex digits.
+pub fn volume_id_bytes(volume_id: &str) -> Result<[u8; 16]> {
+    hex::decode(volume_id)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| RemoteError::Corrupt {
+            key: super::layout::VOLUME_ID_KEY.to_string(),
+            reason: format!("{volume_id:?} is not a volume id"),
+        })
+}

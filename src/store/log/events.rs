@@ -1,0 +1,75 @@
+//! What the log tells an observer that mirrors it elsewhere (the object-store
+//! uploader): a segment was sealed, a checkpoint was written. Additive: the
+//! log works the same with no observer; an observer only learns, it never
+//! changes what the log does.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::super::checkpoint::CheckpointData;
+use super::super::snapshot::segments_needed;
+use super::Log;
+
+/// A checkpoint the log just wrote durably.
+#[derive(Clone, Debug)]
+pub struct WrittenCheckpoint {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its `seq_next` (also its file name).
+    pub seq_next: u64,
+    /// Segments with this id or higher are replayed from their start.
+    pub segment_id_next: u64,
+    /// Every segment an open from this checkpoint reads or checks
+    /// (`store::segments_needed`).
+    pub needs: BTreeSet<u64>,
+}
+
+impl WrittenCheckpoint {
+    fn new(path: PathBuf, data: &CheckpointData) -> Self {
+        let needs = segments_needed(data);
+        Self {
+            path,
+            seq_next: data.seq_next,
+            segment_id_next: data.segment_id_next,
+            needs,
+        }
+    }
+}
+
+/// An observer of the log. Called on the thread that sealed or
+/// checkpointed, with log locks held: it must only note the event and
+/// return (do the work on its own threads).
+pub trait LogEvents: Send + Sync {
+    /// Segment `segment_id` (file `path`) got its seal record: it is
+    /// immutable from now on. Its records were synced before the seal; the
+    /// seal itself is synced by whoever reads the file first.
+    fn segment_sealed(&self, segment_id: u64, path: &Path);
+    /// A checkpoint was written durably.
+    fn checkpoint_written(&self, checkpoint: &WrittenCheckpoint);
+}
+
+impl Log {
+    /// Sets the observer of this log's seals and checkpoints (once; later
+    /// calls are ignored and return false).
+    pub fn set_events(&self, events: Arc<dyn LogEvents>) -> bool {
+        self.events.set(events).is_ok()
+    }
+
+    pub(super) fn notify_sealed(&self, segment_id: u64) {
+        if let Some(events) = self.events.get() {
+            events.segment_sealed(segment_id, &self.segment_path(segment_id));
+        }
+    }
+
+    pub(super) fn notify_checkpoint(&self, path: PathBuf, data: &CheckpointData) {
+        if let Some(events) = self.events.get() {
+            events.checkpoint_written(&WrittenCheckpoint::new(path, data));
+        }
+    }
+
+    /// The directory of the segment files.
+    pub fn segments_dir(&self) -> &Path {
+        &self.segments_dir
+    }
+}

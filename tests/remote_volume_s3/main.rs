@@ -1,0 +1,150 @@
+//! Volumes kept in an object store (`lsvblk create/serve --store`), end to
+//! end against the real Ceph cluster of `ci/ceph.sh` (ci/test.sh runs this
+//! in its Ceph stage; by hand: `ci/ceph.sh up` first): real lsvkms and
+//! lsvblk processes, libblkio as the VMM, and the per-block version model
+//! of `kit::versions` to say what every block must hold.
+//!
+//! - [`lifecycle`]: the host lost after a remote FLUSH (its directory
+//!   deleted, the volume rebuilt on another), a second writer refused, a
+//!   zombie writer after a takeover whose writes never appear;
+//! - [`faults`]: an OSD killed (kill -9) under writes, radosgw stopped for
+//!   30 s (writes go on, a remote FLUSH waits, `status` shows the backlog);
+//! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or
+//!   altered object, another volume's object: each a clear error.
+//!
+//! About 2 minutes; the fault tests hold the cluster's fault lock.
+
+#[path = "../kit/mod.rs"]
+mod kit;
+
+mod bad_input;
+mod faults;
+mod lifecycle;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kit::ceph::{cluster, unique_prefix};
+use kit::cli::Lsvblk;
+use kit::daemon::{Daemon, ServeOptions, create_volume_using};
+use kit::kms::Kms;
+use lsvblk::objstore::{ObjectKey, S3Store};
+
+const MIB: u64 = 1 << 20;
+
+/// A KMS, a volume created with `--store` under a prefix of its own, and
+/// alice's token and S3 credentials file.
+struct Setup {
+    kms: Kms,
+    token: PathBuf,
+    prefix: ObjectKey,
+    credentials: PathBuf,
+    /// The directory `lsvblk create` made.
+    volume: PathBuf,
+}
+
+impl Setup {
+    /// A `size_bytes` volume with 1 MiB segments (many objects from little
+    /// data), in the store under `tests/NAME-RANDOM`.
+    fn new(name: &str, size_bytes: u64) -> Self {
+        let kms = Kms::start();
+        let token = kms.token("alice");
+        let prefix = unique_prefix(name);
+        let credentials = kms.fresh_path("s3", "env");
+        let text = format!(
+            "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\n",
+            cluster().var("AWS_ACCESS_KEY_ID"),
+            cluster().var("AWS_SECRET_ACCESS_KEY")
+        );
+        write_private(&credentials, &text);
+        let mut setup = Setup {
+            kms,
+            token,
+            prefix,
+            credentials,
+            volume: PathBuf::new(),
+        };
+        let mut args = setup.store_args();
+        args.extend(["--segment-size".to_string(), "1M".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        setup.volume = create_volume_using(&lsvblk(), &setup.kms, size_bytes, &["alice"], &args);
+        setup
+    }
+
+    /// `--store s3://BUCKET/PREFIX --endpoint URL --credentials-file F`.
+    fn store_args(&self) -> Vec<String> {
+        self.store_args_for(&format!(
+            "s3://{}/{}",
+            cluster().bucket(),
+            self.prefix.as_str()
+        ))
+    }
+
+    fn store_args_for(&self, url: &str) -> Vec<String> {
+        [
+            "--store",
+            url,
+            "--endpoint",
+            cluster().endpoint(),
+            "--credentials-file",
+            self.credentials.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    /// The volume's objects, through our own client.
+    fn store(&self) -> S3Store {
+        cluster().store(&self.prefix)
+    }
+
+    /// A directory that does not exist yet (as on a new host).
+    fn fresh_dir(&self) -> PathBuf {
+        self.kms.fresh_path("host", "d")
+    }
+
+    fn options(&self, extra: &[&str]) -> ServeOptions {
+        let mut options = ServeOptions::args(extra);
+        options.lsvblk = lsvblk();
+        options.args.extend(self.store_args());
+        options
+    }
+
+    /// `lsvblk serve --volume DIR --store ... EXTRA`, listening.
+    fn serve(&self, dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with(dir, &self.kms, &self.token, &self.options(extra))
+    }
+
+    /// The same, returning at once (for a daemon that must refuse).
+    fn spawn(&self, dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn_with(dir, &self.kms, &self.token, &self.options(extra))
+    }
+
+    /// `lsvblk status --json` of the daemon serving `dir`.
+    fn status(&self, dir: &Path) -> serde_json::Value {
+        lsvblk().json(&["status", dir.to_str().unwrap(), "--json"])
+    }
+}
+
+/// This build's lsvblk, signing for the cluster's region.
+fn lsvblk() -> Lsvblk {
+    Lsvblk::this_build().with_env("AWS_REGION", cluster().var("AWS_REGION"))
+}
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A `done` for `VerifiedLoad::run`: true once `time` has passed.
+fn for_time(time: Duration) -> impl FnMut() -> bool {
+    let start = Instant::now();
+    move || start.elapsed() >= time
+}
+
+/// A daemon that must refuse to serve: its exit code and stderr.
+fn refused(mut daemon: Daemon) -> (Option<i32>, String) {
+    let status = daemon.wait_exit(Duration::from_secs(120));
+    (status.code(), daemon.stderr())
+}
