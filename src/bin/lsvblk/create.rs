@@ -22,9 +22,17 @@ pub struct CreateArgs {
     /// Volume directory to create (must be absent or empty).
     #[arg(long)]
     volume: PathBuf,
-    /// Capacity, bytes, with optional K/M/G/T suffix (e.g. 10G).
-    #[arg(long, value_parser = parse_size)]
-    size: u64,
+    /// Capacity, bytes, with optional K/M/G/T suffix (e.g. 10G). With
+    /// --base, defaults to the image's size (rounded up to a block).
+    #[arg(long, value_parser = parse_size, required_unless_present = "base")]
+    size: Option<u64>,
+    /// A raw disk image (e.g. an OS image many VMs share; convert a qcow2
+    /// with `qemu-img convert -O raw`) the volume starts as: blocks never
+    /// written read from it, as they are; writes go encrypted into the
+    /// volume. The image is only read, never changed, and must stay as it
+    /// is: a volume whose base changed (size, mtime, content) is refused.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "store")]
+    base: Option<PathBuf>,
     /// Users who may unwrap the data key, comma-separated (e.g. alice,bob).
     #[arg(long, value_delimiter = ',', required = true)]
     acl: Vec<String>,
@@ -94,17 +102,31 @@ pub fn run(args: CreateArgs) -> Outcome {
         null_cipher: args.unencrypted_benchmark_only,
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(
-        &args.volume,
-        args.size,
-        volume_id,
-        generated.key,
-        Some(WrappedKey {
-            blob: wrapped,
-            acl: args.acl.clone(),
-        }),
-        &options,
-    )?;
+    let wrapped = Some(WrappedKey {
+        blob: wrapped,
+        acl: args.acl.clone(),
+    });
+    let volume = match &args.base {
+        Some(base) => Volume::create_over_base(
+            &args.volume,
+            base,
+            args.size,
+            volume_id,
+            generated.key,
+            wrapped,
+            &options,
+        )?,
+        None => Volume::create_with_id(
+            &args.volume,
+            args.size.unwrap_or_default(),
+            volume_id,
+            generated.key,
+            wrapped,
+            &options,
+        )?,
+    };
+    let size_bytes = volume.size_bytes();
+    let base = volume.superblock().base.as_ref().map(|b| b.path.clone());
     if args.policy.any() {
         volume.set_key_policy(&args.policy.apply(&volume.key_policy()?))?;
     }
@@ -120,7 +142,8 @@ pub fn run(args: CreateArgs) -> Outcome {
         let out = serde_json::json!({
             "volume": args.volume,
             "volume_id": hex::encode(volume_id),
-            "size_bytes": args.size,
+            "size_bytes": size_bytes,
+            "base": base,
             "block_bytes": args.block_size,
             "store": args.store.store,
             "key_id": key_id,
@@ -131,8 +154,11 @@ pub fn run(args: CreateArgs) -> Outcome {
         println!(
             "created volume {} ({} bytes)",
             args.volume.display(),
-            args.size
+            size_bytes
         );
+        if let Some(base) = &base {
+            println!("base:      {} (read-only)", base.display());
+        }
         println!("volume id: {}", hex::encode(volume_id));
         println!("key id:    {key_id}");
         println!("acl:       {}", args.acl.join(","));
