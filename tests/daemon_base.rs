@@ -2,7 +2,8 @@
 //! to end with real lsvkms and lsvblk processes and libblkio as the VMM:
 //! a new volume reads the image as it is; writes (whole blocks, part of a
 //! block, a discard) go encrypted into the volume and survive a restart
-//! and a compaction; a second volume on the same image sees it pristine; a
+//! and a compaction; a second volume on the same image sees it pristine,
+//! and once flattened (online) serves without the image; a
 //! snapshot's clone reads through to the image; `inspect` says how much
 //! still comes from the image; the image is never written; and a volume
 //! whose image changed is refused (65). About 5 s.
@@ -98,8 +99,24 @@ fn a_volume_over_a_base_image_reads_it_writes_encrypted_and_never_changes_it() {
     // image as it was.
     let other = create_over(&kms, &image);
     let mut other_daemon = Daemon::start(&other, &kms, &alice, &[]);
-    pristine().check(&mut other_daemon.client(1), "a second volume on the image");
+    let mut other_client = other_daemon.client(1);
+    let mut other_disk = pristine();
+    other_disk.check(&mut other_client, "a second volume on the image");
+    // Flattened while served: every block it still read from the image is
+    // copied into it; it then serves without the image.
+    other_disk.write(&mut other_client, "OTHER-WRITES", 2 * MIB, MIB);
+    let flattened = lsvblk_json(&["flatten", path(&other), "--json"]);
+    assert_eq!(flattened["bytes_copied"], 1537 * BLOCK - MIB, "{flattened}");
+    assert_eq!(flattened["base_dropped"], true, "{flattened}");
+    other_disk.check(&mut other_client, "after the flatten");
+    drop(other_client);
     other_daemon.stop_cleanly();
+    let away = image.with_extension("away");
+    std::fs::rename(&image, &away).unwrap();
+    let mut other_daemon = Daemon::start(&other, &kms, &alice, &[]);
+    other_disk.check(&mut other_daemon.client(1), "flattened, without its image");
+    other_daemon.stop_cleanly();
+    std::fs::rename(&away, &image).unwrap();
 
     // `inspect` counts what still reads from the image: all but the 1 MiB
     // written, the block written in part, and the 1 MiB discarded.
@@ -151,8 +168,14 @@ fn a_volume_over_a_base_image_reads_it_writes_encrypted_and_never_changes_it() {
         std::fs::metadata(&image).unwrap().modified().unwrap(),
         image_mtime
     );
-    for (file, bytes) in files_with_contents(&volume) {
-        for text in [&b"ALICE-WRITES"[..], b"AFTER-SNAPSHOT", b"BASE-IMAGE"] {
+    let files = [&volume, &other, &clone].map(|dir| files_with_contents(dir));
+    for (file, bytes) in files.iter().flatten() {
+        for text in [
+            &b"ALICE-WRITES"[..],
+            b"AFTER-SNAPSHOT",
+            b"OTHER-WRITES",
+            b"BASE-IMAGE",
+        ] {
             assert!(
                 !bytes.windows(text.len()).any(|w| w == text),
                 "{} holds {:?} in the clear",

@@ -62,7 +62,7 @@ pub use key_state::KeyStatus;
 pub use keyring::{ActiveKey, Keyring};
 pub use lockfile::VolumeLock;
 pub use open::WrappedKey;
-pub use over_base::BaseUse;
+pub use over_base::{BaseUse, FlattenProgress, FlattenReport};
 pub use policy::{
     KeyPolicy, RETIRE_AGE_DEFAULT_S, ROTATE_AGE_DEFAULT_S, RotationReason, RotationState,
     XTS_KEY_SCOPE_BYTES,

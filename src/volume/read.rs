@@ -104,7 +104,7 @@ impl Volume {
 
     /// Reads blocks no layer holds: from the base image as they are, or
     /// zeros without one.
-    fn read_base(&self, lba: u64, part: &mut [u8]) -> Result<(), VolumeError> {
+    pub(super) fn read_base(&self, lba: u64, part: &mut [u8]) -> Result<(), VolumeError> {
         let Some(base) = &self.base else {
             part.fill(0);
             return Ok(());
