@@ -20,7 +20,9 @@ use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
+use lsvblk::ops::metrics::{self, KmsCollector, MetricsAddress};
 use lsvblk::ops::notify;
+use prometheus_client::registry::Registry;
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
@@ -29,10 +31,8 @@ use lsvblk::ops::notify;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep the process dumpable (core files, ptrace): for debugging and
-    /// tests only. Without it the process writes no core dump.
-    #[arg(long, global = true, hide = true)]
-    allow_core_dumps: bool,
+    #[command(flatten)]
+    process: lsvblk::ops::cli::ProcessArgs,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +164,10 @@ struct ServeArgs {
     /// CA certificate(s) that sign client certificates (PEM).
     #[arg(long, env = "LSVKMS_CLIENT_CA", requires = "tcp")]
     client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9651) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVKMS_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
 }
 
 #[derive(Subcommand)]
@@ -220,16 +224,6 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Parses the command line: a usage error exits 64 (clap's default is 2),
-/// `--help` and `--version` exit 0.
-fn parse_args() -> Cli {
-    Cli::try_parse().unwrap_or_else(|error| {
-        let code = if error.use_stderr() { 64 } else { 0 };
-        let _ = error.print();
-        std::process::exit(code);
-    })
-}
-
 fn main() {
     if let Err(error) = run() {
         eprintln!("lsvkms: error: {error:#}");
@@ -238,19 +232,10 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    // Files and sockets we create are ours alone unless we say otherwise
-    // (explicit modes where others need access): an inherited umask of 000
-    // must not make segments, checkpoints or sockets world-writable.
-    // SAFETY: umask(2) only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    // Before anything else, so that no key ever lives in a dumpable process.
-    lsvblk::crypto::hygiene::protect_process_unless_flagged()
-        .context("cannot disable core dumps")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match parse_args().command {
+    lsvblk::ops::cli::protect_process().context("cannot disable core dumps")?;
+    // RUST_LOG unset: errors only.
+    lsvblk::ops::cli::init_logging("error");
+    match lsvblk::ops::cli::parse_args::<Cli>().command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
@@ -340,6 +325,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", socket.display()))?;
     if let Some(address) = &args.tcp {
         serve_tls(address, &args, &service)?;
+    }
+    if let Some(address) = &args.metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(KmsCollector::new(&service)));
+        metrics::serve(address, registry).with_context(|| format!("--metrics {address:?}"))?;
     }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
     let accepting = Arc::clone(&service);

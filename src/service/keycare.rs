@@ -18,6 +18,18 @@ use crate::store::CompactOptions;
 use crate::sync::LockOrRecover;
 use crate::volume::{KeyEntry, RotationReason, Volume, VolumeError};
 
+/// An operator's rotation request (`lsvblk rotate`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotateRequest {
+    /// The key that is compromised: rotate away from it without a rate
+    /// limit and have lsvkms destroy it afterwards.
+    pub compromised: Option<KeyId>,
+    /// Re-encryption rate, MiB/s (None: the caretaker's; 0: no limit).
+    pub rate_mib_s: Option<u64>,
+    /// Re-key the blocks kept snapshots hold too.
+    pub include_snapshots: bool,
+}
+
 /// The volume's key caretaker.
 pub struct KeyCare {
     volume: Arc<Volume>,
@@ -223,6 +235,28 @@ impl KeyCare {
             outcome["compromised"] = json!(key_id);
         }
         Ok(outcome)
+    }
+
+    /// Rotates now because an operator asked (`lsvblk rotate`): a
+    /// compromised key forces the snapshots' blocks to be re-keyed too, so
+    /// that it can be destroyed.
+    pub fn rotate_as_asked(
+        &self,
+        asked: &RotateRequest,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ServiceError> {
+        let reason = if asked.compromised.is_some() {
+            RotationReason::Compromised
+        } else {
+            RotationReason::Manual
+        };
+        self.rotate(
+            reason,
+            asked.compromised,
+            asked.rate_mib_s,
+            asked.include_snapshots || asked.compromised.is_some(),
+            progress,
+        )
     }
 
     /// Continues the rotation recorded in the volume.

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{KeyCare, ServiceError, maintenance};
+use super::{KeyCare, RotateRequest, ServiceError, maintenance};
 use crate::crypto::KeyId;
 use crate::kms::client::KmsClient;
 use crate::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
 use crate::sync::LockOrRecover;
-use crate::volume::{KeyPolicy, RotationReason, Volume, VolumeError};
+use crate::volume::{KeyPolicy, Volume, VolumeError};
 
 /// How often the background thread looks at the keys (lsvkms' state of
 /// each, rotation due) and at the space use, unless told otherwise.
@@ -197,14 +197,12 @@ impl ServedVolume {
         include_snapshots: bool,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ServiceError> {
-        let reason = if compromised.is_some() {
-            RotationReason::Compromised
-        } else {
-            RotationReason::Manual
+        let asked = RotateRequest {
+            compromised,
+            rate_mib_s,
+            include_snapshots,
         };
-        let include_snapshots = include_snapshots || compromised.is_some();
-        self.keys
-            .rotate(reason, compromised, rate_mib_s, include_snapshots, progress)
+        self.keys.rotate_as_asked(&asked, progress)
     }
 
     /// Seals every wrapped blob again under lsvkms's newest wrapping key.

@@ -58,6 +58,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
 }
 
 impl BaseRef {
+    /// The size of a volume over the image at `path` unless told
+    /// otherwise: the image's, rounded up to a whole `block_bytes` block.
+    pub fn volume_bytes(path: &Path, block_bytes: u32) -> Result<u64, VolumeError> {
+        let image_bytes = std::fs::metadata(path).map_err(io_error(path))?.len();
+        Ok(image_bytes.next_multiple_of(u64::from(block_bytes.max(1))))
+    }
+
     /// Records the image at `path` for a volume of `volume_bytes`: the
     /// image must be a regular file no larger than the volume.
     pub fn record(path: &Path, volume_bytes: u64) -> Result<Self, VolumeError> {

@@ -54,25 +54,17 @@ impl Volume {
 
     /// Creates a volume like [`Volume::create_with_id`] over the plain,
     /// read-only image `base` (see `base.rs`): its blocks never written
-    /// read from the image. `size_bytes` defaults to the image's size
-    /// rounded up to a whole block; it may not be smaller than the image.
+    /// read from the image, which may not be larger than `size_bytes`
+    /// (see [`BaseRef::volume_bytes`] for the usual size).
     pub fn create_over_base(
         dir: &Path,
         base: &Path,
-        size_bytes: Option<u64>,
+        size_bytes: u64,
         volume_id: [u8; 16],
         key: DataKey,
         wrapped: Option<WrappedKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        let image_bytes = std::fs::metadata(base)
-            .map_err(|e| VolumeError::Io {
-                path: base.to_path_buf(),
-                source: e,
-            })?
-            .len();
-        let size_bytes =
-            size_bytes.unwrap_or(image_bytes.next_multiple_of(u64::from(options.block_bytes)));
         let base = BaseRef::record(base, size_bytes)?;
         let mark = |superblock: &mut Superblock| superblock.base = Some(base);
         Self::create_marked(dir, size_bytes, volume_id, key, wrapped, mark, options)

@@ -30,11 +30,6 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
-/// Decodes an entry's base64 blob.
-pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
-    service::wrapped_blob(entry).map_err(Failure::Service)
-}
-
 /// Unwraps every entry (sealed for `volume_id` unless the entry names
 /// another volume) with `token`; any refusal stops with lsvkms's reason
 /// (see [`service::unwrap_all`]).

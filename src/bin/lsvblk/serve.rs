@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress, UpkeepCollector};
 use lsvblk::store::{CheckDepth, DamageKind};
 use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
@@ -16,6 +17,7 @@ use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{
     SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
 };
+use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -129,6 +131,10 @@ pub struct ServeArgs {
     /// a compromised key's rotation is never throttled).
     #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9650) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVBLK_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
@@ -272,6 +278,9 @@ pub fn run(args: ServeArgs) -> Outcome {
             serving.as_ref().map(|s| s.uploader()),
         )
     });
+    if let Some(address) = &args.metrics {
+        serve_metrics(address, &server, &served, services.as_ref())?;
+    }
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
@@ -393,6 +402,24 @@ fn report_recovery(volume: &Volume) {
 }
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
+/// Serves `--metrics`: the device's counters and the log, and (for a
+/// writable volume) the upkeep's status and the lsvkms calls.
+fn serve_metrics(
+    address: &MetricsAddress,
+    server: &Server,
+    served: &Arc<Served>,
+    services: Option<&Arc<Services>>,
+) -> Result<(), Failure> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), served)));
+    let services = services.map(Arc::downgrade);
+    registry.register_collector(Box::new(UpkeepCollector::new(Box::new(move || {
+        services.as_ref()?.upgrade()?.upkeep_status()
+    }))));
+    metrics::serve(address, registry)
+        .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))
+}
+
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()
