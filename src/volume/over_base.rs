@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::stripes::BlockRange;
 use super::{Change, Volume, VolumeError};
-use crate::store::{HeadId, ReadPiece};
+use crate::store::{AlignedBuf, HeadId, ReadPiece};
 
 /// Bytes a flatten copies under one hold of their stripes.
 const FLATTEN_STEP_BYTES: u64 = 1 << 20;
@@ -129,7 +129,7 @@ impl Volume {
         let mut changes = Vec::new();
         let mut bytes = 0;
         for (lba, blocks) in self.unheld(0, first, end - first)? {
-            let mut data = vec![0u8; (blocks << shift) as usize];
+            let mut data = AlignedBuf::zeroed((blocks << shift) as usize);
             self.read_base(lba, &mut data)?;
             bytes += data.len() as u64;
             changes.push(Change::Write {

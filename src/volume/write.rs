@@ -219,7 +219,7 @@ impl Volume {
         self.apply(head, steps)
     }
 
-    /// Checks every change (steps 1) and plans its steps, in order.
+    /// Checks every change (step 1) and plans its steps, in order.
     fn checked_steps(&self, changes: Vec<Change>) -> Result<Vec<Step>, VolumeError> {
         self.check_writable()?;
         for change in &changes {
