@@ -497,4 +497,39 @@ impl QueueIo<'_> {
             .write(offset, ptr, data.len(), 0, ReqFlags::empty());
         wait_one(self.queue)
     }
+
+    /// Queues a read or write of `len` bytes at `offset` from slot `slot`
+    /// of this queue's slice (bytes `slot * len ..`), with `slot` as its
+    /// user data, as [`BlkClient::submit`] does for the whole region.
+    pub fn submit(&mut self, write: bool, slot: usize, offset: u64, len: usize) {
+        let buf = self.buffer[slot * len..(slot + 1) * len].as_mut_ptr();
+        if write {
+            self.queue.write(offset, buf, len, slot, ReqFlags::empty());
+        } else {
+            self.queue.read(offset, buf, len, slot, ReqFlags::empty());
+        }
+    }
+
+    /// Hands what was submitted to the device and waits for at least one
+    /// completion; the user data of each. Panics, naming `what`, if a
+    /// request failed.
+    pub fn reap_ok(
+        &mut self,
+        completions: &mut [MaybeUninit<Completion>],
+        what: &str,
+    ) -> Vec<usize> {
+        let done = self
+            .queue
+            .do_io(completions, 1, None, None)
+            .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
+        completions[..done]
+            .iter()
+            .map(|c| {
+                // SAFETY: do_io initialised the first `done` completions.
+                let c = unsafe { c.assume_init_ref() };
+                assert!(c.ret >= 0, "{what}: request failed: {}", c.ret);
+                c.user_data
+            })
+            .collect()
+    }
 }
