@@ -7,7 +7,8 @@
 #   bob in (lsvkms reseals her key with the new ACL), snapshots the volume
 #   while it is served, and a second guest boots on bob's read-only export of
 #   the snapshot; mallory (not on the ACL) is refused, with the reason, and
-#   the refusal is in lsvkms's audit log.
+#   the refusal is in lsvkms's audit log; alice lists, with her own token,
+#   the key ids whose ACL she is on (never a key).
 # Everything runs in a temp dir that is removed at the end (also on Ctrl-C).
 #
 # Usage: qemu/demo.sh [--pause] [--keep]
@@ -34,7 +35,7 @@ done
 
 if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' N=$'\e[0m'; else B="" G="" R="" N=""; fi
 STEP=0
-STEPS=9
+STEPS=10
 heading() { # TITLE
   STEP=$((STEP + 1))
   if [ "$PAUSE" = 1 ] && [ -t 0 ]; then read -r -p "   [Enter: step $STEP] " _; fi
@@ -252,3 +253,14 @@ lsvkms audit check --dir kms >logs/audit-check.log 2>&1 || rc=$?
 [ "$rc" = 0 ] || { cat logs/audit-check.log >&2; die "lsvkms audit check found unwraps by users off the ACL"; }
 say "$ lsvkms audit check --dir kms"
 ok "exit 0: no unwrap by a user off a key's ACL"
+
+# ----------------------------------------------------------------- 10
+heading "alice lists her key ids"
+say "With her own token, alice asks lsvkms which keys she is on the ACL of: ids, volumes,"
+say "states, creation times, ACLs. lsvkms answers from its key records (no data key there):"
+show lsvkms keys list --socket kms.sock --token-file alice.token
+lsvkms keys list --socket kms.sock --token-file alice.token --json >logs/alice-keys.json
+grep -q "\"key_id\": \"$KEY_ID\"" logs/alice-keys.json || die "alice's list does not show her key $KEY_ID"
+mallory=$(lsvkms keys list --socket kms.sock --token-file mallory.token --json)
+[[ "$mallory" == *'"keys": []'* ]] || die "mallory's list is not empty: $mallory"
+ok "alice sees key $KEY_ID; mallory, on no ACL, sees none; both listings are audited (key_list)"

@@ -26,6 +26,9 @@
 #   8. serve with --num-queues 2, boot "smoke" with 2 queues and 2 CPUs
 #                                           -> must PASS, every queue used
 #   9. plaintext check again (now including smoke's data)
+#  10. an ephemeral disk (lsvblk serve --ephemeral --size 256M, no lsvkms, no
+#      token): boot "smoke" on it -> must PASS; no plaintext in its files
+#      while served; SIGTERM -> exit 0 and its directory is gone
 # Every lsvkms / lsvblk / QEMU process and the temp dir are cleaned up on exit,
 # also on failure and on SIGINT/SIGTERM. Exit status 0 = all as expected.
 #
@@ -298,6 +301,29 @@ if [ "$MULTIQUEUE" = 1 ]; then
   step "plaintext check (after smoke)"
   plaintext_check plaintext-2
 fi
+
+step "boot 5: smoke on an ephemeral disk (key made in the daemon, never stored)"
+SCRATCH=$TMPD/scratch
+SCRATCH_SOCK=$TMPD/scratch.sock
+SERVE_LOG=$OUT/serve-ephemeral.log
+"$LSVBLK" serve --ephemeral --size 256M --volume "$SCRATCH" --socket "$SCRATCH_SOCK" >"$SERVE_LOG" 2>&1 &
+SERVE_PID=$!
+wait_socket "$SCRATCH_SOCK" "$SERVE_PID" "lsvblk serve --ephemeral" "$SERVE_LOG"
+rc=0
+run "$QEMU_DIR/run-vm.sh" --socket "$SCRATCH_SOCK" --log "$OUT/ephemeral.log" --timeout "$BOOT_TIMEOUT" \
+  --scenario smoke --sectors "$SECTORS" --append "$GEOMETRY" >"$OUT/ephemeral.result" || rc=$?
+LAST_LINE=$(cat "$OUT/ephemeral.result")
+echo "   $LAST_LINE"
+[ "$rc" = 0 ] || { tail -n 30 "$SERVE_LOG" >&2; die "ephemeral: the guest did not PASS (console: $OUT/ephemeral.log)"; }
+mapfile -t files < <(find "$SCRATCH" -type f | LC_ALL=C sort)
+[ "${#files[@]}" -gt 0 ] || die "no files under $SCRATCH while served"
+n=$(plaintext_hits "${files[@]}")
+[ "$n" = 0 ] || die "the ephemeral volume's files hold guest plaintext"
+pid=$SERVE_PID
+SERVE_PID=""
+stop_pid "$pid" || die "lsvblk serve --ephemeral did not exit 0 after SIGTERM (log: $SERVE_LOG)"
+[ ! -e "$SCRATCH" ] || die "lsvblk serve --ephemeral left $SCRATCH behind after a clean stop"
+done_step ephemeral "${LAST_LINE% (*}; 0 plaintext hits; deleted at exit"
 
 step "lsvkms audit verify"
 audit=$("$LSVKMS" audit verify --dir "$KMS_DIR") || die "lsvkms audit verify: $audit"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# host-lib.sh - host-side helpers of e2e.sh and demo.sh (lsvkms/lsvblk
+# host-lib.sh - host-side helpers of the qemu/ scripts (lsvkms/lsvblk
 # processes, binaries, the volume's on-disk format); sourced after common.sh.
 #
 # shellcheck disable=SC2034 # LSVBLK, LSVKMS, BIN_HOW are for the caller
@@ -193,6 +193,26 @@ loop_backend_setup() {
     [ -x "$QSD" ] || die "no qemu-storage-daemon at $QSD"
     QSD_VERSION=$("$QSD" --version | head -n1)
   fi
+}
+
+# loop_finish RC: the end of the write-loop scenarios' cleanup, after they
+# stopped their guests and backends: stops lsvkms (KMS_PID), removes TMPD
+# unless KEEP=1, says where the logs (OUT) are on a failure, exits RC.
+loop_finish() {
+  local rc=$1
+  if [ -n "$KMS_PID" ]; then stop_pid "$KMS_PID" || true; fi
+  if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
+  [ "$rc" = 0 ] || log "FAILED (exit $rc) after ${SECONDS}s; logs in $OUT"
+  exit "$rc"
+}
+
+# loop_traps CLEANUP: CLEANUP runs at exit, SIGINT/SIGTERM exit 130 (through
+# it); tools log without colours.
+loop_traps() {
+  # shellcheck disable=SC2064 # the function's name, now
+  trap "$1" EXIT
+  trap 'log "interrupted"; exit 130' INT TERM
+  export NO_COLOR=1
 }
 
 # ms_since T0_NS: milliseconds since T0_NS (date +%s%N).

@@ -58,14 +58,9 @@ cleanup() {
   trap - INT TERM
   for p in "${VM_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   for p in "${BACKEND_PIDS[@]}"; do stop_pid "$p" || true; done
-  if [ -n "$KMS_PID" ]; then stop_pid "$KMS_PID" || true; fi
-  if [ "$KEEP" = 1 ]; then log "kept $TMPD"; else rm -rf "$TMPD"; fi
-  [ "$rc" = 0 ] || log "FAILED (exit $rc) after ${SECONDS}s; logs in $OUT"
-  exit "$rc"
+  loop_finish "$rc"
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-export NO_COLOR=1
+loop_traps cleanup
 
 # ---------------------------------------------------------------- setup
 loop_backend_setup "$BACKEND" "$TMPD" "$OUT" "$SIZE"

@@ -10,20 +10,13 @@ mod kit;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use kit::kms::{Kms, api_error};
-use lsvblk::kms::api::KeyContext;
+use kit::kms::{Kms, api_error, context, generate_key};
 
 /// A started service whose log holds a few records.
 fn service_with_history() -> (Kms, Vec<u8>) {
     let kms = Kms::start();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "vol-a".into(),
-        snapshot_id: String::new(),
-    };
-    let generated = client
-        .generate_data_key(&["alice".to_owned()], &context)
-        .unwrap();
+    let (context, generated) = generate_key(&client, &["alice"], "vol-a");
     let alice = kms.token_text("alice", "1h");
     let bob = kms.token_text("bob", "1h");
     for _ in 0..3 {
@@ -91,10 +84,7 @@ fn verify_passes_untouched_and_fails_on_each_kind_of_tampering() {
 fn a_read_only_audit_file_makes_calls_fail_with_503() {
     let (kms, blob) = service_with_history();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "vol-a".into(),
-        snapshot_id: String::new(),
-    };
+    let context = context("vol-a");
     let alice = kms.token_text("alice", "1h");
     let path = kms.audit_path();
     let records_before = lines(&fs::read_to_string(&path).unwrap()).len();
@@ -182,12 +172,7 @@ fn a_forged_line_without_the_audit_key_fails_verify_but_check_still_sees_it() {
 fn audit_check_does_not_blame_users_an_acl_change_removed() {
     let kms = Kms::start();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "vol-acl".into(),
-        snapshot_id: String::new(),
-    };
-    let both = vec!["alice".to_owned(), "bob".to_owned()];
-    let generated = client.generate_data_key(&both, &context).unwrap();
+    let (context, generated) = generate_key(&client, &["alice", "bob"], "vol-acl");
     let (blob, key_id) = (generated.wrapped_blob, generated.key.id());
     let (alice, bob) = (kms.token_text("alice", "1h"), kms.token_text("bob", "1h"));
     client.unwrap(&blob, &context, &bob).unwrap();

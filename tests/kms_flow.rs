@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use kit::dirs::files_under;
-use kit::kms::{Kms, api_error};
+use kit::kms::{Kms, api_error, context, generate_key};
 use kit::kms_acceptance::acceptance_flow;
 use kit::secrets::leaks;
 use lsvblk::kms::api::{KeyContext, to_base64};
@@ -77,10 +77,7 @@ fn an_unlisted_uid_is_refused_with_403() {
     let mut kms = Kms::init(&["--service-uid", "4242"], Vec::new());
     kms.serve();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "v".into(),
-        snapshot_id: String::new(),
-    };
+    let context = context("v");
     let (status, code) = api_error(client.generate_data_key(&["alice".to_owned()], &context));
     assert_eq!((status, code.as_str()), (403, "service_not_allowed"));
     // Refused before a byte was read; audited in counts, within a second.
@@ -162,13 +159,7 @@ fn last_record(kms: &Kms, key_id: lsvblk::crypto::KeyId, action: &str) -> serde_
 fn an_acl_user_changes_the_acl_and_the_new_blob_carries_it() {
     let kms = Kms::start();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "vol-acl".into(),
-        snapshot_id: String::new(),
-    };
-    let generated = client
-        .generate_data_key(&["alice".to_owned()], &context)
-        .unwrap();
+    let (context, generated) = generate_key(&client, &["alice"], "vol-acl");
     let old_blob = generated.wrapped_blob;
     let (alice, bob) = (kms.token_text("alice", "1h"), kms.token_text("bob", "1h"));
     let from_old = client.unwrap(&old_blob, &context, &alice).unwrap();
@@ -234,13 +225,7 @@ fn an_acl_user_changes_the_acl_and_the_new_blob_carries_it() {
 fn acl_changes_are_refused_without_a_listed_user_or_a_valid_acl() {
     let kms = Kms::start();
     let client = kms.client();
-    let context = KeyContext {
-        volume_id: "vol-acl".into(),
-        snapshot_id: String::new(),
-    };
-    let generated = client
-        .generate_data_key(&["alice".to_owned()], &context)
-        .unwrap();
+    let (_, generated) = generate_key(&client, &["alice"], "vol-acl");
     let (blob, key_id) = (generated.wrapped_blob, generated.key.id());
     let alice = kms.token_text("alice", "1h");
     let wide = vec!["alice".to_owned(), "mallory".to_owned()];

@@ -40,17 +40,37 @@ fn one_segment_options() -> VolumeOptions {
     }
 }
 
-/// Builds the log: flushed base data, then three unflushed changes, then a
-/// crash (drop without close). Returns the flushed image, the changes, and the
-/// segment length at the last flush.
-fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
-    let volume = Volume::create(
+/// A copy of the volume in `original`, and its segment file `name` open
+/// for writing (to damage it).
+fn copy_with_segment(
+    original: &Path,
+    name: &std::ffi::OsStr,
+) -> (tempfile::TempDir, std::fs::File) {
+    let copy = fast_tempdir();
+    copy_dir(original, copy.path());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(copy.path().join("segments").join(name))
+        .unwrap();
+    (copy, file)
+}
+
+/// A new volume under key 1 whose log stays in one segment.
+fn create(dir: &Path) -> Volume {
+    Volume::create(
         dir,
         VOLUME_BYTES,
         kit::volume::key(1),
         &one_segment_options(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Builds the log: flushed base data, then three unflushed changes, then a
+/// crash (drop without close). Returns the flushed image, the changes, and the
+/// segment length at the last flush.
+fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
+    let volume = create(dir);
     let base = pattern(64 * 1024, 1);
     volume.write(0, &base).unwrap();
     volume.flush().unwrap();
@@ -119,12 +139,7 @@ fn truncating_the_tail_at_every_byte_keeps_the_contract() {
     );
     let name = segment.file_name().unwrap().to_owned();
     for cut in flushed_len..=end {
-        let copy = fast_tempdir();
-        copy_dir(original.path(), copy.path());
-        let file = OpenOptions::new()
-            .write(true)
-            .open(copy.path().join("segments").join(&name))
-            .unwrap();
+        let (copy, file) = copy_with_segment(original.path(), &name);
         file.set_len(cut).unwrap();
         drop(file);
         check_contract(copy.path(), &flushed, &changes, &format!("cut at {cut}"));
@@ -139,12 +154,7 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
     let bytes = std::fs::read(&segment).unwrap();
     let name = segment.file_name().unwrap().to_owned();
     for at in flushed_len..bytes.len() as u64 {
-        let copy = fast_tempdir();
-        copy_dir(original.path(), copy.path());
-        let file = OpenOptions::new()
-            .write(true)
-            .open(copy.path().join("segments").join(&name))
-            .unwrap();
+        let (copy, file) = copy_with_segment(original.path(), &name);
         file.write_all_at(&[bytes[at as usize] ^ (1 << (at % 8))], at)
             .unwrap();
         drop(file);
@@ -160,13 +170,7 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
 /// Writes data, closes (which seals the segment and checkpoints), and
 /// returns the offset of the first data record's payload in the segment.
 fn sealed_volume(dir: &Path) -> std::path::PathBuf {
-    let volume = Volume::create(
-        dir,
-        VOLUME_BYTES,
-        kit::volume::key(1),
-        &one_segment_options(),
-    )
-    .unwrap();
+    let volume = create(dir);
     volume.write(0, &pattern(4 * BLOCK as usize, 7)).unwrap();
     volume.close().unwrap();
     segment_files(dir).pop().unwrap()

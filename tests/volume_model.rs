@@ -162,6 +162,16 @@ fn read_snapshot(
     buf
 }
 
+/// Whether `result` is the crash a test asked for (`crash_after_steps`):
+/// then the volume is dropped and reopened; any other failure fails `step`.
+fn crashed<T>(result: Result<T, lsvblk::volume::VolumeError>, step: usize, what: &str) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(lsvblk::volume::VolumeError::Store(lsvblk::store::StoreError::Interrupted)) => true,
+        Err(e) => panic!("step {step}: {what} failed: {e}"),
+    }
+}
+
 fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut volume = Some(kit::volume::create(dir.path(), VOLUME_BYTES, block));
@@ -340,15 +350,9 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                     stop: None,
                     crash_after_steps: crash_after,
                 };
-                match v.compact(&options, &mut |_| {}) {
-                    Ok(_) => {}
-                    Err(lsvblk::volume::VolumeError::Store(
-                        lsvblk::store::StoreError::Interrupted,
-                    )) => {
-                        drop(volume.take());
-                        volume = Some(open_volume(dir.path(), block, &seeds));
-                    }
-                    Err(e) => panic!("step {step}: compaction failed: {e}"),
+                if crashed(v.compact(&options, &mut |_| {}), step, "compaction") {
+                    drop(volume.take());
+                    volume = Some(open_volume(dir.path(), block, &seeds));
                 }
             }
             Op::Rotate { crash_after } => {
@@ -362,15 +366,9 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                     crash_after_steps: crash_after,
                     ..lsvblk::store::CompactOptions::default()
                 };
-                match v.continue_rotation(&options, &mut |_| {}) {
-                    Ok(_) => {}
-                    Err(lsvblk::volume::VolumeError::Store(
-                        lsvblk::store::StoreError::Interrupted,
-                    )) => {
-                        drop(volume.take());
-                        volume = Some(open_volume(dir.path(), block, &seeds));
-                    }
-                    Err(e) => panic!("step {step}: rotation failed: {e}"),
+                if crashed(v.continue_rotation(&options, &mut |_| {}), step, "rotation") {
+                    drop(volume.take());
+                    volume = Some(open_volume(dir.path(), block, &seeds));
                 }
             }
         }

@@ -66,13 +66,40 @@ fn rotate(v: &Volume, new_key: DataKey, reason: RotationReason) -> lsvblk::volum
         .expect("a rotation was in progress")
 }
 
-#[test]
-fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
+/// A fresh volume of `BYTES` under key 1, the clock it reads, and the
+/// image of what it holds after `passes` passes of [`fill`].
+fn filled(passes: u8) -> (tempfile::TempDir, Arc<ManualClock>, Volume, Vec<u8>) {
     let dir = kit::dirs::fast_tempdir();
     let clock = ManualClock::new(1_000_000);
     let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
     let mut image = vec![0u8; BYTES as usize];
-    fill(&v, &mut image, 3);
+    fill(&v, &mut image, passes);
+    (dir, clock, v, image)
+}
+
+/// Takes snapshot `name` and writes its index at once.
+fn snapshot(v: &Volume, name: &str) {
+    v.create_snapshot(name).unwrap();
+    v.materialize_snapshots().unwrap();
+}
+
+/// Snapshot `name` of the volume in `dir`, opened with `key` alone.
+fn open_view(dir: &Path, name: &str, key: DataKey) -> Volume {
+    Volume::open_snapshot(dir, name, vec![key], &kit::volume::options(BLOCK)).unwrap()
+}
+
+/// Compacts every segment, however live.
+fn compact_all(v: &Volume) -> lsvblk::store::CompactReport {
+    let options = CompactOptions {
+        live_ratio_max: 1.0,
+        ..CompactOptions::default()
+    };
+    v.compact(&options, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
+    let (dir, clock, v, image) = filled(3);
     let old = kit::volume::key(1).id();
     assert!(keys_on_disk(&v, dir.path()).contains(&old));
     let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
@@ -96,13 +123,8 @@ fn rotation_reencrypts_every_block_and_forgets_the_old_key() {
 
 #[test]
 fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
-    let dir = kit::dirs::fast_tempdir();
-    let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
-    let mut image = vec![0u8; BYTES as usize];
-    fill(&v, &mut image, 1);
-    v.create_snapshot("kept").unwrap();
-    v.materialize_snapshots().unwrap();
+    let (dir, _clock, v, mut image) = filled(1);
+    snapshot(&v, "kept");
     let held = image.clone();
     fill(&v, &mut image, 1);
     let old = kit::volume::key(1).id();
@@ -110,34 +132,19 @@ fn a_snapshot_keeps_the_old_key_until_it_is_deleted() {
     assert_eq!(outcome.kept_for_snapshots, vec![old]);
     assert!(outcome.destroyable.is_empty());
     assert!(read_all(&v) == image);
-    let view = Volume::open_snapshot(
-        dir.path(),
-        "kept",
-        vec![kit::volume::key(1)],
-        &kit::volume::options(BLOCK),
-    )
-    .unwrap();
+    let view = open_view(dir.path(), "kept", kit::volume::key(1));
     assert!(read_all(&view) == held, "the snapshot changed");
     drop(view);
     assert_eq!(v.delete_snapshot("kept").unwrap(), vec![old]);
-    let options = CompactOptions {
-        live_ratio_max: 1.0,
-        ..CompactOptions::default()
-    };
-    v.compact(&options, &mut |_| {}).unwrap();
+    compact_all(&v);
     assert!(!keys_on_disk(&v, dir.path()).contains(&old));
     assert!(read_all(&v) == image);
 }
 
 #[test]
 fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
-    let dir = kit::dirs::fast_tempdir();
-    let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
-    let mut image = vec![0u8; BYTES as usize];
-    fill(&v, &mut image, 1);
-    v.create_snapshot("shares").unwrap();
-    v.materialize_snapshots().unwrap();
+    let (dir, clock, v, image) = filled(1);
+    snapshot(&v, "shares");
     // No overwrite: every live block is in segments the snapshot pins.
     let old = kit::volume::key(1).id();
     let outcome = rotate(&v, kit::volume::key(2), RotationReason::Manual);
@@ -153,25 +160,14 @@ fn blocks_a_snapshot_shares_with_the_volume_are_rekeyed_for_the_volume() {
     v.close().unwrap();
     let v = open_with(dir.path(), vec![kit::volume::key(2)], &clock);
     assert!(read_all(&v) == image, "the volume needs the old key still");
-    let view = Volume::open_snapshot(
-        dir.path(),
-        "shares",
-        vec![kit::volume::key(1)],
-        &kit::volume::options(BLOCK),
-    )
-    .unwrap();
+    let view = open_view(dir.path(), "shares", kit::volume::key(1));
     assert!(read_all(&view) == image, "the snapshot changed");
 }
 
 #[test]
 fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
-    let dir = kit::dirs::fast_tempdir();
-    let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
-    let mut image = vec![0u8; BYTES as usize];
-    fill(&v, &mut image, 1);
-    v.create_snapshot("kept").unwrap();
-    v.materialize_snapshots().unwrap();
+    let (dir, clock, v, mut image) = filled(1);
+    snapshot(&v, "kept");
     let held = image.clone();
     // Half the blocks change after the snapshot; the rest it shares.
     for i in 0..(BYTES / 65536 / 2) {
@@ -198,20 +194,10 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     let meta = lsvblk::volume::load_snapshot(dir.path(), "kept").unwrap();
     assert!(meta.keys.iter().all(|k| k.key_id != old), "{meta:?}");
     // The snapshot reads with the new key alone, exactly as it was.
-    let view = Volume::open_snapshot(
-        dir.path(),
-        "kept",
-        vec![kit::volume::key(2)],
-        &kit::volume::options(BLOCK),
-    )
-    .unwrap();
+    let view = open_view(dir.path(), "kept", kit::volume::key(2));
     assert!(read_all(&view) == held, "the snapshot changed");
     drop(view);
-    let options = CompactOptions {
-        live_ratio_max: 1.0,
-        ..CompactOptions::default()
-    };
-    v.compact(&options, &mut |_| {}).unwrap();
+    compact_all(&v);
     assert!(
         !keys_on_disk(&v, dir.path()).contains(&old),
         "a record under the old key is still on disk"
@@ -220,13 +206,7 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
     v.close().unwrap();
     let v = open_with(dir.path(), vec![kit::volume::key(2)], &clock);
     assert!(read_all(&v) == image);
-    let view = Volume::open_snapshot(
-        dir.path(),
-        "kept",
-        vec![kit::volume::key(2)],
-        &kit::volume::options(BLOCK),
-    )
-    .unwrap();
+    let view = open_view(dir.path(), "kept", kit::volume::key(2));
     assert!(
         read_all(&view) == held,
         "the snapshot changed after a reopen"
@@ -235,8 +215,7 @@ fn include_snapshots_rekeys_a_kept_snapshot_so_the_old_key_can_go() {
 
 #[test]
 fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
-    let dir = kit::dirs::fast_tempdir();
-    let clock = ManualClock::new(1_000_000);
+    let (dir, clock, v, mut image) = filled(2);
     let key = kit::volume::key(1).id();
     let encrypted = |v: &Volume| {
         v.key_status()
@@ -246,9 +225,6 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
             .unwrap()
             .usage
     };
-    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
-    let mut image = vec![0u8; BYTES as usize];
-    fill(&v, &mut image, 2);
     assert_eq!(encrypted(&v).encrypted_bytes, 2 * BYTES);
     assert_eq!(encrypted(&v).live_bytes, BYTES);
     v.flush().unwrap();
@@ -257,11 +233,7 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
     drop(v); // crash: the last pass is replayed, not checkpointed
     let v = open_with(dir.path(), vec![kit::volume::key(1)], &clock);
     assert_eq!(encrypted(&v).encrypted_bytes, 3 * BYTES);
-    let options = CompactOptions {
-        live_ratio_max: 1.0,
-        ..CompactOptions::default()
-    };
-    let report = v.compact(&options, &mut |_| {}).unwrap();
+    let report = compact_all(&v);
     assert!(report.bytes_moved > 0);
     assert_eq!(
         encrypted(&v).encrypted_bytes,
@@ -276,11 +248,8 @@ fn encrypted_bytes_are_counted_exactly_across_crashes_and_moves() {
 
 #[test]
 fn each_threshold_and_retirement_makes_a_rotation_due() {
-    let dir = kit::dirs::fast_tempdir();
-    let clock = ManualClock::new(1_000_000);
-    let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(&clock)).unwrap();
+    let (_dir, clock, v, mut image) = filled(0);
     assert_eq!(v.rotation_due().unwrap(), None);
-    let mut image = vec![0u8; BYTES as usize];
 
     // Live bytes: more than 512 KiB under the key now.
     v.set_key_policy(&KeyPolicy {

@@ -12,15 +12,20 @@
 //! round-robin; req/s is the median of the repetitions, latencies are
 //! percentiles over all calls. Prints a table, then one JSON object as the
 //! last line, also written to `target/bench/kms.json`. Its own options and
-//! report (not `ci/bench/common`'s); the service is the kit's (`tests/kit`).
+//! report (not `ci/bench/common`'s, but its argument reader); the service is
+//! the kit's (`tests/kit`).
 //! `unwrap_*` keys are the two-client case; `*_1client` the one-client case.
 
+#[path = "common/args.rs"]
+#[allow(dead_code)] // the reader has more than this bench asks for
+mod args;
 #[path = "../../tests/kit/mod.rs"]
 mod kit;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use args::Args;
 use kit::kms::{Kms, LSVKMS};
 use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::client::KmsClient;
@@ -43,15 +48,9 @@ struct Options {
 }
 
 fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|at| args.get(at + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(default)
-    };
-    let smoke = !args.iter().any(|a| a == "--bench");
+    let args = Args::from_env();
+    let value = |name: &str, default: u64| args.number(name, false).unwrap_or(default);
+    let smoke = !args.flag("--bench");
     Options {
         reps: if smoke {
             1

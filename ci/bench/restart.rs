@@ -128,13 +128,8 @@ struct Args {
 
 fn args() -> Args {
     let options = Options::from_args(20, 1);
-    let argv: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|at| argv.get(at + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let argv = common::args::Args::from_env();
+    let value = |name: &str| argv.number(name, false);
     let smoke = options.smoke;
     Args {
         size: value("--size-mb").map_or(if smoke { 64 } else { 1024 }, |mb| mb) * MIB,

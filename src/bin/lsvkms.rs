@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use lsvblk::kms::audit::AuditKey;
 use lsvblk::kms::audit::verify::{check, verify};
+use lsvblk::kms::audit::{AuditKey, rfc3339_utc};
 use lsvblk::kms::auth::token::{TokenSigner, parse_ttl};
+use lsvblk::kms::client::KmsClient;
 use lsvblk::kms::config::{self, Config, KekConfig, files};
 use lsvblk::kms::fsutil::effective_uid;
 use lsvblk::kms::kek::pkcs11::Pkcs11Config;
@@ -19,7 +20,9 @@ use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
+use lsvblk::ops::metrics::{self, KmsCollector, MetricsAddress};
 use lsvblk::ops::notify;
+use prometheus_client::registry::Registry;
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
@@ -28,10 +31,8 @@ use lsvblk::ops::notify;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep the process dumpable (core files, ptrace): for debugging and
-    /// tests only. Without it the process writes no core dump.
-    #[arg(long, global = true, hide = true)]
-    allow_core_dumps: bool,
+    #[command(flatten)]
+    process: lsvblk::ops::cli::ProcessArgs,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +60,44 @@ enum Command {
     Man {
         /// Directory to write the pages to (created if missing).
         dir: PathBuf,
+    },
+    /// What a user may see of the keys whose ACL lists them.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Leases lent to services (`lsvblk serve --lease`).
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Subcommand)]
+enum LeaseCommand {
+    /// End a lease at once: the service it was lent to needs the user's
+    /// token again. Audited (`lease_revoke`).
+    Revoke {
+        /// The service's UNIX socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The lease id (from the audit log, or VOLUME/lease.json).
+        lease_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List, with the user's own token, every key whose ACL lists them: key
+    /// id, state, volume and snapshot, ACL, creation, last state change and
+    /// rotation links. Never key material. Audited (`key_list`).
+    List {
+        /// The service's UNIX socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// File holding the user's token; must not be readable by group or
+        /// others.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Print the service's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -125,6 +164,10 @@ struct ServeArgs {
     /// CA certificate(s) that sign client certificates (PEM).
     #[arg(long, env = "LSVKMS_CLIENT_CA", requires = "tcp")]
     client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9651) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVKMS_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
 }
 
 #[derive(Subcommand)]
@@ -181,16 +224,6 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Parses the command line: a usage error exits 64 (clap's default is 2),
-/// `--help` and `--version` exit 0.
-fn parse_args() -> Cli {
-    Cli::try_parse().unwrap_or_else(|error| {
-        let code = if error.use_stderr() { 64 } else { 0 };
-        let _ = error.print();
-        std::process::exit(code);
-    })
-}
-
 fn main() {
     if let Err(error) = run() {
         eprintln!("lsvkms: error: {error:#}");
@@ -199,24 +232,25 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    // Files and sockets we create are ours alone unless we say otherwise
-    // (explicit modes where others need access): an inherited umask of 000
-    // must not make segments, checkpoints or sockets world-writable.
-    // SAFETY: umask(2) only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    // Before anything else, so that no key ever lives in a dumpable process.
-    lsvblk::crypto::hygiene::protect_process_unless_flagged()
-        .context("cannot disable core dumps")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match parse_args().command {
+    lsvblk::ops::cli::protect_process().context("cannot disable core dumps")?;
+    // RUST_LOG unset: errors only.
+    lsvblk::ops::cli::init_logging("error");
+    match lsvblk::ops::cli::parse_args::<Cli>().command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
         Command::Audit(AuditCommand::Verify { dir }) => audit_verify(&dir.dir),
         Command::Audit(AuditCommand::Check { dir }) => audit_check(&dir.dir),
+        Command::Keys(KeysCommand::List {
+            socket,
+            token_file,
+            json,
+        }) => keys_list(&socket, &token_file, json),
+        Command::Lease(LeaseCommand::Revoke { socket, lease_id }) => {
+            let lease = KmsClient::new(&socket).revoke_lease(&lease_id)?;
+            println!("{}", serde_json::to_string(&lease)?);
+            Ok(())
+        }
         Command::Tls(TlsCommand::Fingerprint { cert }) => {
             let certs = tls::load_certs(&cert)?;
             println!("{}", tls::fingerprint(&certs[0]));
@@ -291,6 +325,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", socket.display()))?;
     if let Some(address) = &args.tcp {
         serve_tls(address, &args, &service)?;
+    }
+    if let Some(address) = &args.metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(KmsCollector::new(&service)));
+        metrics::serve(address, registry).with_context(|| format!("--metrics {address:?}"))?;
     }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
     let accepting = Arc::clone(&service);
@@ -408,6 +447,53 @@ fn audit_check(dir: &Path) -> Result<()> {
     println!("{}", serde_json::to_string(&report)?);
     if !report.findings.is_empty() {
         bail!(Failure::AuditFindings(report.findings.len()));
+    }
+    Ok(())
+}
+
+/// A user's token from `path`, refused if group or others may read it.
+fn read_token(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    lsvblk::kms::fsutil::check_private(path).context("--token-file")?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+    Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
+}
+
+fn keys_list(socket: &Path, token_file: &Path, json: bool) -> Result<()> {
+    let token = read_token(token_file)?;
+    let mine = KmsClient::new(socket).my_keys(&token)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&mine)?);
+        return Ok(());
+    }
+    let time =
+        |s: Option<u64>| s.map_or("-".to_owned(), |s| rfc3339_utc(s * 1000)[..19].to_owned());
+    println!(
+        "{:<32}  {:<11}  {:<32}  {:<10}  {:<19}  {:<19}  {:<32}  ACL",
+        "KEY ID", "STATUS", "VOLUME", "SNAPSHOT", "CREATED", "STATE CHANGED", "REPLACED BY"
+    );
+    for key in &mine.keys {
+        let context = key.context.clone().unwrap_or_default();
+        println!(
+            "{:<32}  {:<11}  {:<32}  {:<10}  {:<19}  {:<19}  {:<32}  {}",
+            key.key_id.to_string(),
+            key.status,
+            context.volume_id,
+            if context.snapshot_id.is_empty() {
+                "-"
+            } else {
+                &context.snapshot_id
+            },
+            time(Some(key.created_unix_s)),
+            time(key.history.state_changed_unix_s),
+            key.history
+                .replaced_by
+                .map_or("-".to_owned(), |id| id.to_string()),
+            key.acl.join(",")
+        );
+    }
+    if mine.truncated {
+        eprintln!("lsvkms: more keys than one answer lists; the oldest are shown");
     }
     Ok(())
 }

@@ -94,6 +94,20 @@ pub fn protect_process_unless_flagged() -> std::io::Result<()> {
 mod x86 {
     use std::arch::asm;
 
+    /// `asm!` of `instructions` that only clear registers the "C" ABI lets
+    /// any call clobber (all vector and opmask registers are caller-saved),
+    /// declared as clobbered: register to register, so no memory, no
+    /// stack, no flags. The caller's `unsafe` block rests on exactly that.
+    macro_rules! clear_registers {
+        ($($instruction:literal),+ $(,)?) => {
+            asm!(
+                $($instruction),+,
+                clobber_abi("C"),
+                options(nomem, nostack, preserves_flags),
+            )
+        };
+    }
+
     /// Dispatches on the register file this CPU has (detected once, then
     /// cached by the standard library).
     #[inline]
@@ -116,13 +130,11 @@ mod x86 {
     #[inline(never)]
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512() {
-        // SAFETY: only register-to-register instructions on registers that
-        // the "C" ABI lets any call clobber (all vector and opmask
-        // registers are caller-saved), declared as clobbered; no memory,
-        // no stack, no flags. An EVEX write to XMMn zeroes ZMMn's upper
-        // bits, so `vpxord xmmN` clears all 512 bits of register N.
+        // SAFETY: see `clear_registers`. An EVEX write to XMMn zeroes
+        // ZMMn's upper bits, so `vpxord xmmN` clears all 512 bits of
+        // register N.
         unsafe {
-            asm!(
+            clear_registers!(
                 "vzeroall",
                 ".irp n, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
                 "vpxord xmm\\n, xmm\\n, xmm\\n",
@@ -130,9 +142,7 @@ mod x86 {
                 ".irp n, 0,1,2,3,4,5,6,7",
                 "kxorw k\\n, k\\n, k\\n",
                 ".endr",
-                clobber_abi("C"),
-                options(nomem, nostack, preserves_flags),
-            );
+            )
         }
     }
 
@@ -143,36 +153,42 @@ mod x86 {
     #[inline(never)]
     #[target_feature(enable = "avx")]
     unsafe fn avx() {
-        // SAFETY: as in `avx512`: `vzeroall` only writes caller-saved
-        // registers, declared as clobbered.
-        unsafe {
-            asm!(
-                "vzeroall",
-                clobber_abi("C"),
-                options(nomem, nostack, preserves_flags)
-            );
-        }
+        // SAFETY: see `clear_registers`.
+        unsafe { clear_registers!("vzeroall") }
     }
 
     /// XMM0-15 (SSE2 is part of x86-64).
     #[inline(never)]
     fn sse() {
-        // SAFETY: as in `avx512`: SSE2 register-to-register XORs on
-        // caller-saved registers, declared as clobbered.
+        // SAFETY: see `clear_registers`.
         unsafe {
-            asm!(
+            clear_registers!(
                 ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
                 "pxor xmm\\n, xmm\\n",
                 ".endr",
-                clobber_abi("C"),
-                options(nomem, nostack, preserves_flags),
-            );
+            )
         }
     }
 
     #[cfg(test)]
     mod tests {
         use std::arch::asm;
+
+        /// `asm!` that runs `fill` (sets the registers), calls `scrub`, then
+        /// runs `store` (writes them to the buffer at r12, which the call
+        /// preserves).
+        macro_rules! fill_scrub_store {
+            ($scrub:expr, $out:expr, [$($fill:literal),+ $(,)?], [$($store:literal),+ $(,)?]) => {
+                asm!(
+                    $($fill),+,
+                    "call {scrub}",
+                    $($store),+,
+                    scrub = in(reg) $scrub,
+                    in("r12") $out,
+                    clobber_abi("C"),
+                )
+            };
+        }
 
         /// Fills every vector register this CPU has with ones, runs `scrub`
         /// and returns what the registers hold afterwards: 32 ZMM registers
@@ -212,46 +228,51 @@ mod x86 {
                         clobber_abi("C"),
                     );
                 }
-            } else if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: as above, for YMM0-15 on an AVX CPU.
-                unsafe {
-                    asm!(
-                        "vpcmpeqd ymm0, ymm0, ymm0",
-                        ".irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
-                        "vmovdqa ymm\\n, ymm0",
-                        ".endr",
-                        "call {scrub}",
-                        ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
-                        "vmovdqu [r12 + 64*\\n], ymm\\n",
-                        ".endr",
-                        scrub = in(reg) scrub,
-                        in("r12") out,
-                        clobber_abi("C"),
-                    );
-                }
-                masks = [0; 8];
-                for register in vectors.chunks_exact_mut(64) {
-                    register[32..].fill(0);
-                }
             } else {
-                // SAFETY: as above, for XMM0-15 (SSE2).
-                unsafe {
-                    asm!(
-                        ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
-                        "pcmpeqd xmm\\n, xmm\\n",
-                        ".endr",
-                        "call {scrub}",
-                        ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
-                        "movdqu [r12 + 64*\\n], xmm\\n",
-                        ".endr",
-                        scrub = in(reg) scrub,
-                        in("r12") out,
-                        clobber_abi("C"),
-                    );
-                }
+                // Bytes of each register the CPU has: YMM or XMM.
+                let width = if std::arch::is_x86_feature_detected!("avx") {
+                    // SAFETY: as above, for YMM0-15 on an AVX CPU.
+                    unsafe {
+                        fill_scrub_store!(
+                            scrub,
+                            out,
+                            [
+                                "vpcmpeqd ymm0, ymm0, ymm0",
+                                ".irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+                                "vmovdqa ymm\\n, ymm0",
+                                ".endr",
+                            ],
+                            [
+                                ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+                                "vmovdqu [r12 + 64*\\n], ymm\\n",
+                                ".endr",
+                            ]
+                        )
+                    };
+                    32
+                } else {
+                    // SAFETY: as above, for XMM0-15 (SSE2).
+                    unsafe {
+                        fill_scrub_store!(
+                            scrub,
+                            out,
+                            [
+                                ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+                                "pcmpeqd xmm\\n, xmm\\n",
+                                ".endr",
+                            ],
+                            [
+                                ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+                                "movdqu [r12 + 64*\\n], xmm\\n",
+                                ".endr",
+                            ]
+                        )
+                    };
+                    16
+                };
                 masks = [0; 8];
                 for register in vectors.chunks_exact_mut(64) {
-                    register[16..].fill(0);
+                    register[width..].fill(0);
                 }
             }
             (vectors, masks)

@@ -370,8 +370,16 @@ impl XtsCipher {
         match &self.engine {
             #[cfg(target_arch = "x86_64")]
             Engine::X86 { width, data, tweak } => {
+                let job = x86::XtsJob {
+                    data,
+                    tweak,
+                    direction,
+                    buf,
+                    unit_bytes: unit.bytes(),
+                    first: first.0,
+                };
                 // SAFETY: `blank` checked that this CPU supports the width.
-                unsafe { x86::xts(*width, data, tweak, direction, buf, unit.bytes(), first.0) }
+                unsafe { x86::xts(*width, job) }
             }
             Engine::Portable(keys) => keys.xts(buf, unit.bytes(), first.0, direction),
         }

@@ -129,6 +129,10 @@ pub struct DataKeyRequest {
     /// The kind of key to create (default `aes256-xts`).
     #[serde(default = "default_kind")]
     pub key_type: KeyKind,
+    /// The key the new one replaces (a rotation of the same volume): both
+    /// records then name each other, for the users on the ACL to see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<KeyId>,
 }
 
 fn default_kind() -> KeyKind {
@@ -143,8 +147,17 @@ pub struct UnwrapRequest {
     pub wrapped_blob: Base64Bytes,
     /// Must equal the context sealed in the blob.
     pub context: KeyContext,
-    /// The end user's token (a JWT signed with EdDSA).
+    /// The end user's token (a JWT signed with EdDSA); empty when
+    /// `lease_id` stands in for it.
+    #[serde(default)]
     pub user_token: String,
+    /// With a token: also lend the calling service a lease on this context
+    /// for up to this many seconds (at most the policy's `lease_max_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u64>,
+    /// Instead of a token: a lease this service was lent for this context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
 }
 
 impl std::fmt::Debug for UnwrapRequest {
@@ -153,6 +166,8 @@ impl std::fmt::Debug for UnwrapRequest {
             .field("wrapped_blob", &self.wrapped_blob)
             .field("context", &self.context)
             .field("user_token", &"<redacted>")
+            .field("lease_s", &self.lease_s)
+            .field("lease_id", &self.lease_id)
             .finish()
     }
 }
@@ -266,6 +281,60 @@ pub struct KeyInfo {
     /// too old to report it).
     #[serde(default)]
     pub acl: Vec<String>,
+    /// Counts the changes to the key's record: a caller passes the one it
+    /// knows as `?since=` and is answered 304 (not audited) while it holds
+    /// (0 from a service too old to report it).
+    #[serde(default)]
+    pub revision: u64,
+    /// The context sealed in the key's blobs (volume, snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<KeyContext>,
+    /// When its state changed last, and the keys of its rotations.
+    #[serde(flatten)]
+    pub history: KeyHistory,
+}
+
+/// A key's history as its record keeps it (and [`KeyInfo`] shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHistory {
+    /// When the state last changed (disable, enable, destroy), seconds
+    /// since the UNIX epoch (for a key rotated away: when it was destroyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_changed_unix_s: Option<u64>,
+    /// The key this one replaced in a rotation (`datakey` with `replaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<KeyId>,
+    /// The key that replaced this one in a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<KeyId>,
+}
+
+/// `POST /v1/keys/mine` request: a user asks, with their own token, for
+/// the keys whose ACL lists them. Its `Debug` hides the token.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyKeysRequest {
+    /// The user's token (a JWT signed with EdDSA).
+    pub user_token: String,
+}
+
+impl std::fmt::Debug for MyKeysRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MyKeysRequest { user_token: <redacted> }")
+    }
+}
+
+/// `POST /v1/keys/mine` response: never key material.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MyKeys {
+    /// The token's user.
+    pub user: String,
+    /// Every key whose current ACL lists the user, oldest first (destroyed
+    /// ones too: a rotation shows as a new key and a destroyed old one).
+    pub keys: Vec<KeyInfo>,
+    /// True if there were more than the service lists in one answer.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// `GET /v1/health` response.

@@ -24,9 +24,11 @@ use crate::crypto::hygiene::RegisterScrub;
 use crate::crypto::{DataKey, KeyId, KeyKind};
 
 use super::api::{
-    Base64Bytes, DataKeyRequest, ErrorBody, Health, KeyContext, KeyInfo, MinVersionRequest,
-    RewrapRequest, RewrapResponse, UnwrapRequest, WrappingKeyInfo, base64_decode_into,
+    Base64Bytes, DataKeyRequest, ErrorBody, Health, KeyContext, KeyInfo, MinVersionRequest, MyKeys,
+    MyKeysRequest, RewrapRequest, RewrapResponse, UnwrapRequest, WrappingKeyInfo,
+    base64_decode_into,
 };
+use super::calls::call_record;
 use super::http::{HttpConn, HttpError, is_timeout};
 use super::keys::KeyAction;
 use super::limits::{CLIENT_TIMEOUT_MS_DEFAULT, HTTP_RESPONSE_BYTES_MAX};
@@ -86,8 +88,21 @@ struct KeyResponse<'a> {
     wrapped_blob: Option<Base64Bytes>,
     #[serde(default)]
     wrapping_key_version: Option<u32>,
+    #[serde(default)]
+    lease_id: Option<String>,
+    #[serde(default)]
+    lease_expires_unix_s: Option<u64>,
     #[serde(borrow)]
     plaintext_key: &'a str,
+}
+
+/// A lease lsvkms lent with an unwrap ([`KmsClient::unwrap_lending`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct LentLease {
+    /// Its id: what [`KmsClient::unwrap_with_lease`] presents.
+    pub lease_id: String,
+    /// When it ends, seconds since the UNIX epoch.
+    pub expires_unix_s: u64,
 }
 
 impl ClientError {
@@ -152,10 +167,23 @@ impl KmsClient {
         acl: &[String],
         context: &KeyContext,
     ) -> Result<GeneratedKey, ClientError> {
+        self.generate_replacement_key(acl, context, None)
+    }
+
+    /// `POST /v1/datakey` with `replaces`: a new key for a rotation away
+    /// from `replaces` (a key of the same volume), which lsvkms records on
+    /// both keys for the users on the ACL to see.
+    pub fn generate_replacement_key(
+        &self,
+        acl: &[String],
+        context: &KeyContext,
+        replaces: Option<KeyId>,
+    ) -> Result<GeneratedKey, ClientError> {
         let request = DataKeyRequest {
             acl: acl.to_vec(),
             context: context.clone(),
             key_type: KeyKind::Aes256Xts,
+            replaces,
         };
         let body = self.call("POST", "/v1/datakey", &to_json(&request))?;
         let (key, response) = decode_key(&body)?;
@@ -183,9 +211,64 @@ impl KmsClient {
             wrapped_blob: Base64Bytes(wrapped_blob.to_vec()),
             context: context.clone(),
             user_token: user_token.to_owned(),
+            lease_s: None,
+            lease_id: None,
         };
         let body = self.call("POST", "/v1/unwrap", &to_json(&request))?;
         Ok(decode_key(&body)?.0)
+    }
+
+    /// [`KmsClient::unwrap`], and a lease for this service to unwrap
+    /// blobs of `context` again for the same user without a token, for up
+    /// to `lease_s` seconds (lsvkms may shorten it to its policy).
+    pub fn unwrap_lending(
+        &self,
+        wrapped_blob: &[u8],
+        context: &KeyContext,
+        user_token: &str,
+        lease_s: u64,
+    ) -> Result<(DataKey, LentLease), ClientError> {
+        let request = UnwrapRequest {
+            wrapped_blob: Base64Bytes(wrapped_blob.to_vec()),
+            context: context.clone(),
+            user_token: user_token.to_owned(),
+            lease_s: Some(lease_s),
+            lease_id: None,
+        };
+        let body = self.call("POST", "/v1/unwrap", &to_json(&request))?;
+        let (key, response) = decode_key(&body)?;
+        let lease = match (response.lease_id, response.lease_expires_unix_s) {
+            (Some(lease_id), Some(expires_unix_s)) => LentLease {
+                lease_id,
+                expires_unix_s,
+            },
+            _ => return Err(protocol("unwrap answer lacks the lease asked for")),
+        };
+        Ok((key, lease))
+    }
+
+    /// `POST /v1/unwrap` with a lease lent to this service instead of a
+    /// user token.
+    pub fn unwrap_with_lease(
+        &self,
+        wrapped_blob: &[u8],
+        context: &KeyContext,
+        lease_id: &str,
+    ) -> Result<DataKey, ClientError> {
+        let request = UnwrapRequest {
+            wrapped_blob: Base64Bytes(wrapped_blob.to_vec()),
+            context: context.clone(),
+            user_token: String::new(),
+            lease_s: None,
+            lease_id: Some(lease_id.to_owned()),
+        };
+        let body = self.call("POST", "/v1/unwrap", &to_json(&request))?;
+        Ok(decode_key(&body)?.0)
+    }
+
+    /// `POST /v1/leases/{id}/revoke`: ends the lease at once.
+    pub fn revoke_lease(&self, lease_id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call_json("POST", &format!("/v1/leases/{lease_id}/revoke"), b"")
     }
 
     /// `POST /v1/rewrap`: the same key, ACL and context sealed under the
@@ -244,6 +327,33 @@ impl KmsClient {
         self.call_json("GET", &format!("/v1/keys/{key_id}"), b"")
     }
 
+    /// `GET /v1/keys/{id}?since=REVISION`: `None` while the key's record
+    /// is still at revision `since` (lsvkms answers 304 and audits
+    /// nothing), else its info, as [`KmsClient::key_info`].
+    pub fn key_info_since(
+        &self,
+        key_id: KeyId,
+        since: u64,
+    ) -> Result<Option<KeyInfo>, ClientError> {
+        let target = format!("/v1/keys/{key_id}?since={since}");
+        match self.call("GET", &target, b"") {
+            Err(ClientError::Api { status: 304, .. }) => Ok(None),
+            Err(error) => Err(error),
+            Ok(answer) => serde_json::from_slice(&answer)
+                .map(Some)
+                .map_err(|e| protocol(&format!("answer to {target}: {e}"))),
+        }
+    }
+
+    /// `POST /v1/keys/mine`: the keys whose ACL lists the user of
+    /// `user_token` (ids, contexts, ACLs, states, times; never material).
+    pub fn my_keys(&self, user_token: &str) -> Result<MyKeys, ClientError> {
+        let request = MyKeysRequest {
+            user_token: user_token.to_owned(),
+        };
+        self.call_json("POST", "/v1/keys/mine", &to_json(&request))
+    }
+
     /// `GET /v1/audit?key_id=…&limit=…`: the records, oldest first.
     pub fn audit(
         &self,
@@ -274,7 +384,8 @@ impl KmsClient {
     }
 
     /// One request/response, retried while transient if so configured;
-    /// the body of a 200, else [`ClientError::Api`].
+    /// the body of a 200, else [`ClientError::Api`]. Its outcome goes into
+    /// the process's [`call_record`].
     fn call(
         &self,
         method: &str,
@@ -290,7 +401,10 @@ impl KmsClient {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
-                result => return result,
+                result => {
+                    call_record().note(&result);
+                    return result;
+                }
             }
         }
     }
@@ -321,6 +435,13 @@ impl KmsClient {
         *slot = Some(conn);
         if status == 200 {
             return Ok(answer);
+        }
+        if status == 304 {
+            return Err(ClientError::Api {
+                status,
+                code: "not_modified".to_owned(),
+                message: "unchanged since the revision given".to_owned(),
+            });
         }
         let error: ErrorBody = serde_json::from_slice(&answer)
             .map_err(|_| protocol(&format!("status {status} without an error body")))?;

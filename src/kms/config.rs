@@ -94,6 +94,16 @@ pub struct Config {
     /// Other token issuers we trust.
     #[serde(default)]
     pub external_issuers: Vec<ExternalIssuer>,
+    /// Longest lease a service may be lent (seconds; 0: no leases). A
+    /// lease lets the service unwrap again for the same user and volume
+    /// without a token (a daemon restarting after its user's token expired).
+    #[serde(default = "default_lease_max_s")]
+    pub lease_max_s: u64,
+}
+
+/// 30 days.
+fn default_lease_max_s() -> u64 {
+    30 * 24 * 3600
 }
 
 /// File names inside the state directory.
@@ -126,6 +136,7 @@ impl Config {
                 .collect(),
             tls_services: Vec::new(),
             external_issuers: Vec::new(),
+            lease_max_s: default_lease_max_s(),
         }
     }
 

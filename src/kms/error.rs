@@ -56,6 +56,10 @@ pub enum KmsError {
         /// The key asked for.
         key_id: KeyId,
     },
+    /// The lease is unknown, ended, expired, another service's or another
+    /// context's, or leases are off.
+    #[error("lease refused: {0}")]
+    LeaseRefused(String),
     /// No such path or method.
     #[error("no such endpoint: {0}")]
     NoRoute(String),
@@ -138,7 +142,9 @@ impl KmsError {
             KmsError::Unauthenticated(_)
             | KmsError::TokenInvalid(_)
             | KmsError::TokenExpired { .. } => 401,
-            KmsError::ServiceNotAllowed(_) | KmsError::NotOnAcl { .. } => 403,
+            KmsError::ServiceNotAllowed(_)
+            | KmsError::NotOnAcl { .. }
+            | KmsError::LeaseRefused(_) => 403,
             KmsError::NoRoute(_) | KmsError::KeyNotFound(_) => 404,
             KmsError::KeyDisabled(_)
             | KmsError::KeyDestroyed(_)
@@ -168,6 +174,7 @@ impl KmsError {
             KmsError::TokenInvalid(_) => "token_invalid",
             KmsError::TokenExpired { .. } => "token_expired",
             KmsError::NotOnAcl { .. } => "not_on_acl",
+            KmsError::LeaseRefused(_) => "lease_refused",
             KmsError::NoRoute(_) => "no_route",
             KmsError::MethodNotAllowed { .. } => "method_not_allowed",
             KmsError::UnknownKekVersion(_) => "unknown_wrapping_key_version",

@@ -125,6 +125,18 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The stems of the `*.json` files in `dir` (one record each).
+pub fn json_stems(dir: &Path) -> io::Result<Vec<String>> {
+    let mut stems = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+            stems.push(stem.to_owned());
+        }
+    }
+    Ok(stems)
+}
+
 /// Reads a whole file of at most `bytes_max` bytes.
 pub fn read_bounded(path: &Path, bytes_max: u64) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;

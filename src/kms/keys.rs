@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{KeyId, KeyKind};
 
-use super::api::{KeyContext, KeyInfo, KeyState};
+use super::api::{KeyContext, KeyHistory, KeyInfo, KeyState};
 use super::error::KmsError;
 use super::fsutil;
 use super::limits::{FORMER_ACL_USERS_MAX, STATE_FILE_BYTES_MAX};
@@ -50,6 +50,14 @@ pub struct KeyRecord {
     pub former_acl_users: Vec<String>,
     /// The context sealed in its blob.
     pub context: KeyContext,
+    /// Counts the changes to this record (0 when created): what a caller
+    /// that already knows the record compares to learn whether anything
+    /// changed (`GET /v1/keys/{id}?since=REVISION`).
+    #[serde(default)]
+    pub revision: u64,
+    /// When its state changed last, and the keys of its rotations.
+    #[serde(flatten)]
+    pub history: KeyHistory,
 }
 
 impl KeyRecord {
@@ -106,6 +114,9 @@ impl KeyRecord {
             created_unix_s: self.created_unix_s,
             wrapping_key_versions: self.wrapping_key_versions.clone(),
             acl: self.acl.clone(),
+            revision: self.revision,
+            context: Some(self.context.clone()),
+            history: self.history.clone(),
         }
     }
 }
@@ -116,8 +127,30 @@ pub struct KeyStore {
     in_process: Mutex<()>,
 }
 
-fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
+/// A state-storage failure: `what` failed because of `error`.
+pub fn state_error(what: &str, error: impl std::fmt::Display) -> KmsError {
     KmsError::State(format!("{what}: {error}"))
+}
+
+/// The JSON record stored at `path`, or `None` if there is none. A record
+/// that `names_itself` refuses (its id is not the one in its file's name)
+/// is an error: the file `holds_another` record.
+pub fn read_state_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    names_itself: impl FnOnce(&T) -> bool,
+    holds_another: &str,
+) -> Result<Option<T>, KmsError> {
+    let shown = || path.display().to_string();
+    let bytes = match fsutil::read_bounded(path, STATE_FILE_BYTES_MAX) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_error(&shown(), e)),
+    };
+    let record: T = serde_json::from_slice(&bytes).map_err(|e| state_error(&shown(), e))?;
+    if !names_itself(&record) {
+        return Err(state_error(&shown(), holds_another));
+    }
+    Ok(Some(record))
 }
 
 impl KeyStore {
@@ -139,21 +172,37 @@ impl KeyStore {
 
     /// The record of `key_id`, if the key is known.
     pub fn get(&self, key_id: KeyId) -> Result<Option<KeyRecord>, KmsError> {
-        let path = self.path(key_id);
-        let bytes = match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(state_error(&path.display().to_string(), e)),
-        };
-        let record: KeyRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| state_error(&path.display().to_string(), e))?;
-        if record.key_id != key_id {
-            return Err(state_error(
-                &path.display().to_string(),
-                "holds another key's record",
-            ));
+        read_state_file(
+            &self.path(key_id),
+            |record: &KeyRecord| record.key_id == key_id,
+            "holds another key's record",
+        )
+    }
+
+    /// Every stored record `keep` accepts, oldest first, at most `max` of
+    /// them (and whether more matched). Files that are not key records
+    /// (the lock, temporaries) are skipped; a damaged record is an error.
+    pub fn list(
+        &self,
+        max: usize,
+        keep: impl Fn(&KeyRecord) -> bool,
+    ) -> Result<(Vec<KeyRecord>, bool), KmsError> {
+        let stems = fsutil::json_stems(&self.dir).map_err(|e| state_error("listing keys", e))?;
+        let mut records = Vec::new();
+        for stem in stems {
+            let Ok(key_id) = stem.parse::<KeyId>() else {
+                continue;
+            };
+            if let Some(record) = self.get(key_id)?
+                && keep(&record)
+            {
+                records.push(record);
+            }
         }
-        Ok(Some(record))
+        records.sort_by_key(|r| (r.created_unix_s, r.key_id.0));
+        let more = records.len() > max;
+        records.truncate(max);
+        Ok((records, more))
     }
 
     /// Stores the record of a new key; refuses if the id is already known.
@@ -175,6 +224,7 @@ impl KeyStore {
         let _guard = self.lock()?;
         let mut record = self.get(key_id)?.ok_or(KmsError::KeyNotFound(key_id))?;
         change(&mut record)?;
+        record.revision += 1;
         let bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
         fsutil::write_atomic(&self.path(key_id), &bytes, 0o600)
             .map_err(|e| state_error("storing key", e))?;
@@ -269,6 +319,8 @@ mod tests {
             acl: vec!["alice".into()],
             former_acl_users: Vec::new(),
             context: KeyContext::default(),
+            revision: 0,
+            history: KeyHistory::default(),
         }
     }
 

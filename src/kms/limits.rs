@@ -106,6 +106,9 @@ pub const AUDIT_QUEUE_MAX: usize = 1024;
 /// Records one `GET /v1/audit` returns at most.
 pub const AUDIT_QUERY_RECORDS_MAX: usize = 1000;
 
+/// Keys one `POST /v1/keys/mine` lists at most (oldest first).
+pub const MY_KEYS_MAX: usize = 1000;
+
 /// Largest audit log `audit verify`/`check` and the query read, bytes (1 TiB:
 /// a sanity bound, the walk streams line by line).
 pub const AUDIT_LOG_BYTES_MAX: u64 = 1 << 40;

@@ -184,6 +184,7 @@ fn write_counts(audit: &AuditLog, counts: HashMap<(String, Refusal), u64>) {
             decision: Decision::Deny,
             reason: refusal.code().to_owned(),
             count: Some(count),
+            lease: None,
         };
         if let Err(reason) = audit.append(entry) {
             tracing::error!(%reason, refusal = refusal.code(), count, "could not audit refusals");

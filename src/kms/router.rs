@@ -10,12 +10,14 @@ use zeroize::Zeroizing;
 use crate::crypto::{DataKey, KeyId, KeyKind};
 
 use super::api::{
-    Base64Bytes, DataKeyRequest, ErrorBody, MinVersionRequest, RewrapRequest, RewrapResponse,
-    UnwrapRequest, base64_encode_into,
+    Base64Bytes, DataKeyRequest, ErrorBody, MinVersionRequest, MyKeysRequest, RewrapRequest,
+    RewrapResponse, UnwrapRequest, base64_encode_into,
 };
 use super::auth::PeerIdentity;
 use super::error::KmsError;
 use super::keys::KeyAction;
+use super::leases::Lease;
+use super::metrics::Stage;
 use super::service::Service;
 
 /// Bytes reserved for a response that carries a key, so serializing never
@@ -35,6 +37,14 @@ impl Reply {
         let mut body = Zeroizing::new(Vec::with_capacity(KEY_RESPONSE_BYTES));
         serde_json::to_writer(&mut *body, value).expect("responses serialize");
         Reply { status: 200, body }
+    }
+
+    /// 304: what the caller knows is still current (empty body).
+    fn not_modified() -> Self {
+        Reply {
+            status: 304,
+            body: Zeroizing::new(Vec::new()),
+        }
     }
 
     /// The answer to a refused or failed call.
@@ -59,6 +69,10 @@ struct KeyResponse<'a> {
     wrapped_blob: Option<Base64Bytes>,
     #[serde(skip_serializing_if = "Option::is_none")]
     wrapping_key_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_unix_s: Option<u64>,
     plaintext_key: &'a str,
 }
 
@@ -66,6 +80,7 @@ fn key_reply(
     key: &DataKey,
     wrapped_blob: Option<Base64Bytes>,
     wrapping_key_version: Option<u32>,
+    lease: Option<Lease>,
 ) -> Reply {
     let mut encoded = Zeroizing::new(Vec::with_capacity(128));
     base64_encode_into(
@@ -77,6 +92,8 @@ fn key_reply(
         key_type: key.kind(),
         wrapped_blob,
         wrapping_key_version,
+        lease_expires_unix_s: lease.as_ref().map(|l| l.expires_unix_s),
+        lease_id: lease.map(|l| l.lease_id),
         plaintext_key: std::str::from_utf8(&encoded).expect("base64 is ASCII"),
     })
 }
@@ -107,7 +124,10 @@ pub fn route(
         return reply;
     }
     let _call = service.begin_call();
-    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| Reply::error(&error))
+    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| {
+        service.metrics().refused(Stage::Call, error.code());
+        Reply::error(&error)
+    })
 }
 
 fn dispatch(
@@ -128,11 +148,18 @@ fn dispatch(
                 &grant.key,
                 Some(Base64Bytes(grant.blob)),
                 Some(grant.kek_version),
+                None,
             ))
         }
         ("POST", ["v1", "unwrap"]) => {
             let request: UnwrapRequest = parse_body(body).map_err(|e| refuse("unwrap", e))?;
-            Ok(key_reply(&service.unwrap(peer, &request)?.key, None, None))
+            let unwrapped = service.unwrap(peer, &request)?;
+            Ok(key_reply(
+                &unwrapped.opened.key,
+                None,
+                None,
+                unwrapped.lease,
+            ))
         }
         ("POST", ["v1", "rewrap"]) => {
             let request: RewrapRequest = parse_body(body).map_err(|e| refuse("rewrap", e))?;
@@ -155,7 +182,15 @@ fn dispatch(
         ("GET", ["v1", "wrapping-key"]) => Ok(Reply::json(&service.wrapping_key_info(peer)?)),
         ("GET", ["v1", "keys", id]) => {
             let id = parse_key_id(id).map_err(|e| refuse("key_info", e))?;
-            Ok(Reply::json(&service.key_info(peer, id)?))
+            let since = parse_since(query).map_err(|e| refuse("key_info", e))?;
+            match service.key_info_since(peer, id, since)? {
+                Some(info) => Ok(Reply::json(&info)),
+                None => Ok(Reply::not_modified()),
+            }
+        }
+        ("POST", ["v1", "keys", "mine"]) => {
+            let request: MyKeysRequest = parse_body(body).map_err(|e| refuse("key_list", e))?;
+            Ok(Reply::json(&service.my_keys(peer, &request)?))
         }
         ("POST", ["v1", "keys", id, action]) => {
             let Some(action) = KeyAction::from_name(action) else {
@@ -163,6 +198,9 @@ fn dispatch(
             };
             let id = parse_key_id(id).map_err(|e| refuse(action.name(), e))?;
             Ok(Reply::json(&service.set_state(peer, id, action)?))
+        }
+        ("POST", ["v1", "leases", id, "revoke"]) => {
+            Ok(Reply::json(&service.revoke_lease(peer, id)?))
         }
         ("GET", ["v1", "audit"]) => audit_query(service, peer, query),
         (_, segments) => Err(refuse("unknown", no_route(method, path, segments))),
@@ -197,6 +235,27 @@ fn parse_audit_query(query: &str) -> Result<(Option<KeyId>, usize), KmsError> {
     Ok((key_id, limit))
 }
 
+/// `since=REVISION` (the only parameter of `GET /v1/keys/{id}`), if given.
+fn parse_since(query: &str) -> Result<Option<u64>, KmsError> {
+    let mut since = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", value)) => {
+                since =
+                    Some(value.parse().map_err(|_| {
+                        KmsError::BadRequest("since must be a revision number".into())
+                    })?);
+            }
+            _ => {
+                return Err(KmsError::BadRequest(format!(
+                    "unknown query parameter {pair:?}"
+                )));
+            }
+        }
+    }
+    Ok(since)
+}
+
 fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
     let known = matches!(
         segments,
@@ -206,6 +265,7 @@ fn no_route(method: &str, path: &str, segments: &[&str]) -> KmsError {
         ] | ["v1", "wrapping-key", "rotate" | "min-version"]
             | ["v1", "keys", _]
             | ["v1", "keys", _, "disable" | "enable" | "destroy"]
+            | ["v1", "leases", _, "revoke"]
     );
     if known {
         KmsError::MethodNotAllowed {

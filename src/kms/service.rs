@@ -10,21 +10,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::crypto::{DataKey, KeyId};
 
 use super::api::{
-    DataKeyRequest, Health, KeyInfo, KeyState, RewrapRequest, UnwrapRequest, WrappingKeyInfo,
-    validate_acl,
+    DataKeyRequest, KeyHistory, KeyState, RewrapRequest, UnwrapRequest, validate_acl,
 };
 use super::audit::log::{AuditLog, AuditOpenError, open_file_sink};
-use super::audit::verify::query;
 use super::audit::{AuditEntry, AuditKey, Decision};
 use super::auth::token::TokenVerifier;
 use super::auth::{PeerIdentity, ServiceAllowList, check_acl};
 use super::config::{Config, files};
 use super::error::KmsError;
 use super::kek::{KekError, WrappingKeys};
-use super::keys::{KeyAction, KeyRecord, KeyStore};
-use super::limits::AUDIT_QUERY_RECORDS_MAX;
+use super::keys::{KeyRecord, KeyStore};
+use super::leases::{Lease, LeaseStore};
+use super::metrics::{KmsMetrics, Stage};
 use super::refusal::{Refusal, RefusalAudit};
 use super::seal::{self, OpenedBlob, SealInput, UncheckedBlob};
+
+mod key_records;
+mod leasing;
+mod operator;
+mod user_keys;
 
 /// A new data key: its plaintext (for the calling service only) and its blob.
 pub struct DataKeyGrant {
@@ -55,6 +59,17 @@ pub struct Service {
     audit_path: PathBuf,
     services: ServiceAllowList,
     tokens: TokenVerifier,
+    leases: LeaseStore,
+    metrics: KmsMetrics,
+    lease_max_s: u64,
+}
+
+/// An unwrapped key, and the lease the unwrap lent, if it asked for one.
+pub struct Unwrapped {
+    /// The opened blob (the key in locked memory).
+    pub opened: OpenedBlob,
+    /// The lease granted with it.
+    pub lease: Option<Lease>,
 }
 
 /// Seconds since the UNIX epoch.
@@ -77,6 +92,17 @@ fn kek_error(error: KekError) -> KmsError {
         KekError::BadMinimum { .. } => KmsError::Conflict(error.to_string()),
         other => KmsError::Kek(other.to_string()),
     }
+}
+
+/// The blob in `wrapped`, not yet authenticated; its key id goes into the
+/// audit `entry` whatever happens next.
+fn parsed_blob<'a>(
+    wrapped: &'a [u8],
+    entry: &mut AuditEntry,
+) -> Result<UncheckedBlob<'a>, KmsError> {
+    let blob = seal::parse(wrapped)?;
+    entry.key_id = Some(blob.key_id);
+    Ok(blob)
 }
 
 impl Drop for Service {
@@ -108,6 +134,7 @@ impl Service {
         let audit = Arc::new(audit);
         let refusals = RefusalAudit::start(Arc::downgrade(&audit))
             .map_err(|e| KmsError::Internal(format!("starting the refusal audit: {e}")))?;
+        let metrics = KmsMetrics::new(audit.sync_latency());
         Ok(Self {
             kek,
             keys,
@@ -116,6 +143,9 @@ impl Service {
             audit_path,
             services: config.allow_list(),
             tokens,
+            leases: LeaseStore::open(dir)?,
+            lease_max_s: config.lease_max_s,
+            metrics,
         })
     }
 
@@ -137,6 +167,7 @@ impl Service {
             decision: Decision::Allow,
             reason: "ok".to_owned(),
             count: None,
+            lease: None,
         }
     }
 
@@ -175,7 +206,13 @@ impl Service {
     /// Counts a refusal before any API call (a stranger, no slot, a
     /// request too large, malformed or too slow); audited in counts.
     pub fn note_refusal(&self, peer: &PeerIdentity, refusal: Refusal) {
+        self.metrics.refused(Stage::Connection, refusal.code());
         self.refusals.note(&self.principal(peer), refusal);
+    }
+
+    /// The service's counters (for `lsvkms serve --metrics`).
+    pub fn metrics(&self) -> &KmsMetrics {
+        &self.metrics
     }
 
     /// Audits the refusals counted so far and stops counting in the
@@ -221,10 +258,23 @@ impl Service {
             acl: request.acl.clone(),
             former_acl_users: Vec::new(),
             context: request.context.clone(),
+            revision: 0,
+            history: KeyHistory {
+                replaces: request.replaces,
+                ..KeyHistory::default()
+            },
         };
         self.keys
             .create(&record)
-            .map_err(|e| self.act_failed(entry, e))?;
+            .map_err(|e| self.act_failed(entry.clone(), e))?;
+        if let Some(old) = request.replaces {
+            self.keys
+                .update(old, |old| {
+                    old.history.replaced_by = Some(record.key_id);
+                    Ok(())
+                })
+                .map_err(|e| self.act_failed(entry, e))?;
+        }
         Ok(grant)
     }
 
@@ -237,6 +287,14 @@ impl Service {
         self.services.authenticate(peer)?;
         validate_acl(&request.acl)?;
         request.context.validate()?;
+        if let Some(old) = request.replaces {
+            let record = self.record(old)?;
+            if record.context.volume_id != request.context.volume_id {
+                return Err(KmsError::BadRequest(format!(
+                    "replaces names key {old}, which is another volume's"
+                )));
+            }
+        }
         let key =
             DataKey::generate(request.key_type).map_err(|e| KmsError::Internal(e.to_string()))?;
         entry.key_id = Some(key.id());
@@ -262,12 +320,14 @@ impl Service {
         Ok((seal::seal(input, version, &nonce, &blob_key), version))
     }
 
+    /// The key's record, whatever its state.
+    fn record(&self, key_id: KeyId) -> Result<KeyRecord, KmsError> {
+        self.keys.get(key_id)?.ok_or(KmsError::KeyNotFound(key_id))
+    }
+
     /// The key's record if its state allows use.
     fn usable(&self, key_id: KeyId) -> Result<KeyRecord, KmsError> {
-        let record = self
-            .keys
-            .get(key_id)?
-            .ok_or(KmsError::KeyNotFound(key_id))?;
+        let record = self.record(key_id)?;
         match record.state {
             KeyState::Enabled => Ok(record),
             KeyState::Disabled => Err(KmsError::KeyDisabled(key_id)),
@@ -283,15 +343,24 @@ impl Service {
         Ok(blob.open(&blob_key)?)
     }
 
-    /// `POST /v1/unwrap`: the DEK, if service, token and ACL all agree.
+    /// `POST /v1/unwrap`: the DEK, if service, token (or a lease lent to
+    /// this service) and ACL all agree; with `lease_s`, also a lease.
     pub fn unwrap(
         &self,
         peer: &PeerIdentity,
         request: &UnwrapRequest,
-    ) -> Result<OpenedBlob, KmsError> {
+    ) -> Result<Unwrapped, KmsError> {
         let mut entry = self.entry(peer, "unwrap");
         let outcome = self.unwrap_checked(peer, request, &mut entry);
-        self.decide(entry, outcome)
+        let lent = outcome.as_ref().ok().and_then(|u| u.lease.clone());
+        let decided = self.decide(entry, outcome);
+        if let (Err(_), Some(lease)) = (&decided, lent) {
+            // Not audited, so not lent: end it (best effort).
+            let _ = self
+                .leases
+                .end_where(now_unix_s(), "unaudited", |l| l.lease_id == lease.lease_id);
+        }
+        decided
     }
 
     fn unwrap_checked(
@@ -299,22 +368,47 @@ impl Service {
         peer: &PeerIdentity,
         request: &UnwrapRequest,
         entry: &mut AuditEntry,
-    ) -> Result<OpenedBlob, KmsError> {
-        self.services.authenticate(peer)?;
-        let blob = seal::parse(&request.wrapped_blob.0)?;
-        entry.key_id = Some(blob.key_id);
+    ) -> Result<Unwrapped, KmsError> {
+        let service = self.services.authenticate(peer)?;
+        let blob = parsed_blob(&request.wrapped_blob.0, entry)?;
         entry.context = Some(request.context.clone());
-        let claims = self.tokens.verify(&request.user_token, now_unix_s())?;
-        entry.user = Some(claims.sub.clone());
+        let lease = match &request.lease_id {
+            Some(lease_id) => {
+                entry.lease = Some(lease_id.clone());
+                Some(self.live_lease(request, lease_id, &service)?)
+            }
+            None => None,
+        };
+        let user = match &lease {
+            Some(lease) => lease.user.clone(),
+            None => self.tokens.verify(&request.user_token, now_unix_s())?.sub,
+        };
+        entry.user = Some(user.clone());
         // Authenticate the blob before anything else reads its header, so a
         // tampered blob is always "bad_blob" (400), whichever byte changed.
         let opened = self.open_blob(&blob)?;
-        self.usable(blob.key_id)?;
+        let record = self.usable(blob.key_id)?;
         if blob.context != request.context {
             return Err(KmsError::ContextMismatch);
         }
-        check_acl(&claims.sub, &opened.acl, blob.key_id)?;
-        Ok(opened)
+        check_acl(&user, &opened.acl, blob.key_id)?;
+        if lease.is_some() {
+            // A lease needs its user on the ACL now, not only in the blob.
+            check_acl(&user, &record.acl, blob.key_id)?;
+            return Ok(Unwrapped {
+                opened,
+                lease: None,
+            });
+        }
+        let lease = match request.lease_s {
+            Some(lease_s) => {
+                let lease = self.lend(&service, &user, &request.context, lease_s)?;
+                entry.lease = Some(lease.lease_id.clone());
+                Some(lease)
+            }
+            None => None,
+        };
+        Ok(Unwrapped { opened, lease })
     }
 
     /// `POST /v1/rewrap`: the same key sealed under the current version,
@@ -349,7 +443,12 @@ impl Service {
                     None => Ok(()),
                 }
             })
-            .map_err(|e| self.act_failed(entry, e))?;
+            .map_err(|e| self.act_failed(entry, e))
+            .inspect(|record| {
+                if request.acl.is_some() {
+                    self.end_leases_off_acl(record);
+                }
+            })?;
         Ok(rewrapped)
     }
 
@@ -360,8 +459,7 @@ impl Service {
         entry: &mut AuditEntry,
     ) -> Result<Rewrapped, KmsError> {
         self.services.authenticate(peer)?;
-        let blob = seal::parse(&request.wrapped_blob.0)?;
-        entry.key_id = Some(blob.key_id);
+        let blob = parsed_blob(&request.wrapped_blob.0, entry)?;
         entry.context = Some(blob.context.clone());
         // An ACL change is an unwrap-level decision: the token's user must
         // be allowed by the ACL sealed in the blob (checked once it opens).
@@ -403,134 +501,5 @@ impl Service {
             blob,
             kek_version,
         })
-    }
-
-    /// `POST /v1/keys/{id}/disable|enable|destroy`.
-    pub fn set_state(
-        &self,
-        peer: &PeerIdentity,
-        key_id: KeyId,
-        action: KeyAction,
-    ) -> Result<KeyInfo, KmsError> {
-        let mut entry = self.entry(peer, action.name());
-        entry.key_id = Some(key_id);
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            let record = self
-                .keys
-                .get(key_id)?
-                .ok_or(KmsError::KeyNotFound(key_id))?;
-            action.apply(&record).map(|_| ())
-        });
-        self.decide(entry.clone(), outcome)?;
-        let record = self
-            .keys
-            .update(key_id, |record| {
-                record.state = action.apply(record)?;
-                Ok(())
-            })
-            .map_err(|e| self.act_failed(entry, e))?;
-        tracing::info!(key_id = %key_id, action = action.name(), "key state changed");
-        Ok(record.info())
-    }
-
-    /// `GET /v1/keys/{id}`: status, type, created, versions; never material.
-    pub fn key_info(&self, peer: &PeerIdentity, key_id: KeyId) -> Result<KeyInfo, KmsError> {
-        let mut entry = self.entry(peer, "key_info");
-        entry.key_id = Some(key_id);
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            let record = self
-                .keys
-                .get(key_id)?
-                .ok_or(KmsError::KeyNotFound(key_id))?;
-            Ok(record.info())
-        });
-        self.decide(entry, outcome)
-    }
-
-    /// `POST /v1/wrapping-key/rotate`: a new wrapping-key version.
-    pub fn rotate(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "rotate");
-        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
-        let version = self
-            .kek
-            .rotate()
-            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
-        tracing::info!(version, "wrapping key rotated");
-        Ok(self.wrapping_key())
-    }
-
-    /// `POST /v1/wrapping-key/min-version`: retire older versions.
-    pub fn set_min_version(
-        &self,
-        peer: &PeerIdentity,
-        version_min: u32,
-    ) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "set_min_version");
-        self.decide(entry.clone(), self.services.authenticate(peer).map(|_| ()))?;
-        self.kek
-            .set_min_version(version_min)
-            .map_err(|e| self.act_failed(entry, kek_error(e)))?;
-        Ok(self.wrapping_key())
-    }
-
-    /// `GET /v1/wrapping-key`.
-    pub fn wrapping_key_info(&self, peer: &PeerIdentity) -> Result<WrappingKeyInfo, KmsError> {
-        let entry = self.entry(peer, "wrapping_key_info");
-        self.decide(
-            entry,
-            self.services
-                .authenticate(peer)
-                .map(|_| self.wrapping_key()),
-        )
-    }
-
-    fn wrapping_key(&self) -> WrappingKeyInfo {
-        WrappingKeyInfo {
-            backend: self.kek.backend().to_owned(),
-            current_version: self.kek.current_version(),
-            min_version: self.kek.min_version(),
-        }
-    }
-
-    /// `GET /v1/audit`: the last `limit` records about `key_id` (or all).
-    pub fn audit_query(
-        &self,
-        peer: &PeerIdentity,
-        key_id: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<serde_json::Value>, KmsError> {
-        let mut entry = self.entry(peer, "audit_read");
-        entry.key_id = key_id;
-        let outcome = self.services.authenticate(peer).and_then(|_| {
-            if limit == 0 || limit > AUDIT_QUERY_RECORDS_MAX {
-                return Err(KmsError::BadRequest(format!(
-                    "limit must be 1..={AUDIT_QUERY_RECORDS_MAX}"
-                )));
-            }
-            Ok(())
-        });
-        self.decide(entry, outcome)?;
-        query(&self.audit_path, key_id, limit).map_err(|e| KmsError::State(e.to_string()))
-    }
-
-    /// `GET /v1/health` (not audited, needs no identity).
-    pub fn health(&self) -> (bool, Health) {
-        let audit = self.audit.health();
-        let healthy = audit.is_ok();
-        let health = Health {
-            status: if healthy { "ok" } else { "degraded" }.to_owned(),
-            audit: audit
-                .as_ref()
-                .err()
-                .cloned()
-                .unwrap_or_else(|| "ok".to_owned()),
-            wrapping_key: Some(self.wrapping_key()),
-            error: audit
-                .as_ref()
-                .err()
-                .map(|_| KmsError::AuditUnwritable(String::new()).code().to_owned()),
-            message: audit.err(),
-        };
-        (healthy, health)
     }
 }

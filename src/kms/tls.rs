@@ -23,7 +23,7 @@ use super::admission::Admission;
 use super::auth::PeerIdentity;
 use super::http::TimeoutStream;
 use super::refusal::Refusal;
-use super::server::{DEADLINES, spawn_connection};
+use super::server::{DEADLINES, accepted, spawn_connection};
 use super::service::Service;
 
 /// Why TLS could not be set up.
@@ -114,15 +114,7 @@ pub fn serve_tcp(
     service: Arc<Service>,
 ) -> io::Result<()> {
     let admission = Admission::new();
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+    for stream in accepted(listener.incoming()) {
         let address = match stream.peer_addr() {
             Ok(address) => format!("tcp:{}", address.ip()),
             Err(_) => continue, // gone already

@@ -1,6 +1,7 @@
 //! Why a key-care or maintenance operation failed.
 
 use crate::crypto::KeyId;
+use crate::crypto::pool::PoolError;
 use crate::kms::client::ClientError;
 use crate::volume::VolumeError;
 
@@ -55,6 +56,13 @@ pub enum ServiceError {
         /// The key that came back.
         got: KeyId,
     },
+    /// The crypto threads for a volume opened here could not be started.
+    #[error(transparent)]
+    CryptoPool(#[from] PoolError),
+    /// A volume opened here was still shared when it was to be closed (a
+    /// bug: whatever borrowed it has returned).
+    #[error("the volume is still in use and cannot be closed")]
+    VolumeStillInUse,
     /// The volume refused or failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),

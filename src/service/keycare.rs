@@ -11,12 +11,24 @@ use serde_json::{Value, json};
 
 use super::ServiceError;
 use crate::crypto::KeyId;
-use crate::kms::api::KeyContext;
+use crate::kms::api::{KeyContext, KeyInfo};
 use crate::kms::client::{ClientError, KmsClient};
 use crate::kms::keys::KeyAction;
 use crate::store::CompactOptions;
 use crate::sync::LockOrRecover;
 use crate::volume::{KeyEntry, RotationReason, Volume, VolumeError};
+
+/// An operator's rotation request (`lsvblk rotate`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotateRequest {
+    /// The key that is compromised: rotate away from it without a rate
+    /// limit and have lsvkms destroy it afterwards.
+    pub compromised: Option<KeyId>,
+    /// Re-encryption rate, MiB/s (None: the caretaker's; 0: no limit).
+    pub rate_mib_s: Option<u64>,
+    /// Re-key the blocks kept snapshots hold too.
+    pub include_snapshots: bool,
+}
 
 /// The volume's key caretaker.
 pub struct KeyCare {
@@ -39,6 +51,12 @@ struct CareStatus {
     /// Compromised keys a snapshot still needs (cannot be destroyed).
     compromised_kept: Vec<KeyId>,
     last_error: Option<String>,
+    /// What lsvkms last said about each key (state, ACL, revision): a poll
+    /// passes the revision and is answered "unchanged" (not audited) until
+    /// the record changes.
+    kms_keys: std::collections::BTreeMap<KeyId, KeyInfo>,
+    /// Polls of lsvkms for key state so far.
+    kms_polls: u64,
 }
 
 impl KeyCare {
@@ -78,7 +96,8 @@ impl KeyCare {
     /// a rotation, rotate a compromised or due key, destroy what is owed,
     /// replace blobs sealed under an old wrapping key.
     pub fn tick(&self) {
-        if self.volume.is_read_only() {
+        // Without lsvkms (an ephemeral volume) there is nothing to ask.
+        if self.volume.is_read_only() || self.kms.is_none() {
             return;
         }
         let result = (|| -> Result<(), ServiceError> {
@@ -115,11 +134,15 @@ impl KeyCare {
             return Ok(None);
         };
         let kept = self.status_mut().compromised_kept.clone();
-        for key in self.volume.key_status()? {
+        let keys = self.volume.key_status()?;
+        self.status_mut()
+            .kms_keys
+            .retain(|id, _| keys.iter().any(|k| k.key_id == *id));
+        for key in keys {
             if kept.contains(&key.key_id) {
                 continue;
             }
-            match kms.key_info(key.key_id) {
+            match self.poll_key(kms, key.key_id) {
                 Ok(info) if info.compromised => return Ok(Some(key.key_id)),
                 Ok(_) => {}
                 Err(source) => {
@@ -131,6 +154,29 @@ impl KeyCare {
             }
         }
         Ok(None)
+    }
+
+    /// What lsvkms says about `key_id` now: asked with the revision last
+    /// seen, so an unchanged key costs lsvkms no audit record; a change is
+    /// logged here.
+    fn poll_key(&self, kms: &KmsClient, key_id: KeyId) -> Result<KeyInfo, ClientError> {
+        let known = self.status_mut().kms_keys.get(&key_id).cloned();
+        let answer = match &known {
+            Some(info) => kms.key_info_since(key_id, info.revision)?,
+            None => Some(kms.key_info(key_id)?),
+        };
+        let mut status = self.status_mut();
+        status.kms_polls += 1;
+        match answer {
+            None => Ok(known.expect("asked with a revision")),
+            Some(info) => {
+                if known.as_ref().is_some_and(|k| k.status != info.status) {
+                    tracing::warn!(%key_id, status = %info.status, "lsvkms reports a new key state");
+                }
+                status.kms_keys.insert(key_id, info.clone());
+                Ok(info)
+            }
+        }
     }
 
     /// Rotates to a new key from lsvkms (same ACL) and re-encrypts the old
@@ -157,12 +203,13 @@ impl KeyCare {
             }
             let generated = self
                 .kms()?
-                .generate_data_key(
+                .generate_replacement_key(
                     &current.acl,
                     &KeyContext {
                         volume_id: superblock.volume_id.clone(),
                         snapshot_id: String::new(),
                     },
+                    Some(current.key_id),
                 )
                 .map_err(|source| ServiceError::KeyService {
                     action: "asking lsvkms for a key".into(),
@@ -188,6 +235,28 @@ impl KeyCare {
             outcome["compromised"] = json!(key_id);
         }
         Ok(outcome)
+    }
+
+    /// Rotates now because an operator asked (`lsvblk rotate`): a
+    /// compromised key forces the snapshots' blocks to be re-keyed too, so
+    /// that it can be destroyed.
+    pub fn rotate_as_asked(
+        &self,
+        asked: &RotateRequest,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, ServiceError> {
+        let reason = if asked.compromised.is_some() {
+            RotationReason::Compromised
+        } else {
+            RotationReason::Manual
+        };
+        self.rotate(
+            reason,
+            asked.compromised,
+            asked.rate_mib_s,
+            asked.include_snapshots || asked.compromised.is_some(),
+            progress,
+        )
     }
 
     /// Continues the rotation recorded in the volume.
@@ -333,6 +402,8 @@ impl KeyCare {
             "pending_destroy": superblock.destroy_owed,
             "compromised_kept_for_snapshots": status.compromised_kept,
             "last_error": status.last_error,
+            "kms_keys": status.kms_keys.values().collect::<Vec<_>>(),
+            "kms_polls": status.kms_polls,
         }))
     }
 }

@@ -9,7 +9,10 @@
 //! volume (key care, background compaction, the control operations);
 //! [`unwrap_all`] unwraps a volume's or a snapshot's key set with a user's
 //! token (how a daemon gets its keys, and how a snapshot handed to another
-//! user is served with that user's token).
+//! user is served with that user's token); [`create_volume`],
+//! [`clone_snapshot`] and [`set_acl`] make a volume, a clone or a new ACL
+//! with a key sealed by lsvkms; [`rotate_unserved`] rotates the key of a
+//! volume no daemon serves.
 //!
 //! Why a layer of its own rather than inside `volume`: the volume takes
 //! keys, it never fetches them, so `volume` does not depend on the key
@@ -21,12 +24,18 @@
 mod error;
 mod keycare;
 pub mod maintenance;
+mod provision;
+#[cfg(test)]
+mod provision_tests;
 mod served;
 #[cfg(test)]
 mod tests;
 mod unlock;
+mod unserved;
 
 pub use error::ServiceError;
-pub use keycare::{KeyCare, rewrap_blobs};
-pub use served::ServedVolume;
-pub use unlock::{unwrap_all, wrapped_blob};
+pub use keycare::{KeyCare, RotateRequest, rewrap_blobs};
+pub use provision::{Cloned, Created, NewClone, NewVolume, clone_snapshot, create_volume, set_acl};
+pub use served::{BACKGROUND_POLL_DEFAULT, ServedVolume};
+pub use unlock::{unwrap_all, unwrap_entries, wrapped_blob};
+pub use unserved::rotate_unserved;

@@ -9,21 +9,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{KeyCare, ServiceError, maintenance};
+use super::{KeyCare, RotateRequest, ServiceError, maintenance};
 use crate::crypto::KeyId;
 use crate::kms::client::KmsClient;
 use crate::limits::{AUTO_COMPACT_LIVE_RATIO, AUTO_COMPACT_SPACE_RATIO};
 use crate::sync::LockOrRecover;
-use crate::volume::{KeyPolicy, RotationReason, Volume, VolumeError};
+use crate::volume::{KeyPolicy, Volume, VolumeError};
 
-/// How often the background compactor looks at the space use.
-const AUTO_COMPACT_POLL: Duration = Duration::from_secs(2);
+/// How often the background thread looks at the keys (lsvkms' state of
+/// each, rotation due) and at the space use, unless told otherwise.
+pub const BACKGROUND_POLL_DEFAULT: Duration = Duration::from_secs(2);
 
 /// A served volume's upkeep: keys, compaction, snapshots, status.
 pub struct ServedVolume {
     volume: Arc<Volume>,
     /// Background compaction rate, MiB/s (0: no background compaction).
     auto_rate_mib: u64,
+    /// How often the background thread looks at keys and space.
+    poll: Duration,
     stop: Arc<AtomicBool>,
     /// Wakes a sleeping compactor at [`ServedVolume::stop`] (shutdown and a
     /// live migration's hand-over join it: they must not wait a poll out).
@@ -51,11 +54,19 @@ impl ServedVolume {
         Self {
             volume,
             auto_rate_mib,
+            poll: BACKGROUND_POLL_DEFAULT,
             stop,
             wake: (Mutex::new(()), Condvar::new()),
             compaction: Mutex::new(CompactionState::default()),
             keys,
         }
+    }
+
+    /// This upkeep, looking at keys and space every `poll` instead of
+    /// [`BACKGROUND_POLL_DEFAULT`] (tests compress hours of polls).
+    pub fn polling_every(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// The volume.
@@ -147,7 +158,7 @@ impl ServedVolume {
         }
         // An interrupted rotation resumes at once.
         self.keys.tick();
-        while !self.sleep_unless_stopped(AUTO_COMPACT_POLL) {
+        while !self.sleep_unless_stopped(self.poll) {
             self.keys.tick();
             if self.auto_rate_mib == 0 || !self.compaction_worth_it() {
                 continue;
@@ -186,14 +197,12 @@ impl ServedVolume {
         include_snapshots: bool,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, ServiceError> {
-        let reason = if compromised.is_some() {
-            RotationReason::Compromised
-        } else {
-            RotationReason::Manual
+        let asked = RotateRequest {
+            compromised,
+            rate_mib_s,
+            include_snapshots,
         };
-        let include_snapshots = include_snapshots || compromised.is_some();
-        self.keys
-            .rotate(reason, compromised, rate_mib_s, include_snapshots, progress)
+        self.keys.rotate_as_asked(&asked, progress)
     }
 
     /// Seals every wrapped blob again under lsvkms's newest wrapping key.

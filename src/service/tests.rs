@@ -22,7 +22,7 @@ const BLOCK: usize = 4096;
 
 /// An lsvkms serving on a thread; the test process's uid is its one
 /// allowed calling service.
-fn start_kms(dir: &Path) -> PathBuf {
+pub(super) fn start_kms(dir: &Path) -> PathBuf {
     let state = dir.join("kms");
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
@@ -329,7 +329,12 @@ fn a_served_volume_records_its_upkeep_for_status_and_stops_when_asked() {
 
 /// A token lsvkms accepts for `user` (as `lsvkms issue` makes one).
 fn token(f: &Fixture, user: &str) -> String {
-    let state = f.dir.path().join("kms");
+    issue_token(f.dir.path(), user)
+}
+
+/// A token for `user` from the lsvkms [`start_kms`] started in `dir`.
+pub(super) fn issue_token(dir: &Path, user: &str) -> String {
+    let state = dir.join("kms");
     let config = Config::load(&state).unwrap();
     let signer = crate::kms::auth::token::TokenSigner::load(
         config.issuer,

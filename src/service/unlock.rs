@@ -8,7 +8,7 @@ use base64::Engine;
 use super::ServiceError;
 use crate::crypto::DataKey;
 use crate::kms::api::KeyContext;
-use crate::kms::client::KmsClient;
+use crate::kms::client::{ClientError, KmsClient};
 use crate::volume::KeyEntry;
 
 /// The wrapped blob of `entry`, decoded.
@@ -35,6 +35,20 @@ pub fn unwrap_all(
     volume_id: &str,
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, ServiceError> {
+    unwrap_entries(volume_id, entries, |blob, context| {
+        kms.unwrap(blob, context, token)
+    })
+}
+
+/// Unwraps every entry (sealed for `volume_id` unless the entry names
+/// another volume) with `unwrap`: a user token's unwrap, or a lease's (a
+/// daemon restarting without a token); any refusal stops with lsvkms's
+/// reason.
+pub fn unwrap_entries(
+    volume_id: &str,
+    entries: &[KeyEntry],
+    mut unwrap: impl FnMut(&[u8], &KeyContext) -> Result<DataKey, ClientError>,
+) -> Result<Vec<DataKey>, ServiceError> {
     let mut keys = Vec::with_capacity(entries.len());
     for entry in entries {
         let blob = wrapped_blob(entry)?;
@@ -45,18 +59,16 @@ pub fn unwrap_all(
                 .unwrap_or_else(|| volume_id.to_string()),
             snapshot_id: String::new(),
         };
-        let key = kms.unwrap(&blob, &context, token).map_err(|source| {
-            ServiceError::KeyService {
-                action: if source.is_transient() {
-                    format!(
-                        "lsvkms is unavailable (retried until --kms-timeout); cannot unwrap key {}",
-                        entry.key_id
-                    )
-                } else {
-                    format!("lsvkms refused to unwrap key {}", entry.key_id)
-                },
-                source,
-            }
+        let key = unwrap(&blob, &context).map_err(|source| ServiceError::KeyService {
+            action: if source.is_transient() {
+                format!(
+                    "lsvkms is unavailable (retried until --kms-timeout); cannot unwrap key {}",
+                    entry.key_id
+                )
+            } else {
+                format!("lsvkms refused to unwrap key {}", entry.key_id)
+            },
+            source,
         })?;
         if key.id() != entry.key_id {
             return Err(ServiceError::WrongKey {

@@ -19,6 +19,16 @@ pub enum VolumeError {
         /// Why not.
         reason: String,
     },
+    /// An ephemeral volume of another process: its key lived only in that
+    /// process's memory.
+    #[error(
+        "{} is an ephemeral volume: its data key exists only in the memory of the `lsvblk serve --ephemeral` that made it (gone if that daemon is), so nothing else can read it: no inspect, snapshot, clone or second serve. It is deleted when that daemon exits, or by the next `lsvblk serve --ephemeral` on it",
+        path.display()
+    )]
+    Ephemeral {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The superblock has a format version this build cannot read.
     #[error("{}: unsupported volume format version {version}", path.display())]
     UnsupportedFormat {

@@ -31,6 +31,7 @@
 
 mod check;
 mod clock;
+pub mod ephemeral;
 mod error;
 #[cfg(test)]
 mod format_tests;

@@ -48,10 +48,25 @@ impl Volume {
         wrapped: Option<WrappedKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
+        Self::create_marked(dir, size_bytes, volume_id, key, wrapped, None, options)
+    }
+
+    /// [`Volume::create_with_id`], with `ephemeral_owner` the owner mark
+    /// of an ephemeral volume (see `ephemeral.rs`).
+    pub(super) fn create_marked(
+        dir: &Path,
+        size_bytes: u64,
+        volume_id: [u8; 16],
+        key: DataKey,
+        wrapped: Option<WrappedKey>,
+        ephemeral_owner: Option<String>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
         check_create_options(size_bytes, options)?;
         prepare_empty_dir(dir)?;
         let lock = VolumeLock::acquire(dir, false)?;
-        let superblock = new_superblock(volume_id, size_bytes, options, &key, wrapped);
+        let mut superblock = new_superblock(volume_id, size_bytes, options, &key, wrapped);
+        superblock.ephemeral_owner = ephemeral_owner;
         let keyring = Keyring::new(key, options.null_cipher)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
@@ -354,6 +369,7 @@ fn new_superblock(
         key_policy: KeyPolicy::default(),
         rotation: None,
         destroy_owed: Vec::new(),
+        ephemeral_owner: None,
     }
 }
 

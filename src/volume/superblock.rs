@@ -105,6 +105,10 @@ pub struct Superblock {
     /// daemon's memory, so that a restart still has them destroyed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destroy_owed: Vec<KeyId>,
+    /// An ephemeral volume's owner mark: only the process that created it
+    /// (and holds its key, never stored) may load it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_owner: Option<String>,
 }
 
 impl Superblock {
@@ -153,6 +157,15 @@ impl Superblock {
         }
         superblock.check_geometry().map_err(not_a_volume)?;
         superblock.volume_id_bytes()?;
+        if superblock
+            .ephemeral_owner
+            .as_deref()
+            .is_some_and(|owner| owner != super::ephemeral::owner_mark())
+        {
+            return Err(VolumeError::Ephemeral {
+                path: dir.to_path_buf(),
+            });
+        }
         Ok(superblock)
     }
 

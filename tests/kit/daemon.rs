@@ -122,6 +122,48 @@ impl Daemon {
 
     /// [`Daemon::spawn`] with `options`.
     pub fn spawn_with(volume: &Path, kms: &Kms, token: &Path, options: &ServeOptions) -> Self {
+        Self::spawn_as(volume, kms, Some(token), options)
+    }
+
+    /// `lsvblk serve --ephemeral --size SIZE --volume DIR` (no lsvkms, no
+    /// token), its socket and stderr beside `kms`'s files; returns once it
+    /// listens.
+    pub fn start_ephemeral(kms: &Kms, dir: &Path, size: &str) -> Self {
+        let socket = kms.fresh_path("vhost", "sock");
+        let stderr_path = kms.fresh_path("lsvblk-ephemeral", "stderr");
+        let mut command = Lsvblk::this_build().command(&["serve", "--ephemeral", "--size", size]);
+        command
+            .arg("--volume")
+            .arg(dir)
+            .arg("--socket")
+            .arg(&socket);
+        let process = Process::spawn("lsvblk --ephemeral", command, stderr_path);
+        let mut daemon = Daemon {
+            process,
+            socket,
+            volume: dir.to_path_buf(),
+        };
+        daemon.wait_listening();
+        daemon
+    }
+
+    /// `lsvblk serve` without `--token-file` (it unwraps with the leases
+    /// kept in the volume); returns at once, as [`Daemon::spawn`].
+    pub fn spawn_without_token(volume: &Path, kms: &Kms, extra_args: &[&str]) -> Self {
+        Self::spawn_as(volume, kms, None, &ServeOptions::args(extra_args))
+    }
+
+    /// Waits until the daemon listens on its socket (panics, with its
+    /// stderr, if it exits first).
+    pub fn wait_listening(&mut self) {
+        let socket = self.socket.clone();
+        self.process
+            .wait_until("lsvblk to listen on its vhost-user socket", || {
+                is_listening(&socket)
+            });
+    }
+
+    fn spawn_as(volume: &Path, kms: &Kms, token: Option<&Path>, options: &ServeOptions) -> Self {
         let socket = kms.fresh_path("vhost", "sock");
         let stderr_path = kms.fresh_path("lsvblk", "stderr");
         let mut command = options.lsvblk.command(&["serve"]);
@@ -132,8 +174,11 @@ impl Daemon {
             .arg(&socket)
             .arg("--kms")
             .arg(kms.address())
-            .arg("--token-file")
-            .arg(token)
+            .args(
+                token
+                    .iter()
+                    .flat_map(|t| [std::ffi::OsStr::new("--token-file"), t.as_os_str()]),
+            )
             .args(&options.args);
         if let Some((dir, allow)) = &options.core {
             super::core::arrange_core(&mut command, dir, *allow);

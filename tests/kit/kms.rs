@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lsvblk::crypto::KeyId;
+use lsvblk::kms::api::KeyContext;
 use lsvblk::kms::audit::log::{AuditLog, open_file_sink};
 use lsvblk::kms::audit::{AuditEntry, AuditKey, Decision};
 use lsvblk::kms::auth::token::TokenSigner;
-use lsvblk::kms::client::{ClientError, KmsClient};
+use lsvblk::kms::client::{ClientError, GeneratedKey, KmsClient};
 use lsvblk::kms::config::{Config, files};
 
 use super::cli::run_to_success;
@@ -250,7 +251,12 @@ impl Kms {
     /// A token for `user`, valid an hour, in a new file (mode 0600) whose
     /// path it returns: for `lsvblk serve --token-file`.
     pub fn token(&self, user: &str) -> PathBuf {
-        let token = self.token_text(user, "1h");
+        self.token_for(user, "1h")
+    }
+
+    /// [`Kms::token`] valid for `ttl` (`5s`, `10m`).
+    pub fn token_for(&self, user: &str, ttl: &str) -> PathBuf {
+        let token = self.token_text(user, ttl);
         let path = self.fresh_path(&format!("token-{user}"), "jwt");
         fs::OpenOptions::new()
             .create_new(true)
@@ -305,6 +311,7 @@ impl Kms {
             decision: Decision::Allow,
             reason: "ok".into(),
             count: None,
+            lease: None,
         })
         .unwrap();
     }
@@ -329,4 +336,25 @@ pub fn api_error<T>(result: Result<T, ClientError>) -> (u16, String) {
         Err(other) => panic!("expected an API error, got {other}"),
         Ok(_) => panic!("expected an API error, got success"),
     }
+}
+
+/// The context of a data key for volume `volume_id` (no snapshot).
+pub fn context(volume_id: &str) -> KeyContext {
+    KeyContext {
+        volume_id: volume_id.into(),
+        snapshot_id: String::new(),
+    }
+}
+
+/// A data key `client`'s lsvkms makes for the users `acl` and volume
+/// `volume_id`, with the context it is sealed for.
+pub fn generate_key(
+    client: &KmsClient,
+    acl: &[&str],
+    volume_id: &str,
+) -> (KeyContext, GeneratedKey) {
+    let context = context(volume_id);
+    let acl: Vec<String> = acl.iter().map(|user| user.to_string()).collect();
+    let generated = client.generate_data_key(&acl, &context).unwrap();
+    (context, generated)
 }

@@ -14,6 +14,7 @@
 // Each benchmark uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod args;
 pub mod build;
 pub mod serve;
 
@@ -66,41 +67,19 @@ impl Options {
     /// # Panics
     /// On a value that is not a positive integer (a usage error).
     pub fn from_args(reps_default: usize, rep_ms_default: u64) -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let smoke = !args.iter().any(|arg| arg == "--bench");
-        let mut options = Options {
-            reps: if smoke { 1 } else { reps_default },
-            rep_duration: Duration::from_millis(if smoke { 1 } else { rep_ms_default }),
-            only: None,
-            smoke,
+        let args = args::Args::from_env();
+        let smoke = !args.flag("--bench");
+        let (reps, rep_ms) = if smoke {
+            (1, 1)
+        } else {
+            (reps_default, rep_ms_default)
         };
-        let mut index = 0;
-        while index < args.len() {
-            let value = || -> u64 {
-                let text = args.get(index + 1).map(String::as_str).unwrap_or("");
-                match text.parse::<u64>() {
-                    Ok(n) if n > 0 => n,
-                    _ => panic!("{} needs a positive integer, got {text:?}", args[index]),
-                }
-            };
-            match args[index].as_str() {
-                "--reps" => {
-                    options.reps = usize::try_from(value()).expect("reps fit in usize");
-                    index += 1;
-                }
-                "--rep-ms" => {
-                    options.rep_duration = Duration::from_millis(value());
-                    index += 1;
-                }
-                "--only" => {
-                    options.only = args.get(index + 1).cloned();
-                    index += 1;
-                }
-                _ => {}
-            }
-            index += 1;
+        Options {
+            reps: args.count("--reps", false).unwrap_or(reps),
+            rep_duration: Duration::from_millis(args.number("--rep-ms", false).unwrap_or(rep_ms)),
+            only: args.text("--only"),
+            smoke,
         }
-        options
     }
 }
 

@@ -97,6 +97,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Options;
+use common::args::Args;
 use common::build::Binaries;
 use common::serve::QUEUE_SIZE;
 use kit::kms::Kms;
@@ -301,25 +302,11 @@ impl ExtraArgs {
     /// # Panics
     /// On a malformed value (a usage error).
     fn parse(options: &Options) -> Self {
-        let args: Vec<String> = std::env::args().collect();
-        let text = |name: &str| -> Option<String> {
-            let at = args.iter().position(|a| a == name)?;
-            Some(args.get(at + 1).cloned().unwrap_or_default())
-        };
-        let number = |name: &str, zero_ok: bool| -> Option<u64> {
-            let value = text(name)?;
-            match value.parse::<u64>() {
-                Ok(n) if n > 0 || zero_ok => Some(n),
-                _ => panic!("{name} needs a positive integer, got {value:?}"),
-            }
-        };
-        let live_ratio_max =
-            text("--live-ratio-max").map_or(lsvblk::limits::COMPACT_LIVE_RATIO_DEFAULT, |value| {
-                match value.parse::<f64>() {
-                    Ok(f) if (0.0..=1.0).contains(&f) => f,
-                    _ => panic!("--live-ratio-max needs a number from 0 to 1, got {value:?}"),
-                }
-            });
+        let args = Args::from_env();
+        let number = |name: &str, zero_ok: bool| args.number(name, zero_ok);
+        let live_ratio_max = args
+            .fraction("--live-ratio-max")
+            .unwrap_or(lsvblk::limits::COMPACT_LIVE_RATIO_DEFAULT);
         let qd = number("--qd", false).unwrap_or(QD_DEFAULT as u64);
         assert!(
             qd <= QUEUE_SIZE as u64,

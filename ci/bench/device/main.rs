@@ -77,6 +77,7 @@ mod targets;
 
 use std::path::{Path, PathBuf};
 
+use common::args::Args;
 use common::build::Binaries;
 use common::{Options, USER, which};
 use device_file::DeviceFile;
@@ -336,15 +337,8 @@ struct ExtraArgs {
 
 impl ExtraArgs {
     fn parse(options: &Options) -> Self {
-        let args: Vec<String> = std::env::args().collect();
-        let value = |name: &str| -> Option<u64> {
-            let at = args.iter().position(|a| a == name)?;
-            let text = args.get(at + 1).map(String::as_str).unwrap_or("");
-            match text.parse::<u64>() {
-                Ok(n) if n > 0 => Some(n),
-                _ => panic!("{name} needs a positive integer, got {text:?}"),
-            }
-        };
+        let args = Args::from_env();
+        let value = |name: &str| args.number(name, false);
         let size_mb = if options.smoke {
             SMOKE_SIZE_MB
         } else {

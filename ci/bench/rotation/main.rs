@@ -61,6 +61,7 @@ mod report;
 use std::time::{Duration, Instant};
 
 use cli::Cli;
+use common::args::Args;
 use common::build::Binaries;
 use common::serve::{QUEUE_SIZE, client_options, lsvblk_at, serve_options};
 use common::{MB_BYTES, Options, USER};
@@ -119,15 +120,8 @@ struct ExtraArgs {
 
 impl ExtraArgs {
     fn parse(options: &Options) -> Self {
-        let args: Vec<String> = std::env::args().collect();
-        let value = |name: &str, zero_ok: bool| -> Option<u64> {
-            let at = args.iter().position(|a| a == name)?;
-            let text = args.get(at + 1).map(String::as_str).unwrap_or("");
-            match text.parse::<u64>() {
-                Ok(n) if n > 0 || zero_ok => Some(n),
-                _ => panic!("{name} needs a non-negative integer, got {text:?}"),
-            }
-        };
+        let args = Args::from_env();
+        let value = |name: &str, zero_ok: bool| args.number(name, zero_ok);
         let live_mb = if options.smoke {
             SMOKE_LIVE_MB
         } else {

@@ -4,14 +4,11 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-use lsvblk::volume::{PendingAcl, Superblock, set_pending_acl};
 use serde_json::json;
 
 use crate::admin::print;
 use crate::exit::{Failure, Outcome};
-use crate::keys::{blob_of, read_token};
-use crate::kms::{client, failure, parse_kms_address};
+use crate::kms::NewAclArgs;
 
 /// Arguments of `lsvblk acl`.
 #[derive(clap::Args)]
@@ -27,15 +24,9 @@ enum AclCommand {
     Set {
         /// Volume directory.
         volume: PathBuf,
-        /// Users allowed to unwrap the key, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        acl: Vec<String>,
-        /// The key-wrapping service: unix:PATH of its socket.
-        #[arg(long, value_parser = parse_kms_address)]
-        kms: PathBuf,
-        /// Token of a user on the current ACL (from `lsvkms token issue`).
-        #[arg(long)]
-        token_file: PathBuf,
+        /// The new ACL, and a user on the current one.
+        #[command(flatten)]
+        seal: NewAclArgs,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -44,40 +35,14 @@ enum AclCommand {
 
 /// Runs an acl subcommand.
 pub fn run(args: AclArgs) -> Outcome {
-    let AclCommand::Set {
-        volume,
-        acl,
-        kms,
-        token_file,
-        json,
-    } = args.command;
-    let superblock = Superblock::load(&volume)?;
-    let entry = superblock
-        .keys
-        .iter()
-        .find(|k| k.key_id == superblock.current_key_id)
-        .ok_or_else(|| {
-            Failure::BadData(anyhow::anyhow!(
-                "the superblock lists no entry for its current key"
-            ))
-        })?;
-    let token = read_token(&token_file)?;
-    let rewrapped = client(&kms)
-        .rewrap_with_acl(&blob_of(entry)?, &acl, &token)
-        .map_err(|e| failure("lsvkms refused the ACL change", e))?;
-    let pending = PendingAcl {
-        key_id: rewrapped.key_id,
-        acl: acl.clone(),
-        wrapped_blob: base64::engine::general_purpose::STANDARD.encode(&rewrapped.wrapped_blob.0),
-        created_unix_s: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    set_pending_acl(&volume, &pending)?;
+    let AclCommand::Set { volume, seal, json } = args.command;
+    let kms = &seal.kms;
+    let pending = lsvblk::service::set_acl(&volume, &kms.client(), &kms.token()?, &seal.acl)
+        .map_err(Failure::Service)?;
     print(
         &json!({
-            "key_id": rewrapped.key_id,
-            "acl": acl,
+            "key_id": pending.key_id,
+            "acl": pending.acl,
             "takes_effect": "at the next snapshot",
         }),
         json,

@@ -42,7 +42,9 @@ pub fn service_error(error: ServiceError) -> ControlError {
         ServiceError::NoCurrentKeyEntry
         | ServiceError::NoWrappedBlob { .. }
         | ServiceError::BlobNotBase64 { .. }
-        | ServiceError::WrongKey { .. } => ControlError::INTERNAL,
+        | ServiceError::WrongKey { .. }
+        | ServiceError::CryptoPool(_)
+        | ServiceError::VolumeStillInUse => ControlError::INTERNAL,
     };
     ControlError::new(kind, message)
 }
@@ -91,6 +93,18 @@ pub fn run_anywhere(
             Ok(value)
         }
     }
+}
+
+/// As [`run_anywhere`], for an operation that reports no progress.
+pub fn run_quietly(
+    dir: &Path,
+    request: ControlRequest,
+    read_only: bool,
+    local: impl FnOnce(&Volume) -> Result<Value, VolumeError>,
+) -> Result<Value, Failure> {
+    run_anywhere(dir, request, read_only, &mut |_| {}, |volume, _| {
+        local(volume)
+    })
 }
 
 /// Prints `value` as JSON, or as `key: value` lines.

@@ -5,16 +5,12 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-use lsvblk::crypto::CryptoPool;
-use lsvblk::kms::api::KeyContext;
-use lsvblk::volume::{Superblock, Volume, VolumeOptions, WrappedKey, load_snapshot, new_volume_id};
+use lsvblk::service::{NewClone, clone_snapshot};
 use serde_json::json;
 
 use crate::admin::print;
 use crate::exit::{Failure, Outcome};
-use crate::keys::{read_token, unwrap_all};
-use crate::kms::{client, failure, parse_kms_address};
+use crate::kms::NewAclArgs;
 
 /// Arguments of `lsvblk clone`.
 #[derive(clap::Args)]
@@ -25,15 +21,9 @@ pub struct CloneArgs {
     snapshot: String,
     /// Directory of the new volume (created; must be empty).
     new_volume: PathBuf,
-    /// Users allowed to unwrap the clone's own key, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    acl: Vec<String>,
-    /// The key-wrapping service: unix:PATH of its socket.
-    #[arg(long, value_parser = parse_kms_address)]
-    kms: PathBuf,
-    /// Token of a user on the snapshot's ACL.
-    #[arg(long)]
-    token_file: PathBuf,
+    /// The ACL of the clone's own key, and a user on the snapshot's ACL.
+    #[command(flatten)]
+    seal: NewAclArgs,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -41,50 +31,21 @@ pub struct CloneArgs {
 
 /// Creates the clone.
 pub fn run(args: CloneArgs) -> Outcome {
-    let parent = Superblock::load(&args.volume)?;
-    let meta = load_snapshot(&args.volume, &args.snapshot)?;
-    let token = read_token(&args.token_file)?;
-    // The snapshot's ACL decides who may build on it: unwrap first.
-    let parent_keys = unwrap_all(&client(&args.kms), &token, &parent.volume_id, &meta.keys)?;
-    let volume_id = new_volume_id()?;
-    let generated = client(&args.kms)
-        .generate_data_key(
-            &args.acl,
-            &KeyContext {
-                volume_id: hex::encode(volume_id),
-                snapshot_id: String::new(),
-            },
-        )
-        .map_err(|e| failure("asking lsvkms for the clone's data key", e))?;
-    let key_id = generated.key.id();
-    let wrapped = WrappedKey {
-        blob: base64::engine::general_purpose::STANDARD.encode(&generated.wrapped_blob),
-        acl: args.acl.clone(),
+    let clone = NewClone {
+        parent: &args.volume,
+        snapshot: &args.snapshot,
+        dir: &args.new_volume,
+        acl: &args.seal.acl,
     };
-    let pool = CryptoPool::new(1, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(Failure::internal)?;
-    let options = VolumeOptions {
-        pool: Some(std::sync::Arc::new(pool)),
-        ..VolumeOptions::default()
-    };
-    let clone = Volume::create_clone_with_id(
-        &args.volume,
-        &args.snapshot,
-        &args.new_volume,
-        volume_id,
-        generated.key,
-        Some(wrapped),
-        parent_keys,
-        &options,
-    )?;
-    clone.close()?;
+    let kms = &args.seal.kms;
+    let cloned = clone_snapshot(&kms.client(), &kms.token()?, clone).map_err(Failure::Service)?;
     print(
         &json!({
             "volume": args.new_volume,
-            "volume_id": hex::encode(volume_id),
-            "key_id": key_id,
-            "acl": args.acl,
-            "parent": { "volume": args.volume, "snapshot": args.snapshot, "snapshot_id": meta.snapshot_id },
+            "volume_id": cloned.created.volume_id,
+            "key_id": cloned.created.key_id,
+            "acl": args.seal.acl,
+            "parent": { "volume": args.volume, "snapshot": args.snapshot, "snapshot_id": cloned.snapshot_id },
         }),
         args.json,
     );

@@ -59,26 +59,20 @@ pub struct StatusArgs {
 /// Shows whether the volume is served, its space use and any running
 /// compaction.
 pub fn status(args: StatusArgs) -> Outcome {
-    let out = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Status,
-        true,
-        &mut |_| {},
-        |v, _| {
-            let superblock = v.superblock_now()?;
-            Ok(serde_json::json!({
-                "served": false,
-                "space": maintenance::space(v)?,
-                "keys": {
-                    "current_key_id": superblock.current_key_id,
-                    "keys": v.key_status()?,
-                    "policy": superblock.key_policy,
-                    "rotation_due": v.rotation_due()?,
-                    "rotation": superblock.rotation,
-                },
-            }))
-        },
-    )?;
+    let out = admin::run_quietly(&args.volume, ControlRequest::Status, true, |v| {
+        let superblock = v.superblock_now()?;
+        Ok(serde_json::json!({
+            "served": false,
+            "space": maintenance::space(v)?,
+            "keys": {
+                "current_key_id": superblock.current_key_id,
+                "keys": v.key_status()?,
+                "policy": superblock.key_policy,
+                "rotation_due": v.rotation_due()?,
+                "rotation": superblock.rotation,
+            },
+        }))
+    })?;
     print(&out, args.json);
     Ok(())
 }

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-use lsvblk::kms::api::KeyContext;
-use lsvblk::volume::{Volume, VolumeOptions, WrappedKey, new_volume_id};
+use lsvblk::service::{NewVolume, create_volume};
+use lsvblk::volume::{KeyPolicy, VolumeOptions};
 
 use crate::exit::{Failure, Outcome};
-use crate::kms::{client, failure, parse_kms_address};
+use crate::kms::{client, parse_kms_address};
 use crate::size::parse_size;
 use crate::store::remote_failure;
 
@@ -55,7 +54,9 @@ pub struct CreateArgs {
     unencrypted_benchmark_only: bool,
 }
 
-/// Creates the volume with a fresh data key from the service.
+/// Checks what can be checked before a key is generated, then creates the
+/// volume with a fresh data key from the service (and its object-store
+/// copy, with `--store`).
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
         return Err(Failure::usage("--acl has an empty user name"));
@@ -73,16 +74,6 @@ pub fn run(args: CreateArgs) -> Outcome {
     if let Some(remote) = &remote {
         lsvblk::remote::check_vacant(remote).map_err(remote_failure)?;
     }
-    let volume_id = new_volume_id()?;
-    let context = KeyContext {
-        volume_id: hex::encode(volume_id),
-        snapshot_id: String::new(),
-    };
-    let generated = client(&args.kms)
-        .generate_data_key(&args.acl, &context)
-        .map_err(|e| failure("asking lsvkms for a data key", e))?;
-    let key_id = generated.key.id();
-    let wrapped = base64::engine::general_purpose::STANDARD.encode(&generated.wrapped_blob);
     let options = VolumeOptions {
         block_bytes: args.block_size,
         segment_bytes: args.segment_size.unwrap_or(if remote.is_some() {
@@ -94,21 +85,17 @@ pub fn run(args: CreateArgs) -> Outcome {
         null_cipher: args.unencrypted_benchmark_only,
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(
-        &args.volume,
-        args.size,
-        volume_id,
-        generated.key,
-        Some(WrappedKey {
-            blob: wrapped,
-            acl: args.acl.clone(),
-        }),
-        &options,
-    )?;
-    if args.policy.any() {
-        volume.set_key_policy(&args.policy.apply(&volume.key_policy()?))?;
-    }
-    volume.close()?;
+    let new = NewVolume {
+        dir: &args.volume,
+        size_bytes: args.size,
+        acl: &args.acl,
+        options,
+        policy: args
+            .policy
+            .any()
+            .then(|| args.policy.apply(&KeyPolicy::default())),
+    };
+    let created = create_volume(&client(&args.kms), new).map_err(Failure::Service)?;
     if let Some(remote) = &remote {
         lsvblk::remote::create(remote, &args.volume).map_err(remote_failure)?;
     }
@@ -119,11 +106,11 @@ pub fn run(args: CreateArgs) -> Outcome {
     if args.json {
         let out = serde_json::json!({
             "volume": args.volume,
-            "volume_id": hex::encode(volume_id),
+            "volume_id": created.volume_id,
             "size_bytes": args.size,
             "block_bytes": args.block_size,
             "store": args.store.store,
-            "key_id": key_id,
+            "key_id": created.key_id,
             "acl": args.acl,
         });
         println!("{out}");
@@ -133,8 +120,8 @@ pub fn run(args: CreateArgs) -> Outcome {
             args.volume.display(),
             args.size
         );
-        println!("volume id: {}", hex::encode(volume_id));
-        println!("key id:    {key_id}");
+        println!("volume id: {}", created.volume_id);
+        println!("key id:    {}", created.key_id);
         println!("acl:       {}", args.acl.join(","));
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! its calls and its errors into control errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lsvblk::kms::client::KmsClient;
 use lsvblk::service::ServedVolume;
@@ -22,10 +23,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// A daemon for `volume`; `auto_rate_mib` 0 turns background compaction
-    /// off; `kms` is where new keys come from (rotation).
-    pub fn new(volume: Arc<Volume>, auto_rate_mib: u64, kms: Option<KmsClient>) -> Arc<Self> {
+    /// off; `kms` is where new keys come from (rotation); `poll` is how
+    /// often the background upkeep looks at keys and space.
+    pub fn new(
+        volume: Arc<Volume>,
+        auto_rate_mib: u64,
+        kms: Option<KmsClient>,
+        poll: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            served: ServedVolume::new(volume, auto_rate_mib, kms),
+            served: ServedVolume::new(volume, auto_rate_mib, kms).polling_every(poll),
             uploader: std::sync::OnceLock::new(),
         })
     }
@@ -35,9 +42,19 @@ impl Daemon {
         let _ = self.uploader.set(uploader);
     }
 
+    fn is_ephemeral(&self) -> bool {
+        self.served.volume().superblock().ephemeral_owner.is_some()
+    }
+
     /// Asks the background upkeep (and any compaction in progress) to stop.
     pub fn stop(&self) {
         self.served.stop();
+    }
+
+    /// The upkeep's status (what `lsvblk status` shows of it), for the
+    /// metrics; `None` if it cannot be read now.
+    pub fn upkeep_status(&self) -> Option<Value> {
+        self.served.status().ok()
     }
 
     /// Runs the background upkeep until [`Daemon::stop`] (see
@@ -55,6 +72,10 @@ impl ControlHandler for Daemon {
     ) -> Result<Value, ControlError> {
         let served = &self.served;
         match request {
+            ControlRequest::SnapshotCreate { .. } if self.is_ephemeral() => Err(ControlError::new(
+                ControlError::BAD_REQUEST,
+                "snapshots of an ephemeral volume are refused: its key lives only in this daemon and dies with it, so a snapshot could never be read",
+            )),
             ControlRequest::SnapshotCreate { name } => {
                 served.snapshot_create(&name).map_err(control_error)
             }

@@ -31,22 +31,12 @@ pub const DENIED: i32 = 77;
 pub enum Failure {
     /// The command line or a file it names is wrong (the caller fixes it).
     Usage(anyhow::Error),
-    /// The volume's files say something impossible outside the log (a
-    /// wrapped key that is not one, a key id that does not match).
-    BadData(anyhow::Error),
     /// A check of the volume's files found damage.
     Damaged(DamageReport),
     /// A volume operation failed.
     Volume(VolumeError),
     /// A key-care or maintenance operation run here failed.
     Service(ServiceError),
-    /// A call to lsvkms failed while doing `action`.
-    Kms {
-        /// What was being done, for the message.
-        action: String,
-        /// The client's error.
-        error: ClientError,
-    },
     /// A call to the daemon serving the volume failed.
     Daemon(CallError),
     /// An operation run here was refused (the daemon's kinds of refusal).
@@ -65,10 +55,9 @@ pub enum Failure {
 pub fn exit_code(failure: &Failure) -> i32 {
     match failure {
         Failure::Usage(_) => USAGE,
-        Failure::BadData(_) | Failure::Damaged(_) => DATA,
+        Failure::Damaged(_) => DATA,
         Failure::Volume(error) => of_volume(error),
         Failure::Service(error) => of_service(error),
-        Failure::Kms { error, .. } => of_kms(error),
         Failure::Daemon(error) => of_call(error),
         Failure::Refused(error) => of_refusal(error),
         Failure::Io(_) => IO,
@@ -91,7 +80,8 @@ fn of_volume(error: &VolumeError) -> i32 {
         | E::UnknownKey { .. }
         | E::WrongKey { .. }
         | E::NullCipherUnavailable
-        | E::ReadOnly => DATA,
+        | E::ReadOnly
+        | E::Ephemeral { .. } => DATA,
         E::BadOption(_)
         | E::AlreadyExists { .. }
         | E::OutOfRange { .. }
@@ -111,6 +101,7 @@ fn of_service(error: &ServiceError) -> i32 {
         ServiceError::KeyService { source, .. } => of_kms(source),
         ServiceError::RewrapRefused(_) => DENIED,
         ServiceError::RotationRunning => BUSY,
+        ServiceError::CryptoPool(_) | ServiceError::VolumeStillInUse => SOFTWARE,
         ServiceError::NoKeyService | ServiceError::NoAcl => USAGE,
         ServiceError::NoCurrentKeyEntry
         | ServiceError::NoWrappedBlob { .. }
@@ -170,30 +161,17 @@ impl Failure {
     pub fn io(error: impl std::fmt::Display) -> Self {
         Failure::Io(anyhow::anyhow!("{error}"))
     }
-
-    /// A failed lsvkms call while doing `action`.
-    pub fn kms(action: &str, error: ClientError) -> Self {
-        Failure::Kms {
-            action: action.to_string(),
-            error,
-        }
-    }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Usage(e)
-            | Failure::BadData(e)
-            | Failure::Io(e)
-            | Failure::Busy(e)
-            | Failure::Internal(e) => {
+            Failure::Usage(e) | Failure::Io(e) | Failure::Busy(e) | Failure::Internal(e) => {
                 write!(f, "{e:#}")
             }
             Failure::Damaged(report) => write!(f, "{report}"),
             Failure::Volume(e) => write!(f, "{e}"),
             Failure::Service(e) => write!(f, "{e}"),
-            Failure::Kms { action, error } => write!(f, "{action}: {error}"),
             Failure::Daemon(e) => write!(f, "the daemon serving the volume: {e}"),
             Failure::Refused(e) => write!(f, "{e}"),
             Failure::Remote(e) => write!(f, "{e}"),
@@ -217,16 +195,6 @@ impl From<ControlError> for Failure {
     fn from(error: ControlError) -> Self {
         Failure::Refused(error)
     }
-}
-
-/// Parses the command line; a usage error exits 64 (clap's own default is
-/// 2), `--help` and `--version` exit 0.
-pub fn parse_args<P: clap::Parser>() -> P {
-    P::try_parse().unwrap_or_else(|error| {
-        let code = if error.use_stderr() { USAGE } else { 0 };
-        let _ = error.print();
-        std::process::exit(code);
-    })
 }
 
 /// Result type of every subcommand.
@@ -257,21 +225,24 @@ mod tests {
 
     #[test]
     fn kms_errors_map_to_the_table() {
+        let kms = |source| {
+            Failure::Service(ServiceError::KeyService {
+                action: "unwrap".into(),
+                source,
+            })
+        };
         let api = |status| {
-            Failure::kms(
-                "unwrap",
-                ClientError::Api {
-                    status,
-                    code: "c".into(),
-                    message: "m".into(),
-                },
-            )
+            kms(ClientError::Api {
+                status,
+                code: "c".into(),
+                message: "m".into(),
+            })
         };
         assert_eq!(exit_code(&api(403)), DENIED);
         assert_eq!(exit_code(&api(401)), DENIED);
         assert_eq!(exit_code(&api(503)), KMS_UNAVAILABLE);
         assert_eq!(exit_code(&api(500)), SOFTWARE);
-        let gone = Failure::kms("unwrap", ClientError::Disconnected("eof".into()));
+        let gone = kms(ClientError::Disconnected("eof".into()));
         assert_eq!(exit_code(&gone), KMS_UNAVAILABLE);
     }
 }

@@ -53,13 +53,9 @@ fn describe(args: &InspectArgs, superblock: &Superblock, damage: &DamageReport) 
     let pending = pending_acl(&args.volume)?;
     // Live and dead bytes need the index: from the daemon if one serves the
     // volume, else from a read-only open here (no key needed).
-    let status = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Status,
-        true,
-        &mut |_| {},
-        |v, _| Ok(serde_json::json!({ "space": maintenance::space(v)? })),
-    )?;
+    let status = admin::run_quietly(&args.volume, ControlRequest::Status, true, |v| {
+        Ok(serde_json::json!({ "space": maintenance::space(v)? }))
+    })?;
     let space = status["space"].clone();
     let keys: Vec<_> = superblock
         .keys

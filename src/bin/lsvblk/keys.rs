@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use lsvblk::crypto::DataKey;
-use lsvblk::kms::client::KmsClient;
+use lsvblk::kms::api::KeyContext;
+use lsvblk::kms::client::{ClientError, KmsClient};
 use lsvblk::service;
 use lsvblk::volume::KeyEntry;
 use zeroize::Zeroizing;
@@ -29,11 +30,6 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, Failure> {
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
-/// Decodes an entry's base64 blob.
-pub fn blob_of(entry: &KeyEntry) -> Result<Vec<u8>, Failure> {
-    service::wrapped_blob(entry).map_err(Failure::Service)
-}
-
 /// Unwraps every entry (sealed for `volume_id` unless the entry names
 /// another volume) with `token`; any refusal stops with lsvkms's reason
 /// (see [`service::unwrap_all`]).
@@ -44,4 +40,15 @@ pub fn unwrap_all(
     entries: &[KeyEntry],
 ) -> Result<Vec<DataKey>, Failure> {
     service::unwrap_all(kms, token, volume_id, entries).map_err(Failure::Service)
+}
+
+/// Unwraps every entry (sealed for `volume_id` unless the entry names
+/// another volume) with `unwrap` (a token's or a lease's unwrap); any
+/// refusal stops with lsvkms's reason (see [`service::unwrap_entries`]).
+pub fn unwrap_entries(
+    volume_id: &str,
+    entries: &[KeyEntry],
+    unwrap: impl FnMut(&[u8], &KeyContext) -> Result<DataKey, ClientError>,
+) -> Result<Vec<DataKey>, Failure> {
+    service::unwrap_entries(volume_id, entries, unwrap).map_err(Failure::Service)
 }

@@ -16,6 +16,7 @@ mod image;
 mod inspect;
 mod keys;
 mod kms;
+mod lease;
 mod progress;
 mod remote_serve;
 mod rotate;
@@ -37,10 +38,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep the process dumpable (core files, ptrace): for debugging and
-    /// tests only. Without it the process writes no core dump.
-    #[arg(long, global = true, hide = true)]
-    allow_core_dumps: bool,
+    #[command(flatten)]
+    process: lsvblk::ops::cli::ProcessArgs,
 }
 
 #[derive(Subcommand)]
@@ -49,7 +48,7 @@ enum Command {
     /// the wrapped key in the volume, print the key id (never the key).
     Create(create::CreateArgs),
     /// Serve a volume over vhost-user-blk until SIGTERM/SIGINT.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a volume's geometry, keys (ids only), ACLs, snapshots and
     /// space use (live and dead bytes).
     Inspect(inspect::InspectArgs),
@@ -87,21 +86,15 @@ enum Command {
 }
 
 fn main() {
-    // Files and sockets we create are ours alone unless we say otherwise
-    // (explicit modes where others need access): an inherited umask of 000
-    // must not make segments, checkpoints or sockets world-writable.
-    // SAFETY: umask(2) only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    // Before anything else, so that no key ever lives in a dumpable process.
-    if let Err(error) = lsvblk::crypto::hygiene::protect_process_unless_flagged() {
+    if let Err(error) = lsvblk::ops::cli::protect_process() {
         eprintln!("lsvblk: error: cannot disable core dumps: {error}");
         std::process::exit(exit::SOFTWARE);
     }
-    let cli: Cli = exit::parse_args();
-    init_logging();
+    let cli: Cli = lsvblk::ops::cli::parse_args();
+    lsvblk::ops::cli::init_logging("info");
     let result = match cli.command {
         Command::Create(args) => create::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Clone(args) => clone::run(args),
@@ -120,13 +113,4 @@ fn main() {
         eprintln!("lsvblk: error: {failure}");
         std::process::exit(exit::exit_code(&failure));
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

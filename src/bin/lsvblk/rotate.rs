@@ -3,18 +3,16 @@
 //! otherwise the volume is opened here (rotate needs its keys: --token-file).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use lsvblk::crypto::{CryptoPool, KeyId};
-use lsvblk::service::{KeyCare, rewrap_blobs};
-use lsvblk::volume::{KeyPolicy, RotationReason, Superblock, Volume, VolumeLock, VolumeOptions};
+use lsvblk::crypto::KeyId;
+use lsvblk::service::{RotateRequest, rewrap_blobs, rotate_unserved};
+use lsvblk::volume::{KeyPolicy, Superblock};
 use serde_json::Value;
 
 use crate::admin::{self, Reach, print};
 use crate::control::{self, ControlRequest};
 use crate::exit::{Failure, Outcome};
-use crate::keys::{read_token, unwrap_all};
+use crate::keys::read_token;
 use crate::kms::{client, parse_kms_address};
 use crate::progress::BytesProgress;
 use crate::size::parse_size;
@@ -73,52 +71,24 @@ pub fn rotate(args: RotateArgs) -> Outcome {
     Ok(())
 }
 
-/// Opens the volume with its keys (unwrapped with the token) and rotates.
+/// Rotates here: the volume is opened with its keys, unwrapped with the
+/// user's token.
 fn rotate_here(args: &RotateArgs, progress: &mut dyn FnMut(&Value)) -> Result<Value, Failure> {
     let (Some(kms), Some(token_file)) = (&args.kms, &args.token_file) else {
         return Err(Failure::usage(
             "no daemon serves the volume: give --kms and --token-file to rotate it here",
         ));
     };
-    let superblock = Superblock::load(&args.volume)?;
-    let lock = VolumeLock::acquire(&args.volume, false)?;
+    let asked = RotateRequest {
+        compromised: args.compromised,
+        rate_mib_s: args.rate_mib,
+        include_snapshots: args.include_snapshots,
+    };
     let token = read_token(token_file)?;
-    let keys = unwrap_all(
-        &client(kms),
-        &token,
-        &superblock.volume_id,
-        &superblock.keys,
-    )?;
-    drop(token);
-    let pool = CryptoPool::new(0, lsvblk::limits::CRYPTO_CHUNK_BYTES_DEFAULT)
-        .map_err(Failure::internal)?;
-    let options = VolumeOptions {
-        pool: Some(Arc::new(pool)),
-        ..VolumeOptions::default()
-    };
-    let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
-    let care = KeyCare::new(
-        Arc::clone(&volume),
-        Some(client(kms)),
-        args.rate_mib.unwrap_or(0),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let reason = if args.compromised.is_some() {
-        RotationReason::Compromised
-    } else {
-        RotationReason::Manual
-    };
-    let result = care.rotate(
-        reason,
-        args.compromised,
-        args.rate_mib,
-        args.include_snapshots || args.compromised.is_some(),
-        &mut |v| progress(&v),
-    );
-    drop(care);
-    let volume = Arc::try_unwrap(volume).map_err(|_| Failure::internal("volume still in use"))?;
-    volume.close()?;
-    result.map_err(Failure::Service)
+    rotate_unserved(&args.volume, client(kms), &token, &asked, &mut |v| {
+        progress(&v)
+    })
+    .map_err(Failure::Service)
 }
 
 /// Arguments of `lsvblk rewrap`.
@@ -138,17 +108,11 @@ pub struct RewrapArgs {
 /// lsvkms's newest wrapping key (no data key is unwrapped).
 pub fn rewrap(args: RewrapArgs) -> Outcome {
     let kms = args.kms.clone();
-    let out = admin::run_anywhere(
-        &args.volume,
-        ControlRequest::Rewrap,
-        false,
-        &mut |_| {},
-        |v, _| {
-            // A keyless open: rewrapping needs only the volume's metadata.
-            rewrap_blobs(v, &client(&kms), false)
-                .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
-        },
-    )?;
+    let out = admin::run_quietly(&args.volume, ControlRequest::Rewrap, false, |v| {
+        // A keyless open: rewrapping needs only the volume's metadata.
+        rewrap_blobs(v, &client(&kms), false)
+            .map_err(|e| lsvblk::volume::VolumeError::BadOption(e.to_string()))
+    })?;
     print(&out, args.json);
     Ok(())
 }
@@ -218,7 +182,7 @@ pub fn policy(args: PolicyCommand) -> Outcome {
     let request = ControlRequest::SetPolicy {
         policy: policy.clone(),
     };
-    let out = admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
+    let out = admin::run_quietly(&args.volume, request, false, |v| {
         v.set_key_policy(&policy)?;
         Ok(serde_json::json!({ "policy": policy }))
     })?;

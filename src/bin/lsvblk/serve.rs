@@ -1,11 +1,14 @@
 //! `lsvblk serve`: unwrap the key through lsvkms, open the volume, serve it
 //! over vhost-user-blk until SIGTERM/SIGINT, then flush and close.
 
+mod open;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress, UpkeepCollector};
 use lsvblk::store::{CheckDepth, DamageKind};
 use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
@@ -14,13 +17,14 @@ use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{
     SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
 };
+use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::control::control_socket_path;
 use crate::exit::{Failure, Outcome};
-use crate::keys::{read_token, unwrap_all};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
+use crate::lease::{Credential, unwrap_all_with};
 use crate::services::{ControlSocketHolder, Services};
 use crate::size::parse_size;
 
@@ -35,13 +39,29 @@ pub struct ServeArgs {
     /// vhost-user socket to listen on (a stale socket file is replaced).
     #[arg(long, env = "LSVBLK_SOCKET")]
     socket: PathBuf,
-    /// The key-wrapping service: unix:PATH of its socket.
-    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address)]
-    kms: PathBuf,
+    /// The key-wrapping service: unix:PATH of its socket (not with
+    /// --ephemeral).
+    #[arg(long, env = "LSVBLK_KMS", value_parser = parse_kms_address, required_unless_present = "ephemeral")]
+    kms: Option<PathBuf>,
+    /// Serve a new ephemeral volume of --size in --volume (absent, empty,
+    /// or left by a killed ephemeral daemon): its data key is made here in
+    /// locked memory and never wrapped or stored; the directory is deleted
+    /// when the daemon ends, and nothing else can ever read it.
+    #[arg(long, requires = "size", conflicts_with_all = ["kms", "token_file", "snapshot", "read_only", "store"])]
+    ephemeral: bool,
+    /// Capacity of the --ephemeral volume (K/M/G/T suffixes).
+    #[arg(long, value_parser = parse_size, requires = "ephemeral")]
+    size: Option<u64>,
     /// File holding the user's token (from `lsvkms token issue`); must not
-    /// be readable by group or others (exit 64 otherwise).
+    /// be readable by group or others (exit 64 otherwise). Without it, the
+    /// leases a former `serve --lease` kept in the volume are used.
     #[arg(long, env = "LSVBLK_TOKEN_FILE")]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
+    /// With --token-file: ask lsvkms for a lease this long (e.g. 30d; lsvkms
+    /// may shorten it), kept in VOLUME/lease.json (0600), so later `serve`
+    /// runs need no token until it ends or is revoked.
+    #[arg(long, value_parser = parse_kms_timeout, requires = "token_file")]
+    lease: Option<Duration>,
     /// Mode of the vhost-user socket file (octal). Whoever may connect to it
     /// reads and writes the decrypted disk: 0600 lets only our user in; use
     /// 0660 with --socket-group for a VMM running as another user.
@@ -117,10 +137,19 @@ pub struct ServeArgs {
     /// a compromised key's rotation is never throttled).
     #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9650) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVBLK_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
     clock_skew_file: Option<PathBuf>,
+    /// Tests only: how often (ms) the daemon asks lsvkms about its keys and
+    /// looks at space use (default 2000), so a test sees an hour's polls in
+    /// seconds.
+    #[arg(long, hide = true)]
+    background_poll_ms: Option<u64>,
     #[command(flatten)]
     store: crate::store::StoreArgs,
     #[command(flatten)]
@@ -136,14 +165,10 @@ pub fn run(args: ServeArgs) -> Outcome {
     let mut serving = None;
     let mut remote =
         crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
-    let superblock = Superblock::load(&args.volume)?;
-    refuse_foreign_files(&args.volume)?;
-    let device = device_options(&args, &superblock)?;
-    let token = read_token(&args.token_file)?;
     let pool =
         CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
-        heads: usize::from(device.num_queues),
+        heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
         pool: Some(Arc::new(pool)),
         clock: args
@@ -152,18 +177,53 @@ pub fn run(args: ServeArgs) -> Outcome {
             .map(|path| Arc::new(SkewedClock(path)) as Arc<dyn lsvblk::volume::Clock>),
         ..VolumeOptions::default()
     };
-    let kms = client(&args.kms).retrying_for(args.kms_timeout);
+    // An ephemeral volume is made here (its key too); any other is opened
+    // with keys from lsvkms.
+    let (ephemeral_volume, ephemeral_dir) = match args.ephemeral {
+        true => {
+            let (volume, dir) = args.create_ephemeral(&options)?;
+            (Some(volume), Some(dir))
+        }
+        false => (None, None),
+    };
+    let superblock = match &ephemeral_volume {
+        Some(volume) => volume.superblock().clone(),
+        None => {
+            let superblock = Superblock::load(&args.volume)?;
+            refuse_foreign_files(&args.volume)?;
+            superblock
+        }
+    };
+    let device = device_options(&args, &superblock)?;
+    let credential = match args.ephemeral {
+        true => None,
+        false => Some(Credential::from_args(
+            args.token_file.as_deref(),
+            args.lease.map(|d| d.as_secs()),
+            &args.volume,
+        )?),
+    };
+    let kms = args
+        .kms
+        .as_ref()
+        .map(|path| client(path).retrying_for(args.kms_timeout));
     // How long the start takes, for the "serving" line (a restart in place
     // is this long plus the old daemon's exit).
     let (mut unwrap_ms, open_started) = (0, Instant::now());
     let mut unwrap = |keys| {
         let at = Instant::now();
-        let unwrapped = unwrap_all(&kms, &token, &superblock.volume_id, keys);
+        let (Some(kms), Some(credential)) = (&kms, &credential) else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--kms is required (or --ephemeral)"
+            )));
+        };
+        let unwrapped = unwrap_all_with(kms, credential, &args.volume, &superblock.volume_id, keys);
         unwrap_ms = at.elapsed().as_millis();
         unwrapped
     };
-    let served = Arc::new(match &args.snapshot {
-        Some(name) => {
+    let served = Arc::new(match (&args.snapshot, ephemeral_volume) {
+        (_, Some(volume)) => Served::open(Arc::new(volume)),
+        (Some(name), None) => {
             // The snapshot's own key set and ACL decide, not the volume's.
             let meta = load_snapshot(&args.volume, name)?;
             let keys = unwrap(&meta.keys)?;
@@ -175,14 +235,14 @@ pub fn run(args: ServeArgs) -> Outcome {
             )?))
         }
         // A live migration's destination: the key now, the volume later.
-        None if args.standby => {
+        (None, None) if args.standby => {
             let keys = unwrap(&superblock.keys)?;
             let holder = ControlSocketHolder {
                 socket: control_socket_path(&args.volume),
             };
             Served::standby(Standby::new(&args.volume, keys, options, Box::new(holder)))?
         }
-        None => {
+        (None, None) => {
             // Lock first: a second daemon on this volume must not get a key.
             let lock = match &mut remote {
                 Some(claimed) => claimed.take_lock()?,
@@ -197,7 +257,7 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
     });
     let open_ms = open_started.elapsed().as_millis().saturating_sub(unwrap_ms);
-    drop(token);
+    drop(credential);
     drop(kms);
     if let Some(volume) = served.if_active() {
         report_recovery(&volume);
@@ -217,9 +277,16 @@ pub fn run(args: ServeArgs) -> Outcome {
             args.compact_rate_mib,
             args.kms.clone(),
             server.stop_handle(),
+            args.background_poll_ms.map_or(
+                lsvblk::service::BACKGROUND_POLL_DEFAULT,
+                Duration::from_millis,
+            ),
             serving.as_ref().map(|s| s.uploader()),
         )
     });
+    if let Some(address) = &args.metrics {
+        serve_metrics(address, &server, &served, services.as_ref())?;
+    }
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
@@ -248,6 +315,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     if let Some(serving) = serving {
         serving.finish();
     }
+    drop(ephemeral_dir);
     ran?;
     let _ = std::fs::remove_file(&args.socket);
     if handed_over {
@@ -341,6 +409,24 @@ fn report_recovery(volume: &Volume) {
 }
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
+/// Serves `--metrics`: the device's counters and the log, and (for a
+/// writable volume) the upkeep's status and the lsvkms calls.
+fn serve_metrics(
+    address: &MetricsAddress,
+    server: &Server,
+    served: &Arc<Served>,
+    services: Option<&Arc<Services>>,
+) -> Result<(), Failure> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), served)));
+    let services = services.map(Arc::downgrade);
+    registry.register_collector(Box::new(UpkeepCollector::new(Box::new(move || {
+        services.as_ref()?.upgrade()?.upkeep_status()
+    }))));
+    metrics::serve(address, registry)
+        .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))
+}
+
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lsvblk::sync::LockOrRecover;
 use lsvblk::vhost::StopHandle;
@@ -32,8 +32,11 @@ struct Running {
 pub struct Services {
     served: Arc<Served>,
     compact_rate_mib: u64,
-    kms: PathBuf,
+    /// lsvkms (none for an ephemeral volume).
+    kms: Option<PathBuf>,
     stop: StopHandle,
+    /// How often the background upkeep looks at keys and space.
+    poll: Duration,
     running: Mutex<Option<Running>>,
     /// The uploader of a volume kept in an object store (`status` shows it).
     uploader: Option<Arc<lsvblk::remote::Uploader>>,
@@ -44,8 +47,9 @@ impl Services {
     pub fn start_when_active(
         served: &Arc<Served>,
         compact_rate_mib: u64,
-        kms: PathBuf,
+        kms: Option<PathBuf>,
         stop: StopHandle,
+        poll: Duration,
         uploader: Option<Arc<lsvblk::remote::Uploader>>,
     ) -> Arc<Self> {
         let services = Arc::new(Self {
@@ -53,6 +57,7 @@ impl Services {
             compact_rate_mib,
             kms,
             stop,
+            poll,
             running: Mutex::new(None),
             uploader,
         });
@@ -71,7 +76,8 @@ impl Services {
         let daemon = Daemon::new(
             Arc::clone(volume),
             self.compact_rate_mib,
-            Some(crate::kms::client(&self.kms)),
+            self.kms.as_ref().map(crate::kms::client),
+            self.poll,
         );
         if let Some(uploader) = &self.uploader {
             daemon.set_uploader(Arc::clone(uploader));
@@ -103,6 +109,12 @@ impl Services {
         running.daemon.stop();
         running.control.stop();
         let _ = running.compactor.join();
+    }
+
+    /// The upkeep's status while the services run (see
+    /// [`Daemon::upkeep_status`]).
+    pub fn upkeep_status(&self) -> Option<Value> {
+        self.daemon()?.upkeep_status()
     }
 
     fn daemon(&self) -> Option<Arc<Daemon>> {

@@ -1,15 +1,15 @@
 //! `lsvblk snapshot create|list|delete`: point-in-time, read-only views of
 //! a volume, taken in O(1) whether or not a daemon serves the volume.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use lsvblk::service::maintenance;
 use lsvblk::volume::{SnapshotPaths, list_snapshots, live_clones};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::admin::{self, print};
 use crate::control::ControlRequest;
-use crate::exit::Outcome;
-use lsvblk::service::maintenance;
+use crate::exit::{Failure, Outcome};
 
 /// Arguments of `lsvblk snapshot`.
 #[derive(clap::Args)]
@@ -56,13 +56,7 @@ enum SnapshotCommand {
 /// Runs a snapshot subcommand.
 pub fn run(args: SnapshotArgs) -> Outcome {
     match args.command {
-        SnapshotCommand::Create { volume, name, json } => {
-            let request = ControlRequest::SnapshotCreate { name: name.clone() };
-            let out = admin::run_anywhere(&volume, request, false, &mut |_| {}, |v, _| {
-                maintenance::snapshot_create(v, &name)
-            })?;
-            print(&out, json);
-        }
+        SnapshotCommand::Create { volume, name, json } => print(&take(&volume, &name)?, json),
         SnapshotCommand::List { volume, json } => {
             let out = snapshot_list(&volume)?;
             if json {
@@ -80,20 +74,36 @@ pub fn run(args: SnapshotArgs) -> Outcome {
                 }
             }
         }
-        SnapshotCommand::Delete { volume, name, json } => {
-            let request = ControlRequest::SnapshotDelete { name: name.clone() };
-            let out = admin::run_anywhere(&volume, request, false, &mut |_| {}, |v, _| {
-                maintenance::snapshot_delete(v, &name)
-            })?;
-            print(&out, json);
-        }
+        SnapshotCommand::Delete { volume, name, json } => print(&delete(&volume, &name)?, json),
     }
     Ok(())
 }
 
+/// Takes snapshot `name` of the volume in `dir`, through the daemon if one
+/// serves it.
+pub fn take(dir: &Path, name: &str) -> Result<Value, Failure> {
+    let request = ControlRequest::SnapshotCreate {
+        name: name.to_owned(),
+    };
+    admin::run_quietly(dir, request, false, |v| {
+        maintenance::snapshot_create(v, name)
+    })
+}
+
+/// Deletes snapshot `name` of the volume in `dir`, through the daemon if
+/// one serves it.
+pub fn delete(dir: &Path, name: &str) -> Result<Value, Failure> {
+    let request = ControlRequest::SnapshotDelete {
+        name: name.to_owned(),
+    };
+    admin::run_quietly(dir, request, false, |v| {
+        maintenance::snapshot_delete(v, name)
+    })
+}
+
 /// The snapshots of the volume in `dir` as JSON (read from their metadata
 /// blocks: no lock, no daemon needed).
-pub fn snapshot_list(dir: &std::path::Path) -> Result<serde_json::Value, crate::exit::Failure> {
+pub fn snapshot_list(dir: &Path) -> Result<Value, Failure> {
     let mut out = Vec::new();
     for meta in list_snapshots(dir)? {
         let paths = SnapshotPaths::new(dir, &meta.name);

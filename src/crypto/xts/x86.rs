@@ -173,26 +173,34 @@ impl Width {
     }
 }
 
-/// XTS over `buf`, whole data units of `unit_bytes`, the first with tweak
-/// number `first`, under `data` (K1) and `tweak` (K2).
+/// One XTS pass: `buf` in `direction`, whole data units of `unit_bytes`,
+/// the first with tweak number `first`, under `data` (K1) and `tweak` (K2).
+pub(super) struct XtsJob<'a> {
+    /// The data key's schedule (K1).
+    pub data: &'a Schedule,
+    /// The tweak key's schedule (K2).
+    pub tweak: &'a Schedule,
+    /// Encrypt or decrypt.
+    pub direction: Direction,
+    /// The data units, in place.
+    pub buf: &'a mut [u8],
+    /// Bytes per data unit.
+    pub unit_bytes: usize,
+    /// The tweak number of the first unit.
+    pub first: u128,
+}
+
+/// Runs `job` on the `width` path.
 ///
 /// # Safety
 /// The CPU supports `width` ([`Width::supported`]).
-pub(super) unsafe fn xts(
-    width: Width,
-    data: &Schedule,
-    tweak: &Schedule,
-    direction: Direction,
-    buf: &mut [u8],
-    unit_bytes: usize,
-    first: u128,
-) {
+pub(super) unsafe fn xts(width: Width, job: XtsJob<'_>) {
     // SAFETY: the caller checked the CPU for `width`.
     unsafe {
         match width {
-            Width::Xmm => xts_xmm(data, tweak, direction, buf, unit_bytes, first),
-            Width::Ymm => xts_ymm(data, tweak, direction, buf, unit_bytes, first),
-            Width::Zmm => xts_zmm(data, tweak, direction, buf, unit_bytes, first),
+            Width::Xmm => xts_xmm(job),
+            Width::Ymm => xts_ymm(job),
+            Width::Zmm => xts_zmm(job),
         }
     }
 }
@@ -218,16 +226,9 @@ pub(super) unsafe fn ecb_encrypt(width: Width, keys: &Schedule, blocks: &mut [u8
 macro_rules! entry_points {
     ($($xts:ident, $ecb:ident, $lanes:ty, $batch:expr, $features:literal;)*) => {$(
         #[target_feature(enable = $features)]
-        fn $xts(
-            data: &Schedule,
-            tweak: &Schedule,
-            direction: Direction,
-            buf: &mut [u8],
-            unit_bytes: usize,
-            first: u128,
-        ) {
+        fn $xts(job: XtsJob<'_>) {
             // SAFETY: the features `run_xts` needs are enabled here.
-            unsafe { run_xts::<$lanes, { $batch }>(data, tweak, direction, buf, unit_bytes, first) }
+            unsafe { run_xts::<$lanes, { $batch }>(job) }
         }
 
         #[target_feature(enable = $features)]
@@ -254,14 +255,15 @@ entry_points! {
 /// # Safety
 /// The CPU has the features of `L`.
 #[inline(always)]
-unsafe fn run_xts<L: Lanes, const W: usize>(
-    data: &Schedule,
-    tweak: &Schedule,
-    direction: Direction,
-    buf: &mut [u8],
-    unit_bytes: usize,
-    first: u128,
-) {
+unsafe fn run_xts<L: Lanes, const W: usize>(job: XtsJob<'_>) {
+    let XtsJob {
+        data,
+        tweak,
+        direction,
+        buf,
+        unit_bytes,
+        first,
+    } = job;
     // SAFETY: the caller vouches for the CPU.
     unsafe {
         let data_keys = Broadcast::<L>::new(data.keys(direction));

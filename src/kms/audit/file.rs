@@ -295,11 +295,7 @@ fn scan_forward(file: &File, key: &AuditKey, start: Head) -> io::Result<(Head, b
     let mut last = start;
     let mut line = Vec::with_capacity(AUDIT_LINE_BYTES_MAX);
     loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(AUDIT_LINE_BYTES_MAX as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
+        if read_line(&mut reader, &mut line)? == 0 {
             return Ok((last, false));
         }
         if line == [PAD] {
@@ -325,6 +321,16 @@ fn scan_forward(file: &File, key: &AuditKey, start: Head) -> io::Result<(Head, b
 
 fn chains(previous: &Head, stored: &StoredRecord) -> bool {
     stored.record.seq == previous.seq + 1 && stored.record.prev == previous.hash
+}
+
+/// Reads the next line into `line` (cleared first), its `\n` included:
+/// at most one byte over [`AUDIT_LINE_BYTES_MAX`], so that a longer line
+/// shows as too long. 0 at the end of the file.
+pub fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<usize> {
+    line.clear();
+    reader
+        .take(AUDIT_LINE_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', line)
 }
 
 /// True if only padding is left to read.

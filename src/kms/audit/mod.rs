@@ -83,6 +83,10 @@ pub struct AuditEntry {
     /// one. Absent for single calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The lease an unwrap was allowed by, or that it granted (`user` is
+    /// then the user whose unwrap granted it). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// One line of the log as stored (without its `hash`).
@@ -251,6 +255,7 @@ fn sample_entry(service: &str) -> AuditEntry {
         decision: Decision::Allow,
         reason: "ok".into(),
         count: None,
+        lease: None,
     }
 }
 
@@ -287,6 +292,7 @@ mod tests {
                 decision: Decision::Allow,
                 reason: "ok".into(),
                 count: None,
+                lease: None,
             },
             prev: GENESIS_HASH.into(),
         }

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::file::{Head, PAD, head_path, read_head, rest_is_padding};
+use super::file::{Head, PAD, head_path, read_head, read_line, rest_is_padding};
 use super::{AuditKey, Decision, StoredRecord, decode_line, parse_line_unverified};
 use crate::crypto::KeyId;
 use crate::kms::error::KmsError;
@@ -65,11 +65,7 @@ fn for_each_line(
     let mut line = Vec::with_capacity(AUDIT_LINE_BYTES_MAX);
     let mut number = 0u64;
     loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(AUDIT_LINE_BYTES_MAX as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
+        if read_line(&mut reader, &mut line)? == 0 {
             return Ok(());
         }
         number += 1;

@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use aes::Aes256;
 use aes::cipher::KeyInit;
 use zeroize::Zeroizing;
 
-use super::{KekError, WrappingKeys, check_not_retired, load_min_version, store_min_version};
+use super::{KekError, MinVersion, WrappingKeys};
 use crate::crypto::hygiene::RegisterScrub;
 use crate::crypto::locked::{LockedBox, LockedFillError, scrub_stack};
 use crate::kms::fsutil;
@@ -28,7 +27,7 @@ pub const KEK_FILE_BYTES: usize = 32;
 pub struct FileKek {
     state_dir: PathBuf,
     keys: RwLock<BTreeMap<u32, LockedBox<Aes256>>>,
-    version_min: AtomicU32,
+    version_min: MinVersion,
     rotate_lock: Mutex<()>,
 }
 
@@ -86,11 +85,10 @@ impl FileKek {
         if keys.is_empty() {
             return Err(KekError::Missing(dir.display().to_string()));
         }
-        let version_min = load_min_version(state_dir)?;
         Ok(Self {
             state_dir: state_dir.to_path_buf(),
             keys: RwLock::new(keys),
-            version_min: AtomicU32::new(version_min),
+            version_min: MinVersion::load(state_dir)?,
             rotate_lock: Mutex::new(()),
         })
     }
@@ -148,11 +146,11 @@ impl WrappingKeys for FileKek {
     }
 
     fn min_version(&self) -> u32 {
-        self.version_min.load(Ordering::Acquire)
+        self.version_min.get()
     }
 
     fn blob_key(&self, version: u32, nonce: &BlobNonce) -> Result<BlobKey, KekError> {
-        check_not_retired(version, self.min_version())?;
+        self.version_min.check_not_retired(version)?;
         let keys = self.keys.read().expect("kek lock poisoned");
         let cipher = keys
             .get(&version)
@@ -177,14 +175,7 @@ impl WrappingKeys for FileKek {
 
     fn set_min_version(&self, version_min: u32) -> Result<(), KekError> {
         let _serial = self.rotate_lock.lock().expect("rotate lock poisoned");
-        store_min_version(
-            &self.state_dir,
-            version_min,
-            self.min_version(),
-            self.current_version(),
-        )?;
-        self.version_min.store(version_min, Ordering::Release);
-        Ok(())
+        self.version_min.raise(version_min, self.current_version())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod file;
 pub mod pkcs11;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,45 +86,63 @@ pub fn min_version_path(dir: &Path) -> PathBuf {
     dir.join("kek-min-version.json")
 }
 
-/// Reads the minimum version (1 if never raised).
-pub fn load_min_version(dir: &Path) -> Result<u32, KekError> {
-    let path = min_version_path(dir);
-    match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
-        Ok(bytes) => serde_json::from_slice::<MinVersionFile>(&bytes)
-            .map(|file| file.min_version.max(1))
-            .map_err(|e| KekError::Io(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
-        Err(e) => Err(KekError::Io(format!("{}: {e}", path.display()))),
-    }
+/// The lowest wrapping-key version still accepted, as both backends keep
+/// it: in memory for every unwrap, durably in `DIR/kek-min-version.json`.
+pub struct MinVersion {
+    dir: PathBuf,
+    version_min: AtomicU32,
 }
 
-/// Checks and stores a new minimum version durably.
-pub fn store_min_version(
-    dir: &Path,
-    asked: u32,
-    version_min: u32,
-    current: u32,
-) -> Result<(), KekError> {
-    if asked < version_min || asked > current {
-        return Err(KekError::BadMinimum {
-            asked,
-            version_min,
-            current,
-        });
+impl MinVersion {
+    /// Reads the minimum version kept in `dir` (1 if never raised).
+    pub fn load(dir: &Path) -> Result<Self, KekError> {
+        let path = min_version_path(dir);
+        let version_min = match fsutil::read_bounded(&path, STATE_FILE_BYTES_MAX) {
+            Ok(bytes) => serde_json::from_slice::<MinVersionFile>(&bytes)
+                .map(|file| file.min_version.max(1))
+                .map_err(|e| KekError::Io(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(KekError::Io(format!("{}: {e}", path.display()))),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            version_min: AtomicU32::new(version_min),
+        })
     }
-    let bytes = serde_json::to_vec(&MinVersionFile { min_version: asked })
-        .map_err(|e| KekError::Io(e.to_string()))?;
-    fsutil::write_atomic(&min_version_path(dir), &bytes, 0o600)
-        .map_err(|e| KekError::Io(format!("storing minimum version: {e}")))
-}
 
-/// Refuses `version` if it is retired; shared by the backends.
-pub fn check_not_retired(version: u32, version_min: u32) -> Result<(), KekError> {
-    if version < version_min {
-        return Err(KekError::Retired {
-            version,
-            version_min,
-        });
+    /// The minimum version.
+    pub fn get(&self) -> u32 {
+        self.version_min.load(Ordering::Acquire)
     }
-    Ok(())
+
+    /// Raises the minimum to `asked` (at most `current`, the newest
+    /// version), durably first. Callers serialize raises with rotations.
+    pub fn raise(&self, asked: u32, current: u32) -> Result<(), KekError> {
+        let version_min = self.get();
+        if asked < version_min || asked > current {
+            return Err(KekError::BadMinimum {
+                asked,
+                version_min,
+                current,
+            });
+        }
+        let bytes = serde_json::to_vec(&MinVersionFile { min_version: asked })
+            .map_err(|e| KekError::Io(e.to_string()))?;
+        fsutil::write_atomic(&min_version_path(&self.dir), &bytes, 0o600)
+            .map_err(|e| KekError::Io(format!("storing minimum version: {e}")))?;
+        self.version_min.store(asked, Ordering::Release);
+        Ok(())
+    }
+
+    /// Refuses `version` if it is retired.
+    pub fn check_not_retired(&self, version: u32) -> Result<(), KekError> {
+        let version_min = self.get();
+        if version < version_min {
+            return Err(KekError::Retired {
+                version,
+                version_min,
+            });
+        }
+        Ok(())
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -25,7 +25,7 @@ use cryptoki::types::AuthPin;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{KekError, WrappingKeys, check_not_retired, load_min_version, store_min_version};
+use super::{KekError, MinVersion, WrappingKeys};
 use crate::kms::fsutil;
 use crate::kms::limits::{KEK_VERSIONS_MAX, PKCS11_SESSIONS};
 use crate::kms::seal::{BlobKey, BlobNonce, DERIVE_INPUT_BYTES};
@@ -55,14 +55,13 @@ fn hsm(what: &str, error: impl std::fmt::Display) -> KekError {
 
 /// Wrapping keys inside a PKCS#11 token.
 pub struct Pkcs11Kek {
-    state_dir: PathBuf,
     config: Pkcs11Config,
     // Fields drop in order: sessions close before the context finalizes.
     sessions: Vec<Mutex<Session>>,
     _context: Pkcs11,
     next_session: AtomicUsize,
     keys: RwLock<BTreeMap<u32, ObjectHandle>>,
-    version_min: AtomicU32,
+    version_min: MinVersion,
     rotate_lock: Mutex<()>,
 }
 
@@ -90,13 +89,12 @@ impl Pkcs11Kek {
             sessions.push(Mutex::new(session));
         }
         let kek = Self {
-            state_dir: state_dir.to_path_buf(),
             config: config.clone(),
             _context: context,
             sessions,
             next_session: AtomicUsize::new(0),
             keys: RwLock::new(BTreeMap::new()),
-            version_min: AtomicU32::new(load_min_version(state_dir)?),
+            version_min: MinVersion::load(state_dir)?,
             rotate_lock: Mutex::new(()),
         };
         let found = kek.find_versions()?;
@@ -232,11 +230,11 @@ impl WrappingKeys for Pkcs11Kek {
     }
 
     fn min_version(&self) -> u32 {
-        self.version_min.load(Ordering::Acquire)
+        self.version_min.get()
     }
 
     fn blob_key(&self, version: u32, nonce: &BlobNonce) -> Result<BlobKey, KekError> {
-        check_not_retired(version, self.min_version())?;
+        self.version_min.check_not_retired(version)?;
         let handle = *self
             .keys
             .read()
@@ -270,13 +268,6 @@ impl WrappingKeys for Pkcs11Kek {
 
     fn set_min_version(&self, version_min: u32) -> Result<(), KekError> {
         let _serial = self.rotate_lock.lock().expect("rotate lock");
-        store_min_version(
-            &self.state_dir,
-            version_min,
-            self.min_version(),
-            self.current_version(),
-        )?;
-        self.version_min.store(version_min, Ordering::Release);
-        Ok(())
+        self.version_min.raise(version_min, self.current_version())
     }
 }

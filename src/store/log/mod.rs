@@ -30,6 +30,7 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod checkpoint_state;
 mod compact;
 mod durability;
 mod events;

@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lsvblk::ops::sparse::zero_and_data_runs;
-use lsvblk::service::maintenance;
 use lsvblk::volume::{Superblock, Volume, VolumeError, VolumeLock, VolumeOptions, load_snapshot};
 
 use super::{CHUNK_BYTES, KeyArgs, Tally, is_stdio};
-use crate::admin::{self, print};
-use crate::control::ControlRequest;
+use crate::admin::print;
 use crate::exit::{Failure, Outcome};
 use crate::progress::Progress;
 
@@ -93,10 +91,7 @@ fn open_source(
             // Served: the daemon takes a snapshot (O(1)), which we read
             // while it goes on serving.
             let name = format!("export-{}-{}", std::process::id(), unix_now_s());
-            let request = ControlRequest::SnapshotCreate { name: name.clone() };
-            admin::run_anywhere(&args.volume, request, false, &mut |_| {}, |v, _| {
-                maintenance::snapshot_create(v, &name)
-            })?;
+            crate::snapshot::take(&args.volume, &name)?;
             match open_snapshot(args, superblock, &name, &options) {
                 Ok(volume) => Ok((volume, Some(name))),
                 Err(error) => {
@@ -121,13 +116,7 @@ fn open_snapshot(
 }
 
 fn delete_snapshot(volume: &Path, name: &str) -> Result<(), Failure> {
-    let request = ControlRequest::SnapshotDelete {
-        name: name.to_owned(),
-    };
-    admin::run_anywhere(volume, request, false, &mut |_| {}, |v, _| {
-        maintenance::snapshot_delete(v, name)
-    })?;
-    Ok(())
+    crate::snapshot::delete(volume, name).map(drop)
 }
 
 fn unix_now_s() -> u64 {
