@@ -393,17 +393,7 @@ impl BlkClient {
         queue: usize,
         completions: &mut [MaybeUninit<Completion>],
     ) -> Vec<(usize, i32)> {
-        let done = self.queues[queue]
-            .do_io(completions, 1, None, None)
-            .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
-        completions[..done]
-            .iter()
-            .map(|c| {
-                // SAFETY: do_io initialised the first `done` completions.
-                let c = unsafe { c.assume_init_ref() };
-                (c.user_data, c.ret)
-            })
-            .collect()
+        reap_queue(&mut self.queues[queue], completions)
     }
 
     /// [`BlkClient::reap`] for a load no request of which may fail: the
@@ -423,6 +413,25 @@ impl BlkClient {
             })
             .collect()
     }
+}
+
+/// Hands what was submitted on `queue` to the device and waits for at
+/// least one completion: (user data, result) of each.
+fn reap_queue(
+    queue: &mut Blkioq,
+    completions: &mut [MaybeUninit<Completion>],
+) -> Vec<(usize, i32)> {
+    let done = queue
+        .do_io(completions, 1, None, None)
+        .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
+    completions[..done]
+        .iter()
+        .map(|c| {
+            // SAFETY: do_io initialised the first `done` completions.
+            let c = unsafe { c.assume_init_ref() };
+            (c.user_data, c.ret)
+        })
+        .collect()
 }
 
 /// Room for `count` completions, for [`BlkClient::reap`].
@@ -518,17 +527,11 @@ impl QueueIo<'_> {
         completions: &mut [MaybeUninit<Completion>],
         what: &str,
     ) -> Vec<usize> {
-        let done = self
-            .queue
-            .do_io(completions, 1, None, None)
-            .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
-        completions[..done]
-            .iter()
-            .map(|c| {
-                // SAFETY: do_io initialised the first `done` completions.
-                let c = unsafe { c.assume_init_ref() };
-                assert!(c.ret >= 0, "{what}: request failed: {}", c.ret);
-                c.user_data
+        reap_queue(self.queue, completions)
+            .into_iter()
+            .map(|(user_data, ret)| {
+                assert!(ret >= 0, "{what}: request failed: {ret}");
+                user_data
             })
             .collect()
     }
