@@ -50,25 +50,15 @@ pub fn create_volume(kms: &KmsClient, new: NewVolume<'_>) -> Result<Created, Ser
     let volume_id = new_volume_id()?;
     let (key, wrapped) = new_data_key(kms, volume_id, new.acl, "asking lsvkms for a data key")?;
     let key_id = key.id();
-    let volume = match new.base {
-        Some(base) => Volume::create_over_base(
-            new.dir,
-            base,
-            new.size_bytes,
-            volume_id,
-            key,
-            Some(wrapped),
-            &new.options,
-        )?,
-        None => Volume::create_with_id(
-            new.dir,
-            new.size_bytes,
-            volume_id,
-            key,
-            Some(wrapped),
-            &new.options,
-        )?,
-    };
+    let volume = Volume::create_over_base(
+        new.dir,
+        new.base,
+        new.size_bytes,
+        volume_id,
+        key,
+        Some(wrapped),
+        &new.options,
+    )?;
     if let Some(policy) = &new.policy {
         volume.set_key_policy(policy)?;
     }
