@@ -52,6 +52,7 @@ impl Kms {
             acl: &["alice".to_owned()],
             options: VolumeOptions::default(),
             policy,
+            base: None,
         };
         create_volume(&self.client(), new).unwrap()
     }
@@ -130,6 +131,7 @@ fn a_volume_lsvkms_gives_no_key_for_is_not_created() {
         acl: &["alice".to_owned()],
         options: VolumeOptions::default(),
         policy: None,
+        base: None,
     };
     let failed = create_volume(&down, new);
     assert!(matches!(failed, Err(ServiceError::KeyService { .. })));
