@@ -19,6 +19,7 @@ use vmm_sys_util::event::{
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
 use super::hold::HoldHook;
 use super::inflight::InflightArea;
+use super::metrics::DeviceMetrics;
 use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
@@ -36,7 +37,18 @@ pub struct BlockBackend {
 impl BlockBackend {
     /// A backend for `served` with `options`.
     pub fn new(served: Arc<Served>, options: DeviceOptions) -> Self {
-        Self::build(served, options, HoldHook::get())
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::counted(served, options, metrics)
+    }
+
+    /// Like [`BlockBackend::new`], counting into `metrics` (which must have
+    /// a queue for each of `options.num_queues`).
+    pub fn counted(
+        served: Arc<Served>,
+        options: DeviceOptions,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
+        Self::build(served, options, HoldHook::get(), metrics)
     }
 
     /// TEST-ONLY: like [`BlockBackend::new`], but the `nth` request this
@@ -45,10 +57,16 @@ impl BlockBackend {
     #[doc(hidden)]
     pub fn with_test_hold(served: Arc<Served>, options: DeviceOptions, nth: u64) -> Self {
         let hook: &'static HoldHook = Box::leak(Box::new(HoldHook::new(Some(nth))));
-        Self::build(served, options, hook)
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
+        Self::build(served, options, hook, metrics)
     }
 
-    fn build(served: Arc<Served>, options: DeviceOptions, hold: &'static HoldHook) -> Self {
+    fn build(
+        served: Arc<Served>,
+        options: DeviceOptions,
+        hold: &'static HoldHook,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
         let superblock = served.superblock();
         let geometry = DeviceGeometry {
             capacity_sectors: superblock.size_bytes / 512,
@@ -74,6 +92,7 @@ impl BlockBackend {
                 inflight: Mutex::new(None),
                 queues,
                 hold,
+                metrics,
             }),
         }
     }

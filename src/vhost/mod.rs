@@ -7,14 +7,16 @@
 //! and workers share, `backend` is the `VhostUserBackend` (features, config
 //! space, one thread per queue), `inflight` the inflight I/O tracking area
 //! that lets a restarted daemon finish what its predecessor left in flight,
-//! `hold` a test-only hook, `server` accepts connections one after another
-//! and stops on a signal.
+//! `hold` a test-only hook, `metrics` what the device counts (requests,
+//! bytes, errors, latency, in flight, per queue), `server` accepts
+//! connections one after another and stops on a signal.
 
 mod backend;
 mod chain;
 pub mod config;
 mod hold;
 pub mod inflight;
+pub mod metrics;
 pub mod peer_check;
 pub mod request;
 mod server;

@@ -16,6 +16,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use super::metrics::DeviceMetrics;
 use super::peer_check::AllowedPeers;
 use super::{BlockBackend, DeviceOptions};
 use crate::peer::peer_credentials;
@@ -86,6 +87,7 @@ pub struct Server {
     options: DeviceOptions,
     listener: Listener,
     stop: StopHandle,
+    metrics: Arc<DeviceMetrics>,
     allowed: AllowedPeers,
 }
 
@@ -106,13 +108,20 @@ impl Server {
             device: Arc::new(Mutex::new(None)),
             socket: socket.to_path_buf(),
         };
+        let metrics = Arc::new(DeviceMetrics::new(options.num_queues));
         Ok(Self {
             served,
             options,
             listener,
             stop,
+            metrics,
             allowed: AllowedPeers::default(),
         })
+    }
+
+    /// The device's counters, kept across connections.
+    pub fn metrics(&self) -> Arc<DeviceMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Serves only `allowed` peers (the default: our own user and root).
@@ -170,7 +179,11 @@ impl Server {
     }
 
     fn serve_one(&mut self, number: u64) -> Result<(), ServeError> {
-        let backend = BlockBackend::new(Arc::clone(&self.served), self.options.clone());
+        let backend = BlockBackend::counted(
+            Arc::clone(&self.served),
+            self.options.clone(),
+            Arc::clone(&self.metrics),
+        );
         *self.stop.device.lock_or_recover() = Some(backend.clone());
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("lsvblk".to_string(), backend, memory)

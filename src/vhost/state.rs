@@ -16,6 +16,7 @@ use super::chain::Chain;
 use super::config::DeviceGeometry;
 use super::hold::HoldHook;
 use super::inflight::{InflightArea, QueueInflight};
+use super::metrics::DeviceMetrics;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::sync::LockOrRecover;
 use crate::volume::handover::Served;
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<Mutex<QueueState>>,
     /// Test-only request hold-back (off unless its variable is set).
     pub(crate) hold: &'static HoldHook,
+    /// What the workers count; outlives the connection (the server's).
+    pub(crate) metrics: Arc<DeviceMetrics>,
 }
 
 /// One queue's state across kicks.

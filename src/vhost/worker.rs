@@ -8,6 +8,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use vhost_user_backend::VringT;
 use vhost_user_backend::bitmap::BitmapMmapRegion;
@@ -17,6 +18,7 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
 
 use super::chain::Chain;
+use super::metrics::{ErrorKind, Op};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
@@ -34,12 +36,16 @@ pub(crate) struct QueueWorker<'a> {
     pub(crate) head: HeadId,
 }
 
-/// How one chain ends: its status and the bytes it put in guest buffers.
+/// How one chain ends: its status and the bytes it put in guest buffers;
+/// for the metrics, its type (`None` if it did not parse) and the bytes it
+/// asked to move.
 struct Outcome {
     head: u16,
     status_addr: Option<GuestAddress>,
     status: u8,
     data_len: u32,
+    op: Option<Op>,
+    bytes: u64,
 }
 
 /// Writes gathered from one drain, appended together: at most
@@ -184,16 +190,29 @@ impl QueueWorker<'_> {
             capacity_sectors: self.shared.geometry.capacity_sectors,
             read_only: self.shared.options.read_only,
         };
+        let started = Instant::now();
+        if let Some(metrics) = self.metrics() {
+            metrics.started(chains.len());
+        }
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
         let mut writes = WriteBatch::default();
         for chain in chains {
             let parsed = request::parse(&chain.descs, mem, limits);
             let index = outcomes.len();
+            let (op, bytes) = match &parsed.request {
+                Ok(request) => {
+                    let (op, bytes) = op_and_bytes(request);
+                    (Some(op), bytes)
+                }
+                Err(_) => (None, 0),
+            };
             outcomes.push(Outcome {
                 head: chain.head,
                 status_addr: parsed.status,
                 status: 0,
                 data_len: 0,
+                op,
+                bytes,
             });
             match parsed.request {
                 Err(error) => {
@@ -229,7 +248,12 @@ impl QueueWorker<'_> {
             }
         }
         self.run_writes(&mut writes, &mut outcomes);
-        self.complete(vring, queue, &outcomes, mem)
+        self.complete(vring, queue, &outcomes, mem, started)
+    }
+
+    /// This queue's counters.
+    fn metrics(&self) -> Option<&super::metrics::QueueMetrics> {
+        self.shared.metrics.queue(self.head.0)
     }
 
     /// Writes each status byte and publishes each used element, one at a
@@ -240,7 +264,9 @@ impl QueueWorker<'_> {
         queue: &QueueState,
         outcomes: &[Outcome],
         mem: &GuestRam,
+        started: Instant,
     ) -> io::Result<()> {
+        let metrics = self.metrics();
         for outcome in outcomes {
             let used_len = self.write_status(outcome, mem);
             if let Some(inflight) = &queue.inflight {
@@ -255,6 +281,14 @@ impl QueueWorker<'_> {
             };
             if let Some(inflight) = &queue.inflight {
                 inflight.completed(outcome.head, used_idx);
+            }
+            if let Some(metrics) = metrics {
+                let error = match (outcome.op, outcome.status == VIRTIO_BLK_S_OK as u8) {
+                    (_, true) => None,
+                    (None, false) => Some(ErrorKind::Guest),
+                    (Some(_), false) => Some(ErrorKind::Host),
+                };
+                metrics.completed(outcome.op, outcome.bytes, started.elapsed(), error);
             }
         }
         self.shared.hold.completed(outcomes.len() as u64);
@@ -376,6 +410,18 @@ impl QueueWorker<'_> {
             self.volume()?.flush()?;
         }
         Ok(())
+    }
+}
+
+/// What the metrics count a request as: its type and the bytes it moves.
+fn op_and_bytes(request: &Request) -> (Op, u64) {
+    match request {
+        Request::Read { bytes, .. } => (Op::Read, *bytes),
+        Request::Write { bytes, .. } => (Op::Write, *bytes),
+        Request::Flush => (Op::Flush, 0),
+        Request::GetId { .. } => (Op::GetId, 0),
+        Request::Discard(ranges) => (Op::Discard, ranges.iter().map(range_len).sum()),
+        Request::WriteZeroes(ranges) => (Op::WriteZeroes, ranges.iter().map(range_len).sum()),
     }
 }
 

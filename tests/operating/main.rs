@@ -5,13 +5,15 @@
 //! - [`service`]: the systemd units (`systemd-analyze verify`) and the
 //!   readiness protocol both daemons speak (`READY=1` once their socket
 //!   listens, `STOPPING=1` on SIGTERM), received on a test `NOTIFY_SOCKET`;
-//! - [`images`]: raw images imported into and exported from volumes.
+//! - [`images`]: raw images imported into and exported from volumes;
+//! - [`metrics`]: `lsvblk serve --metrics` scraped under a libblkio load.
 
 #[path = "../kit/mod.rs"]
 mod kit;
 
 mod docs;
 mod images;
+mod metrics;
 mod service;
 
 use std::path::Path;

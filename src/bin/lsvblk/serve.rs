@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
+use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress};
 use lsvblk::store::{CheckDepth, DamageKind};
 use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
@@ -16,6 +17,7 @@ use lsvblk::volume::handover::{Served, Standby};
 use lsvblk::volume::{
     SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
 };
+use prometheus_client::registry::Registry;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -129,6 +131,10 @@ pub struct ServeArgs {
     /// a compromised key's rotation is never throttled).
     #[arg(long, env = "LSVBLK_COMPACT_RATE_MIB", default_value_t = lsvblk::limits::AUTO_COMPACT_RATE_BYTES_DEFAULT >> 20)]
     compact_rate_mib: u64,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9650) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVBLK_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
     /// Tests only: key ages are measured with the system clock moved by the
     /// seconds written in this file (re-read each time).
     #[arg(long, hide = true)]
@@ -256,6 +262,12 @@ pub fn run(args: ServeArgs) -> Outcome {
     socket_access(&args)?
         .apply(&args.socket)
         .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
+    if let Some(address) = &args.metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), &served)));
+        metrics::serve(address, registry)
+            .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))?;
+    }
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
     // control socket and compacts in the background while it is active here.

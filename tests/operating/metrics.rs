@@ -1,0 +1,154 @@
+//! `lsvblk serve --metrics`: a running daemon scraped while a libblkio
+//! client loads it; the counters must agree with what the client did.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::kit::daemon::{Daemon, create_volume};
+use super::kit::kms::Kms;
+use super::kit::rng::Rng;
+
+const MIB: u64 = 1 << 20;
+
+/// One scrape: every sample line, `name{labels}` -> value.
+struct Scrape(HashMap<String, f64>);
+
+impl Scrape {
+    fn from(path: &Path) -> Self {
+        let mut stream = UnixStream::connect(path).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lsvblk\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        let samples = body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                (series.to_owned(), value.parse().unwrap())
+            })
+            .collect();
+        Scrape(samples)
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        *self
+            .0
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {:?}", self.0.keys()))
+    }
+
+    /// `NAME{queue="Q",op="OP"}`.
+    fn op(&self, name: &str, queue: usize, op: &str) -> f64 {
+        self.get(&format!("{name}{{queue=\"{queue}\",op=\"{op}\"}}"))
+    }
+}
+
+#[test]
+fn a_scrape_under_load_counts_what_the_client_did() {
+    let kms = Kms::start();
+    let token = kms.token("alice");
+    let volume = create_volume(&kms, 64 * MIB, &["alice"], 4096);
+    let socket: PathBuf = kms.fresh_path("metrics", "sock");
+    let daemon = Daemon::start(
+        &volume,
+        &kms,
+        &token,
+        &["--num-queues", "2", "--metrics", socket.to_str().unwrap()],
+    );
+    let mut client = daemon.client(2);
+    let before = Scrape::from(&socket);
+    assert_eq!(before.get("lsvblk_volume_size_bytes"), (64 * MIB) as f64);
+
+    // A scraper reads while the client writes: the write counter never
+    // goes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = std::thread::spawn({
+        let (stop, socket) = (Arc::clone(&stop), socket.clone());
+        move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(Scrape::from(&socket).op("lsvblk_requests_total", 0, "write"));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        }
+    });
+    let mut rng = Rng(18);
+    let mut q0_bytes = 0u64;
+    const Q0_WRITES: u64 = 200;
+    for _ in 0..Q0_WRITES {
+        let len = rng.between(1, 16) * 4096;
+        let offset = rng.below((64 * MIB - len) / 4096) * 4096;
+        client.write(0, offset, &rng.bytes(len as usize)).unwrap();
+        q0_bytes += len;
+    }
+    // A deep queue on queue 1: 32 writes in flight at once, then reads.
+    let writes: Vec<(u64, Vec<u8>)> = (0..32u64).map(|i| (i * 65536, rng.bytes(8192))).collect();
+    for result in client.write_at_once(1, &writes) {
+        result.unwrap();
+    }
+    for i in 0..10 {
+        client.read(1, i * 4096, 4096).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = scraper.join().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    eprintln!("{} scrapes during the load", seen.len());
+
+    let after = Scrape::from(&socket);
+    let delta =
+        |name: &str, queue: usize, op: &str| after.op(name, queue, op) - before.op(name, queue, op);
+    assert_eq!(delta("lsvblk_requests_total", 0, "write"), Q0_WRITES as f64);
+    assert_eq!(
+        delta("lsvblk_request_bytes_total", 0, "write"),
+        q0_bytes as f64
+    );
+    assert_eq!(delta("lsvblk_requests_total", 1, "write"), 32.0);
+    assert_eq!(
+        delta("lsvblk_request_bytes_total", 1, "write"),
+        (32 * 8192) as f64
+    );
+    assert_eq!(delta("lsvblk_requests_total", 1, "read"), 10.0);
+    assert_eq!(delta("lsvblk_request_bytes_total", 1, "read"), 40960.0);
+    assert_eq!(delta("lsvblk_requests_total", 0, "read"), 0.0);
+    // Every completed request is in its latency histogram.
+    assert_eq!(
+        delta("lsvblk_request_duration_seconds_count", 0, "write"),
+        Q0_WRITES as f64
+    );
+    assert_eq!(
+        after.get(r#"lsvblk_request_duration_seconds_bucket{le="+Inf",queue="1",op="write"}"#),
+        after.op("lsvblk_request_duration_seconds_count", 1, "write")
+    );
+    for queue in 0..2 {
+        assert_eq!(
+            after.get(&format!("lsvblk_requests_in_flight{{queue=\"{queue}\"}}")),
+            0.0
+        );
+        for kind in ["guest", "host"] {
+            let series =
+                format!("lsvblk_request_errors_total{{queue=\"{queue}\",kind=\"{kind}\"}}");
+            assert_eq!(after.get(&series), 0.0, "{series}");
+        }
+    }
+    // The log holds at least what was written last at each place.
+    let live = after.get("lsvblk_log_live_bytes");
+    assert!(
+        live > 0.0 && live <= after.get("lsvblk_log_file_bytes"),
+        "{live}"
+    );
+    assert!(after.get("lsvblk_log_segments") >= 1.0);
+    drop(client);
+    let mut daemon = daemon;
+    daemon.stop_cleanly();
+}
