@@ -1,7 +1,7 @@
-//! Crash tests. A log holds several records; the last ones were never
-//! flushed. We cut the last segment at every byte offset of those records
-//! (and, separately, flip a bit at every one of their bytes), reopen, and
-//! check the durability contract:
+//! Crash tests. A log holds several frames of records; the last ones were
+//! never flushed. We cut the last segment at every byte offset of those
+//! frames (and, separately, flip a bit at every one of their bytes),
+//! reopen, and check the durability contract:
 //! - reopen succeeds;
 //! - every write flushed before the cut is intact;
 //! - each unflushed write is all-old or all-new, never a mix.
@@ -18,11 +18,14 @@ use std::path::Path;
 use kit::data::pattern;
 use kit::dirs::{copy_dir, fast_tempdir};
 use kit::volume::{open, segment_files};
-use lsvblk::store::StoreError;
+use lsvblk::store::{ALIGN, StoreError, V2_FIRST_FRAME};
 use lsvblk::volume::{Volume, VolumeError, VolumeOptions};
 
 const BLOCK: u64 = 4096;
 const VOLUME_BYTES: u64 = 1 << 20;
+/// Offset of the first frame's payload in a segment whose first frame's
+/// meta area is one aligned block (a frame of one small record).
+const PAYLOAD: u64 = V2_FIRST_FRAME + ALIGN as u64;
 
 /// One unflushed write: its range and the images before and after it.
 struct Change {
@@ -168,7 +171,9 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
 }
 
 /// Writes data, closes (which seals the segment and checkpoints), and
-/// returns the offset of the first data record's payload in the segment.
+/// returns the segment file. Its one data record is in the first frame:
+/// the frame's meta area is one 4 KiB block, its payload follows
+/// ([`PAYLOAD`]).
 fn sealed_volume(dir: &Path) -> std::path::PathBuf {
     let volume = create(dir);
     volume.write(0, &pattern(4 * BLOCK as usize, 7)).unwrap();
@@ -180,10 +185,8 @@ fn sealed_volume(dir: &Path) -> std::path::PathBuf {
 fn a_corrupted_sealed_block_is_a_read_error_not_wrong_data() {
     let dir = fast_tempdir();
     let segment = sealed_volume(dir.path());
-    // Segment header (64) + record header (64) + table (4 × 4) = payload;
-    // damage one byte of the third block.
-    let payload = 64 + 64 + 16;
-    let at = payload + 2 * BLOCK + 100;
+    // Damage one byte of the third block.
+    let at = PAYLOAD + 2 * BLOCK + 100;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -219,7 +222,8 @@ fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
     let dir = fast_tempdir();
     let segment = sealed_volume(dir.path());
     remove_checkpoints(dir.path());
-    overwrite(&segment, 64 + 20, &[0xee]); // inside the first record's LBA field
+    // Inside the first record's LBA field (after the 64-byte frame header).
+    overwrite(&segment, V2_FIRST_FRAME + 64 + 20, &[0xee]);
     let err = Volume::open(dir.path(), kit::volume::key(1), &one_segment_options()).unwrap_err();
     assert!(
         matches!(err, VolumeError::Store(StoreError::Corrupt { .. })),
@@ -232,7 +236,7 @@ fn a_damaged_sealed_block_found_in_replay_is_still_a_read_error() {
     let dir = fast_tempdir();
     let segment = sealed_volume(dir.path());
     remove_checkpoints(dir.path());
-    overwrite(&segment, 64 + 64 + 16 + 5, &[0x00, 0x01, 0x02]); // block 0
+    overwrite(&segment, PAYLOAD + 5, &[0x00, 0x01, 0x02]); // block 0
     let volume = open(dir.path(), 4096);
     let mut buf = vec![0u8; BLOCK as usize];
     assert!(volume.read(0, &mut buf).is_err());

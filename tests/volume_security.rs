@@ -5,7 +5,7 @@ mod kit;
 
 use kit::dirs::files_with_contents;
 use kit::volume::{create, segment_files};
-use lsvblk::store::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use lsvblk::store::{ALIGN, V2_FIRST_FRAME};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -56,13 +56,14 @@ fn rewriting_a_block_with_the_same_data_gives_different_ciphertext() {
     volume.write(8192, &block).unwrap();
     volume.flush().unwrap();
     let segment = std::fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
-    // Layout (store module docs): segment header, then per record a 64-byte
-    // header, a 4-byte checksum table entry per block, then the ciphertext.
-    let record_bytes = RECORD_HEADER_BYTES + 4 + 4096;
-    let first = SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES + 4;
-    let second = first + record_bytes;
-    assert_eq!(&segment[first - 68..first - 64], b"LSVR");
-    assert_eq!(&segment[second - 68..second - 64], b"LSVR");
+    // Layout (docs/format.md): a 4 KiB segment header block, then one frame
+    // per write: a 4 KiB meta area (frame header, record header, table),
+    // then the block's ciphertext.
+    let frame_bytes = 2 * ALIGN;
+    let first = V2_FIRST_FRAME as usize + ALIGN;
+    let second = first + frame_bytes;
+    assert_eq!(&segment[first - ALIGN..first - ALIGN + 4], b"LSVF");
+    assert_eq!(&segment[second - ALIGN..second - ALIGN + 4], b"LSVF");
     let (a, b) = (
         &segment[first..first + 4096],
         &segment[second..second + 4096],

@@ -20,7 +20,9 @@ use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
+use lsvblk::ops::metrics::{self, KmsCollector, MetricsAddress};
 use lsvblk::ops::notify;
+use prometheus_client::registry::Registry;
 
 /// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
 /// a data key only to an allow-listed service acting for a user on its ACL.
@@ -162,6 +164,10 @@ struct ServeArgs {
     /// CA certificate(s) that sign client certificates (PEM).
     #[arg(long, env = "LSVKMS_CLIENT_CA", requires = "tcp")]
     client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on ADDR: HOST:PORT (e.g.
+    /// 127.0.0.1:9651) or a UNIX socket path. Off by default.
+    #[arg(long, env = "LSVKMS_METRICS", value_name = "ADDR")]
+    metrics: Option<MetricsAddress>,
 }
 
 #[derive(Subcommand)]
@@ -319,6 +325,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", socket.display()))?;
     if let Some(address) = &args.tcp {
         serve_tls(address, &args, &service)?;
+    }
+    if let Some(address) = &args.metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(KmsCollector::new(&service)));
+        metrics::serve(address, registry).with_context(|| format!("--metrics {address:?}"))?;
     }
     tracing::info!(socket = %socket.display(), "lsvkms serving");
     let accepting = Arc::clone(&service);

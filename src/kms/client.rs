@@ -28,6 +28,7 @@ use super::api::{
     MyKeysRequest, RewrapRequest, RewrapResponse, UnwrapRequest, WrappingKeyInfo,
     base64_decode_into,
 };
+use super::calls::call_record;
 use super::http::{HttpConn, HttpError, is_timeout};
 use super::keys::KeyAction;
 use super::limits::{CLIENT_TIMEOUT_MS_DEFAULT, HTTP_RESPONSE_BYTES_MAX};
@@ -383,7 +384,8 @@ impl KmsClient {
     }
 
     /// One request/response, retried while transient if so configured;
-    /// the body of a 200, else [`ClientError::Api`].
+    /// the body of a 200, else [`ClientError::Api`]. Its outcome goes into
+    /// the process's [`call_record`].
     fn call(
         &self,
         method: &str,
@@ -399,7 +401,10 @@ impl KmsClient {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
-                result => return result,
+                result => {
+                    call_record().note(&result);
+                    return result;
+                }
             }
         }
     }

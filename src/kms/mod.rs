@@ -15,7 +15,9 @@
 //! - [`service`]: the operations, independent of HTTP;
 //! - [`http`], [`server`], [`router`], [`tls`], [`client`]: the wire;
 //!   [`admission`] and [`refusal`]: connection slots, and refusals before
-//!   any API call (answered at once, audited in counts).
+//!   any API call (answered at once, audited in counts);
+//! - [`metrics`]: the service's request, refusal and audit-sync counters;
+//!   [`calls`]: a client process's record of its calls.
 //!
 //! Log messages, errors and `Debug` output of this module never contain key
 //! material (tested by `no_plaintext_key_bytes_in_audit_log_service_log_or_state`
@@ -25,6 +27,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -34,6 +37,7 @@ pub mod kek;
 pub mod keys;
 pub mod leases;
 pub mod limits;
+pub mod metrics;
 pub mod refusal;
 pub mod router;
 pub mod seal;

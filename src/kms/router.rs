@@ -17,6 +17,7 @@ use super::auth::PeerIdentity;
 use super::error::KmsError;
 use super::keys::KeyAction;
 use super::leases::Lease;
+use super::metrics::Stage;
 use super::service::Service;
 
 /// Bytes reserved for a response that carries a key, so serializing never
@@ -123,7 +124,10 @@ pub fn route(
         return reply;
     }
     let _call = service.begin_call();
-    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| Reply::error(&error))
+    dispatch(service, peer, method, path, query, body).unwrap_or_else(|error| {
+        service.metrics().refused(Stage::Call, error.code());
+        Reply::error(&error)
+    })
 }
 
 fn dispatch(

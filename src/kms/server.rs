@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::admission::{Admission, Slot};
 use super::auth::PeerIdentity;
@@ -27,6 +27,7 @@ use super::http::{Deadlines, HttpConn, TimeoutStream, response_bytes};
 use super::limits::{
     HTTP_BODY_BYTES_MAX, HTTP_IDLE_MS_MAX, HTTP_REQUEST_MS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX,
 };
+use super::metrics;
 use super::refusal::Refusal;
 use super::router::{Reply, route};
 use super::service::Service;
@@ -66,6 +67,7 @@ pub fn serve_connection<S: Read + Write + TimeoutStream>(
                 return;
             }
         };
+        let started = Instant::now();
         let reply = route(
             service,
             peer,
@@ -75,6 +77,10 @@ pub fn serve_connection<S: Read + Write + TimeoutStream>(
         );
         tracing::debug!(method = %request.method, target = %request.target, status = reply.status, "request");
         let written = conn.write_response(reply.status, &reply.body, request.keep_alive);
+        let endpoint = metrics::endpoint(&request.method, &request.target);
+        service
+            .metrics()
+            .answered(endpoint, reply.status, started.elapsed());
         drop(reply);
         scrub_request_traces();
         if written.is_err() || !request.keep_alive {

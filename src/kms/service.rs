@@ -21,6 +21,7 @@ use super::error::KmsError;
 use super::kek::{KekError, WrappingKeys};
 use super::keys::{KeyRecord, KeyStore};
 use super::leases::{Lease, LeaseStore};
+use super::metrics::{KmsMetrics, Stage};
 use super::refusal::{Refusal, RefusalAudit};
 use super::seal::{self, OpenedBlob, SealInput, UncheckedBlob};
 
@@ -59,6 +60,7 @@ pub struct Service {
     services: ServiceAllowList,
     tokens: TokenVerifier,
     leases: LeaseStore,
+    metrics: KmsMetrics,
     lease_max_s: u64,
 }
 
@@ -132,6 +134,7 @@ impl Service {
         let audit = Arc::new(audit);
         let refusals = RefusalAudit::start(Arc::downgrade(&audit))
             .map_err(|e| KmsError::Internal(format!("starting the refusal audit: {e}")))?;
+        let metrics = KmsMetrics::new(audit.sync_latency());
         Ok(Self {
             kek,
             keys,
@@ -142,6 +145,7 @@ impl Service {
             tokens,
             leases: LeaseStore::open(dir)?,
             lease_max_s: config.lease_max_s,
+            metrics,
         })
     }
 
@@ -202,7 +206,13 @@ impl Service {
     /// Counts a refusal before any API call (a stranger, no slot, a
     /// request too large, malformed or too slow); audited in counts.
     pub fn note_refusal(&self, peer: &PeerIdentity, refusal: Refusal) {
+        self.metrics.refused(Stage::Connection, refusal.code());
         self.refusals.note(&self.principal(peer), refusal);
+    }
+
+    /// The service's counters (for `lsvkms serve --metrics`).
+    pub fn metrics(&self) -> &KmsMetrics {
+        &self.metrics
     }
 
     /// Audits the refusals counted so far and stops counting in the

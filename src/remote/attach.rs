@@ -19,7 +19,7 @@ use super::resolve::{resolve, write_base};
 use super::uploader::{Uploader, segment_id_of};
 use crate::kms::fsutil::write_atomic;
 use crate::objstore::{Error as StoreError, ObjectStore, PutOutcome};
-use crate::store::{WrittenCheckpoint, list_checkpoints, read_checkpoint, referenced_segments};
+use crate::store::{WrittenCheckpoint, list_checkpoints, read_checkpoint, segments_needed};
 use crate::volume::Superblock;
 
 /// The file in a volume directory that says which store and epoch it
@@ -197,8 +197,7 @@ pub fn newest_checkpoint(dir: &Path, volume_id: &str) -> Result<Option<WrittenCh
         return Ok(None);
     };
     let data = read_checkpoint(&path, &volume_id_bytes(volume_id)?)?;
-    let mut needs = referenced_segments(&data);
-    needs.extend(data.heads.iter().map(|(id, _)| *id));
+    let needs = segments_needed(&data);
     Ok(Some(WrittenCheckpoint {
         path,
         seq_next: data.seq_next,

@@ -14,7 +14,7 @@ use super::meta;
 use super::resolve::Resolution;
 use crate::kms::fsutil::{fsync_dir, write_new};
 use crate::objstore::ObjectStore;
-use crate::store::{read_checkpoint, referenced_segments};
+use crate::store::{read_checkpoint, segments_needed};
 use crate::volume::Superblock;
 
 /// Rebuilds the volume `volume_id` (hex) into the empty directory `dir`
@@ -57,8 +57,7 @@ pub fn rebuild(
     let bytes = download(store, checkpoint_object)?;
     write_new(&checkpoint_path, &bytes, 0o600).map_err(|e| RemoteError::io(&checkpoint_path, e))?;
     let data = read_checkpoint(&checkpoint_path, &raw_id)?;
-    let mut needs = referenced_segments(&data);
-    needs.extend(data.heads.iter().map(|(id, _)| *id));
+    let needs = segments_needed(&data);
     if let Some(missing) = needs.iter().find(|id| resolution.segment(**id).is_none()) {
         return Err(RemoteError::Incomplete {
             reason: format!(

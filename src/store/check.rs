@@ -1,7 +1,10 @@
-//! A keyless check of a log's files, reported rather than repaired: every
-//! checkpoint's checksums, every segment's header, and (at
-//! [`CheckDepth::Records`]) every record's header, checksum table and block
-//! checksums. It only reads files, so it also runs while a daemon serves
+//! A keyless check of a log's files (both segment versions), reported
+//! rather than repaired: every checkpoint's checksums, every segment's
+//! header, that every sealed segment the newest checkpoint lists is there
+//! and ends with the listed seal, no version 1 segment where only version 2
+//! ones can be, and (at [`CheckDepth::Records`]) every record's header,
+//! table and block CRCs and that the seals newer than the checkpoint
+//! continue its seal chain. It only reads files, so it also runs while a daemon serves
 //! the volume: what the daemon is appending (segments newer than the newest
 //! checkpoint, the tail of a head's open segment) may be torn and is not
 //! damage; everything the newest checkpoint covers must be whole.
@@ -10,16 +13,17 @@
 //! is a list of typed [`Damage`] findings so that further checks (record
 //! MACs) can add kinds without changing its callers.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::checkpoint::{self, CheckpointData};
-use super::log::LogConfig;
-use super::segment::{self, SEGMENT_HEADER_BYTES};
-use super::snapshot::referenced_segments;
+use super::checkpoint::{self, CheckpointData, SealedSegment};
+use super::log::{LogConfig, chain_seals};
+use super::scan::{self, RecordLimits, SealFound, find_v1_seal, read_seal};
+use super::segment::{self, SegmentVersion};
+use super::snapshot::segments_needed;
 use super::{StoreError, log};
 
 /// How far the check reads.
@@ -48,8 +52,14 @@ pub enum DamageKind {
     /// The file carries another volume's id: the files are not this
     /// volume's (or the superblock's `volume_id` was changed).
     ForeignVolume,
-    /// A segment the newest checkpoint refers to is not there.
+    /// A segment the newest checkpoint refers to (or lists as sealed) is
+    /// not there.
     MissingSegment,
+    /// A segment does not end with the seal the checkpoint lists, is of
+    /// another version than listed, or its seal does not continue the
+    /// log's seal chain: an older copy, a truncated, dropped or spliced-in
+    /// segment.
+    SealMismatch,
     /// A checkpoint file fails its checks.
     Checkpoint,
 }
@@ -155,7 +165,7 @@ fn check_once(
     let newest = newest_checkpoint(config, checkpoint_paths, &mut report);
     let segments_dir = dir.join("segments");
     let segment_ids = log::list_segments(&segments_dir)?;
-    for id in referenced_segments(&newest) {
+    for id in segments_needed(&newest) {
         if segment_ids.binary_search(&id).is_err() {
             let path = segment::segment_path(&segments_dir, id);
             let detail =
@@ -163,7 +173,7 @@ fn check_once(
             report.found(DamageKind::MissingSegment, &path, None, detail);
         }
     }
-    let open_heads: BTreeSet<(u64, u64)> = newest.heads.iter().copied().collect();
+    let mut unlisted_seals = BTreeMap::new();
     for id in segment_ids {
         let path = segment::segment_path(&segments_dir, id);
         let file = match File::open(&path) {
@@ -173,24 +183,124 @@ fn check_once(
             Err(e) => return Err(StoreError::io(&path, e)),
         };
         report.segments_checked += 1;
-        if let Err(error) = segment::check_segment_header(&file, &path, id, &config.volume_id) {
-            report.found_error(&path, error);
-            continue;
-        }
-        if depth == CheckDepth::Records {
-            // Bytes up to here must be whole; after it a tail may be torn.
-            let whole_up_to = if id >= newest.segment_id_next {
-                Some(SEGMENT_HEADER_BYTES)
-            } else {
-                open_heads
-                    .iter()
-                    .find(|(segment_id, _)| *segment_id == id)
-                    .map(|(_, offset)| *offset)
-            };
-            check_records(&file, &path, config, whole_up_to, &mut report)?;
+        let segment = Segment {
+            file: &file,
+            path: &path,
+            id,
+        };
+        if let Some(seal) = check_segment(&segment, config, depth, &newest, &mut report)? {
+            unlisted_seals.insert(id, seal);
         }
     }
+    if let Err(error) = chain_seals(newest.last_seal, unlisted_seals) {
+        let StoreError::SealMismatch { segment_id, .. } = &error else {
+            return Err(error);
+        };
+        let path = segment::segment_path(&segments_dir, *segment_id);
+        let detail = format!("{}: {error}", path.display());
+        report.found(DamageKind::SealMismatch, &path, None, detail);
+    }
     Ok(report)
+}
+
+/// A segment file being checked.
+struct Segment<'a> {
+    file: &'a File,
+    path: &'a Path,
+    id: u64,
+}
+
+/// Checks one segment against the newest checkpoint; returns its version 2
+/// seal when the checkpoint does not list it (found at
+/// [`CheckDepth::Records`] only), for the seal chain check.
+fn check_segment(
+    segment: &Segment<'_>,
+    config: &LogConfig,
+    depth: CheckDepth,
+    newest: &CheckpointData,
+    report: &mut DamageReport,
+) -> Result<Option<SealFound>, StoreError> {
+    let Segment { file, path, id } = *segment;
+    let version = match segment::check_segment_header(
+        file,
+        path,
+        id,
+        &config.volume_id,
+        config.block_shift,
+    ) {
+        Ok(version) => version,
+        Err(error) => {
+            report.found_error(path, error);
+            return Ok(None);
+        }
+    };
+    if version == SegmentVersion::V1 && id >= newest.v2_floor {
+        let detail = format!(
+            "segment {id:016x} is version 1, but every segment from {:016x} on was written as version 2",
+            newest.v2_floor
+        );
+        report.found(DamageKind::Malformed, path, Some(0), detail);
+        return Ok(None);
+    }
+    let listed = newest.sealed.iter().find(|s| s.segment_id == id);
+    if let Some(listed) = listed {
+        check_listed_seal(segment, version, listed, report)?;
+    }
+    if depth == CheckDepth::Headers {
+        return Ok(None);
+    }
+    // Bytes up to here must be whole; after it a tail may be torn.
+    let whole_up_to = if id >= newest.segment_id_next {
+        Some(version.first_record())
+    } else {
+        newest
+            .heads
+            .iter()
+            .find(|head| head.segment_id == id)
+            .map(|head| head.offset)
+    };
+    let seal = check_records(segment, version, config, whole_up_to, report)?;
+    Ok(seal.filter(|_| listed.is_none() && version == SegmentVersion::V2))
+}
+
+/// Checks that a segment the checkpoint lists as sealed is of the listed
+/// version and ends with the listed seal (a compare of offset and MAC: no
+/// key needed).
+fn check_listed_seal(
+    segment: &Segment<'_>,
+    version: SegmentVersion,
+    listed: &SealedSegment,
+    report: &mut DamageReport,
+) -> Result<(), StoreError> {
+    let Segment { file, path, id } = *segment;
+    let io = |e| StoreError::io(path, e);
+    let found = match version {
+        SegmentVersion::V1 => find_v1_seal(file, file.metadata().map_err(io)?.len()).map_err(io)?,
+        SegmentVersion::V2 => read_seal(file, id, listed.seal_offset).map_err(io)?,
+    };
+    let reason = if version != listed.version {
+        "segment version differs from the checkpoint's"
+    } else {
+        match found {
+            None => "no seal where the checkpoint lists one",
+            Some(seal) if seal.offset != listed.seal_offset || seal.mac != listed.seal_mac => {
+                "seal differs from the checkpoint's"
+            }
+            Some(_) => return Ok(()),
+        }
+    };
+    let error = StoreError::SealMismatch {
+        segment_id: id,
+        reason,
+    };
+    let detail = format!("{}: {error}", path.display());
+    report.found(
+        DamageKind::SealMismatch,
+        path,
+        Some(listed.seal_offset),
+        detail,
+    );
+    Ok(())
 }
 
 /// The newest checkpoint that passes its checks; the ones that fail are
@@ -226,26 +336,25 @@ fn newest_checkpoint(
     newest.unwrap_or_default()
 }
 
-/// Scans every record of one segment. `whole_up_to`: `None` for a segment
-/// the newest checkpoint covers, which must be whole and sealed; else the
-/// offset up to which it must be valid (a torn tail after it is an
-/// unfinished append, not damage).
+/// Scans every record of one segment and returns its seal, if any.
+/// `whole_up_to`: `None` for a segment the newest checkpoint covers, which
+/// must be whole and sealed; else the offset up to which it must be valid
+/// (a torn tail after it is an unfinished append, not damage).
 fn check_records(
-    file: &File,
-    path: &Path,
+    segment: &Segment<'_>,
+    version: SegmentVersion,
     config: &LogConfig,
     whole_up_to: Option<u64>,
     report: &mut DamageReport,
-) -> Result<(), StoreError> {
-    let outcome = segment::scan_segment(
-        file,
-        path,
-        SEGMENT_HEADER_BYTES,
-        config.block_shift,
-        config.capacity_blocks,
-    )?;
+) -> Result<Option<SealFound>, StoreError> {
+    let Segment { file, path, id } = *segment;
+    let limits = RecordLimits {
+        block_shift: config.block_shift,
+        capacity_blocks: config.capacity_blocks,
+    };
+    let outcome = scan::scan_segment(file, path, id, version, version.first_record(), &limits)?;
     report.bytes_checked += outcome.end_offset;
-    for offset in &outcome.damaged_records {
+    for offset in &outcome.damaged {
         let detail = format!(
             "{} is corrupt at byte {offset}: a block of the record fails its checksum",
             path.display()
@@ -257,7 +366,7 @@ fn check_records(
             let detail = format!("{} is corrupt at byte {offset}: {reason}", path.display());
             report.found(DamageKind::Checksum, path, Some(offset), detail);
         }
-        (None, None) if !outcome.sealed => {
+        (None, None) if outcome.seal.is_none() => {
             let detail = format!(
                 "{} is truncated: a sealed segment ends at byte {} without its seal record",
                 path.display(),
@@ -279,5 +388,5 @@ fn check_records(
         }
         _ => {}
     }
-    Ok(())
+    Ok(outcome.seal)
 }

@@ -22,8 +22,11 @@ pub enum Location {
 pub struct DataLocation {
     /// Segment file holding the record.
     pub segment_id: u64,
-    /// Offset of the record header in the segment, bytes.
-    pub record_offset: u64,
+    /// Offset of the record's block table (its first entry) in the
+    /// segment, bytes. Entries are as wide as the segment's version says.
+    pub table_offset: u64,
+    /// Offset of the record's first block of ciphertext in the segment.
+    pub payload_offset: u64,
     /// First block the record covers (the extent may cover a sub-range).
     pub record_lba: u64,
     /// Blocks the record covers.
@@ -229,7 +232,8 @@ mod tests {
     fn data(tag: u64) -> Location {
         Location::Data(DataLocation {
             segment_id: tag,
-            record_offset: 0,
+            table_offset: 0,
+            payload_offset: 0,
             record_lba: 0,
             record_blocks: 1,
             key_index: 0,

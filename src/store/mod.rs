@@ -2,59 +2,99 @@
 //! checkpoints. It knows nothing about keys except their ids; it stores
 //! ciphertext it is given and hands it back verified.
 //!
-//! **The on-disk format is documented byte by byte in `docs/format.md`**:
-//! the segment and record headers, the block checksum table, seal records,
-//! checkpoints and snapshot indexes, the JSON files, the file names, the
-//! version history, the recovery procedure step by step and what is assumed
-//! of the media. `format_tests.rs` pins every header to the bytes shown
-//! there.
+//! **The on-disk format is documented byte by byte in `docs/format.md`**
+//! (segment header block, frames, record headers, block tables, seals,
+//! checkpoints, and the recovery procedure); golden tests next to each
+//! encoder pin it. In short: a volume directory holds `segments/<id>.seg`
+//! (the log) and `checkpoints/<seq>.ckpt` (index snapshots). A version 2
+//! segment is a 4 KiB header block, then frames: each append is one frame,
+//! 4 KiB-aligned in file offset, length and memory (so segment files can be
+//! written with `O_DIRECT`), holding record headers, their block tables (a
+//! CRC32C and a tag per block) and their ciphertext. Version 1 segments
+//! (records back to back) and version 1 and 2 checkpoints are still read.
 //!
-//! In short: a volume directory holds `segments/<id>.seg` (the log: one
-//! segment per log head at a time, records back to back, a seal record once
-//! a segment is full and synced), `checkpoints/<seq_next>.ckpt` (the extent
-//! index written out) and, per snapshot, `snapshots/<name>.index` (its
-//! frozen index, checkpoint format). Every write has a sequence number; for
-//! every block the record with the highest one wins, so replay order does
-//! not matter. Opening loads the newest valid checkpoint, replays what was
-//! appended after it (cutting the torn tail of an unsealed segment), and
-//! sets the next sequence number `limits::SEQ_REOPEN_GAP` (2^24) past the
-//! highest seen, so that a write in flight at a crash never shares an XTS
-//! tweak with a later one.
+//! One file per job: `segment.rs` (segment files and headers), `frame.rs`
+//! (version 2 frames, record headers, seal bodies), `record.rs` (what a
+//! record says; the version 1 header), `table.rs` (block tables),
+//! `aligned.rs` (aligned buffers and their pool), `scan/` (reading
+//! segments back), `index.rs` (the extent index), `checkpoint/`,
+//! `snapshot.rs` (snapshot points), `io.rs` (`pwritev`), `log/` (heads,
+//! appends, flushes, seals, recovery, compaction), `check.rs` (a keyless
+//! check of the files, reported rather than repaired).
 //!
-//! Modules: `record` (record headers and the block checksum table),
-//! `segment` (segment files: header, scanning), `index` (the extent index),
-//! `checkpoint` (checkpoint files), `snapshot` (snapshot points), `io`
-//! (`pwritev`), `log` (the log itself: heads, append, flush, lookups,
-//! recovery, snapshots, compaction, re-keying), `check` (a keyless check
-//! of the files, reported rather than repaired).
+//! # Opening (recovery)
+//! 1. Load the newest checkpoint that passes its checks (older ones are the
+//!    fallback; with none, start empty and replay everything); check that
+//!    every sealed segment it lists is there and ends with the listed seal.
+//! 2. Replay, in any order, every record of segments with id >=
+//!    segment_id_next and of the head segments from their offsets; every
+//!    header, table and block checksum is verified, and the seals found
+//!    must continue the log's seal chain. Newest sequence number wins per
+//!    block, so the order does not matter.
+//! 3. Set the next sequence number `limits::SEQ_REOPEN_GAP` (2^24) past the
+//!    highest seen (a write in flight at the crash may have used numbers
+//!    replay never saw).
+//! 4. Seal the replayed segments and write a checkpoint.
+//!
+//! # Snapshots
+//! A snapshot is a point in the log (`SnapshotPoint`: next sequence number,
+//! next segment id, and each head's (segment, end offset)); a record is in
+//! it iff the point covers its position (its frame's offset). Its index —
+//! the newest checkpoint (older than the point) plus the covered records,
+//! read back and verified — is written as a checkpoint-format file before
+//! the next checkpoint, by the running log or, if the process died first,
+//! by recovery.
+//!
+//! # Compaction
+//! Live pieces of cleaned segments are appended again unchanged (same
+//! sequence number, first block, key id, ciphertext and block table
+//! entries) as new data records; then a checkpoint is written that no
+//! longer lists the segments about to go, then the segments are deleted,
+//! then older checkpoints. So the newest valid checkpoint never names a
+//! segment that is gone: if one does, the open fails naming the segment
+//! and the checkpoint. Segments that a
+//! snapshot index refers to are never deleted. Replay after compaction
+//! needs a checkpoint: a full replay from segment 0 finds segments missing
+//! and fails (a deleted discard record could otherwise let older data
+//! reappear).
+//!
+//! # Assumptions about the media
+//! `fdatasync` makes earlier writes to that file durable; `rename` is atomic;
+//! writes that were never synced may be lost or torn at any byte after a
+//! power cut, which the checksums detect.
 
+mod aligned;
 mod check;
 mod checkpoint;
 #[cfg(test)]
 mod format_tests;
+mod frame;
 mod index;
 mod io;
 mod log;
 mod record;
+mod scan;
 mod segment;
 mod snapshot;
+mod table;
 
 use std::path::{Path, PathBuf};
 
+pub use aligned::{ALIGN, AlignedBuf, align_up};
 pub use check::{CheckDepth, Damage, DamageKind, DamageReport, check_files};
-pub use checkpoint::{CheckpointData, list_checkpoints, read as read_checkpoint};
+pub use checkpoint::{
+    CheckpointData, HeadPosition, SealRef, SealedSegment, list_checkpoints, read as read_checkpoint,
+};
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
     LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
     SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
 };
-pub use record::{
-    BLOCK_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums,
-    checksum_table_bytes, fill_block_checksums, first_corrupt_block,
-};
-pub use segment::SEGMENT_HEADER_BYTES;
-pub use snapshot::{SnapshotPoint, referenced_segments};
+pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
+pub use segment::{SEGMENT_HEADER_BYTES, SegmentVersion, V2_FIRST_FRAME};
+pub use snapshot::{SnapshotPoint, referenced_segments, segments_needed};
+pub use table::{TableFormat, V2_ENTRY_BYTES};
 
 /// What can go wrong in the store. Corruption is data (an `Err`), never a
 /// panic; the path and offset say where to look.
@@ -109,6 +149,35 @@ pub enum StoreError {
     SegmentMissing {
         /// Its id.
         segment_id: u64,
+    },
+    /// A segment the newest usable checkpoint names is not there.
+    #[error("segment {segment_id:016x} is missing (listed in checkpoint {})", checkpoint.display())]
+    ListedSegmentMissing {
+        /// Its id.
+        segment_id: u64,
+        /// The checkpoint that lists it.
+        checkpoint: PathBuf,
+    },
+    /// A sealed segment does not end with the seal a checkpoint or the seal
+    /// chain says it has.
+    #[error(
+        "segment {segment_id:016x}: {reason} (replaced by an older copy, truncated, dropped or foreign?)"
+    )]
+    SealMismatch {
+        /// The segment.
+        segment_id: u64,
+        /// What differs.
+        reason: &'static str,
+    },
+    /// A version 1 segment where only version 2 segments can be.
+    #[error(
+        "segment {segment_id:016x} is version 1, but every segment from {v2_floor:016x} on was written as version 2"
+    )]
+    UnexpectedVersion1 {
+        /// The segment.
+        segment_id: u64,
+        /// The first segment id that must be version 2.
+        v2_floor: u64,
     },
     /// A change was asked of a log opened read-only.
     #[error("the volume is open read-only")]

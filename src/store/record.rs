@@ -1,20 +1,21 @@
-//! Records: their headers (encoding, decoding and checking; layout in
-//! `docs/format.md`, section 4.2) and the block checksum table that
-//! follows a data record's header. This module alone knows the table's
-//! entry size and builds and checks it.
+//! Records: what a record says (kind, sequence number, blocks, key), in
+//! memory whatever the segment version, and the version 1 record header
+//! (encoding, decoding and checking; layout in docs/format.md). The version
+//! 2 record header lives with its frame (`frame`); block tables in `table`.
 //!
 //! Bytes read from disk are parsed into an [`UncheckedRecordHeader`]; only
 //! [`UncheckedRecordHeader::check`] (magic, version, CRC, field sanity) turns
-//! one into a [`RecordHeader`] that the rest of the store trusts.
+//! one into a [`V1RecordHeader`] that the rest of the store trusts.
 
+use super::table::TableFormat;
 use crate::crypto::KeyId;
 use crate::crypto::key::KEY_ID_BYTES;
 
-/// Size of a record header, bytes.
+/// Size of a record header (either version), bytes.
 pub const RECORD_HEADER_BYTES: usize = 64;
-/// Magic at the start of every record header.
+/// Magic at the start of every version 1 record header.
 pub const RECORD_MAGIC: [u8; 4] = *b"LSVR";
-/// Current record format version.
+/// Version field of a version 1 record header.
 pub const RECORD_VERSION: u16 = 1;
 
 const MAGIC_OFFSET: usize = 0; //                      [u8; 4] = b"LSVR"
@@ -46,7 +47,7 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             RecordKind::Data => 1,
             RecordKind::Discard => 2,
@@ -55,7 +56,7 @@ impl RecordKind {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(RecordKind::Data),
             2 => Some(RecordKind::Discard),
@@ -66,7 +67,8 @@ impl RecordKind {
     }
 }
 
-/// A record header we built or checked: every field is trusted.
+/// What a record says, whatever the segment version it is in: built by
+/// the log or checked on the way in, so every field is trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     /// Record kind.
@@ -81,27 +83,16 @@ pub struct RecordHeader {
     pub block_shift: u8,
     /// Key the payload is encrypted under (all zeros without payload).
     pub key_id: KeyId,
-    /// CRC32C of the block checksum table (0 without payload).
-    pub table_crc32c: u32,
     /// Data copied unchanged by compaction (not newly encrypted): does not
     /// count toward its key's encrypted bytes.
     pub moved: bool,
 }
 
 /// Flag bit: the record's ciphertext was moved, not newly encrypted.
-const FLAG_MOVED: u8 = 1;
+pub(crate) const FLAG_MOVED: u8 = 1;
 
 impl RecordHeader {
-    /// Bytes of the per-block checksum table that follows the header.
-    pub fn table_bytes(&self) -> u64 {
-        if self.kind == RecordKind::Data {
-            checksum_table_bytes(u64::from(self.block_count))
-        } else {
-            0
-        }
-    }
-
-    /// Bytes of ciphertext after the table.
+    /// Bytes of ciphertext the record carries.
     pub fn payload_bytes(&self) -> u64 {
         if self.kind == RecordKind::Data {
             u64::from(self.block_count) << self.block_shift
@@ -110,23 +101,95 @@ impl RecordHeader {
         }
     }
 
+    /// Checks what every version asks of the fields: a known block size,
+    /// blocks for every kind but a seal, none for a seal, and the moved
+    /// flag on data records only.
+    pub(crate) fn check_fields(&self) -> Result<(), &'static str> {
+        if !matches!(self.block_shift, 9 | 12) {
+            return Err("unsupported block size");
+        }
+        if self.moved && self.kind != RecordKind::Data {
+            return Err("only data records can be moved");
+        }
+        match self.kind {
+            RecordKind::Seal if self.block_count != 0 => Err("seal record covers blocks"),
+            RecordKind::Data | RecordKind::Discard | RecordKind::Zeroes
+                if self.block_count == 0 =>
+            {
+                Err("record covers no blocks")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A record found in (or appended to) a segment: what it says and where
+/// its parts are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlacedRecord {
+    /// What the record says.
+    pub header: RecordHeader,
+    /// The segment it is in.
+    pub segment_id: u64,
+    /// Its position in the log: the offset of its frame (version 2) or of
+    /// its header (version 1). Log heads and snapshot points are positions.
+    pub position: u64,
+    /// Offset of its block table's first entry in the segment (data only).
+    pub table_offset: u64,
+    /// Offset of its first block's ciphertext in the segment (data only).
+    pub payload_offset: u64,
+}
+
+/// A version 1 record header: the fields, and the CRC of the block table
+/// that follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V1RecordHeader {
+    /// What the record says.
+    pub header: RecordHeader,
+    /// CRC32C of the block checksum table (0 without payload).
+    pub table_crc32c: u32,
+}
+
+impl V1RecordHeader {
+    /// Bytes of the per-block checksum table that follows the header.
+    pub fn table_bytes(&self) -> u64 {
+        if self.header.kind == RecordKind::Data {
+            TableFormat::V1.table_bytes(u64::from(self.header.block_count))
+        } else {
+            0
+        }
+    }
+
     /// Whole record length: header, table, payload.
     pub fn record_bytes(&self) -> u64 {
-        RECORD_HEADER_BYTES as u64 + self.table_bytes() + self.payload_bytes()
+        RECORD_HEADER_BYTES as u64 + self.table_bytes() + self.header.payload_bytes()
+    }
+
+    /// The record at `offset` of segment `segment_id`, placed.
+    pub fn placed(&self, segment_id: u64, offset: u64) -> PlacedRecord {
+        let table_offset = offset + RECORD_HEADER_BYTES as u64;
+        PlacedRecord {
+            header: self.header,
+            segment_id,
+            position: offset,
+            table_offset,
+            payload_offset: table_offset + self.table_bytes(),
+        }
     }
 
     /// Encodes the header, computing its CRC.
     pub fn encode(&self) -> [u8; RECORD_HEADER_BYTES] {
+        let h = &self.header;
         let mut bytes = [0u8; RECORD_HEADER_BYTES];
         bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&RECORD_MAGIC);
         put_u16(&mut bytes, VERSION_OFFSET, RECORD_VERSION);
-        bytes[KIND_OFFSET] = self.kind.code();
-        bytes[FLAGS_OFFSET] = if self.moved { FLAG_MOVED } else { 0 };
-        put_u64(&mut bytes, SEQ_OFFSET, self.seq);
-        put_u64(&mut bytes, LBA_OFFSET, self.lba);
-        put_u32(&mut bytes, BLOCKS_OFFSET, self.block_count);
-        bytes[BLOCK_SHIFT_OFFSET] = self.block_shift;
-        bytes[KEY_ID_OFFSET..KEY_ID_OFFSET + KEY_ID_BYTES].copy_from_slice(&self.key_id.0);
+        bytes[KIND_OFFSET] = h.kind.code();
+        bytes[FLAGS_OFFSET] = if h.moved { FLAG_MOVED } else { 0 };
+        put_u64(&mut bytes, SEQ_OFFSET, h.seq);
+        put_u64(&mut bytes, LBA_OFFSET, h.lba);
+        put_u32(&mut bytes, BLOCKS_OFFSET, h.block_count);
+        bytes[BLOCK_SHIFT_OFFSET] = h.block_shift;
+        bytes[KEY_ID_OFFSET..KEY_ID_OFFSET + KEY_ID_BYTES].copy_from_slice(&h.key_id.0);
         put_u32(&mut bytes, TABLE_CRC_OFFSET, self.table_crc32c);
         let crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
         put_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
@@ -135,13 +198,13 @@ impl RecordHeader {
     }
 }
 
-/// Header bytes read from disk, not yet trusted.
+/// Version 1 header bytes read from disk, not yet trusted.
 #[derive(Clone, Copy)]
 pub struct UncheckedRecordHeader(pub [u8; RECORD_HEADER_BYTES]);
 
 impl UncheckedRecordHeader {
     /// Checks magic, version, CRC and field sanity.
-    pub fn check(&self) -> Result<RecordHeader, &'static str> {
+    pub fn check(&self) -> Result<V1RecordHeader, &'static str> {
         let bytes = &self.0;
         if bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4] != RECORD_MAGIC {
             return Err("bad record magic");
@@ -158,111 +221,28 @@ impl UncheckedRecordHeader {
         if flags & !FLAG_MOVED != 0 {
             return Err("unknown record flags");
         }
-        if flags & FLAG_MOVED != 0 && kind != RecordKind::Data {
-            return Err("only data records can be moved");
-        }
-        let mut key_id = [0u8; KEY_ID_BYTES];
-        key_id.copy_from_slice(&bytes[KEY_ID_OFFSET..KEY_ID_OFFSET + KEY_ID_BYTES]);
         let header = RecordHeader {
             kind,
             seq: get_u64(bytes, SEQ_OFFSET),
             lba: get_u64(bytes, LBA_OFFSET),
             block_count: get_u32(bytes, BLOCKS_OFFSET),
             block_shift: bytes[BLOCK_SHIFT_OFFSET],
-            key_id: KeyId(key_id),
-            table_crc32c: get_u32(bytes, TABLE_CRC_OFFSET),
+            key_id: get_key_id(bytes, KEY_ID_OFFSET),
             moved: flags & FLAG_MOVED != 0,
         };
-        if !matches!(header.block_shift, 9 | 12) {
-            return Err("unsupported block size");
-        }
-        match header.kind {
-            RecordKind::Seal if header.block_count != 0 => Err("seal record covers blocks"),
-            RecordKind::Data | RecordKind::Discard | RecordKind::Zeroes
-                if header.block_count == 0 =>
-            {
-                Err("record covers no blocks")
-            }
-            _ => Ok(header),
-        }
+        header.check_fields()?;
+        Ok(V1RecordHeader {
+            header,
+            table_crc32c: get_u32(bytes, TABLE_CRC_OFFSET),
+        })
     }
 }
 
-/// Bytes of one entry of a data record's block checksum table: the CRC32C
-/// of one block's ciphertext, u32 little-endian.
-pub const BLOCK_CHECKSUM_BYTES: usize = 4;
-
-/// Bytes of the block checksum table of a data record of `blocks` blocks.
-pub fn checksum_table_bytes(blocks: u64) -> u64 {
-    blocks * BLOCK_CHECKSUM_BYTES as u64
-}
-
-/// Offset, within a record's checksum table, of the entry of its block
-/// `index` (counted from the record's first block).
-pub fn checksum_entry_offset(index: u64) -> u64 {
-    checksum_table_bytes(index)
-}
-
-/// Fills `table` with the checksum-table entries of the whole blocks in
-/// `blocks` (`block_bytes` each), one entry per block, in order.
-pub fn fill_block_checksums(blocks: &[u8], block_bytes: usize, table: &mut [u8]) {
-    debug_assert_eq!(blocks.len() % block_bytes, 0);
-    assert_eq!(
-        table.len(),
-        blocks.len() / block_bytes * BLOCK_CHECKSUM_BYTES,
-        "checksum table size"
-    );
-    for (block, entry) in blocks
-        .chunks_exact(block_bytes)
-        .zip(table.chunks_exact_mut(BLOCK_CHECKSUM_BYTES))
-    {
-        entry.copy_from_slice(&crc32c::crc32c(block).to_le_bytes());
-    }
-}
-
-/// Builds the block checksum table of `payload` (whole blocks of
-/// `block_bytes`).
-pub fn block_checksums(payload: &[u8], block_bytes: usize) -> Vec<u8> {
-    let mut table = vec![0u8; payload.len() / block_bytes * BLOCK_CHECKSUM_BYTES];
-    fill_block_checksums(payload, block_bytes, &mut table);
-    table
-}
-
-/// The index of the first of the whole blocks in `blocks` whose checksum
-/// differs from its entry in `table` (same order), or `None` if all match.
-pub fn first_corrupt_block(blocks: &[u8], block_bytes: usize, table: &[u8]) -> Option<usize> {
-    debug_assert_eq!(
-        table.len(),
-        blocks.len() / block_bytes * BLOCK_CHECKSUM_BYTES
-    );
-    blocks
-        .chunks_exact(block_bytes)
-        .zip(table.chunks_exact(BLOCK_CHECKSUM_BYTES))
-        .position(|(block, entry)| crc32c::crc32c(block).to_le_bytes() != entry)
-}
-
-/// Where the parts of a data record are, for reading blocks from its
-/// `first`th block on: the record header at `record_offset`, then the
-/// checksum table of `record_blocks` entries, then the blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DataRecordOffsets {
-    /// Offset of the checksum-table entry of block `first`.
-    pub table: u64,
-    /// Offset of the ciphertext of block `first`.
-    pub payload: u64,
-}
-
-impl DataRecordOffsets {
-    /// The offsets of block `first` of the record at `record_offset` that
-    /// covers `record_blocks` blocks of `1 << block_shift` bytes.
-    pub fn of_block(record_offset: u64, record_blocks: u32, block_shift: u8, first: u64) -> Self {
-        let table_start = record_offset + RECORD_HEADER_BYTES as u64;
-        let payload_start = table_start + checksum_table_bytes(u64::from(record_blocks));
-        Self {
-            table: table_start + checksum_entry_offset(first),
-            payload: payload_start + (first << block_shift),
-        }
-    }
+/// The key id at `offset` of `bytes`.
+pub(crate) fn get_key_id(bytes: &[u8], offset: usize) -> KeyId {
+    let mut key_id = [0u8; KEY_ID_BYTES];
+    key_id.copy_from_slice(&bytes[offset..offset + KEY_ID_BYTES]);
+    KeyId(key_id)
 }
 
 pub(crate) fn put_u16(bytes: &mut [u8], offset: usize, value: u16) {
@@ -288,28 +268,36 @@ pub(crate) fn get_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// The data record header of `docs/format.md`, section 4.2 (pinned byte
-/// for byte in `format_tests`; the tests below reuse it).
-#[cfg(test)]
-pub(crate) fn sample_data_header() -> RecordHeader {
-    RecordHeader {
-        kind: RecordKind::Data,
-        seq: 0x0102_0304_0506_0708,
-        lba: 42,
-        block_count: 3,
-        block_shift: 12,
-        key_id: KeyId([9; 16]),
-        table_crc32c: 0xdead_beef,
-        moved: false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    // The data record `docs/format.md` shows, pinned byte for byte (layout
-    // and round trip) in `format_tests`.
-    use super::sample_data_header as sample;
+
+    fn sample() -> V1RecordHeader {
+        V1RecordHeader {
+            header: RecordHeader {
+                kind: RecordKind::Data,
+                seq: 0x0102_0304_0506_0708,
+                lba: 42,
+                block_count: 3,
+                block_shift: 12,
+                key_id: KeyId([9; 16]),
+                moved: false,
+            },
+            table_crc32c: 0xdead_beef,
+        }
+    }
+
+    #[test]
+    fn v1_header_is_pinned_to_its_documented_bytes() {
+        let golden = "4c5356520100010008070605040302012a00000000000000030000000c000000\
+                      09090909090909090909090909090909efbeadde00000000000000008ff5f814";
+        let bytes = sample().encode();
+        assert_eq!(hex::encode(bytes), golden);
+        assert_eq!(UncheckedRecordHeader(bytes).check(), Ok(sample()));
+        assert_eq!(sample().record_bytes(), 64 + 12 + 3 * 4096);
+        let placed = sample().placed(7, 4096);
+        assert_eq!((placed.table_offset, placed.payload_offset), (4160, 4172));
+    }
 
     #[test]
     fn any_flipped_bit_is_detected() {

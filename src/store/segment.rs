@@ -1,9 +1,11 @@
-//! Segment files: creating them, appending to them, and scanning them back.
+//! Segment files: naming, creating, and checking their headers.
 //!
-//! A segment is `segments/<id as 16 hex digits>.seg`: a 64-byte segment header
-//! (layout in `docs/format.md`, section 4.1), then records back to back. Only one
-//! log head appends to a segment, so a segment never has holes: the first
-//! invalid record of an unsealed segment is its torn tail.
+//! A segment is `segments/<id as 16 hex digits>.seg`. Version 1 (read
+//! only): a 64-byte segment header, then records back to back. Version 2:
+//! a 4 KiB header block (a 64-byte header, then zeros), then frames (see
+//! `frame`). Only one log head appends to a segment, so a segment never has
+//! holes: the first invalid record or frame of an unsealed segment is its
+//! torn tail. Layouts in docs/format.md; scanning in `scan`.
 
 use std::fs::File;
 use std::io;
@@ -11,25 +13,86 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
-use super::record::{
-    RECORD_HEADER_BYTES, RecordHeader, RecordKind, UncheckedRecordHeader, checksum_entry_offset,
-    first_corrupt_block, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64,
-};
+use super::aligned::{ALIGN, AlignedBuf};
+use super::record::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
+use super::table::TableFormat;
 
-/// Size of the segment header, bytes.
+/// Size of the segment header, bytes (both versions).
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
+/// Where a version 2 segment's first frame starts: after its header block.
+pub const V2_FIRST_FRAME: u64 = ALIGN as u64;
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"LSVS";
-/// Current segment format version.
-pub const SEGMENT_VERSION: u16 = 1;
+/// Flag bit of a version 2 segment header: its records carry MACs.
+pub const SEGMENT_FLAG_MACS: u16 = 1;
 
 const S_MAGIC_OFFSET: usize = 0; //                    [u8; 4] = b"LSVS"
-const S_VERSION_OFFSET: usize = S_MAGIC_OFFSET + 4; // u16, then u16 zero
-const S_ID_OFFSET: usize = S_VERSION_OFFSET + 4; //    u64 segment id
+const S_VERSION_OFFSET: usize = S_MAGIC_OFFSET + 4; // u16
+const S_FLAGS_OFFSET: usize = S_VERSION_OFFSET + 2; // u16 (version 1: zero)
+const S_ID_OFFSET: usize = S_FLAGS_OFFSET + 2; //      u64 segment id
 const S_VOLUME_OFFSET: usize = S_ID_OFFSET + 8; //     [u8; 16] volume id
 const S_HEAD_OFFSET: usize = S_VOLUME_OFFSET + 16; //  u32 log head that wrote it
+const S_SHIFT_OFFSET: usize = S_HEAD_OFFSET + 4; //    u8 block shift (v2), 3 zero
+const S_EPOCH_OFFSET: usize = S_SHIFT_OFFSET + 4; //   u64 writer epoch (v2)
 const S_CRC_OFFSET: usize = 60; //                     u32 over 0..60
-const _: () = assert!(S_HEAD_OFFSET + 4 <= S_CRC_OFFSET);
+const _: () = assert!(S_EPOCH_OFFSET + 8 + 12 == S_CRC_OFFSET);
+
+/// A segment's format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SegmentVersion {
+    /// Records back to back after a 64-byte header (read only).
+    V1,
+    /// Frames after a 4 KiB header block.
+    V2,
+}
+
+impl SegmentVersion {
+    /// The version number on disk.
+    pub fn number(self) -> u8 {
+        match self {
+            SegmentVersion::V1 => 1,
+            SegmentVersion::V2 => 2,
+        }
+    }
+
+    /// The version with number `number`, if known.
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            1 => Some(SegmentVersion::V1),
+            2 => Some(SegmentVersion::V2),
+            _ => None,
+        }
+    }
+
+    /// The layout of its block tables.
+    pub fn table_format(self) -> TableFormat {
+        match self {
+            SegmentVersion::V1 => TableFormat::V1,
+            SegmentVersion::V2 => TableFormat::V2,
+        }
+    }
+
+    /// Where its first record or frame starts.
+    pub fn first_record(self) -> u64 {
+        match self {
+            SegmentVersion::V1 => SEGMENT_HEADER_BYTES,
+            SegmentVersion::V2 => V2_FIRST_FRAME,
+        }
+    }
+}
+
+/// What a version 2 segment header says besides its id and volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentHeaderFields {
+    /// The log head that wrote it (informational).
+    pub head: u32,
+    /// log2 of the volume's block size.
+    pub block_shift: u8,
+    /// Its records carry MACs.
+    pub macs: bool,
+    /// The writer's epoch (0 for local volumes).
+    pub writer_epoch: u64,
+}
 
 /// The path of segment `id` in `segments_dir`.
 pub fn segment_path(segments_dir: &Path, id: u64) -> PathBuf {
@@ -45,58 +108,34 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The fields of a segment header (layout in `docs/format.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SegmentHeader {
-    /// The segment's id (its file name says the same).
-    pub id: u64,
-    /// The volume it belongs to.
-    pub volume_id: [u8; 16],
-    /// The log head that wrote it (informational).
-    pub head: u32,
+/// Encodes a version 2 segment header.
+pub fn encode_segment_header(
+    id: u64,
+    volume_id: &[u8; 16],
+    fields: &SegmentHeaderFields,
+) -> [u8; 64] {
+    let mut bytes = [0u8; 64];
+    bytes[..4].copy_from_slice(&SEGMENT_MAGIC);
+    put_u16(&mut bytes, S_VERSION_OFFSET, 2);
+    let flags = if fields.macs { SEGMENT_FLAG_MACS } else { 0 };
+    put_u16(&mut bytes, S_FLAGS_OFFSET, flags);
+    put_u64(&mut bytes, S_ID_OFFSET, id);
+    bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16].copy_from_slice(volume_id);
+    put_u32(&mut bytes, S_HEAD_OFFSET, fields.head);
+    bytes[S_SHIFT_OFFSET] = fields.block_shift;
+    put_u64(&mut bytes, S_EPOCH_OFFSET, fields.writer_epoch);
+    let crc = crc32c::crc32c(&bytes[..S_CRC_OFFSET]);
+    put_u32(&mut bytes, S_CRC_OFFSET, crc);
+    bytes
 }
 
-impl SegmentHeader {
-    /// Encodes the header, computing its CRC.
-    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
-        let mut bytes = [0u8; SEGMENT_HEADER_BYTES as usize];
-        bytes[..4].copy_from_slice(&SEGMENT_MAGIC);
-        put_u16(&mut bytes, S_VERSION_OFFSET, SEGMENT_VERSION);
-        put_u64(&mut bytes, S_ID_OFFSET, self.id);
-        bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16].copy_from_slice(&self.volume_id);
-        put_u32(&mut bytes, S_HEAD_OFFSET, self.head);
-        let crc = crc32c::crc32c(&bytes[..S_CRC_OFFSET]);
-        put_u32(&mut bytes, S_CRC_OFFSET, crc);
-        bytes
-    }
-
-    /// Decodes header bytes read from disk, checking magic, CRC and version.
-    pub fn decode(bytes: &[u8; SEGMENT_HEADER_BYTES as usize]) -> Result<Self, &'static str> {
-        if bytes[..4] != SEGMENT_MAGIC {
-            return Err("not a segment file (bad magic)");
-        }
-        if crc32c::crc32c(&bytes[..S_CRC_OFFSET]) != get_u32(bytes, S_CRC_OFFSET) {
-            return Err("segment header checksum mismatch");
-        }
-        if get_u16(bytes, S_VERSION_OFFSET) != SEGMENT_VERSION {
-            return Err("unsupported segment version");
-        }
-        let mut volume_id = [0u8; 16];
-        volume_id.copy_from_slice(&bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16]);
-        Ok(Self {
-            id: get_u64(bytes, S_ID_OFFSET),
-            volume_id,
-            head: get_u32(bytes, S_HEAD_OFFSET),
-        })
-    }
-}
-
-/// Creates segment `id` (which must not exist) with its header written.
+/// Creates version 2 segment `id` (which must not exist) with its header
+/// block written.
 pub fn create_segment(
     segments_dir: &Path,
     id: u64,
     volume_id: &[u8; 16],
-    head: u32,
+    fields: &SegmentHeaderFields,
 ) -> Result<File, StoreError> {
     let path = segment_path(segments_dir, id);
     let file = crate::fsmode::private_file_options()
@@ -105,24 +144,22 @@ pub fn create_segment(
         .create_new(true)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    let header = SegmentHeader {
-        id,
-        volume_id: *volume_id,
-        head,
-    };
-    file.write_all_at(&header.encode(), 0)
-        .map_err(|e| StoreError::io(&path, e))?;
+    let mut block = AlignedBuf::zeroed(ALIGN);
+    block[..64].copy_from_slice(&encode_segment_header(id, volume_id, fields));
+    super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(&path, e))?;
     Ok(file)
 }
 
-/// Checks a segment's header: magic, version, CRC, id and volume.
+/// Checks a segment's header: magic, CRC, version, id and volume (and for
+/// version 2, the block size); returns its version.
 pub fn check_segment_header(
     file: &File,
     path: &Path,
     id: u64,
     volume_id: &[u8; 16],
-) -> Result<(), StoreError> {
-    let mut bytes = [0u8; SEGMENT_HEADER_BYTES as usize];
+    block_shift: u8,
+) -> Result<SegmentVersion, StoreError> {
+    let mut bytes = [0u8; 64];
     let corrupt = |reason: &'static str| StoreError::Corrupt {
         path: path.to_path_buf(),
         offset_bytes: 0,
@@ -132,17 +169,30 @@ pub fn check_segment_header(
         .map_err(|e| StoreError::io(path, e))?
         .then_some(())
         .ok_or_else(|| corrupt("segment shorter than its header"))?;
-    let header = SegmentHeader::decode(&bytes).map_err(corrupt)?;
-    if header.volume_id != *volume_id {
+    if bytes[..4] != SEGMENT_MAGIC {
+        return Err(corrupt("not a segment file (bad magic)"));
+    }
+    if crc32c::crc32c(&bytes[..S_CRC_OFFSET]) != get_u32(&bytes, S_CRC_OFFSET) {
+        return Err(corrupt("segment header checksum mismatch"));
+    }
+    let version = match get_u16(&bytes, S_VERSION_OFFSET) {
+        1 => SegmentVersion::V1,
+        2 => SegmentVersion::V2,
+        _ => return Err(corrupt("unsupported segment version")),
+    };
+    if bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16] != volume_id[..] {
         return Err(StoreError::ForeignSegment {
             path: path.to_path_buf(),
-            volume_id: hex::encode(header.volume_id),
+            volume_id: hex::encode(&bytes[S_VOLUME_OFFSET..S_VOLUME_OFFSET + 16]),
         });
     }
-    if header.id != id {
+    if get_u64(&bytes, S_ID_OFFSET) != id {
         return Err(corrupt("segment id does not match its file name"));
     }
-    Ok(())
+    if version == SegmentVersion::V2 && bytes[S_SHIFT_OFFSET] != block_shift {
+        return Err(corrupt("segment block size differs from the volume's"));
+    }
+    Ok(version)
 }
 
 /// Reads `buf.len()` bytes at `offset`; `Ok(false)` if the file ends first.
@@ -154,182 +204,23 @@ pub fn read_exact_or_eof(file: &File, buf: &mut [u8], offset: u64) -> io::Result
     }
 }
 
-/// True when the segment ends with a valid seal record, i.e. it was closed
-/// on purpose and every record before the seal was synced first.
-pub fn is_sealed(file: &File, file_bytes: u64) -> io::Result<bool> {
-    if file_bytes < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES as u64 {
-        return Ok(false);
-    }
-    let mut bytes = [0u8; RECORD_HEADER_BYTES];
-    if !read_exact_or_eof(file, &mut bytes, file_bytes - RECORD_HEADER_BYTES as u64)? {
-        return Ok(false);
-    }
-    Ok(matches!(
-        UncheckedRecordHeader(bytes).check(),
-        Ok(RecordHeader {
-            kind: RecordKind::Seal,
-            ..
-        })
-    ))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One valid record found by a scan.
-#[derive(Clone, Copy, Debug)]
-pub struct ScannedRecord {
-    /// Offset of its header in the segment.
-    pub offset: u64,
-    /// Its checked header.
-    pub header: RecordHeader,
-}
-
-/// How a scan of a segment ended.
-#[derive(Debug)]
-pub struct ScanOutcome {
-    /// Valid records, in file order (seal records excluded).
-    pub records: Vec<ScannedRecord>,
-    /// Offset just past the last valid record (where appends would go).
-    pub end_offset: u64,
-    /// Why the scan stopped before the end of the file, if it did.
-    pub stopped: Option<(u64, &'static str)>,
-    /// True when the segment ends with a seal record.
-    pub sealed: bool,
-    /// Records of a sealed segment indexed although a block fails its
-    /// checksum (reads of that block report it), by offset.
-    pub damaged_records: Vec<u64>,
-}
-
-/// Scans records from `start` to the end of the file, checking every header,
-/// checksum table and block checksum. Stops at the first invalid record.
-pub fn scan_segment(
-    file: &File,
-    path: &Path,
-    start: u64,
-    block_shift: u8,
-    capacity_blocks: u64,
-) -> Result<ScanOutcome, StoreError> {
-    let file_bytes = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
-    let sealed = is_sealed(file, file_bytes).map_err(|e| StoreError::io(path, e))?;
-    let mut records = Vec::new();
-    let mut offset = start;
-    let mut stopped = None;
-    let mut damaged_records = Vec::new();
-    while offset < file_bytes {
-        match check_record_at(file, offset, file_bytes, block_shift, capacity_blocks) {
-            Ok(header) if header.kind == RecordKind::Seal => {
-                offset += header.record_bytes();
-                if offset != file_bytes {
-                    stopped = Some((offset, "data after the seal record"));
-                }
-                break;
-            }
-            Ok(header) => {
-                records.push(ScannedRecord { offset, header });
-                offset += header.record_bytes();
-            }
-            Err(CheckError::Io(e)) => return Err(StoreError::io(path, e)),
-            // In a sealed segment the framing is intact, so a block that fails
-            // its checksum is damage to that block alone: index the record and
-            // let reads of the block report it. In an unsealed one it is a
-            // torn write, and the tail starts here.
-            Err(CheckError::Payload(header)) if sealed => {
-                records.push(ScannedRecord { offset, header });
-                damaged_records.push(offset);
-                offset += header.record_bytes();
-            }
-            Err(CheckError::Payload(_)) => {
-                stopped = Some((offset, "block checksum mismatch"));
-                break;
-            }
-            Err(CheckError::Invalid(reason)) => {
-                stopped = Some((offset, reason));
-                break;
-            }
-        }
+    #[test]
+    fn v2_header_is_pinned_to_its_documented_bytes() {
+        let fields = SegmentHeaderFields {
+            head: 3,
+            block_shift: 12,
+            macs: true,
+            writer_epoch: 0x1122_3344_5566_7788,
+        };
+        let bytes = encode_segment_header(0x0a0b, &[0xee; 16], &fields);
+        let golden = "4c535653020001000b0a000000000000eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\
+                      030000000c0000008877665544332211000000000000000000000000";
+        let crc = crc32c::crc32c(&bytes[..60]).to_le_bytes();
+        assert_eq!(hex::encode(&bytes[..60]), golden);
+        assert_eq!(bytes[60..], crc);
     }
-    Ok(ScanOutcome {
-        records,
-        end_offset: offset,
-        stopped,
-        sealed,
-        damaged_records,
-    })
-}
-
-enum CheckError {
-    Io(io::Error),
-    /// The header and checksum table are valid, a block is not.
-    Payload(RecordHeader),
-    Invalid(&'static str),
-}
-
-/// Checks the record at `offset`: header, fit in the file, table and blocks.
-fn check_record_at(
-    file: &File,
-    offset: u64,
-    file_bytes: u64,
-    block_shift: u8,
-    capacity_blocks: u64,
-) -> Result<RecordHeader, CheckError> {
-    let mut bytes = [0u8; RECORD_HEADER_BYTES];
-    if !read_exact_or_eof(file, &mut bytes, offset).map_err(CheckError::Io)? {
-        return Err(CheckError::Invalid("truncated record header"));
-    }
-    let header = UncheckedRecordHeader(bytes)
-        .check()
-        .map_err(CheckError::Invalid)?;
-    if header.kind != RecordKind::Seal {
-        if header.block_shift != block_shift {
-            return Err(CheckError::Invalid(
-                "record block size differs from the volume's",
-            ));
-        }
-        let end = header.lba.checked_add(u64::from(header.block_count));
-        if end.is_none_or(|end| end > capacity_blocks) {
-            return Err(CheckError::Invalid(
-                "record covers blocks past the volume's end",
-            ));
-        }
-        if header.payload_bytes() > crate::limits::WRITE_BYTES_MAX {
-            return Err(CheckError::Invalid("record larger than the largest write"));
-        }
-    }
-    if offset + header.record_bytes() > file_bytes {
-        return Err(CheckError::Invalid(
-            "record runs past the end of the segment",
-        ));
-    }
-    if header.kind == RecordKind::Data {
-        check_payload(file, offset, &header)?;
-    }
-    Ok(header)
-}
-
-/// Verifies the checksum table and every block's checksum of a data record.
-fn check_payload(file: &File, offset: u64, header: &RecordHeader) -> Result<(), CheckError> {
-    let mut table = vec![0u8; header.table_bytes() as usize];
-    let table_offset = offset + RECORD_HEADER_BYTES as u64;
-    file.read_exact_at(&mut table, table_offset)
-        .map_err(CheckError::Io)?;
-    if crc32c::crc32c(&table) != header.table_crc32c {
-        return Err(CheckError::Invalid("block checksum table mismatch"));
-    }
-    let block_bytes = 1usize << header.block_shift;
-    // Read in bounded batches so a large record never needs a large buffer.
-    let blocks_per_batch = (1 << 20) / block_bytes;
-    let mut buf = vec![0u8; blocks_per_batch.min(header.block_count as usize) * block_bytes];
-    let payload_offset = table_offset + header.table_bytes();
-    let mut block = 0usize;
-    while block < header.block_count as usize {
-        let count = blocks_per_batch.min(header.block_count as usize - block);
-        let chunk = &mut buf[..count * block_bytes];
-        file.read_exact_at(chunk, payload_offset + (block * block_bytes) as u64)
-            .map_err(CheckError::Io)?;
-        let entries = checksum_entry_offset(block as u64) as usize
-            ..checksum_entry_offset((block + count) as u64) as usize;
-        if first_corrupt_block(chunk, block_bytes, &table[entries]).is_some() {
-            return Err(CheckError::Payload(*header));
-        }
-        block += count;
-    }
-    Ok(())
 }

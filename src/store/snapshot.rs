@@ -56,6 +56,16 @@ pub fn referenced_segments(data: &CheckpointData) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Every segment an open from checkpoint `data` reads or checks: those its
+/// extents refer to, the sealed segments it lists (opening checks each one
+/// is there with its seal) and the heads' open segments it replays from.
+pub fn segments_needed(data: &CheckpointData) -> BTreeSet<u64> {
+    let mut needs = referenced_segments(data);
+    needs.extend(data.sealed.iter().map(|s| s.segment_id));
+    needs.extend(data.heads.iter().map(|h| h.segment_id));
+    needs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

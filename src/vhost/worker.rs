@@ -2,8 +2,9 @@
 //! against the volume, write its status byte, and return it to the driver.
 //!
 //! Reads land in guest memory and are decrypted there, in place; writes are
-//! copied once out of guest memory into a shadow buffer that is encrypted in
-//! place (guest memory is never modified by a write).
+//! copied once out of guest memory into an aligned shadow buffer that is
+//! encrypted in place and written to the log as it is (guest memory is
+//! never modified by a write).
 
 use std::io;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use super::metrics::{ErrorKind, Op};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
-use crate::store::HeadId;
+use crate::store::{AlignedBuf, HeadId};
 use crate::volume::{Change, Volume, VolumeError};
 
 /// One worker's view of the device while it drains a queue.
@@ -58,7 +59,7 @@ struct WriteBatch {
 }
 
 impl WriteBatch {
-    fn push(&mut self, index: usize, offset: u64, shadow: Vec<u8>) {
+    fn push(&mut self, index: usize, offset: u64, shadow: AlignedBuf) {
         self.bytes += shadow.len() as u64;
         self.indexes.push(index);
         self.items.push(Change::Write {
@@ -471,15 +472,18 @@ fn guest_buffers(mem: &GuestRam, data: &[Desc]) -> Result<Vec<GuestBuffer>, Host
     Ok(buffers)
 }
 
-/// Copies the guest buffers `data` (`bytes` in all) into one shadow buffer.
-fn gather(mem: &GuestRam, data: &[Desc], bytes: u64) -> Result<Vec<u8>, HostError> {
-    let mut shadow = vec![0u8; bytes as usize];
-    let mut at = 0usize;
-    for desc in data {
-        let len = desc.len as usize;
-        mem.read_slice(&mut shadow[at..at + len], desc.addr)
-            .map_err(|e| HostError::Memory(e.to_string()))?;
-        at += len;
-    }
-    Ok(shadow)
+/// Copies the guest buffers `data` (`bytes` in all, the sum of their
+/// lengths) into one aligned shadow buffer.
+fn gather(mem: &GuestRam, data: &[Desc], bytes: u64) -> Result<AlignedBuf, HostError> {
+    AlignedBuf::overwritten_by(bytes as usize, |shadow| {
+        let mut at = 0usize;
+        for desc in data {
+            let len = desc.len as usize;
+            mem.read_slice(&mut shadow[at..at + len], desc.addr)
+                .map_err(|e| HostError::Memory(e.to_string()))?;
+            at += len;
+        }
+        debug_assert_eq!(at, shadow.len());
+        Ok(())
+    })
 }

@@ -7,9 +7,7 @@
 
 use super::{Volume, VolumeError};
 use crate::crypto::Tweak;
-use crate::store::{
-    BLOCK_CHECKSUM_BYTES, DataPiece, Log, ReadPiece, checksum_table_bytes, first_corrupt_block,
-};
+use crate::store::{DataPiece, Log, ReadPiece};
 
 impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Never-written, discarded and
@@ -100,19 +98,20 @@ impl Volume {
     /// read), then on the crypto pool verifies each block's checksum and
     /// decrypts it in place, chunk by chunk while it is in cache.
     fn read_piece(&self, log: &Log, piece: &DataPiece, part: &mut [u8]) -> Result<(), VolumeError> {
-        let mut checksums = vec![0u8; checksum_table_bytes(piece.blocks) as usize];
-        log.read_ciphertext_unverified(piece, part, &mut checksums)?;
+        let format = piece.table_format();
+        let mut table = vec![0u8; format.table_bytes(piece.blocks) as usize];
+        log.read_ciphertext_unverified(piece, part, &mut table)?;
         let key = self.key(&piece.key_id)?;
         let unit = self.unit();
         let first = Tweak::for_block(piece.seq, piece.lba);
         let verified = self.pool.try_run_with_side(
             part,
-            &mut checksums,
-            BLOCK_CHECKSUM_BYTES,
+            &mut table,
+            format.entry_bytes(),
             unit,
             first,
-            |chunk, table, tweak| {
-                if let Some(index) = first_corrupt_block(chunk, unit.bytes(), table) {
+            |chunk, entries, tweak| {
+                if let Some(index) = format.first_corrupt_block(chunk, unit.bytes(), entries) {
                     // The tweak's low half is the chunk's first block number.
                     return Err(tweak.0 as u64 - piece.lba + index as u64);
                 }

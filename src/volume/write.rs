@@ -30,10 +30,7 @@ use super::stripes::BlockRange;
 use super::{ActiveKey, Volume, VolumeError};
 use crate::crypto::{KeyId, Tweak};
 use crate::limits::WRITE_BYTES_MAX;
-use crate::store::{
-    AppendRecord, BLOCK_CHECKSUM_BYTES, HeadId, RecordKind, checksum_table_bytes,
-    fill_block_checksums,
-};
+use crate::store::{AlignedBuf, AppendRecord, HeadId, RecordKind, TableFormat};
 
 /// One change of a batch ([`Volume::write_batch`]). Offsets and lengths are
 /// bytes, multiples of 512.
@@ -43,8 +40,8 @@ pub enum Change {
         /// Where, bytes.
         offset: u64,
         /// The new bytes (encrypted in place on the way: the caller gives
-        /// them up).
-        data: Vec<u8>,
+        /// them up), in an aligned buffer the log writes out as it is.
+        data: AlignedBuf,
     },
     /// Discard `len` bytes at `offset`: the whole blocks inside the range
     /// read as zeros afterwards; partial blocks at its edges are left as
@@ -102,7 +99,7 @@ enum Step {
         first: u64,
         end: u64,
         skip: usize,
-        data: Vec<u8>,
+        data: AlignedBuf,
     },
     /// Blocks `first..end` read as zeros from now on, recorded as `kind`.
     Zero {
@@ -123,7 +120,7 @@ impl Step {
 /// A step with its whole blocks ready to seal.
 enum Prepared {
     /// The whole-block plaintext of blocks from `lba`.
-    Data { lba: u64, image: Vec<u8> },
+    Data { lba: u64, image: AlignedBuf },
     /// Blocks that read as zeros from now on.
     Zero {
         kind: RecordKind,
@@ -134,7 +131,7 @@ enum Prepared {
 
 /// A batch sealed: the ciphertext images and the records over them.
 struct Sealed {
-    images: Vec<Vec<u8>>,
+    images: Vec<AlignedBuf>,
     records: Vec<SealedRecord>,
 }
 
@@ -149,11 +146,11 @@ struct SealedRecord {
 }
 
 /// Where a data record's ciphertext is (bytes of one of the batch's
-/// images), and its block checksum table.
+/// images), and its block table (version 2 layout).
 struct SealedPayload {
     image: usize,
     bytes: Range<usize>,
-    checksums: Vec<u8>,
+    table: Vec<u8>,
 }
 
 impl Volume {
@@ -166,7 +163,7 @@ impl Volume {
         for (index, piece) in data.chunks(WRITE_BYTES_MAX as usize).enumerate() {
             let change = Change::Write {
                 offset: offset + index as u64 * WRITE_BYTES_MAX,
-                data: piece.to_vec(),
+                data: AlignedBuf::copy_from(piece),
             };
             self.write_batch(HeadId::FIRST, vec![change])?;
         }
@@ -253,7 +250,7 @@ impl Volume {
             Change::WriteZeroes { offset, len, unmap } => {
                 let zeros = |offset: u64, len: u64| Change::Write {
                     offset,
-                    data: vec![0u8; len as usize],
+                    data: AlignedBuf::zeroed(len as usize),
                 };
                 let (first, end) = whole_blocks_inside(offset, len, block_bytes);
                 if first >= end {
@@ -304,7 +301,7 @@ impl Volume {
                 data,
             } => {
                 let block_bytes = self.unit().bytes();
-                let mut image = vec![0u8; ((end - first) << self.shift()) as usize];
+                let mut image = AlignedBuf::zeroed(((end - first) << self.shift()) as usize);
                 let data_end = skip + data.len();
                 let mut edges = Vec::with_capacity(2);
                 if skip != 0 {
@@ -377,7 +374,7 @@ impl Volume {
                         // half of the XTS tweak, and no two writes under one
                         // key may share one.
                         let seq = self.log.next_seq();
-                        let checksums = self.encrypt_and_checksum(key, seq, chunk_lba, chunk);
+                        let table = self.encrypt_and_checksum(key, seq, chunk_lba, chunk);
                         sealed.records.push(SealedRecord {
                             kind: RecordKind::Data,
                             seq,
@@ -386,7 +383,7 @@ impl Volume {
                             payload: Some(SealedPayload {
                                 image: image_index,
                                 bytes: at..at + chunk.len(),
-                                checksums,
+                                table,
                             }),
                         });
                         at += chunk.len();
@@ -413,8 +410,8 @@ impl Volume {
     }
 
     /// Encrypts whole blocks in place with the tweaks of (`seq`, block) and
-    /// returns their checksum table; each chunk is encrypted and checksummed
-    /// on the crypto pool while it is in cache.
+    /// returns their block table (version 2 layout); each chunk is
+    /// encrypted and checksummed on the crypto pool while it is in cache.
     fn encrypt_and_checksum(
         &self,
         key: &ActiveKey,
@@ -424,22 +421,23 @@ impl Volume {
     ) -> Vec<u8> {
         let unit = self.unit();
         let blocks = (data.len() / unit.bytes()) as u64;
-        let mut checksums = vec![0u8; checksum_table_bytes(blocks) as usize];
+        let format = TableFormat::V2;
+        let mut table = vec![0u8; format.table_bytes(blocks) as usize];
         let first = Tweak::for_block(seq, lba);
         let done: Result<(), ()> = self.pool.try_run_with_side(
             data,
-            &mut checksums,
-            BLOCK_CHECKSUM_BYTES,
+            &mut table,
+            format.entry_bytes(),
             unit,
             first,
-            |chunk, table, tweak| {
+            |chunk, entries, tweak| {
                 key.encrypt_here(chunk, unit, tweak);
-                fill_block_checksums(chunk, unit.bytes(), table);
+                format.fill(chunk, unit.bytes(), entries);
                 Ok(())
             },
         );
         debug_assert!(done.is_ok());
-        checksums
+        table
     }
 }
 
@@ -449,11 +447,8 @@ impl Sealed {
         self.records
             .iter()
             .map(|record| {
-                let (payload, checksums) = match &record.payload {
-                    Some(p) => (
-                        &self.images[p.image][p.bytes.clone()],
-                        Some(&p.checksums[..]),
-                    ),
+                let (payload, table) = match &record.payload {
+                    Some(p) => (&self.images[p.image][p.bytes.clone()], Some(&p.table[..])),
                     None => (&[][..], None),
                 };
                 AppendRecord {
@@ -463,7 +458,7 @@ impl Sealed {
                     block_count: record.block_count,
                     key_id,
                     payload,
-                    checksums,
+                    table,
                     moved: false,
                 }
             })

@@ -58,36 +58,38 @@ pub fn blob_versions(volume: &Path) -> BTreeMap<String, u32> {
 /// records without payload): (records, data blocks).
 pub type RecordsByKey = BTreeMap<String, (u64, u64)>;
 
-/// Walks every segment file's records (layout in docs/format.md: a
-/// 64-byte segment header `LSVS`, then 64-byte record headers `LSVR`, each
-/// data record followed by its checksum table and blocks) and counts them
-/// by key id. A walk stops at the first bytes that are not a record header:
-/// the end of the file, or the unwritten tail of a log head.
+/// Walks every segment file's records (layout in docs/format.md, section
+/// 11: a 4 KiB segment header block `LSVS`, then frames `LSVF`, each a
+/// 64-byte frame header, 64-byte record headers, tables and payloads, its
+/// size in the frame header) and counts them by key id; seal records are
+/// not counted. A walk stops at the first bytes that are not a frame of
+/// the segment: the end of the file, or the unwritten tail of a log head.
 pub fn records_by_key(volume: &Path) -> RecordsByKey {
     let mut found = RecordsByKey::new();
     for file in segment_files(volume) {
         let bytes = fs::read(&file).unwrap();
         assert!(
-            bytes.len() >= 64 && &bytes[..4] == b"LSVS",
-            "{} has no segment header",
+            bytes.len() >= 64 && &bytes[..4] == b"LSVS" && bytes[4] == 2,
+            "{} has no version 2 segment header",
             file.display()
         );
-        let mut at = 64;
-        while at + 64 <= bytes.len() && &bytes[at..at + 4] == b"LSVR" {
-            let header = &bytes[at..at + 64];
-            let kind = header[6];
-            let blocks = u64::from(u32::from_le_bytes(header[24..28].try_into().unwrap()));
-            let block_bytes = 1u64 << header[28];
-            let key = hex::encode(&header[32..48]);
-            let entry = found.entry(key).or_default();
-            entry.0 += 1;
-            let length = if kind == 1 {
-                entry.1 += blocks;
-                64 + 4 * blocks + blocks * block_bytes
-            } else {
-                64
-            };
-            at += length as usize;
+        let mut at = 4096;
+        while at + 64 <= bytes.len() && &bytes[at..at + 4] == b"LSVF" {
+            let frame = &bytes[at..];
+            let records = usize::from(u16::from_le_bytes([frame[6], frame[7]]));
+            let frame_bytes = u32::from_le_bytes(frame[24..28].try_into().unwrap());
+            for header in frame[64..64 + 64 * records].chunks_exact(64) {
+                let kind = header[0];
+                if kind == 4 {
+                    continue;
+                }
+                let entry = found.entry(hex::encode(&header[24..40])).or_default();
+                entry.0 += 1;
+                if kind == 1 {
+                    entry.1 += u64::from(u32::from_le_bytes(header[4..8].try_into().unwrap()));
+                }
+            }
+            at += frame_bytes as usize;
         }
     }
     found

@@ -6,14 +6,18 @@
 //!   readiness protocol both daemons speak (`READY=1` once their socket
 //!   listens, `STOPPING=1` on SIGTERM), received on a test `NOTIFY_SOCKET`;
 //! - [`images`]: raw images imported into and exported from volumes;
-//! - [`metrics`]: `lsvblk serve --metrics` scraped under a libblkio load.
+//! - [`metrics`]: `lsvblk serve --metrics` scraped under a libblkio load,
+//!   and [`kms_metrics`]: `lsvkms serve --metrics` under allowed, denied
+//!   and malformed calls ([`scrape`] reads both).
 
 #[path = "../kit/mod.rs"]
 mod kit;
 
 mod docs;
 mod images;
+mod kms_metrics;
 mod metrics;
+mod scrape;
 mod service;
 
 use std::path::Path;

@@ -1,61 +1,22 @@
 //! `lsvblk serve --metrics`: a running daemon scraped while a libblkio
 //! client loads it; the counters must agree with what the client did.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::kit::cli::lsvblk_json;
 use super::kit::daemon::{Daemon, create_volume};
 use super::kit::kms::Kms;
 use super::kit::rng::Rng;
+use super::scrape::Scrape;
 
 const MIB: u64 = 1 << 20;
 
-/// One scrape: every sample line, `name{labels}` -> value.
-struct Scrape(HashMap<String, f64>);
-
-impl Scrape {
-    fn from(path: &Path) -> Self {
-        let mut stream = UnixStream::connect(path).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lsvblk\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(body.ends_with("# EOF\n"), "{body}");
-        let samples = body
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .map(|line| {
-                let (series, value) = line.rsplit_once(' ').unwrap();
-                (series.to_owned(), value.parse().unwrap())
-            })
-            .collect();
-        Scrape(samples)
-    }
-
-    fn get(&self, series: &str) -> f64 {
-        *self
-            .0
-            .get(series)
-            .unwrap_or_else(|| panic!("no {series} in {:?}", self.0.keys()))
-    }
-
-    /// `NAME{queue="Q",op="OP"}`.
-    fn op(&self, name: &str, queue: usize, op: &str) -> f64 {
-        self.get(&format!("{name}{{queue=\"{queue}\",op=\"{op}\"}}"))
-    }
-}
-
 #[test]
 fn a_scrape_under_load_counts_what_the_client_did() {
-    let kms = Kms::start();
+    let mut kms = Kms::start();
     let token = kms.token("alice");
     let volume = create_volume(&kms, 64 * MIB, &["alice"], 4096);
     let socket: PathBuf = kms.fresh_path("metrics", "sock");
@@ -63,7 +24,14 @@ fn a_scrape_under_load_counts_what_the_client_did() {
         &volume,
         &kms,
         &token,
-        &["--num-queues", "2", "--metrics", socket.to_str().unwrap()],
+        &[
+            "--num-queues",
+            "2",
+            "--metrics",
+            socket.to_str().unwrap(),
+            "--background-poll-ms",
+            "200",
+        ],
     );
     let mut client = daemon.client(2);
     let before = Scrape::from(&socket);
@@ -148,7 +116,64 @@ fn a_scrape_under_load_counts_what_the_client_did() {
         "{live}"
     );
     assert!(after.get("lsvblk_log_segments") >= 1.0);
+
+    // Keys: every byte the client wrote was encrypted under the one key
+    // (compaction's moves are not new encryption), which holds all live data.
+    let written = (q0_bytes + 32 * 8192) as f64;
+    assert_eq!(after.get("lsvblk_keys"), 1.0);
+    let encrypted = |scrape: &Scrape| scrape.get("lsvblk_key_encrypted_bytes");
+    assert_eq!(encrypted(&after) - encrypted(&before), written);
+    assert_eq!(after.get("lsvblk_key_live_bytes"), live);
+    assert_eq!(after.get("lsvblk_key_rotation_running"), 0.0);
+    assert!(after.get("lsvblk_log_bytes_since_checkpoint") <= after.get("lsvblk_log_file_bytes"));
+    // The daemon unwrapped its key, and asks lsvkms about it every poll.
+    assert!(after.get("lsvblk_kms_calls_total") >= 1.0);
+    assert!(after.get("lsvblk_kms_last_success_age_seconds") < 30.0);
+    upkeep_moves_with_compaction_rotation_and_an_lsvkms_outage(&socket, &volume, &mut kms, &after);
     drop(client);
     let mut daemon = daemon;
     daemon.stop_cleanly();
+}
+
+/// `lsvblk compact` and `lsvblk rotate` through the daemon, then lsvkms
+/// stopped: each shows in the next scrape.
+fn upkeep_moves_with_compaction_rotation_and_an_lsvkms_outage(
+    socket: &Path,
+    volume: &Path,
+    kms: &mut Kms,
+    after: &Scrape,
+) {
+    let vol = volume.to_str().unwrap();
+    lsvblk_json(&["compact", vol, "--json"]);
+    let compacted = Scrape::from(socket);
+    let runs = |scrape: &Scrape| scrape.get("lsvblk_compaction_runs_total");
+    assert!(runs(&compacted) > runs(after));
+    assert_eq!(compacted.get("lsvblk_compaction_running"), 0.0);
+    assert_eq!(compacted.get("lsvblk_compaction_last_failed"), 0.0);
+    assert!(compacted.get("lsvblk_compaction_last_rate_bytes_per_second") >= 0.0);
+
+    lsvblk_json(&["rotate", vol, "--json"]);
+    let rotated = Scrape::from(socket);
+    assert_eq!(rotated.get("lsvblk_key_rotations_total"), 1.0);
+    assert_eq!(rotated.get("lsvblk_key_rotation_running"), 0.0);
+    // Every live block is under the new key now.
+    assert_eq!(
+        rotated.get("lsvblk_key_live_bytes"),
+        rotated.get("lsvblk_log_live_bytes")
+    );
+    assert!(rotated.get("lsvblk_key_age_seconds") <= after.get("lsvblk_key_age_seconds") + 1.0);
+
+    let unreachable =
+        |scrape: &Scrape| scrape.get(r#"lsvblk_kms_call_failures_total{kind="unreachable"}"#);
+    let failed_before = unreachable(&rotated);
+    kms.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unreachable(&Scrape::from(socket)) <= failed_before {
+        assert!(Instant::now() < deadline, "no failed lsvkms call counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let down = Scrape::from(socket);
+    assert!(down.get("lsvblk_kms_last_success_age_seconds") >= 1.0);
+    assert_eq!(down.get("lsvblk_key_care_failing"), 1.0);
 }

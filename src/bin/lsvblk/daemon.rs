@@ -51,6 +51,12 @@ impl Daemon {
         self.served.stop();
     }
 
+    /// The upkeep's status (what `lsvblk status` shows of it), for the
+    /// metrics; `None` if it cannot be read now.
+    pub fn upkeep_status(&self) -> Option<Value> {
+        self.served.status().ok()
+    }
+
     /// Runs the background upkeep until [`Daemon::stop`] (see
     /// [`ServedVolume::background`]).
     pub fn background(self: Arc<Self>) {

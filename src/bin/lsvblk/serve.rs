@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
-use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress};
+use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress, UpkeepCollector};
 use lsvblk::store::{CheckDepth, DamageKind};
 use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
@@ -262,12 +262,6 @@ pub fn run(args: ServeArgs) -> Outcome {
     socket_access(&args)?
         .apply(&args.socket)
         .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
-    if let Some(address) = &args.metrics {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), &served)));
-        metrics::serve(address, registry)
-            .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))?;
-    }
     watch_signals(server.stop_handle())?;
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
     // control socket and compacts in the background while it is active here.
@@ -284,6 +278,9 @@ pub fn run(args: ServeArgs) -> Outcome {
             serving.as_ref().map(|s| s.uploader()),
         )
     });
+    if let Some(address) = &args.metrics {
+        serve_metrics(address, &server, &served, services.as_ref())?;
+    }
     tracing::info!(
         volume = %args.volume.display(),
         socket = %args.socket.display(),
@@ -405,6 +402,24 @@ fn report_recovery(volume: &Volume) {
 }
 
 /// SIGTERM or SIGINT stops the server; `run` then flushes and closes.
+/// Serves `--metrics`: the device's counters and the log, and (for a
+/// writable volume) the upkeep's status and the lsvkms calls.
+fn serve_metrics(
+    address: &MetricsAddress,
+    server: &Server,
+    served: &Arc<Served>,
+    services: Option<&Arc<Services>>,
+) -> Result<(), Failure> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DeviceCollector::new(server.metrics(), served)));
+    let services = services.map(Arc::downgrade);
+    registry.register_collector(Box::new(UpkeepCollector::new(Box::new(move || {
+        services.as_ref()?.upgrade()?.upkeep_status()
+    }))));
+    metrics::serve(address, registry)
+        .map_err(|e| Failure::io(format!("--metrics {address:?}: {e}")))
+}
+
 fn watch_signals(stop: lsvblk::vhost::StopHandle) -> Result<(), Failure> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Failure::internal)?;
     std::thread::Builder::new()

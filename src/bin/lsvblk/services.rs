@@ -111,6 +111,12 @@ impl Services {
         let _ = running.compactor.join();
     }
 
+    /// The upkeep's status while the services run (see
+    /// [`Daemon::upkeep_status`]).
+    pub fn upkeep_status(&self) -> Option<Value> {
+        self.daemon()?.upkeep_status()
+    }
+
     fn daemon(&self) -> Option<Arc<Daemon>> {
         self.running
             .lock_or_recover()

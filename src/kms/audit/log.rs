@@ -36,6 +36,7 @@ use super::{AuditEntry, AuditKey, AuditRecord, AuditSink, encode_line, rfc3339_u
 use crate::kms::limits::{
     AUDIT_BATCH_MAX, AUDIT_LINE_BYTES_MAX, AUDIT_LINGER_US_MAX, AUDIT_QUEUE_MAX,
 };
+use crate::ops::metrics::histogram::LatencyHistogram;
 
 struct Job {
     entry: AuditEntry,
@@ -50,6 +51,7 @@ pub struct AuditLog {
     writer: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Result<(), String>>>,
     calls_in_progress: Arc<AtomicUsize>,
+    sync_latency: Arc<LatencyHistogram>,
 }
 
 impl Drop for AuditLog {
@@ -87,6 +89,7 @@ impl AuditLog {
         let (sender, receiver) = mpsc::sync_channel(AUDIT_QUEUE_MAX);
         let status = Arc::new(Mutex::new(Ok(())));
         let calls_in_progress = Arc::new(AtomicUsize::new(0));
+        let sync_latency = Arc::new(LatencyHistogram::default());
         let writer = Writer {
             sink,
             key,
@@ -96,6 +99,7 @@ impl AuditLog {
             calls_in_progress: Arc::clone(&calls_in_progress),
             recent_batch_sizes: [1; RECENT_BATCHES],
             batches_written: 0,
+            sync_latency: Arc::clone(&sync_latency),
         };
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -105,6 +109,7 @@ impl AuditLog {
             writer: Some(writer),
             status,
             calls_in_progress,
+            sync_latency,
         })
     }
 
@@ -116,7 +121,13 @@ impl AuditLog {
             writer: None,
             status: Arc::new(Mutex::new(Err(reason))),
             calls_in_progress: Arc::new(AtomicUsize::new(0)),
+            sync_latency: Arc::default(),
         }
+    }
+
+    /// How long each batch's write and sync took (metrics).
+    pub fn sync_latency(&self) -> Arc<LatencyHistogram> {
+        Arc::clone(&self.sync_latency)
     }
 
     /// Marks a call that will append a record as in progress until the
@@ -167,6 +178,7 @@ struct Writer {
     calls_in_progress: Arc<AtomicUsize>,
     recent_batch_sizes: [usize; RECENT_BATCHES],
     batches_written: usize,
+    sync_latency: Arc<LatencyHistogram>,
 }
 
 /// Batches whose sizes predict the next one's.
@@ -243,7 +255,10 @@ impl Writer {
                 end_offset: 0,
             };
         }
-        if let Err(error) = self.sink.append(&bytes).and_then(|()| self.sink.sync()) {
+        let started = Instant::now();
+        let written = self.sink.append(&bytes).and_then(|()| self.sink.sync());
+        self.sync_latency.observe(started.elapsed());
+        if let Err(error) = written {
             let reason = format!("audit write/sync failed, refusing until restart: {error}");
             tracing::error!("{reason}");
             self.poisoned = Some(reason.clone());

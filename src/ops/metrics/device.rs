@@ -6,14 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::vhost::metrics::{DeviceMetrics, ErrorKind, HistogramSnapshot, Op};
+use super::encode::{Labels, counters, gauges, histograms, no_labels};
+use crate::vhost::metrics::{DeviceMetrics, ErrorKind, Op};
 use crate::volume::handover::Served;
-
-/// Labels of one series: name and value pairs.
-type Labels = Vec<(&'static str, String)>;
 
 /// Reads a served volume's device counters and log space on each scrape.
 /// It does not keep the volume alive: the daemon closes or hands it over
@@ -79,22 +76,22 @@ impl DeviceCollector {
             "Requests so malformed that their type is unknown (counted in errors as guest too).",
             &invalid,
         )?;
-        let mut metric = encoder.encode_descriptor(
-            "lsvblk_request_duration_seconds",
-            "Time from taking a request off the ring to publishing its completion.",
-            None,
-            MetricType::Histogram,
-        )?;
+        let mut latencies = Vec::new();
         for (index, queue) in queues.iter().enumerate() {
             for op in Op::ALL {
-                let labels = op_labels(index, op);
-                histogram(&mut metric, &labels, &queue.op(op).latency.snapshot())?;
+                latencies.push((op_labels(index, op), queue.op(op).latency.snapshot()));
             }
         }
-        let in_flight: Vec<(Labels, i64)> = queues
+        histograms(
+            encoder,
+            "lsvblk_request_duration_seconds",
+            "Time from taking a request off the ring to publishing its completion.",
+            &latencies,
+        )?;
+        let in_flight: Vec<(Labels, u64)> = queues
             .iter()
             .enumerate()
-            .map(|(index, queue)| (queue_labels(index), saturate(queue.in_flight())))
+            .map(|(index, queue)| (queue_labels(index), queue.in_flight()))
             .collect();
         gauges(
             encoder,
@@ -108,20 +105,34 @@ impl DeviceCollector {
         let Some(served) = self.served.upgrade() else {
             return Ok(()); // closing
         };
-        let none: Labels = Vec::new();
         gauges(
             encoder,
             "lsvblk_volume_size_bytes",
             "Size of the volume the guest sees.",
-            &[(none.clone(), saturate(served.superblock().size_bytes))],
+            &[(no_labels(), served.superblock().size_bytes)],
         )?;
-        // The index walk behind this is the one `lsvblk status` does; a
-        // failure leaves the log's series out of this scrape.
         // A standby daemon (an incoming migration) has no volume open yet.
         let Some(volume) = served.if_active() else {
             return Ok(());
         };
         drop(served);
+        let log = volume.log();
+        gauges(
+            encoder,
+            "lsvblk_log_bytes_since_checkpoint",
+            "Bytes appended since the last checkpoint (what recovery would replay).",
+            &[(no_labels(), log.bytes_since_checkpoint())],
+        )?;
+        if let Ok(Some(age)) = log.newest_checkpoint_age() {
+            gauges(
+                encoder,
+                "lsvblk_log_checkpoint_age_seconds",
+                "Time since the newest checkpoint was written.",
+                &[(no_labels(), age.as_secs_f64())],
+            )?;
+        }
+        // The index walk behind this is the one `lsvblk status` does; a
+        // failure leaves the log's space series out of this scrape.
         let Ok(space) = volume.space() else {
             return Ok(());
         };
@@ -149,7 +160,7 @@ impl DeviceCollector {
                 space.segments.len() as u64,
             ),
         ] {
-            gauges(encoder, name, help, &[(none.clone(), saturate(value))])?;
+            gauges(encoder, name, help, &[(no_labels(), value)])?;
         }
         Ok(())
     }
@@ -174,54 +185,4 @@ fn queue_labels(queue: usize) -> Labels {
 
 fn op_labels(queue: usize, op: Op) -> Labels {
     vec![("queue", queue.to_string()), ("op", op.name().to_string())]
-}
-
-fn saturate(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// One counter family: `NAME_total{labels} value` per series.
-fn counters(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &[(Labels, u64)],
-) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        metric
-            .encode_family(labels)?
-            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
-    }
-    Ok(())
-}
-
-/// One gauge family.
-fn gauges(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &[(Labels, i64)],
-) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        metric.encode_family(labels)?.encode_gauge(value)?;
-    }
-    Ok(())
-}
-
-/// One series of a histogram family.
-fn histogram(
-    metric: &mut MetricEncoder,
-    labels: &Labels,
-    snapshot: &HistogramSnapshot,
-) -> fmt::Result {
-    metric
-        .encode_family(labels)?
-        .encode_histogram::<NoLabelSet>(
-            snapshot.sum_seconds,
-            snapshot.count,
-            &snapshot.buckets,
-            None,
-        )
 }

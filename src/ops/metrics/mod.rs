@@ -2,12 +2,21 @@
 //! `127.0.0.1:PORT` (any `HOST:PORT`) or on a UNIX socket path.
 //!
 //! The exposition is `prometheus-client`'s: a [`Registry`] of collectors
-//! that read the daemon's own counters (atomics, see
-//! [`crate::vhost::metrics`]) at scrape time, so serving requests costs
-//! nothing more than the counting. Every path answers with the metrics
-//! (`/metrics` by convention); one short-lived connection at a time.
+//! that read the daemons' own counters (atomics, see
+//! [`crate::vhost::metrics`] and [`crate::kms::metrics`]) and state at
+//! scrape time, so serving requests costs nothing more than the counting.
+//! Every path answers with the metrics (`/metrics` by convention); one
+//! short-lived connection at a time. Collectors, one per source:
+//!
+//! - [`DeviceCollector`]: the vhost-user device's queues and the log;
+//! - [`UpkeepCollector`]: compaction, keys, rotation, lsvkms calls;
+//! - [`KmsCollector`]: lsvkms's requests, refusals and audit log.
 
 mod device;
+mod encode;
+pub mod histogram;
+mod kms;
+mod upkeep;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -17,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use device::DeviceCollector;
+pub use kms::KmsCollector;
 use prometheus_client::registry::Registry;
+pub use upkeep::{StatusSource, UpkeepCollector};
 
 /// Where metrics are served.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,19 +1,29 @@
-//! Appending: records into a head's segment with one `pwritev`, then into
-//! the index under the head's lock (so each head's records enter the index
-//! in file order).
+//! Appending: records into a head's segment as frames with one `pwritev`,
+//! then into the index under the head's lock (so each head's records enter
+//! the index in file order).
+//!
+//! Every frame is written 4 KiB-aligned in file offset, length and memory:
+//! meta areas are built in aligned buffers, and payloads go out from the
+//! caller's memory when it is aligned (a volume's write buffers are, see
+//! `aligned`), else through one aligned copy of the frame's payload area.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
-use super::super::io::pwritev_all;
-use super::super::record::{
-    RECORD_HEADER_BYTES, RecordHeader, RecordKind, block_checksums, checksum_table_bytes,
+use super::super::aligned::{ALIGN, AlignedBuf};
+use super::super::checkpoint::HeadPosition;
+use super::super::frame::{
+    BuiltMeta, FRAME_PAYLOAD_BYTES_MAX, FRAME_RECORDS_MAX, FrameRecord, build_meta,
 };
-use super::super::segment::{self, SEGMENT_HEADER_BYTES};
+use super::super::io::pwritev_all;
+use super::super::record::{PlacedRecord, RecordHeader, RecordKind};
+use super::super::segment::{self, SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
+use super::super::table::TableFormat;
 use super::durability::PendingSeal;
-use super::{Head, HeadId, Log, OpenSegment};
+use super::{Head, HeadId, Log, OpenSegment, SegmentFile};
 use crate::crypto::KeyId;
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 
@@ -30,11 +40,14 @@ pub struct AppendRecord<'a> {
     pub block_count: u32,
     /// Key of the payload (ignored without payload).
     pub key_id: KeyId,
-    /// Ciphertext, `block_count` blocks, for `Data`.
+    /// Ciphertext, `block_count` blocks, for `Data`. Written straight from
+    /// this memory when it is 4 KiB-aligned in address and length (an
+    /// [`super::super::AlignedBuf`]'s is), else copied once.
     pub payload: &'a [u8],
-    /// The payload's block checksum table (see `record::block_checksums`),
-    /// if the caller computed it while the data was hot; else the log does.
-    pub checksums: Option<&'a [u8]>,
+    /// The payload's block table in the version 2 layout
+    /// ([`TableFormat::V2`]), if the caller built it while the data was
+    /// hot; else the log does.
+    pub table: Option<&'a [u8]>,
     /// Ciphertext copied unchanged from another record (compaction), not
     /// newly encrypted: it does not count toward the key's encrypted bytes.
     pub moved: bool,
@@ -45,8 +58,24 @@ pub struct AppendRecord<'a> {
 pub struct RecordPosition {
     /// The segment it is in.
     pub segment_id: u64,
-    /// Offset of its header in the segment.
-    pub offset: u64,
+    /// Offset of its frame in the segment.
+    pub frame_offset: u64,
+    /// Offset of its block table in the segment (data only).
+    pub table_offset: u64,
+    /// Offset of its ciphertext in the segment (data only).
+    pub payload_offset: u64,
+}
+
+/// One frame of an append, built and ready to write.
+struct BuiltFrame<'a> {
+    meta: BuiltMeta,
+    /// The payloads as they are written: the callers' slices, or one copy.
+    payloads: Payloads<'a>,
+}
+
+enum Payloads<'a> {
+    Direct(Vec<&'a [u8]>),
+    Copied(AlignedBuf),
 }
 
 impl Log {
@@ -79,70 +108,116 @@ impl Log {
         if self.config.read_only {
             return Err(StoreError::ReadOnly);
         }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
         let block_bytes = 1usize << self.config.block_shift;
         let tables: Vec<Cow<'_, [u8]>> = records
             .iter()
-            .map(|r| checksum_table(r, block_bytes))
+            .map(|r| block_table(r, block_bytes))
             .collect();
         // Every check on the records before any lock is taken (see the
         // poisoning note on `Log`).
-        let headers: Vec<RecordHeader> = records
+        let frame_records: Vec<FrameRecord<'_>> = records
             .iter()
             .zip(&tables)
-            .map(|(r, table)| self.header_for(r, table, block_bytes))
+            .map(|(r, table)| FrameRecord {
+                header: self.header_for(r, block_bytes),
+                table,
+                payload: r.payload,
+                mac: [0; 16],
+            })
             .collect();
-        let encoded: Vec<[u8; RECORD_HEADER_BYTES]> = headers.iter().map(|h| h.encode()).collect();
-        let mut slices: Vec<&[u8]> = Vec::with_capacity(records.len() * 3);
-        for ((header, table), record) in encoded.iter().zip(&tables).zip(records) {
-            slices.extend([&header[..], &table[..], record.payload]);
-        }
-        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
+        let frames = frame_ranges(&frame_records);
         let mut head = self.heads[head_index].lock_or_recover();
         self.ensure_segment(&mut head)?;
         let open = head.open.as_mut().expect("ensure_segment opened one");
         let start = open.offset;
-        if let Err(error) = pwritev_all(&open.file, &slices, start) {
-            let path = self.segment_path(open.id);
-            // Take back whatever part landed so the segment stays a clean log;
-            // if even that fails, abandon the segment (replay cuts the tail).
-            if open.file.set_len(start).is_err() {
-                let abandoned = PendingSeal {
-                    id: open.id,
-                    file: Arc::clone(&open.file),
-                    end: start,
-                    seal: false,
-                };
-                self.pending.lock_or_recover().push(abandoned);
-                head.open = None;
+        let mut built = Vec::with_capacity(frames.len());
+        let mut placed = Vec::with_capacity(records.len());
+        let mut offset = start;
+        for range in frames {
+            let frame = build_frame(
+                open.id,
+                offset,
+                self.config.block_shift,
+                &frame_records[range.clone()],
+            );
+            for (record, slots) in frame_records[range].iter().zip(&frame.meta.layout.slots) {
+                placed.push(PlacedRecord {
+                    header: record.header,
+                    segment_id: open.id,
+                    position: offset,
+                    table_offset: offset + slots.table.start as u64,
+                    payload_offset: offset + slots.payload.start as u64,
+                });
             }
+            offset += frame.meta.layout.frame_bytes as u64;
+            built.push(frame);
+        }
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(records.len() + 2 * built.len());
+        for frame in &built {
+            slices.push(frame.meta.meta.padded());
+            match &frame.payloads {
+                Payloads::Direct(parts) => slices.extend(parts.iter().copied()),
+                Payloads::Copied(area) => slices.push(area.padded()),
+            }
+        }
+        debug_assert!(slices.iter().all(|s| s.len().is_multiple_of(ALIGN)));
+        if let Err(error) = pwritev_all(&open.file.file, &slices, start) {
+            let path = self.segment_path(open.id);
+            self.take_back(&mut head, start);
             return Err(StoreError::io(&path, error));
         }
-        open.offset += total;
-        let (segment_id, end) = (open.id, open.offset);
+        open.offset = offset;
+        open.records += records.len() as u64;
+        let end = HeadPosition {
+            segment_id: open.id,
+            offset,
+            records: open.records,
+            last_mac: open.last_mac,
+        };
         let mut state = self.write_state();
-        let mut offset = start;
-        let mut positions = Vec::with_capacity(records.len());
-        for header in &headers {
-            state.apply(segment_id, offset, header);
-            positions.push(RecordPosition { segment_id, offset });
-            offset += header.record_bytes();
+        for record in &placed {
+            state.apply(record);
         }
-        state.head_positions[head_index] = Some((segment_id, end));
+        state.head_positions[head_index] = Some(end);
         drop(state);
         drop(head);
         self.bytes_since_checkpoint
-            .fetch_add(total, Ordering::Relaxed);
-        Ok(positions)
+            .fetch_add(offset - start, Ordering::Relaxed);
+        Ok(placed
+            .iter()
+            .map(|p| RecordPosition {
+                segment_id: p.segment_id,
+                frame_offset: p.position,
+                table_offset: p.table_offset,
+                payload_offset: p.payload_offset,
+            })
+            .collect())
     }
 
-    /// The header of `record`, whose checksum table is `table`; asserts
-    /// what the caller promised (kind, size, range).
-    fn header_for(
-        &self,
-        record: &AppendRecord<'_>,
-        table: &[u8],
-        block_bytes: usize,
-    ) -> RecordHeader {
+    /// After a failed write at `start` of the head's segment: takes back
+    /// whatever part landed so the segment stays a clean log; if even that
+    /// fails, abandons the segment, to be sealed at `start` (what follows
+    /// a seal is ignored).
+    fn take_back(&self, head: &mut Head, start: u64) {
+        let open = head.open.as_ref().expect("an open segment failed");
+        if open.file.file.set_len(start).is_err() {
+            let abandoned = head.open.take().expect("checked above");
+            self.pending.lock_or_recover().push(PendingSeal {
+                id: abandoned.id,
+                file: abandoned.file,
+                end: start,
+                records: abandoned.records,
+                last_mac: abandoned.last_mac,
+            });
+        }
+    }
+
+    /// The header of `record`; asserts what the caller promised (kind,
+    /// size, range).
+    fn header_for(&self, record: &AppendRecord<'_>, block_bytes: usize) -> RecordHeader {
         assert!(
             record.kind != RecordKind::Seal,
             "seal records are the log's own"
@@ -167,7 +242,6 @@ impl Log {
             } else {
                 KeyId::default()
             },
-            table_crc32c: if data { crc32c::crc32c(table) } else { 0 },
             moved: record.moved && data,
         }
     }
@@ -187,45 +261,114 @@ impl Log {
                 id: full.id,
                 file: full.file,
                 end: full.offset,
-                seal: true,
+                records: full.records,
+                last_mac: full.last_mac,
             });
         }
         // Allocate, create and publish the segment under the index lock, so a
         // checkpoint sees either none of it or all of it.
         let mut state = self.write_state();
         let id = state.segment_id_next;
+        let fields = SegmentHeaderFields {
+            head: head.id,
+            block_shift: self.config.block_shift,
+            macs: false,
+            writer_epoch: 0,
+        };
         let file =
-            segment::create_segment(&self.segments_dir, id, &self.config.volume_id, head.id)?;
+            segment::create_segment(&self.segments_dir, id, &self.config.volume_id, &fields)?;
         // The directory entry becomes durable at the next flush.
         self.dir_dirty.store(true, Ordering::SeqCst);
         state.segment_id_next = id + 1;
-        state.head_positions[head.id as usize] = Some((id, SEGMENT_HEADER_BYTES));
+        state.head_positions[head.id as usize] = Some(HeadPosition {
+            segment_id: id,
+            offset: V2_FIRST_FRAME,
+            ..HeadPosition::default()
+        });
         drop(state);
-        let file = Arc::new(file);
+        let file = Arc::new(SegmentFile {
+            file,
+            version: SegmentVersion::V2,
+        });
         self.files.write_or_recover().insert(id, Arc::clone(&file));
         head.open = Some(OpenSegment {
             id,
             file,
-            offset: SEGMENT_HEADER_BYTES,
+            offset: V2_FIRST_FRAME,
+            records: 0,
+            last_mac: [0; 16],
         });
         Ok(())
     }
 }
 
-/// The checksum table of `record`: the caller's (checked in debug builds)
+/// The frames an append of `records` is cut into: as few as the frame
+/// limits (records per frame, payload bytes per frame) allow.
+fn frame_ranges(records: &[FrameRecord<'_>]) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (index, record) in records.iter().enumerate() {
+        let payload = record.payload.len() as u64;
+        let full = index - start == FRAME_RECORDS_MAX || bytes + payload > FRAME_PAYLOAD_BYTES_MAX;
+        if index > start && full {
+            ranges.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes += payload;
+    }
+    ranges.push(start..records.len());
+    ranges
+}
+
+/// Builds the frame of `records` at `offset` of segment `segment_id`.
+fn build_frame<'a>(
+    segment_id: u64,
+    offset: u64,
+    block_shift: u8,
+    records: &[FrameRecord<'a>],
+) -> BuiltFrame<'a> {
+    let meta = build_meta(segment_id, offset, block_shift, records);
+    let parts: Vec<&'a [u8]> = records
+        .iter()
+        .map(|r| r.payload)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let aligned = parts
+        .iter()
+        .all(|p| p.len().is_multiple_of(ALIGN) && (p.as_ptr() as usize).is_multiple_of(ALIGN));
+    let payloads = if aligned {
+        Payloads::Direct(parts)
+    } else {
+        let area_bytes = meta.layout.frame_bytes - meta.layout.payload_area;
+        let mut area = AlignedBuf::zeroed(area_bytes);
+        let mut at = 0;
+        for part in parts {
+            area[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Payloads::Copied(area)
+    };
+    BuiltFrame { meta, payloads }
+}
+
+/// The block table of `record`: the caller's (checked in debug builds)
 /// or one built here; empty without payload.
-fn checksum_table<'a>(record: &AppendRecord<'a>, block_bytes: usize) -> Cow<'a, [u8]> {
-    match (record.kind, record.checksums) {
+fn block_table<'a>(record: &AppendRecord<'a>, block_bytes: usize) -> Cow<'a, [u8]> {
+    match (record.kind, record.table) {
         (RecordKind::Data, Some(given)) => {
             assert_eq!(
                 given.len() as u64,
-                checksum_table_bytes(u64::from(record.block_count)),
-                "checksum table size"
+                TableFormat::V2.table_bytes(u64::from(record.block_count)),
+                "block table size"
             );
-            debug_assert_eq!(given, &block_checksums(record.payload, block_bytes)[..]);
+            debug_assert!(
+                TableFormat::V2
+                    .first_corrupt_block(record.payload, block_bytes, given)
+                    .is_none()
+            );
             Cow::Borrowed(given)
         }
-        (RecordKind::Data, None) => block_checksums(record.payload, block_bytes).into(),
+        (RecordKind::Data, None) => TableFormat::V2.build(record.payload, block_bytes).into(),
         _ => Cow::Borrowed(&[][..]),
     }
 }

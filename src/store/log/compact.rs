@@ -20,18 +20,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::index::{DataLocation, Extent, Location};
-use super::super::record::{
-    DataRecordOffsets, RecordKind, block_checksums, checksum_table_bytes, first_corrupt_block,
-};
-use super::super::segment::SEGMENT_HEADER_BYTES;
+use super::super::index::Location;
+use super::super::record::RecordKind;
+use super::super::table::TableFormat;
 use super::super::{StoreError, sync_dir};
-use super::{AppendRecord, Log};
+use super::pieces::{LivePiece, MovedPiece};
+use super::{AppendRecord, Log, SegmentFile};
 use crate::crypto::KeyId;
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 
@@ -119,58 +117,11 @@ pub struct SpaceReport {
     pub file_bytes: u64,
 }
 
-/// One live piece to move: blocks of one record the index still maps.
-#[derive(Clone, Copy)]
-pub(super) struct LivePiece {
-    pub(super) lba: u64,
-    pub(super) blocks: u64,
-    pub(super) seq: u64,
-    pub(super) key_id: KeyId,
-    pub(super) segment_id: u64,
-    pub(super) offsets: DataRecordOffsets,
-}
-
-impl LivePiece {
-    /// The piece an index holds as `extent` from block `lba`, in the data
-    /// record at `location`, under `key_id`.
-    pub(super) fn new(
-        lba: u64,
-        extent: &Extent,
-        location: &DataLocation,
-        key_id: KeyId,
-        block_shift: u8,
-    ) -> Self {
-        Self {
-            lba,
-            blocks: extent.blocks,
-            seq: extent.seq,
-            key_id,
-            segment_id: location.segment_id,
-            offsets: DataRecordOffsets::of_block(
-                location.record_offset,
-                location.record_blocks,
-                block_shift,
-                lba - location.record_lba,
-            ),
-        }
-    }
-}
-
 /// A segment chosen for cleaning, and the live bytes to move out of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct CleanTarget {
     pub(super) segment_id: u64,
     pub(super) live_bytes: u64,
-}
-
-/// A piece's ciphertext and its block checksum table, read and verified.
-pub(super) struct MovedPiece {
-    pub(super) payload: Vec<u8>,
-    pub(super) table: Vec<u8>,
-    /// The key the payload is under (changed by a re-key).
-    key_id: KeyId,
-    /// Re-encrypted under a new key on the way.
-    rekeyed: bool,
 }
 
 /// How to re-key while cleaning: the pieces under `from` keys are passed
@@ -234,7 +185,7 @@ impl Log {
     pub fn space(&self) -> Result<SpaceReport, StoreError> {
         let live = self.live_bytes_by_segment();
         let pinned = self.pinned_segments();
-        let files: Vec<(u64, Arc<fs::File>)> = self
+        let files: Vec<(u64, Arc<SegmentFile>)> = self
             .files
             .read_or_recover()
             .iter()
@@ -243,7 +194,11 @@ impl Log {
         let mut report = SpaceReport::default();
         for (id, file) in files {
             let path = self.segment_path(id);
-            let file_bytes = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            let file_bytes = file
+                .file
+                .metadata()
+                .map_err(|e| StoreError::io(&path, e))?
+                .len();
             let live_bytes = live.get(&id).copied().unwrap_or(0);
             report.live_bytes += live_bytes;
             report.file_bytes += file_bytes;
@@ -281,7 +236,7 @@ impl Log {
             .head_positions
             .iter()
             .flatten()
-            .map(|(id, _)| *id)
+            .map(|head| head.segment_id)
             .collect();
         busy.extend(self.pending.lock_or_recover().iter().map(|p| p.id));
         files.into_iter().filter(|id| !busy.contains(id)).collect()
@@ -351,9 +306,26 @@ impl Log {
             };
             self.move_live_pieces(&segments, &mut mover)?;
             steps.step()?;
-            self.checkpoint()?;
-            steps.step()?;
-            self.delete_unreferenced(&segments, &mut status, &mut report, &mut steps, progress)?;
+            // The checkpoint no longer lists the segments about to go (it
+            // must not vouch for them once they are gone); those that stay
+            // after all are listed again.
+            self.retire_unreferenced(&segments);
+            let deleted = self
+                .checkpoint()
+                .and_then(|()| steps.step())
+                .and_then(|()| {
+                    self.delete_unreferenced(
+                        &segments,
+                        &mut status,
+                        &mut report,
+                        &mut steps,
+                        progress,
+                    )
+                });
+            for id in &segments {
+                self.write_state().unretire(*id, true);
+            }
+            deleted?;
         }
         progress(&status);
         Ok(report)
@@ -376,8 +348,9 @@ impl Log {
                 continue;
             };
             let path = self.segment_path(*id);
-            let metadata = file.metadata().map_err(|e| StoreError::io(&path, e))?;
-            let record_bytes = metadata.len().saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+            let metadata = file.file.metadata().map_err(|e| StoreError::io(&path, e))?;
+            let first_record = file.version.first_record();
+            let record_bytes = metadata.len().saturating_sub(first_record).max(1);
             let live_bytes = live.get(id).copied().unwrap_or(0);
             let ratio = live_bytes as f64 / record_bytes as f64;
             if ratio <= live_ratio_max {
@@ -396,27 +369,6 @@ impl Log {
         }
         chosen.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(chosen.into_iter().map(|(target, _)| target).collect())
-    }
-
-    /// The pieces of the index that live in `segments`, in file order.
-    fn live_pieces(&self, segments: &BTreeSet<u64>) -> Vec<LivePiece> {
-        let state = self.read_state();
-        let mut pieces: Vec<LivePiece> = state
-            .index
-            .iter()
-            .filter_map(|(lba, extent)| match extent.location {
-                Location::Data(d) if segments.contains(&d.segment_id) => Some(LivePiece::new(
-                    lba,
-                    extent,
-                    &d,
-                    state.keys[d.key_index as usize],
-                    self.config.block_shift,
-                )),
-                _ => None,
-            })
-            .collect();
-        pieces.sort_by_key(|p| (p.segment_id, p.offsets.payload));
-        pieces
     }
 
     fn move_live_pieces(
@@ -458,7 +410,8 @@ impl Log {
                                 piece.seq,
                                 piece.lba,
                             )?;
-                            moved.table = block_checksums(&moved.payload, block_bytes as usize);
+                            moved.table =
+                                TableFormat::V2.build(&moved.payload, block_bytes as usize);
                             moved.key_id = plan.to;
                             moved.rekeyed = true;
                         }
@@ -478,7 +431,7 @@ impl Log {
                     block_count: piece.blocks as u32,
                     key_id: moved.key_id,
                     payload: &moved.payload,
-                    checksums: Some(&moved.table),
+                    table: Some(&moved.table),
                     // Re-encrypted data is new ciphertext under its key.
                     moved: !moved.rekeyed,
                 })
@@ -514,26 +467,18 @@ impl Log {
         Ok(())
     }
 
-    /// The ciphertext and checksum table of `piece`, or `None` when a block
-    /// fails its checksum (the piece stays where it is).
-    pub(super) fn read_verified(
-        &self,
-        piece: &LivePiece,
-    ) -> Result<Option<MovedPiece>, StoreError> {
-        let file = self.segment_file(piece.segment_id)?;
-        let block_bytes = 1usize << self.config.block_shift;
-        let mut payload = vec![0u8; piece.blocks as usize * block_bytes];
-        let mut table = vec![0u8; checksum_table_bytes(piece.blocks) as usize];
-        file.read_exact_at(&mut payload, piece.offsets.payload)
-            .and_then(|()| file.read_exact_at(&mut table, piece.offsets.table))
-            .map_err(|e| StoreError::io(&self.segment_path(piece.segment_id), e))?;
-        let intact = first_corrupt_block(&payload, block_bytes, &table).is_none();
-        Ok(intact.then_some(MovedPiece {
-            payload,
-            table,
-            key_id: piece.key_id,
-            rekeyed: false,
-        }))
+    /// Takes those of `segments` that nothing refers to out of the sealed
+    /// table (see `IndexState::retiring`).
+    fn retire_unreferenced(&self, segments: &BTreeSet<u64>) {
+        let pinned = self.pinned_segments();
+        let live = self.live_bytes_by_segment();
+        let closed = self.closed_segments();
+        let unreferenced: BTreeSet<u64> = segments
+            .iter()
+            .filter(|id| !pinned.contains(id) && !live.contains_key(id) && closed.contains(id))
+            .copied()
+            .collect();
+        self.write_state().retire(&unreferenced);
     }
 
     /// Deletes those of `segments` that nothing refers to any more, then the
@@ -559,8 +504,11 @@ impl Log {
             }
             let file = self.files.write_or_recover().remove(id);
             let path = self.segment_path(*id);
-            let bytes = file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+            let bytes = file
+                .and_then(|f| f.file.metadata().ok())
+                .map_or(0, |m| m.len());
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            self.write_state().unretire(*id, false);
             deleted_any = true;
             report.segments_deleted += 1;
             report.bytes_freed += bytes;

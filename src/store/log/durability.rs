@@ -1,38 +1,52 @@
-//! Making the log durable: flushes (fdatasync), seal records, checkpoints,
-//! and closing.
+//! Making the log durable: flushes (fdatasync), seals, checkpoints, and
+//! closing.
 
-use std::fs::{self, File};
+use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::super::record::{RecordHeader, RecordKind};
+use super::super::checkpoint::SealedSegment;
+use super::super::frame::{FrameRecord, Mac, SealBody, build_meta};
+use super::super::io::pwritev_all;
+use super::super::record::{RecordHeader, RecordKind, V1RecordHeader};
+use super::super::segment::SegmentVersion;
 use super::super::{StoreError, checkpoint, sync_dir};
-use super::Log;
+use super::{Log, SegmentFile};
 use crate::crypto::KeyId;
 use crate::limits::CHECKPOINTS_KEPT;
 use crate::sync::LockOrRecover;
 
-/// A segment no head appends to any more, waiting for the next flush.
+/// A segment no head appends to any more, waiting for the next flush to
+/// sync and seal it: full, rolled, or abandoned after a failed write (then
+/// `end` is where its good log ends; what follows the seal is ignored).
 pub(super) struct PendingSeal {
     pub(super) id: u64,
-    pub(super) file: Arc<File>,
+    pub(super) file: Arc<SegmentFile>,
     pub(super) end: u64,
-    /// Full segments get a seal record after the sync; an abandoned one (its
-    /// tail may hold a failed write) does not, so replay cuts the tail.
-    pub(super) seal: bool,
+    pub(super) records: u64,
+    pub(super) last_mac: Mac,
 }
 
 impl Log {
-    /// Seals a segment: sync its records, then append the seal record. A seal
-    /// promises that every record before it is durable.
-    pub(super) fn seal(&self, id: u64, file: &File, offset: u64) -> Result<(), StoreError> {
-        file.sync_data()
-            .map_err(|e| StoreError::io(&self.segment_path(id), e))?;
-        self.write_seal_record(id, file, offset)
+    /// Seals a segment at `end`: syncs its records, then writes the seal
+    /// (see [`Log::write_seal`]). A seal promises that every record before
+    /// it is durable.
+    pub(super) fn seal(&self, segment: &PendingSeal) -> Result<(), StoreError> {
+        segment
+            .file
+            .file
+            .sync_data()
+            .map_err(|e| StoreError::io(&self.segment_path(segment.id), e))?;
+        self.write_seal(segment)
     }
 
-    /// Appends the seal record at `offset`; the caller synced the segment.
-    fn write_seal_record(&self, id: u64, file: &File, offset: u64) -> Result<(), StoreError> {
+    /// Writes the seal of a synced segment at its `end` (a seal frame that
+    /// continues the log's seal chain, or for a version 1 segment a seal
+    /// record), syncs it, and records it as the newest seal. The caller
+    /// holds the flush lock (or is recovery): seals are written one at a
+    /// time, so the chain is a line.
+    fn write_seal(&self, segment: &PendingSeal) -> Result<(), StoreError> {
+        let path = self.segment_path(segment.id);
         let seal = RecordHeader {
             kind: RecordKind::Seal,
             seq: 0,
@@ -40,28 +54,64 @@ impl Log {
             block_count: 0,
             block_shift: self.config.block_shift,
             key_id: KeyId::default(),
-            table_crc32c: 0,
             moved: false,
         };
-        super::super::io::pwritev_all(file, &[&seal.encode()], offset)
-            .map_err(|e| StoreError::io(&self.segment_path(id), e))?;
-        self.notify_sealed(id);
+        let written = match segment.file.version {
+            SegmentVersion::V1 => {
+                let record = V1RecordHeader {
+                    header: seal,
+                    table_crc32c: 0,
+                };
+                pwritev_all(&segment.file.file, &[&record.encode()], segment.end)
+            }
+            SegmentVersion::V2 => {
+                let previous = self.read_state().last_seal;
+                let body = SealBody {
+                    previous_seal_mac: previous.map_or([0; 16], |s| s.mac),
+                    previous_sealed_segment: previous.map(|s| s.segment_id),
+                    last_record_mac: segment.last_mac,
+                    records: segment.records,
+                }
+                .encode();
+                let record = FrameRecord {
+                    header: seal,
+                    table: &body,
+                    payload: &[],
+                    mac: [0; 16],
+                };
+                let meta = build_meta(segment.id, segment.end, self.config.block_shift, &[record]);
+                pwritev_all(&segment.file.file, &[meta.meta.padded()], segment.end)
+            }
+        };
+        written
+            .and_then(|()| segment.file.file.sync_data())
+            .map_err(|e| StoreError::io(&path, e))?;
+        self.write_state().record_seal(SealedSegment {
+            segment_id: segment.id,
+            seal_offset: segment.end,
+            seal_mac: [0; 16],
+            version: segment.file.version,
+        });
+        self.notify_sealed(segment.id);
         Ok(())
     }
 
     /// Makes every record appended before this call durable (fdatasync).
     pub fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flush_lock.lock_or_recover();
-        let pending = std::mem::take(&mut *self.pending.lock_or_recover());
-        let result = self.sync_all(&pending);
-        if result.is_err() {
+        let mut pending = std::mem::take(&mut *self.pending.lock_or_recover());
+        if let Err(error) = self.sync_all(&pending) {
             // Keep them for the next flush to retry.
             self.pending.lock_or_recover().extend(pending);
-            return result;
+            return Err(error);
         }
-        // Every record before each seal is durable now: seal the full ones.
-        for segment in pending.iter().filter(|p| p.seal) {
-            self.write_seal_record(segment.id, &segment.file, segment.end)?;
+        // Every record before each seal is durable now: seal them.
+        while !pending.is_empty() {
+            if let Err(error) = self.write_seal(&pending[0]) {
+                self.pending.lock_or_recover().extend(pending);
+                return Err(error);
+            }
+            pending.remove(0);
         }
         Ok(())
     }
@@ -75,7 +125,7 @@ impl Log {
             self.dir_dirty.store(true, Ordering::SeqCst);
             return Err(error);
         }
-        let open: Vec<(u64, Arc<File>)> = self
+        let open: Vec<(u64, Arc<SegmentFile>)> = self
             .heads
             .iter()
             .filter_map(|head| {
@@ -88,7 +138,8 @@ impl Log {
             .map(|p| (p.id, &p.file))
             .chain(open.iter().map(|(id, f)| (*id, f)));
         for (id, file) in segments {
-            file.sync_data()
+            file.file
+                .sync_data()
                 .map_err(|e| StoreError::io(&self.segment_path(id), e))?;
         }
         Ok(())
@@ -101,10 +152,13 @@ impl Log {
         // A snapshot taken before this checkpoint must be on disk first:
         // recovery can rebuild it only from a checkpoint older than it.
         self.materialize_snapshots()?;
-        let data = self
+        let mut data = self
             .read_state()
             .checkpoint_data(self.seq_next.load(Ordering::Relaxed));
         self.flush()?;
+        // The seals as the flush left them: every segment that had left
+        // its head when the index was taken is sealed now.
+        self.read_state().update_seals(&mut data);
         let path = checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
         self.bytes_since_checkpoint.store(0, Ordering::Relaxed);
         self.notify_checkpoint(path, &data);
@@ -154,7 +208,8 @@ impl Log {
                     id: open.id,
                     file: open.file,
                     end: open.offset,
-                    seal: true,
+                    records: open.records,
+                    last_mac: open.last_mac,
                 });
                 self.write_state().head_positions[head.id as usize] = None;
             }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::super::checkpoint::CheckpointData;
-use super::super::snapshot::referenced_segments;
+use super::super::snapshot::segments_needed;
 use super::Log;
 
 /// A checkpoint the log just wrote durably.
@@ -20,15 +20,14 @@ pub struct WrittenCheckpoint {
     pub seq_next: u64,
     /// Segments with this id or higher are replayed from their start.
     pub segment_id_next: u64,
-    /// Every segment an open from this checkpoint reads: those its extents
-    /// refer to and the heads' open segments it replays from.
+    /// Every segment an open from this checkpoint reads or checks
+    /// (`store::segments_needed`).
     pub needs: BTreeSet<u64>,
 }
 
 impl WrittenCheckpoint {
     fn new(path: PathBuf, data: &CheckpointData) -> Self {
-        let mut needs = referenced_segments(data);
-        needs.extend(data.heads.iter().map(|(segment_id, _)| *segment_id));
+        let needs = segments_needed(data);
         Self {
             path,
             seq_next: data.seq_next,

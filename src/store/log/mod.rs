@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use super::segment;
+use super::frame::Mac;
+use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
 use crate::limits::CHECKPOINT_INTERVAL_BYTES;
 use crate::sync::RwLockOrRecover;
@@ -30,9 +31,11 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod checkpoint_state;
 mod compact;
 mod durability;
 mod events;
+mod pieces;
 mod read;
 mod recovery;
 mod rekey;
@@ -40,6 +43,7 @@ mod replay;
 mod snapshot_index;
 mod snapshots;
 mod state;
+mod verify;
 
 pub use append::{AppendRecord, RecordPosition};
 pub use compact::{
@@ -52,6 +56,7 @@ pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
 pub(crate) use replay::list_segments;
 pub use snapshot_index::write_snapshot_index;
+pub(crate) use verify::chain_seals;
 
 /// Fixed facts about the log, from the volume's superblock.
 #[derive(Clone, Debug)]
@@ -90,11 +95,23 @@ impl std::fmt::Display for HeadId {
     }
 }
 
-/// A head's open segment: where its next record goes.
+/// A segment file the log has open, and its format version.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    pub(crate) file: File,
+    pub(crate) version: SegmentVersion,
+}
+
+/// A head's open segment: where its next frame goes, and the record chain
+/// so far (for its seal).
 struct OpenSegment {
     id: u64,
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     offset: u64,
+    /// Records appended to it so far.
+    records: u64,
+    /// MAC of the last of them (zero without MACs).
+    last_mac: Mac,
 }
 
 /// One log head (append stream) and its open segment, if any.
@@ -135,7 +152,7 @@ pub struct Log {
     /// The guest heads, then the compaction head (the last one).
     heads: Vec<Mutex<Head>>,
     state: RwLock<IndexState>,
-    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    files: RwLock<BTreeMap<u64, Arc<SegmentFile>>>,
     seq_next: AtomicU64,
     bytes_since_checkpoint: AtomicU64,
     checkpoint_lock: Mutex<()>,
@@ -232,7 +249,7 @@ impl Log {
     }
 
     /// The open file of segment `id`.
-    fn segment_file(&self, id: u64) -> Result<Arc<File>, StoreError> {
+    fn segment_file(&self, id: u64) -> Result<Arc<SegmentFile>, StoreError> {
         self.files
             .read_or_recover()
             .get(&id)

@@ -2,15 +2,14 @@
 //! ciphertext and checksum-table entries for the caller to verify.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::sync::Arc;
 
 use super::super::StoreError;
 use super::super::index::{Location, Piece};
-use super::super::record::{DataRecordOffsets, checksum_table_bytes};
 use super::super::segment;
-use super::Log;
+use super::super::table::TableFormat;
 use super::state::IndexState;
+use super::{Log, SegmentFile};
 use crate::crypto::KeyId;
 use crate::sync::RwLockOrRecover;
 
@@ -48,8 +47,18 @@ pub struct DataPiece {
     /// Key they are encrypted under.
     pub key_id: KeyId,
     segment_id: u64,
-    file: Arc<File>,
-    offsets: DataRecordOffsets,
+    file: Arc<SegmentFile>,
+    /// Offset of the table entry of block `lba`.
+    table_offset: u64,
+    /// Offset of the ciphertext of block `lba`.
+    payload_offset: u64,
+}
+
+impl DataPiece {
+    /// The layout of the piece's block table entries.
+    pub fn table_format(&self) -> TableFormat {
+        self.file.version.table_format()
+    }
 }
 
 impl Log {
@@ -67,7 +76,7 @@ impl Log {
     fn resolve(
         &self,
         state: &IndexState,
-        files: &BTreeMap<u64, Arc<File>>,
+        files: &BTreeMap<u64, Arc<SegmentFile>>,
         piece: Piece,
     ) -> Result<ReadPiece, StoreError> {
         let (seq, d) = match piece.extent {
@@ -88,19 +97,16 @@ impl Log {
         let file = files.get(&d.segment_id).ok_or(StoreError::SegmentMissing {
             segment_id: d.segment_id,
         })?;
+        let into_record = piece.lba - d.record_lba;
         Ok(ReadPiece::Data(DataPiece {
             lba: piece.lba,
             blocks: piece.blocks,
             seq,
             key_id: state.keys[d.key_index as usize],
             segment_id: d.segment_id,
+            table_offset: d.table_offset + file.version.table_format().table_bytes(into_record),
+            payload_offset: d.payload_offset + (into_record << self.config.block_shift),
             file: Arc::clone(file),
-            offsets: DataRecordOffsets::of_block(
-                d.record_offset,
-                d.record_blocks,
-                self.config.block_shift,
-                piece.lba - d.record_lba,
-            ),
         }))
     }
 
@@ -108,15 +114,15 @@ impl Log {
     pub fn block_corrupt(&self, piece: &DataPiece, index: u64) -> StoreError {
         StoreError::Corrupt {
             path: self.segment_path(piece.segment_id),
-            offset_bytes: piece.offsets.payload + (index << self.config.block_shift),
+            offset_bytes: piece.payload_offset + (index << self.config.block_shift),
             reason: "block checksum mismatch",
         }
     }
 
     /// Reads the ciphertext of `piece` into `buf` and its entries of the
-    /// record's checksum table into `table` (`record::checksum_table_bytes`
-    /// of the piece's blocks) without checking them: the caller verifies
-    /// each block (`record::first_corrupt_block`, then
+    /// record's block table into `table` (`piece.table_format()`'s
+    /// `table_bytes` of the piece's blocks) without checking them: the
+    /// caller verifies each block (`TableFormat::first_corrupt_block`, then
     /// [`Log::block_corrupt`]) before using it; the volume does so on the
     /// crypto pool, next to decryption.
     pub fn read_ciphertext_unverified(
@@ -126,15 +132,18 @@ impl Log {
         table: &mut [u8],
     ) -> Result<(), StoreError> {
         assert_eq!(buf.len() as u64, piece.blocks << self.config.block_shift);
-        assert_eq!(table.len() as u64, checksum_table_bytes(piece.blocks));
+        assert_eq!(
+            table.len() as u64,
+            piece.table_format().table_bytes(piece.blocks)
+        );
         let path = || self.segment_path(piece.segment_id);
         let short = |offset| StoreError::Corrupt {
             path: path(),
             offset_bytes: offset,
             reason: "segment ends inside an indexed record",
         };
-        for (part, offset) in [(buf, piece.offsets.payload), (table, piece.offsets.table)] {
-            if !segment::read_exact_or_eof(&piece.file, part, offset)
+        for (part, offset) in [(buf, piece.payload_offset), (table, piece.table_offset)] {
+            if !segment::read_exact_or_eof(&piece.file.file, part, offset)
                 .map_err(|e| StoreError::io(&path(), e))?
             {
                 return Err(short(offset));

@@ -1,18 +1,24 @@
-//! Opening a log: load the newest valid checkpoint, replay what was appended
-//! after it, cut torn tails, rebuild the indexes of snapshots the crash left
+//! Opening a log: load the newest valid checkpoint, check the sealed
+//! segments it lists, replay what was appended after it, cut torn tails,
+//! check the seal chain, rebuild the indexes of snapshots the crash left
 //! unwritten, and seal what the crash left open.
 
-use std::fs::{File, OpenOptions};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::super::checkpoint::{self, CheckpointData};
-use super::super::segment::{self, ScannedRecord};
+use super::super::record::PlacedRecord;
+use super::super::scan::{ScanOutcome, find_v1_seal};
+use super::super::segment::{self, SegmentVersion};
 use super::super::snapshot::{SnapshotPoint, referenced_segments};
 use super::super::{StoreError, sync_dir};
-use super::replay::{ReplayedRecord, SegmentScan, list_segments, replay_plan};
-use super::{Log, LogConfig};
+use super::durability::PendingSeal;
+use super::replay::{SegmentScan, list_segments, replay_plan};
+use super::verify::{chain_seals, sealed_entry};
+use super::{Log, LogConfig, SegmentFile};
 use crate::limits::SEQ_REOPEN_GAP;
 use crate::sync::RwLockOrRecover;
 
@@ -42,6 +48,12 @@ pub struct TornTail {
     pub reason: &'static str,
 }
 
+/// One replayed segment and what its scan found.
+struct Replayed {
+    scan: SegmentScan,
+    outcome: ScanOutcome,
+}
+
 /// Opens the log in `dir`, recovering from any crash. `unmaterialized`
 /// lists snapshots whose point was recorded but whose index file is not
 /// there: their index is rebuilt from replay and written (read-write opens).
@@ -61,18 +73,26 @@ pub fn open(
     let mut report = RecoveryReport::default();
     let log = Log::empty(dir, config, 0, 0);
     let segment_ids = list_segments(&log.segments_dir)?;
-    let checkpoint = load_newest_checkpoint(&log, &segment_ids, &mut report)?;
-    let replay = replay_plan(&checkpoint, &segment_ids)?;
     open_files(&log, &segment_ids)?;
-    let mut records: Vec<ReplayedRecord> = Vec::new();
-    for scan in &replay {
-        let scanned = scan_one(&log, *scan, &mut report)?;
-        records.extend(ReplayedRecord::of_segment(scan.segment_id, scanned));
+    let checkpoint = load_newest_checkpoint(&log, &mut report)?;
+    if let Some(path) = &report.checkpoint {
+        log.check_listed_segments(&checkpoint, path, &segment_ids)?;
     }
-    report.segments_replayed = replay.len();
+    log.check_v2_floor(checkpoint.v2_floor)?;
+    let mut replayed = Vec::new();
+    for scan in replay_plan(&checkpoint, &segment_ids)? {
+        let outcome = scan_one(&log, scan, &mut report)?;
+        replayed.push(Replayed { scan, outcome });
+    }
+    let mut records: Vec<PlacedRecord> = replayed
+        .iter()
+        .flat_map(|r| r.outcome.records.iter().map(|s| s.record))
+        .collect();
+    report.segments_replayed = replayed.len();
     report.records_replayed = records.len();
     let seq_seen_max = records.iter().map(|r| r.header.seq).max();
     log.write_state().load(&checkpoint);
+    load_seals(&log, &checkpoint, &replayed, &segment_ids)?;
     records.sort_by_key(|r| r.header.seq);
     if !log.config.read_only {
         for (path, point) in unmaterialized {
@@ -82,10 +102,12 @@ pub fn open(
     {
         let mut state = log.write_state();
         for record in &records {
-            state.apply(record.segment_id, record.offset, &record.header);
+            state.apply(record);
         }
         let segment_next = segment_ids.last().map_or(0, |id| id + 1);
         state.segment_id_next = checkpoint.segment_id_next.max(segment_next);
+        // Every segment from here on is written as version 2.
+        state.v2_floor = checkpoint.v2_floor.min(state.segment_id_next);
     }
     // Skip far past every sequence number that may have been handed out
     // before the crash: tweaks must never repeat (limits::SEQ_REOPEN_GAP).
@@ -93,8 +115,8 @@ pub fn open(
     log.seq_next
         .store(seq_floor + SEQ_REOPEN_GAP, Ordering::Relaxed);
     if !log.config.read_only {
-        for scan in &replay {
-            seal_if_open(&log, scan.segment_id)?;
+        for segment in &replayed {
+            seal_if_open(&log, segment)?;
         }
         // Persist the new sequence floor and the replayed state at once.
         log.checkpoint()?;
@@ -102,24 +124,18 @@ pub fn open(
     Ok((log, report))
 }
 
+/// The newest checkpoint that passes its own checks (older ones are the
+/// fallback for a damaged newest one). Whether the segments it names are
+/// all there is checked next (`Log::check_listed_segments`): compaction
+/// deletes segments only after writing a checkpoint that no longer names
+/// them, so a missing one is damage, not a reason to go back further.
 fn load_newest_checkpoint(
     log: &Log,
-    segment_ids: &[u64],
     report: &mut RecoveryReport,
 ) -> Result<CheckpointData, StoreError> {
     for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
         match checkpoint::read(&path, &log.config.volume_id) {
             Ok(data) => {
-                // Compaction deletes segments only after writing a checkpoint
-                // that no longer refers to them: a segment the newest usable
-                // checkpoint refers to that is gone is damage, named here
-                // (an older checkpoint would only fail less clearly).
-                if let Some(segment_id) = referenced_segments(&data)
-                    .into_iter()
-                    .find(|id| segment_ids.binary_search(id).is_err())
-                {
-                    return Err(StoreError::SegmentMissing { segment_id });
-                }
                 report.checkpoint = Some(path);
                 return Ok(data);
             }
@@ -129,7 +145,12 @@ fn load_newest_checkpoint(
             }
         }
     }
-    Ok(CheckpointData::default())
+    // Without a checkpoint nothing says where version 2 began: replay
+    // takes version 1 segments as they come.
+    Ok(CheckpointData {
+        v2_floor: u64::MAX,
+        ..CheckpointData::default()
+    })
 }
 
 /// Opens the files of `segment_ids` and checks their headers.
@@ -142,8 +163,65 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
             .write(!log.config.read_only)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        segment::check_segment_header(&file, &path, *id, &log.config.volume_id)?;
-        files.insert(*id, Arc::new(file));
+        let version = segment::check_segment_header(
+            &file,
+            &path,
+            *id,
+            &log.config.volume_id,
+            log.config.block_shift,
+        )?;
+        files.insert(*id, Arc::new(SegmentFile { file, version }));
+    }
+    Ok(())
+}
+
+/// Puts the seals of the log into the state: the checkpoint's (loaded with
+/// it), those replay found, in chain order, and for a log upgraded from
+/// version 1 the seals of its version 1 segments.
+fn load_seals(
+    log: &Log,
+    checkpoint: &CheckpointData,
+    replayed: &[Replayed],
+    segment_ids: &[u64],
+) -> Result<(), StoreError> {
+    let listed: Vec<u64> = checkpoint.sealed.iter().map(|s| s.segment_id).collect();
+    let mut found_v1 = Vec::new();
+    let mut found_v2 = BTreeMap::new();
+    for segment in replayed {
+        let id = segment.scan.segment_id;
+        let Some(seal) = segment.outcome.seal.filter(|_| !listed.contains(&id)) else {
+            continue;
+        };
+        match log.segment_file(id)?.version {
+            SegmentVersion::V1 => found_v1.push(sealed_entry(id, SegmentVersion::V1, &seal)),
+            SegmentVersion::V2 => {
+                found_v2.insert(id, seal);
+            }
+        }
+    }
+    let chain = chain_seals(checkpoint.last_seal, found_v2)?;
+    if checkpoint.v2_floor == u64::MAX {
+        // Written by a version 1 log: list the seals of its segments.
+        for id in segment_ids
+            .iter()
+            .filter(|id| **id < checkpoint.segment_id_next)
+        {
+            let file = log.segment_file(*id)?;
+            let io = |e| StoreError::io(&log.segment_path(*id), e);
+            let len = file.file.metadata().map_err(io)?.len();
+            if file.version == SegmentVersion::V1
+                && let Some(seal) = find_v1_seal(&file.file, len).map_err(io)?
+            {
+                found_v1.push(sealed_entry(*id, SegmentVersion::V1, &seal));
+            }
+        }
+    }
+    let mut state = log.write_state();
+    for entry in found_v1 {
+        state.record_seal(entry);
+    }
+    for (id, seal) in chain {
+        state.record_seal(sealed_entry(id, SegmentVersion::V2, &seal));
     }
     Ok(())
 }
@@ -154,19 +232,12 @@ fn scan_one(
     log: &Log,
     scan: SegmentScan,
     report: &mut RecoveryReport,
-) -> Result<Vec<ScannedRecord>, StoreError> {
+) -> Result<ScanOutcome, StoreError> {
     let segment_id = scan.segment_id;
     let path = log.segment_path(segment_id);
-    let file = replayed_file(log, segment_id);
-    let outcome = segment::scan_segment(
-        &file,
-        &path,
-        scan.from,
-        log.config.block_shift,
-        log.config.capacity_blocks,
-    )?;
+    let outcome = log.scan(scan)?;
     if let Some((offset, reason)) = outcome.stopped {
-        if outcome.sealed {
+        if outcome.seal.is_some() {
             return Err(StoreError::Corrupt {
                 path,
                 offset_bytes: offset,
@@ -185,35 +256,33 @@ fn scan_one(
             reason,
         });
         if !log.config.read_only {
-            file.set_len(outcome.end_offset)
+            let file = log.segment_file(segment_id)?;
+            file.file
+                .set_len(outcome.end_offset)
+                .and_then(|()| file.file.sync_data())
                 .map_err(|e| StoreError::io(&path, e))?;
-            file.sync_data().map_err(|e| StoreError::io(&path, e))?;
         }
     }
-    Ok(outcome.records)
+    Ok(outcome)
 }
 
-/// The open file of a segment `open_files` opened.
-fn replayed_file(log: &Log, segment_id: u64) -> Arc<File> {
-    let files = log.files.read_or_recover();
-    Arc::clone(
-        files
-            .get(&segment_id)
-            .expect("replayed segments were opened"),
-    )
-}
-
-/// Seals a replayed segment that the crash left open; nothing will append to
-/// it again (heads start new segments).
-fn seal_if_open(log: &Log, segment_id: u64) -> Result<(), StoreError> {
-    let file = replayed_file(log, segment_id);
-    let path = log.segment_path(segment_id);
-    let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-    if !segment::is_sealed(&file, len).map_err(|e| StoreError::io(&path, e))? {
-        log.seal(segment_id, &file, len)?;
-        sync_dir(&log.segments_dir)?;
+/// Seals a replayed segment that the crash left open, at the end of its
+/// valid log; nothing will append to it again (heads start new segments).
+fn seal_if_open(log: &Log, segment: &Replayed) -> Result<(), StoreError> {
+    if segment.outcome.seal.is_some() {
+        return Ok(());
     }
-    Ok(())
+    let head = segment.scan.resume.unwrap_or_default();
+    let records = &segment.outcome.records;
+    let pending = PendingSeal {
+        id: segment.scan.segment_id,
+        file: log.segment_file(segment.scan.segment_id)?,
+        end: segment.outcome.end_offset,
+        records: head.records + records.len() as u64,
+        last_mac: records.last().map_or(head.last_mac, |r| r.mac),
+    };
+    log.seal(&pending)?;
+    sync_dir(&log.segments_dir)
 }
 
 /// Opens a snapshot's frozen index (written by

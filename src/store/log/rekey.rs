@@ -6,14 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::super::StoreError;
 use super::super::checkpoint::CheckpointData;
 use super::super::index::{DataLocation, Location};
-use super::super::record::{
-    RECORD_HEADER_BYTES, RecordKind, UncheckedRecordHeader, block_checksums,
-};
-use super::super::segment::{SEGMENT_HEADER_BYTES, read_exact_or_eof};
+use super::super::record::RecordKind;
+use super::super::scan;
 use super::super::snapshot::referenced_segments;
-use super::compact::{
-    CleanTarget, CompactOptions, CompactProgress, CompactReport, LivePiece, RekeyPlan,
-};
+use super::super::table::TableFormat;
+use super::compact::{CleanTarget, CompactOptions, CompactProgress, CompactReport, RekeyPlan};
+use super::pieces::LivePiece;
 use super::{AppendRecord, Log, RecordPosition};
 use crate::crypto::KeyId;
 use crate::sync::LockOrRecover;
@@ -56,26 +54,8 @@ impl Log {
     /// read from the record headers alone.
     pub fn segment_keys(&self, id: u64) -> Result<BTreeSet<KeyId>, StoreError> {
         let file = self.segment_file(id)?;
-        let path = self.segment_path(id);
-        let end = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-        let mut keys = BTreeSet::new();
-        let mut offset = SEGMENT_HEADER_BYTES;
-        while offset + RECORD_HEADER_BYTES as u64 <= end {
-            let mut bytes = [0u8; RECORD_HEADER_BYTES];
-            if !read_exact_or_eof(&file, &mut bytes, offset)
-                .map_err(|e| StoreError::io(&path, e))?
-            {
-                break;
-            }
-            let Ok(header) = UncheckedRecordHeader(bytes).check() else {
-                break;
-            };
-            if header.kind == RecordKind::Data {
-                keys.insert(header.key_id);
-            }
-            offset += header.record_bytes();
-        }
-        Ok(keys)
+        scan::data_keys(&file.file, id, file.version)
+            .map_err(|e| StoreError::io(&self.segment_path(id), e))
     }
 
     /// Takes every record under `plan.from` off those keys: closes the open
@@ -155,14 +135,15 @@ impl Log {
             if !plan.from.contains(&key_id) {
                 continue;
             }
-            let piece = LivePiece::new(*lba, extent, &d, key_id, self.config.block_shift);
+            let format = self.segment_file(d.segment_id)?.version.table_format();
+            let piece = LivePiece::new(*lba, extent, &d, key_id, format, self.config.block_shift);
             let mut moved = self.read_verified(&piece)?.ok_or(StoreError::Corrupt {
                 path: self.segment_path(d.segment_id),
-                offset_bytes: piece.offsets.payload,
+                offset_bytes: piece.payload_offset,
                 reason: "a snapshot block to re-key fails its checksum",
             })?;
             (plan.transform)(&mut moved.payload, key_id, piece.seq, piece.lba)?;
-            let table = block_checksums(&moved.payload, block_bytes);
+            let table = TableFormat::V2.build(&moved.payload, block_bytes);
             let record = AppendRecord {
                 kind: RecordKind::Data,
                 seq: piece.seq,
@@ -170,13 +151,14 @@ impl Log {
                 block_count: piece.blocks as u32,
                 key_id: plan.to,
                 payload: &moved.payload,
-                checksums: Some(&table),
+                table: Some(&table),
                 moved: false,
             };
-            let RecordPosition { segment_id, offset } = self.append_compacted(&[record])?[0];
+            let at: RecordPosition = self.append_compacted(&[record])?[0];
             extent.location = Location::Data(DataLocation {
-                segment_id,
-                record_offset: offset,
+                segment_id: at.segment_id,
+                table_offset: at.table_offset,
+                payload_offset: at.payload_offset,
                 record_lba: piece.lba,
                 record_blocks: piece.blocks as u32,
                 key_index: to_index,

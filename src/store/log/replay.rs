@@ -1,48 +1,25 @@
 //! What a replay reads: which segments a checkpoint does not cover and from
-//! where, and the records found there. Used by recovery (the log's index)
-//! and by snapshot index builds (a snapshot's).
+//! where, and scanning them. Used by recovery (the log's index) and by
+//! snapshot index builds (a snapshot's).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use super::super::StoreError;
-use super::super::checkpoint::CheckpointData;
-use super::super::record::RecordHeader;
-use super::super::segment::{self, SEGMENT_HEADER_BYTES, ScannedRecord};
+use super::super::checkpoint::{CheckpointData, HeadPosition};
+use super::super::scan::{self, RecordLimits, ScanOutcome};
+use super::super::segment;
+use super::Log;
 
 /// Where a replay scans one segment from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct SegmentScan {
     /// The segment.
     pub(super) segment_id: u64,
-    /// Offset of the first record to read.
-    pub(super) from: u64,
-}
-
-/// A valid record a replay found.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct ReplayedRecord {
-    /// The segment it is in.
-    pub(super) segment_id: u64,
-    /// Offset of its header in the segment.
-    pub(super) offset: u64,
-    /// Its checked header.
-    pub(super) header: RecordHeader,
-}
-
-impl ReplayedRecord {
-    /// The records of one segment's scan.
-    pub(super) fn of_segment(
-        segment_id: u64,
-        records: impl IntoIterator<Item = ScannedRecord>,
-    ) -> impl Iterator<Item = ReplayedRecord> {
-        records.into_iter().map(move |r| ReplayedRecord {
-            segment_id,
-            offset: r.offset,
-            header: r.header,
-        })
-    }
+    /// Where to start, with the records before it (a head the checkpoint
+    /// names), or `None` for the whole segment.
+    pub(super) resume: Option<HeadPosition>,
 }
 
 /// The ids of the segment files in `segments_dir`, ascending.
@@ -64,20 +41,20 @@ pub(crate) fn list_segments(segments_dir: &Path) -> Result<Vec<u64>, StoreError>
 
 /// Which segments to scan and from where: every segment the checkpoint does
 /// not cover (from its start) and each head's open segment (from the
-/// checkpointed offset), by segment id. A segment in that range that is
+/// checkpointed position), by segment id. A segment in that range that is
 /// missing from `segment_ids` is an error.
 pub(super) fn replay_plan(
     checkpoint: &CheckpointData,
     segment_ids: &[u64],
 ) -> Result<Vec<SegmentScan>, StoreError> {
-    let mut plan: BTreeMap<u64, u64> = BTreeMap::new();
-    for (segment_id, offset) in &checkpoint.heads {
-        if segment_ids.binary_search(segment_id).is_err() {
+    let mut plan: BTreeMap<u64, Option<HeadPosition>> = BTreeMap::new();
+    for head in &checkpoint.heads {
+        if segment_ids.binary_search(&head.segment_id).is_err() {
             return Err(StoreError::SegmentMissing {
-                segment_id: *segment_id,
+                segment_id: head.segment_id,
             });
         }
-        plan.insert(*segment_id, *offset);
+        plan.insert(head.segment_id, Some(*head));
     }
     let uncovered = segment_ids
         .iter()
@@ -88,10 +65,32 @@ pub(super) fn replay_plan(
                 segment_id: expected,
             });
         }
-        plan.insert(*id, SEGMENT_HEADER_BYTES);
+        plan.insert(*id, None);
     }
     Ok(plan
         .into_iter()
-        .map(|(segment_id, from)| SegmentScan { segment_id, from })
+        .map(|(segment_id, resume)| SegmentScan { segment_id, resume })
         .collect())
+}
+
+impl Log {
+    /// Scans one segment as `scan` says (see `scan`); the segment's file is
+    /// open.
+    pub(super) fn scan(&self, scan: SegmentScan) -> Result<ScanOutcome, StoreError> {
+        let file = self.segment_file(scan.segment_id)?;
+        let start = scan
+            .resume
+            .map_or(file.version.first_record(), |head| head.offset);
+        scan::scan_segment(
+            &file.file,
+            &self.segment_path(scan.segment_id),
+            scan.segment_id,
+            file.version,
+            start,
+            &RecordLimits {
+                block_shift: self.config.block_shift,
+                capacity_blocks: self.config.capacity_blocks,
+            },
+        )
+    }
 }

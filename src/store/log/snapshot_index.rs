@@ -14,10 +14,10 @@ use std::path::Path;
 
 use super::super::StoreError;
 use super::super::checkpoint::{self, CheckpointData};
-use super::super::segment;
+use super::super::record::PlacedRecord;
 use super::super::snapshot::SnapshotPoint;
 use super::Log;
-use super::replay::{ReplayedRecord, list_segments, replay_plan};
+use super::replay::{list_segments, replay_plan};
 use super::state::IndexState;
 
 impl Log {
@@ -45,19 +45,12 @@ impl Log {
             if scan.segment_id >= point.segment_id_next {
                 continue;
             }
-            let file = self.segment_file(scan.segment_id)?;
             // Records past the point may be half written right now: the scan
             // stops there, after every record the point covers (all durable).
-            let outcome = segment::scan_segment(
-                &file,
-                &self.segment_path(scan.segment_id),
-                scan.from,
-                self.config.block_shift,
-                self.config.capacity_blocks,
-            )?;
-            records.extend(ReplayedRecord::of_segment(scan.segment_id, outcome.records));
+            let outcome = self.scan(scan)?;
+            records.extend(outcome.records.iter().map(|s| s.record));
         }
-        records.sort_by_key(|r| r.header.seq);
+        records.sort_by_key(|r: &PlacedRecord| r.header.seq);
         Ok(build(&checkpoint, &records, point))
     }
 
@@ -67,7 +60,7 @@ impl Log {
     pub(super) fn rebuild_snapshot_index(
         &self,
         checkpoint: &CheckpointData,
-        records: &[ReplayedRecord],
+        records: &[PlacedRecord],
         path: &Path,
         point: &SnapshotPoint,
     ) -> Result<(), StoreError> {
@@ -90,15 +83,15 @@ impl Log {
 /// point) plus those of `records` (in sequence order) that the point covers.
 fn build(
     checkpoint: &CheckpointData,
-    records: &[ReplayedRecord],
+    records: &[PlacedRecord],
     point: &SnapshotPoint,
 ) -> CheckpointData {
     let mut state = IndexState::loaded(checkpoint);
     for record in records
         .iter()
-        .filter(|r| point.covers(r.segment_id, r.offset))
+        .filter(|r| point.covers(r.segment_id, r.position))
     {
-        state.apply(record.segment_id, record.offset, &record.header);
+        state.apply(record);
     }
     state.frozen_at(point)
 }

@@ -44,7 +44,12 @@ impl Log {
             SnapshotPoint {
                 seq_next: self.seq_next.load(Ordering::SeqCst),
                 segment_id_next: state.segment_id_next,
-                heads: state.head_positions.iter().flatten().copied().collect(),
+                heads: state
+                    .head_positions
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.segment_id, h.offset))
+                    .collect(),
             }
         };
         self.flush()?;

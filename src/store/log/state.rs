@@ -1,11 +1,11 @@
 //! What the index lock protects: the extent index and everything a
 //! checkpoint must see together with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::super::checkpoint::CheckpointData;
+use super::super::checkpoint::{CheckpointData, HeadPosition, SealRef, SealedSegment};
 use super::super::index::{DataLocation, ExtentIndex, Location};
-use super::super::record::{RecordHeader, RecordKind};
+use super::super::record::{PlacedRecord, RecordKind};
 use super::super::snapshot::SnapshotPoint;
 use crate::crypto::KeyId;
 
@@ -17,9 +17,20 @@ pub(super) struct IndexState {
     key_indexes: HashMap<KeyId, u32>,
     /// Bytes ever encrypted under each key (parallel to `keys`).
     pub(super) key_encrypted_bytes: Vec<u64>,
-    /// Per head: (open segment, offset up to which the index has its records).
-    pub(super) head_positions: Vec<Option<(u64, u64)>>,
+    /// Per head: its open segment and the position up to which the index
+    /// has its records.
+    pub(super) head_positions: Vec<Option<HeadPosition>>,
     pub(super) segment_id_next: u64,
+    /// Every sealed segment, by id, but those compaction is deleting.
+    pub(super) sealed: BTreeMap<u64, SealedSegment>,
+    /// Sealed segments compaction is about to delete: no checkpoint lists
+    /// them any more, so that one written before they are gone does not
+    /// vouch for them afterwards.
+    pub(super) retiring: BTreeMap<u64, SealedSegment>,
+    /// The newest seal written.
+    pub(super) last_seal: Option<SealRef>,
+    /// Segments with this id or higher are version 2.
+    pub(super) v2_floor: u64,
 }
 
 impl IndexState {
@@ -32,6 +43,10 @@ impl IndexState {
             key_encrypted_bytes: Vec::new(),
             head_positions: vec![None; heads],
             segment_id_next: 0,
+            sealed: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            last_seal: None,
+            v2_floor: 0,
         }
     }
 
@@ -42,7 +57,7 @@ impl IndexState {
         state
     }
 
-    /// Loads a checkpoint's key table and extents into an empty state.
+    /// Loads a checkpoint's key table, extents and seals into an empty state.
     pub(super) fn load(&mut self, checkpoint: &CheckpointData) {
         self.keys = checkpoint.keys.clone();
         self.key_encrypted_bytes = checkpoint.key_encrypted_bytes.clone();
@@ -57,6 +72,13 @@ impl IndexState {
             self.index
                 .insert(*lba, extent.blocks, extent.seq, extent.location);
         }
+        self.sealed = checkpoint
+            .sealed
+            .iter()
+            .map(|s| (s.segment_id, *s))
+            .collect();
+        self.last_seal = checkpoint.last_seal;
+        self.v2_floor = checkpoint.v2_floor;
     }
 
     fn key_index(&mut self, key_id: KeyId) -> u32 {
@@ -70,10 +92,10 @@ impl IndexState {
         index
     }
 
-    /// Puts the record with `header` at `offset` of segment `segment_id`
-    /// into the index (newest sequence number wins), and counts a data
-    /// record's newly encrypted bytes toward its key.
-    pub(super) fn apply(&mut self, segment_id: u64, offset: u64, header: &RecordHeader) {
+    /// Puts `record` into the index (newest sequence number wins), and
+    /// counts a data record's newly encrypted bytes toward its key.
+    pub(super) fn apply(&mut self, record: &PlacedRecord) {
+        let header = &record.header;
         let location = match header.kind {
             RecordKind::Data => {
                 let key_index = self.key_index(header.key_id);
@@ -81,8 +103,9 @@ impl IndexState {
                     self.key_encrypted_bytes[key_index as usize] += header.payload_bytes();
                 }
                 Location::Data(DataLocation {
-                    segment_id,
-                    record_offset: offset,
+                    segment_id: record.segment_id,
+                    table_offset: record.table_offset,
+                    payload_offset: record.payload_offset,
                     record_lba: header.lba,
                     record_blocks: header.block_count,
                     key_index,
@@ -99,16 +122,47 @@ impl IndexState {
         );
     }
 
+    /// Records a seal just written (and synced): the segment is sealed and
+    /// the seal is the newest.
+    pub(super) fn record_seal(&mut self, sealed: SealedSegment) {
+        if sealed.version != super::super::segment::SegmentVersion::V1 {
+            self.last_seal = Some(SealRef {
+                segment_id: sealed.segment_id,
+                mac: sealed.seal_mac,
+            });
+        }
+        self.sealed.insert(sealed.segment_id, sealed);
+    }
+
+    /// Moves `ids` from the sealed table to the retiring one.
+    pub(super) fn retire(&mut self, ids: &BTreeSet<u64>) {
+        for id in ids {
+            if let Some(sealed) = self.sealed.remove(id) {
+                self.retiring.insert(*id, sealed);
+            }
+        }
+    }
+
+    /// Forgets retiring segment `id` (deleted), or puts it back in the
+    /// sealed table (`kept`).
+    pub(super) fn unretire(&mut self, id: u64, kept: bool) {
+        if let Some(sealed) = self.retiring.remove(&id)
+            && kept
+        {
+            self.sealed.insert(id, sealed);
+        }
+    }
+
     /// The frozen index of a snapshot at `point` (checkpoint format: no
-    /// head positions, no byte counts).
+    /// head positions, no byte counts, no seals).
     pub(super) fn frozen_at(&self, point: &SnapshotPoint) -> CheckpointData {
         CheckpointData {
             seq_next: point.seq_next,
             segment_id_next: point.segment_id_next,
-            heads: Vec::new(),
             keys: self.keys.clone(),
-            key_encrypted_bytes: Vec::new(),
+            v2_floor: self.v2_floor,
             extents: self.index.iter().map(|(lba, e)| (lba, *e)).collect(),
+            ..CheckpointData::default()
         }
     }
 
@@ -120,7 +174,19 @@ impl IndexState {
             heads: self.head_positions.iter().flatten().copied().collect(),
             keys: self.keys.clone(),
             key_encrypted_bytes: self.key_encrypted_bytes.clone(),
+            sealed: self.sealed.values().copied().collect(),
+            last_seal: self.last_seal,
+            v2_floor: self.v2_floor,
             extents: self.index.iter().map(|(lba, e)| (lba, *e)).collect(),
+            ..CheckpointData::default()
         }
+    }
+
+    /// The seals of `data` as they are now: a checkpoint's index is taken
+    /// before the flush that makes it durable, its seals after (the flush
+    /// seals what had left the heads).
+    pub(super) fn update_seals(&self, data: &mut CheckpointData) {
+        data.sealed = self.sealed.values().copied().collect();
+        data.last_seal = self.last_seal;
     }
 }

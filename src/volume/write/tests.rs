@@ -24,7 +24,7 @@ fn volume(dir: &std::path::Path, heads: usize) -> Volume {
 fn write(offset: u64, byte: u8, len: usize) -> Change {
     Change::Write {
         offset,
-        data: vec![byte; len],
+        data: crate::store::AlignedBuf::copy_from(&vec![byte; len]),
     }
 }
 

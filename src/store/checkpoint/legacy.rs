@@ -1,0 +1,144 @@
+//! Reading checkpoints of versions 1 and 2 (volumes of segment format 1):
+//! a 64-byte header, then head positions, the key table and 56-byte
+//! extents that name a record by the offset of its header.
+
+use super::super::index::{DataLocation, Extent, Location};
+use super::super::record::{RECORD_HEADER_BYTES, get_u32, get_u64};
+use super::super::table::TableFormat;
+use super::{CheckpointData, ExtentOrder, HeadPosition, ZERO_SEGMENT, check_data_extent};
+use crate::crypto::KeyId;
+
+const HEADER_BYTES: usize = 64;
+const HEAD_BYTES: usize = 16;
+const KEY_ID_BYTES: usize = 16;
+const EXTENT_BYTES: usize = 56;
+
+const C_VOLUME_OFFSET: usize = 8;
+const C_SEQ_NEXT_OFFSET: usize = 24;
+const C_SEGMENT_NEXT_OFFSET: usize = 32;
+const C_HEADS_OFFSET: usize = 40;
+const C_KEYS_OFFSET: usize = 44;
+const C_EXTENTS_OFFSET: usize = 48;
+const C_BODY_CRC_OFFSET: usize = 56;
+const C_HEADER_CRC_OFFSET: usize = 60;
+
+/// Decodes a version 1 or 2 checkpoint (magic already checked).
+pub(super) fn decode(
+    version: u16,
+    volume_id: &[u8; 16],
+    bytes: &[u8],
+) -> Result<CheckpointData, &'static str> {
+    if bytes.len() < HEADER_BYTES {
+        return Err("truncated: shorter than its header");
+    }
+    let header = &bytes[..HEADER_BYTES];
+    if crc32c::crc32c(&header[..C_HEADER_CRC_OFFSET]) != get_u32(header, C_HEADER_CRC_OFFSET) {
+        return Err("header checksum mismatch");
+    }
+    // Version 2 added each key's encrypted bytes to the key table.
+    let key_bytes = match version {
+        1 => KEY_ID_BYTES,
+        2 => KEY_ID_BYTES + 8,
+        _ => return Err("unsupported version"),
+    };
+    if header[C_VOLUME_OFFSET..C_VOLUME_OFFSET + 16] != volume_id[..] {
+        return Err(super::FOREIGN_VOLUME);
+    }
+    let heads = u64::from(get_u32(header, C_HEADS_OFFSET));
+    let keys = u64::from(get_u32(header, C_KEYS_OFFSET));
+    let extents = get_u64(header, C_EXTENTS_OFFSET);
+    let body_bytes = heads
+        .checked_mul(HEAD_BYTES as u64)
+        .zip(keys.checked_mul(key_bytes as u64))
+        .zip(extents.checked_mul(EXTENT_BYTES as u64))
+        .and_then(|((h, k), e)| h.checked_add(k)?.checked_add(e))
+        .ok_or("counts overflow")?;
+    let body = &bytes[HEADER_BYTES..];
+    if (body.len() as u64) < body_bytes {
+        return Err("truncated: body shorter than its counts");
+    }
+    if body.len() as u64 != body_bytes {
+        return Err("trailing bytes after the body");
+    }
+    if crc32c::crc32c(body) != get_u32(header, C_BODY_CRC_OFFSET) {
+        return Err("body checksum mismatch");
+    }
+    let mut data = CheckpointData {
+        seq_next: get_u64(header, C_SEQ_NEXT_OFFSET),
+        segment_id_next: get_u64(header, C_SEGMENT_NEXT_OFFSET),
+        // Written by a version 1 log: any segment may be version 1.
+        v2_floor: u64::MAX,
+        ..CheckpointData::default()
+    };
+    let mut at = 0;
+    for _ in 0..heads {
+        data.heads.push(HeadPosition {
+            segment_id: get_u64(body, at),
+            offset: get_u64(body, at + 8),
+            ..HeadPosition::default()
+        });
+        at += HEAD_BYTES;
+    }
+    for _ in 0..keys {
+        let mut id = [0u8; KEY_ID_BYTES];
+        id.copy_from_slice(&body[at..at + KEY_ID_BYTES]);
+        data.keys.push(KeyId(id));
+        let encrypted = if key_bytes > KEY_ID_BYTES {
+            get_u64(body, at + KEY_ID_BYTES)
+        } else {
+            0
+        };
+        data.key_encrypted_bytes.push(encrypted);
+        at += key_bytes;
+    }
+    let mut order = ExtentOrder { previous_end: 0 };
+    for _ in 0..extents {
+        let (lba, extent) = decode_extent(&body[at..at + EXTENT_BYTES], keys as usize)?;
+        order.check(lba, &extent)?;
+        data.extents.push((lba, extent));
+        at += EXTENT_BYTES;
+    }
+    Ok(data)
+}
+
+/// A 56-byte extent; its record is named by the offset of its header,
+/// from which the table and payload offsets of version 1 follow.
+fn decode_extent(bytes: &[u8], keys: usize) -> Result<(u64, Extent), &'static str> {
+    let lba = get_u64(bytes, 0);
+    let blocks = get_u64(bytes, 8);
+    if blocks == 0 {
+        return Err("empty extent");
+    }
+    let segment_id = get_u64(bytes, 24);
+    let location = if segment_id == ZERO_SEGMENT {
+        Location::Zero
+    } else {
+        let record_offset = get_u64(bytes, 32);
+        let record_lba = get_u64(bytes, 40);
+        let record_blocks = get_u32(bytes, 48);
+        let key_index = get_u32(bytes, 52);
+        check_data_extent(lba, blocks, record_lba, record_blocks, key_index, keys)?;
+        let table_offset = record_offset
+            .checked_add(RECORD_HEADER_BYTES as u64)
+            .ok_or("record offset overflows")?;
+        let payload_offset = table_offset
+            .checked_add(TableFormat::V1.table_bytes(u64::from(record_blocks)))
+            .ok_or("record offset overflows")?;
+        Location::Data(DataLocation {
+            segment_id,
+            table_offset,
+            payload_offset,
+            record_lba,
+            record_blocks,
+            key_index,
+        })
+    };
+    Ok((
+        lba,
+        Extent {
+            blocks,
+            seq: get_u64(bytes, 16),
+            location,
+        },
+    ))
+}

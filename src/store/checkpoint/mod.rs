@@ -1,0 +1,246 @@
+//! Checkpoints: the extent index written out so that opening a volume replays
+//! only the log written after it, with what opening must check the log
+//! against (sealed segments, the seal chain). Layouts in docs/format.md:
+//! version 3 is written (`v3`); versions 1 and 2, from volumes of segment
+//! format 1, are still read (`legacy`). Snapshot index files use the same
+//! format.
+//!
+//! A checkpoint is written to a temporary file, synced, renamed into place,
+//! and the directory synced: it is either wholly there or not at all. Reading
+//! one checks both checksums and every field before anything is trusted.
+
+mod legacy;
+mod v3;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+use super::frame::Mac;
+use super::index::Extent;
+use super::segment::SegmentVersion;
+use crate::crypto::KeyId;
+
+pub use v3::encode;
+
+/// Magic at the start of a checkpoint file.
+pub const CHECKPOINT_MAGIC: [u8; 4] = *b"LSVC";
+/// Segment id that marks a zero extent.
+const ZERO_SEGMENT: u64 = u64::MAX;
+
+/// A log head's open segment at checkpoint time: replay continues there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadPosition {
+    /// The segment.
+    pub segment_id: u64,
+    /// Offset up to which the checkpoint holds its records.
+    pub offset: u64,
+    /// Records of the segment before that offset.
+    pub records: u64,
+    /// MAC of the last of them (zero without MACs or records).
+    pub last_mac: Mac,
+}
+
+/// A sealed segment the checkpoint vouches for: opening checks that it is
+/// there and ends with this seal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedSegment {
+    /// The segment.
+    pub segment_id: u64,
+    /// Offset of its seal record (version 1) or seal frame (version 2).
+    pub seal_offset: u64,
+    /// The seal's MAC (zero for version 1 and without MACs).
+    pub seal_mac: Mac,
+    /// The segment's format version.
+    pub version: SegmentVersion,
+}
+
+/// The newest seal the log wrote: the next one continues the chain from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealRef {
+    /// The segment it sealed.
+    pub segment_id: u64,
+    /// Its MAC.
+    pub mac: Mac,
+}
+
+/// Everything a checkpoint holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointData {
+    /// No write before the checkpoint used a sequence number this high.
+    pub seq_next: u64,
+    /// Segments with this id or higher are replayed from their start.
+    pub segment_id_next: u64,
+    /// Open segments at checkpoint time.
+    pub heads: Vec<HeadPosition>,
+    /// Key table; extents refer to keys by index into it.
+    pub keys: Vec<KeyId>,
+    /// Bytes ever encrypted under each key of `keys` (same order; may be
+    /// shorter, missing entries are 0).
+    pub key_encrypted_bytes: Vec<u64>,
+    /// Every sealed segment of the log (none in a snapshot index).
+    pub sealed: Vec<SealedSegment>,
+    /// The newest seal written, if any.
+    pub last_seal: Option<SealRef>,
+    /// Segments with this id or higher are version 2 (a version 1 segment
+    /// there is forged); `u64::MAX` when read from a version 1 or 2 file.
+    pub v2_floor: u64,
+    /// The log's records carry MACs.
+    pub macs: bool,
+    /// The key whose MAC key signs the checkpoint (zero without MACs).
+    pub mac_key_id: KeyId,
+    /// MAC of the checkpoint this one follows (zero if none).
+    pub previous_mac: Mac,
+    /// This checkpoint's MAC, as read (zero without MACs).
+    pub mac: Mac,
+    /// The extent index: (first block, extent), sorted and disjoint.
+    pub extents: Vec<(u64, Extent)>,
+}
+
+impl Default for CheckpointData {
+    /// The checkpoint of an empty log (no segment yet, all version 2).
+    fn default() -> Self {
+        Self {
+            seq_next: 0,
+            segment_id_next: 0,
+            heads: Vec::new(),
+            keys: Vec::new(),
+            key_encrypted_bytes: Vec::new(),
+            sealed: Vec::new(),
+            last_seal: None,
+            v2_floor: 0,
+            macs: false,
+            mac_key_id: KeyId::default(),
+            previous_mac: [0; 16],
+            mac: [0; 16],
+            extents: Vec::new(),
+        }
+    }
+}
+
+/// The reason a checkpoint of another volume is refused with.
+pub const FOREIGN_VOLUME: &str = "belongs to another volume";
+
+/// The file name of the checkpoint with `seq_next`.
+pub fn checkpoint_path(dir: &Path, seq_next: u64) -> PathBuf {
+    dir.join(format!("{seq_next:016x}.ckpt"))
+}
+
+/// Checkpoint files in `dir`, newest (highest `seq_next`) first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".ckpt")) else {
+            continue;
+        };
+        if let Ok(seq) = u64::from_str_radix(hex, 16) {
+            found.push((seq, entry.path()));
+        }
+    }
+    found.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Decodes and checks a checkpoint (any version) read from `path`.
+pub fn decode(
+    path: &Path,
+    volume_id: &[u8; 16],
+    bytes: &[u8],
+) -> Result<CheckpointData, StoreError> {
+    let bad = |reason: &'static str| StoreError::BadCheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < 8 {
+        return Err(bad("truncated: shorter than its header"));
+    }
+    if bytes[..4] != CHECKPOINT_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    match u16::from_le_bytes([bytes[4], bytes[5]]) {
+        v3::VERSION => v3::decode(volume_id, bytes).map_err(bad),
+        version => legacy::decode(version, volume_id, bytes).map_err(bad),
+    }
+}
+
+/// Writes `data` durably as the checkpoint file for its `seq_next`.
+pub fn write(
+    dir: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+) -> Result<PathBuf, StoreError> {
+    let path = checkpoint_path(dir, data.seq_next);
+    write_to(&path, volume_id, data)?;
+    Ok(path)
+}
+
+/// Writes `data` durably at `path`: temporary file, sync, rename, directory
+/// sync. The file is either wholly there or not at all.
+pub fn write_to(
+    path: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+) -> Result<(), StoreError> {
+    let bytes = encode(volume_id, data);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = crate::fsmode::create_private_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    file.write_all(&bytes)
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+    super::sync_dir(dir)
+}
+
+/// Reads and checks the checkpoint at `path`.
+pub fn read(path: &Path, volume_id: &[u8; 16]) -> Result<CheckpointData, StoreError> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io(path, e))?;
+    decode(path, volume_id, &bytes)
+}
+
+/// Checks that extents are sorted and disjoint, as they are pushed.
+struct ExtentOrder {
+    previous_end: u64,
+}
+
+impl ExtentOrder {
+    fn check(&mut self, lba: u64, extent: &Extent) -> Result<(), &'static str> {
+        if lba < self.previous_end {
+            return Err("extents overlap or are out of order");
+        }
+        self.previous_end = lba
+            .checked_add(extent.blocks)
+            .ok_or("extent end overflows")?;
+        Ok(())
+    }
+}
+
+/// Checks a data extent of `blocks` from `lba` against its record and the
+/// key table of `keys` entries.
+fn check_data_extent(
+    lba: u64,
+    blocks: u64,
+    record_lba: u64,
+    record_blocks: u32,
+    key_index: u32,
+    keys: usize,
+) -> Result<(), &'static str> {
+    let record_end = record_lba.checked_add(u64::from(record_blocks));
+    let extent_end = lba.checked_add(blocks);
+    if key_index as usize >= keys {
+        return Err("extent refers to a key not in the key table");
+    }
+    if lba < record_lba || extent_end.is_none() || record_end < extent_end {
+        return Err("extent lies outside its record");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
