@@ -96,5 +96,6 @@ pub fn space(volume: &Volume) -> Result<Value, VolumeError> {
         "dead_bytes": space.file_bytes.saturating_sub(space.live_bytes),
         "segments": space.segments.len(),
         "snapshot_pinned_bytes": pinned,
+        "base": volume.base_use()?,
     }))
 }

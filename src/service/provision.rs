@@ -34,6 +34,9 @@ pub struct NewVolume<'a> {
     /// The object store that keeps the volume, if any (it must hold no
     /// volume yet).
     pub store: Option<&'a RemoteStore>,
+    /// A plain, read-only image the volume starts as (its never-written
+    /// blocks read from it), if any.
+    pub base: Option<&'a Path>,
 }
 
 /// A volume just made, with its own key.
@@ -62,8 +65,9 @@ pub fn create_volume(kms: &KmsClient, new: NewVolume<'_>) -> Result<Created, Ser
     let volume_id = new_volume_id()?;
     let (key, wrapped) = new_data_key(kms, volume_id, new.acl, "asking lsvkms for a data key")?;
     let key_id = key.id();
-    let volume = Volume::create_with_id(
+    let volume = Volume::create_over_base(
         new.dir,
+        new.base,
         new.size_bytes,
         volume_id,
         key,

@@ -54,6 +54,7 @@ impl Kms {
             options: VolumeOptions::default(),
             policy,
             store: None,
+            base: None,
         };
         create_volume(&self.client(), new).unwrap()
     }
@@ -133,6 +134,7 @@ fn a_volume_lsvkms_gives_no_key_for_is_not_created() {
         options: VolumeOptions::default(),
         policy: None,
         store: None,
+        base: None,
     };
     let failed = create_volume(&down, new);
     assert!(matches!(failed, Err(ServiceError::KeyService { .. })));
@@ -158,6 +160,7 @@ fn a_used_directory_or_store_is_refused_before_lsvkms_is_asked() {
             options: VolumeOptions::default(),
             policy: None,
             store,
+            base: None,
         };
         create_volume(client, new)
     };

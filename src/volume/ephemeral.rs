@@ -49,7 +49,7 @@ impl Volume {
             new_volume_id()?,
             key,
             None,
-            Some(owner_mark().to_owned()),
+            |superblock| superblock.ephemeral_owner = Some(owner_mark().to_owned()),
             options,
         )
     }

@@ -29,6 +29,18 @@ pub enum VolumeError {
         /// The directory.
         path: PathBuf,
     },
+    /// The base image under the volume is gone or is not the one it was
+    /// created over.
+    #[error(
+        "base image {}: {reason}; the volume's unwritten blocks would read differently, so it is not opened (restore the image as it was)",
+        path.display()
+    )]
+    BaseChanged {
+        /// The image.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// The superblock has a format version this build cannot read.
     #[error("{}: unsupported volume format version {version}", path.display())]
     UnsupportedFormat {

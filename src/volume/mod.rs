@@ -29,6 +29,7 @@
 //! then the log's own (see `store::Log`); the lifecycle lock, then the
 //! keyring (write, to add or drop a key), then the log's.
 
+mod base;
 mod check;
 mod clock;
 pub mod ephemeral;
@@ -41,6 +42,7 @@ mod key_state;
 mod keyring;
 mod lockfile;
 mod open;
+mod over_base;
 mod policy;
 mod read;
 mod rotation;
@@ -52,6 +54,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use base::{BaseImage, BaseRef};
 pub use check::check_files;
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
@@ -59,6 +62,7 @@ pub use key_state::KeyStatus;
 pub use keyring::{ActiveKey, Keyring};
 pub use lockfile::VolumeLock;
 pub use open::WrappedKey;
+pub use over_base::{BaseUse, FlattenProgress, FlattenReport};
 pub use policy::{
     KeyPolicy, RETIRE_AGE_DEFAULT_S, ROTATE_AGE_DEFAULT_S, RotationReason, RotationState,
     XTS_KEY_SCOPE_BYTES,
@@ -134,6 +138,9 @@ pub struct Volume {
     parents: Vec<Log>,
     /// The snapshot this is a read-only view of, if it is one.
     snapshot: Option<String>,
+    /// The plain image under the volume (and under its parents), if any:
+    /// what blocks no layer holds read.
+    base: Option<BaseImage>,
     /// An ACL change the last snapshot took, for the volume to adopt.
     adopt_acl: std::sync::Mutex<Option<PendingAcl>>,
     /// Where key ages are measured from.

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::base::BaseRef;
 use super::clock::{SystemClock, unix_now_s};
 use super::policy::KeyPolicy;
 use super::snapshots::{self, SnapshotPaths};
@@ -48,25 +49,43 @@ impl Volume {
         wrapped: Option<WrappedKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        Self::create_marked(dir, size_bytes, volume_id, key, wrapped, None, options)
+        Self::create_marked(dir, size_bytes, volume_id, key, wrapped, |_| {}, options)
     }
 
-    /// [`Volume::create_with_id`], with `ephemeral_owner` the owner mark
-    /// of an ephemeral volume (see `ephemeral.rs`).
+    /// Creates a volume like [`Volume::create_with_id`], over the plain,
+    /// read-only image `base` if one is given (see `base.rs`): its blocks
+    /// never written read from the image, which may not be larger than
+    /// `size_bytes` (see [`BaseRef::volume_bytes`] for the usual size).
+    pub fn create_over_base(
+        dir: &Path,
+        base: Option<&Path>,
+        size_bytes: u64,
+        volume_id: [u8; 16],
+        key: DataKey,
+        wrapped: Option<WrappedKey>,
+        options: &VolumeOptions,
+    ) -> Result<Self, VolumeError> {
+        let base = base.map(|b| BaseRef::record(b, size_bytes)).transpose()?;
+        let mark = |superblock: &mut Superblock| superblock.base = base;
+        Self::create_marked(dir, size_bytes, volume_id, key, wrapped, mark, options)
+    }
+
+    /// [`Volume::create_with_id`], with `mark` setting what else the new
+    /// superblock records (an ephemeral volume's owner, a base image).
     pub(super) fn create_marked(
         dir: &Path,
         size_bytes: u64,
         volume_id: [u8; 16],
         key: DataKey,
         wrapped: Option<WrappedKey>,
-        ephemeral_owner: Option<String>,
+        mark: impl FnOnce(&mut Superblock),
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
         check_create_options(size_bytes, options)?;
         prepare_empty_dir(dir)?;
         let lock = VolumeLock::acquire(dir, false)?;
         let mut superblock = new_superblock(volume_id, size_bytes, options, &key, wrapped);
-        superblock.ephemeral_owner = ephemeral_owner;
+        mark(&mut superblock);
         let keyring = Keyring::new(key, options.null_cipher)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
@@ -153,6 +172,8 @@ impl Volume {
                 ..entry.clone()
             }
         }));
+        // A clone reads through its snapshot to the same base image.
+        superblock.base.clone_from(&parent.base);
         superblock.parent = Some(ParentRef {
             volume_dir: parent_dir.clone(),
             volume_id: parent.volume_id.clone(),
@@ -307,8 +328,10 @@ impl Volume {
                 CryptoPool::with_defaults().map_err(|e| VolumeError::BadOption(e.to_string()))?,
             ),
         };
+        let base = superblock.base.as_ref().map(BaseRef::open).transpose()?;
         Ok(Volume {
             dir: dir.to_path_buf(),
+            base,
             superblock,
             log,
             keyring: std::sync::RwLock::new(keyring),
@@ -370,6 +393,7 @@ fn new_superblock(
         rotation: None,
         destroy_owed: Vec::new(),
         ephemeral_owner: None,
+        base: None,
     }
 }
 

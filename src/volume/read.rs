@@ -2,8 +2,9 @@
 //! parent snapshots of a clone where it has holes), read the ciphertext
 //! straight into the caller's buffer (guest memory, for a vhost read), then
 //! verify each block's checksum and decrypt it in place, chunk by chunk on
-//! the crypto pool while it is in cache. Holes, discarded and zeroed blocks
-//! read as zeros; a block whose checksum fails is an error, never data.
+//! the crypto pool while it is in cache. Discarded and zeroed blocks read
+//! as zeros, holes too, or from the base image of a volume over one (see
+//! `base.rs`); a block whose checksum fails is an error, never data.
 
 use super::{Volume, VolumeError};
 use crate::crypto::Tweak;
@@ -80,7 +81,12 @@ impl Volume {
                     let part = &mut buf[start..start + ((blocks << shift) as usize)];
                     self.read_blocks_from(layer + 1, at, part)?;
                 }
-                ReadPiece::Hole { lba: at, blocks } | ReadPiece::Zeros { lba: at, blocks } => {
+                ReadPiece::Hole { lba: at, blocks } => {
+                    let start = ((at - lba) << shift) as usize;
+                    let part = &mut buf[start..start + ((blocks << shift) as usize)];
+                    self.read_base(at, part)?;
+                }
+                ReadPiece::Zeros { lba: at, blocks } => {
                     let start = ((at - lba) << shift) as usize;
                     buf[start..start + ((blocks << shift) as usize)].fill(0);
                 }
@@ -92,6 +98,21 @@ impl Volume {
             }
         }
         Ok(())
+    }
+
+    /// Reads blocks no layer holds: from the base image as they are, or
+    /// zeros without one.
+    pub(super) fn read_base(&self, lba: u64, part: &mut [u8]) -> Result<(), VolumeError> {
+        let Some(base) = &self.base else {
+            part.fill(0);
+            return Ok(());
+        };
+        let offset = lba << self.shift();
+        base.read_at(offset, part)
+            .map_err(|source| VolumeError::Io {
+                path: base.path().to_path_buf(),
+                source,
+            })
     }
 
     /// Reads one piece's ciphertext into `part` (guest memory, for a vhost

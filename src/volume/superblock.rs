@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
+use super::base::BaseRef;
 use super::json_file::write_json_atomic;
 use super::policy::{KeyPolicy, RotationState};
 use crate::crypto::{KeyId, KeyKind};
@@ -109,6 +110,10 @@ pub struct Superblock {
     /// (and holds its key, never stored) may load it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_owner: Option<String>,
+    /// The plain, read-only image the volume's never-written blocks read
+    /// from (`lsvblk create --base`), as it was at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
 }
 
 impl Superblock {

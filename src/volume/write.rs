@@ -188,15 +188,7 @@ impl Volume {
     /// a deep queue of small writes cheap. A queue worker passes its queue
     /// index as `head`. They succeed or fail together.
     pub fn write_batch(&self, head: HeadId, changes: Vec<Change>) -> Result<(), VolumeError> {
-        self.check_writable()?;
-        for change in &changes {
-            let (offset, len) = change.range();
-            self.check_range(offset, len)?;
-        }
-        let steps: Vec<Step> = changes
-            .into_iter()
-            .flat_map(|change| self.plan(change))
-            .collect();
+        let steps = self.checked_steps(changes)?;
         if steps.is_empty() {
             return Ok(());
         }
@@ -209,6 +201,40 @@ impl Volume {
             })
             .collect();
         let _held = self.stripes.lock_ranges(&ranges);
+        self.apply(head, steps)
+    }
+
+    /// [`Volume::write_batch`] for a caller that holds the stripes of every
+    /// block `changes` touch exclusively already (a flatten: it looked up
+    /// which blocks to copy under the same hold).
+    pub(super) fn write_batch_held(
+        &self,
+        head: HeadId,
+        changes: Vec<Change>,
+    ) -> Result<(), VolumeError> {
+        let steps = self.checked_steps(changes)?;
+        if steps.is_empty() {
+            return Ok(());
+        }
+        self.apply(head, steps)
+    }
+
+    /// Checks every change (step 1) and plans its steps, in order.
+    fn checked_steps(&self, changes: Vec<Change>) -> Result<Vec<Step>, VolumeError> {
+        self.check_writable()?;
+        for change in &changes {
+            let (offset, len) = change.range();
+            self.check_range(offset, len)?;
+        }
+        Ok(changes
+            .into_iter()
+            .flat_map(|change| self.plan(change))
+            .collect())
+    }
+
+    /// Prepares, seals and appends `steps` (steps 3 to 5), their stripes
+    /// held.
+    fn apply(&self, head: HeadId, steps: Vec<Step>) -> Result<(), VolumeError> {
         let mut prepared: Vec<Prepared> = Vec::with_capacity(steps.len());
         for step in steps {
             let next = self.prepare(step, &prepared)?;

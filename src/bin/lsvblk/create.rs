@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use lsvblk::service::{NewVolume, create_volume};
-use lsvblk::volume::{KeyPolicy, VolumeOptions};
+use lsvblk::volume::{BaseRef, KeyPolicy, VolumeOptions};
 
 use crate::exit::{Failure, Outcome};
 use crate::kms::{client, parse_kms_address};
@@ -20,9 +20,17 @@ pub struct CreateArgs {
     /// Volume directory to create (must be absent or empty).
     #[arg(long)]
     volume: PathBuf,
-    /// Capacity, bytes, with optional K/M/G/T suffix (e.g. 10G).
-    #[arg(long, value_parser = parse_size)]
-    size: u64,
+    /// Capacity, bytes, with optional K/M/G/T suffix (e.g. 10G). With
+    /// --base, defaults to the image's size (rounded up to a block).
+    #[arg(long, value_parser = parse_size, required_unless_present = "base")]
+    size: Option<u64>,
+    /// A raw disk image (e.g. an OS image many VMs share; convert a qcow2
+    /// with `qemu-img convert -O raw`) the volume starts as: blocks never
+    /// written read from it, as they are; writes go encrypted into the
+    /// volume. The image is only read, never changed, and must stay as it
+    /// is: a volume whose base changed (size, mtime, content) is refused.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "store")]
+    base: Option<PathBuf>,
     /// Users who may unwrap the data key, comma-separated (e.g. alice,bob).
     #[arg(long, value_delimiter = ',', required = true)]
     acl: Vec<String>,
@@ -72,9 +80,23 @@ pub fn run(args: CreateArgs) -> Outcome {
         null_cipher: args.unencrypted_benchmark_only,
         ..VolumeOptions::default()
     };
+    let base = args
+        .base
+        .as_ref()
+        .map(|path| {
+            path.canonicalize()
+                .map_err(|e| Failure::usage(format!("--base {}: {e}", path.display())))
+        })
+        .transpose()?;
+    let size_bytes = match (args.size, &base) {
+        (Some(size), _) => size,
+        (None, Some(base)) => BaseRef::volume_bytes(base, args.block_size)?,
+        (None, None) => return Err(Failure::usage("--size is required without --base")),
+    };
     let new = NewVolume {
         dir: &args.volume,
-        size_bytes: args.size,
+        size_bytes,
+        base: base.as_deref(),
         acl: &args.acl,
         options,
         policy: args
@@ -92,7 +114,8 @@ pub fn run(args: CreateArgs) -> Outcome {
         let out = serde_json::json!({
             "volume": args.volume,
             "volume_id": created.volume_id,
-            "size_bytes": args.size,
+            "size_bytes": size_bytes,
+            "base": base,
             "block_bytes": args.block_size,
             "store": args.store.store,
             "key_id": created.key_id,
@@ -103,8 +126,11 @@ pub fn run(args: CreateArgs) -> Outcome {
         println!(
             "created volume {} ({} bytes)",
             args.volume.display(),
-            args.size
+            size_bytes
         );
+        if let Some(base) = &base {
+            println!("base:      {} (read-only)", base.display());
+        }
         println!("volume id: {}", created.volume_id);
         println!("key id:    {}", created.key_id);
         println!("acl:       {}", args.acl.join(","));

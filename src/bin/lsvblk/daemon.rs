@@ -110,6 +110,11 @@ impl ControlHandler for Daemon {
             } => served
                 .compact(rate_mib_s, live_ratio_max, progress)
                 .map_err(control_error),
+            ControlRequest::Flatten => served
+                .volume()
+                .flatten(&mut |done| progress(serde_json::json!(done)))
+                .map(|report| serde_json::json!(report))
+                .map_err(control_error),
             ControlRequest::Status => {
                 let mut status = served.status().map_err(control_error)?;
                 if let (Some(uploader), Some(fields)) =

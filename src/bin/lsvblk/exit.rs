@@ -81,7 +81,8 @@ fn of_volume(error: &VolumeError) -> i32 {
         | E::WrongKey { .. }
         | E::NullCipherUnavailable
         | E::ReadOnly
-        | E::Ephemeral { .. } => DATA,
+        | E::Ephemeral { .. }
+        | E::BaseChanged { .. } => DATA,
         E::BadOption(_)
         | E::AlreadyExists { .. }
         | E::OutOfRange { .. }

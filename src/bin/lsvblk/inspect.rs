@@ -86,6 +86,7 @@ fn describe(args: &InspectArgs, superblock: &Superblock, damage: &DamageReport) 
         "checkpoints": checkpoints,
         "checkpoint_bytes": checkpoint_bytes,
         "parent": superblock.parent,
+        "base": superblock.base,
         "pending_acl": pending.as_ref().map(|p| &p.acl),
         "snapshots": snapshots,
         "space": space,
@@ -108,6 +109,17 @@ fn describe(args: &InspectArgs, superblock: &Superblock, damage: &DamageReport) 
             "space       {} live bytes, {} dead bytes",
             space["live_bytes"], space["dead_bytes"]
         );
+        if let Some(base) = space["base"].as_object() {
+            let from_base = base["from_base_bytes"].as_u64().unwrap_or(0);
+            println!(
+                "base        {} ({} bytes, read-only): {from_base} bytes still read from it, {} bytes held by the volume (encrypted) ({:.1}% of the disk)",
+                base["image"].as_str().unwrap_or("?"),
+                base["image_bytes"],
+                base["held_bytes"],
+                100.0 * base["held_bytes"].as_u64().unwrap_or(0) as f64
+                    / superblock.size_bytes as f64
+            );
+        }
         for key in &superblock.keys {
             println!("key         {} acl {}", key.key_id, key.acl.join(","));
         }

@@ -12,6 +12,7 @@ mod create;
 mod daemon;
 mod docs;
 mod exit;
+mod flatten;
 mod image;
 mod inspect;
 mod keys;
@@ -62,6 +63,10 @@ enum Command {
     /// Compact the log now: move live blocks out of mostly-dead segments and
     /// delete those (progress bar; through the daemon if one serves it).
     Compact(compact::CompactArgs),
+    /// Copy the blocks a volume still reads from its base image into the
+    /// volume, encrypted, online (progress bar; through its daemon); then
+    /// the image is no longer needed.
+    Flatten(flatten::FlattenArgs),
     /// Whether the volume is served, space use, running compaction, keys
     /// (age, bytes encrypted, bytes live), rotation due or in progress.
     Status(compact::StatusArgs),
@@ -100,6 +105,7 @@ fn main() {
         Command::Clone(args) => clone::run(args),
         Command::Acl(args) => acl::run(args),
         Command::Compact(args) => compact::run(args),
+        Command::Flatten(args) => flatten::run(args),
         Command::Status(args) => compact::status(args),
         Command::Rotate(args) => rotate::rotate(args),
         Command::Rewrap(args) => rotate::rewrap(args),

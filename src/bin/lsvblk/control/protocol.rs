@@ -42,6 +42,9 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         live_ratio_max: Option<f64>,
     },
+    /// Copy the blocks the volume still reads from its base image into
+    /// its log, encrypted.
+    Flatten,
     /// Report the volume's state (geometry, log statistics, snapshots).
     Status,
     /// Rotate the volume's key now (or continue a rotation in progress).
@@ -78,6 +81,7 @@ impl ControlRequest {
             ControlRequest::SnapshotDelete { .. } => "snapshot-delete",
             ControlRequest::SnapshotList => "snapshot-list",
             ControlRequest::Compact { .. } => "compact",
+            ControlRequest::Flatten => "flatten",
             ControlRequest::Status => "status",
             ControlRequest::Rotate { .. } => "rotate",
             ControlRequest::Rewrap => "rewrap",

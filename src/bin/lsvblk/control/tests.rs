@@ -58,6 +58,7 @@ impl ControlHandler for Dummy {
             ControlRequest::Rotate { .. }
             | ControlRequest::Rewrap
             | ControlRequest::SetPolicy { .. }
+            | ControlRequest::Flatten
             | ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,
                 "not in this test",
