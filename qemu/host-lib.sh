@@ -171,6 +171,33 @@ kms_start() {
   done
 }
 
+# loop_option ARGS...: if ARGS starts with one of the write-loop scenarios'
+# common options (--backend, --boot-timeout, --progress-timeout, --summary,
+# --keep, --help), sets its variable and SHIFT to the words it took; else
+# SHIFT=0.
+loop_option() {
+  SHIFT=2
+  case $1 in
+    --backend) BACKEND=${2:?} ;;
+    --boot-timeout) BOOT_TIMEOUT=${2:?} ;;
+    --progress-timeout) PROGRESS_TIMEOUT=${2:?} ;;
+    --summary) SUMMARY=${2:?} ;;
+    --keep) KEEP=1 SHIFT=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) SHIFT=0 ;;
+  esac
+}
+
+# loop_check_options NUMBER...: dies unless BACKEND is lsvblk or qsd and every
+# NUMBER (with BOOT_TIMEOUT and PROGRESS_TIMEOUT) is a whole number.
+loop_check_options() {
+  local n
+  case $BACKEND in lsvblk | qsd) ;; *) die "--backend must be lsvblk or qsd" ;; esac
+  for n in "$@" "$BOOT_TIMEOUT" "$PROGRESS_TIMEOUT"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "numbers only: $n"
+  done
+}
+
 # loop_backend_setup BACKEND DIR LOGDIR SIZE: what the write-loop scenarios
 # (restart-test.sh, migrate-test.sh) need before a guest boots: for lsvblk the
 # binaries, lsvkms with a token for alice and a volume at DIR/vol; for qsd a raw

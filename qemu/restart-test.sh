@@ -34,24 +34,17 @@ set -euo pipefail
 
 BACKEND=lsvblk MODE=kill RESTARTS=10 HOLD_EVERY=3 BOOT_TIMEOUT=600 PROGRESS_TIMEOUT=120 SUMMARY="" KEEP=0
 while [ $# -gt 0 ]; do
+  loop_option "$@"
+  if [ "$SHIFT" -gt 0 ]; then shift "$SHIFT"; continue; fi
   case $1 in
-    --backend) BACKEND=${2:?}; shift 2 ;;
     --mode) MODE=${2:?}; shift 2 ;;
     --restarts) RESTARTS=${2:?}; shift 2 ;;
     --hold-every) HOLD_EVERY=${2:?}; shift 2 ;;
-    --boot-timeout) BOOT_TIMEOUT=${2:?}; shift 2 ;;
-    --progress-timeout) PROGRESS_TIMEOUT=${2:?}; shift 2 ;;
-    --summary) SUMMARY=${2:?}; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-case $BACKEND in lsvblk | qsd) ;; *) die "--backend must be lsvblk or qsd" ;; esac
+loop_check_options "$RESTARTS" "$HOLD_EVERY"
 case $MODE in kill | term) ;; *) die "--mode must be kill or term" ;; esac
-for n in "$RESTARTS" "$HOLD_EVERY" "$BOOT_TIMEOUT" "$PROGRESS_TIMEOUT"; do
-  [[ "$n" =~ ^[0-9]+$ ]] || die "numbers only: $n"
-done
 [ "$BACKEND" = lsvblk ] && [ "$MODE" = kill ] || HOLD_EVERY=0
 
 SIZE=$((256 * 1048576))

@@ -31,6 +31,7 @@ fn options() -> DeviceOptions {
         read_only: false,
         serial: DeviceOptions::serial_from("inflight"),
         logical_block_bytes: 512,
+        poll_us: 0,
     }
 }
 

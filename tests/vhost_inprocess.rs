@@ -18,6 +18,7 @@ fn device(num_queues: u16, read_only: bool) -> DeviceOptions {
         read_only,
         serial: DeviceOptions::serial_from("lsvblk-test"),
         logical_block_bytes: 512,
+        poll_us: lsvblk::vhost::POLL_US_DEFAULT,
     }
 }
 

@@ -54,6 +54,7 @@ fn rig(read_only: bool) -> Rig {
         read_only,
         serial: DeviceOptions::serial_from("malformed"),
         logical_block_bytes: 512,
+        poll_us: 0,
     };
     let backend = BlockBackend::new(Arc::new(Served::open(Arc::new(volume))), options);
     let fe = Frontend::new(2, QUEUE_SIZE);

@@ -29,7 +29,7 @@ use std::process::Command;
 
 use aes::Aes256;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit, consts::U16};
-use common::{Clock, Options, Report, Suite, Throughput, median};
+use common::{Clock, Options, Report, Suite, Throughput, cpu_features, median};
 use lsvblk::crypto::hygiene::scrub_vector_registers;
 use lsvblk::crypto::locked::{scrub_callee_frames, scrub_callee_frames_of};
 use lsvblk::crypto::xts::KERNEL_FRAMES_BYTES;
@@ -489,28 +489,4 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     }
-}
-
-/// The AES-relevant CPU features present, e.g. `aes,avx2,avx512f,vaes,vpclmulqdq`.
-fn cpu_features() -> String {
-    let mut features = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("aes") {
-            features.push("aes");
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            features.push("avx2");
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            features.push("avx512f");
-        }
-        if std::arch::is_x86_feature_detected!("vaes") {
-            features.push("vaes");
-        }
-        if std::arch::is_x86_feature_detected!("vpclmulqdq") {
-            features.push("vpclmulqdq");
-        }
-    }
-    features.join(",")
 }

@@ -3,6 +3,7 @@
 use crate::crypto::KeyId;
 use crate::crypto::pool::PoolError;
 use crate::kms::client::ClientError;
+use crate::remote::RemoteError;
 use crate::volume::VolumeError;
 
 /// Why a [`KeyCare`](super::KeyCare) operation failed.
@@ -63,6 +64,9 @@ pub enum ServiceError {
     /// bug: whatever borrowed it has returned).
     #[error("the volume is still in use and cannot be closed")]
     VolumeStillInUse,
+    /// The object store of a volume kept in one refused or failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The volume refused or failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),

@@ -1,5 +1,5 @@
 //! New volumes and new ACLs, each with a key sealed by lsvkms: a volume
-//! made from nothing ([`create_volume`]), a writable clone of a snapshot
+//! made from nothing, also one kept in an object store ([`create_volume`]), a writable clone of a snapshot
 //! ([`clone_snapshot`]), and the volume's current key sealed again for
 //! another set of users ([`set_acl`]). What `lsvblk create`, `lsvblk clone`
 //! and `lsvblk acl set` do, minus their arguments and output.
@@ -13,9 +13,10 @@ use super::{ServiceError, unwrap_all, wrapped_blob};
 use crate::crypto::{CryptoPool, DataKey, KeyId};
 use crate::kms::api::KeyContext;
 use crate::kms::client::KmsClient;
+use crate::remote::RemoteStore;
 use crate::volume::{
-    KeyPolicy, PendingAcl, Superblock, Volume, VolumeOptions, WrappedKey, load_snapshot,
-    new_volume_id, set_pending_acl,
+    KeyPolicy, PendingAcl, Superblock, Volume, VolumeError, VolumeOptions, WrappedKey,
+    load_snapshot, new_volume_id, set_pending_acl,
 };
 
 /// A volume to create: where, how big, who may unwrap its key.
@@ -30,6 +31,9 @@ pub struct NewVolume<'a> {
     pub options: VolumeOptions,
     /// The key policy, when not the default.
     pub policy: Option<KeyPolicy>,
+    /// The object store that keeps the volume, if any (it must hold no
+    /// volume yet).
+    pub store: Option<&'a RemoteStore>,
     /// A plain, read-only image the volume starts as (its never-written
     /// blocks read from it), if any.
     pub base: Option<&'a Path>,
@@ -45,34 +49,38 @@ pub struct Created {
 }
 
 /// Creates `new` with a fresh data key from lsvkms, sealed for its ACL and
-/// the new volume's id, and closes it.
+/// the new volume's id, closes it and, with a store, puts it there. A used
+/// directory or a store that holds a volume already is refused before a
+/// key is generated (and audited) for a volume that would never exist.
 pub fn create_volume(kms: &KmsClient, new: NewVolume<'_>) -> Result<Created, ServiceError> {
+    if std::fs::read_dir(new.dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(VolumeError::AlreadyExists {
+            path: new.dir.to_path_buf(),
+        }
+        .into());
+    }
+    if let Some(store) = new.store {
+        crate::remote::check_vacant(store)?;
+    }
     let volume_id = new_volume_id()?;
     let (key, wrapped) = new_data_key(kms, volume_id, new.acl, "asking lsvkms for a data key")?;
     let key_id = key.id();
-    let volume = match new.base {
-        Some(base) => Volume::create_over_base(
-            new.dir,
-            base,
-            new.size_bytes,
-            volume_id,
-            key,
-            Some(wrapped),
-            &new.options,
-        )?,
-        None => Volume::create_with_id(
-            new.dir,
-            new.size_bytes,
-            volume_id,
-            key,
-            Some(wrapped),
-            &new.options,
-        )?,
-    };
+    let volume = Volume::create_over_base(
+        new.dir,
+        new.base,
+        new.size_bytes,
+        volume_id,
+        key,
+        Some(wrapped),
+        &new.options,
+    )?;
     if let Some(policy) = &new.policy {
         volume.set_key_policy(policy)?;
     }
     volume.close()?;
+    if let Some(store) = new.store {
+        crate::remote::create(store, new.dir)?;
+    }
     Ok(Created {
         volume_id: hex::encode(volume_id),
         key_id,

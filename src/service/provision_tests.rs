@@ -13,6 +13,7 @@ use super::{
 };
 use crate::crypto::CryptoPool;
 use crate::kms::client::{ClientError, KmsClient};
+use crate::remote::RemoteStore;
 use crate::volume::{
     KeyPolicy, Superblock, Volume, VolumeError, VolumeLock, VolumeOptions, pending_acl,
 };
@@ -52,6 +53,7 @@ impl Kms {
             acl: &["alice".to_owned()],
             options: VolumeOptions::default(),
             policy,
+            store: None,
             base: None,
         };
         create_volume(&self.client(), new).unwrap()
@@ -131,11 +133,58 @@ fn a_volume_lsvkms_gives_no_key_for_is_not_created() {
         acl: &["alice".to_owned()],
         options: VolumeOptions::default(),
         policy: None,
+        store: None,
         base: None,
     };
     let failed = create_volume(&down, new);
     assert!(matches!(failed, Err(ServiceError::KeyService { .. })));
     assert!(!kms.path("vol").exists());
+}
+
+#[test]
+fn a_used_directory_or_store_is_refused_before_lsvkms_is_asked() {
+    let kms = Kms::start();
+    // lsvkms is not even reachable: the refusals come first.
+    let down = KmsClient::new(kms.path("no.sock"));
+    let store = RemoteStore {
+        store: Arc::new(crate::objstore::memory::MemoryStore::new()),
+        location: "memory".into(),
+        threads: 1,
+    };
+    let acl = ["alice".to_owned()];
+    let create = |client: &KmsClient, dir: &str, store: Option<&RemoteStore>| {
+        let new = NewVolume {
+            dir: &kms.path(dir),
+            size_bytes: 1 << 20,
+            acl: &acl,
+            options: VolumeOptions::default(),
+            policy: None,
+            store,
+            base: None,
+        };
+        create_volume(client, new)
+    };
+    std::fs::create_dir(kms.path("used")).unwrap();
+    std::fs::write(kms.path("used/file"), b"x").unwrap();
+    let used = create(&down, "used", None);
+    assert!(matches!(
+        used,
+        Err(ServiceError::Volume(VolumeError::AlreadyExists { .. }))
+    ));
+    // Into the store with a real lsvkms: the volume is put there.
+    let created = create(&kms.client(), "vol", Some(&store)).unwrap();
+    assert!(
+        kms.path("vol")
+            .join(crate::remote::LOCAL_STATE_FILE)
+            .exists()
+    );
+    let taken = create(&down, "other", Some(&store));
+    assert!(matches!(taken, Err(ServiceError::Remote(_))), "{taken:?}");
+    assert!(!kms.path("other").exists());
+    assert_eq!(
+        Superblock::load(&kms.path("vol")).unwrap().volume_id,
+        created.volume_id
+    );
 }
 
 #[test]

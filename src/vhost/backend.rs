@@ -11,6 +11,7 @@ use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -20,6 +21,7 @@ use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, devi
 use super::hold::HoldHook;
 use super::inflight::InflightArea;
 use super::metrics::DeviceMetrics;
+use super::poll::PollWindow;
 use super::state::{GuestMemory, QueueState, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
@@ -113,8 +115,17 @@ impl BlockBackend {
         if !queue.resumed {
             worker.resume(vring, queue)?;
         }
+        // After each drain, poll for the next request a while before
+        // sleeping (`poll`).
+        let poll = PollWindow::from_us(self.shared.options.poll_us);
+        let mem = memory.memory();
         if !self.shared.event_idx.load(Ordering::Relaxed) {
-            return worker.drain(vring, queue);
+            loop {
+                worker.drain(vring, queue)?;
+                if !poll.wait_for_request(vring, &mem) {
+                    return Ok(());
+                }
+            }
         }
         // With EVENT_IDX the driver kicks only when it sees us idle: keep
         // draining until re-enabling notifications finds the queue empty, or a
@@ -122,6 +133,9 @@ impl BlockBackend {
         loop {
             vring.disable_notification().map_err(io::Error::other)?;
             worker.drain(vring, queue)?;
+            if poll.wait_for_request(vring, &mem) {
+                continue;
+            }
             if !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
             }

@@ -8,8 +8,9 @@
 //! space, one thread per queue), `inflight` the inflight I/O tracking area
 //! that lets a restarted daemon finish what its predecessor left in flight,
 //! `hold` a test-only hook, `metrics` what the device counts (requests,
-//! bytes, errors, latency, in flight, per queue), `server` accepts
-//! connections one after another and stops on a signal.
+//! bytes, errors, latency, in flight, per queue), `poll` the short spin on
+//! a queue after a drain (`--poll-us`), `server` accepts connections one
+//! after another and stops on a signal.
 
 mod backend;
 mod chain;
@@ -18,6 +19,7 @@ mod hold;
 pub mod inflight;
 pub mod metrics;
 pub mod peer_check;
+mod poll;
 pub mod request;
 mod server;
 pub mod socket_access;
@@ -29,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use backend::BlockBackend;
 pub use hold::HOLD_VARIABLE;
+pub use poll::{POLL_US_DEFAULT, POLL_US_MAX};
 pub use server::{ServeError, Server, StopHandle};
 pub use state::{GuestMemory, GuestRam};
 
@@ -47,6 +50,9 @@ pub struct DeviceOptions {
     pub serial: [u8; request::SERIAL_BYTES],
     /// Logical block size offered to the guest (512 or 4096).
     pub logical_block_bytes: u32,
+    /// Microseconds a queue's worker polls the queue for the next request
+    /// after draining it, before it sleeps until a kick (0: no polling).
+    pub poll_us: u32,
 }
 
 impl DeviceOptions {
@@ -62,6 +68,12 @@ impl DeviceOptions {
             return Err(format!(
                 "--queue-size {} must be a power of two up to {QUEUE_SIZE_MAX}",
                 self.queue_size
+            ));
+        }
+        if self.poll_us > POLL_US_MAX {
+            return Err(format!(
+                "--poll-us {} must be at most {POLL_US_MAX}",
+                self.poll_us
             ));
         }
         if !matches!(self.logical_block_bytes, 512 | 4096) {

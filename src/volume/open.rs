@@ -52,21 +52,21 @@ impl Volume {
         Self::create_marked(dir, size_bytes, volume_id, key, wrapped, |_| {}, options)
     }
 
-    /// Creates a volume like [`Volume::create_with_id`] over the plain,
-    /// read-only image `base` (see `base.rs`): its blocks never written
-    /// read from the image, which may not be larger than `size_bytes`
-    /// (see [`BaseRef::volume_bytes`] for the usual size).
+    /// Creates a volume like [`Volume::create_with_id`], over the plain,
+    /// read-only image `base` if one is given (see `base.rs`): its blocks
+    /// never written read from the image, which may not be larger than
+    /// `size_bytes` (see [`BaseRef::volume_bytes`] for the usual size).
     pub fn create_over_base(
         dir: &Path,
-        base: &Path,
+        base: Option<&Path>,
         size_bytes: u64,
         volume_id: [u8; 16],
         key: DataKey,
         wrapped: Option<WrappedKey>,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        let base = BaseRef::record(base, size_bytes)?;
-        let mark = |superblock: &mut Superblock| superblock.base = Some(base);
+        let base = base.map(|b| BaseRef::record(b, size_bytes)).transpose()?;
+        let mark = |superblock: &mut Superblock| superblock.base = base;
         Self::create_marked(dir, size_bytes, volume_id, key, wrapped, mark, options)
     }
 

@@ -393,17 +393,7 @@ impl BlkClient {
         queue: usize,
         completions: &mut [MaybeUninit<Completion>],
     ) -> Vec<(usize, i32)> {
-        let done = self.queues[queue]
-            .do_io(completions, 1, None, None)
-            .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
-        completions[..done]
-            .iter()
-            .map(|c| {
-                // SAFETY: do_io initialised the first `done` completions.
-                let c = unsafe { c.assume_init_ref() };
-                (c.user_data, c.ret)
-            })
-            .collect()
+        reap_queue(&mut self.queues[queue], completions)
     }
 
     /// [`BlkClient::reap`] for a load no request of which may fail: the
@@ -423,6 +413,25 @@ impl BlkClient {
             })
             .collect()
     }
+}
+
+/// Hands what was submitted on `queue` to the device and waits for at
+/// least one completion: (user data, result) of each.
+fn reap_queue(
+    queue: &mut Blkioq,
+    completions: &mut [MaybeUninit<Completion>],
+) -> Vec<(usize, i32)> {
+    let done = queue
+        .do_io(completions, 1, None, None)
+        .unwrap_or_else(|e| panic!("do_io: {}", e.message()));
+    completions[..done]
+        .iter()
+        .map(|c| {
+            // SAFETY: do_io initialised the first `done` completions.
+            let c = unsafe { c.assume_init_ref() };
+            (c.user_data, c.ret)
+        })
+        .collect()
 }
 
 /// Room for `count` completions, for [`BlkClient::reap`].
@@ -496,5 +505,34 @@ impl QueueIo<'_> {
         self.queue
             .write(offset, ptr, data.len(), 0, ReqFlags::empty());
         wait_one(self.queue)
+    }
+
+    /// Queues a read or write of `len` bytes at `offset` from slot `slot`
+    /// of this queue's slice (bytes `slot * len ..`), with `slot` as its
+    /// user data, as [`BlkClient::submit`] does for the whole region.
+    pub fn submit(&mut self, write: bool, slot: usize, offset: u64, len: usize) {
+        let buf = self.buffer[slot * len..(slot + 1) * len].as_mut_ptr();
+        if write {
+            self.queue.write(offset, buf, len, slot, ReqFlags::empty());
+        } else {
+            self.queue.read(offset, buf, len, slot, ReqFlags::empty());
+        }
+    }
+
+    /// Hands what was submitted to the device and waits for at least one
+    /// completion; the user data of each. Panics, naming `what`, if a
+    /// request failed.
+    pub fn reap_ok(
+        &mut self,
+        completions: &mut [MaybeUninit<Completion>],
+        what: &str,
+    ) -> Vec<usize> {
+        reap_queue(self.queue, completions)
+            .into_iter()
+            .map(|(user_data, ret)| {
+                assert!(ret >= 0, "{what}: request failed: {ret}");
+                user_data
+            })
+            .collect()
     }
 }

@@ -382,6 +382,30 @@ pub fn cpu_model() -> Option<String> {
         .map(|(_, model)| model.trim().to_owned())
 }
 
+/// The AES-relevant CPU features present, e.g. `aes,avx2,avx512f,vaes,vpclmulqdq`.
+pub fn cpu_features() -> String {
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("aes") {
+            features.push("aes");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            features.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            features.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("vaes") {
+            features.push("vaes");
+        }
+        if std::arch::is_x86_feature_detected!("vpclmulqdq") {
+            features.push("vpclmulqdq");
+        }
+    }
+    features.join(",")
+}
+
 /// An executable on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {

@@ -28,8 +28,20 @@ pub fn serve_options(
     extra_args: &[&str],
     clean_exit_expected: bool,
 ) -> ServeOptions {
+    serve_options_with_queues(lsvblk, name, 1, extra_args, clean_exit_expected)
+}
+
+/// [`serve_options`] with `queues` virtqueues of [`QUEUE_SIZE`].
+pub fn serve_options_with_queues(
+    lsvblk: &Lsvblk,
+    name: &str,
+    queues: u16,
+    extra_args: &[&str],
+    clean_exit_expected: bool,
+) -> ServeOptions {
     let queue_size = QUEUE_SIZE.to_string();
-    let mut args = vec!["--num-queues", "1", "--queue-size", &queue_size];
+    let queues = queues.to_string();
+    let mut args = vec!["--num-queues", &queues, "--queue-size", &queue_size];
     args.extend_from_slice(extra_args);
     ServeOptions {
         lsvblk: lsvblk.clone(),
@@ -44,9 +56,15 @@ pub fn serve_options(
 /// A client with one queue of [`QUEUE_SIZE`] and a shared region of
 /// `region_bytes`.
 pub fn client_options(region_bytes: usize) -> ClientOptions {
+    client_options_with_queues(region_bytes, 1)
+}
+
+/// [`client_options`] with `queues` queues of [`QUEUE_SIZE`], each with an
+/// equal slice of the region.
+pub fn client_options_with_queues(region_bytes: usize, queues: i32) -> ClientOptions {
     ClientOptions {
         queue_size: Some(QUEUE_SIZE),
         region_bytes,
-        ..ClientOptions::queues(1)
+        ..ClientOptions::queues(queues)
     }
 }

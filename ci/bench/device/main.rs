@@ -8,9 +8,15 @@
 //! - `qsd-raw`:     `qemu-storage-daemon` exporting a raw file,
 //! - `qsd-luks`:    `qemu-storage-daemon` exporting a LUKS1 image
 //!   (aes-256-xts-plain64, QEMU's built-in LUKS driver),
+//! - `qsd-raw-direct`, `qsd-luks-direct`: the same with
+//!   `cache.direct=on,aio=io_uring`, as VM hosts run QEMU in production
+//!   (O_DIRECT: the host page cache holds nothing of the disk),
+//! - `device`: no daemon, the filesystem itself: 1 MiB O_DIRECT sequential
+//!   writes and reads on a file next to the others (`device_file`), the
+//!   limit any backend's 1 MiB figures are measured against,
 //!
-//! and prints IOPS / MB/s per target and workload, and the ratios of
-//! `lsvblk` to each other target.
+//! and prints IOPS / MB/s per target and workload, the ratios of `lsvblk`
+//! to each other target, and the CPU each server used.
 //!
 //! A real run builds both lsvblk variants itself (`cargo build --profile
 //! bench --bin lsvblk --bin lsvkms`, with and without `--features
@@ -27,16 +33,21 @@
 //! `perf record -p`).
 //!
 //! Method (also printed, and in the JSON):
-//! - Durability is the same everywhere: buffered host I/O (page cache), and a
-//!   guest FLUSH becomes `fdatasync` of the backing files (QSD:
-//!   `cache.direct=off,cache.no-flush=off`, export `writethrough=off`, default
-//!   `aio=threads`; lsvblk: buffered `pwritev`, `fdatasync` on FLUSH).
-//! - One virtqueue of 256 descriptors; each request is one contiguous buffer
+//! - Durability is the same everywhere: a guest FLUSH becomes `fdatasync` of
+//!   the backing files (QSD: `cache.no-flush=off`, export `writethrough=off`;
+//!   `qsd-raw`/`qsd-luks` buffered with the default `aio=threads`, the
+//!   `-direct` ones O_DIRECT through io_uring; lsvblk: its log as `--io`
+//!   says, `fdatasync` on FLUSH).
+//! - One virtqueue of 256 descriptors (lsvblk offers two, the second used by
+//!   the two-queue workload only); each request is one contiguous buffer
 //!   (a 1 MiB request is one 1 MiB descriptor). Every target is a 1 GiB disk,
 //!   preconditioned by writing it once fully (1 MiB, QD 8) and flushing, so
 //!   reads hit data, not holes.
 //! - Workloads: 4 KiB random write / read at QD 1 and QD 32 (uniform random
-//!   aligned offsets), 1 MiB sequential write / read at QD 8. The client keeps
+//!   aligned offsets), 1 MiB sequential write / read at QD 8, and 4 KiB
+//!   random read at QD 32 on each of two queues, each driven by a thread
+//!   of its own (lsvblk targets only; against its one-queue figure). The
+//!   client keeps
 //!   QD requests in flight (submit, `do_io` for completions, resubmit) for
 //!   `--rep-ms`; a write repetition also stops after `--write-cap-mb` MiB (the
 //!   disk here is slow and lsvblk's log has no cleaner yet: unbounded writes
@@ -45,8 +56,11 @@
 //!   interval, so every case starts with a clean page cache; its duration is
 //!   reported separately (`flush_ms`: the disk's share, log write
 //!   amplification included).
-//! - Reads are served mostly from the host page cache on every target (the
-//!   disks fit in RAM): they measure the backends, not the disk.
+//! - Reads on buffered targets are served mostly from the host page cache
+//!   (the disks fit in RAM): they measure the backends, not the disk; on
+//!   O_DIRECT targets every read reaches the disk.
+//! - CPU: each server's user + system time over the repetition's wall time
+//!   (`/proc/PID/stat`), in cores.
 //! - Repetitions run round-robin: for each repetition, each workload, every
 //!   target in turn (the order of targets rotates per repetition); medians of
 //!   the repetitions are reported.
@@ -56,6 +70,8 @@ mod common;
 #[path = "../../../tests/kit/mod.rs"]
 mod kit;
 
+mod device_file;
+mod load;
 mod report;
 mod targets;
 
@@ -64,10 +80,11 @@ use std::path::{Path, PathBuf};
 use common::args::Args;
 use common::build::Binaries;
 use common::{Options, USER, which};
+use device_file::DeviceFile;
 use kit::kms::Kms;
 use kit::rng::Rng;
 use report::report;
-use targets::{CaseResult, Limits, lsvblk_target, qsd_target};
+use targets::{CaseResult, HostIo, Limits, lsvblk_target, qsd_target};
 
 /// Repetitions per case when `--reps` is not given.
 const REPS_DEFAULT: usize = 5;
@@ -79,6 +96,8 @@ const SIZE_MB_DEFAULT: u64 = 1024;
 const SMOKE_SIZE_MB: u64 = 32;
 /// Most bytes one write repetition writes, MiB (`--write-cap-mb`).
 const WRITE_CAP_MB_DEFAULT: u64 = 512;
+/// Virtqueues the lsvblk targets offer (the two-queue workload's).
+const LSVBLK_QUEUES: u16 = 2;
 /// Preconditioning: request size and queue depth.
 const FILL_BYTES: usize = 1 << 20;
 const FILL_QD: usize = 8;
@@ -92,7 +111,10 @@ struct Workload {
     write: bool,
     random: bool,
     block: usize,
+    /// Requests in flight on each queue.
     qd: usize,
+    /// Queues driven at once, each by a thread of its own.
+    queues: usize,
 }
 
 impl Workload {
@@ -102,7 +124,7 @@ impl Workload {
     }
 }
 
-const WORKLOADS: [Workload; 6] = [
+const WORKLOADS: [Workload; 7] = [
     Workload {
         key: "randwrite_qd1",
         label: "4 KiB randwrite QD1",
@@ -110,6 +132,7 @@ const WORKLOADS: [Workload; 6] = [
         random: true,
         block: 4096,
         qd: 1,
+        queues: 1,
     },
     Workload {
         key: "randwrite_qd32",
@@ -118,6 +141,7 @@ const WORKLOADS: [Workload; 6] = [
         random: true,
         block: 4096,
         qd: 32,
+        queues: 1,
     },
     Workload {
         key: "randread_qd1",
@@ -126,6 +150,7 @@ const WORKLOADS: [Workload; 6] = [
         random: true,
         block: 4096,
         qd: 1,
+        queues: 1,
     },
     Workload {
         key: "randread_qd32",
@@ -134,6 +159,7 @@ const WORKLOADS: [Workload; 6] = [
         random: true,
         block: 4096,
         qd: 32,
+        queues: 1,
     },
     Workload {
         key: "seqwrite_1m",
@@ -142,6 +168,7 @@ const WORKLOADS: [Workload; 6] = [
         random: false,
         block: 1 << 20,
         qd: 8,
+        queues: 1,
     },
     Workload {
         key: "seqread_1m",
@@ -150,6 +177,16 @@ const WORKLOADS: [Workload; 6] = [
         random: false,
         block: 1 << 20,
         qd: 8,
+        queues: 1,
+    },
+    Workload {
+        key: "randread_qd32_2q",
+        label: "4 KiB randread 2x QD32",
+        write: false,
+        random: true,
+        block: 4096,
+        qd: 32,
+        queues: 2,
     },
 ];
 
@@ -169,33 +206,56 @@ fn main() {
     let kms = Kms::start_in(&bins.lsvkms, dir);
     let token = kms.token(USER);
     let mut targets = Vec::new();
+    let queues = LSVBLK_QUEUES;
     targets.push(lsvblk_target(
         "lsvblk",
         &bins.lsvblk,
         false,
+        queues,
         &kms,
         &token,
         size,
     ));
     match &lsvblk_null {
-        Some(path) => targets.push(lsvblk_target("lsvblk-null", path, true, &kms, &token, size)),
+        Some(path) => targets.push(lsvblk_target(
+            "lsvblk-null",
+            path,
+            true,
+            queues,
+            &kms,
+            &token,
+            size,
+        )),
         None => eprintln!("device bench: no null-cipher build of lsvblk: lsvblk-null skipped"),
     }
     match which("qemu-storage-daemon").zip(which("qemu-img")) {
         Some((qsd, qemu_img)) => {
-            targets.push(qsd_target("qsd-raw", &qsd, &qemu_img, false, dir, size));
-            targets.push(qsd_target("qsd-luks", &qsd, &qemu_img, true, dir, size));
+            for (name, luks, io) in [
+                ("qsd-raw", false, HostIo::Buffered),
+                ("qsd-luks", true, HostIo::Buffered),
+                ("qsd-raw-direct", false, HostIo::Direct),
+                ("qsd-luks-direct", true, HostIo::Direct),
+            ] {
+                targets.push(qsd_target(name, &qsd, &qemu_img, luks, io, dir, size));
+            }
         }
         None => eprintln!("device bench: qemu-storage-daemon or qemu-img not found: QSD skipped"),
     }
+    let mut device = DeviceFile::create(&dir.join("device.img"), size);
     // `--only`: texts naming targets (exactly) keep those targets; texts
     // found in workload names keep those workloads.
     let only: Vec<&str> = options
         .only
         .as_deref()
         .map_or(Vec::new(), |o| o.split(',').collect());
-    if only.iter().any(|o| targets.iter().any(|t| t.name == *o)) {
+    if only
+        .iter()
+        .any(|o| targets.iter().any(|t| t.name == *o) || *o == device_file::DEVICE)
+    {
         targets.retain(|t| only.contains(&t.name));
+        if !only.contains(&device_file::DEVICE) {
+            device = None;
+        }
     }
     let mut workloads: Vec<Workload> = WORKLOADS.to_vec();
     if only
@@ -222,33 +282,45 @@ fn main() {
             target.fill_mbps.unwrap_or(0.0)
         );
     }
+    if let Some(device) = &mut device {
+        device.precondition();
+    }
     let limits = Limits {
         duration: options.rep_duration,
         write_cap: extra.write_cap_mb << 20,
     };
+    // Results by (workload, index): the targets, then the device limit
+    // at index `targets.len()`.
+    let columns = targets.len() + usize::from(device.is_some());
     let mut results: Vec<CaseResult> = Vec::new();
     for workload in &workloads {
-        for target in 0..targets.len() {
+        for target in 0..columns {
             results.push(CaseResult::new(*workload, target));
         }
     }
     for rep in 0..options.reps {
         for workload in &workloads {
-            for turn in 0..targets.len() {
-                let index = (turn + rep) % targets.len();
-                let target = &mut targets[index];
-                target.check_alive();
-                let sample = target.run(workload, &limits, &mut rng);
+            for turn in 0..columns {
+                let index = (turn + rep) % columns;
+                let sample = match targets.get_mut(index) {
+                    Some(target) => {
+                        target.check_alive();
+                        target.run(workload, &limits, &mut rng)
+                    }
+                    None => device
+                        .as_ref()
+                        .and_then(|d| d.run(workload, &limits, &mut rng)),
+                };
                 results
                     .iter_mut()
                     .find(|r| r.workload.key == workload.key && r.target == index)
                     .expect("case")
                     .samples
-                    .push(sample);
+                    .extend(sample);
             }
         }
     }
-    report(&options, &extra, &targets, &results, size);
+    report(&options, &extra, &targets, device.as_ref(), &results, size);
     // Disconnect every client before the daemons stop (drop order).
     for target in &mut targets {
         target.client = None;

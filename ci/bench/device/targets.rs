@@ -1,25 +1,30 @@
 //! The devices under test (lsvblk, its null-cipher build, QSD raw and
-//! LUKS), each a server process with a libblkio client, and one repetition
-//! of a workload on one of them.
+//! LUKS over buffered or O_DIRECT host I/O), each a server process with a
+//! libblkio client, and one repetition of a workload on one of them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::common::serve::{QUEUE_SIZE, client_options, lsvblk_at, serve_options};
+use super::common::serve::{
+    QUEUE_SIZE, client_options_with_queues, lsvblk_at, serve_options_with_queues,
+};
 use super::common::{MB_BYTES, USER, median};
-use super::kit::blkio::{BlkClient, REGION_BYTES, completions};
+use super::kit::blkio::{BlkClient, REGION_BYTES};
 use super::kit::cli::run_to_success;
 use super::kit::daemon::{Daemon, create_volume_using};
 use super::kit::kms::Kms;
 use super::kit::process::{OnDrop, Process, START_WAIT};
 use super::kit::rng::Rng;
+use super::load::drive;
 use super::{FILL_BYTES, FILL_QD, Workload};
 
 /// One device under test: its server process and, once connected, a client.
 pub struct Target {
     pub name: &'static str,
     socket: PathBuf,
+    /// Virtqueues the server offers and the client connects.
+    pub queues: usize,
     /// Fields drop in order: the client before the server.
     pub client: Option<BlkClient>,
     pub server: Process,
@@ -33,7 +38,7 @@ impl Target {
         // An idle vhost-user-blk server accepts the connection right away,
         // even a QSD whose LUKS export is still deriving its key: retry the
         // whole handshake for a while.
-        let options = client_options(REGION_BYTES);
+        let options = client_options_with_queues(REGION_BYTES, self.queues as i32);
         let server = &mut self.server;
         server.check_alive();
         let connected =
@@ -56,62 +61,51 @@ impl Target {
         client.capacity() as f64 / seconds / MB_BYTES
     }
 
-    /// One repetition of `workload`.
-    pub fn run(&mut self, workload: &Workload, limits: &Limits, rng: &mut Rng) -> Sample {
+    /// One repetition of `workload`; `None` if it needs more queues than
+    /// the target has.
+    pub fn run(&mut self, workload: &Workload, limits: &Limits, rng: &mut Rng) -> Option<Sample> {
+        if workload.queues > self.queues {
+            return None;
+        }
         let name = self.name;
+        let pid = self.server.pid();
         let client = self.client.as_mut().expect("connected");
-        let block = workload.block as u64;
-        let blocks = client.capacity() / block;
-        let mut cursor = rng.below(blocks);
-        let mut next_offset = |rng: &mut Rng| {
-            if workload.random {
-                rng.below(blocks) * block
-            } else {
-                cursor = (cursor + 1) % blocks;
-                cursor * block
-            }
-        };
-        let cap = if workload.write {
-            limits.write_cap
-        } else {
-            u64::MAX
-        };
-        let mut completions = completions(workload.qd);
-        let start = Instant::now();
-        let deadline = start + limits.duration;
-        let mut submitted_bytes = 0u64;
-        let mut in_flight = 0;
-        let mut done = 0u64;
-        for slot in 0..workload.qd {
-            client.submit(0, workload.write, slot, next_offset(rng), workload.block);
-            submitted_bytes += block;
-            in_flight += 1;
-        }
-        while in_flight > 0 {
-            let slots = client.reap_ok(0, &mut completions, name);
-            let stop = Instant::now() >= deadline || submitted_bytes >= cap;
-            for slot in slots {
-                done += 1;
-                if stop {
-                    in_flight -= 1;
-                } else {
-                    client.submit(0, workload.write, slot, next_offset(rng), workload.block);
-                    submitted_bytes += block;
-                }
-            }
-        }
-        let elapsed_s = start.elapsed().as_secs_f64();
+        let cpu_before = process_cpu_s(pid);
+        let driven = drive(
+            client,
+            workload,
+            limits.duration,
+            limits.write_cap,
+            rng,
+            name,
+        );
+        let cpu_s = process_cpu_s(pid).zip(cpu_before).map(|(a, b)| a - b);
         let flush_s = workload.write.then(|| {
             let start = Instant::now();
             flush(client, name);
             start.elapsed().as_secs_f64()
         });
-        Sample {
-            ops_per_s: done as f64 / elapsed_s,
-            mbps: (done * block) as f64 / elapsed_s / MB_BYTES,
+        let bytes = driven.done * workload.block as u64;
+        Some(Sample::new(
+            driven.done,
+            bytes,
+            driven.elapsed_s,
             flush_s,
-        }
+            cpu_s.map(|cpu| cpu / driven.elapsed_s),
+        ))
     }
+}
+
+/// CPU time (user + system) process `pid` used so far, in seconds.
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// Limits of one repetition.
@@ -126,6 +120,27 @@ pub struct Sample {
     ops_per_s: f64,
     mbps: f64,
     flush_s: Option<f64>,
+    /// The server's CPU time over the repetition's wall time (1.0 = one
+    /// core busy), where measured.
+    cpu_cores: Option<f64>,
+}
+
+impl Sample {
+    /// `done` requests of `bytes` in all over `elapsed_s` seconds.
+    pub fn new(
+        done: u64,
+        bytes: u64,
+        elapsed_s: f64,
+        flush_s: Option<f64>,
+        cpu_cores: Option<f64>,
+    ) -> Self {
+        Sample {
+            ops_per_s: done as f64 / elapsed_s,
+            mbps: bytes as f64 / elapsed_s / MB_BYTES,
+            flush_s,
+            cpu_cores,
+        }
+    }
 }
 
 /// All repetitions of one workload on one target.
@@ -169,13 +184,21 @@ impl CaseResult {
         let values: Vec<f64> = self.samples.iter().filter_map(|s| s.flush_s).collect();
         (!values.is_empty()).then(|| median(&values) * 1000.0)
     }
+
+    /// Median CPU use of the server, in cores, where measured.
+    pub fn cpu_cores(&self) -> Option<f64> {
+        let values: Vec<f64> = self.samples.iter().filter_map(|s| s.cpu_cores).collect();
+        (!values.is_empty()).then(|| median(&values))
+    }
 }
 
-/// Creates and starts `lsvblk serve` on a fresh volume.
+/// Creates and starts `lsvblk serve` with `queues` virtqueues on a fresh
+/// volume.
 pub fn lsvblk_target(
     name: &'static str,
     lsvblk: &Path,
     null_cipher: bool,
+    queues: u16,
     kms: &Kms,
     token: &Path,
     size: u64,
@@ -187,10 +210,12 @@ pub fn lsvblk_target(
         &[]
     };
     let volume = create_volume_using(&cli, kms, size, &[USER], create_args);
-    let serve = serve_options(&cli, name, &[], true);
+    let serve = serve_options_with_queues(&cli, name, queues, &[], true);
     let daemon = Daemon::start_with(&volume, kms, token, &serve);
+    let poll = std::env::var("LSVBLK_POLL_US")
+        .map_or_else(|_| String::new(), |us| format!(" LSVBLK_POLL_US={us}"));
     let setup = format!(
-        "lsvblk serve --num-queues 1 --queue-size {QUEUE_SIZE} (defaults otherwise){}; {}",
+        "lsvblk serve --num-queues {queues} --queue-size {QUEUE_SIZE} (defaults otherwise){poll}{}; {}",
         if null_cipher {
             ", volume created with --unencrypted-benchmark-only"
         } else {
@@ -201,11 +226,22 @@ pub fn lsvblk_target(
     Target {
         name,
         socket: daemon.socket.clone(),
+        queues: usize::from(queues),
         client: None,
         server: daemon.into_process(),
         setup,
         fill_mbps: None,
     }
+}
+
+/// How QSD reaches its image file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIo {
+    /// `cache.direct=off`, default `aio=threads`: through the page cache.
+    Buffered,
+    /// `cache.direct=on,aio=io_uring`: O_DIRECT, as VM hosts run it
+    /// (libvirt `cache='none' io='io_uring'`).
+    Direct,
 }
 
 /// Creates the image and starts qemu-storage-daemon exporting it.
@@ -214,11 +250,12 @@ pub fn qsd_target(
     qsd: &Path,
     qemu_img: &Path,
     luks: bool,
+    io: HostIo,
     dir: &Path,
     size: u64,
 ) -> Target {
     let image = dir.join(format!("{name}.img"));
-    let secret_file = dir.join("luks-passphrase");
+    let secret_file = dir.join(format!("{name}-passphrase"));
     let mut secret = Vec::new();
     if luks {
         std::fs::write(&secret_file, "device-bench-passphrase").expect("write passphrase");
@@ -248,8 +285,12 @@ pub fn qsd_target(
         );
     }
     let socket = dir.join(format!("{name}.sock"));
+    let cache = match io {
+        HostIo::Buffered => "cache.direct=off",
+        HostIo::Direct => "cache.direct=on,aio=io_uring",
+    };
     let file = format!(
-        "driver=file,node-name=file0,filename={},cache.direct=off,cache.no-flush=off",
+        "driver=file,node-name=file0,filename={},{cache},cache.no-flush=off",
         image.display()
     );
     let format = if luks {
@@ -279,6 +320,7 @@ pub fn qsd_target(
     Target {
         name,
         socket,
+        queues: 1,
         client: None,
         server,
         setup,

@@ -38,7 +38,9 @@ pub fn service_error(error: ServiceError) -> ControlError {
         ServiceError::Volume(error) => return control_error(error),
         ServiceError::RotationRunning => ControlError::BUSY,
         ServiceError::NoKeyService | ServiceError::NoAcl => ControlError::BAD_REQUEST,
-        ServiceError::KeyService { .. } | ServiceError::RewrapRefused(_) => ControlError::IO,
+        ServiceError::KeyService { .. }
+        | ServiceError::RewrapRefused(_)
+        | ServiceError::Remote(_) => ControlError::IO,
         ServiceError::NoCurrentKeyEntry
         | ServiceError::NoWrappedBlob { .. }
         | ServiceError::BlobNotBase64 { .. }

@@ -8,7 +8,6 @@ use lsvblk::volume::{BaseRef, Integrity, KeyPolicy, VolumeOptions};
 use crate::exit::{Failure, Outcome};
 use crate::kms::{client, parse_kms_address};
 use crate::size::parse_size;
-use crate::store::remote_failure;
 
 /// Default segment size of a volume kept in an object store: one object
 /// each, big enough that a PUT costs little per byte, small enough that
@@ -66,26 +65,14 @@ pub struct CreateArgs {
     no_macs_benchmark_only: bool,
 }
 
-/// Checks what can be checked before a key is generated, then creates the
-/// volume with a fresh data key from the service (and its object-store
-/// copy, with `--store`).
+/// Creates the volume with a fresh data key from the service (and its
+/// object-store copy, with `--store`).
 pub fn run(args: CreateArgs) -> Outcome {
     if args.acl.iter().any(|user| user.trim().is_empty()) {
         return Err(Failure::usage("--acl has an empty user name"));
     }
-    // Refuse a used directory before a data key is generated (and audited)
-    // for a volume that will never exist.
-    if std::fs::read_dir(&args.volume).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Failure::usage(format!(
-            "{} already exists and is not empty",
-            args.volume.display()
-        )));
-    }
     // Refuse a store we cannot use before a key is generated.
     let remote = args.store.open()?;
-    if let Some(remote) = &remote {
-        lsvblk::remote::check_vacant(remote).map_err(remote_failure)?;
-    }
     let options = VolumeOptions {
         block_bytes: args.block_size,
         segment_bytes: args.segment_size.unwrap_or(if remote.is_some() {
@@ -125,11 +112,9 @@ pub fn run(args: CreateArgs) -> Outcome {
             .policy
             .any()
             .then(|| args.policy.apply(&KeyPolicy::default())),
+        store: remote.as_ref(),
     };
     let created = create_volume(&client(&args.kms), new).map_err(Failure::Service)?;
-    if let Some(remote) = &remote {
-        lsvblk::remote::create(remote, &args.volume).map_err(remote_failure)?;
-    }
     #[cfg(feature = "null-cipher")]
     if args.unencrypted_benchmark_only {
         tracing::warn!("the volume is UNENCRYPTED (null cipher): for benchmarks only");

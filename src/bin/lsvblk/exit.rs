@@ -99,6 +99,7 @@ fn of_volume(error: &VolumeError) -> i32 {
 fn of_service(error: &ServiceError) -> i32 {
     match error {
         ServiceError::Volume(error) => of_volume(error),
+        ServiceError::Remote(error) => crate::store::remote_exit_code(error),
         ServiceError::KeyService { source, .. } => of_kms(source),
         ServiceError::RewrapRefused(_) => DENIED,
         ServiceError::RotationRunning => BUSY,

@@ -93,6 +93,12 @@ pub struct ServeArgs {
     /// Largest virtqueue size accepted (power of two).
     #[arg(long, env = "LSVBLK_QUEUE_SIZE", default_value_t = 256)]
     queue_size: u16,
+    /// Microseconds each queue's worker polls its queue for the next
+    /// request after serving one, before it sleeps until the guest kicks
+    /// (0: no polling). Cuts latency at low queue depth for up to this much
+    /// CPU per request; an idle queue costs nothing.
+    #[arg(long, env = "LSVBLK_POLL_US", default_value_t = lsvblk::vhost::POLL_US_DEFAULT)]
+    poll_us: u32,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long, env = "LSVBLK_READ_ONLY")]
     read_only: bool,
@@ -381,6 +387,7 @@ fn device_options(args: &ServeArgs, superblock: &Superblock) -> Result<DeviceOpt
         read_only: args.read_only,
         serial: DeviceOptions::serial_from(&serial),
         logical_block_bytes: args.block_size.unwrap_or(superblock.block_bytes),
+        poll_us: args.poll_us,
     };
     device.validate().map_err(Failure::usage)?;
     Ok(device)
