@@ -56,8 +56,9 @@ fn create_volume(dir: &Path, kms: &KmsClient) -> Arc<Volume> {
         pool: Some(Arc::new(CryptoPool::new(1, 64 * 1024).unwrap())),
         ..VolumeOptions::default()
     };
-    let volume = Volume::create_with_id(
+    let volume = Volume::create_over_base(
         &dir.join("vol"),
+        None,
         1 << 20,
         volume_id,
         generated.key,

@@ -47,7 +47,8 @@ fn assert_record_pinned(header: V1RecordHeader, golden: &str) {
     );
 }
 
-fn sample_data_header() -> V1RecordHeader {
+/// A version 1 data record header with a distinct value in every field.
+pub(super) fn sample_data_header() -> V1RecordHeader {
     V1RecordHeader {
         header: RecordHeader {
             kind: RecordKind::Data,

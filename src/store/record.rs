@@ -272,20 +272,8 @@ pub(crate) fn get_u64(bytes: &[u8], offset: usize) -> u64 {
 mod tests {
     use super::*;
 
-    fn sample() -> V1RecordHeader {
-        V1RecordHeader {
-            header: RecordHeader {
-                kind: RecordKind::Data,
-                seq: 0x0102_0304_0506_0708,
-                lba: 42,
-                block_count: 3,
-                block_shift: 12,
-                key_id: KeyId([9; 16]),
-                moved: false,
-            },
-            table_crc32c: 0xdead_beef,
-        }
-    }
+    // The same header `format_tests.rs` pins field by field.
+    use super::super::format_tests::sample_data_header as sample;
 
     #[test]
     fn v1_header_is_pinned_to_its_documented_bytes() {

@@ -35,24 +35,12 @@ impl Volume {
         key: DataKey,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        Self::create_with_id(dir, size_bytes, new_volume_id()?, key, None, options)
+        Self::create_over_base(dir, None, size_bytes, new_volume_id()?, key, None, options)
     }
 
     /// Creates a volume like [`Volume::create`] with a given volume id and the
     /// key's wrapped blob (sealed by the wrapping service for this volume
-    /// id), which the superblock keeps for later unwraps.
-    pub fn create_with_id(
-        dir: &Path,
-        size_bytes: u64,
-        volume_id: [u8; 16],
-        key: DataKey,
-        wrapped: Option<WrappedKey>,
-        options: &VolumeOptions,
-    ) -> Result<Self, VolumeError> {
-        Self::create_marked(dir, size_bytes, volume_id, key, wrapped, |_| {}, options)
-    }
-
-    /// Creates a volume like [`Volume::create_with_id`], over the plain,
+    /// id), which the superblock keeps for later unwraps; over the plain,
     /// read-only image `base` if one is given (see `base.rs`): its blocks
     /// never written read from the image, which may not be larger than
     /// `size_bytes` (see [`BaseRef::volume_bytes`] for the usual size).
@@ -70,7 +58,7 @@ impl Volume {
         Self::create_marked(dir, size_bytes, volume_id, key, wrapped, mark, options)
     }
 
-    /// [`Volume::create_with_id`], with `mark` setting what else the new
+    /// [`Volume::create_over_base`], with `mark` setting what else the new
     /// superblock records (an ephemeral volume's owner, a base image).
     pub(super) fn create_marked(
         dir: &Path,

@@ -5,7 +5,10 @@
 use super::super::index::{DataLocation, Extent, Location};
 use super::super::record::{RECORD_HEADER_BYTES, get_u32, get_u64};
 use super::super::table::TableFormat;
-use super::{CheckpointData, ExtentOrder, HeadPosition, ZERO_SEGMENT, check_data_extent};
+use super::{
+    CheckpointData, ExtentOrder, HeadPosition, ZERO_SEGMENT, check_data_extent, checked_body,
+    checked_header,
+};
 use crate::crypto::KeyId;
 
 const HEADER_BYTES: usize = 64;
@@ -21,6 +24,7 @@ const C_KEYS_OFFSET: usize = 44;
 const C_EXTENTS_OFFSET: usize = 48;
 const C_BODY_CRC_OFFSET: usize = 56;
 const C_HEADER_CRC_OFFSET: usize = 60;
+const _: () = assert!(C_HEADER_CRC_OFFSET + 4 == HEADER_BYTES);
 
 /// Decodes a version 1 or 2 checkpoint (magic already checked).
 pub(super) fn decode(
@@ -28,13 +32,7 @@ pub(super) fn decode(
     volume_id: &[u8; 16],
     bytes: &[u8],
 ) -> Result<CheckpointData, &'static str> {
-    if bytes.len() < HEADER_BYTES {
-        return Err("truncated: shorter than its header");
-    }
-    let header = &bytes[..HEADER_BYTES];
-    if crc32c::crc32c(&header[..C_HEADER_CRC_OFFSET]) != get_u32(header, C_HEADER_CRC_OFFSET) {
-        return Err("header checksum mismatch");
-    }
+    let header = checked_header(bytes, HEADER_BYTES)?;
     // Version 2 added each key's encrypted bytes to the key table.
     let key_bytes = match version {
         1 => KEY_ID_BYTES,
@@ -47,22 +45,13 @@ pub(super) fn decode(
     let heads = u64::from(get_u32(header, C_HEADS_OFFSET));
     let keys = u64::from(get_u32(header, C_KEYS_OFFSET));
     let extents = get_u64(header, C_EXTENTS_OFFSET);
-    let body_bytes = heads
-        .checked_mul(HEAD_BYTES as u64)
-        .zip(keys.checked_mul(key_bytes as u64))
-        .zip(extents.checked_mul(EXTENT_BYTES as u64))
-        .and_then(|((h, k), e)| h.checked_add(k)?.checked_add(e))
-        .ok_or("counts overflow")?;
-    let body = &bytes[HEADER_BYTES..];
-    if (body.len() as u64) < body_bytes {
-        return Err("truncated: body shorter than its counts");
-    }
-    if body.len() as u64 != body_bytes {
-        return Err("trailing bytes after the body");
-    }
-    if crc32c::crc32c(body) != get_u32(header, C_BODY_CRC_OFFSET) {
-        return Err("body checksum mismatch");
-    }
+    let tables = [
+        (heads, HEAD_BYTES),
+        (keys, key_bytes),
+        (extents, EXTENT_BYTES),
+    ];
+    let stored_crc = get_u32(header, C_BODY_CRC_OFFSET);
+    let body = checked_body(bytes, HEADER_BYTES, &tables, 0, stored_crc)?;
     let mut data = CheckpointData {
         seq_next: get_u64(header, C_SEQ_NEXT_OFFSET),
         segment_id_next: get_u64(header, C_SEGMENT_NEXT_OFFSET),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use super::StoreError;
 use super::frame::Mac;
 use super::index::Extent;
+use super::record::get_u32;
 use super::segment::SegmentVersion;
 use crate::crypto::KeyId;
 
@@ -164,6 +165,48 @@ pub fn decode(
         v3::VERSION => v3::decode(volume_id, bytes).map_err(bad),
         version => legacy::decode(version, volume_id, bytes).map_err(bad),
     }
+}
+
+/// A checkpoint's first `header_bytes` bytes, once the CRC32C in its last
+/// four bytes matches the bytes before it (the same rule in every version).
+fn checked_header(bytes: &[u8], header_bytes: usize) -> Result<&[u8], &'static str> {
+    let header = bytes
+        .get(..header_bytes)
+        .ok_or("truncated: shorter than its header")?;
+    let crc_at = header_bytes - 4;
+    if crc32c::crc32c(&header[..crc_at]) != get_u32(header, crc_at) {
+        return Err("header checksum mismatch");
+    }
+    Ok(header)
+}
+
+/// The body after a checkpoint's `header_bytes`-long header, once it is
+/// exactly as long as its tables say (`tables`: entry count and entry size
+/// of each, then `trailer` bytes) and matches the body CRC32C `stored_crc`.
+fn checked_body(
+    bytes: &[u8],
+    header_bytes: usize,
+    tables: &[(u64, usize)],
+    trailer: usize,
+    stored_crc: u32,
+) -> Result<&[u8], &'static str> {
+    let body_bytes = tables
+        .iter()
+        .try_fold(trailer as u64, |sum, &(count, size)| {
+            count.checked_mul(size as u64)?.checked_add(sum)
+        })
+        .ok_or("counts overflow")?;
+    let body = &bytes[header_bytes..];
+    if (body.len() as u64) < body_bytes {
+        return Err("truncated: body shorter than its counts");
+    }
+    if body.len() as u64 != body_bytes {
+        return Err("trailing bytes after the body");
+    }
+    if crc32c::crc32c(body) != stored_crc {
+        return Err("body checksum mismatch");
+    }
+    Ok(body)
 }
 
 /// Writes `data` durably as the checkpoint file for its `seq_next`.

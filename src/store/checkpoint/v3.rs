@@ -8,7 +8,7 @@ use super::super::record::{get_key_id, get_u16, get_u32, get_u64, put_u16, put_u
 use super::super::segment::SegmentVersion;
 use super::{
     CHECKPOINT_MAGIC, CheckpointData, ExtentOrder, HeadPosition, SealRef, SealedSegment,
-    ZERO_SEGMENT, check_data_extent,
+    ZERO_SEGMENT, check_data_extent, checked_body, checked_header,
 };
 use crate::crypto::key::KEY_ID_BYTES;
 
@@ -133,13 +133,7 @@ struct Counts {
 
 /// Decodes a version 3 checkpoint (magic and version already read).
 pub(super) fn decode(volume_id: &[u8; 16], bytes: &[u8]) -> Result<CheckpointData, &'static str> {
-    if bytes.len() < HEADER_BYTES {
-        return Err("truncated: shorter than its header");
-    }
-    let header = &bytes[..HEADER_BYTES];
-    if crc32c::crc32c(&header[..C_HEADER_CRC]) != get_u32(header, C_HEADER_CRC) {
-        return Err("header checksum mismatch");
-    }
+    let header = checked_header(bytes, HEADER_BYTES)?;
     if header[C_VOLUME..C_VOLUME + 16] != volume_id[..] {
         return Err(super::FOREIGN_VOLUME);
     }
@@ -159,25 +153,14 @@ pub(super) fn decode(volume_id: &[u8; 16], bytes: &[u8]) -> Result<CheckpointDat
         u64::from(get_u32(header, C_SEALED)),
         get_u64(header, C_EXTENTS),
     );
-    let body_bytes = counts
-        .0
-        .checked_mul(HEAD_BYTES as u64)
-        .zip(counts.1.checked_mul(KEY_BYTES as u64))
-        .zip(counts.2.checked_mul(SEALED_BYTES as u64))
-        .zip(counts.3.checked_mul(EXTENT_BYTES as u64))
-        .and_then(|(((h, k), s), e)| h.checked_add(k)?.checked_add(s)?.checked_add(e))
-        .and_then(|b| b.checked_add(MAC_BYTES as u64))
-        .ok_or("counts overflow")?;
-    let body = &bytes[HEADER_BYTES..];
-    if (body.len() as u64) < body_bytes {
-        return Err("truncated: body shorter than its counts");
-    }
-    if body.len() as u64 != body_bytes {
-        return Err("trailing bytes after the body");
-    }
-    if crc32c::crc32c(body) != get_u32(header, C_BODY_CRC) {
-        return Err("body checksum mismatch");
-    }
+    let tables = [
+        (counts.0, HEAD_BYTES),
+        (counts.1, KEY_BYTES),
+        (counts.2, SEALED_BYTES),
+        (counts.3, EXTENT_BYTES),
+    ];
+    let stored_crc = get_u32(header, C_BODY_CRC);
+    let body = checked_body(bytes, HEADER_BYTES, &tables, MAC_BYTES, stored_crc)?;
     let counts = Counts {
         heads: counts.0 as usize,
         keys: counts.1 as usize,
