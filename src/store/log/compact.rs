@@ -20,8 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::super::index::Location;
@@ -244,6 +244,15 @@ impl Log {
         files.into_iter().filter(|id| !busy.contains(id)).collect()
     }
 
+    /// Takes the compaction lock (one compaction or re-key at a time), once
+    /// the log is known to be writable.
+    pub(super) fn lock_for_cleaning(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
+        if self.config.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        Ok(self.compact_lock.lock_or_recover())
+    }
+
     /// Cleans every closed, unpinned segment whose live ratio is at most
     /// `options.live_ratio_max`, best cost-benefit first, calling `progress` as it
     /// goes. Safe to run while the volume is read and written.
@@ -252,10 +261,7 @@ impl Log {
         options: &CompactOptions,
         progress: &mut dyn FnMut(&CompactProgress),
     ) -> Result<CompactReport, StoreError> {
-        if self.config.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        let _one_at_a_time = self.compact_lock.lock_or_recover();
+        let _one_at_a_time = self.lock_for_cleaning()?;
         // Seal what left the heads, and write out snapshots taken so far so
         // that their pins are all known and none depends on replay.
         self.flush()?;

@@ -13,7 +13,6 @@ use super::compact::{CleanTarget, CompactOptions, CompactProgress, CompactReport
 use super::pieces::LivePiece;
 use super::{AppendRecord, Log, RecordPosition};
 use crate::crypto::KeyId;
-use crate::sync::LockOrRecover;
 
 /// How much one key protects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -68,10 +67,7 @@ impl Log {
         options: &CompactOptions,
         progress: &mut dyn FnMut(&CompactProgress),
     ) -> Result<CompactReport, StoreError> {
-        if self.config.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        let _one_at_a_time = self.compact_lock.lock_or_recover();
+        let _one_at_a_time = self.lock_for_cleaning()?;
         self.roll_heads()?;
         self.materialize_snapshots()?;
         let pinned = self.pinned_segments();
@@ -112,10 +108,7 @@ impl Log {
         plan: &RekeyPlan<'_>,
         write: &mut dyn FnMut(&CheckpointData) -> Result<(), StoreError>,
     ) -> Result<(CheckpointData, u64), StoreError> {
-        if self.config.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        let _one_at_a_time = self.compact_lock.lock_or_recover();
+        let _one_at_a_time = self.lock_for_cleaning()?;
         let mut new = data.clone();
         let to_index = match new.keys.iter().position(|k| *k == plan.to) {
             Some(index) => index as u32,

@@ -115,9 +115,15 @@ fn raw(path: &Path, bytes: &[u8]) -> Vec<Value> {
     // The write fails once the daemon refuses an oversize line: fine.
     let _ = stream.write_all(bytes);
     let _ = stream.shutdown(Shutdown::Write);
+    // A daemon that closes with our bytes unread resets the connection after
+    // its answer: the next read fails with ConnectionReset, not end of file.
     BufReader::new(stream)
         .lines()
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .map_while(|l| match l {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            l => Some(l.unwrap()),
+        })
+        .map(|l| serde_json::from_str(&l).unwrap())
         .collect()
 }
 
