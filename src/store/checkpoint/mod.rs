@@ -183,13 +183,13 @@ fn checked_header(bytes: &[u8], header_bytes: usize) -> Result<&[u8], &'static s
 /// The body after a checkpoint's `header_bytes`-long header, once it is
 /// exactly as long as its tables say (`tables`: entry count and entry size
 /// of each, then `trailer` bytes) and matches the body CRC32C `stored_crc`.
-fn checked_body(
-    bytes: &[u8],
+fn checked_body<'a>(
+    bytes: &'a [u8],
     header_bytes: usize,
     tables: &[(u64, usize)],
     trailer: usize,
     stored_crc: u32,
-) -> Result<&[u8], &'static str> {
+) -> Result<&'a [u8], &'static str> {
     let body_bytes = tables
         .iter()
         .try_fold(trailer as u64, |sum, &(count, size)| {
