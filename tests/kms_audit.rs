@@ -1,9 +1,9 @@
-//! Issue 3 acceptance, audit: `lsvkms audit verify` passes on an untouched
+//! The audit trail: `lsvkms audit verify` passes on an untouched
 //! log and fails on one changed byte, one deleted line (middle or last) and
 //! two swapped lines; a read-only audit file makes calls fail with 503
 //! (fail closed); `lsvkms audit check` finds an unwrap by a user who is not
 //! on the key's ACL and marks the key compromised, but not one by a user
-//! an ACL change removed (issue 5).
+//! an ACL change removed.
 
 mod kit;
 

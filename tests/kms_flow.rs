@@ -1,9 +1,9 @@
-//! Issue 3 acceptance, file backend: a real `lsvkms` on a temporary UNIX
+//! The wrapping service end to end, file backend: a real `lsvkms` on a temporary UNIX
 //! socket goes through datakey → unwrap (ACL user ok, non-ACL 403, expired
 //! 401, foreign signature 401, tampered 400) → disable/enable → rotate →
 //! rewrap → both blobs unwrap → destroy (forever, across a restart). Also:
 //! no key bytes in the audit log, the service's log output or its state.
-//! Issue 5: an ACL change through `POST /v1/rewrap` with `acl`.
+//! Also: an ACL change through `POST /v1/rewrap` with `acl`.
 
 mod kit;
 

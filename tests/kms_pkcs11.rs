@@ -1,4 +1,4 @@
-//! Issue 3 acceptance, PKCS#11 backend: the same flow as `kms_flow.rs`
+//! The wrapping service end to end, PKCS#11 backend: the same flow as `kms_flow.rs`
 //! with the wrapping key generated inside SoftHSM2 (a private token store
 //! in a temporary directory), plus a check that the HSM refuses to reveal
 //! the wrapping key's value.

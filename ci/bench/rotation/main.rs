@@ -1,4 +1,4 @@
-//! Online key rotation under a verified foreground load (issue 6).
+//! Online key rotation under a verified foreground load.
 //!
 //! One `lsvkms` and one `lsvblk serve` (real processes, AES-256-XTS volume,
 //! background compaction off: `--compact-rate-mib 0`) and, in this process,

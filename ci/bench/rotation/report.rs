@@ -196,7 +196,7 @@ pub fn report(options: &Options, extra: &ExtraArgs, s: &Summary<'_>) -> bool {
         main.as_ref().map(Medians::ratio),
         "x",
         &format!(
-            "median during / median before, {} rotations; issue 6 wants >= 0.7",
+            "median during / median before, {} rotations; the target is >= 0.7",
             s.main.len()
         ),
     );
