@@ -117,27 +117,52 @@ probe_sector() {
 # find_block BLOCK SEGMENT...: prints "FILE OFFSET SEQ": where the live copy
 # of volume block BLOCK's ciphertext starts, i.e. in the data record with the
 # highest sequence number covering it (nothing if a later discard or
-# write-zeroes record covers it, or nothing does). Layout: docs/format.md.
+# write-zeroes record covers it, or nothing does). Reads segment versions 1
+# and 2; layouts: docs/format.md.
 find_block() {
   perl -e '
     use strict; use warnings;
     my ($target, @files) = @ARGV;
     my ($best_seq, $best) = (-1, "");
+    # note RECORD FILE OFFSET-OF-BLOCK: keeps the newest record covering the target.
+    my $note = sub {
+      my ($kind, $seq, $lba, $n, $f, $at) = @_;
+      return unless $kind != 4 && $target >= $lba && $target < $lba + $n && $seq > $best_seq;
+      $best_seq = $seq;
+      $best = $kind == 1 ? "$f $at $seq" : "";
+    };
     for my $f (@files) {
       open(my $fh, "<:raw", $f) or die "$f: $!\n";
       my $size = -s $f;
-      my $off = 64;                                   # segment header
-      while ($off + 64 <= $size) {
-        seek($fh, $off, 0) or die "$f: seek: $!\n";
-        read($fh, my $h, 64) == 64 or last;
-        last unless substr($h, 0, 4) eq "LSVR";       # torn tail / end
-        my ($kind, $seq, $lba, $n, $shift) = unpack("x6 C x Q< Q< L< C", $h);
-        my $bs = 1 << $shift;
-        if ($kind != 4 && $target >= $lba && $target < $lba + $n && $seq > $best_seq) {
-          $best_seq = $seq;
-          $best = $kind == 1 ? "$f " . ($off + 64 + 4 * $n + ($target - $lba) * $bs) . " $seq" : "";
+      read($fh, my $sh, 64) == 64 or next;
+      my ($magic, $version, $segment_id) = unpack("a4 S< x2 Q<", $sh);
+      next unless $magic eq "LSVS";
+      if ($version == 1) {                            # records after a 64-byte header
+        my $off = 64;
+        while ($off + 64 <= $size) {
+          seek($fh, $off, 0) or die "$f: seek: $!\n";
+          read($fh, my $h, 64) == 64 or last;
+          last unless substr($h, 0, 4) eq "LSVR";     # torn tail / end
+          my ($kind, $seq, $lba, $n, $shift) = unpack("x6 C x Q< Q< L< C", $h);
+          my $bs = 1 << $shift;
+          $note->($kind, $seq, $lba, $n, $f, $off + 64 + 4 * $n + ($target - $lba) * $bs);
+          $off += $kind == 1 ? 64 + 4 * $n + $n * $bs : 64;
         }
-        $off += $kind == 1 ? 64 + 4 * $n + $n * $bs : 64;
+      } else {                                        # 4 KiB-aligned frames after a 4 KiB block
+        my $off = 4096;
+        while ($off + 64 <= $size) {
+          seek($fh, $off, 0) or die "$f: seek: $!\n";
+          read($fh, my $h, 64) == 64 or last;
+          my ($fm, $records, $fid, $foff, $fbytes) = unpack("a4 x2 S< Q< Q< L<", $h);
+          last unless $fm eq "LSVF" && $fid == $segment_id && $foff == $off && $fbytes > 0;
+          read($fh, my $meta, 64 * $records) == 64 * $records or last;
+          for my $i (0 .. $records - 1) {
+            my ($kind, $shift, $n, $seq, $lba, $poff) =
+              unpack("C x C x L< Q< Q< x16 L<", substr($meta, 64 * $i, 64));
+            $note->($kind, $seq, $lba, $n, $f, $off + $poff + ($target - $lba) * (1 << $shift));
+          }
+          $off += $fbytes;
+        }
       }
     }
     print "$best\n" if $best ne "";
