@@ -170,7 +170,16 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
             &log.config.volume_id,
             log.config.block_shift,
         )?;
-        files.insert(*id, Arc::new(SegmentFile { file, version }));
+        let macs = version == SegmentVersion::V2
+            && segment::header_says_macs(&file).map_err(|e| StoreError::io(&path, e))?;
+        files.insert(
+            *id,
+            Arc::new(SegmentFile {
+                file,
+                version,
+                macs,
+            }),
+        );
     }
     Ok(())
 }
@@ -244,6 +253,11 @@ fn scan_one(
                 reason,
             });
         }
+    }
+    // Frames the checksums accept must carry valid MACs: a bad one is
+    // tampering (refused), never a torn write (cut).
+    log.authenticate(scan, &outcome)?;
+    if let Some((offset, reason)) = outcome.stopped {
         tracing::warn!(
             segment_id,
             offset,
