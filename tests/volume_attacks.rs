@@ -70,7 +70,7 @@ fn tamper_with_segment(dir: &Path, tamper: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(&files[0], bytes).unwrap();
 }
 
-fn swap_first_two(segment: &mut Vec<u8>) {
+fn swap_first_two(segment: &mut [u8]) {
     let found = frames(segment);
     let ((a, a_len), (b, b_len)) = (found[0], found[1]);
     assert_eq!(a_len, b_len);
@@ -89,7 +89,7 @@ fn drop_the_middle_one(segment: &mut Vec<u8>) {
     restamp(segment, middle, 0);
 }
 
-fn older_record_over_the_newest(segment: &mut Vec<u8>) {
+fn older_record_over_the_newest(segment: &mut [u8]) {
     let found = frames(segment);
     let ((first, first_len), (last, last_len)) = (found[0], found[2]);
     assert_eq!(first_len, last_len);
@@ -122,7 +122,7 @@ fn assert_refused(dir: &Path) {
 fn two_records_swapped_refuse_the_open() {
     let dir = tempfile::tempdir().unwrap();
     three_writes(dir.path(), Integrity::Mac);
-    tamper_with_segment(dir.path(), swap_first_two);
+    tamper_with_segment(dir.path(), |s| swap_first_two(s));
     assert_refused(dir.path());
 }
 
@@ -130,7 +130,7 @@ fn two_records_swapped_refuse_the_open() {
 fn two_records_swapped_go_unnoticed_by_a_crc_volume() {
     let dir = tempfile::tempdir().unwrap();
     three_writes(dir.path(), Integrity::Crc);
-    tamper_with_segment(dir.path(), swap_first_two);
+    tamper_with_segment(dir.path(), |s| swap_first_two(s));
     open_result(dir.path()).expect("CRCs alone cannot tell");
 }
 
@@ -159,7 +159,7 @@ fn a_record_dropped_from_the_middle_loses_data_silently_on_a_crc_volume() {
 fn an_older_record_put_back_over_a_newer_one_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     three_writes(dir.path(), Integrity::Mac);
-    tamper_with_segment(dir.path(), older_record_over_the_newest);
+    tamper_with_segment(dir.path(), |s| older_record_over_the_newest(s));
     assert_refused(dir.path());
 }
 
@@ -167,7 +167,7 @@ fn an_older_record_put_back_over_a_newer_one_refuses_the_open() {
 fn an_older_record_put_back_fools_a_crc_volume() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = three_writes(dir.path(), Integrity::Crc);
-    tamper_with_segment(dir.path(), older_record_over_the_newest);
+    tamper_with_segment(dir.path(), |s| older_record_over_the_newest(s));
     let volume = open_result(dir.path()).expect("CRCs alone cannot tell");
     assert_eq!(read_block(&volume, 0), blocks[0], "the old data, status OK");
 }

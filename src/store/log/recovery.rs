@@ -245,14 +245,14 @@ fn scan_one(
     let segment_id = scan.segment_id;
     let path = log.segment_path(segment_id);
     let outcome = log.scan(scan)?;
-    if let Some((offset, reason)) = outcome.stopped {
-        if outcome.seal.is_some() {
-            return Err(StoreError::Corrupt {
-                path,
-                offset_bytes: offset,
-                reason,
-            });
-        }
+    if let Some((offset, reason)) = outcome.stopped
+        && outcome.seal.is_some()
+    {
+        return Err(StoreError::Corrupt {
+            path,
+            offset_bytes: offset,
+            reason,
+        });
     }
     // Frames the checksums accept must carry valid MACs: a bad one is
     // tampering (refused), never a torn write (cut).
