@@ -80,15 +80,7 @@ impl Volume {
         let macs = log_keys(&superblock, &keyring);
         let log = Log::create(dir, log_config(&superblock, options, macs)?)?;
         superblock.store(dir)?;
-        Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )
+        Self::assemble(dir, Parts::new(superblock, log, keyring, lock), options)
     }
 
     /// Creates in `dir` a writable clone of snapshot `snapshot` of the volume
@@ -183,17 +175,11 @@ impl Volume {
         let macs = log_keys(&superblock, &keyring);
         let log = Log::create(&dir, log_config(&superblock, &options, macs)?)?;
         superblock.store(&dir)?;
-        let mut volume = Self::assemble(
-            &dir,
-            superblock,
-            log,
-            keyring,
-            &options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
-        Ok(volume)
+        let parts = Parts {
+            parents,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        Self::assemble(&dir, parts, &options)
     }
 
     /// Opens the volume in `dir` with its data `key`, recovering from any
@@ -255,16 +241,12 @@ impl Volume {
         if !options.read_only {
             snapshots::remove_orphans(dir)?;
         }
-        let mut volume = Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            options,
-            report,
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
+        let parts = Parts {
+            parents,
+            recovery: report,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        let volume = Self::assemble(dir, parts, options)?;
         volume.pin_snapshots()?;
         Ok(volume)
     }
@@ -286,35 +268,27 @@ impl Volume {
             read_only: true,
             ..options.clone()
         };
-        let mut volume = Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            &options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
+        let parts = Parts {
+            parents,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        let mut volume = Self::assemble(dir, parts, &options)?;
         volume.snapshot = Some(name.to_string());
         Ok(volume)
     }
 
-    fn set_parents(&mut self, parents: Vec<(Log, VolumeLock)>) {
-        let (logs, locks) = parents.into_iter().unzip();
-        self.parents = logs;
-        self._parent_locks = locks;
-    }
-
-    fn assemble(
-        dir: &Path,
-        superblock: Superblock,
-        log: Log,
-        keyring: Keyring,
-        options: &VolumeOptions,
-        recovery: RecoveryReport,
-        locks: (VolumeLock, Vec<VolumeLock>),
-    ) -> Result<Self, VolumeError> {
+    /// The volume in `dir` made of `parts`, with the crypto pool and clock
+    /// of `options`.
+    fn assemble(dir: &Path, parts: Parts, options: &VolumeOptions) -> Result<Self, VolumeError> {
+        let Parts {
+            superblock,
+            log,
+            keyring,
+            recovery,
+            lock,
+            parents,
+        } = parts;
+        let (parent_logs, parent_locks) = parents.into_iter().unzip();
         let pool = match &options.pool {
             Some(pool) => Arc::clone(pool),
             None => Arc::new(
@@ -332,7 +306,7 @@ impl Volume {
             stripes: StripeLocks::new(),
             read_only: options.read_only,
             recovery,
-            parents: Vec::new(),
+            parents: parent_logs,
             snapshot: None,
             adopt_acl: std::sync::Mutex::new(None),
             clock: options
@@ -341,9 +315,37 @@ impl Volume {
                 .unwrap_or_else(|| Arc::new(SystemClock)),
             lifecycle: std::sync::Mutex::new(()),
             flush_hook: std::sync::OnceLock::new(),
-            _lock: locks.0,
-            _parent_locks: locks.1,
+            _lock: lock,
+            _parent_locks: parent_locks,
         })
+    }
+}
+
+/// What [`Volume::assemble`] makes a volume of: the opened pieces and the
+/// locks that keep them ours.
+struct Parts {
+    superblock: Superblock,
+    log: Log,
+    keyring: Keyring,
+    /// What opening the log recovered (nothing for a new volume).
+    recovery: RecoveryReport,
+    /// The volume's own lock.
+    lock: VolumeLock,
+    /// A clone's parent snapshots, each with the lock that holds it.
+    parents: Vec<(Log, VolumeLock)>,
+}
+
+impl Parts {
+    /// A volume without parents and without recovery to report.
+    fn new(superblock: Superblock, log: Log, keyring: Keyring, lock: VolumeLock) -> Self {
+        Self {
+            superblock,
+            log,
+            keyring,
+            recovery: RecoveryReport::default(),
+            lock,
+            parents: Vec::new(),
+        }
     }
 }
 
