@@ -10,12 +10,12 @@ use super::snapshots::{self, SnapshotPaths};
 use super::stripes::StripeLocks;
 use super::superblock::{FORMAT_NAME, FORMAT_VERSION, new_volume_id};
 use super::{
-    CipherName, KeyEntry, Keyring, ParentRef, Superblock, Volume, VolumeError, VolumeLock,
-    VolumeOptions,
+    CipherName, Integrity, KeyEntry, Keyring, ParentRef, Superblock, Volume, VolumeError,
+    VolumeLock, VolumeOptions,
 };
 use crate::crypto::{CryptoPool, DataKey};
 use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, VOLUME_BYTES_MAX};
-use crate::store::{self, Log, LogConfig, RecoveryReport};
+use crate::store::{self, Log, LogConfig, MacKeys, RecoveryReport};
 
 /// A data key's wrapped form, for the superblock.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +77,8 @@ impl Volume {
         let keyring = Keyring::new(key, options.null_cipher)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
-        let log = Log::create(dir, log_config(&superblock, options)?)?;
+        let macs = log_keys(&superblock, &keyring);
+        let log = Log::create(dir, log_config(&superblock, options, macs)?)?;
         superblock.store(dir)?;
         Self::assemble(dir, Parts::new(superblock, log, keyring, lock), options)
     }
@@ -171,7 +172,8 @@ impl Volume {
         let current = key.id();
         keys.push(key);
         let keyring = Keyring::with_keys(Some(current), keys, options.null_cipher)?;
-        let log = Log::create(&dir, log_config(&superblock, &options)?)?;
+        let macs = log_keys(&superblock, &keyring);
+        let log = Log::create(&dir, log_config(&superblock, &options, macs)?)?;
         superblock.store(&dir)?;
         let parts = Parts {
             parents,
@@ -234,7 +236,8 @@ impl Volume {
     ) -> Result<Self, VolumeError> {
         let parents = snapshots::open_parent_views(&superblock)?;
         let unmaterialized = snapshots::unmaterialized(dir)?;
-        let (log, report) = store::open(dir, log_config(&superblock, options)?, &unmaterialized)?;
+        let config = log_config(&superblock, options, log_keys(&superblock, &keyring))?;
+        let (log, report) = store::open(dir, config, &unmaterialized)?;
         if !options.read_only {
             snapshots::remove_orphans(dir)?;
         }
@@ -390,9 +393,18 @@ fn new_superblock(
     }
 }
 
+/// The keys the log of a volume with `superblock` signs and checks its
+/// MACs with: `keyring`'s, if its records are authenticated.
+fn log_keys(superblock: &Superblock, keyring: &Keyring) -> Option<Arc<dyn MacKeys>> {
+    (superblock.integrity == Integrity::Mac).then(|| keyring.log_keys() as Arc<dyn MacKeys>)
+}
+
+/// The log configuration of a volume with `superblock`, opened with
+/// `options`; `macs` as [`LogConfig::macs`].
 pub(super) fn log_config(
     superblock: &Superblock,
     options: &VolumeOptions,
+    macs: Option<Arc<dyn MacKeys>>,
 ) -> Result<LogConfig, VolumeError> {
     Ok(LogConfig {
         volume_id: superblock.volume_id_bytes()?,
@@ -401,6 +413,7 @@ pub(super) fn log_config(
         segment_bytes: superblock.segment_bytes,
         heads: options.heads.max(1),
         read_only: options.read_only,
+        macs,
     })
 }
 
