@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::frame::Mac;
+use super::macs::MacKeys;
 use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
 use crate::limits::CHECKPOINT_INTERVAL_BYTES;
@@ -31,6 +32,7 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod authenticate;
 mod checkpoint_state;
 mod compact;
 mod durability;
@@ -73,6 +75,9 @@ pub struct LogConfig {
     pub heads: usize,
     /// Open without changing anything on disk.
     pub read_only: bool,
+    /// The keys records and seals are MACed with, when the volume's
+    /// records are authenticated (integrity `mac`); `None` for CRCs only.
+    pub macs: Option<Arc<dyn MacKeys>>,
 }
 
 /// One of the log's guest heads: `0 .. LogConfig::heads`. The caller says
@@ -100,6 +105,8 @@ impl std::fmt::Display for HeadId {
 pub(crate) struct SegmentFile {
     pub(crate) file: File,
     pub(crate) version: SegmentVersion,
+    /// Its header says its records carry MACs.
+    pub(crate) macs: bool,
 }
 
 /// A head's open segment: where its next frame goes, and the record chain
