@@ -15,7 +15,7 @@ use super::resolve::Resolution;
 use crate::kms::fsutil::{fsync_dir, write_new};
 use crate::objstore::ObjectStore;
 use crate::store::{read_checkpoint, segments_needed};
-use crate::volume::Superblock;
+use crate::volume::{SnapshotPaths, Superblock};
 
 /// Rebuilds the volume `volume_id` (hex) into the empty directory `dir`
 /// from `resolution`, with `threads` parallel downloads. Returns the
@@ -27,30 +27,11 @@ pub fn rebuild(
     volume_id: &str,
     threads: usize,
 ) -> Result<Vec<StoredObject>> {
-    let incomplete = |reason: &str| RemoteError::Incomplete {
-        reason: reason.to_string(),
-    };
-    let meta_object = resolution
-        .newest(ObjectKind::Meta)
-        .ok_or_else(|| incomplete("no metadata object"))?;
+    let meta_object = restore_metadata(store, resolution, dir, volume_id)?;
+    let raw_id = volume_id_bytes(volume_id)?;
     let checkpoint_object = resolution
         .newest(ObjectKind::Checkpoint)
         .ok_or_else(|| incomplete("no checkpoint object"))?;
-    let bundle = download(store, meta_object)?;
-    meta::restore(dir, meta_object.key().as_str(), &bundle)?;
-    let superblock = Superblock::load(dir).map_err(|e| incomplete(&e.to_string()))?;
-    if superblock.volume_id != volume_id {
-        return Err(RemoteError::OtherVolume {
-            expected: volume_id.to_string(),
-            found: superblock.volume_id,
-        });
-    }
-    let raw_id = volume_id_bytes(volume_id)?;
-    for sub in ["segments", "checkpoints"] {
-        let path = dir.join(sub);
-        fs::create_dir(&path).map_err(|e| RemoteError::io(&path, e))?;
-    }
-    fsync_dir(dir).map_err(|e| RemoteError::io(dir, e))?;
     let checkpoint_path = dir
         .join("checkpoints")
         .join(format!("{:016x}.ckpt", checkpoint_object.number));
@@ -66,9 +47,11 @@ pub fn rebuild(
             ),
         });
     }
+    // Below the replay point only what the checkpoint needs: the others
+    // may have been collected (see `collect`).
     let mut segments: Vec<StoredObject> = resolution
         .of_kind(ObjectKind::Segment)
-        .filter(|s| s.number < data.segment_id_next)
+        .filter(|s| s.number < data.segment_id_next && needs.contains(&s.number))
         .cloned()
         .collect();
     // Segments after the checkpoint are replayed in order: stop at a gap.
@@ -80,8 +63,76 @@ pub fn rebuild(
     download_segments(store, &segments, &dir.join("segments"), threads)?;
     fsync_dir(&dir.join("checkpoints")).map_err(|e| RemoteError::io(dir, e))?;
     segments.push(checkpoint_object.clone());
-    segments.push(meta_object.clone());
+    segments.push(meta_object);
     Ok(segments)
+}
+
+/// Fills the empty directory `dir` with what serving snapshot `name` of
+/// volume `volume_id` read-only needs from `resolution`: the metadata (with
+/// the snapshot's wrapped keys and frozen index) and the segments the index
+/// refers to.
+pub fn fetch_snapshot(
+    store: &dyn ObjectStore,
+    resolution: &Resolution,
+    dir: &Path,
+    volume_id: &str,
+    name: &str,
+    threads: usize,
+) -> Result<()> {
+    restore_metadata(store, resolution, dir, volume_id)?;
+    let index = SnapshotPaths::new(dir, name).index;
+    if !index.exists() {
+        return Err(incomplete(&format!(
+            "the stored metadata has no snapshot {name:?} (one taken moments ago reaches the store with the next checkpoint)"
+        )));
+    }
+    let data = read_checkpoint(&index, &volume_id_bytes(volume_id)?)?;
+    let segments = segments_needed(&data)
+        .into_iter()
+        .map(|id| {
+            resolution.segment(id).cloned().ok_or_else(|| {
+                incomplete(&format!(
+                    "snapshot {name:?} needs segment {id:016x}, which is not stored"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    download_segments(store, &segments, &dir.join("segments"), threads)
+}
+
+/// Downloads the newest metadata object into the empty directory `dir`,
+/// checks it is volume `volume_id`'s, and makes the empty `segments/` and
+/// `checkpoints/`. Returns the object.
+fn restore_metadata(
+    store: &dyn ObjectStore,
+    resolution: &Resolution,
+    dir: &Path,
+    volume_id: &str,
+) -> Result<StoredObject> {
+    let meta_object = resolution
+        .newest(ObjectKind::Meta)
+        .ok_or_else(|| incomplete("no metadata object"))?;
+    let bundle = download(store, meta_object)?;
+    meta::restore(dir, meta_object.key().as_str(), &bundle)?;
+    let superblock = Superblock::load(dir).map_err(|e| incomplete(&e.to_string()))?;
+    if superblock.volume_id != volume_id {
+        return Err(RemoteError::OtherVolume {
+            expected: volume_id.to_string(),
+            found: superblock.volume_id,
+        });
+    }
+    for sub in ["segments", "checkpoints"] {
+        let path = dir.join(sub);
+        fs::create_dir(&path).map_err(|e| RemoteError::io(&path, e))?;
+    }
+    fsync_dir(dir).map_err(|e| RemoteError::io(dir, e))?;
+    Ok(meta_object.clone())
+}
+
+fn incomplete(reason: &str) -> RemoteError {
+    RemoteError::Incomplete {
+        reason: reason.to_string(),
+    }
 }
 
 /// Downloads `objects` into `segments_dir` with `threads` threads.

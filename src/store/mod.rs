@@ -89,8 +89,9 @@ pub use checkpoint::{
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
-    SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
+    LogConfig, LogEvents, ReadPiece, ReadPin, RecordPosition, RecoveryReport, RekeyPlan,
+    RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view,
+    write_snapshot_index,
 };
 pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
