@@ -74,6 +74,8 @@ fn of_volume(error: &VolumeError) -> i32 {
     use VolumeError as E;
     match error {
         E::Busy { .. } | E::Store(StoreError::Interrupted) => BUSY,
+        // A change to an authenticated volume asked without its key.
+        E::Store(StoreError::NoSigningKey) => USAGE,
         E::NotAVolume { .. }
         | E::UnsupportedFormat { .. }
         | E::Store(_)
