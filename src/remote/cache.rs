@@ -84,6 +84,8 @@ impl Cached {
         0..(range.end - range.start).div_ceil(CHUNK_BYTES)
     }
 
+    /// Bytes of records it holds locally (the header and seal, which
+    /// always stay, do not count: they are not the cache's to free).
     fn resident_bytes(&self) -> u64 {
         let missing: u64 = self
             .missing
@@ -93,7 +95,8 @@ impl Cached {
                 span.end - span.start
             })
             .sum();
-        self.object.len - missing
+        let range = self.evictable();
+        range.end - range.start - missing
     }
 }
 
