@@ -79,7 +79,7 @@ pub use write::Change;
 use crate::crypto::{CryptoPool, DataUnit, KeyId};
 use crate::limits::SECTOR_BYTES;
 use crate::store::{
-    CompactOptions, CompactProgress, CompactReport, Log, RecoveryReport, SpaceReport,
+    CompactOptions, CompactProgress, CompactReport, IoMode, Log, RecoveryReport, SpaceReport,
 };
 use crate::sync::RwLockOrRecover;
 use stripes::StripeLocks;
@@ -107,6 +107,9 @@ pub struct VolumeOptions {
     /// The clock key ages are measured with (tests move it); `None`: the
     /// system clock.
     pub clock: Option<Arc<dyn Clock>>,
+    /// How the log writes segment files: direct (the default; buffered
+    /// where the filesystem refuses it) or buffered.
+    pub io: IoMode,
 }
 
 impl Default for VolumeOptions {
@@ -120,6 +123,7 @@ impl Default for VolumeOptions {
             null_cipher: false,
             integrity: Integrity::Mac,
             clock: None,
+            io: IoMode::Direct,
         }
     }
 }
@@ -219,6 +223,12 @@ impl Volume {
     /// True when opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// How this process writes the volume's segment files (direct unless
+    /// asked for buffered or the filesystem refuses direct I/O).
+    pub fn io_mode(&self) -> IoMode {
+        self.log.io_mode()
     }
 
     /// What recovery did when the volume was opened.

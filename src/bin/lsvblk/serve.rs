@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// CPU per request; an idle queue costs nothing.
     #[arg(long, env = "LSVBLK_POLL_US", default_value_t = lsvblk::vhost::POLL_US_DEFAULT)]
     poll_us: u32,
+    /// How segment files are written: `direct` (O_DIRECT, past the host's
+    /// page cache; a filesystem that refuses it falls back to buffered,
+    /// said in the log) or `buffered`. `lsvblk status` shows the mode in use.
+    #[arg(long = "io", env = "LSVBLK_IO", default_value = "direct")]
+    io: lsvblk::store::IoMode,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long, env = "LSVBLK_READ_ONLY")]
     read_only: bool,
@@ -170,6 +175,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     let options = VolumeOptions {
         heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
+        io: args.io,
         pool: Some(Arc::new(pool)),
         clock: args
             .clock_skew_file

@@ -170,7 +170,7 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
             &log.config.volume_id,
             log.config.block_shift,
         )?;
-        files.insert(*id, Arc::new(SegmentFile { file, version }));
+        files.insert(*id, Arc::new(SegmentFile::buffered(file, version)));
     }
     Ok(())
 }
