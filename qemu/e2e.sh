@@ -30,11 +30,13 @@
 #      token): boot "smoke" on it -> must PASS; no plaintext in its files
 #      while served; SIGTERM -> exit 0 and its directory is gone
 #  11. a root file system over a plain base image: an ext2 image (its own
-#      busybox, /etc) made with mke2fs -d; two volumes created with --base on
-#      it; boot "rootfs" on the first (mounts it, runs its busybox in a
-#      chroot, writes a marker, a line in /etc and 2 MiB), reboot it (all
-#      still there), boot the second (pristine: none of it) -> each must
-#      PASS; the image's bytes unchanged; no guest text in the first's files
+#      busybox, /etc, and qemu/base/init as /sbin/init) made with mke2fs -d;
+#      two volumes created with --base on it; boot "rootfs" on the first (the
+#      initramfs mounts /dev/vda and switch_roots into it; its /sbin/init,
+#      PID 1 from the volume, writes a marker, a line in /etc and 2 MiB),
+#      reboot it (all still there), boot the second (pristine: none of it)
+#      -> each must PASS; the image's bytes unchanged; no guest text in the
+#      first's files
 # Every lsvkms / lsvblk / QEMU process and the temp dir are cleaned up on exit,
 # also on failure and on SIGINT/SIGTERM. Exit status 0 = all as expected.
 #
@@ -332,12 +334,13 @@ stop_pid "$pid" || die "lsvblk serve --ephemeral did not exit 0 after SIGTERM (l
 done_step ephemeral "${LAST_LINE% (*}; 0 plaintext hits; deleted at exit"
 
 step "boots 6-8: a root file system on volumes over one plain base image"
-# The base: an ext2 root file system (its own static busybox, /etc, /var)
-# in a raw image. Two volumes over it; the first is booted, written and
-# rebooted, the second must still see the base as it was.
+# The base: an ext2 root file system (its own static busybox, its own
+# /sbin/init, /etc, /var) in a raw image. Two volumes over it; the first is
+# booted, written and rebooted, the second must still see the base as it was.
 BASE_ROOT=$TMPD/base-root
-mkdir -p "$BASE_ROOT"/{bin,etc,var}
+mkdir -p "$BASE_ROOT"/{bin,sbin,etc,var,dev,proc,sys,tmp}
 cp "$BUSYBOX" "$BASE_ROOT/bin/busybox"
+install -m 0755 "$QEMU_DIR/base/init" "$BASE_ROOT/sbin/init"
 echo "lsvblk base image v1" >"$BASE_ROOT/etc/base-release"
 BASE_IMG=$TMPD/base.raw
 mke2fs -q -F -t ext2 -b 4096 -d "$BASE_ROOT" "$BASE_IMG" 64M >"$OUT/mke2fs.log" 2>&1 ||

@@ -406,6 +406,31 @@ pub fn build_meta(
     BuiltMeta { meta, layout }
 }
 
+impl BuiltMeta {
+    /// Puts a MAC in every record header, in record order: `mac_of(index,
+    /// header bytes, table bytes)` (the header with its MAC field still
+    /// zero), then recomputes the frame's CRCs over the result.
+    pub fn sign<E>(
+        &mut self,
+        mut mac_of: impl FnMut(usize, &[u8], &[u8]) -> Result<Mac, E>,
+    ) -> Result<(), E> {
+        for (index, slots) in self.layout.slots.iter().enumerate() {
+            let at = FRAME_HEADER_BYTES + index * RECORD_HEADER_BYTES;
+            let mac = mac_of(
+                index,
+                &self.meta[at..at + RECORD_HEADER_BYTES],
+                &self.meta[slots.table.clone()],
+            )?;
+            self.meta[at + R_MAC..at + RECORD_HEADER_BYTES].copy_from_slice(&mac);
+        }
+        let meta_crc = crc32c::crc32c(&self.meta[FRAME_HEADER_BYTES..self.layout.meta_bytes]);
+        put_u32(&mut self.meta[..], F_META_CRC, meta_crc);
+        let header_crc = crc32c::crc32c(&self.meta[..F_CRC]);
+        put_u32(&mut self.meta[..], F_CRC, header_crc);
+        Ok(())
+    }
+}
+
 /// A frame's meta area read back and checked: its header, its records,
 /// and the meta bytes their tables are in.
 pub struct ParsedMeta {

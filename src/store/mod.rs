@@ -72,6 +72,7 @@ mod frame;
 mod index;
 mod io;
 mod log;
+mod macs;
 mod record;
 mod scan;
 mod segment;
@@ -92,6 +93,7 @@ pub use log::{
     LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
     SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
 };
+pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 pub use segment::{SEGMENT_HEADER_BYTES, SegmentVersion, V2_FIRST_FRAME};
 pub use snapshot::{SnapshotPoint, referenced_segments, segments_needed};
@@ -183,6 +185,34 @@ pub enum StoreError {
     /// A change was asked of a log opened read-only.
     #[error("the volume is open read-only")]
     ReadOnly,
+    /// A record or seal is under a key whose MAC key the volume does not
+    /// hold (so it can be neither signed nor checked).
+    #[error(
+        "no MAC key for key {key_id}: the records of an authenticated volume are signed with its keys"
+    )]
+    MacKeyMissing {
+        /// The key.
+        key_id: crate::crypto::KeyId,
+    },
+    /// Something must be signed, and the volume was opened without a key.
+    #[error(
+        "the volume's records are authenticated (integrity mac): changing it needs its key (--kms and --token-file, or ask the daemon serving it)"
+    )]
+    NoSigningKey,
+    /// A frame or seal whose checksums are valid fails its MAC: not a torn
+    /// write but a change by someone without the key (or a record moved
+    /// in from elsewhere). Opening refuses it.
+    #[error(
+        "segment {segment_id:016x} at offset {offset}: {reason} (tampered with, reordered, replayed or foreign)"
+    )]
+    Unauthentic {
+        /// The segment.
+        segment_id: u64,
+        /// The frame's offset.
+        offset: u64,
+        /// What failed.
+        reason: &'static str,
+    },
     /// An append named a log head the log does not have (the volume was
     /// opened with fewer heads than the caller has queues).
     #[error("no log {head}: the volume was opened with {heads} head(s)")]

@@ -195,6 +195,14 @@ pub fn check_segment_header(
     Ok(version)
 }
 
+/// Whether the header of a segment (checked by [`check_segment_header`])
+/// says its records carry MACs.
+pub fn header_says_macs(file: &File) -> io::Result<bool> {
+    let mut flags = [0u8; 2];
+    file.read_exact_at(&mut flags, S_FLAGS_OFFSET as u64)?;
+    Ok(u16::from_le_bytes(flags) & SEGMENT_FLAG_MACS != 0)
+}
+
 /// Reads `buf.len()` bytes at `offset`; `Ok(false)` if the file ends first.
 pub fn read_exact_or_eof(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     match file.read_exact_at(buf, offset) {

@@ -18,6 +18,6 @@ pub fn check_files(dir: &Path, depth: CheckDepth) -> Result<DamageReport, Volume
         read_only: true,
         ..VolumeOptions::default()
     };
-    let config = log_config(&superblock, &options)?;
+    let config = log_config(&superblock, &options, None)?;
     Ok(store::check_files(dir, &config, depth)?)
 }

@@ -3,12 +3,14 @@
 //! locked memory.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::VolumeError;
 use crate::crypto::locked::LockedBox;
-use crate::crypto::mac::MacKey;
+use crate::crypto::mac::{Mac, MacDomain, MacKey};
 use crate::crypto::{CryptoPool, DataKey, DataUnit, KeyId, Tweak, XtsCipher};
+use crate::store::MacKeys;
+use crate::sync::RwLockOrRecover;
 
 /// How one key transforms blocks.
 enum Transform {
@@ -89,6 +91,34 @@ pub struct Keyring {
     current: Option<Arc<ActiveKey>>,
     by_id: HashMap<KeyId, Arc<ActiveKey>>,
     null_cipher: bool,
+    /// The same keys as the log sees them, kept in step.
+    log_keys: Arc<LogMacKeys>,
+}
+
+/// A keyring's keys as its volume's log signs and checks MACs with them
+/// ([`MacKeys`]): a copy kept in step with the keyring, behind a lock of
+/// its own that is taken last and held for one MAC only (the log asks for
+/// MACs under its own locks, which the keyring's holders may wait for).
+#[derive(Debug, Default)]
+pub struct LogMacKeys {
+    keys: RwLock<LogMacKeyState>,
+}
+
+#[derive(Debug, Default)]
+struct LogMacKeyState {
+    current: Option<KeyId>,
+    by_id: HashMap<KeyId, Arc<ActiveKey>>,
+}
+
+impl MacKeys for LogMacKeys {
+    fn current(&self) -> Option<KeyId> {
+        self.keys.read_or_recover().current
+    }
+
+    fn mac(&self, key: &KeyId, domain: MacDomain, parts: &[&[u8]]) -> Option<Mac> {
+        let key = self.keys.read_or_recover().by_id.get(key).cloned()?;
+        Some(key.mac_key().mac(domain, parts))
+    }
 }
 
 impl Keyring {
@@ -117,17 +147,33 @@ impl Keyring {
             )),
             None => None,
         };
-        Ok(Self {
+        let keyring = Self {
             current,
             by_id,
             null_cipher,
-        })
+            log_keys: Arc::default(),
+        };
+        keyring.publish();
+        Ok(keyring)
+    }
+
+    /// The keys as the log uses them (see [`LogMacKeys`]).
+    pub fn log_keys(&self) -> Arc<LogMacKeys> {
+        Arc::clone(&self.log_keys)
+    }
+
+    /// Brings the log's copy of the keys up to date.
+    fn publish(&self) {
+        let mut state = self.log_keys.keys.write_or_recover();
+        state.current = self.current.as_ref().map(|k| k.id());
+        state.by_id.clone_from(&self.by_id);
     }
 
     /// Adds `key` (its schedule goes to locked memory).
     pub fn add(&mut self, key: DataKey) -> Result<(), VolumeError> {
         let active = Arc::new(activate(key, self.null_cipher)?);
         self.by_id.insert(active.id(), active);
+        self.publish();
         Ok(())
     }
 
@@ -138,6 +184,7 @@ impl Keyring {
             .get(&id)
             .ok_or(VolumeError::UnknownKey { key_id: id })?;
         self.current = Some(Arc::clone(key));
+        self.publish();
         Ok(())
     }
 
@@ -147,7 +194,9 @@ impl Keyring {
         if self.current.as_ref().is_some_and(|c| c.id() == *id) {
             return false;
         }
-        self.by_id.remove(id).is_some()
+        let removed = self.by_id.remove(id).is_some();
+        self.publish();
+        removed
     }
 
     /// Ids of the keys held.

@@ -10,12 +10,12 @@ use super::snapshots::{self, SnapshotPaths};
 use super::stripes::StripeLocks;
 use super::superblock::{FORMAT_NAME, FORMAT_VERSION, new_volume_id};
 use super::{
-    CipherName, KeyEntry, Keyring, ParentRef, Superblock, Volume, VolumeError, VolumeLock,
-    VolumeOptions,
+    CipherName, Integrity, KeyEntry, Keyring, ParentRef, Superblock, Volume, VolumeError,
+    VolumeLock, VolumeOptions,
 };
 use crate::crypto::{CryptoPool, DataKey};
 use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, VOLUME_BYTES_MAX};
-use crate::store::{self, Log, LogConfig, RecoveryReport};
+use crate::store::{self, Log, LogConfig, MacKeys, RecoveryReport};
 
 /// A data key's wrapped form, for the superblock.
 #[derive(Clone, Debug, Default)]
@@ -77,17 +77,10 @@ impl Volume {
         let keyring = Keyring::new(key, options.null_cipher)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
-        let log = Log::create(dir, log_config(&superblock, options)?)?;
+        let macs = log_keys(&superblock, &keyring);
+        let log = Log::create(dir, log_config(&superblock, options, macs)?)?;
         superblock.store(dir)?;
-        Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )
+        Self::assemble(dir, Parts::new(superblock, log, keyring, lock), options)
     }
 
     /// Creates in `dir` a writable clone of snapshot `snapshot` of the volume
@@ -179,19 +172,14 @@ impl Volume {
         let current = key.id();
         keys.push(key);
         let keyring = Keyring::with_keys(Some(current), keys, options.null_cipher)?;
-        let log = Log::create(&dir, log_config(&superblock, &options)?)?;
+        let macs = log_keys(&superblock, &keyring);
+        let log = Log::create(&dir, log_config(&superblock, &options, macs)?)?;
         superblock.store(&dir)?;
-        let mut volume = Self::assemble(
-            &dir,
-            superblock,
-            log,
-            keyring,
-            &options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
-        Ok(volume)
+        let parts = Parts {
+            parents,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        Self::assemble(&dir, parts, &options)
     }
 
     /// Opens the volume in `dir` with its data `key`, recovering from any
@@ -248,20 +236,17 @@ impl Volume {
     ) -> Result<Self, VolumeError> {
         let parents = snapshots::open_parent_views(&superblock)?;
         let unmaterialized = snapshots::unmaterialized(dir)?;
-        let (log, report) = store::open(dir, log_config(&superblock, options)?, &unmaterialized)?;
+        let config = log_config(&superblock, options, log_keys(&superblock, &keyring))?;
+        let (log, report) = store::open(dir, config, &unmaterialized)?;
         if !options.read_only {
             snapshots::remove_orphans(dir)?;
         }
-        let mut volume = Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            options,
-            report,
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
+        let parts = Parts {
+            parents,
+            recovery: report,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        let volume = Self::assemble(dir, parts, options)?;
         volume.pin_snapshots()?;
         Ok(volume)
     }
@@ -283,35 +268,27 @@ impl Volume {
             read_only: true,
             ..options.clone()
         };
-        let mut volume = Self::assemble(
-            dir,
-            superblock,
-            log,
-            keyring,
-            &options,
-            RecoveryReport::default(),
-            (lock, Vec::new()),
-        )?;
-        volume.set_parents(parents);
+        let parts = Parts {
+            parents,
+            ..Parts::new(superblock, log, keyring, lock)
+        };
+        let mut volume = Self::assemble(dir, parts, &options)?;
         volume.snapshot = Some(name.to_string());
         Ok(volume)
     }
 
-    fn set_parents(&mut self, parents: Vec<(Log, VolumeLock)>) {
-        let (logs, locks) = parents.into_iter().unzip();
-        self.parents = logs;
-        self._parent_locks = locks;
-    }
-
-    fn assemble(
-        dir: &Path,
-        superblock: Superblock,
-        log: Log,
-        keyring: Keyring,
-        options: &VolumeOptions,
-        recovery: RecoveryReport,
-        locks: (VolumeLock, Vec<VolumeLock>),
-    ) -> Result<Self, VolumeError> {
+    /// The volume in `dir` made of `parts`, with the crypto pool and clock
+    /// of `options`.
+    fn assemble(dir: &Path, parts: Parts, options: &VolumeOptions) -> Result<Self, VolumeError> {
+        let Parts {
+            superblock,
+            log,
+            keyring,
+            recovery,
+            lock,
+            parents,
+        } = parts;
+        let (parent_logs, parent_locks) = parents.into_iter().unzip();
         let pool = match &options.pool {
             Some(pool) => Arc::clone(pool),
             None => Arc::new(
@@ -329,7 +306,7 @@ impl Volume {
             stripes: StripeLocks::new(),
             read_only: options.read_only,
             recovery,
-            parents: Vec::new(),
+            parents: parent_logs,
             snapshot: None,
             adopt_acl: std::sync::Mutex::new(None),
             clock: options
@@ -338,9 +315,37 @@ impl Volume {
                 .unwrap_or_else(|| Arc::new(SystemClock)),
             lifecycle: std::sync::Mutex::new(()),
             flush_hook: std::sync::OnceLock::new(),
-            _lock: locks.0,
-            _parent_locks: locks.1,
+            _lock: lock,
+            _parent_locks: parent_locks,
         })
+    }
+}
+
+/// What [`Volume::assemble`] makes a volume of: the opened pieces and the
+/// locks that keep them ours.
+struct Parts {
+    superblock: Superblock,
+    log: Log,
+    keyring: Keyring,
+    /// What opening the log recovered (nothing for a new volume).
+    recovery: RecoveryReport,
+    /// The volume's own lock.
+    lock: VolumeLock,
+    /// A clone's parent snapshots, each with the lock that holds it.
+    parents: Vec<(Log, VolumeLock)>,
+}
+
+impl Parts {
+    /// A volume without parents and without recovery to report.
+    fn new(superblock: Superblock, log: Log, keyring: Keyring, lock: VolumeLock) -> Self {
+        Self {
+            superblock,
+            log,
+            keyring,
+            recovery: RecoveryReport::default(),
+            lock,
+            parents: Vec::new(),
+        }
     }
 }
 
@@ -388,9 +393,18 @@ fn new_superblock(
     }
 }
 
+/// The keys the log of a volume with `superblock` signs and checks its
+/// MACs with: `keyring`'s, if its records are authenticated.
+fn log_keys(superblock: &Superblock, keyring: &Keyring) -> Option<Arc<dyn MacKeys>> {
+    (superblock.integrity == Integrity::Mac).then(|| keyring.log_keys() as Arc<dyn MacKeys>)
+}
+
+/// The log configuration of a volume with `superblock`, opened with
+/// `options`; `macs` as [`LogConfig::macs`].
 pub(super) fn log_config(
     superblock: &Superblock,
     options: &VolumeOptions,
+    macs: Option<Arc<dyn MacKeys>>,
 ) -> Result<LogConfig, VolumeError> {
     Ok(LogConfig {
         volume_id: superblock.volume_id_bytes()?,
@@ -400,6 +414,7 @@ pub(super) fn log_config(
         heads: options.heads.max(1),
         read_only: options.read_only,
         io: options.io,
+        macs,
     })
 }
 

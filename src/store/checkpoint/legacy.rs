@@ -2,12 +2,12 @@
 //! a 64-byte header, then head positions, the key table and 56-byte
 //! extents that name a record by the offset of its header.
 
-use super::super::index::{DataLocation, Extent, Location};
+use super::super::index::{DataLocation, Location};
 use super::super::record::{RECORD_HEADER_BYTES, get_u32, get_u64};
 use super::super::table::TableFormat;
 use super::{
-    CheckpointData, ExtentOrder, HeadPosition, ZERO_SEGMENT, check_data_extent, checked_body,
-    checked_header,
+    CheckpointData, ExtentStart, HeadPosition, check_data_extent, checked_body, checked_header,
+    decode_extents,
 };
 use crate::crypto::KeyId;
 
@@ -80,54 +80,38 @@ pub(super) fn decode(
         data.key_encrypted_bytes.push(encrypted);
         at += key_bytes;
     }
-    let mut order = ExtentOrder { previous_end: 0 };
-    for _ in 0..extents {
-        let (lba, extent) = decode_extent(&body[at..at + EXTENT_BYTES], keys as usize)?;
-        order.check(lba, &extent)?;
-        data.extents.push((lba, extent));
-        at += EXTENT_BYTES;
-    }
+    decode_extents(
+        body,
+        at,
+        (extents as usize, EXTENT_BYTES),
+        &mut data.extents,
+        |bytes, start| locate(bytes, start, keys as usize),
+    )?;
     Ok(data)
 }
 
-/// A 56-byte extent; its record is named by the offset of its header,
-/// from which the table and payload offsets of version 1 follow.
-fn decode_extent(bytes: &[u8], keys: usize) -> Result<(u64, Extent), &'static str> {
-    let lba = get_u64(bytes, 0);
-    let blocks = get_u64(bytes, 8);
-    if blocks == 0 {
-        return Err("empty extent");
+/// Where a 56-byte extent's blocks are: its record is named by the offset
+/// of its header, from which the table and payload offsets of version 1
+/// follow.
+fn locate(bytes: &[u8], start: &ExtentStart, keys: usize) -> Result<Location, &'static str> {
+    if start.is_zero() {
+        return Ok(Location::Zero);
     }
-    let segment_id = get_u64(bytes, 24);
-    let location = if segment_id == ZERO_SEGMENT {
-        Location::Zero
-    } else {
-        let record_offset = get_u64(bytes, 32);
-        let record_lba = get_u64(bytes, 40);
-        let record_blocks = get_u32(bytes, 48);
-        let key_index = get_u32(bytes, 52);
-        check_data_extent(lba, blocks, record_lba, record_blocks, key_index, keys)?;
-        let table_offset = record_offset
-            .checked_add(RECORD_HEADER_BYTES as u64)
-            .ok_or("record offset overflows")?;
-        let payload_offset = table_offset
+    let record_offset = get_u64(bytes, 32);
+    let record_blocks = get_u32(bytes, 48);
+    let table_offset = record_offset
+        .checked_add(RECORD_HEADER_BYTES as u64)
+        .ok_or("record offset overflows")?;
+    let data = DataLocation {
+        segment_id: start.segment_id,
+        table_offset,
+        payload_offset: table_offset
             .checked_add(TableFormat::V1.table_bytes(u64::from(record_blocks)))
-            .ok_or("record offset overflows")?;
-        Location::Data(DataLocation {
-            segment_id,
-            table_offset,
-            payload_offset,
-            record_lba,
-            record_blocks,
-            key_index,
-        })
+            .ok_or("record offset overflows")?,
+        record_lba: get_u64(bytes, 40),
+        record_blocks,
+        key_index: get_u32(bytes, 52),
     };
-    Ok((
-        lba,
-        Extent {
-            blocks,
-            seq: get_u64(bytes, 16),
-            location,
-        },
-    ))
+    check_data_extent(start, &data, keys)?;
+    Ok(Location::Data(data))
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use super::frame::Mac;
-use super::index::Extent;
-use super::record::get_u32;
+use super::index::{DataLocation, Extent, Location};
+use super::record::{get_u32, get_u64};
 use super::segment::SegmentVersion;
 use crate::crypto::KeyId;
 
@@ -247,39 +247,79 @@ pub fn read(path: &Path, volume_id: &[u8; 16]) -> Result<CheckpointData, StoreEr
     decode(path, volume_id, &bytes)
 }
 
-/// Checks that extents are sorted and disjoint, as they are pushed.
-struct ExtentOrder {
-    previous_end: u64,
-}
-
-impl ExtentOrder {
-    fn check(&mut self, lba: u64, extent: &Extent) -> Result<(), &'static str> {
-        if lba < self.previous_end {
-            return Err("extents overlap or are out of order");
-        }
-        self.previous_end = lba
-            .checked_add(extent.blocks)
-            .ok_or("extent end overflows")?;
-        Ok(())
-    }
-}
-
-/// Checks a data extent of `blocks` from `lba` against its record and the
-/// key table of `keys` entries.
-fn check_data_extent(
+/// The fields every extent layout starts with (bytes 0..32): LBA, block
+/// count, sequence number and segment id.
+struct ExtentStart {
     lba: u64,
     blocks: u64,
-    record_lba: u64,
-    record_blocks: u32,
-    key_index: u32,
+    seq: u64,
+    segment_id: u64,
+}
+
+impl ExtentStart {
+    /// True for an extent of zeros (no record behind it).
+    fn is_zero(&self) -> bool {
+        self.segment_id == ZERO_SEGMENT
+    }
+}
+
+/// Decodes `count` extents of `size` bytes each from `body[at..]`: the
+/// common start here, the location by the version's `locate`. Checks that
+/// no extent is empty and that they are sorted and do not overlap. Returns
+/// the offset after the last one.
+fn decode_extents(
+    body: &[u8],
+    mut at: usize,
+    (count, size): (usize, usize),
+    extents: &mut Vec<(u64, Extent)>,
+    locate: impl Fn(&[u8], &ExtentStart) -> Result<Location, &'static str>,
+) -> Result<usize, &'static str> {
+    let mut previous_end = 0;
+    for _ in 0..count {
+        let bytes = &body[at..at + size];
+        let start = ExtentStart {
+            lba: get_u64(bytes, 0),
+            blocks: get_u64(bytes, 8),
+            seq: get_u64(bytes, 16),
+            segment_id: get_u64(bytes, 24),
+        };
+        if start.blocks == 0 {
+            return Err("empty extent");
+        }
+        if start.lba < previous_end {
+            return Err("extents overlap or are out of order");
+        }
+        previous_end = start
+            .lba
+            .checked_add(start.blocks)
+            .ok_or("extent end overflows")?;
+        let location = locate(bytes, &start)?;
+        extents.push((
+            start.lba,
+            Extent {
+                blocks: start.blocks,
+                seq: start.seq,
+                location,
+            },
+        ));
+        at += size;
+    }
+    Ok(at)
+}
+
+/// Checks that the data extent `start` lies inside its record `data` and
+/// that the record's key is in the key table of `keys` entries.
+fn check_data_extent(
+    start: &ExtentStart,
+    data: &DataLocation,
     keys: usize,
 ) -> Result<(), &'static str> {
-    let record_end = record_lba.checked_add(u64::from(record_blocks));
-    let extent_end = lba.checked_add(blocks);
-    if key_index as usize >= keys {
+    let record_end = data.record_lba.checked_add(u64::from(data.record_blocks));
+    let extent_end = start.lba.checked_add(start.blocks);
+    if data.key_index as usize >= keys {
         return Err("extent refers to a key not in the key table");
     }
-    if lba < record_lba || extent_end.is_none() || record_end < extent_end {
+    if start.lba < data.record_lba || extent_end.is_none() || record_end < extent_end {
         return Err("extent lies outside its record");
     }
     Ok(())

@@ -7,8 +7,8 @@ use super::super::index::{DataLocation, Extent, Location};
 use super::super::record::{get_key_id, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use super::super::segment::SegmentVersion;
 use super::{
-    CHECKPOINT_MAGIC, CheckpointData, ExtentOrder, HeadPosition, SealRef, SealedSegment,
-    ZERO_SEGMENT, check_data_extent, checked_body, checked_header,
+    CHECKPOINT_MAGIC, CheckpointData, ExtentStart, HeadPosition, SealRef, SealedSegment,
+    ZERO_SEGMENT, check_data_extent, checked_body, checked_header, decode_extents,
 };
 use crate::crypto::key::KEY_ID_BYTES;
 
@@ -231,54 +231,34 @@ fn decode_body(
         });
         at += SEALED_BYTES;
     }
-    let mut order = ExtentOrder { previous_end: 0 };
-    for _ in 0..counts.extents {
-        let (lba, extent) = decode_extent(&body[at..at + EXTENT_BYTES], counts.keys)?;
-        order.check(lba, &extent)?;
-        data.extents.push((lba, extent));
-        at += EXTENT_BYTES;
-    }
+    let at = decode_extents(
+        body,
+        at,
+        (counts.extents, EXTENT_BYTES),
+        &mut data.extents,
+        |bytes, start| locate(bytes, start, counts.keys),
+    )?;
     data.mac = mac_at(body, at);
     Ok(())
 }
 
-fn decode_extent(bytes: &[u8], keys: usize) -> Result<(u64, Extent), &'static str> {
-    let lba = get_u64(bytes, 0);
-    let blocks = get_u64(bytes, 8);
-    if blocks == 0 {
-        return Err("empty extent");
-    }
-    let segment_id = get_u64(bytes, 24);
-    let location = if segment_id == ZERO_SEGMENT {
+/// Where a 64-byte extent's blocks are: its record's table and payload
+/// offsets are stored as they are.
+fn locate(bytes: &[u8], start: &ExtentStart, keys: usize) -> Result<Location, &'static str> {
+    if start.is_zero() {
         if bytes[32..].iter().any(|b| *b != 0) {
             return Err("zero extent with a location");
         }
-        Location::Zero
-    } else {
-        let d = DataLocation {
-            segment_id,
-            table_offset: get_u64(bytes, 32),
-            payload_offset: get_u64(bytes, 40),
-            record_lba: get_u64(bytes, 48),
-            record_blocks: get_u32(bytes, 56),
-            key_index: get_u32(bytes, 60),
-        };
-        check_data_extent(
-            lba,
-            blocks,
-            d.record_lba,
-            d.record_blocks,
-            d.key_index,
-            keys,
-        )?;
-        Location::Data(d)
+        return Ok(Location::Zero);
+    }
+    let data = DataLocation {
+        segment_id: start.segment_id,
+        table_offset: get_u64(bytes, 32),
+        payload_offset: get_u64(bytes, 40),
+        record_lba: get_u64(bytes, 48),
+        record_blocks: get_u32(bytes, 56),
+        key_index: get_u32(bytes, 60),
     };
-    Ok((
-        lba,
-        Extent {
-            blocks,
-            seq: get_u64(bytes, 16),
-            location,
-        },
-    ))
+    check_data_extent(start, &data, keys)?;
+    Ok(Location::Data(data))
 }

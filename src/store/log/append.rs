@@ -21,6 +21,7 @@ use super::super::frame::{
 };
 use super::super::io::direct::{self, IoMode};
 use super::super::io::pwritev_all;
+use super::super::macs::{RecordMacInput, record_mac, signing_key};
 use super::super::record::{PlacedRecord, RecordHeader, RecordKind};
 use super::super::segment::{self, SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
 use super::super::table::TableFormat;
@@ -114,6 +115,11 @@ impl Log {
             return Ok(Vec::new());
         }
         let block_bytes = 1usize << self.config.block_shift;
+        // Records without payload are MACed under the current key.
+        let signer = match &self.config.macs {
+            Some(keys) => Some(signing_key(keys.as_ref())?),
+            None => None,
+        };
         let tables: Vec<Cow<'_, [u8]>> = records
             .iter()
             .map(|r| block_table(r, block_bytes))
@@ -124,7 +130,7 @@ impl Log {
             .iter()
             .zip(&tables)
             .map(|(r, table)| FrameRecord {
-                header: self.header_for(r, block_bytes),
+                header: self.header_for(r, block_bytes, signer),
                 table,
                 payload: r.payload,
                 mac: [0; 16],
@@ -139,13 +145,28 @@ impl Log {
         let mut built = Vec::with_capacity(frames.len());
         let mut placed = Vec::with_capacity(records.len());
         let mut offset = start;
+        let mut last_mac = open.last_mac;
         for range in frames {
-            let frame = build_frame(
+            let mut frame = build_frame(
                 open.id,
                 offset,
                 self.config.block_shift,
                 &frame_records[range.clone()],
             );
+            if let Some(keys) = &self.config.macs {
+                let records = &frame_records[range.clone()];
+                frame.meta.sign(|index, header, table| {
+                    let input = RecordMacInput {
+                        volume_id: &self.config.volume_id,
+                        segment_id: open.id,
+                        previous: &last_mac,
+                        header,
+                        table,
+                    };
+                    last_mac = record_mac(keys.as_ref(), &records[index].header.key_id, &input)?;
+                    Ok::<_, StoreError>(last_mac)
+                })?;
+            }
             for (record, slots) in frame_records[range].iter().zip(&frame.meta.layout.slots) {
                 placed.push(PlacedRecord {
                     header: record.header,
@@ -179,6 +200,7 @@ impl Log {
         }
         open.offset = offset;
         open.records += records.len() as u64;
+        open.last_mac = last_mac;
         let end = HeadPosition {
             segment_id: open.id,
             offset,
@@ -224,8 +246,14 @@ impl Log {
     }
 
     /// The header of `record`; asserts what the caller promised (kind,
-    /// size, range).
-    fn header_for(&self, record: &AppendRecord<'_>, block_bytes: usize) -> RecordHeader {
+    /// size, range). A record without payload names `signer`, the key its
+    /// MAC is made with, if the log has MACs.
+    fn header_for(
+        &self,
+        record: &AppendRecord<'_>,
+        block_bytes: usize,
+        signer: Option<KeyId>,
+    ) -> RecordHeader {
         assert!(
             record.kind != RecordKind::Seal,
             "seal records are the log's own"
@@ -248,7 +276,7 @@ impl Log {
             key_id: if data {
                 record.key_id
             } else {
-                KeyId::default()
+                signer.unwrap_or_default()
             },
             moved: record.moved && data,
         }
@@ -280,7 +308,7 @@ impl Log {
         let fields = SegmentHeaderFields {
             head: head.id,
             block_shift: self.config.block_shift,
-            macs: false,
+            macs: self.config.macs.is_some(),
             writer_epoch: 0,
         };
         let file =
@@ -305,6 +333,7 @@ impl Log {
             file,
             writer,
             version: SegmentVersion::V2,
+            macs: self.config.macs.is_some(),
         });
         self.files.write_or_recover().insert(id, Arc::clone(&file));
         head.open = Some(OpenSegment {

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::super::checkpoint::SealedSegment;
 use super::super::frame::{FrameRecord, Mac, SealBody, build_meta};
 use super::super::io::pwritev_all;
+use super::super::macs::{seal_mac, signing_key};
 use super::super::record::{RecordHeader, RecordKind, V1RecordHeader};
 use super::super::segment::SegmentVersion;
 use super::super::{StoreError, checkpoint, sync_dir};
@@ -47,7 +48,7 @@ impl Log {
     /// time, so the chain is a line.
     fn write_seal(&self, segment: &PendingSeal) -> Result<(), StoreError> {
         let path = self.segment_path(segment.id);
-        let seal = RecordHeader {
+        let mut seal = RecordHeader {
             kind: RecordKind::Seal,
             seq: 0,
             lba: 0,
@@ -56,6 +57,7 @@ impl Log {
             key_id: KeyId::default(),
             moved: false,
         };
+        let mut mac = [0; 16];
         let written = match segment.file.version {
             SegmentVersion::V1 => {
                 let record = V1RecordHeader {
@@ -73,11 +75,16 @@ impl Log {
                     records: segment.records,
                 }
                 .encode();
+                if let Some(keys) = &self.config.macs {
+                    seal.key_id = signing_key(keys.as_ref())?;
+                    let (volume, id) = (&self.config.volume_id, segment.id);
+                    mac = seal_mac(keys.as_ref(), &seal.key_id, volume, id, segment.end, &body)?;
+                }
                 let record = FrameRecord {
                     header: seal,
                     table: &body,
                     payload: &[],
-                    mac: [0; 16],
+                    mac,
                 };
                 let meta = build_meta(segment.id, segment.end, self.config.block_shift, &[record]);
                 pwritev_all(
@@ -93,7 +100,7 @@ impl Log {
         self.write_state().record_seal(SealedSegment {
             segment_id: segment.id,
             seal_offset: segment.end,
-            seal_mac: [0; 16],
+            seal_mac: mac,
             version: segment.file.version,
         });
         self.notify_sealed(segment.id);

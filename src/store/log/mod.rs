@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use super::frame::Mac;
 use super::io::direct::{self, IoMode};
 use super::io::uring::WriteRing;
+use super::macs::MacKeys;
 use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
 use crate::limits::CHECKPOINT_INTERVAL_BYTES;
@@ -33,6 +34,7 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod authenticate;
 mod checkpoint_state;
 mod compact;
 mod durability;
@@ -78,6 +80,9 @@ pub struct LogConfig {
     /// How segment files are written (direct unless the filesystem refuses
     /// it; see [`Log::io_mode`]).
     pub io: IoMode,
+    /// The keys records and seals are MACed with, when the volume's
+    /// records are authenticated (integrity `mac`); `None` for CRCs only.
+    pub macs: Option<Arc<dyn MacKeys>>,
 }
 
 /// One of the log's guest heads: `0 .. LogConfig::heads`. The caller says
@@ -109,15 +114,18 @@ pub(crate) struct SegmentFile {
     /// this process appends to in direct mode.
     pub(crate) writer: Option<File>,
     pub(crate) version: SegmentVersion,
+    /// Its header says its records carry MACs.
+    pub(crate) macs: bool,
 }
 
 impl SegmentFile {
     /// A segment opened for reading (and buffered writes).
-    pub(crate) fn buffered(file: File, version: SegmentVersion) -> Self {
+    pub(crate) fn buffered(file: File, version: SegmentVersion, macs: bool) -> Self {
         Self {
             file,
             writer: None,
             version,
+            macs,
         }
     }
 

@@ -170,7 +170,9 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
             &log.config.volume_id,
             log.config.block_shift,
         )?;
-        files.insert(*id, Arc::new(SegmentFile::buffered(file, version)));
+        let macs = version == SegmentVersion::V2
+            && segment::header_says_macs(&file).map_err(|e| StoreError::io(&path, e))?;
+        files.insert(*id, Arc::new(SegmentFile::buffered(file, version, macs)));
     }
     Ok(())
 }
@@ -236,14 +238,19 @@ fn scan_one(
     let segment_id = scan.segment_id;
     let path = log.segment_path(segment_id);
     let outcome = log.scan(scan)?;
+    if let Some((offset, reason)) = outcome.stopped
+        && outcome.seal.is_some()
+    {
+        return Err(StoreError::Corrupt {
+            path,
+            offset_bytes: offset,
+            reason,
+        });
+    }
+    // Frames the checksums accept must carry valid MACs: a bad one is
+    // tampering (refused), never a torn write (cut).
+    log.authenticate(scan, &outcome)?;
     if let Some((offset, reason)) = outcome.stopped {
-        if outcome.seal.is_some() {
-            return Err(StoreError::Corrupt {
-                path,
-                offset_bytes: offset,
-                reason,
-            });
-        }
         tracing::warn!(
             segment_id,
             offset,

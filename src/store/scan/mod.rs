@@ -19,7 +19,7 @@ use super::table::TableFormat;
 use crate::crypto::KeyId;
 
 pub use v1::find_seal as find_v1_seal;
-pub use v2::read_seal;
+pub use v2::{frame_meta, read_seal};
 
 /// What records in a segment must stay within.
 #[derive(Clone, Copy, Debug)]

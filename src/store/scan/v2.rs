@@ -194,6 +194,21 @@ fn as_seal(meta: &ParsedMeta, offset: u64) -> Result<Option<SealFound>, FrameErr
     }))
 }
 
+/// The checked meta area of the frame at `offset` of segment `segment_id`,
+/// or why it is not a valid frame.
+pub fn frame_meta(
+    file: &File,
+    segment_id: u64,
+    offset: u64,
+) -> io::Result<Result<ParsedMeta, &'static str>> {
+    let file_bytes = file.metadata()?.len();
+    match read_meta(file, segment_id, offset, file_bytes) {
+        Ok(meta) => Ok(Ok(meta)),
+        Err(FrameError::Io(e)) => Err(e),
+        Err(FrameError::Invalid(reason)) => Ok(Err(reason)),
+    }
+}
+
 /// The seal frame at `offset` of segment `segment_id`, if a valid one is
 /// there (`None` for anything else, including a frame of records).
 pub fn read_seal(file: &File, segment_id: u64, offset: u64) -> io::Result<Option<SealFound>> {
