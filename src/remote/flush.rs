@@ -69,38 +69,15 @@ impl RemoteFlush {
     }
 }
 
-impl RemoteFlush {
-    /// Compaction may delete a segment before it was uploaded; a rebuild
-    /// replays stored segments after the stored checkpoint only up to such
-    /// a gap. Then a new checkpoint (which covers it) must be stored:
-    /// write one, seal the segments it needs, wait for it.
-    fn close_replay_gap(&self, log: &Log) -> super::Result<()> {
-        let Some(gap) = self.uploader.replay_gap() else {
-            return Ok(());
-        };
-        let local = |e: crate::store::StoreError| super::RemoteError::Log(e);
-        log.checkpoint().map_err(local)?;
-        // Background compaction keeps writing checkpoints that need its
-        // open segment: seal the heads again until one is stored.
-        let deadline = Instant::now() + self.wait_max;
-        loop {
-            log.roll_heads().map_err(local)?;
-            match self.uploader.wait_checkpoint_past(gap, GAP_POLL) {
-                Err(super::RemoteError::Incomplete { .. }) if Instant::now() < deadline => {}
-                other => return other,
-            }
-        }
-    }
-}
-
 impl FlushHook for RemoteFlush {
     fn after_flush(&self, log: &Log) -> Result<(), VolumeError> {
         let result = match self.mode {
+            // Every segment sealed so far is uploaded before compaction may
+            // delete it, so the store then holds an unbroken run of segments
+            // after its checkpoint up to the last write before this FLUSH.
             FlushMode::Remote => {
                 log.roll_heads()?;
-                self.uploader
-                    .wait_sealed_uploaded(self.wait_max)
-                    .and_then(|()| self.close_replay_gap(log))
+                self.uploader.wait_sealed_uploaded(self.wait_max)
             }
             FlushMode::Local => self
                 .uploader
@@ -118,10 +95,6 @@ pub struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
-
-/// How long a remote FLUSH waits for a checkpoint before it seals the
-/// heads again (see `close_replay_gap`).
-const GAP_POLL: Duration = Duration::from_secs(1);
 
 /// How often the ticker asks the store whether a newer writer exists.
 const FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -145,7 +118,7 @@ impl Ticker {
                         std::thread::sleep(Duration::from_millis(100));
                         if last_roll.elapsed() >= interval {
                             last_roll = Instant::now();
-                            if let Err(error) = seal_for_upload(volume.log(), &uploader) {
+                            if let Err(error) = volume.log().roll_heads() {
                                 tracing::warn!(%error, "sealing the log heads for upload failed");
                             }
                         }
@@ -171,17 +144,6 @@ impl Ticker {
             let _ = thread.join();
         }
     }
-}
-
-/// Seals the heads; when compaction left a gap past the stored checkpoint,
-/// also writes a checkpoint (and seals what it needs) for upload.
-fn seal_for_upload(log: &Log, uploader: &Uploader) -> Result<(), crate::store::StoreError> {
-    log.roll_heads()?;
-    if uploader.replay_gap().is_some() {
-        log.checkpoint()?;
-        log.roll_heads()?;
-    }
-    Ok(())
 }
 
 impl Drop for Ticker {

@@ -3,7 +3,11 @@
 //! the object store, retrying with backoff until they succeed.
 //!
 //! It hears of seals and checkpoints through the log's [`LogEvents`] and
-//! reads the files by path; it never changes the local volume.
+//! reads the files by path; it never changes the local volume, and it keeps
+//! compaction from deleting a segment file before its upload
+//! ([`LogEvents::may_delete_segment`]). So the store holds every segment
+//! the log ever sealed (until garbage collection), and a rebuild from any
+//! stored checkpoint replays an unbroken run of segments after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -58,8 +62,9 @@ struct State {
     queued: BTreeMap<u64, (PathBuf, u64)>,
     in_flight: BTreeMap<u64, u64>,
     uploaded: BTreeSet<u64>,
-    /// Segments deleted locally before they were uploaded (compacted).
-    gone: BTreeSet<u64>,
+    /// Segments whose file vanished before their upload (someone deleted
+    /// it under us): a flush waiting for one fails.
+    vanished: BTreeSet<u64>,
     /// Checkpoints written and not stored yet, oldest first, with their
     /// bytes (read when written: the log deletes old checkpoint files).
     /// The newest whose segments are all stored goes up; older ones are
@@ -209,6 +214,13 @@ impl Uploader {
         let waiting_for = state.unsettled();
         loop {
             fenced(&state, self.shared.epoch)?;
+            if let Some(id) = waiting_for.intersection(&state.vanished).next() {
+                return Err(RemoteError::Incomplete {
+                    reason: format!(
+                        "segment {id:016x} vanished from the volume directory before its upload"
+                    ),
+                });
+            }
             let pending = state.unsettled();
             if waiting_for.intersection(&pending).next().is_none() {
                 break;
@@ -219,33 +231,6 @@ impl Uploader {
         }
         drop(state);
         self.check_fence()
-    }
-
-    /// The newest segment that was deleted locally (compacted) before it
-    /// was uploaded and lies past the stored checkpoint: a rebuild would
-    /// stop replaying there, until a newer checkpoint is stored.
-    pub fn replay_gap(&self) -> Option<u64> {
-        let state = self.shared.lock();
-        let replayed_from = state.status.checkpoint_segment_next.unwrap_or(0);
-        state.gone.range(replayed_from..).next_back().copied()
-    }
-
-    /// Waits until the stored checkpoint covers segment `gap` (its
-    /// `segment_id_next` is past it), or `timeout` passes.
-    pub fn wait_checkpoint_past(&self, gap: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        while state
-            .status
-            .checkpoint_segment_next
-            .is_none_or(|next| next <= gap)
-        {
-            fenced(&state, self.shared.epoch)?;
-            state =
-                self.shared
-                    .wait_until(state, deadline, "a checkpoint past a compacted segment")?;
-        }
-        Ok(())
     }
 
     /// Waits until the sealed segments not in the store hold at most
@@ -345,6 +330,10 @@ impl LogEvents for Uploader {
             }
             self.shared.changed.notify_all();
         }
+    }
+
+    fn may_delete_segment(&self, segment_id: u64) -> bool {
+        self.shared.lock().uploaded.contains(&segment_id)
     }
 }
 
@@ -462,7 +451,11 @@ impl Shared {
             Err(RemoteError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                self.lock().gone.insert(id);
+                tracing::error!(
+                    segment = format!("{id:016x}"),
+                    "a segment file vanished before its upload; a rebuild from the store will stop before it"
+                );
+                self.lock().vanished.insert(id);
                 return Ok(());
             }
             Err(error) => return Err(error),

@@ -199,6 +199,12 @@ pub enum StoreError {
         "the volume's records are authenticated (integrity mac): changing it needs its key (--kms and --token-file, or ask the daemon serving it)"
     )]
     NoSigningKey,
+    /// The log's records carry MACs, but the volume was opened as one
+    /// without (`volume.json` says integrity `crc`).
+    #[error(
+        "the volume's log is authenticated (its records carry MACs), but volume.json says integrity crc: was its \"integrity\" field removed? Refusing to open it unchecked"
+    )]
+    IntegrityDowngrade,
     /// A frame or seal whose checksums are valid fails its MAC: not a torn
     /// write but a change by someone without the key (or a record moved
     /// in from elsewhere). Opening refuses it.

@@ -46,6 +46,7 @@ mod over_base;
 mod policy;
 mod read;
 mod rotation;
+mod scrub;
 mod snapshots;
 mod stripes;
 mod superblock;
@@ -69,6 +70,7 @@ pub use policy::{
     XTS_KEY_SCOPE_BYTES,
 };
 pub use rotation::RotationOutcome;
+pub use scrub::{ScrubDamage, ScrubReport};
 pub use snapshots::{
     PENDING_ACL_FILE, PendingAcl, SNAPSHOTS_DIR, SnapshotMeta, SnapshotPaths, list_snapshots,
     live_clones, load_snapshot, pending_acl, set_pending_acl, validate_snapshot_name,

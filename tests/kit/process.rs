@@ -239,8 +239,28 @@ impl Process {
     }
 }
 
+/// How much of a process's stderr a failing test shows (its end).
+const STDERR_SHOWN_ON_PANIC: usize = 16 << 10;
+
 impl Drop for Process {
     fn drop(&mut self) {
+        // A test failed while the process was in scope: what it said is
+        // often the explanation (libtest shows this with the failure).
+        if std::thread::panicking() {
+            let stderr = self.stderr();
+            let mut from = stderr.len().saturating_sub(STDERR_SHOWN_ON_PANIC);
+            while !stderr.is_char_boundary(from) {
+                from += 1;
+            }
+            eprintln!(
+                "--- {} stderr ({} bytes, the last {} shown) ---\n{}\n--- end of {} stderr ---",
+                self.name,
+                stderr.len(),
+                stderr.len() - from,
+                &stderr[from..],
+                self.name
+            );
+        }
         match self.on_drop {
             OnDrop::Kill => {
                 if matches!(self.child.try_wait(), Ok(None)) {

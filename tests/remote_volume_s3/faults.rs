@@ -26,10 +26,7 @@ fn rebuild_and_verify(
 fn an_osd_killed_during_writes_loses_nothing() {
     let _exclusive = cluster().fault_lock(true);
     let setup = Setup::new("osd-kill", 32 * MIB);
-    let mut daemon = setup.serve(
-        &setup.volume,
-        &["--flush", "remote", "--compact-rate-mib", "0"],
-    );
+    let mut daemon = setup.serve(&setup.volume, &["--flush", "remote"]);
     let mut load = VerifiedLoad::new("osd-kill", daemon.client(1), 8, 30);
     load.precondition();
     let fault = Fault::kill_osd(1);
@@ -55,13 +52,7 @@ fn an_osd_killed_during_writes_loses_nothing() {
 fn radosgw_stopped_for_30_s_delays_remote_flushes_and_loses_nothing() {
     let _exclusive = cluster().fault_lock(true);
     let setup = Setup::new("rgw-stop", 32 * MIB);
-    // Without background compaction: its interplay with a long outage (a
-    // FLUSH that must wait for a checkpoint past a compacted segment) is
-    // not what this test is about.
-    let mut daemon = setup.serve(
-        &setup.volume,
-        &["--flush", "remote", "--compact-rate-mib", "0"],
-    );
+    let mut daemon = setup.serve(&setup.volume, &["--flush", "remote"]);
     let mut load = VerifiedLoad::new("rgw-stop", daemon.client(1), 8, 30);
     load.precondition();
     let fault = Fault::stop_rgw();

@@ -1,9 +1,13 @@
-//! Losing the host, a second writer, a zombie writer.
+//! Losing the host, a second writer, a zombie writer, a remote FLUSH
+//! racing background compaction.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use std::path::Path;
 
 use crate::kit::ceph::cluster;
 use crate::kit::cli::exit;
+use crate::kit::daemon::Daemon;
 use crate::kit::versions::VerifiedLoad;
 use crate::{MIB, Setup, for_time, refused};
 
@@ -11,12 +15,7 @@ use crate::{MIB, Setup, for_time, refused};
 fn remote_flushed_writes_survive_losing_the_host() {
     let _shared = cluster().fault_lock(false);
     let setup = Setup::new("host-loss", 32 * MIB);
-    // Without background compaction: a remote FLUSH racing it can wait for a
-    // stored checkpoint past a compacted segment for minutes (known, open).
-    let mut first = setup.serve(
-        &setup.volume,
-        &["--flush", "remote", "--compact-rate-mib", "0"],
-    );
+    let mut first = setup.serve(&setup.volume, &["--flush", "remote"]);
 
     // While the first daemon holds the volume, a second host is refused
     // before it touches anything.
@@ -43,10 +42,20 @@ fn remote_flushed_writes_survive_losing_the_host() {
         "{status}"
     );
 
-    // The host is lost: the daemon dies, its directory with it.
-    first.kill9();
+    lose_the_host_and_verify(&setup, &mut first, &mut load, &elsewhere);
+}
+
+/// The host is lost: the daemon dies, its directory with it; the volume
+/// rebuilt from the store in `elsewhere` holds every block as the model says.
+fn lose_the_host_and_verify(
+    setup: &Setup,
+    daemon: &mut Daemon,
+    load: &mut VerifiedLoad,
+    elsewhere: &Path,
+) {
+    daemon.kill9();
     std::fs::remove_dir_all(&setup.volume).unwrap();
-    let mut rebuilt = setup.serve(&elsewhere, &["--takeover"]);
+    let mut rebuilt = setup.serve(elsewhere, &["--takeover"]);
     assert!(
         rebuilt
             .stderr()
@@ -62,6 +71,62 @@ fn remote_flushed_writes_survive_losing_the_host() {
     );
     assert_eq!(check.verified, 32 * MIB / 4096);
     rebuilt.stop_cleanly();
+}
+
+/// Compaction deletes segments whose data it moved; one not uploaded yet
+/// must stay until it is (a rebuild replays every segment after the stored
+/// checkpoint). Remote FLUSHes while compaction runs return in seconds, and
+/// the volume rebuilt from the store then holds every flushed write.
+#[test]
+fn remote_flushes_racing_background_compaction_return_promptly() {
+    /// Far more than an upload of one second of writes takes here; far less
+    /// than the FLUSH's own limit (`--store-wait`).
+    const FLUSH_PROMPT: Duration = Duration::from_secs(45);
+    const ROUNDS_MAX: usize = 20;
+    let _shared = cluster().fault_lock(false);
+    let setup = Setup::new("flush-vs-compaction", 32 * MIB);
+    let mut daemon = setup.serve(
+        &setup.volume,
+        &[
+            "--flush",
+            "remote",
+            "--store-wait",
+            "3m",
+            "--compact-rate-mib",
+            "16",
+            "--background-poll-ms",
+            "200",
+        ],
+    );
+    let mut load = VerifiedLoad::new("flush-vs-compaction", daemon.client(1), 8, 30);
+    load.precondition();
+    let compaction_runs = |setup: &Setup| {
+        let status = setup.status(&setup.volume);
+        let compaction = &status["compaction"];
+        compaction["runs"].as_u64().unwrap_or(0) + u64::from(!compaction["running"].is_null())
+    };
+    let mut slowest = Duration::ZERO;
+    let mut rounds = 0;
+    while rounds < ROUNDS_MAX && (rounds < 4 || compaction_runs(&setup) < 2) {
+        load.run(&mut for_time(Duration::from_secs(1)));
+        let started = Instant::now();
+        load.flush();
+        slowest = slowest.max(started.elapsed());
+        rounds += 1;
+    }
+    assert_eq!((load.io_errors, load.mismatches), (0, 0));
+    assert!(
+        compaction_runs(&setup) >= 2,
+        "compaction never ran in {rounds} rounds: {}",
+        setup.status(&setup.volume)
+    );
+    assert!(
+        slowest < FLUSH_PROMPT,
+        "a remote FLUSH took {slowest:?} while compaction ran"
+    );
+    eprintln!("{rounds} rounds of writes + remote FLUSH; slowest FLUSH {slowest:?}");
+    let elsewhere = setup.fresh_dir();
+    lose_the_host_and_verify(&setup, &mut daemon, &mut load, &elsewhere);
 }
 
 fn pattern(seed: u8) -> Vec<u8> {

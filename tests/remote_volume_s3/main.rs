@@ -6,7 +6,8 @@
 //!
 //! - [`lifecycle`]: the host lost after a remote FLUSH (its directory
 //!   deleted, the volume rebuilt on another), a second writer refused, a
-//!   zombie writer after a takeover whose writes never appear;
+//!   zombie writer after a takeover whose writes never appear, remote
+//!   FLUSHes racing background compaction;
 //! - [`faults`]: an OSD killed (kill -9) under writes, radosgw stopped for
 //!   30 s (writes go on, a remote FLUSH waits, `status` shows the backlog);
 //! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or

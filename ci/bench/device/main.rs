@@ -3,6 +3,9 @@
 //!
 //! - `lsvblk`:      `lsvblk serve`, AES-256-XTS volume (plain release build,
 //!   key unwrapped through a real `lsvkms`),
+//! - `lsvblk-crc`:  the same build on a volume created with
+//!   `--no-macs-benchmark-only` (CRCs, no MACs): what the MACs cost
+//!   (`mac_randwrite_qd32_ratio`, `mac_seqwrite_1m_ratio`: lsvblk / this),
 //! - `lsvblk-null`: `lsvblk serve` on a null-cipher volume (release build with
 //!   `--features null-cipher`): what the daemon costs without crypto,
 //! - `qsd-raw`:     `qemu-storage-daemon` exporting a raw file,
@@ -84,7 +87,7 @@ use device_file::DeviceFile;
 use kit::kms::Kms;
 use kit::rng::Rng;
 use report::report;
-use targets::{CaseResult, HostIo, Limits, lsvblk_target, qsd_target};
+use targets::{CaseResult, HostIo, Limits, VolumeKind, lsvblk_target, qsd_target};
 
 /// Repetitions per case when `--reps` is not given.
 const REPS_DEFAULT: usize = 5;
@@ -207,20 +210,25 @@ fn main() {
     let token = kms.token(USER);
     let mut targets = Vec::new();
     let queues = LSVBLK_QUEUES;
-    targets.push(lsvblk_target(
-        "lsvblk",
-        &bins.lsvblk,
-        false,
-        queues,
-        &kms,
-        &token,
-        size,
-    ));
+    for (name, kind) in [
+        ("lsvblk", VolumeKind::Shipped),
+        ("lsvblk-crc", VolumeKind::NoMacs),
+    ] {
+        targets.push(lsvblk_target(
+            name,
+            &bins.lsvblk,
+            kind,
+            queues,
+            &kms,
+            &token,
+            size,
+        ));
+    }
     match &lsvblk_null {
         Some(path) => targets.push(lsvblk_target(
             "lsvblk-null",
             path,
-            true,
+            VolumeKind::NullCipher,
             queues,
             &kms,
             &token,

@@ -192,22 +192,33 @@ impl CaseResult {
     }
 }
 
+/// What the volume of an lsvblk target is created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// As shipped: AES-256-XTS, integrity `mac`.
+    Shipped,
+    /// `--no-macs-benchmark-only`: integrity `crc` (what the MACs cost).
+    NoMacs,
+    /// `--unencrypted-benchmark-only` (a null-cipher build).
+    NullCipher,
+}
+
 /// Creates and starts `lsvblk serve` with `queues` virtqueues on a fresh
-/// volume.
+/// volume of `kind`.
 pub fn lsvblk_target(
     name: &'static str,
     lsvblk: &Path,
-    null_cipher: bool,
+    kind: VolumeKind,
     queues: u16,
     kms: &Kms,
     token: &Path,
     size: u64,
 ) -> Target {
     let cli = lsvblk_at(lsvblk);
-    let create_args: &[&str] = if null_cipher {
-        &["--unencrypted-benchmark-only"]
-    } else {
-        &[]
+    let create_args: &[&str] = match kind {
+        VolumeKind::Shipped => &[],
+        VolumeKind::NoMacs => &["--no-macs-benchmark-only"],
+        VolumeKind::NullCipher => &["--unencrypted-benchmark-only"],
     };
     let volume = create_volume_using(&cli, kms, size, &[USER], create_args);
     let serve = serve_options_with_queues(&cli, name, queues, &[], true);
@@ -219,10 +230,9 @@ pub fn lsvblk_target(
         .collect();
     let setup = format!(
         "lsvblk serve --num-queues {queues} --queue-size {QUEUE_SIZE} (defaults otherwise){poll}{}; {}",
-        if null_cipher {
-            ", volume created with --unencrypted-benchmark-only"
-        } else {
-            ""
+        match create_args.first() {
+            Some(flag) => format!(", volume created with {flag}"),
+            None => String::new(),
         },
         lsvblk.display()
     );

@@ -115,6 +115,11 @@ impl ControlHandler for Daemon {
                 .flatten(&mut |done| progress(serde_json::json!(done)))
                 .map(|report| serde_json::json!(report))
                 .map_err(control_error),
+            ControlRequest::Scrub => served
+                .volume()
+                .scrub(&mut |done, total| progress(crate::scrub::scrub_progress(done, total)))
+                .map(|report| crate::scrub::report_json(&report))
+                .map_err(control_error),
             ControlRequest::Status => {
                 let mut status = served.status().map_err(control_error)?;
                 if let (Some(uploader), Some(fields)) =

@@ -33,6 +33,13 @@ pub enum Failure {
     Usage(anyhow::Error),
     /// A check of the volume's files found damage.
     Damaged(DamageReport),
+    /// A scrub found blocks that fail their checks: `runs` runs of them.
+    Unreadable {
+        /// Runs of damaged blocks.
+        runs: usize,
+        /// Why the first fails.
+        first: String,
+    },
     /// A volume operation failed.
     Volume(VolumeError),
     /// A key-care or maintenance operation run here failed.
@@ -55,7 +62,7 @@ pub enum Failure {
 pub fn exit_code(failure: &Failure) -> i32 {
     match failure {
         Failure::Usage(_) => USAGE,
-        Failure::Damaged(_) => DATA,
+        Failure::Damaged(_) | Failure::Unreadable { .. } => DATA,
         Failure::Volume(error) => of_volume(error),
         Failure::Service(error) => of_service(error),
         Failure::Daemon(error) => of_call(error),
@@ -74,6 +81,8 @@ fn of_volume(error: &VolumeError) -> i32 {
     use VolumeError as E;
     match error {
         E::Busy { .. } | E::Store(StoreError::Interrupted) => BUSY,
+        // A change to an authenticated volume asked without its key.
+        E::Store(StoreError::NoSigningKey) => USAGE,
         E::NotAVolume { .. }
         | E::UnsupportedFormat { .. }
         | E::Store(_)
@@ -172,6 +181,9 @@ impl std::fmt::Display for Failure {
                 write!(f, "{e:#}")
             }
             Failure::Damaged(report) => write!(f, "{report}"),
+            Failure::Unreadable { runs, first } => {
+                write!(f, "{runs} run(s) of damaged blocks; first: {first}")
+            }
             Failure::Volume(e) => write!(f, "{e}"),
             Failure::Service(e) => write!(f, "{e}"),
             Failure::Daemon(e) => write!(f, "the daemon serving the volume: {e}"),

@@ -21,6 +21,7 @@ mod lease;
 mod progress;
 mod remote_serve;
 mod rotate;
+mod scrub;
 mod serve;
 mod services;
 mod size;
@@ -67,6 +68,10 @@ enum Command {
     /// volume, encrypted, online (progress bar; through its daemon); then
     /// the image is no longer needed.
     Flatten(flatten::FlattenArgs),
+    /// Read every block of the volume through its checks (CRC and MAC tag
+    /// before decryption) and list the blocks that fail; exit 65 if any
+    /// does (through the daemon serving it, else with --kms/--token-file).
+    Scrub(scrub::ScrubArgs),
     /// Whether the volume is served, space use, running compaction, keys
     /// (age, bytes encrypted, bytes live), rotation due or in progress.
     Status(compact::StatusArgs),
@@ -106,6 +111,7 @@ fn main() {
         Command::Acl(args) => acl::run(args),
         Command::Compact(args) => compact::run(args),
         Command::Flatten(args) => flatten::run(args),
+        Command::Scrub(args) => scrub::run(args),
         Command::Status(args) => compact::status(args),
         Command::Rotate(args) => rotate::rotate(args),
         Command::Rewrap(args) => rotate::rewrap(args),

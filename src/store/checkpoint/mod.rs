@@ -23,7 +23,7 @@ use super::record::{get_u32, get_u64};
 use super::segment::SegmentVersion;
 use crate::crypto::KeyId;
 
-pub use v3::encode;
+pub use v3::{encode, mac_input};
 
 /// Magic at the start of a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"LSVC";
@@ -89,6 +89,9 @@ pub struct CheckpointData {
     pub v2_floor: u64,
     /// The log's records carry MACs.
     pub macs: bool,
+    /// With `macs`: segments with this id or higher carry record MACs
+    /// (lower ones were written before the log had them).
+    pub mac_floor: u64,
     /// The key whose MAC key signs the checkpoint (zero without MACs).
     pub mac_key_id: KeyId,
     /// MAC of the checkpoint this one follows (zero if none).
@@ -112,6 +115,7 @@ impl Default for CheckpointData {
             last_seal: None,
             v2_floor: 0,
             macs: false,
+            mac_floor: 0,
             mac_key_id: KeyId::default(),
             previous_mac: [0; 16],
             mac: [0; 16],
@@ -220,6 +224,22 @@ pub fn write(
     Ok(path)
 }
 
+/// Writes `data` like [`write`], with the checkpoint MAC `sign` makes of
+/// its [`mac_input`]; returns the file's path and that MAC.
+pub fn write_signed(
+    dir: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+    sign: impl FnOnce(&[u8]) -> Result<Mac, StoreError>,
+) -> Result<(PathBuf, Mac), StoreError> {
+    let path = checkpoint_path(dir, data.seq_next);
+    let mut bytes = encode(volume_id, data);
+    let mac = sign(&mac_input(&bytes))?;
+    v3::put_mac(&mut bytes, &mac);
+    write_bytes(&path, &bytes)?;
+    Ok((path, mac))
+}
+
 /// Writes `data` durably at `path`: temporary file, sync, rename, directory
 /// sync. The file is either wholly there or not at all.
 pub fn write_to(
@@ -227,15 +247,18 @@ pub fn write_to(
     volume_id: &[u8; 16],
     data: &CheckpointData,
 ) -> Result<(), StoreError> {
-    let bytes = encode(volume_id, data);
+    write_bytes(path, &encode(volume_id, data))
+}
+
+/// Writes the encoded checkpoint `bytes` durably at `path` (see [`write_to`]).
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = crate::fsmode::create_private_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-    file.write_all(&bytes)
-        .map_err(|e| StoreError::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
     file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
     super::sync_dir(dir)

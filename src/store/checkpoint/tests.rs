@@ -27,6 +27,7 @@ fn sample() -> CheckpointData {
         }),
         v2_floor: 1,
         macs: true,
+        mac_floor: 2,
         mac_key_id: KeyId([5; 16]),
         previous_mac: [0x50; 16],
         mac: [0x43; 16],
@@ -73,7 +74,7 @@ fn v3_header_is_pinned_to_its_documented_bytes() {
                   0300000000000000010000000100000001000000000000000200000000000000\
                   0100000000000000010000000000000053535353535353535353535353535353\
                   0505050505050505050505050505050550505050505050505050505050505050\
-                  000000000000000000000000000000000000000000000000";
+                  020000000000000000000000000000000000000000000000";
     assert_eq!(hex::encode(&bytes[..152]), golden);
     assert_eq!(bytes[152..156], crc32c::crc32c(&bytes[160..]).to_le_bytes());
     assert_eq!(bytes[156..160], crc32c::crc32c(&bytes[..156]).to_le_bytes());

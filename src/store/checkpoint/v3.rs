@@ -37,9 +37,11 @@ const C_LAST_SEAL: usize = 72; //     u64 segment (u64::MAX: none)
 const C_LAST_SEAL_MAC: usize = 80; // [u8; 16]
 const C_MAC_KEY: usize = 96; //       [u8; 16]
 const C_PREVIOUS: usize = 112; //     [u8; 16]
+const C_MAC_FLOOR: usize = 128; //    u64 first segment with record MACs
+const C_CRCS: std::ops::Range<usize> = C_BODY_CRC..HEADER_BYTES;
 const C_BODY_CRC: usize = 152; //     u32 over everything after the header
 const C_HEADER_CRC: usize = 156; //   u32 over 0..156
-const _: () = assert!(C_PREVIOUS + MAC_BYTES + 24 == C_BODY_CRC);
+const _: () = assert!(C_MAC_FLOOR + 8 + 16 == C_BODY_CRC);
 const _: () = assert!(C_HEADER_CRC + 4 == HEADER_BYTES);
 
 /// Encodes `data` for volume `volume_id`; the trailer holds `data.mac`.
@@ -101,6 +103,7 @@ fn encode_header(header: &mut [u8], volume_id: &[u8; 16], data: &CheckpointData,
     header[C_LAST_SEAL_MAC..C_LAST_SEAL_MAC + MAC_BYTES].copy_from_slice(&last_mac);
     header[C_MAC_KEY..C_MAC_KEY + KEY_ID_BYTES].copy_from_slice(&data.mac_key_id.0);
     header[C_PREVIOUS..C_PREVIOUS + MAC_BYTES].copy_from_slice(&data.previous_mac);
+    put_u64(header, C_MAC_FLOOR, data.mac_floor);
     put_u32(header, C_BODY_CRC, body_crc);
     let header_crc = crc32c::crc32c(&header[..C_HEADER_CRC]);
     put_u32(header, C_HEADER_CRC, header_crc);
@@ -123,6 +126,26 @@ fn encode_extent(out: &mut [u8], lba: u64, extent: &Extent) {
     }
 }
 
+/// What the checkpoint MAC of the encoded checkpoint `bytes` is computed
+/// over: every byte before the trailer, with the two CRC fields (which
+/// cover the trailer) taken as zero.
+pub fn mac_input(bytes: &[u8]) -> Vec<u8> {
+    let mut input = bytes[..bytes.len() - MAC_BYTES].to_vec();
+    input[C_CRCS].fill(0);
+    input
+}
+
+/// Puts `mac` in the trailer of the encoded checkpoint `bytes` and
+/// recomputes its CRCs.
+pub fn put_mac(bytes: &mut [u8], mac: &Mac) {
+    let trailer = bytes.len() - MAC_BYTES;
+    bytes[trailer..].copy_from_slice(mac);
+    let body_crc = crc32c::crc32c(&bytes[HEADER_BYTES..]);
+    put_u32(bytes, C_BODY_CRC, body_crc);
+    let header_crc = crc32c::crc32c(&bytes[..C_HEADER_CRC]);
+    put_u32(bytes, C_HEADER_CRC, header_crc);
+}
+
 /// The counts a header announces.
 struct Counts {
     heads: usize,
@@ -141,10 +164,7 @@ pub(super) fn decode(volume_id: &[u8; 16], bytes: &[u8]) -> Result<CheckpointDat
     if flags & !FLAG_MACS != 0 || get_u32(header, C_SEALED + 4) != 0 {
         return Err("unknown flags or reserved bytes set");
     }
-    if header[C_PREVIOUS + MAC_BYTES..C_BODY_CRC]
-        .iter()
-        .any(|b| *b != 0)
-    {
+    if header[C_MAC_FLOOR + 8..C_BODY_CRC].iter().any(|b| *b != 0) {
         return Err("unknown flags or reserved bytes set");
     }
     let counts = (
@@ -179,6 +199,7 @@ fn decode_header_fields(header: &[u8], flags: u16) -> CheckpointData {
         segment_id_next: get_u64(header, C_SEGMENT_NEXT),
         v2_floor: get_u64(header, C_V2_FLOOR),
         macs: flags & FLAG_MACS != 0,
+        mac_floor: get_u64(header, C_MAC_FLOOR),
         mac_key_id: get_key_id(header, C_MAC_KEY),
         last_seal: (last_seal != u64::MAX).then(|| SealRef {
             segment_id: last_seal,

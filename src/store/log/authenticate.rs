@@ -4,10 +4,18 @@
 //! closes. A frame whose checksums hold but whose MAC fails is not a torn
 //! write: opening refuses it, naming the segment and offset.
 //!
-//! A keyless open has nothing to check with: it is read-only, and reports
-//! the MACs as not verified.
+//! Checkpoints are checked the same way when loaded (a MAC failure on a
+//! checkpoint whose CRCs hold: warn, and fall back to an older one), and
+//! a log whose records carry MACs is refused when `volume.json` says
+//! `crc` (its `integrity` field removed: a downgrade).
+//!
+//! A keyless open has nothing to check with: it writes nothing, and
+//! reports the MACs as not verified.
+
+use std::path::Path;
 
 use super::super::StoreError;
+use super::super::checkpoint::{CheckpointData, mac_input};
 use super::super::frame::{FRAME_HEADER_BYTES, Mac, ParsedMeta};
 use super::super::macs::{MacKeys, RecordMacInput, record_mac, seal_mac};
 use super::super::record::RECORD_HEADER_BYTES;
@@ -15,6 +23,8 @@ use super::super::scan::{ScanOutcome, SealFound, frame_meta};
 use super::super::segment::SegmentVersion;
 use super::Log;
 use super::replay::SegmentScan;
+use crate::crypto::mac::MacDomain;
+use crate::sync::RwLockOrRecover;
 
 /// Where a segment's record chain stands while it is checked.
 struct Chain {
@@ -39,7 +49,18 @@ impl Log {
         }
         let segment_id = scan.segment_id;
         let file = self.segment_file(segment_id)?;
-        if file.version != SegmentVersion::V2 || !file.macs {
+        if file.version != SegmentVersion::V2 {
+            return Ok(());
+        }
+        if !file.macs {
+            // Written before the log had MACs, or stripped of them.
+            if segment_id >= self.read_state().mac_floor {
+                return Err(StoreError::Unauthentic {
+                    segment_id,
+                    offset: 0,
+                    reason: "segment without MACs where every segment carries them",
+                });
+            }
             return Ok(());
         }
         let mut chain = Chain {
@@ -56,6 +77,49 @@ impl Log {
         if let Some(seal) = &outcome.seal {
             let meta = self.authenticated_meta(&file.file, segment_id, seal.offset)?;
             self.check_seal(keys.as_ref(), &chain, &meta, seal)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the MAC of the checkpoint `data` decoded from `bytes` (read
+    /// from `path`), when it has one and the log has the keys.
+    pub(super) fn authenticate_checkpoint(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        data: CheckpointData,
+    ) -> Result<CheckpointData, StoreError> {
+        let Some(keys) = self.config.macs.as_ref().filter(|k| k.current().is_some()) else {
+            return Ok(data);
+        };
+        if !data.macs {
+            // Written before the log had MACs.
+            return Ok(data);
+        }
+        let bad = |reason| StoreError::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let input = mac_input(bytes);
+        match keys.mac(&data.mac_key_id, MacDomain::Checkpoint, &[&input]) {
+            Some(mac) if mac == data.mac => Ok(data),
+            Some(_) => Err(bad("checkpoint MAC mismatch")),
+            None => Err(bad("signed with a key the volume does not hold")),
+        }
+    }
+
+    /// Refuses a log whose checkpoint or segments say its records carry
+    /// MACs when it was opened as one without (`volume.json` says `crc`).
+    pub(super) fn check_integrity_binding(
+        &self,
+        checkpoint: &CheckpointData,
+    ) -> Result<(), StoreError> {
+        if self.config.macs.is_some() {
+            return Ok(());
+        }
+        let flagged = self.files.read_or_recover().values().any(|f| f.macs);
+        if checkpoint.macs || flagged {
+            return Err(StoreError::IntegrityDowngrade);
         }
         Ok(())
     }

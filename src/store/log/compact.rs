@@ -488,8 +488,9 @@ impl Log {
         self.write_state().retire(&unreferenced);
     }
 
-    /// Deletes those of `segments` that nothing refers to any more, then the
-    /// checkpoints older than the newest (they may refer to them).
+    /// Deletes those of `segments` that nothing refers to any more (and that
+    /// the log's observer has copied, see `LogEvents::may_delete_segment`),
+    /// then the checkpoints older than the newest (they may refer to them).
     fn delete_unreferenced(
         &self,
         segments: &BTreeSet<u64>,
@@ -506,7 +507,11 @@ impl Log {
         let closed = self.closed_segments();
         let mut deleted_any = false;
         for id in segments {
-            if pinned.contains(id) || live.contains_key(id) || !closed.contains(id) {
+            if pinned.contains(id)
+                || live.contains_key(id)
+                || !closed.contains(id)
+                || !self.may_delete_segment(*id)
+            {
                 continue;
             }
             let file = self.files.write_or_recover().remove(id);

@@ -14,6 +14,7 @@ use super::super::segment::SegmentVersion;
 use super::super::{StoreError, checkpoint, sync_dir};
 use super::{Log, SegmentFile};
 use crate::crypto::KeyId;
+use crate::crypto::mac::MacDomain;
 use crate::limits::CHECKPOINTS_KEPT;
 use crate::sync::LockOrRecover;
 
@@ -159,6 +160,10 @@ impl Log {
     /// Writes a checkpoint of the index, making the log it covers durable
     /// first, and deletes checkpoints beyond the newest few.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let signer = match &self.config.macs {
+            Some(keys) => Some((keys, signing_key(keys.as_ref())?)),
+            None => None,
+        };
         let _one_at_a_time = self.checkpoint_lock.lock_or_recover();
         // A snapshot taken before this checkpoint must be on disk first:
         // recovery can rebuild it only from a checkpoint older than it.
@@ -170,7 +175,20 @@ impl Log {
         // The seals as the flush left them: every segment that had left
         // its head when the index was taken is sealed now.
         self.read_state().update_seals(&mut data);
-        let path = checkpoint::write(&self.checkpoints_dir, &self.config.volume_id, &data)?;
+        let (dir, volume_id) = (&self.checkpoints_dir, &self.config.volume_id);
+        let path = match signer {
+            Some((keys, key)) => {
+                (data.macs, data.mac_key_id) = (true, key);
+                let sign = |input: &[u8]| {
+                    let mac = keys.mac(&key, MacDomain::Checkpoint, &[input]);
+                    mac.ok_or(StoreError::MacKeyMissing { key_id: key })
+                };
+                let (path, mac) = checkpoint::write_signed(dir, volume_id, &data, sign)?;
+                self.write_state().last_checkpoint_mac = mac;
+                path
+            }
+            None => checkpoint::write(dir, volume_id, &data)?,
+        };
         self.bytes_since_checkpoint.store(0, Ordering::Relaxed);
         self.notify_checkpoint(path, &data);
         self.remove_checkpoints_beyond(CHECKPOINTS_KEPT)
@@ -191,7 +209,7 @@ impl Log {
     /// Seals every open segment and writes a final checkpoint, so the next
     /// open replays nothing.
     pub fn close(&self) -> Result<(), StoreError> {
-        if self.config.read_only {
+        if !self.writes() {
             return Ok(());
         }
         self.close_heads();

@@ -1,7 +1,8 @@
 //! What the log tells an observer that mirrors it elsewhere (the object-store
 //! uploader): a segment was sealed, a checkpoint was written. Additive: the
-//! log works the same with no observer; an observer only learns, it never
-//! changes what the log does.
+//! log works the same with no observer; an observer only learns, and may
+//! hold back one thing: compaction deleting a segment file it still has to
+//! copy.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,14 @@ pub trait LogEvents: Send + Sync {
     fn segment_sealed(&self, segment_id: u64, path: &Path);
     /// A checkpoint was written durably.
     fn checkpoint_written(&self, checkpoint: &WrittenCheckpoint);
+    /// Whether compaction may delete the file of segment `segment_id`, whose
+    /// data it moved elsewhere. An observer that has not copied it yet says
+    /// no: the segment then stays (it holds no live data, so a later
+    /// compaction deletes it first). Called with log locks held.
+    fn may_delete_segment(&self, segment_id: u64) -> bool {
+        let _ = segment_id;
+        true
+    }
 }
 
 impl Log {
@@ -60,6 +69,13 @@ impl Log {
         if let Some(events) = self.events.get() {
             events.segment_sealed(segment_id, &self.segment_path(segment_id));
         }
+    }
+
+    /// Whether the observer, if any, lets segment `segment_id` be deleted.
+    pub(super) fn may_delete_segment(&self, segment_id: u64) -> bool {
+        self.events
+            .get()
+            .is_none_or(|events| events.may_delete_segment(segment_id))
     }
 
     pub(super) fn notify_checkpoint(&self, path: PathBuf, data: &CheckpointData) {

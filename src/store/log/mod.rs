@@ -319,6 +319,18 @@ impl Log {
         self.state.write_or_recover()
     }
 
+    /// Whether this log changes anything on disk: not when opened
+    /// read-only, nor when its records are authenticated and it was opened
+    /// without a key (it could sign nothing it wrote).
+    fn writes(&self) -> bool {
+        !self.config.read_only
+            && self
+                .config
+                .macs
+                .as_ref()
+                .is_none_or(|k| k.current().is_some())
+    }
+
     /// The compaction head: the last one, after the guest heads.
     fn compaction_head(&self) -> usize {
         self.heads.len() - 1

@@ -4,7 +4,7 @@
 //! unwritten, and seal what the crash left open.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -75,6 +75,7 @@ pub fn open(
     let segment_ids = list_segments(&log.segments_dir)?;
     open_files(&log, &segment_ids)?;
     let checkpoint = load_newest_checkpoint(&log, &mut report)?;
+    log.check_integrity_binding(&checkpoint)?;
     if let Some(path) = &report.checkpoint {
         log.check_listed_segments(&checkpoint, path, &segment_ids)?;
     }
@@ -94,7 +95,7 @@ pub fn open(
     log.write_state().load(&checkpoint);
     load_seals(&log, &checkpoint, &replayed, &segment_ids)?;
     records.sort_by_key(|r| r.header.seq);
-    if !log.config.read_only {
+    if log.writes() {
         for (path, point) in unmaterialized {
             log.rebuild_snapshot_index(&checkpoint, &records, path, point)?;
         }
@@ -106,15 +107,19 @@ pub fn open(
         }
         let segment_next = segment_ids.last().map_or(0, |id| id + 1);
         state.segment_id_next = checkpoint.segment_id_next.max(segment_next);
-        // Every segment from here on is written as version 2.
+        // Every segment from here on is written as version 2, and with
+        // record MACs if the log has them.
         state.v2_floor = checkpoint.v2_floor.min(state.segment_id_next);
+        if state.mac_floor == u64::MAX {
+            state.mac_floor = state.segment_id_next;
+        }
     }
     // Skip far past every sequence number that may have been handed out
     // before the crash: tweaks must never repeat (limits::SEQ_REOPEN_GAP).
     let seq_floor = checkpoint.seq_next.max(seq_seen_max.map_or(0, |s| s + 1));
     log.seq_next
         .store(seq_floor + SEQ_REOPEN_GAP, Ordering::Relaxed);
-    if !log.config.read_only {
+    if log.writes() {
         for segment in &replayed {
             seal_if_open(&log, segment)?;
         }
@@ -134,7 +139,10 @@ fn load_newest_checkpoint(
     report: &mut RecoveryReport,
 ) -> Result<CheckpointData, StoreError> {
     for path in checkpoint::list_checkpoints(&log.checkpoints_dir)? {
-        match checkpoint::read(&path, &log.config.volume_id) {
+        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let checked = checkpoint::decode(&path, &log.config.volume_id, &bytes)
+            .and_then(|data| log.authenticate_checkpoint(&path, &bytes, data));
+        match checked {
             Ok(data) => {
                 report.checkpoint = Some(path);
                 return Ok(data);
@@ -262,7 +270,7 @@ fn scan_one(
             offset,
             reason,
         });
-        if !log.config.read_only {
+        if log.writes() {
             let file = log.segment_file(segment_id)?;
             file.file
                 .set_len(outcome.end_offset)

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::super::checkpoint::{CheckpointData, HeadPosition, SealRef, SealedSegment};
+use super::super::frame::Mac;
 use super::super::index::{DataLocation, ExtentIndex, Location};
 use super::super::record::{PlacedRecord, RecordKind};
 use super::super::snapshot::SnapshotPoint;
@@ -31,6 +32,11 @@ pub(super) struct IndexState {
     pub(super) last_seal: Option<SealRef>,
     /// Segments with this id or higher are version 2.
     pub(super) v2_floor: u64,
+    /// Segments with this id or higher carry record MACs (with MACs;
+    /// `u64::MAX` until recovery knows, see `load`).
+    pub(super) mac_floor: u64,
+    /// MAC of the newest checkpoint (the next one names it).
+    pub(super) last_checkpoint_mac: Mac,
 }
 
 impl IndexState {
@@ -47,6 +53,8 @@ impl IndexState {
             retiring: BTreeMap::new(),
             last_seal: None,
             v2_floor: 0,
+            mac_floor: 0,
+            last_checkpoint_mac: [0; 16],
         }
     }
 
@@ -79,6 +87,14 @@ impl IndexState {
             .collect();
         self.last_seal = checkpoint.last_seal;
         self.v2_floor = checkpoint.v2_floor;
+        // A checkpoint written before the log had MACs sets no floor:
+        // recovery sets it past the segments already there.
+        self.mac_floor = if checkpoint.macs {
+            checkpoint.mac_floor
+        } else {
+            u64::MAX
+        };
+        self.last_checkpoint_mac = checkpoint.mac;
     }
 
     fn key_index(&mut self, key_id: KeyId) -> u32 {
@@ -177,6 +193,8 @@ impl IndexState {
             sealed: self.sealed.values().copied().collect(),
             last_seal: self.last_seal,
             v2_floor: self.v2_floor,
+            mac_floor: self.mac_floor,
+            previous_mac: self.last_checkpoint_mac,
             extents: self.index.iter().map(|(lba, e)| (lba, *e)).collect(),
             ..CheckpointData::default()
         }

@@ -47,6 +47,8 @@ pub enum ControlRequest {
     Flatten,
     /// Report the volume's state (geometry, log statistics, snapshots).
     Status,
+    /// Read every block through its checks and report those that fail.
+    Scrub,
     /// Rotate the volume's key now (or continue a rotation in progress).
     Rotate {
         /// An operator says this key is compromised: urgent, no rate limit.
@@ -83,6 +85,7 @@ impl ControlRequest {
             ControlRequest::Compact { .. } => "compact",
             ControlRequest::Flatten => "flatten",
             ControlRequest::Status => "status",
+            ControlRequest::Scrub => "scrub",
             ControlRequest::Rotate { .. } => "rotate",
             ControlRequest::Rewrap => "rewrap",
             ControlRequest::SetPolicy { .. } => "set-policy",

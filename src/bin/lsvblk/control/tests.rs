@@ -59,6 +59,7 @@ impl ControlHandler for Dummy {
             | ControlRequest::Rewrap
             | ControlRequest::SetPolicy { .. }
             | ControlRequest::Flatten
+            | ControlRequest::Scrub
             | ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,
                 "not in this test",
