@@ -47,12 +47,8 @@ impl From<io::Error> for FrameError {
 
 /// Scans frames from `start` (see the module docs).
 pub(super) fn scan(segment: Scanned<'_>, start: u64) -> Result<ScanOutcome, StoreError> {
-    let Scanned {
-        file,
-        path,
-        segment_id,
-        limits,
-    } = segment;
+    let (file, path, segment_id) = (segment.file, segment.path, segment.segment_id);
+    let limits = segment.limits;
     let io_error = |e| StoreError::io(path, e);
     let file_bytes = file.metadata().map_err(io_error)?.len();
     let mut records = Vec::new();
