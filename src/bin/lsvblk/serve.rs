@@ -99,10 +99,12 @@ pub struct ServeArgs {
     /// CPU per request; an idle queue costs nothing.
     #[arg(long, env = "LSVBLK_POLL_US", default_value_t = lsvblk::vhost::POLL_US_DEFAULT)]
     poll_us: u32,
-    /// How segment files are written: `direct` (O_DIRECT, past the host's
-    /// page cache; a filesystem that refuses it falls back to buffered,
-    /// said in the log) or `buffered`. `lsvblk status` shows the mode in use.
-    #[arg(long = "io", env = "LSVBLK_IO", default_value = "direct")]
+    /// How segment files are written: `buffered` (through the host's page
+    /// cache) or `direct` (O_DIRECT, past it; a filesystem that refuses it
+    /// falls back to buffered, said in the log). Direct is not the default
+    /// yet: reads still go through the page cache, and with direct writes
+    /// they all miss it. `lsvblk status` shows the mode in use.
+    #[arg(long = "io", env = "LSVBLK_IO", default_value = "buffered")]
     io: lsvblk::store::IoMode,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long, env = "LSVBLK_READ_ONLY")]
