@@ -125,7 +125,7 @@ impl Default for VolumeOptions {
             null_cipher: false,
             integrity: Integrity::Mac,
             clock: None,
-            io: IoMode::Buffered,
+            io: IoMode::default(),
         }
     }
 }

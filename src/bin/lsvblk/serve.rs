@@ -104,7 +104,7 @@ pub struct ServeArgs {
     /// falls back to buffered, said in the log). Direct is not the default
     /// yet: reads still go through the page cache, and with direct writes
     /// they all miss it. `lsvblk status` shows the mode in use.
-    #[arg(long = "io", env = "LSVBLK_IO", default_value = "buffered")]
+    #[arg(long = "io", env = "LSVBLK_IO", default_value_t = lsvblk::store::IoMode::default())]
     io: lsvblk::store::IoMode,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long, env = "LSVBLK_READ_ONLY")]
