@@ -424,7 +424,19 @@ cmd_use() {
   with_lock cmd_up
   [ "$use_started_it" -eq 0 ] || touch "$CEPH_DIR/started-by-use"
   LSVBLK_CEPH_IN_USE=1 "$@" || status=$?
+  [ "$status" -eq 0 ] || use_failed_report
   return "$status"
+}
+
+# What a failed command leaves for its reader: the cluster's state and the
+# free space under it (a full cluster or disk blocks every PUT, and a remote
+# FLUSH then fails only after --store-wait).
+use_failed_report() {
+  log "the command failed (exit $status); the cluster and the disk now:"
+  ceph_cli -s >&2 || log "ceph -s failed"
+  ceph_cli df >&2 || log "ceph df failed"
+  df -h "$CEPH_DIR" >&2 || true
+  du -sh "$CEPH_DIR" >&2 || true
 }
 
 use_release() {

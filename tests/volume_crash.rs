@@ -6,6 +6,8 @@
 //! - every write flushed before the cut is intact;
 //! - each unflushed write is all-old or all-new, never a mix.
 //!
+//! The log under test is written both direct (`O_DIRECT`) and buffered.
+//!
 //! And: a corrupted record in a *sealed* segment gives a read error (or, if
 //! its framing is gone, an open error), never wrong data.
 
@@ -18,7 +20,7 @@ use std::path::Path;
 use kit::data::pattern;
 use kit::dirs::{copy_dir, fast_tempdir};
 use kit::volume::{open, segment_files};
-use lsvblk::store::{ALIGN, StoreError, V2_FIRST_FRAME};
+use lsvblk::store::{ALIGN, IoMode, StoreError, V2_FIRST_FRAME};
 use lsvblk::volume::{Volume, VolumeError, VolumeOptions};
 
 const BLOCK: u64 = 4096;
@@ -34,11 +36,13 @@ struct Change {
     new: Vec<u8>,
 }
 
-/// Options with segments big enough that the whole test log is one segment.
-fn one_segment_options() -> VolumeOptions {
+/// Options with segments big enough that the whole test log is one
+/// segment, written in mode `io`.
+fn one_segment_options(io: IoMode) -> VolumeOptions {
     VolumeOptions {
         segment_bytes: 8 << 20,
         heads: 1,
+        io,
         ..kit::volume::options(4096)
     }
 }
@@ -58,13 +62,14 @@ fn copy_with_segment(
     (copy, file)
 }
 
-/// A new volume under key 1 whose log stays in one segment.
-fn create(dir: &Path) -> Volume {
+/// A new volume under key 1 whose log stays in one segment, written in
+/// mode `io`.
+fn create(dir: &Path, io: IoMode) -> Volume {
     Volume::create(
         dir,
         VOLUME_BYTES,
         kit::volume::key(1),
-        &one_segment_options(),
+        &one_segment_options(io),
     )
     .unwrap()
 }
@@ -72,8 +77,11 @@ fn create(dir: &Path) -> Volume {
 /// Builds the log: flushed base data, then three unflushed changes, then a
 /// crash (drop without close). Returns the flushed image, the changes, and the
 /// segment length at the last flush.
-fn build(dir: &Path) -> (Vec<u8>, Vec<Change>, u64) {
-    let volume = create(dir);
+fn build(dir: &Path, io: IoMode) -> (Vec<u8>, Vec<Change>, u64) {
+    let volume = create(dir, io);
+    if volume.io_mode() != io {
+        eprintln!("{io} refused here: the log is written {}", volume.io_mode());
+    }
     let base = pattern(64 * 1024, 1);
     volume.write(0, &base).unwrap();
     volume.flush().unwrap();
@@ -132,8 +140,14 @@ fn check_contract(dir: &Path, flushed: &[u8], changes: &[Change], what: &str) {
 
 #[test]
 fn truncating_the_tail_at_every_byte_keeps_the_contract() {
+    for io in [IoMode::Direct, IoMode::Buffered] {
+        truncating_the_tail_at_every_byte(io);
+    }
+}
+
+fn truncating_the_tail_at_every_byte(io: IoMode) {
     let original = fast_tempdir();
-    let (flushed, changes, flushed_len) = build(original.path());
+    let (flushed, changes, flushed_len) = build(original.path(), io);
     let segment = segment_files(original.path()).pop().unwrap();
     let end = std::fs::metadata(&segment).unwrap().len();
     assert!(
@@ -145,14 +159,25 @@ fn truncating_the_tail_at_every_byte_keeps_the_contract() {
         let (copy, file) = copy_with_segment(original.path(), &name);
         file.set_len(cut).unwrap();
         drop(file);
-        check_contract(copy.path(), &flushed, &changes, &format!("cut at {cut}"));
+        check_contract(
+            copy.path(),
+            &flushed,
+            &changes,
+            &format!("{io}: cut at {cut}"),
+        );
     }
 }
 
 #[test]
 fn flipping_a_bit_in_the_tail_keeps_the_contract() {
+    for io in [IoMode::Direct, IoMode::Buffered] {
+        flipping_a_bit_in_the_tail(io);
+    }
+}
+
+fn flipping_a_bit_in_the_tail(io: IoMode) {
     let original = fast_tempdir();
-    let (flushed, changes, flushed_len) = build(original.path());
+    let (flushed, changes, flushed_len) = build(original.path(), io);
     let segment = segment_files(original.path()).pop().unwrap();
     let bytes = std::fs::read(&segment).unwrap();
     let name = segment.file_name().unwrap().to_owned();
@@ -165,7 +190,7 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
             copy.path(),
             &flushed,
             &changes,
-            &format!("bit flip at {at}"),
+            &format!("{io}: bit flip at {at}"),
         );
     }
 }
@@ -175,7 +200,7 @@ fn flipping_a_bit_in_the_tail_keeps_the_contract() {
 /// the frame's meta area is one 4 KiB block, its payload follows
 /// ([`PAYLOAD`]).
 fn sealed_volume(dir: &Path) -> std::path::PathBuf {
-    let volume = create(dir);
+    let volume = create(dir, IoMode::Direct);
     volume.write(0, &pattern(4 * BLOCK as usize, 7)).unwrap();
     volume.close().unwrap();
     segment_files(dir).pop().unwrap()
@@ -224,7 +249,12 @@ fn a_corrupted_sealed_header_that_must_be_replayed_fails_the_open() {
     remove_checkpoints(dir.path());
     // Inside the first record's LBA field (after the 64-byte frame header).
     overwrite(&segment, V2_FIRST_FRAME + 64 + 20, &[0xee]);
-    let err = Volume::open(dir.path(), kit::volume::key(1), &one_segment_options()).unwrap_err();
+    let err = Volume::open(
+        dir.path(),
+        kit::volume::key(1),
+        &one_segment_options(IoMode::Direct),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, VolumeError::Store(StoreError::Corrupt { .. })),
         "{err}"

@@ -5,12 +5,15 @@
 //! must keep reading exactly what the volume held when it was taken, and a
 //! clone what its snapshot held plus its own writes.
 //!
+//! Each case writes its segments either direct (`O_DIRECT`) or buffered.
+//!
 //! A "crash" drops the volume without closing it: everything written is in
 //! the kernel (as after `kill -9` of the daemon), nothing was sealed or
 //! checkpointed, so the reopen replays the log.
 
 mod kit;
 
+use lsvblk::store::IoMode;
 use lsvblk::volume::Volume;
 use proptest::prelude::*;
 
@@ -127,13 +130,34 @@ struct CloneUnderTest {
 
 /// The volume's keys by seed: 1 at creation, 10, 11, ... after rotations.
 /// Every key ever used is offered at open (extra ones are harmless).
+/// Block size and write mode of a run: each case picks its mode, so both
+/// are covered without doubling the cases.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    block: u32,
+    io: IoMode,
+}
+
+impl Setup {
+    fn options(self) -> lsvblk::volume::VolumeOptions {
+        lsvblk::volume::VolumeOptions {
+            io: self.io,
+            ..kit::volume::options(self.block)
+        }
+    }
+}
+
+fn io_mode() -> impl Strategy<Value = IoMode> {
+    prop_oneof![Just(IoMode::Direct), Just(IoMode::Buffered)]
+}
+
 fn volume_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
     seeds.iter().map(|s| kit::volume::key(*s)).collect()
 }
 
-fn open_volume(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
+fn open_volume(dir: &std::path::Path, setup: Setup, seeds: &[u8]) -> Volume {
     let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
-    Volume::open_locked(dir, lock, volume_keys(seeds), &kit::volume::options(block)).unwrap()
+    Volume::open_locked(dir, lock, volume_keys(seeds), &setup.options()).unwrap()
 }
 
 fn clone_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
@@ -142,21 +166,20 @@ fn clone_keys(seeds: &[u8]) -> Vec<lsvblk::crypto::DataKey> {
     keys
 }
 
-fn open_clone(dir: &std::path::Path, block: u32, seeds: &[u8]) -> Volume {
+fn open_clone(dir: &std::path::Path, setup: Setup, seeds: &[u8]) -> Volume {
     let lock = lsvblk::volume::VolumeLock::acquire(dir, false).unwrap();
-    Volume::open_locked(dir, lock, clone_keys(seeds), &kit::volume::options(block)).unwrap()
+    Volume::open_locked(dir, lock, clone_keys(seeds), &setup.options()).unwrap()
 }
 
 fn read_snapshot(
     dir: &std::path::Path,
     name: &str,
-    block: u32,
+    setup: Setup,
     seeds: &[u8],
     offset: u64,
     len: u64,
 ) -> Vec<u8> {
-    let view =
-        Volume::open_snapshot(dir, name, volume_keys(seeds), &kit::volume::options(block)).unwrap();
+    let view = Volume::open_snapshot(dir, name, volume_keys(seeds), &setup.options()).unwrap();
     let mut buf = vec![0u8; len as usize];
     view.read(offset, &mut buf).unwrap();
     buf
@@ -172,9 +195,18 @@ fn crashed<T>(result: Result<T, lsvblk::volume::VolumeError>, step: usize, what:
     }
 }
 
-fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], setup: Setup) -> Result<(), TestCaseError> {
+    let block = setup.block;
     let dir = tempfile::tempdir().unwrap();
-    let mut volume = Some(kit::volume::create(dir.path(), VOLUME_BYTES, block));
+    let mut volume = Some(
+        Volume::create(
+            dir.path(),
+            VOLUME_BYTES,
+            kit::volume::key(1),
+            &setup.options(),
+        )
+        .unwrap(),
+    );
     let mut model = vec![0u8; VOLUME_BYTES as usize];
     // Live snapshots: (name, what the volume held when it was taken).
     let mut snapshots: Vec<(String, Vec<u8>)> = Vec::new();
@@ -219,18 +251,18 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
             Op::Flush => v.flush().unwrap(),
             Op::CloseReopen => {
                 volume.take().unwrap().close().unwrap();
-                volume = Some(open_volume(dir.path(), block, &seeds));
+                volume = Some(open_volume(dir.path(), setup, &seeds));
                 if let Some(c) = clone.as_mut() {
                     c.volume.take().unwrap().close().unwrap();
-                    c.volume = Some(open_clone(c.dir.path(), block, &seeds));
+                    c.volume = Some(open_clone(c.dir.path(), setup, &seeds));
                 }
             }
             Op::CrashReopen => {
                 drop(volume.take());
-                volume = Some(open_volume(dir.path(), block, &seeds));
+                volume = Some(open_volume(dir.path(), setup, &seeds));
                 if let Some(c) = clone.as_mut() {
                     drop(c.volume.take());
-                    c.volume = Some(open_clone(c.dir.path(), block, &seeds));
+                    c.volume = Some(open_clone(c.dir.path(), setup, &seeds));
                 }
             }
             Op::Snapshot { materialize } => {
@@ -256,7 +288,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 let got = read_snapshot(
                     dir.path(),
                     name,
-                    block,
+                    setup,
                     &seeds,
                     sector * SECTOR,
                     sectors * SECTOR,
@@ -301,7 +333,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                     kit::volume::key(2),
                     None,
                     volume_keys(&seeds),
-                    &kit::volume::options(block),
+                    &setup.options(),
                 )
                 .unwrap();
                 clone = Some(CloneUnderTest {
@@ -352,7 +384,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 };
                 if crashed(v.compact(&options, &mut |_| {}), step, "compaction") {
                     drop(volume.take());
-                    volume = Some(open_volume(dir.path(), block, &seeds));
+                    volume = Some(open_volume(dir.path(), setup, &seeds));
                 }
             }
             Op::Rotate { crash_after } => {
@@ -368,7 +400,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
                 };
                 if crashed(v.continue_rotation(&options, &mut |_| {}), step, "rotation") {
                     drop(volume.take());
-                    volume = Some(open_volume(dir.path(), block, &seeds));
+                    volume = Some(open_volume(dir.path(), setup, &seeds));
                 }
             }
         }
@@ -376,7 +408,7 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     // Finally the whole disk must match, after one more crash and reopen;
     // so must every snapshot and the clone.
     drop(volume.take());
-    let v = open_volume(dir.path(), block, &seeds);
+    let v = open_volume(dir.path(), setup, &seeds);
     // A rotation left interrupted finishes now.
     v.continue_rotation(&lsvblk::store::CompactOptions::default(), &mut |_| {})
         .unwrap();
@@ -384,12 +416,12 @@ fn run(ops: &[Op], block: u32) -> Result<(), TestCaseError> {
     v.read(0, &mut all).unwrap();
     prop_assert!(all == model, "final image differs from the model");
     for (name, held) in &snapshots {
-        let got = read_snapshot(dir.path(), name, block, &seeds, 0, VOLUME_BYTES);
+        let got = read_snapshot(dir.path(), name, setup, &seeds, 0, VOLUME_BYTES);
         prop_assert!(&got == held, "final image of snapshot {name} differs");
     }
     if let Some(mut c) = clone {
         drop(c.volume.take());
-        let reopened = open_clone(c.dir.path(), block, &seeds);
+        let reopened = open_clone(c.dir.path(), setup, &seeds);
         let mut all = vec![0u8; VOLUME_BYTES as usize];
         reopened.read(0, &mut all).unwrap();
         prop_assert!(all == c.model, "final image of the clone differs");
@@ -401,12 +433,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn volume_with_4k_blocks_matches_model(ops in proptest::collection::vec(op(), 60..160)) {
-        run(&ops, 4096)?;
+    fn volume_with_4k_blocks_matches_model(io in io_mode(), ops in proptest::collection::vec(op(), 60..160)) {
+        run(&ops, Setup { block: 4096, io })?;
     }
 
     #[test]
-    fn volume_with_512b_blocks_matches_model(ops in proptest::collection::vec(op(), 60..160)) {
-        run(&ops, 512)?;
+    fn volume_with_512b_blocks_matches_model(io in io_mode(), ops in proptest::collection::vec(op(), 60..160)) {
+        run(&ops, Setup { block: 512, io })?;
     }
 }

@@ -225,6 +225,7 @@ impl ServedVolume {
             "served": true,
             "pid": std::process::id(),
             "read_only": self.volume.is_read_only(),
+            "io": self.volume.io_mode().as_str(),
             "space": space,
             "compaction": {
                 "running": state.running,

@@ -1,8 +1,12 @@
-//! Thin, checked wrappers over the syscalls the standard library lacks.
+//! Thin, checked wrappers over the syscalls the standard library lacks,
+//! and how segment files are written (`direct`).
 
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
+
+pub mod direct;
+pub mod uring;
 
 /// Most iovecs one `pwritev` takes (Linux IOV_MAX).
 pub const IOV_MAX: usize = 1024;

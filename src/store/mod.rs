@@ -87,6 +87,7 @@ pub use checkpoint::{
     CheckpointData, HeadPosition, SealRef, SealedSegment, list_checkpoints, read as read_checkpoint,
 };
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
+pub use io::direct::IoMode;
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
     LogConfig, LogEvents, ReadPiece, ReadPin, RecordPosition, RecoveryReport, RekeyPlan,

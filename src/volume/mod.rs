@@ -81,7 +81,7 @@ pub use write::Change;
 use crate::crypto::{CryptoPool, DataUnit, KeyId};
 use crate::limits::SECTOR_BYTES;
 use crate::store::{
-    CompactOptions, CompactProgress, CompactReport, Log, RecoveryReport, SpaceReport,
+    CompactOptions, CompactProgress, CompactReport, IoMode, Log, RecoveryReport, SpaceReport,
 };
 use crate::sync::RwLockOrRecover;
 use stripes::StripeLocks;
@@ -109,6 +109,9 @@ pub struct VolumeOptions {
     /// The clock key ages are measured with (tests move it); `None`: the
     /// system clock.
     pub clock: Option<Arc<dyn Clock>>,
+    /// How the log writes segment files: direct (the default; buffered
+    /// where the filesystem refuses it) or buffered.
+    pub io: IoMode,
 }
 
 impl Default for VolumeOptions {
@@ -122,6 +125,7 @@ impl Default for VolumeOptions {
             null_cipher: false,
             integrity: Integrity::Mac,
             clock: None,
+            io: IoMode::default(),
         }
     }
 }
@@ -221,6 +225,12 @@ impl Volume {
     /// True when opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// How this process writes the volume's segment files (direct unless
+    /// asked for buffered or the filesystem refuses direct I/O).
+    pub fn io_mode(&self) -> IoMode {
+        self.log.io_mode()
     }
 
     /// What recovery did when the volume was opened.

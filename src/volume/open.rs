@@ -413,6 +413,7 @@ pub(super) fn log_config(
         segment_bytes: superblock.segment_bytes,
         heads: options.heads.max(1),
         read_only: options.read_only,
+        io: options.io,
         macs,
     })
 }

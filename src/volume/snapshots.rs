@@ -517,6 +517,7 @@ pub(crate) fn open_snapshot_view(
         segment_bytes: superblock.segment_bytes,
         heads: 1,
         read_only: true,
+        io: store::IoMode::Buffered,
         macs: None,
     };
     let log = store::open_view(dir, &paths.index, config)?;

@@ -71,6 +71,11 @@ fn compaction_of_a_served_volume_under_verified_io_frees_space_and_keeps_every_b
     let before = status(&story.volume);
     assert_eq!(before["served"], true, "{before}");
     assert_eq!(before["pid"], daemon.pid(), "{before}");
+    // Direct by default; buffered where the filesystem refuses O_DIRECT.
+    assert!(
+        matches!(before["io"].as_str(), Some("direct" | "buffered")),
+        "{before}"
+    );
     assert_eq!(before["space"]["live_bytes"], SIZE_BYTES, "{before}");
     let log_before = before["space"]["log_bytes"].as_u64().unwrap();
     assert!(log_before > SIZE_BYTES + 2 * CHURN_BYTES, "{before}");

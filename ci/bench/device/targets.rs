@@ -223,8 +223,11 @@ pub fn lsvblk_target(
     let volume = create_volume_using(&cli, kms, size, &[USER], create_args);
     let serve = serve_options_with_queues(&cli, name, queues, &[], true);
     let daemon = Daemon::start_with(&volume, kms, token, &serve);
-    let poll = std::env::var("LSVBLK_POLL_US")
-        .map_or_else(|_| String::new(), |us| format!(" LSVBLK_POLL_US={us}"));
+    // The daemon inherits the environment: say which knobs were set.
+    let poll: String = ["LSVBLK_POLL_US", "LSVBLK_IO", "LSVBLK_IO_URING"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| format!(" {name}={v}")))
+        .collect();
     let setup = format!(
         "lsvblk serve --num-queues {queues} --queue-size {QUEUE_SIZE} (defaults otherwise){poll}{}; {}",
         match create_args.first() {

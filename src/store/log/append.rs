@@ -1,6 +1,7 @@
-//! Appending: records into a head's segment as frames with one `pwritev`,
-//! then into the index under the head's lock (so each head's records enter
-//! the index in file order).
+//! Appending: records into a head's segment as frames with one `pwritev`
+//! (or, writing direct, through the head's io_uring: the append cut into
+//! writes in flight together), then into the index under the head's lock
+//! (so each head's records enter the index in file order).
 //!
 //! Every frame is written 4 KiB-aligned in file offset, length and memory:
 //! meta areas are built in aligned buffers, and payloads go out from the
@@ -18,6 +19,7 @@ use super::super::checkpoint::HeadPosition;
 use super::super::frame::{
     BuiltMeta, FRAME_PAYLOAD_BYTES_MAX, FRAME_RECORDS_MAX, FrameRecord, build_meta,
 };
+use super::super::io::direct::{self, IoMode};
 use super::super::io::pwritev_all;
 use super::super::macs::{RecordMacInput, record_mac, signing_key};
 use super::super::record::{PlacedRecord, RecordHeader, RecordKind};
@@ -137,7 +139,8 @@ impl Log {
         let frames = frame_ranges(&frame_records);
         let mut head = self.heads[head_index].lock_or_recover();
         self.ensure_segment(&mut head)?;
-        let open = head.open.as_mut().expect("ensure_segment opened one");
+        let fields: &mut Head = &mut head;
+        let open = fields.open.as_mut().expect("ensure_segment opened one");
         let start = open.offset;
         let mut built = Vec::with_capacity(frames.len());
         let mut placed = Vec::with_capacity(records.len());
@@ -185,9 +188,14 @@ impl Log {
             }
         }
         debug_assert!(slices.iter().all(|s| s.len().is_multiple_of(ALIGN)));
-        if let Err(error) = pwritev_all(&open.file.file, &slices, start) {
+        let writer = open.file.frame_writer();
+        let written = match fields.ring.as_mut() {
+            Some(ring) => ring.write_all(writer, &slices, start),
+            None => pwritev_all(writer, &slices, start),
+        };
+        if let Err(error) = written {
             let path = self.segment_path(open.id);
-            self.take_back(&mut head, start);
+            self.take_back(fields, start);
             return Err(StoreError::io(&path, error));
         }
         open.offset = offset;
@@ -307,6 +315,13 @@ impl Log {
             segment::create_segment(&self.segments_dir, id, &self.config.volume_id, &fields)?;
         // The directory entry becomes durable at the next flush.
         self.dir_dirty.store(true, Ordering::SeqCst);
+        let writer = match self.io_mode() {
+            IoMode::Direct => {
+                let path = self.segment_path(id);
+                Some(direct::open_writer(&path).map_err(|e| StoreError::io(&path, e))?)
+            }
+            IoMode::Buffered => None,
+        };
         state.segment_id_next = id + 1;
         state.head_positions[head.id as usize] = Some(HeadPosition {
             segment_id: id,
@@ -316,6 +331,7 @@ impl Log {
         drop(state);
         let file = Arc::new(SegmentFile {
             file,
+            writer,
             version: SegmentVersion::V2,
             macs: self.config.macs.is_some(),
         });

@@ -88,7 +88,11 @@ impl Log {
                     mac,
                 };
                 let meta = build_meta(segment.id, segment.end, self.config.block_shift, &[record]);
-                pwritev_all(&segment.file.file, &[meta.meta.padded()], segment.end)
+                pwritev_all(
+                    segment.file.frame_writer(),
+                    &[meta.meta.padded()],
+                    segment.end,
+                )
             }
         };
         written

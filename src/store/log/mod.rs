@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::frame::Mac;
+use super::io::direct::{self, IoMode};
+use super::io::uring::WriteRing;
 use super::macs::MacKeys;
 use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
@@ -75,6 +77,9 @@ pub struct LogConfig {
     pub heads: usize,
     /// Open without changing anything on disk.
     pub read_only: bool,
+    /// How segment files are written (direct unless the filesystem refuses
+    /// it; see [`Log::io_mode`]).
+    pub io: IoMode,
     /// The keys records and seals are MACed with, when the volume's
     /// records are authenticated (integrity `mac`); `None` for CRCs only.
     pub macs: Option<Arc<dyn MacKeys>>,
@@ -103,10 +108,32 @@ impl std::fmt::Display for HeadId {
 /// A segment file the log has open, and its format version.
 #[derive(Debug)]
 pub(crate) struct SegmentFile {
+    /// Buffered: reads, syncs, truncation, and writes without `writer`.
     pub(crate) file: File,
+    /// The `O_DIRECT` descriptor frames are written through, for a segment
+    /// this process appends to in direct mode.
+    pub(crate) writer: Option<File>,
     pub(crate) version: SegmentVersion,
     /// Its header says its records carry MACs.
     pub(crate) macs: bool,
+}
+
+impl SegmentFile {
+    /// A segment opened for reading (and buffered writes).
+    pub(crate) fn buffered(file: File, version: SegmentVersion, macs: bool) -> Self {
+        Self {
+            file,
+            writer: None,
+            version,
+            macs,
+        }
+    }
+
+    /// The descriptor frames are written through: the `O_DIRECT` one if
+    /// there is one (every frame is aligned in offset, length and memory).
+    pub(crate) fn frame_writer(&self) -> &File {
+        self.writer.as_ref().unwrap_or(&self.file)
+    }
 }
 
 /// A head's open segment: where its next frame goes, and the record chain
@@ -125,6 +152,9 @@ struct OpenSegment {
 struct Head {
     id: u32,
     open: Option<OpenSegment>,
+    /// The ring its frames are written through (direct mode where the
+    /// kernel allows io_uring); else `pwritev`.
+    ring: Option<WriteRing>,
 }
 
 /// An open log: segments, extent index, checkpoints.
@@ -180,6 +210,9 @@ pub struct Log {
     compact_lock: Mutex<()>,
     /// Who hears of seals and checkpoints (see `events`), if anyone.
     events: OnceLock<Arc<dyn events::LogEvents>>,
+    /// How this process writes segment files: the configured mode, or
+    /// buffered where the filesystem refuses direct I/O.
+    io_mode: IoMode,
 }
 
 impl Log {
@@ -196,6 +229,12 @@ impl Log {
     }
 
     fn empty(dir: &Path, config: LogConfig, seq_next: u64, segment_id_next: u64) -> Self {
+        let segments_dir = dir.join("segments");
+        let io_mode = match config.read_only {
+            true => config.io,
+            false => direct::mode_for(&segments_dir, config.io),
+        };
+        let mut rings = write_rings(config.heads.max(1) + 1, io_mode, config.read_only);
         // The guest's heads, then one for compaction (so moved, cold blocks
         // do not mix with hot ones).
         let heads = (0..config.heads.max(1) + 1)
@@ -203,13 +242,15 @@ impl Log {
                 Mutex::new(Head {
                     id: id as u32,
                     open: None,
+                    ring: rings.next().flatten(),
                 })
             })
             .collect::<Vec<_>>();
         let mut state = IndexState::empty(heads.len());
         state.segment_id_next = segment_id_next;
         Self {
-            segments_dir: dir.join("segments"),
+            segments_dir,
+            io_mode,
             checkpoints_dir: dir.join("checkpoints"),
             state: RwLock::new(state),
             heads,
@@ -231,6 +272,12 @@ impl Log {
     /// The configuration the log was opened with.
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// How this process writes segment files: `LogConfig::io`, or
+    /// buffered where the filesystem refuses direct I/O.
+    pub fn io_mode(&self) -> IoMode {
+        self.io_mode
     }
 
     /// Takes the next write sequence number. Never returns the same number
@@ -288,4 +335,32 @@ impl Log {
     fn compaction_head(&self) -> usize {
         self.heads.len() - 1
     }
+}
+
+/// One write ring per head for a log writing in `mode`: rings only for
+/// direct writes (buffered writes are page-cache copies, done when
+/// `pwritev` returns), none when the kernel refuses io_uring (said once)
+/// or `LSVBLK_IO_URING=0`.
+fn write_rings(
+    heads: usize,
+    mode: IoMode,
+    read_only: bool,
+) -> impl Iterator<Item = Option<WriteRing>> {
+    let wanted = mode == IoMode::Direct
+        && !read_only
+        && std::env::var("LSVBLK_IO_URING")
+            .ok()
+            .is_none_or(|v| v != "0");
+    let mut refused = false;
+    (0..heads).map(move |_| {
+        if !wanted || refused {
+            return None;
+        }
+        WriteRing::new()
+            .inspect_err(|error| {
+                refused = true;
+                tracing::info!(%error, "io_uring refused: segment writes use pwritev");
+            })
+            .ok()
+    })
 }

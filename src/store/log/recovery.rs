@@ -180,14 +180,7 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
         )?;
         let macs = version == SegmentVersion::V2
             && segment::header_says_macs(&file).map_err(|e| StoreError::io(&path, e))?;
-        files.insert(
-            *id,
-            Arc::new(SegmentFile {
-                file,
-                version,
-                macs,
-            }),
-        );
+        files.insert(*id, Arc::new(SegmentFile::buffered(file, version, macs)));
     }
     Ok(())
 }

@@ -88,10 +88,26 @@ pub fn scan_segment(
     start: u64,
     limits: &RecordLimits,
 ) -> Result<ScanOutcome, StoreError> {
+    let segment = Scanned {
+        file,
+        path,
+        segment_id,
+        limits,
+    };
     match version {
-        SegmentVersion::V1 => v1::scan(file, path, segment_id, start, limits),
-        SegmentVersion::V2 => v2::scan(file, path, segment_id, start, limits),
+        SegmentVersion::V1 => v1::scan(segment, start),
+        SegmentVersion::V2 => v2::scan(segment, start),
     }
+}
+
+/// The segment a version's scanner reads: its file (and path, for errors),
+/// its id and what its records must stay within.
+#[derive(Clone, Copy)]
+struct Scanned<'a> {
+    file: &'a File,
+    path: &'a Path,
+    segment_id: u64,
+    limits: &'a RecordLimits,
 }
 
 /// Checks what a record may say in this volume: its block size, its blocks

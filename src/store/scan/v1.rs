@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use super::super::StoreError;
 use super::super::record::{
@@ -12,7 +11,7 @@ use super::super::record::{
 };
 use super::super::segment::{SEGMENT_HEADER_BYTES, read_exact_or_eof};
 use super::super::table::TableFormat;
-use super::{RecordLimits, ScanOutcome, ScannedRecord, SealFound, check_limits};
+use super::{RecordLimits, ScanOutcome, Scanned, ScannedRecord, SealFound, check_limits};
 
 /// The seal record at the end of a version 1 segment of `file_bytes`, if
 /// there is one: it was closed on purpose and every record before the seal
@@ -40,13 +39,13 @@ pub fn find_seal(file: &File, file_bytes: u64) -> io::Result<Option<SealFound>> 
 
 /// Scans records from `start` to the end of the file, checking every header,
 /// checksum table and block checksum. Stops at the first invalid record.
-pub fn scan(
-    file: &File,
-    path: &Path,
-    segment_id: u64,
-    start: u64,
-    limits: &RecordLimits,
-) -> Result<ScanOutcome, StoreError> {
+pub(super) fn scan(segment: Scanned<'_>, start: u64) -> Result<ScanOutcome, StoreError> {
+    let Scanned {
+        file,
+        path,
+        segment_id,
+        limits,
+    } = segment;
     let file_bytes = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     let seal = find_seal(file, file_bytes).map_err(|e| StoreError::io(path, e))?;
     let mut records = Vec::new();

@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use super::super::StoreError;
 use super::super::aligned::ALIGN;
@@ -15,7 +14,9 @@ use super::super::frame::{FRAME_HEADER_BYTES, FrameHeader, ParsedMeta, SealBody,
 use super::super::record::{PlacedRecord, RecordHeader, RecordKind};
 use super::super::segment::{V2_FIRST_FRAME, read_exact_or_eof};
 use super::super::table::TableFormat;
-use super::{RecordLimits, ScanOutcome, ScannedRecord, SealFound, blocks_intact, check_limits};
+use super::{
+    RecordLimits, ScanOutcome, Scanned, ScannedRecord, SealFound, blocks_intact, check_limits,
+};
 
 /// Largest meta area a frame may claim: the headers of the most records a
 /// frame holds and the tables of the largest writes, with room to spare.
@@ -45,13 +46,9 @@ impl From<io::Error> for FrameError {
 }
 
 /// Scans frames from `start` (see the module docs).
-pub fn scan(
-    file: &File,
-    path: &Path,
-    segment_id: u64,
-    start: u64,
-    limits: &RecordLimits,
-) -> Result<ScanOutcome, StoreError> {
+pub(super) fn scan(segment: Scanned<'_>, start: u64) -> Result<ScanOutcome, StoreError> {
+    let (file, path, segment_id) = (segment.file, segment.path, segment.segment_id);
+    let limits = segment.limits;
     let io_error = |e| StoreError::io(path, e);
     let file_bytes = file.metadata().map_err(io_error)?.len();
     let mut records = Vec::new();
