@@ -3,6 +3,10 @@
 //! checkpoint never reads (below its replay point and not among what it
 //! needs), and the older checkpoint and metadata objects.
 //!
+//! Also the objects of older epochs that the volume does not hold (see
+//! [`orphans`]): what a fenced writer uploaded after it was taken over, or
+//! what a new epoch did not adopt.
+//!
 //! Only while no newer writer exists, asked after the checkpoint's upload:
 //! a writer that takes over creates its lease before it resolves the store,
 //! so it starts from this checkpoint or a newer one, never from an older
@@ -10,7 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::layout::{ObjectKind, StoredObject};
+use super::error::Result;
+use super::layout::{ObjectKind, StoredObject, epoch_folder};
+use super::lease::Leases;
+use crate::objstore::{ObjectKey, ObjectStore};
 use crate::store::WrittenCheckpoint;
 
 /// The volume's objects in the store, by kind and number.
@@ -42,6 +49,36 @@ pub(super) fn collectable(
         })
         .cloned()
         .collect()
+}
+
+/// The segment, checkpoint and metadata objects in the folders of epochs
+/// older than `epoch` that are not in `stored` (every object the volume of
+/// `epoch` holds: its base plus its own). Resolving the volume ignores
+/// them (a newer epoch resolves from `epoch`'s base), so nothing reads
+/// them again: a fenced writer's uploads after the takeover, and what a
+/// new epoch did not adopt. Leases and bases stay (they are small, and
+/// the newest started epoch is found through them).
+pub(super) fn orphans(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    stored: &StoredObjects,
+) -> Result<Vec<ObjectKey>> {
+    let mut found = Vec::new();
+    for older in Leases::read(store)?
+        .epochs
+        .into_iter()
+        .filter(|e| *e < epoch)
+    {
+        for info in store.list(&ObjectKey::new(epoch_folder(older))?)? {
+            let Some(object) = StoredObject::parse(info.key.as_str()) else {
+                continue;
+            };
+            if stored.get(&(object.kind, object.number)) != Some(&object) {
+                found.push(info.key);
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+mod garbage;
+
 use super::cache::{CacheStatus, SegmentCache};
-use super::collect::{StoredObjects, collectable};
+use super::collect::StoredObjects;
 use super::error::{RemoteError, Result};
 use super::layout::{ObjectKind, StoredObject};
 use super::{lease, meta};
@@ -97,6 +99,9 @@ struct State {
     /// collected for upload.
     meta_fingerprint: Option<u64>,
     status: UploadStatus,
+    /// When older epochs' folders were last swept for objects the
+    /// volume does not hold.
+    last_orphan_sweep: Option<Instant>,
     /// `finish` was called: upload what is queued, then stop.
     stopping: bool,
     /// `finish` is done waiting: the threads stop now.
@@ -592,46 +597,6 @@ impl Shared {
         drop(state);
         self.collect_garbage(checkpoint);
         Ok(())
-    }
-
-    /// Deletes the objects nothing needs once `checkpoint` is stored (see
-    /// `collect`): first the superseded objects and the older checkpoints
-    /// and metadata, then segments, so that no checkpoint left in the store
-    /// lacks a segment. A failure is logged and retried after the next
-    /// checkpoint.
-    fn collect_garbage(&self, checkpoint: &WrittenCheckpoint) {
-        let (victims, replaced) = {
-            let state = self.lock();
-            let victims = collectable(&state.stored, &state.deleted, checkpoint);
-            (victims, state.superseded.clone())
-        };
-        if victims.is_empty() && replaced.is_empty() {
-            return;
-        }
-        let (segments, mut others): (Vec<StoredObject>, Vec<StoredObject>) = victims
-            .iter()
-            .cloned()
-            .partition(|o| o.kind == ObjectKind::Segment);
-        others.extend(replaced.iter().cloned());
-        let keys =
-            |objects: &[StoredObject]| objects.iter().map(StoredObject::key).collect::<Vec<_>>();
-        let deleted = lease::check_not_fenced(self.store.as_ref(), self.epoch)
-            .and_then(|()| Ok(self.store.delete(&keys(&others))?))
-            .and_then(|()| Ok(self.store.delete(&keys(&segments))?));
-        if let Err(error) = deleted {
-            tracing::warn!(%error, "collecting unneeded objects failed; trying again later");
-            return;
-        }
-        let mut state = self.lock();
-        state.superseded.retain(|o| !replaced.contains(o));
-        for victim in &victims {
-            state.stored.remove(&(victim.kind, victim.number));
-            if victim.kind == ObjectKind::Segment {
-                state.deleted.remove(&victim.number);
-                state.uploaded.remove(&victim.number);
-            }
-        }
-        state.status.collected_objects += (segments.len() + others.len()) as u64;
     }
 }
 
