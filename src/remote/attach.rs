@@ -121,8 +121,9 @@ pub fn create(remote: &RemoteStore, dir: &Path) -> Result<()> {
 
 /// Claims the volume in the store for a writer in `dir`: refuses while
 /// another writer holds it (unless `takeover`), rebuilds an empty `dir`
-/// from the store, and starts a new epoch adopting what is stored.
-pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool) -> Result<Claimed> {
+/// from the store (`lazy`: fetching segment records only when they are
+/// read, see `rebuild`), and starts a new epoch adopting what is stored.
+pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool, lazy: bool) -> Result<Claimed> {
     let store = remote.store.as_ref();
     let volume_id = existing_volume_id(remote)?;
     let leases = Leases::read(store)?;
@@ -149,7 +150,7 @@ pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool) -> Result<Claimed
     let resolution = resolve(store, &leases.epochs)?;
     let adopted = if rebuild_dir {
         start_rebuild(dir)?;
-        match rebuild(store, &resolution, dir, &volume_id, remote.threads) {
+        match rebuild(store, &resolution, dir, &volume_id, remote.threads, lazy) {
             Ok(adopted) => adopted,
             Err(error) => {
                 // The epoch never started (it has no base): free it, so the

@@ -32,8 +32,14 @@ use crate::sync::LockOrRecover;
 
 /// The file in the volume directory that lists the evicted segments.
 pub const CACHE_STATE_FILE: &str = "cache.json";
-/// Unit of a refill: one ranged GET fetches at most this much.
-const CHUNK_BYTES: u64 = 1 << 20;
+/// Unit of eviction and refill: a random read of evicted data fetches the
+/// chunks it touches (small, so that a cold 4 KiB read costs little more
+/// than its own bytes).
+const CHUNK_BYTES: u64 = 256 << 10;
+/// Chunks a sequential read fetches beyond what it asked for, in the same
+/// GET (4 MiB GETs in all: larger GETs run closer to the store's
+/// throughput).
+const READAHEAD_CHUNKS: u64 = 15;
 /// Bytes at a segment's end that stay (the seal, for every version).
 const TAIL_KEPT_BYTES: u64 = 2 * ALIGN as u64;
 
@@ -65,12 +71,30 @@ struct Cached {
     missing: BTreeSet<u64>,
 }
 
+/// The byte range of a segment file of `len` bytes that eviction punches
+/// out: the records between the header and the seal. What is outside it
+/// (the header, the seal) always stays in the file.
+pub fn evictable_range(len: u64) -> std::ops::Range<u64> {
+    let end = len.saturating_sub(TAIL_KEPT_BYTES) / ALIGN as u64 * ALIGN as u64;
+    ALIGN as u64..end.max(ALIGN as u64)
+}
+
+/// Writes `cache.json` of the volume in `dir`: segments `evicted` have
+/// records punched out (a rebuild that fetches only their headers and
+/// seals says so before the volume opens).
+pub fn write_evicted(dir: &Path, evicted: &BTreeSet<u64>) -> Result<()> {
+    let persisted = Persisted {
+        evicted: evicted.iter().copied().collect(),
+    };
+    let bytes = serde_json::to_vec(&persisted).expect("a list serializes");
+    let path = dir.join(CACHE_STATE_FILE);
+    write_atomic(&path, &bytes, 0o600).map_err(|e| RemoteError::io(&path, e))
+}
+
 impl Cached {
-    /// The byte range that eviction punches out: the records between the
-    /// header and the seal, whole chunks from the first one.
+    /// See [`evictable_range`].
     fn evictable(&self) -> std::ops::Range<u64> {
-        let end = self.object.len.saturating_sub(TAIL_KEPT_BYTES) / ALIGN as u64 * ALIGN as u64;
-        ALIGN as u64..end.max(ALIGN as u64)
+        evictable_range(self.object.len)
     }
 
     fn chunk_span(&self, chunk: u64) -> std::ops::Range<u64> {
@@ -119,7 +143,7 @@ struct Persisted {
 pub struct SegmentCache {
     store: Arc<dyn ObjectStore>,
     segments_dir: PathBuf,
-    state_path: PathBuf,
+    volume_dir: PathBuf,
     state: Mutex<State>,
 }
 
@@ -144,7 +168,7 @@ impl SegmentCache {
         let cache = Self {
             store,
             segments_dir: dir.join("segments"),
-            state_path: dir.join(CACHE_STATE_FILE),
+            volume_dir: dir.to_path_buf(),
             state: Mutex::new(State {
                 status: CacheStatus {
                     capacity_bytes: capacity,
@@ -267,11 +291,22 @@ impl SegmentCache {
                 span.start < end && start < span.end
             })
             .collect();
-        if wanted.is_empty() {
+        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
             return Ok(Some(pin));
+        };
+        let mut chunks = wanted.clone();
+        // A sequential reader (the chunk before is here already, or this is
+        // the first) gets the missing chunks after these in the same GET.
+        if first == 0 || !cached.missing.contains(&(first - 1)) {
+            chunks.extend(
+                (last + 1..last + 1 + READAHEAD_CHUNKS).take_while(|c| cached.missing.contains(c)),
+            );
         }
-        let spans: Vec<(u64, std::ops::Range<u64>)> =
-            wanted.iter().map(|c| (*c, cached.chunk_span(*c))).collect();
+        let runs = contiguous_runs(&chunks);
+        let spans: Vec<std::ops::Range<u64>> = runs
+            .iter()
+            .map(|(a, b)| cached.chunk_span(*a).start..cached.chunk_span(*b).end)
+            .collect();
         let object = cached.object.clone();
         drop(state);
         let path = self.segments_dir.join(format!("{segment_id:016x}.seg"));
@@ -280,20 +315,8 @@ impl SegmentCache {
             .open(&path)
             .map_err(|e| RemoteError::io(&path, e))?;
         let mut fetched = 0;
-        for (_, span) in &spans {
-            let bytes = self.store.get_range(
-                &object.key(),
-                ByteRange::Span {
-                    start: span.start,
-                    end: span.end,
-                },
-            )?;
-            if bytes.len() as u64 != span.end - span.start {
-                return Err(RemoteError::Corrupt {
-                    key: object.key().as_str().to_string(),
-                    reason: format!("a ranged GET of {span:?} returned {} bytes", bytes.len()),
-                });
-            }
+        for span in &spans {
+            let bytes = get_span(self.store.as_ref(), &object, span.clone())?;
             file.write_all_at(&bytes, span.start)
                 .map_err(|e| RemoteError::io(&path, e))?;
             fetched += bytes.len() as u64;
@@ -303,7 +326,7 @@ impl SegmentCache {
         state.status.fetched_bytes += fetched;
         let whole = match state.segments.get_mut(&segment_id) {
             Some(cached) => {
-                for (chunk, _) in &spans {
+                for chunk in &chunks {
                     cached.missing.remove(chunk);
                 }
                 cached.missing.is_empty()
@@ -363,18 +386,47 @@ impl SegmentCache {
 
     /// Writes `cache.json`: every segment with records punched out.
     fn persist(&self, state: &State) -> Result<()> {
-        let persisted = Persisted {
-            evicted: state
-                .segments
-                .iter()
-                .filter(|(_, c)| !c.missing.is_empty())
-                .map(|(id, _)| *id)
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&persisted).expect("a list serializes");
-        write_atomic(&self.state_path, &bytes, 0o600)
-            .map_err(|e| RemoteError::io(&self.state_path, e))
+        let evicted = state
+            .segments
+            .iter()
+            .filter(|(_, c)| !c.missing.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        write_evicted(&self.volume_dir, &evicted)
     }
+}
+
+/// The runs of consecutive numbers in the ascending `chunks`, as (first,
+/// last) pairs.
+fn contiguous_runs(chunks: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &chunk in chunks {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == chunk => *last = chunk,
+            _ => runs.push((chunk, chunk)),
+        }
+    }
+    runs
+}
+
+/// Bytes `span` of `object`, with a ranged GET that must return them all.
+pub fn get_span(
+    store: &dyn ObjectStore,
+    object: &StoredObject,
+    span: std::ops::Range<u64>,
+) -> Result<bytes::Bytes> {
+    let range = ByteRange::Span {
+        start: span.start,
+        end: span.end,
+    };
+    let bytes = store.get_range(&object.key(), range)?;
+    if bytes.len() as u64 != span.end - span.start {
+        return Err(RemoteError::Corrupt {
+            key: object.key().as_str().to_string(),
+            reason: format!("a ranged GET of {span:?} returned {} bytes", bytes.len()),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Frees `len` bytes of `file` from `offset` (the size stays; they read as
@@ -400,5 +452,28 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_consecutive_chunks() {
+        assert!(contiguous_runs(&[]).is_empty());
+        assert_eq!(
+            contiguous_runs(&[0, 1, 2, 5, 7, 8]),
+            [(0, 2), (5, 5), (7, 8)]
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_the_header_and_the_seal() {
+        let range = evictable_range(16 << 20);
+        assert_eq!(range.start, ALIGN as u64);
+        assert_eq!(range.end, (16 << 20) - TAIL_KEPT_BYTES);
+        // A segment smaller than what always stays has nothing to evict.
+        assert!(evictable_range(8192).is_empty());
     }
 }

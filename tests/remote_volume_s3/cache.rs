@@ -1,6 +1,8 @@
 //! The volume directory as a cache of the store (`--cache-size`): a volume
 //! bigger than its cache keeps only the cache's worth of uploaded segments
-//! locally and reads the rest back with ranged GETs, also after a restart.
+//! locally and reads the rest back with ranged GETs, also after a restart
+//! and when opened on an empty directory (which fetches records only when
+//! they are read).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use crate::kit::ceph::cluster;
 use crate::kit::cli::wait_for;
 use crate::kit::versions::VerifiedLoad;
-use crate::{MIB, Setup, for_time};
+use crate::{MIB, Setup, for_time, lsvblk};
 
 const CACHE_BYTES: u64 = 8 * MIB;
 
@@ -57,6 +59,14 @@ fn a_volume_bigger_than_its_cache_reads_evicted_data_back() {
         "the segment files still take {allocated} bytes on disk: {}",
         cache(&setup)
     );
+    // A keyless check of the files says which segments are evicted, and
+    // finds no damage in them.
+    let volume = setup.volume.to_str().unwrap();
+    let inspect = lsvblk().json(&["inspect", "--volume", volume, "--json"]);
+    assert!(
+        inspect["damage"]["segments_evicted"].as_u64() > Some(0),
+        "{inspect}"
+    );
 
     // Every block reads back: evicted ones through ranged GETs.
     let check = load.verify_disk();
@@ -73,6 +83,25 @@ fn a_volume_bigger_than_its_cache_reads_evicted_data_back() {
     let check = load.verify_disk();
     assert_eq!((check.io_errors, check.mismatches), (0, 0));
     assert_eq!(check.verified, 32 * MIB / 4096);
+    drop(load.client.take());
+    daemon.stop_cleanly();
+
+    // Opened with a cache on an empty directory (another host), the volume
+    // gets only the segments' headers and seals; its records come from the
+    // store as they are read.
+    let elsewhere = setup.fresh_dir();
+    let mut daemon = setup.serve(&elsewhere, &cache_args);
+    let allocated = segments_allocated(&elsewhere);
+    assert!(
+        allocated < 8 * MIB,
+        "the rebuilt segment files take {allocated} bytes on disk"
+    );
+    load.client = Some(daemon.client(1));
+    let check = load.verify_disk();
+    assert_eq!((check.io_errors, check.mismatches), (0, 0));
+    assert_eq!(check.verified, 32 * MIB / 4096);
+    let status = setup.status(&elsewhere)["upload"]["cache"].clone();
+    assert!(status["fetches"].as_u64() > Some(0), "{status}");
     drop(load.client.take());
     daemon.stop_cleanly();
 }

@@ -41,7 +41,9 @@ pub struct RemoteServeArgs {
     store_wait: Duration,
     /// Keep at most SIZE (e.g. 8G) of uploaded segments in the volume
     /// directory, evicting the least recently read; reads of evicted data
-    /// fetch it back with ranged GETs. Default: keep everything.
+    /// fetch it back with ranged GETs. An empty directory is rebuilt with
+    /// the segments' headers and seals only (records fetched when read).
+    /// Default: keep everything.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "store")]
     cache_size: Option<u64>,
 }
@@ -105,7 +107,10 @@ pub fn claim(
     if !remote::needs_rebuild(dir) {
         lock = Some(VolumeLock::acquire(dir, false)?);
     }
-    let claimed = remote::claim(&remote, dir, args.takeover).map_err(remote_failure)?;
+    // With a cache size, an empty directory gets the records of the
+    // checkpointed segments only when they are read.
+    let lazy = args.cache_size.is_some();
+    let claimed = remote::claim(&remote, dir, args.takeover, lazy).map_err(remote_failure)?;
     if claimed.rebuilt {
         tracing::info!(dir = %dir.display(), epoch = claimed.epoch, "rebuilt the volume from the object store");
     }
