@@ -151,32 +151,6 @@ LBS=$(json_field block_bytes "$inspect")
 done_step setup "volume $SIZE bytes, ${LBS}-byte blocks, key id $KEY_ID"
 
 # ------------------------------------------------------------ serving
-serve_n=0
-SERVE_LOG=""
-# start_serve [extra lsvblk serve args]: serves $VOL on $SOCK as alice.
-start_serve() {
-  serve_n=$((serve_n + 1))
-  SERVE_LOG=$OUT/serve-$serve_n.log
-  rm -f "$SOCK"
-  "$LSVBLK" serve --volume "$VOL" --socket "$SOCK" --kms "unix:$KMS_SOCK" --token-file "$TOKEN" "$@" \
-    >"$SERVE_LOG" 2>&1 &
-  SERVE_PID=$!
-  wait_socket "$SOCK" "$SERVE_PID" "lsvblk serve" "$SERVE_LOG"
-}
-# stop_serve: SIGTERM; the daemon must flush, close and exit 0.
-stop_serve() {
-  local rc=0 pid=$SERVE_PID
-  SERVE_PID=""
-  stop_pid "$pid" || rc=$?
-  if [ "$rc" != 0 ]; then
-    sed 's/^/  | /' "$SERVE_LOG" >&2
-    die "lsvblk serve exited with status $rc after SIGTERM, expected 0 (log: $SERVE_LOG)"
-  fi
-  grep -q "volume flushed and closed" "$SERVE_LOG" ||
-    die "lsvblk serve exited 0 but did not log 'volume flushed and closed' ($SERVE_LOG)"
-  [ ! -e "$SOCK" ] || die "lsvblk serve left its socket $SOCK behind"
-}
-
 # boot LABEL EXPECT(0 PASS, 1 FAIL) run-vm.sh args...: sets LAST_LINE.
 boot() {
   local label=$1 expect=$2 rc=0

@@ -196,6 +196,36 @@ kms_start() {
   done
 }
 
+# start_serve [extra lsvblk serve args]: serves $VOL on $SOCK with the
+# token in $TOKEN, through lsvkms at $KMS_SOCK, logging to a new
+# $OUT/serve-N.log (SERVE_LOG); sets SERVE_PID once the socket is up.
+serve_n=0
+SERVE_LOG=""
+start_serve() {
+  serve_n=$((serve_n + 1))
+  SERVE_LOG=$OUT/serve-$serve_n.log
+  rm -f "$SOCK"
+  "$LSVBLK" serve --volume "$VOL" --socket "$SOCK" --kms "unix:$KMS_SOCK" --token-file "$TOKEN" "$@" \
+    >"$SERVE_LOG" 2>&1 &
+  SERVE_PID=$!
+  wait_socket "$SOCK" "$SERVE_PID" "lsvblk serve" "$SERVE_LOG"
+}
+
+# stop_serve: SIGTERM to the daemon start_serve started; it must flush,
+# close the volume, remove its socket and exit 0.
+stop_serve() {
+  local rc=0 pid=$SERVE_PID
+  SERVE_PID=""
+  stop_pid "$pid" || rc=$?
+  if [ "$rc" != 0 ]; then
+    sed 's/^/  | /' "$SERVE_LOG" >&2
+    die "lsvblk serve exited with status $rc after SIGTERM, expected 0 (log: $SERVE_LOG)"
+  fi
+  grep -q "volume flushed and closed" "$SERVE_LOG" ||
+    die "lsvblk serve exited 0 but did not log 'volume flushed and closed' ($SERVE_LOG)"
+  [ ! -e "$SOCK" ] || die "lsvblk serve left its socket $SOCK behind"
+}
+
 # loop_option ARGS...: if ARGS starts with one of the write-loop scenarios'
 # common options (--backend, --boot-timeout, --progress-timeout, --summary,
 # --keep, --help), sets its variable and SHIFT to the words it took; else

@@ -81,22 +81,7 @@ kms_start "$TMPD" "$OUT" alice
   { cat "$OUT/create.log" >&2; die "lsvblk create failed"; }
 LBS=$(json_field block_bytes "$("$LSVBLK" inspect --volume "$VOL" --json)")
 
-serve_n=0
-start_serve() {
-  serve_n=$((serve_n + 1))
-  SERVE_LOG=$OUT/serve-$serve_n.log
-  "$LSVBLK" serve --volume "$VOL" --socket "$SOCK" --kms "unix:$KMS_SOCK" \
-    --token-file "$TMPD/alice.token" --num-queues 2 >"$SERVE_LOG" 2>&1 &
-  SERVE_PID=$!
-  wait_socket "$SOCK" "$SERVE_PID" "lsvblk serve" "$SERVE_LOG"
-}
-stop_serve() {
-  local rc=0 pid=$SERVE_PID
-  SERVE_PID=""
-  stop_pid "$pid" || rc=$?
-  [ "$rc" = 0 ] || { tail -n 30 "$SERVE_LOG" >&2; die "lsvblk serve exited $rc after SIGTERM"; }
-  grep -q "volume flushed and closed" "$SERVE_LOG" || die "lsvblk serve did not close the volume cleanly"
-}
+TOKEN=$TMPD/alice.token
 
 # The embedded driver's state lives under ROOT; QEMU runs as root here (the
 # daemon's socket is 0600 root). In production run QEMU as libvirt-qemu and
@@ -140,12 +125,12 @@ boot() {
 }
 
 echo "== boot 1 under libvirt: write"
-start_serve
+start_serve --num-queues 2
 boot write
 stop_serve
 
 echo "== boot 2 under libvirt: verify, after a daemon restart"
-start_serve
+start_serve --num-queues 2
 boot verify
 stop_serve
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Subcommand};
 
 use lsvblk::kms::audit::verify::{check, verify};
 use lsvblk::kms::audit::{AuditKey, rfc3339_utc};
@@ -19,21 +19,19 @@ use lsvblk::kms::keys::KeyStore;
 use lsvblk::kms::limits::TOKEN_TTL_S_MAX;
 use lsvblk::kms::service::{Service, now_unix_s};
 use lsvblk::kms::{server, tls};
+use lsvblk::ops::cli::{CommandLine, Program};
 use lsvblk::ops::docs::{Shell, write_completions, write_man_pages};
 use lsvblk::ops::metrics::{self, KmsCollector, MetricsAddress};
 use lsvblk::ops::notify;
 use prometheus_client::registry::Registry;
 
-/// lsvkms: holds the wrapping key, creates and wraps data keys, and releases
-/// a data key only to an allow-listed service acting for a user on its ACL.
-#[derive(Parser)]
-#[command(name = "lsvkms", version, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    #[command(flatten)]
-    process: lsvblk::ops::cli::ProcessArgs,
-}
+/// How `lsvkms` names itself in `--help`, `--version` and its man pages.
+const PROGRAM: Program = Program {
+    name: "lsvkms",
+    about: "lsvkms: holds the wrapping key, creates and wraps data keys, and releases a data \
+key only to an allow-listed service acting for a user on its ACL",
+    long_about: None,
+};
 
 #[derive(Subcommand)]
 enum Command {
@@ -235,7 +233,7 @@ fn run() -> Result<()> {
     lsvblk::ops::cli::protect_process().context("cannot disable core dumps")?;
     // RUST_LOG unset: errors only.
     lsvblk::ops::cli::init_logging("error");
-    match lsvblk::ops::cli::parse_args::<Cli>().command {
+    match CommandLine::<Command>::parse_for(&PROGRAM).command {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Token(TokenCommand::Issue { dir, user, ttl }) => issue(&dir.dir, &user, &ttl),
@@ -257,11 +255,15 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Completions { shell } => {
-            write_completions(shell, Cli::command(), &mut std::io::stdout().lock());
+            write_completions(
+                shell,
+                CommandLine::<Command>::command_for(&PROGRAM),
+                &mut std::io::stdout().lock(),
+            );
             Ok(())
         }
         Command::Man { dir } => {
-            let pages = write_man_pages(Cli::command(), &dir)
+            let pages = write_man_pages(CommandLine::<Command>::command_for(&PROGRAM), &dir)
                 .with_context(|| format!("writing man pages to {}", dir.display()))?;
             for page in pages {
                 println!("{}", page.display());

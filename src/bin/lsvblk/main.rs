@@ -28,21 +28,19 @@ mod size;
 mod snapshot;
 mod store;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::Subcommand;
+use lsvblk::ops::cli::{CommandLine, Program};
 
-/// Encrypted, log-structured virtual disks for VMs, served over vhost-user-blk.
-///
-/// Every block is encrypted with AES-256-XTS and appended to a log of
-/// segment files; the data key is released by the key-wrapping service
-/// (lsvkms) only to users on the volume's ACL.
-#[derive(Parser)]
-#[command(name = "lsvblk", version, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    #[command(flatten)]
-    process: lsvblk::ops::cli::ProcessArgs,
-}
+/// How `lsvblk` names itself in `--help`, `--version` and its man pages.
+const PROGRAM: Program = Program {
+    name: "lsvblk",
+    about: "Encrypted, log-structured virtual disks for VMs, served over vhost-user-blk",
+    long_about: Some(
+        "Encrypted, log-structured virtual disks for VMs, served over vhost-user-blk.\n\n\
+Every block is encrypted with AES-256-XTS and appended to a log of segment files; the data \
+key is released by the key-wrapping service (lsvkms) only to users on the volume's ACL.",
+    ),
+};
 
 #[derive(Subcommand)]
 enum Command {
@@ -100,7 +98,7 @@ fn main() {
         eprintln!("lsvblk: error: cannot disable core dumps: {error}");
         std::process::exit(exit::SOFTWARE);
     }
-    let cli: Cli = lsvblk::ops::cli::parse_args();
+    let cli = CommandLine::<Command>::parse_for(&PROGRAM);
     lsvblk::ops::cli::init_logging("info");
     let result = match cli.command {
         Command::Create(args) => create::run(args),
@@ -118,8 +116,10 @@ fn main() {
         Command::Policy(args) => rotate::policy(args),
         Command::Import(args) => image::import(args),
         Command::Export(args) => image::export(args),
-        Command::Completions(args) => docs::completions(args, Cli::command()),
-        Command::Man(args) => docs::man(args, Cli::command()),
+        Command::Completions(args) => {
+            docs::completions(args, CommandLine::<Command>::command_for(&PROGRAM))
+        }
+        Command::Man(args) => docs::man(args, CommandLine::<Command>::command_for(&PROGRAM)),
     };
     if let Err(failure) = result {
         eprintln!("lsvblk: error: {failure}");

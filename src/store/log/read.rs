@@ -137,9 +137,12 @@ impl Log {
         &self,
         reads: &mut [PieceRead<'_>],
     ) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = reads.iter().map(|_| Ok(())).collect();
         let mut bounces: Vec<Bounce> = Vec::new();
         // Per read: its table entries, its ciphertext read in place.
         let mut in_place = vec![(false, false); reads.len()];
+        // Held until every read completed (see `LogEvents::before_read`).
+        let mut _pins = Vec::with_capacity(reads.len());
         for (index, read) in reads.iter_mut().enumerate() {
             let piece = read.piece;
             assert_eq!(
@@ -150,6 +153,18 @@ impl Log {
                 read.table.len() as u64,
                 piece.table_format().table_bytes(piece.blocks)
             );
+            // Whole pages: what a bounce buffer or the cache may read.
+            let start = piece.payload_offset.min(piece.table_offset);
+            let end = (piece.payload_offset + read.buf.len() as u64)
+                .max(piece.table_offset + read.table.len() as u64);
+            let pages = start - start % ALIGN as u64..align_up(end as usize) as u64;
+            match self.before_read(piece.segment_id, pages.start, pages.end) {
+                Ok(pin) => _pins.push(pin),
+                Err(error) => {
+                    results[index] = Err(error);
+                    continue;
+                }
+            }
             let direct = piece.file.direct.is_some();
             let cached = self
                 .meta_cache
@@ -184,6 +199,9 @@ impl Log {
             let mut payloads: Vec<(usize, ReadOp<'_>)> = Vec::with_capacity(reads.len());
             let mut tables: Vec<(usize, ReadOp<'_>)> = Vec::new();
             for (index, read) in reads.iter_mut().enumerate() {
+                if results[index].is_err() {
+                    continue;
+                }
                 let PieceRead { piece, buf, table } = read;
                 let file = piece.file.read_fd();
                 if in_place[index].0 {
@@ -228,7 +246,6 @@ impl Log {
                 .zip(read_all(&mut ops))
                 .collect::<Vec<_>>()
         };
-        let mut results: Vec<Result<(), StoreError>> = reads.iter().map(|_| Ok(())).collect();
         for (index, outcome) in outcomes {
             let piece = pieces[index];
             let failed = match outcome {
