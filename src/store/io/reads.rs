@@ -19,6 +19,7 @@ use io_uring::{IoUring, opcode, types};
 
 use super::super::segment::read_exact_or_eof;
 use super::IOV_MAX;
+use super::uring::wait_all;
 
 /// Submission queue entries of a thread's read ring: the most reads in
 /// flight at once.
@@ -170,31 +171,7 @@ fn submit_wave(ring: &mut IoUring, wave: &[Group]) -> Vec<i32> {
         let pushed = unsafe { ring.submission().push(&entry) };
         assert!(pushed.is_ok(), "a wave fits the empty submission queue");
     }
-    let mut results: Vec<Option<i32>> = vec![None; wave.len()];
-    let mut done = 0;
-    while done < wave.len() {
-        if let Err(error) = ring.submit_and_wait(1) {
-            match error.raw_os_error() {
-                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => {}
-                _ => {
-                    tracing::error!(%error, "io_uring stopped answering with reads in flight: aborting (their buffers may still be written)");
-                    std::process::abort();
-                }
-            }
-        }
-        for completion in ring.completion() {
-            if let Some(slot) = results.get_mut(completion.user_data() as usize)
-                && slot.is_none()
-            {
-                *slot = Some(completion.result());
-                done += 1;
-            }
-        }
-    }
-    results
-        .into_iter()
-        .map(|r| r.expect("every group completed"))
-        .collect()
+    wait_all(ring, wave.len(), "reads")
 }
 
 #[cfg(test)]
@@ -205,14 +182,7 @@ mod tests {
 
     #[test]
     fn reads_come_back_in_place_merged_or_not_and_past_the_end_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let file = tempfile::tempfile().unwrap();
         let bytes: Vec<u8> = (0..64 * 4096).map(|i| (i / 4096 + i % 251) as u8).collect();
         file.write_all_at(&bytes, 0).unwrap();
         let mut a = AlignedBuf::zeroed(8192);

@@ -211,20 +211,13 @@ impl Log {
                         ReadOp {
                             file,
                             offset,
-                            buf: &mut **table,
+                            buf: table,
                         },
                     ));
                 }
                 if in_place[index].1 {
                     let offset = piece.payload_offset;
-                    payloads.push((
-                        index,
-                        ReadOp {
-                            file,
-                            offset,
-                            buf: &mut **buf,
-                        },
-                    ));
+                    payloads.push((index, ReadOp { file, offset, buf }));
                 }
             }
             for bounce in bounces.iter_mut() {
