@@ -90,8 +90,9 @@ pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use io::direct::IoMode;
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
-    SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view, write_snapshot_index,
+    LogConfig, LogEvents, ReadPiece, ReadPin, RecordPosition, RecoveryReport, RekeyPlan,
+    RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view,
+    write_snapshot_index,
 };
 pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};

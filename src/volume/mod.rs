@@ -57,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use base::{BaseImage, BaseRef};
-pub use check::check_files;
+pub use check::{check_files, check_files_evicted};
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
 pub use key_state::KeyStatus;

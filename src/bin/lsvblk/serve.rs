@@ -168,10 +168,15 @@ pub fn run(args: ServeArgs) -> Outcome {
     let started = Instant::now();
     raise_open_file_limit();
     // A volume kept in an object store: claim it (an empty directory is
-    // rebuilt from the store first).
+    // rebuilt from the store first), or fetch the snapshot to serve.
     let mut serving = None;
-    let mut remote =
-        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
+    let mut remote = crate::remote_serve::claim(
+        &args.store,
+        &args.remote,
+        &args.volume,
+        args.read_only,
+        args.snapshot.as_deref(),
+    )?;
     let pool =
         CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {

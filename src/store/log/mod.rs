@@ -54,7 +54,7 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
-pub use events::{LogEvents, WrittenCheckpoint};
+pub use events::{LogEvents, ReadPin, WrittenCheckpoint};
 pub use read::{DataPiece, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;

@@ -136,6 +136,10 @@ impl Log {
             table.len() as u64,
             piece.table_format().table_bytes(piece.blocks)
         );
+        let start = piece.payload_offset.min(piece.table_offset);
+        let end =
+            (piece.payload_offset + buf.len() as u64).max(piece.table_offset + table.len() as u64);
+        let _resident = self.before_read(piece.segment_id, start, end)?;
         let path = || self.segment_path(piece.segment_id);
         let short = |offset| StoreError::Corrupt {
             path: path(),
