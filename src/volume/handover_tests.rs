@@ -50,12 +50,16 @@ fn served(dir: &Path) -> Arc<Served> {
     Arc::new(Served::open(Arc::new(volume)))
 }
 
-fn wait_until_prepared(served: &Served) {
+/// Prepares the hand-over of `served` (the volume in `dir`) and waits for
+/// it; returns the checkpoint files it left.
+fn prepare(served: &Arc<Served>, dir: &Path) -> Vec<(String, u64)> {
+    served.prepare_hand_over();
     let deadline = Instant::now() + Duration::from_secs(10);
     while served.prepared_at.lock_or_recover().is_none() {
         assert!(Instant::now() < deadline, "the preparation did not finish");
         std::thread::sleep(Duration::from_millis(1));
     }
+    checkpoints(dir)
 }
 
 fn reopened_block(dir: &Path, block: u64) -> (Vec<u8>, usize) {
@@ -69,9 +73,7 @@ fn reopened_block(dir: &Path, block: u64) -> (Vec<u8>, usize) {
 fn a_prepared_hand_over_only_lets_go_and_the_next_open_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let served = served(dir.path());
-    served.prepare_hand_over();
-    wait_until_prepared(&served);
-    let after_preparing = checkpoints(dir.path());
+    let after_preparing = prepare(&served, dir.path());
 
     served.hand_over().unwrap();
     assert_eq!(
@@ -88,9 +90,7 @@ fn a_prepared_hand_over_only_lets_go_and_the_next_open_replays_nothing() {
 fn a_write_after_the_preparation_makes_the_hand_over_close_in_full() {
     let dir = tempfile::tempdir().unwrap();
     let served = served(dir.path());
-    served.prepare_hand_over();
-    wait_until_prepared(&served);
-    let after_preparing = checkpoints(dir.path());
+    let after_preparing = prepare(&served, dir.path());
     served
         .if_active()
         .unwrap()
