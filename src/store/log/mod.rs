@@ -306,6 +306,12 @@ impl Log {
         self.seq_next.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The sequence number the next write will take, without taking it:
+    /// unchanged for as long as nothing is written.
+    pub fn peek_next_seq(&self) -> u64 {
+        self.seq_next.load(Ordering::Relaxed)
+    }
+
     /// Number of extents in the index.
     pub fn extent_count(&self) -> usize {
         self.read_state().index.len()
