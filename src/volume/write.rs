@@ -30,9 +30,9 @@ use super::Integrity;
 use super::stripes::BlockRange;
 use super::tags::tag_blocks;
 use super::{ActiveKey, Volume, VolumeError};
-use crate::crypto::{KeyId, Tweak};
+use crate::crypto::Tweak;
 use crate::limits::WRITE_BYTES_MAX;
-use crate::store::{AlignedBuf, AppendRecord, HeadId, RecordKind, TableFormat};
+use crate::store::{AlignedBuf, AppendRecord, HeadId, RecordKind, RecordShape, TableFormat};
 
 /// One change of a batch ([`Volume::write_batch`]). Offsets and lengths are
 /// bytes, multiples of 512.
@@ -131,28 +131,12 @@ enum Prepared {
     },
 }
 
-/// A batch sealed: the ciphertext images and the records over them.
-struct Sealed {
-    images: Vec<AlignedBuf>,
-    records: Vec<SealedRecord>,
-}
-
-/// One record of a sealed batch: its sequence number and what it covers.
-struct SealedRecord {
+/// One record of a batch, planned before it is sealed: what it covers (a
+/// data record's payload is the next chunk of its step's image).
+struct PlannedRecord {
     kind: RecordKind,
-    seq: u64,
     lba: u64,
     block_count: u32,
-    /// For data: where its ciphertext is, and its block checksum table.
-    payload: Option<SealedPayload>,
-}
-
-/// Where a data record's ciphertext is (bytes of one of the batch's
-/// images), and its block table (version 2 layout).
-struct SealedPayload {
-    image: usize,
-    bytes: Range<usize>,
-    table: Vec<u8>,
 }
 
 impl Volume {
@@ -247,10 +231,118 @@ impl Volume {
         } else {
             None
         };
-        let sealed = self.seal(key.as_deref(), prepared)?;
+        self.seal_and_append(head, key.as_deref(), prepared)
+    }
+
+    /// Seals the prepared steps in batch order and appends them through
+    /// `head` as they are sealed: each record takes a fresh sequence
+    /// number, then (data) is encrypted in place and checksummed, and goes
+    /// to the device while the next is encrypted. A data step larger than
+    /// `WRITE_BYTES_MAX` becomes several records, and a zero step longer
+    /// than `u32::MAX` blocks too.
+    fn seal_and_append(
+        &self,
+        head: HeadId,
+        key: Option<&ActiveKey>,
+        prepared: Vec<Prepared>,
+    ) -> Result<(), VolumeError> {
+        let plan = self.plan_records(&prepared);
+        let shapes: Vec<RecordShape> = plan
+            .iter()
+            .map(|r| RecordShape {
+                kind: r.kind,
+                block_count: r.block_count,
+            })
+            .collect();
+        let mut images: Vec<AlignedBuf> = prepared
+            .into_iter()
+            .filter_map(|p| match p {
+                Prepared::Data { image, .. } => Some(image),
+                Prepared::Zero { .. } => None,
+            })
+            .collect();
+        let mut tables: Vec<Vec<u8>> = plan
+            .iter()
+            .map(|r| match r.kind {
+                RecordKind::Data => {
+                    vec![0; TableFormat::V2.table_bytes(u64::from(r.block_count)) as usize]
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        // Each data record's payload, mutable (encrypted in place), in
+        // record order: the records of one image are its consecutive chunks.
+        let payloads: Vec<&mut [u8]> = images
+            .iter_mut()
+            .flat_map(|image| image.chunks_mut(WRITE_BYTES_MAX as usize))
+            .collect();
+        let tables: Vec<&mut Vec<u8>> = tables.iter_mut().collect();
         let key_id = key.map(|k| k.id()).unwrap_or_default();
-        self.log.append(head, &sealed.append_records(key_id))?;
-        Ok(())
+        let plan = &plan;
+        self.log.append_streamed(head, &shapes, move |stream| {
+            let mut payloads = payloads.into_iter();
+            for (record, table) in plan.iter().zip(tables) {
+                // Take the sequence number before encrypting: it is half
+                // of the XTS tweak, and no two writes under one key may
+                // share one.
+                let seq = self.log.next_seq();
+                let (payload, table): (&[u8], Option<&[u8]>) = match record.kind {
+                    RecordKind::Data => {
+                        let key = key.ok_or(VolumeError::NoKey)?;
+                        let chunk = payloads.next().expect("a payload per data record");
+                        self.encrypt_and_checksum(key, seq, record.lba, chunk, table);
+                        (chunk, Some(table))
+                    }
+                    _ => (&[], None),
+                };
+                stream.push(AppendRecord {
+                    kind: record.kind,
+                    seq,
+                    lba: record.lba,
+                    block_count: record.block_count,
+                    key_id,
+                    payload,
+                    table,
+                    moved: false,
+                });
+            }
+            Ok::<_, VolumeError>(())
+        })
+    }
+
+    /// The records of the prepared steps, in order (see
+    /// [`Volume::seal_and_append`]).
+    fn plan_records(&self, prepared: &[Prepared]) -> Vec<PlannedRecord> {
+        let mut records = Vec::new();
+        for step in prepared {
+            match step {
+                Prepared::Data { lba, image } => {
+                    let mut at = 0;
+                    while at < image.len() {
+                        let len = (image.len() - at).min(WRITE_BYTES_MAX as usize);
+                        records.push(PlannedRecord {
+                            kind: RecordKind::Data,
+                            lba: lba + (at >> self.shift()) as u64,
+                            block_count: (len >> self.shift()) as u32,
+                        });
+                        at += len;
+                    }
+                }
+                Prepared::Zero { kind, first, end } => {
+                    let mut lba = *first;
+                    while lba < *end {
+                        let blocks = (end - lba).min(u64::from(u32::MAX)) as u32;
+                        records.push(PlannedRecord {
+                            kind: *kind,
+                            lba,
+                            block_count: blocks,
+                        });
+                        lba += u64::from(blocks);
+                    }
+                }
+            }
+        }
+        records
     }
 
     /// The steps of one change, in the order they take effect.
@@ -377,86 +469,25 @@ impl Volume {
         self.read_blocks(block, out)
     }
 
-    /// Seals the prepared steps in batch order: each record takes a fresh
-    /// sequence number, then (data) is encrypted in place and checksummed.
-    /// A data step larger than `WRITE_BYTES_MAX` becomes several records,
-    /// and a zero step longer than `u32::MAX` blocks too.
-    fn seal(
-        &self,
-        key: Option<&ActiveKey>,
-        prepared: Vec<Prepared>,
-    ) -> Result<Sealed, VolumeError> {
-        let mut sealed = Sealed {
-            images: Vec::new(),
-            records: Vec::new(),
-        };
-        for step in prepared {
-            match step {
-                Prepared::Data { lba, mut image } => {
-                    let key = key.ok_or(VolumeError::NoKey)?;
-                    let image_index = sealed.images.len();
-                    let mut at = 0;
-                    for chunk in image.chunks_mut(WRITE_BYTES_MAX as usize) {
-                        let chunk_lba = lba + (at >> self.shift()) as u64;
-                        // Take the sequence number before encrypting: it is
-                        // half of the XTS tweak, and no two writes under one
-                        // key may share one.
-                        let seq = self.log.next_seq();
-                        let table = self.encrypt_and_checksum(key, seq, chunk_lba, chunk);
-                        sealed.records.push(SealedRecord {
-                            kind: RecordKind::Data,
-                            seq,
-                            lba: chunk_lba,
-                            block_count: (chunk.len() >> self.shift()) as u32,
-                            payload: Some(SealedPayload {
-                                image: image_index,
-                                bytes: at..at + chunk.len(),
-                                table,
-                            }),
-                        });
-                        at += chunk.len();
-                    }
-                    sealed.images.push(image);
-                }
-                Prepared::Zero { kind, first, end } => {
-                    let mut lba = first;
-                    while lba < end {
-                        let blocks = (end - lba).min(u64::from(u32::MAX)) as u32;
-                        sealed.records.push(SealedRecord {
-                            kind,
-                            seq: self.log.next_seq(),
-                            lba,
-                            block_count: blocks,
-                            payload: None,
-                        });
-                        lba += u64::from(blocks);
-                    }
-                }
-            }
-        }
-        Ok(sealed)
-    }
-
     /// Encrypts whole blocks in place with the tweaks of (`seq`, block) and
-    /// returns their block table (version 2 layout: CRC32C, and in a volume
-    /// with MACs each block's tag); each chunk is encrypted, checksummed and
-    /// tagged on the crypto pool while it is in cache.
+    /// fills `table`, their block table (version 2 layout: CRC32C, and in a
+    /// volume with MACs each block's tag); each chunk is encrypted,
+    /// checksummed and tagged on the crypto pool while it is in cache.
     fn encrypt_and_checksum(
         &self,
         key: &ActiveKey,
         seq: u64,
         lba: u64,
         data: &mut [u8],
-    ) -> Vec<u8> {
+        table: &mut [u8],
+    ) {
         let unit = self.unit();
-        let blocks = (data.len() / unit.bytes()) as u64;
         let format = TableFormat::V2;
-        let mut table = vec![0u8; format.table_bytes(blocks) as usize];
         let first = Tweak::for_block(seq, lba);
         let macs = self.superblock.integrity == Integrity::Mac;
         let done: Result<(), ()> = self.pool.try_run_with_side(
             data,
-            &mut table,
+            table,
             format.entry_bytes(),
             unit,
             first,
@@ -470,32 +501,6 @@ impl Volume {
             },
         );
         debug_assert!(done.is_ok());
-        table
-    }
-}
-
-impl Sealed {
-    /// The records to append, data under `key_id`.
-    fn append_records(&self, key_id: KeyId) -> Vec<AppendRecord<'_>> {
-        self.records
-            .iter()
-            .map(|record| {
-                let (payload, table) = match &record.payload {
-                    Some(p) => (&self.images[p.image][p.bytes.clone()], Some(&p.table[..])),
-                    None => (&[][..], None),
-                };
-                AppendRecord {
-                    kind: record.kind,
-                    seq: record.seq,
-                    lba: record.lba,
-                    block_count: record.block_count,
-                    key_id,
-                    payload,
-                    table,
-                    moved: false,
-                }
-            })
-            .collect()
     }
 }
 

@@ -181,7 +181,18 @@ fn main() {
         .expect("temporary directory");
     let dir = root.path();
 
-    let (bins, lsvblk_null) = find_binaries(&options, dir);
+    // `--only` naming targets without lsvblk-null: no null-cipher build
+    // (it rebuilds the crate, minutes on a small machine).
+    let names_targets = options.only.as_deref().is_some_and(|only| {
+        only.split(',')
+            .any(|o| o == device_file::DEVICE || o.starts_with("lsvblk") || o.starts_with("qsd"))
+    });
+    let null_wanted = !names_targets
+        || options
+            .only
+            .as_deref()
+            .is_some_and(|only| only.split(',').any(|o| o == "lsvblk-null"));
+    let (bins, lsvblk_null) = find_binaries(&options, dir, null_wanted);
     // Field order = drop order: every client disconnects, then the daemons
     // stop (lsvblk flushes), then lsvkms, then `root` removes every file.
     let kms = Kms::start_in(&bins.lsvkms, dir);
@@ -342,8 +353,8 @@ impl ExtraArgs {
 /// copies them out of `target/`, as each build replaces
 /// `target/release/lsvblk`. A smoke run under `cargo test` uses the test
 /// build of the binaries as they are. Returns the plain build and, if
-/// there is one, the null-cipher `lsvblk`.
-fn find_binaries(options: &Options, dir: &Path) -> (Binaries, Option<PathBuf>) {
+/// there is one (and `null_wanted`), the null-cipher `lsvblk`.
+fn find_binaries(options: &Options, dir: &Path, null_wanted: bool) -> (Binaries, Option<PathBuf>) {
     if options.smoke {
         let bins = Binaries::of_this_target();
         let null = cfg!(feature = "null-cipher").then(|| bins.lsvblk.clone());
@@ -351,7 +362,8 @@ fn find_binaries(options: &Options, dir: &Path) -> (Binaries, Option<PathBuf>) {
     }
     // The plain build last, so that `target/release/lsvblk` is the one
     // without the null cipher afterwards.
-    let null = Binaries::build(&["--features", "null-cipher"], &dir.join("bin-null"));
+    let null = null_wanted
+        .then(|| Binaries::build(&["--features", "null-cipher"], &dir.join("bin-null")).lsvblk);
     let plain = Binaries::build(&[], &dir.join("bin"));
-    (plain, Some(null.lsvblk))
+    (plain, null)
 }

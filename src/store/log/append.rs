@@ -1,30 +1,35 @@
-//! Appending: records into a head's segment as frames with one `pwritev`
-//! (or, writing direct, through the head's io_uring: the append cut into
-//! writes in flight together), then into the index under the head's lock
-//! (so each head's records enter the index in file order).
+//! Appending: records into a head's segment as frames, then into the
+//! index under the head's lock (so each head's records enter the index in
+//! file order).
+//!
+//! An append is a stream ([`AppendStream`]): the caller pushes its records
+//! one at a time as it finishes encrypting them, and each payload goes out
+//! at once (writing direct, through the head's io_uring: in flight while
+//! the caller encrypts the next; buffered, one `pwritev` per run of
+//! payloads). A frame's meta area (record headers, block tables, MACs)
+//! follows once all of its records are pushed; the append returns when
+//! every write has completed. A crash in between leaves a frame whose meta
+//! area is not there yet: a torn tail, as a torn write would.
 //!
 //! Every frame is written 4 KiB-aligned in file offset, length and memory:
 //! meta areas are built in aligned buffers, and payloads go out from the
 //! caller's memory when it is aligned (a volume's write buffers are, see
-//! `aligned`), else through one aligned copy of the frame's payload area.
+//! `aligned`), else through one aligned copy (a frame of 512-byte blocks
+//! whose payloads are not whole 4 KiB units: of its whole payload area,
+//! written with its meta).
 
 use std::borrow::Cow;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
-use super::super::aligned::{ALIGN, AlignedBuf};
 use super::super::checkpoint::HeadPosition;
-use super::super::frame::{
-    BuiltMeta, FRAME_PAYLOAD_BYTES_MAX, FRAME_RECORDS_MAX, FrameRecord, build_meta,
-};
 use super::super::io::direct::{self, IoMode};
-use super::super::io::pwritev_all;
-use super::super::macs::{RecordMacInput, record_mac, signing_key};
-use super::super::record::{PlacedRecord, RecordHeader, RecordKind};
+use super::super::macs::signing_key;
+use super::super::record::{RecordHeader, RecordKind};
 use super::super::segment::{self, SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
 use super::super::table::TableFormat;
+use super::append_stream::{AppendStream, Writer};
 use super::durability::PendingSeal;
 use super::{Head, HeadId, Log, OpenSegment, SegmentFile};
 use crate::crypto::KeyId;
@@ -69,29 +74,61 @@ pub struct RecordPosition {
     pub payload_offset: u64,
 }
 
-/// One frame of an append, built and ready to write.
-struct BuiltFrame<'a> {
-    meta: BuiltMeta,
-    /// The payloads as they are written: the callers' slices, or one copy.
-    payloads: Payloads<'a>,
+/// What one record of an append will be, known before its payload is:
+/// enough to place it in its frame ([`Log::append_streamed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordShape {
+    /// Record kind (not `Seal`).
+    pub kind: RecordKind,
+    /// Blocks covered.
+    pub block_count: u32,
 }
 
-enum Payloads<'a> {
-    Direct(Vec<&'a [u8]>),
-    Copied(AlignedBuf),
+impl From<&AppendRecord<'_>> for RecordShape {
+    fn from(record: &AppendRecord<'_>) -> Self {
+        Self {
+            kind: record.kind,
+            block_count: record.block_count,
+        }
+    }
 }
 
 impl Log {
-    /// Appends `records` (one `pwritev`) through guest head `head` and puts
-    /// them in the index, in order. When this returns Ok the records are in
-    /// the kernel: they survive a crash of this process, not yet a power
-    /// cut. A head the log does not have is an error.
+    /// Appends `records` through guest head `head` and puts them in the
+    /// index, in order. When this returns Ok the records are in the
+    /// kernel: they survive a crash of this process, not yet a power cut.
+    /// A head the log does not have is an error.
     pub fn append(&self, head: HeadId, records: &[AppendRecord<'_>]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.append_streamed(head, &shapes_of(records), |stream| {
+            records.iter().for_each(|r| stream.push(*r));
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// [`Log::append`] for a caller that makes its records one after the
+    /// other (encrypting them): `shapes` says what they will be, and `body`
+    /// pushes each to the stream as soon as it is ready, its payload going
+    /// to the device while `body` makes the next. The records enter the
+    /// index once every write is done; if `body` or a write fails, none
+    /// does.
+    ///
+    /// # Panics
+    /// If `shapes` is empty, or `body` pushes other records than `shapes`
+    /// says (both the caller's bugs; nothing is changed then).
+    pub fn append_streamed<'a, R, E: From<StoreError>>(
+        &self,
+        head: HeadId,
+        shapes: &[RecordShape],
+        body: impl FnOnce(&mut AppendStream<'_, 'a>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let heads = self.config.heads.max(1);
         if head.0 >= heads {
-            return Err(StoreError::NoSuchHead { head, heads });
+            return Err(StoreError::NoSuchHead { head, heads }.into());
         }
-        self.append_on(head.0, records).map(|_| ())
+        self.append_on(head.0, shapes, body).map(|(r, _)| r)
     }
 
     /// Appends through the compaction head.
@@ -99,130 +136,87 @@ impl Log {
         &self,
         records: &[AppendRecord<'_>],
     ) -> Result<Vec<RecordPosition>, StoreError> {
-        self.append_on(self.compaction_head(), records)
-    }
-
-    /// Appends through head `head_index`; returns where each record went.
-    fn append_on(
-        &self,
-        head_index: usize,
-        records: &[AppendRecord<'_>],
-    ) -> Result<Vec<RecordPosition>, StoreError> {
-        if self.config.read_only {
-            return Err(StoreError::ReadOnly);
-        }
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let block_bytes = 1usize << self.config.block_shift;
+        let shapes = shapes_of(records);
+        self.append_on(self.compaction_head(), &shapes, |stream| {
+            records.iter().for_each(|r| stream.push(*r));
+            Ok::<_, StoreError>(())
+        })
+        .map(|(_, positions)| positions)
+    }
+
+    /// Appends through head `head_index` the records `body` pushes (of
+    /// `shapes`); returns what `body` returned and where each record went.
+    fn append_on<'a, R, E: From<StoreError>>(
+        &self,
+        head_index: usize,
+        shapes: &[RecordShape],
+        body: impl FnOnce(&mut AppendStream<'_, 'a>) -> Result<R, E>,
+    ) -> Result<(R, Vec<RecordPosition>), E> {
+        if self.config.read_only {
+            return Err(StoreError::ReadOnly.into());
+        }
+        assert!(!shapes.is_empty(), "an append of no records");
         // Records without payload are MACed under the current key.
         let signer = match &self.config.macs {
             Some(keys) => Some(signing_key(keys.as_ref())?),
             None => None,
         };
-        let tables: Vec<Cow<'_, [u8]>> = records
-            .iter()
-            .map(|r| block_table(r, block_bytes))
-            .collect();
-        // Every check on the records before any lock is taken (see the
-        // poisoning note on `Log`).
-        let frame_records: Vec<FrameRecord<'_>> = records
-            .iter()
-            .zip(&tables)
-            .map(|(r, table)| FrameRecord {
-                header: self.header_for(r, block_bytes, signer),
-                table,
-                payload: r.payload,
-                mac: [0; 16],
-            })
-            .collect();
-        let frames = frame_ranges(&frame_records);
         let mut head = self.heads[head_index].lock_or_recover();
         self.ensure_segment(&mut head)?;
         let fields: &mut Head = &mut head;
-        let open = fields.open.as_mut().expect("ensure_segment opened one");
-        let start = open.offset;
-        let mut built = Vec::with_capacity(frames.len());
-        let mut placed = Vec::with_capacity(records.len());
-        let mut offset = start;
-        let mut last_mac = open.last_mac;
-        for range in frames {
-            let mut frame = build_frame(
-                open.id,
-                offset,
-                self.config.block_shift,
-                &frame_records[range.clone()],
-            );
-            if let Some(keys) = &self.config.macs {
-                let records = &frame_records[range.clone()];
-                frame.meta.sign(|index, header, table| {
-                    let input = RecordMacInput {
-                        volume_id: &self.config.volume_id,
-                        segment_id: open.id,
-                        previous: &last_mac,
-                        header,
-                        table,
-                    };
-                    last_mac = record_mac(keys.as_ref(), &records[index].header.key_id, &input)?;
-                    Ok::<_, StoreError>(last_mac)
-                })?;
-            }
-            for (record, slots) in frame_records[range].iter().zip(&frame.meta.layout.slots) {
-                placed.push(PlacedRecord {
-                    header: record.header,
-                    segment_id: open.id,
-                    position: offset,
-                    table_offset: offset + slots.table.start as u64,
-                    payload_offset: offset + slots.payload.start as u64,
-                });
-            }
-            offset += frame.meta.layout.frame_bytes as u64;
-            built.push(frame);
-        }
-        let mut slices: Vec<&[u8]> = Vec::with_capacity(records.len() + 2 * built.len());
-        for frame in &built {
-            slices.push(frame.meta.meta.padded());
-            match &frame.payloads {
-                Payloads::Direct(parts) => slices.extend(parts.iter().copied()),
-                Payloads::Copied(area) => slices.push(area.padded()),
-            }
-        }
-        debug_assert!(slices.iter().all(|s| s.len().is_multiple_of(ALIGN)));
-        let writer = open.file.frame_writer();
-        let written = match fields.ring.as_mut() {
-            Some(ring) => ring.write_all(writer, &slices, start),
-            None => pwritev_all(writer, &slices, start),
+        let open = fields.open.as_ref().expect("ensure_segment opened one");
+        let (start, segment_id, last_mac) = (open.offset, open.id, open.last_mac);
+        let file = Arc::clone(&open.file);
+        let writer = match fields.ring.as_mut() {
+            Some(ring) => Writer::Ring(ring.stream(file.frame_writer())),
+            None => Writer::Plain {
+                file: file.frame_writer(),
+                result: Ok(()),
+            },
         };
-        if let Err(error) = written {
-            let path = self.segment_path(open.id);
-            self.take_back(fields, start);
-            return Err(StoreError::io(&path, error));
+        let mut stream = AppendStream::new(self, writer, shapes, segment_id, start, signer);
+        let outcome = match body(&mut stream) {
+            Ok(r) => stream
+                .complete(last_mac)
+                .map(|done| (r, done))
+                .map_err(E::from),
+            Err(error) => Err(error),
+        };
+        drop(stream);
+        let (r, done) = match outcome {
+            Ok(both) => both,
+            Err(error) => {
+                self.take_back(fields, start);
+                return Err(error);
+            }
+        };
+        for (offset, meta) in &done.metas {
+            self.meta_cache.insert(segment_id, *offset, meta.padded());
         }
-        let mut frame_offset = start;
-        for frame in &built {
-            let meta = frame.meta.meta.padded();
-            self.meta_cache.insert(open.id, frame_offset, meta);
-            frame_offset += frame.meta.layout.frame_bytes as u64;
-        }
-        open.offset = offset;
-        open.records += records.len() as u64;
-        open.last_mac = last_mac;
+        let open = fields.open.as_mut().expect("still open");
+        open.offset = done.end;
+        open.records += shapes.len() as u64;
+        open.last_mac = done.last_mac;
         let end = HeadPosition {
-            segment_id: open.id,
-            offset,
+            segment_id,
+            offset: done.end,
             records: open.records,
             last_mac: open.last_mac,
         };
         let mut state = self.write_state();
-        for record in &placed {
+        for record in &done.placed {
             state.apply(record);
         }
         state.head_positions[head_index] = Some(end);
         drop(state);
         drop(head);
         self.bytes_since_checkpoint
-            .fetch_add(offset - start, Ordering::Relaxed);
-        Ok(placed
+            .fetch_add(done.end - start, Ordering::Relaxed);
+        let positions = done
+            .placed
             .iter()
             .map(|p| RecordPosition {
                 segment_id: p.segment_id,
@@ -230,7 +224,8 @@ impl Log {
                 table_offset: p.table_offset,
                 payload_offset: p.payload_offset,
             })
-            .collect())
+            .collect();
+        Ok((r, positions))
     }
 
     /// After a failed write at `start` of the head's segment: takes back
@@ -255,7 +250,7 @@ impl Log {
     /// The header of `record`; asserts what the caller promised (kind,
     /// size, range). A record without payload names `signer`, the key its
     /// MAC is made with, if the log has MACs.
-    fn header_for(
+    pub(super) fn header_for(
         &self,
         record: &AppendRecord<'_>,
         block_bytes: usize,
@@ -354,58 +349,14 @@ impl Log {
     }
 }
 
-/// The frames an append of `records` is cut into: as few as the frame
-/// limits (records per frame, payload bytes per frame) allow.
-fn frame_ranges(records: &[FrameRecord<'_>]) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (index, record) in records.iter().enumerate() {
-        let payload = record.payload.len() as u64;
-        let full = index - start == FRAME_RECORDS_MAX || bytes + payload > FRAME_PAYLOAD_BYTES_MAX;
-        if index > start && full {
-            ranges.push(start..index);
-            (start, bytes) = (index, 0);
-        }
-        bytes += payload;
-    }
-    ranges.push(start..records.len());
-    ranges
-}
-
-/// Builds the frame of `records` at `offset` of segment `segment_id`.
-fn build_frame<'a>(
-    segment_id: u64,
-    offset: u64,
-    block_shift: u8,
-    records: &[FrameRecord<'a>],
-) -> BuiltFrame<'a> {
-    let meta = build_meta(segment_id, offset, block_shift, records);
-    let parts: Vec<&'a [u8]> = records
-        .iter()
-        .map(|r| r.payload)
-        .filter(|p| !p.is_empty())
-        .collect();
-    let aligned = parts
-        .iter()
-        .all(|p| p.len().is_multiple_of(ALIGN) && (p.as_ptr() as usize).is_multiple_of(ALIGN));
-    let payloads = if aligned {
-        Payloads::Direct(parts)
-    } else {
-        let area_bytes = meta.layout.frame_bytes - meta.layout.payload_area;
-        let mut area = AlignedBuf::zeroed(area_bytes);
-        let mut at = 0;
-        for part in parts {
-            area[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        Payloads::Copied(area)
-    };
-    BuiltFrame { meta, payloads }
+/// What `records` will be, record by record.
+fn shapes_of(records: &[AppendRecord<'_>]) -> Vec<RecordShape> {
+    records.iter().map(RecordShape::from).collect()
 }
 
 /// The block table of `record`: the caller's (checked in debug builds)
 /// or one built here; empty without payload.
-fn block_table<'a>(record: &AppendRecord<'a>, block_bytes: usize) -> Cow<'a, [u8]> {
+pub(super) fn block_table<'a>(record: &AppendRecord<'a>, block_bytes: usize) -> Cow<'a, [u8]> {
     match (record.kind, record.table) {
         (RecordKind::Data, Some(given)) => {
             assert_eq!(

@@ -35,6 +35,7 @@ use snapshots::UnmaterializedSnapshot;
 use state::IndexState;
 
 mod append;
+mod append_stream;
 mod authenticate;
 mod checkpoint_state;
 mod compact;
@@ -50,7 +51,8 @@ mod snapshots;
 mod state;
 mod verify;
 
-pub use append::{AppendRecord, RecordPosition};
+pub use append::{AppendRecord, RecordPosition, RecordShape};
+pub use append_stream::AppendStream;
 pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
