@@ -15,10 +15,12 @@
 //!    encryption with the tweak (sequence number, block) and the block
 //!    checksum table, chunk by chunk on the crypto pool while the data is
 //!    in cache;
-//! 5. **append** every record with one `pwritev` through the caller's log
-//!    head, and into the index together.
+//! 5. **append** through the caller's log head as a stream: each record
+//!    goes to the device as soon as it is sealed, while the next is
+//!    sealed (steps 4 and 5 overlap), the frame's meta last; then into the
+//!    index together.
 //!
-//! The batch's changes therefore succeed or fail together: either the one
+//! The batch's changes therefore succeed or fail together: either the
 //! append returns and all of them are in the kernel, or it fails and none
 //! is acknowledged. Each record is atomic across a crash on its own (all
 //! old or all new); a change larger than `WRITE_BYTES_MAX` is several
@@ -170,7 +172,7 @@ impl Volume {
     }
 
     /// Applies `changes` in order and appends them to the log through log
-    /// head `head` with one `pwritev` (see the module docs): the way to keep
+    /// head `head` as one append (see the module docs): the way to keep
     /// a deep queue of small writes cheap. A queue worker passes its queue
     /// index as `head`. They succeed or fail together.
     pub fn write_batch(&self, head: HeadId, changes: Vec<Change>) -> Result<(), VolumeError> {
