@@ -91,7 +91,7 @@ pub use io::direct::IoMode;
 pub use io::meta_cache::{META_CACHE_BYTES_DEFAULT, MetaCacheStats};
 pub use log::{
     AppendRecord, AppendStream, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId,
-    KeyUsage, Log, LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, RecordPosition,
+    KeyUsage, Log, LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, ReadRange, RecordPosition,
     RecordShape, RecoveryReport, RekeyPlan, RekeyTransform, SegmentSpace, SpaceReport, TornTail,
     WrittenCheckpoint, open, open_view, write_snapshot_index,
 };
