@@ -14,6 +14,11 @@
 #   --backend qsd      qemu-storage-daemon, the destination's a second instance
 #                      on the same raw file with locking=off: the reference
 #   --migrations N     migrations, back and forth (default 3)
+#   --vm-args WORDS    more run-vm.sh options for every QEMU (e.g. --cpu, --tcg-thread)
+#   --kernel-args WORDS  more guest kernel command line words
+#   --warmup-rounds N  the first migration starts after N verified rounds (default 1)
+#   --idle-switch S    the guest idles S seconds after each round and each
+#                      migration starts at a round's end: no I/O in flight
 #   --boot-timeout S   limit for the whole guest run (default 600)
 #   --progress-timeout S  guest progress needed within S seconds (default 120)
 #   --summary FILE     append one result line (key=value) to FILE
@@ -30,11 +35,16 @@ set -euo pipefail
 . "$QEMU_DIR/host-lib.sh"
 
 BACKEND=lsvblk MIGRATIONS=3 BOOT_TIMEOUT=600 PROGRESS_TIMEOUT=120 SUMMARY="" KEEP=0
+VM_ARGS="" KERNEL_ARGS="" WARMUP_ROUNDS=1 IDLE_SWITCH=0
 while [ $# -gt 0 ]; do
   loop_option "$@"
   if [ "$SHIFT" -gt 0 ]; then shift "$SHIFT"; continue; fi
   case $1 in
     --migrations) MIGRATIONS=${2:?}; shift 2 ;;
+    --vm-args) VM_ARGS=${2?}; shift 2 ;;
+    --kernel-args) KERNEL_ARGS=${2?}; shift 2 ;;
+    --warmup-rounds) WARMUP_ROUNDS=${2:?}; shift 2 ;;
+    --idle-switch) IDLE_SWITCH=${2:?}; shift 2 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -86,10 +96,11 @@ start_backend() {
 
 # start_vm K [INCOMING_URI]: QEMU K on backend K's socket; sets VPID.
 start_vm() {
-  local k=$1 incoming=()
+  local k=$1 incoming=() vm_args
   [ -z "${2:-}" ] || incoming=(--incoming "$2")
-  "$QEMU_DIR/run-vm.sh" --socket "$TMPD/vhost-$k.sock" --scenario loop --append "lsvblk.rounds=$ROUNDS" \
-    --qmp "$TMPD/qmp-$k.sock" "${incoming[@]}" --log "$OUT/console-$k.log" --timeout "$BOOT_TIMEOUT" \
+  read -r -a vm_args <<<"$VM_ARGS"
+  "$QEMU_DIR/run-vm.sh" --socket "$TMPD/vhost-$k.sock" --scenario loop --append "lsvblk.rounds=$ROUNDS lsvblk.gap=$IDLE_SWITCH${KERNEL_ARGS:+ $KERNEL_ARGS}" \
+    --qmp "$TMPD/qmp-$k.sock" "${incoming[@]}" "${vm_args[@]}" --log "$OUT/console-$k.log" --timeout "$BOOT_TIMEOUT" \
     >"$OUT/guest-$k.result" 2>"$OUT/guest-$k.stderr" &
   VPID=$!
   VM_PIDS+=("$VPID")
@@ -104,6 +115,9 @@ start_vm() {
 
 consoles() { cat "$OUT"/console-*.log 2>/dev/null | tr -d '\r'; }
 rounds_done() { consoles | grep -a -c -E '^lsvblk-loop: round [0-9]+/[0-9]+ ok' || true; }
+# The guest kernel's first crash report line, if any (it may hang instead of
+# powering off after one).
+guest_crash() { consoles | grep -a -m1 -E 'Kernel panic|BUG: |kernel BUG at|Oops: |general protection fault' || true; }
 
 # epoch_of_log_line LOG PATTERN: the timestamp of LOG's first line matching
 # PATTERN, in seconds since the epoch ("-" if none).
@@ -122,7 +136,7 @@ ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.
 # ---------------------------------------------------------------- run
 # A migration takes about two rounds (a destination started, then the next
 # round ended); a few more keep the guest writing until the last one.
-ROUNDS=$((2 * MIGRATIONS + 3))
+ROUNDS=$((2 * MIGRATIONS + 2 + WARMUP_ROUNDS))
 log "backend: $WHAT; $MIGRATIONS live migrations during $ROUNDS verified rounds"
 k=1
 start_backend 1 0
@@ -141,14 +155,17 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
   DST_VM=$VPID
   # A moment into a round: the migration lands with requests in flight.
   want=$(($(rounds_done) + 1))
+  [ "$m" -gt 1 ] || [ "$want" -ge "$WARMUP_ROUNDS" ] || want=$WARMUP_ROUNDS
   for ((i = 0; i < PROGRESS_TIMEOUT * 20; i++)); do
     [ "$(rounds_done)" -ge "$want" ] && break
+    crash=$(guest_crash)
+    [ -z "$crash" ] || die "migration $m: the guest kernel crashed before it: $crash (console: $OUT/console-$k.log)"
     exited "$SRC_VM" && die "migration $m: the guest stopped before it (console: $OUT/console-$k.log)"
     consoles | grep -a -q '^LSVBLK-E2E: ' && die "migration $m: the guest finished its $ROUNDS rounds before it"
     sleep 0.05
   done
   [ "$(rounds_done)" -ge "$want" ] || die "migration $m: no guest progress for ${PROGRESS_TIMEOUT}s"
-  sleep 0.5
+  [ "$IDLE_SWITCH" != 0 ] || sleep 0.5
   result=$("$QEMU_DIR/migrate.pl" "$TMPD/qmp-$k.sock" "$TMPD/qmp-$d.sock" "unix:$TMPD/migrate-$d.sock" "$PROGRESS_TIMEOUT" 2>"$OUT/migrate-$m.stderr") ||
     die "migration $m failed: $result $(cat "$OUT/migrate-$m.stderr")"
   echo "$result" >"$OUT/migrate-$m.result"
@@ -179,6 +196,11 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
   k=$d SRC_BACKEND=$DST_BACKEND SRC_VM=$DST_VM
 done
 
+while ! exited "$SRC_VM"; do
+  crash=$(guest_crash)
+  [ -z "$crash" ] || die "the guest kernel crashed after the migrations: $crash (console: $OUT/console-$k.log)"
+  sleep 0.2
+done
 rc=0
 wait "$SRC_VM" || rc=$?
 result=$(cat "$OUT/guest-$k.result")

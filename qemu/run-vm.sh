@@ -11,6 +11,9 @@
 #   --smp N            guest CPUs (default 1; with N>1 each CPU gets its own queue)
 #   --mem SIZE         guest RAM, shared with the backend via memfd (default 512M)
 #   --accel MODE       auto (default: KVM only if a cached probe boot worked), tcg, kvm
+#   --cpu MODEL        guest CPU model under TCG (default max)
+#   --tcg-thread MODE  single or multi: TCG's vCPU threading (default: QEMU's)
+#   --mem-backend KIND memfd (default) or file (a shared, unlinked file in /dev/shm)
 #   --log FILE         serial console log (default qemu/out/NAME-TIMESTAMP.log)
 #   --append ARGS      extra kernel command line words
 #   --reconnect S      QEMU reconnects to the socket S seconds after the backend
@@ -38,6 +41,7 @@ usage() {
 }
 
 SOCK="" SCENARIO="" SECTORS="" TIMEOUT=600 QUEUES=1 SMP=1 MEM=512M ACCEL=auto LOG=""
+CPU=max TCG_THREAD="" MEM_BACKEND=memfd
 APPEND_EXTRA="" VERBOSE=0 PRINT_CMD=0 RECONNECT="" QMP="" INCOMING=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -49,6 +53,9 @@ while [ $# -gt 0 ]; do
     --smp) SMP=${2:?}; shift 2 ;;
     --mem) MEM=${2:?}; shift 2 ;;
     --accel) ACCEL=${2:?}; shift 2 ;;
+    --cpu) CPU=${2:?}; shift 2 ;;
+    --tcg-thread) TCG_THREAD=${2:?}; shift 2 ;;
+    --mem-backend) MEM_BACKEND=${2:?}; shift 2 ;;
     --log) LOG=${2:?}; shift 2 ;;
     --append) APPEND_EXTRA=${2?}; shift 2 ;;
     --reconnect) RECONNECT=${2:?}; shift 2 ;;
@@ -69,6 +76,9 @@ done
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || bad "--timeout must be a positive number of seconds"
 [ -z "$RECONNECT" ] || [[ "$RECONNECT" =~ ^[1-9][0-9]*$ ]] || bad "--reconnect must be a positive number of seconds"
 case $ACCEL in auto | tcg | kvm) ;; *) bad "--accel must be auto, tcg or kvm" ;; esac
+case $TCG_THREAD in "" | single | multi) ;; *) bad "--tcg-thread must be single or multi" ;; esac
+case $MEM_BACKEND in memfd | file) ;; *) bad "--mem-backend must be memfd or file" ;; esac
+[[ "$CPU" =~ ^[A-Za-z0-9_.,=+-]+$ ]] || bad "bad --cpu model: $CPU"
 if [ "$SCENARIO" != probe ]; then
   [ -n "$SOCK" ] || { log "--socket is required"; usage; }
   [ -S "$SOCK" ] || bad "$SOCK is not a UNIX socket (is the vhost-user-blk backend running?)"
@@ -97,11 +107,15 @@ qemu_cmd() {
   if [ "$accel" = kvm ]; then
     CMD+=(-accel kvm -cpu host)
   else
-    CMD+=(-accel tcg -cpu max)
+    CMD+=(-accel "tcg${TCG_THREAD:+,thread=$TCG_THREAD}" -cpu "$CPU")
   fi
-  # vhost-user: the backend maps guest RAM, so it must be a shared memfd.
-  CMD+=(-m "$MEM" -smp "$SMP"
-    -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -machine "pc,memory-backend=mem")
+  # vhost-user: the backend maps guest RAM, so it must be shared (a memfd,
+  # or a file QEMU creates in /dev/shm and unlinks at once).
+  local memobj="memory-backend-memfd,id=mem,size=$MEM,share=on"
+  if [ "$MEM_BACKEND" = file ]; then
+    memobj="memory-backend-file,id=mem,size=$MEM,share=on,mem-path=/dev/shm"
+  fi
+  CMD+=(-m "$MEM" -smp "$SMP" -object "$memobj" -machine "pc,memory-backend=mem")
   if [ -n "$sock" ]; then
     CMD+=(-chardev "socket,id=vub0,path=$sock${RECONNECT:+,reconnect=$RECONNECT}"
       -device "vhost-user-blk-pci,chardev=vub0,num-queues=$QUEUES")

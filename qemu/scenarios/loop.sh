@@ -8,7 +8,8 @@
 # it back and checks it (fio's inline verify). A write the device acknowledged
 # and then lost reads back as an older round's pattern: the round fails. After
 # each round the console shows "lsvblk-loop: round K/N ok", which the host
-# waits for. At the end the kernel log must show no I/O error.
+# waits for. With lsvblk.gap=S the guest then idles S seconds (no I/O) before
+# the next round. At the end the kernel log must show no I/O error.
 # shellcheck source=SCRIPTDIR/../guest/e2e-lib.sh
 . /lib/lsvblk-e2e.sh
 
@@ -16,6 +17,8 @@ LOOP_OFF=$((144 * MIB))
 LOOP_SIZE=$((32 * MIB))
 rounds=${LSVBLK_ROUNDS:-12}
 case $rounds in *[!0-9]* | "") fail "bad lsvblk.rounds=$rounds" ;; esac
+gap=${LSVBLK_GAP:-0}
+case $gap in *[!0-9]* | "") fail "bad lsvblk.gap=$gap" ;; esac
 
 check_size
 check_queues
@@ -30,6 +33,7 @@ while [ "$r" -le "$rounds" ]; do
     --verify=pattern --verify_pattern="\"$tag\"%o" --do_verify=1 ||
     fail "round $r: fio write+verify failed: $(grep -m1 -iE 'verify|error' "$FIO_LOG")"
   echo "lsvblk-loop: round $r/$rounds ok"
+  [ "$gap" = 0 ] || sleep "$gap"
   r=$((r + 1))
 done
 

@@ -474,10 +474,6 @@ where
             let used_ring = self
                 .vmm_va_to_gpa(used)
                 .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
-            vring
-                .set_queue_info(desc_table, avail_ring, used_ring)
-                .map_err(|_| VhostUserError::InvalidParam)?;
-
             // SET_VRING_BASE will only restore the 'avail' index, however, after the guest driver
             // changes, for instance, after reboot, the 'used' index should be reset to 0.
             //
@@ -488,10 +484,13 @@ where
             // Note: I'm not sure why QEMU's vhost-user library sets the 'user' index here,
             // _probably_ to make sure that the VQ is already configured. A better solution would
             // be to receive the 'used' index in SET_VRING_BASE, as is done when using packed VQs.
-            let idx = vring
-                .queue_used_idx()
-                .map_err(|_| VhostUserError::BackendInternalError)?;
-            vring.set_queue_next_used(idx);
+            //
+            // Not while the ring runs (the frontend turning dirty-page logging on or off for a
+            // live migration): see `VringState::set_queue_info_and_next_used`.
+            vring
+                .get_mut()
+                .set_queue_info_and_next_used(desc_table, avail_ring, used_ring)
+                .map_err(|_| VhostUserError::InvalidParam)?;
 
             Ok(())
         } else {

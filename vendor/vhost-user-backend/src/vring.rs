@@ -194,6 +194,29 @@ impl<M: GuestAddressSpace> VringState<M> {
             .try_set_used_ring_address(GuestAddress(used_ring))
     }
 
+    /// Set the ring addresses (`VHOST_USER_SET_VRING_ADDR`) and, unless the ring is running,
+    /// take the next used index from the guest's used ring, in one step under the ring's lock.
+    ///
+    /// A frontend sends the addresses again while the ring runs when it turns dirty-page logging
+    /// on or off (QEMU does at the start and end of a live migration). The ring's own count is
+    /// the truth then: reading the guest's copy and setting it in two steps lets a completion
+    /// published in between be rewound, and the next ones overwrite entries the driver may
+    /// already have consumed, moving the used index backwards (the driver then takes stale
+    /// entries for new completions).
+    pub(crate) fn set_queue_info_and_next_used(
+        &mut self,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Result<(), VirtQueError> {
+        self.set_queue_info(desc_table, avail_ring, used_ring)?;
+        if !self.queue.ready() {
+            let idx = self.queue_used_idx()?;
+            self.set_queue_next_used(idx);
+        }
+        Ok(())
+    }
+
     /// Get queue next avail head.
     fn queue_next_avail(&self) -> u16 {
         self.queue.next_avail()
@@ -541,6 +564,35 @@ mod tests {
 
         vring.set_queue_ready(true);
         assert!(vring.lock().queue.ready());
+    }
+
+    #[test]
+    fn test_set_queue_info_keeps_next_used_while_running() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0x100000), 0x10000)])
+                .unwrap(),
+        );
+        let vring = VringMutex::new(mem.clone(), 0x1000).unwrap();
+        vring.set_queue_size(8);
+        // The guest's copy of the used index says 2.
+        vm_memory::Bytes::write_obj(&*mem.memory(), 2u16, GuestAddress(0x102002)).unwrap();
+
+        // Not running: the next used index is taken from the guest.
+        let mut state = vring.get_mut();
+        state
+            .set_queue_info_and_next_used(0x100000, 0x101000, 0x102000)
+            .unwrap();
+        assert_eq!(state.get_queue().next_used(), 2);
+
+        // Running, having published up to 5 (a completion the guest's copy
+        // does not show yet, as when SET_VRING_ADDR races a completion): the
+        // ring keeps its own count.
+        state.set_queue_ready(true);
+        state.set_queue_next_used(5);
+        state
+            .set_queue_info_and_next_used(0x100000, 0x101000, 0x102000)
+            .unwrap();
+        assert_eq!(state.get_queue().next_used(), 5);
     }
 
     #[test]
