@@ -218,7 +218,6 @@ impl Volume {
     ) -> Result<(), VolumeError> {
         let _one = self.lifecycle_lock();
         let superblock = Superblock::load(&self.dir)?;
-        let volume_id = superblock.volume_id_bytes()?;
         let Some(current) = superblock
             .keys
             .iter()

@@ -27,7 +27,7 @@ fn put_crc(bytes: &mut [u8], at: usize, over: std::ops::Range<usize>) -> Option<
 pub fn fix_segment_crcs(bytes: &mut [u8]) -> Option<()> {
     put_crc(bytes, 60, 0..60)?;
     let mut at = 4096;
-    while bytes.get(at..at + 4)? == b"LSVF" {
+    while bytes.get(at..at + 4) == Some(&b"LSVF"[..]) {
         let count = u16::from_le_bytes(bytes.get(at + 6..at + 8)?.try_into().ok()?) as usize;
         for index in 0..count.min(64) {
             let record = at + 64 + 64 * index;
