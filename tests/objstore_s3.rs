@@ -50,10 +50,10 @@ fn large_objects_go_up_in_parts() {
     let prefix = unique_prefix("multipart");
     let store = cluster().store(&prefix);
     let object = key("segment");
-    let bytes = pattern(40 << 20, 3);
+    let bytes = pattern(72 << 20, 3); // above the 64 MiB threshold
     store.put(&object, bytes.clone()).unwrap();
     assert_eq!(store.get(&object).unwrap(), bytes);
-    assert_eq!(store.head(&object).unwrap().size, 40 << 20);
+    assert_eq!(store.head(&object).unwrap().size, 72 << 20);
     let seam = 8 << 20; // where the first part ends
     let across = ByteRange::Span {
         start: seam - 100,
@@ -64,7 +64,7 @@ fn large_objects_go_up_in_parts() {
         bytes.slice(seam as usize - 100..seam as usize + 100)
     );
     // radosgw logs each request: the upload was really multipart (a POST
-    // ?uploads, then 5 parts of 8 MiB), not one PUT.
+    // ?uploads, then 9 parts of 8 MiB), not one PUT.
     let log = std::fs::read_to_string(cluster().rgw_log()).unwrap();
     let name = format!("{prefix}/segment");
     let posts = log
@@ -77,8 +77,8 @@ fn large_objects_go_up_in_parts() {
         .count();
     assert_eq!(
         (posts, parts),
-        (1, 5),
-        "one multipart upload of 5 parts in radosgw's log"
+        (1, 9),
+        "one multipart upload of 9 parts in radosgw's log"
     );
     store.delete(&[object]).unwrap();
 }

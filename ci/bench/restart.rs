@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::build::Binaries;
-use common::{Options, Report, USER, load_avg_1m};
+use common::{Options, Report, USER, load_avg_1m, percentile};
 use kit::blkio::{BlkClient, ClientOptions};
 use kit::daemon::{Daemon, ServeOptions, create_volume_using, is_listening};
 use kit::kms::Kms;
@@ -96,14 +96,6 @@ fn wait_listening(socket: &Path) {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of `values`.
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }
 
 /// Writes the disk once fully, then `random_writes` 4 KiB writes at random

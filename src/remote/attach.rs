@@ -12,9 +12,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::error::{RemoteError, Result};
-use super::layout::{ObjectKind, VOLUME_ID_KEY, root_key};
+use super::layout::{ObjectKind, StoredObject, VOLUME_ID_KEY, root_key};
 use super::lease::{self, Leases};
-use super::rebuild::{rebuild, volume_id_bytes};
+use super::rebuild::{self, rebuild, volume_id_bytes};
 use super::resolve::{resolve, write_base};
 use super::uploader::{Uploader, segment_id_of};
 use crate::kms::fsutil::write_atomic;
@@ -53,8 +53,8 @@ struct LocalState {
 pub struct Claimed {
     /// Our epoch.
     pub epoch: u64,
-    /// Segments already in the store (not to be uploaded again).
-    pub stored_segments: BTreeSet<u64>,
+    /// The objects it adopted from the store (not to be uploaded again).
+    pub stored: Vec<StoredObject>,
     /// True when the directory was rebuilt from the store.
     pub rebuilt: bool,
 }
@@ -101,7 +101,14 @@ pub fn create(remote: &RemoteStore, dir: &Path) -> Result<()> {
     let epoch = 1;
     lease::claim(remote.store.as_ref(), epoch, dir)?;
     write_base(remote.store.as_ref(), epoch, 0, &[])?;
-    let uploader = Uploader::start(Arc::clone(&remote.store), dir, epoch, [], remote.threads)?;
+    let uploader = Uploader::start(
+        Arc::clone(&remote.store),
+        dir,
+        epoch,
+        &[],
+        remote.threads,
+        None,
+    )?;
     uploader.queue_existing(newest_checkpoint(dir, &volume_id)?)?;
     if !uploader.finish(Duration::from_secs(600)) {
         return Err(RemoteError::Incomplete {
@@ -114,17 +121,11 @@ pub fn create(remote: &RemoteStore, dir: &Path) -> Result<()> {
 
 /// Claims the volume in the store for a writer in `dir`: refuses while
 /// another writer holds it (unless `takeover`), rebuilds an empty `dir`
-/// from the store, and starts a new epoch adopting what is stored.
-pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool) -> Result<Claimed> {
+/// from the store (`lazy`: fetching segment records only when they are
+/// read, see `rebuild`), and starts a new epoch adopting what is stored.
+pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool, lazy: bool) -> Result<Claimed> {
     let store = remote.store.as_ref();
-    let volume_id = match stored_volume_id(remote) {
-        Err(RemoteError::Store(StoreError::NotFound { .. })) => {
-            return Err(RemoteError::NoVolume {
-                location: remote.location.clone(),
-            });
-        }
-        other => other?,
-    };
+    let volume_id = existing_volume_id(remote)?;
     let leases = Leases::read(store)?;
     let rebuild_dir = is_empty_or_rebuilding(dir)?;
     if !rebuild_dir {
@@ -149,7 +150,7 @@ pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool) -> Result<Claimed
     let resolution = resolve(store, &leases.epochs)?;
     let adopted = if rebuild_dir {
         start_rebuild(dir)?;
-        match rebuild(store, &resolution, dir, &volume_id, remote.threads) {
+        match rebuild(store, &resolution, dir, &volume_id, remote.threads, lazy) {
             Ok(adopted) => adopted,
             Err(error) => {
                 // The epoch never started (it has no base): free it, so the
@@ -179,13 +180,27 @@ pub fn claim(remote: &RemoteStore, dir: &Path, takeover: bool) -> Result<Claimed
     }
     Ok(Claimed {
         epoch,
-        stored_segments: adopted
-            .iter()
-            .filter(|o| o.kind == ObjectKind::Segment)
-            .map(|o| o.number)
-            .collect(),
+        stored: adopted,
         rebuilt: rebuild_dir,
     })
+}
+
+/// Fills an empty `dir` from the store with what serving snapshot `name`
+/// read-only needs (see `rebuild::fetch_snapshot`): no lease is claimed, a
+/// reader never writes to the store. A directory already filled is left as
+/// it is; returns whether it was filled now.
+pub fn fetch_snapshot(remote: &RemoteStore, dir: &Path, name: &str) -> Result<bool> {
+    if !is_empty_or_rebuilding(dir)? {
+        return Ok(false);
+    }
+    let store = remote.store.as_ref();
+    let volume_id = existing_volume_id(remote)?;
+    let resolution = resolve(store, &Leases::read(store)?.epochs)?;
+    start_rebuild(dir)?;
+    rebuild::fetch_snapshot(store, &resolution, dir, &volume_id, name, remote.threads)?;
+    let marker = dir.join(REBUILDING_FILE);
+    fs::remove_file(&marker).map_err(|e| RemoteError::io(&marker, e))?;
+    Ok(true)
 }
 
 /// The newest checkpoint of the volume in `dir`, as an upload job.
@@ -204,6 +219,16 @@ pub fn newest_checkpoint(dir: &Path, volume_id: &str) -> Result<Option<WrittenCh
         segment_id_next: data.segment_id_next,
         needs,
     }))
+}
+
+/// The id of the volume the store holds; none there is `NoVolume`.
+fn existing_volume_id(remote: &RemoteStore) -> Result<String> {
+    match stored_volume_id(remote) {
+        Err(RemoteError::Store(StoreError::NotFound { .. })) => Err(RemoteError::NoVolume {
+            location: remote.location.clone(),
+        }),
+        other => other,
+    }
 }
 
 fn stored_volume_id(remote: &RemoteStore) -> Result<String> {

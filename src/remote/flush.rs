@@ -89,12 +89,17 @@ impl FlushHook for RemoteFlush {
     }
 }
 
-/// Seals the volume's log heads every lag interval and checks the lease
-/// now and then, until stopped.
+/// Seals the volume's log heads every lag interval, checks the lease now
+/// and then (and then writes a checkpoint if the metadata changed, so that
+/// it reaches the store), and keeps the cache within its size, until
+/// stopped.
 pub struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// Least time between two checkpoints written so the cache can evict.
+const CACHE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often the ticker asks the store whether a newer writer exists.
 const FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -114,8 +119,22 @@ impl Ticker {
                 move || {
                     let mut last_roll = Instant::now();
                     let mut last_check = Instant::now();
+                    let mut last_cache_checkpoint = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
+                        if let Some(cache) = uploader.cache() {
+                            // Only segments a local checkpoint covers may be
+                            // evicted: write one when the cache needs it.
+                            if cache.wants_checkpoint()
+                                && last_cache_checkpoint.elapsed() >= CACHE_CHECKPOINT_INTERVAL
+                            {
+                                last_cache_checkpoint = Instant::now();
+                                if let Err(error) = volume.log().checkpoint() {
+                                    tracing::warn!(%error, "a checkpoint for the cache failed");
+                                }
+                            }
+                            cache.trim();
+                        }
                         if last_roll.elapsed() >= interval {
                             last_roll = Instant::now();
                             if let Err(error) = volume.log().roll_heads() {
@@ -127,6 +146,13 @@ impl Ticker {
                             // A failure to ask is retried at the next check;
                             // being fenced is logged by the uploader.
                             let _ = uploader.check_fence();
+                            // A new snapshot or ACL reaches the store with
+                            // the next checkpoint: write one now.
+                            if uploader.metadata_pending()
+                                && let Err(error) = volume.log().checkpoint()
+                            {
+                                tracing::warn!(%error, "a checkpoint for new metadata failed");
+                            }
                         }
                     }
                 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -28,11 +29,50 @@ struct Bundle {
 pub fn collect(dir: &Path) -> Result<Bytes> {
     let mut files = BTreeMap::new();
     let engine = base64::engine::general_purpose::STANDARD;
-    for name in ROOT_FILES {
-        if let Some(bytes) = read_if_there(&dir.join(name))? {
-            files.insert(name.to_string(), engine.encode(bytes));
+    for (name, path) in meta_files(dir)? {
+        if let Some(bytes) = read_if_there(&path)? {
+            files.insert(name, engine.encode(bytes));
         }
     }
+    let bundle = Bundle {
+        format: META_FORMAT.to_string(),
+        files,
+    };
+    Ok(Bytes::from(
+        serde_json::to_vec(&bundle).expect("a bundle serializes"),
+    ))
+}
+
+/// A number that changes when a metadata file of the volume in `dir`
+/// appears, goes or is rewritten (names, sizes and times; nothing read).
+pub fn fingerprint(dir: &Path) -> Result<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (name, path) in meta_files(dir)? {
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        (name, meta.len(), meta.modified().ok()).hash(&mut hasher);
+    }
+    Ok(hasher.finish())
+}
+
+/// True when a snapshot of the volume in `dir` has no frozen index yet
+/// (the log writes it out at its next checkpoint).
+pub fn snapshot_unindexed(dir: &Path) -> Result<bool> {
+    let names: Vec<String> = meta_files(dir)?.into_iter().map(|(name, _)| name).collect();
+    Ok(names.iter().any(|name| {
+        name.strip_suffix(".json")
+            .filter(|stem| stem.starts_with(SNAPSHOTS_DIR))
+            .is_some_and(|stem| !names.contains(&format!("{stem}.index")))
+    }))
+}
+
+/// The metadata files of the volume in `dir`: relative name and path.
+fn meta_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files: Vec<(String, PathBuf)> = ROOT_FILES
+        .iter()
+        .map(|name| (name.to_string(), dir.join(name)))
+        .collect();
     let snapshots = dir.join(SNAPSHOTS_DIR);
     if snapshots.is_dir() {
         for entry in fs::read_dir(&snapshots).map_err(|e| RemoteError::io(&snapshots, e))? {
@@ -43,18 +83,11 @@ pub fn collect(dir: &Path) -> Result<Bytes> {
             if !is_plain_name(&name) || name.contains(".tmp") {
                 continue;
             }
-            if let Some(bytes) = read_if_there(&entry.path())? {
-                files.insert(format!("{SNAPSHOTS_DIR}/{name}"), engine.encode(bytes));
-            }
+            files.push((format!("{SNAPSHOTS_DIR}/{name}"), entry.path()));
         }
     }
-    let bundle = Bundle {
-        format: META_FORMAT.to_string(),
-        files,
-    };
-    Ok(Bytes::from(
-        serde_json::to_vec(&bundle).expect("a bundle serializes"),
-    ))
+    files.sort();
+    Ok(files)
 }
 
 /// Writes the files of a bundle `collect` made into the empty volume

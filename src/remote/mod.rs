@@ -11,7 +11,9 @@
 //!
 //! One file per job: `layout.rs` (object names), `lease.rs` (fencing by
 //! epochs), `resolve.rs` (which objects make up the volume), `uploader.rs`
-//! (background uploads), `meta.rs` (metadata files as one object),
+//! (background uploads), `cache.rs` (the local copies of uploaded segments
+//! as an LRU cache, refilled by ranged GETs), `collect.rs` (which objects
+//! nothing needs any more), `meta.rs` (metadata files as one object),
 //! `rebuild.rs` (an empty directory from the store), `attach.rs` (create
 //! and claim), `flush.rs` (flush modes and the upload-lag ticker),
 //! `error.rs`.
@@ -21,6 +23,8 @@
 //! waits for it through [`crate::volume::FlushHook`].
 
 mod attach;
+mod cache;
+mod collect;
 mod error;
 mod flush;
 mod layout;
@@ -31,9 +35,10 @@ mod resolve;
 mod uploader;
 
 pub use attach::{
-    Claimed, LOCAL_STATE_FILE, RemoteStore, check_vacant, claim, create, needs_rebuild,
-    newest_checkpoint,
+    Claimed, LOCAL_STATE_FILE, RemoteStore, check_vacant, claim, create, fetch_snapshot,
+    needs_rebuild, newest_checkpoint,
 };
+pub use cache::{CACHE_STATE_FILE, CacheStatus, SegmentCache};
 pub use error::{RemoteError, Result};
 pub use flush::{FlushMode, RemoteFlush, Ticker, UploadLag};
 pub use layout::{ObjectKind, StoredObject};

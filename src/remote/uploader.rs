@@ -19,11 +19,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+mod garbage;
+
+use super::cache::{CacheStatus, SegmentCache};
+use super::collect::StoredObjects;
 use super::error::{RemoteError, Result};
 use super::layout::{ObjectKind, StoredObject};
 use super::{lease, meta};
 use crate::objstore::ObjectStore;
-use crate::store::{LogEvents, WrittenCheckpoint};
+use crate::store::{LogEvents, ReadPin, WrittenCheckpoint};
 use crate::sync::LockOrRecover;
 
 /// First wait after a failed upload; doubles up to [`BACKOFF_MAX`].
@@ -55,6 +59,12 @@ pub struct UploadStatus {
     pub last_error: Option<String>,
     /// The epoch that took the volume over from us, if one did.
     pub fenced_by: Option<u64>,
+    /// Objects deleted because nothing needs them any more.
+    pub collected_objects: u64,
+    /// The metadata (snapshots, ACL) changed since its last upload.
+    pub metadata_pending: bool,
+    /// The local cache of uploaded segments, with `--cache-size`.
+    pub cache: Option<CacheStatus>,
 }
 
 #[derive(Default)]
@@ -62,18 +72,36 @@ struct State {
     queued: BTreeMap<u64, (PathBuf, u64)>,
     in_flight: BTreeMap<u64, u64>,
     uploaded: BTreeSet<u64>,
+    /// Every object of the volume in the store (adopted or ours).
+    stored: StoredObjects,
+    /// Segments compaction deleted locally (their objects are collected
+    /// once no stored checkpoint needs them).
+    deleted: BTreeSet<u64>,
+    /// Stored checkpoint and metadata objects replaced by newer ones of the
+    /// same number, to delete before anything else is collected.
+    superseded: Vec<StoredObject>,
     /// Segments whose file vanished before their upload (someone deleted
     /// it under us): a flush waiting for one fails.
     vanished: BTreeSet<u64>,
-    /// Checkpoints written and not stored yet, oldest first, with their
-    /// bytes (read when written: the log deletes old checkpoint files).
-    /// The newest whose segments are all stored goes up; older ones are
-    /// then dropped. Keeping more than the newest matters under
-    /// compaction, whose checkpoints keep needing its open segment.
-    checkpoints: Vec<(WrittenCheckpoint, Bytes)>,
+    /// Checkpoints written and not stored yet, oldest first: the order
+    /// they were written in (two may share a `seq_next` when nothing was
+    /// appended between them: the later one is the newer), and their bytes
+    /// (read when written: the log deletes old checkpoint files). The
+    /// newest whose segments are all stored goes up; older ones are then
+    /// dropped. Keeping more than the newest matters under compaction,
+    /// whose checkpoints keep needing its open segment.
+    checkpoints: Vec<(u64, WrittenCheckpoint, Bytes)>,
+    /// Checkpoints heard of so far (the order of the next one).
+    checkpoints_written: u64,
     checkpoint_busy: bool,
     meta_crc: Option<u32>,
+    /// `meta::fingerprint` of the metadata files when they were last
+    /// collected for upload.
+    meta_fingerprint: Option<u64>,
     status: UploadStatus,
+    /// When older epochs' folders were last swept for objects the
+    /// volume does not hold.
+    last_orphan_sweep: Option<Instant>,
     /// `finish` was called: upload what is queued, then stop.
     stopping: bool,
     /// `finish` is done waiting: the threads stop now.
@@ -82,14 +110,14 @@ struct State {
 
 impl State {
     /// The newest checkpoint whose segments are all stored.
-    fn ready_checkpoint(&self) -> Option<&(WrittenCheckpoint, Bytes)> {
+    fn ready_checkpoint(&self) -> Option<&(u64, WrittenCheckpoint, Bytes)> {
         if self.checkpoint_busy {
             return None;
         }
         self.checkpoints
             .iter()
             .rev()
-            .find(|(c, _)| c.needs.iter().all(|id| self.uploaded.contains(id)))
+            .find(|(_, c, _)| c.needs.iter().all(|id| self.uploaded.contains(id)))
     }
 
     fn checkpoint_ready(&self) -> bool {
@@ -111,6 +139,8 @@ impl State {
 
 struct Shared {
     store: Arc<dyn ObjectStore>,
+    /// Where uploaded segments go, if their local copies are a cache.
+    cache: Option<Arc<SegmentCache>>,
     dir: PathBuf,
     epoch: u64,
     state: Mutex<State>,
@@ -119,7 +149,7 @@ struct Shared {
 
 enum Job {
     Segment { id: u64, path: PathBuf, len: u64 },
-    Checkpoint(WrittenCheckpoint, Bytes),
+    Checkpoint(u64, WrittenCheckpoint, Bytes),
 }
 
 /// Uploads a volume's log to its object store in the background.
@@ -130,16 +160,26 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts `threads` upload threads for the volume in `dir`, writing as
-    /// `epoch`; `adopted` are the segments already in the store.
+    /// `epoch`; `adopted` are the objects already in the store. Segments
+    /// go into `cache` once uploaded.
     pub fn start(
         store: Arc<dyn ObjectStore>,
         dir: &Path,
         epoch: u64,
-        adopted: impl IntoIterator<Item = u64>,
+        adopted: &[StoredObject],
         threads: usize,
+        cache: Option<Arc<SegmentCache>>,
     ) -> Result<Arc<Self>> {
         let state = State {
-            uploaded: adopted.into_iter().collect(),
+            uploaded: adopted
+                .iter()
+                .filter(|o| o.kind == ObjectKind::Segment)
+                .map(|o| o.number)
+                .collect(),
+            stored: adopted
+                .iter()
+                .map(|o| ((o.kind, o.number), o.clone()))
+                .collect(),
             status: UploadStatus {
                 epoch,
                 ..UploadStatus::default()
@@ -148,6 +188,7 @@ impl Uploader {
         };
         let shared = Arc::new(Shared {
             store,
+            cache,
             dir: dir.to_path_buf(),
             epoch,
             state: Mutex::new(state),
@@ -187,12 +228,21 @@ impl Uploader {
 
     /// The uploader's figures.
     pub fn status(&self) -> UploadStatus {
+        let fingerprint = meta::fingerprint(&self.shared.dir).ok();
         let state = self.shared.lock();
         let mut status = state.status.clone();
         status.backlog_segments = state.queued.len() + state.in_flight.len();
         status.backlog_bytes = state.backlog_bytes();
         status.uploaded_segments = state.uploaded.len();
+        status.metadata_pending = state.meta_fingerprint != fingerprint;
+        drop(state);
+        status.cache = self.shared.cache.as_ref().map(|c| c.status());
         status
+    }
+
+    /// The cache of uploaded segments, if their local copies are one.
+    pub fn cache(&self) -> Option<&Arc<SegmentCache>> {
+        self.shared.cache.as_ref()
     }
 
     /// Our epoch.
@@ -231,6 +281,22 @@ impl Uploader {
         }
         drop(state);
         self.check_fence()
+    }
+
+    /// True when the metadata files (a new snapshot, a new ACL, ...) changed
+    /// since their last upload and no checkpoint waits to take them up:
+    /// then a checkpoint is due (it writes out snapshot indexes, and the
+    /// metadata goes up with it).
+    pub fn metadata_pending(&self) -> bool {
+        let dir = &self.shared.dir;
+        let (Ok(now), Ok(unindexed)) = (meta::fingerprint(dir), meta::snapshot_unindexed(dir))
+        else {
+            return false;
+        };
+        let state = self.shared.lock();
+        (state.meta_fingerprint != Some(now) || unindexed)
+            && state.checkpoints.is_empty()
+            && !state.checkpoint_busy
     }
 
     /// Waits until the sealed segments not in the store hold at most
@@ -318,22 +384,39 @@ impl LogEvents for Uploader {
                 return;
             }
         };
-        let mut state = self.shared.lock();
-        let newer = state
-            .checkpoints
-            .last()
-            .is_none_or(|(c, _)| c.seq_next < checkpoint.seq_next);
-        if newer {
-            state.checkpoints.push((checkpoint.clone(), bytes));
-            if state.checkpoints.len() > CHECKPOINTS_PENDING_MAX {
-                state.checkpoints.remove(0);
-            }
-            self.shared.changed.notify_all();
+        if let Some(cache) = &self.shared.cache {
+            cache.checkpoint_written(checkpoint.segment_id_next);
         }
+        // The log writes checkpoints one at a time: this one is the newest.
+        let mut state = self.shared.lock();
+        state.checkpoints_written += 1;
+        let order = state.checkpoints_written;
+        state.checkpoints.push((order, checkpoint.clone(), bytes));
+        if state.checkpoints.len() > CHECKPOINTS_PENDING_MAX {
+            state.checkpoints.remove(0);
+        }
+        self.shared.changed.notify_all();
     }
 
     fn may_delete_segment(&self, segment_id: u64) -> bool {
         self.shared.lock().uploaded.contains(&segment_id)
+    }
+
+    fn segment_deleted(&self, segment_id: u64) {
+        self.shared.lock().deleted.insert(segment_id);
+        if let Some(cache) = &self.shared.cache {
+            cache.forget(segment_id);
+        }
+    }
+
+    fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
+        let Some(cache) = &self.shared.cache else {
+            return Ok(None);
+        };
+        match cache.pin(segment_id, start, end) {
+            Ok(pin) => Ok(pin.map(|p| Box::new(p) as Box<dyn Send>)),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        }
     }
 }
 
@@ -407,9 +490,9 @@ impl Shared {
                 state.in_flight.insert(id, len);
                 return Some(Job::Segment { id, path, len });
             }
-            if let Some((checkpoint, bytes)) = state.ready_checkpoint().cloned() {
+            if let Some((order, checkpoint, bytes)) = state.ready_checkpoint().cloned() {
                 state.checkpoint_busy = true;
-                return Some(Job::Checkpoint(checkpoint, bytes));
+                return Some(Job::Checkpoint(order, checkpoint, bytes));
             }
             if state.stopping && state.in_flight.is_empty() && !state.checkpoint_busy {
                 return None;
@@ -427,11 +510,9 @@ impl Shared {
             Job::Segment { id, .. } => {
                 state.in_flight.remove(id);
             }
-            Job::Checkpoint(checkpoint, _) => {
+            Job::Checkpoint(order, ..) => {
                 state.checkpoint_busy = false;
-                state
-                    .checkpoints
-                    .retain(|(c, _)| c.seq_next > checkpoint.seq_next);
+                state.checkpoints.retain(|(o, ..)| o > order);
             }
         }
         state.status.last_error = None;
@@ -441,7 +522,9 @@ impl Shared {
     fn run(&self, job: &Job) -> Result<()> {
         match job {
             Job::Segment { id, path, len } => self.upload_segment(*id, path, *len),
-            Job::Checkpoint(checkpoint, bytes) => self.upload_checkpoint(checkpoint, bytes.clone()),
+            Job::Checkpoint(_, checkpoint, bytes) => {
+                self.upload_checkpoint(checkpoint, bytes.clone())
+            }
         }
     }
 
@@ -465,7 +548,12 @@ impl Shared {
         self.store.put(&object.key(), bytes)?;
         let mut state = self.lock();
         state.uploaded.insert(id);
+        state.stored.insert((object.kind, id), object.clone());
         state.status.uploaded_bytes += len;
+        drop(state);
+        if let Some(cache) = &self.cache {
+            cache.admit(object, false);
+        }
         Ok(())
     }
 
@@ -476,18 +564,38 @@ impl Shared {
             }
         })?;
         let seq = checkpoint.seq_next;
+        // Taken before the files are read: a change while they are read
+        // shows as pending again.
+        let fingerprint = meta::fingerprint(&self.dir)?;
         let bundle = meta::collect(&self.dir)?;
         let bundle_crc = crc32c::crc32c(&bundle);
+        // An object of the same kind and number that these replace (a
+        // checkpoint written again with nothing appended in between) goes
+        // first when garbage is collected: a rebuild must never pick it.
         if self.lock().meta_crc != Some(bundle_crc) {
             let object = StoredObject::describe(ObjectKind::Meta, seq, self.epoch, &bundle);
             self.store.put(&object.key(), bundle)?;
-            self.lock().meta_crc = Some(bundle_crc);
+            let mut state = self.lock();
+            state.meta_crc = Some(bundle_crc);
+            if let Some(old) = state.stored.insert((object.kind, seq), object.clone())
+                && old != object
+            {
+                state.superseded.push(old);
+            }
         }
+        self.lock().meta_fingerprint = Some(fingerprint);
         let object = StoredObject::describe(ObjectKind::Checkpoint, seq, self.epoch, &bytes);
         self.store.put(&object.key(), bytes)?;
         let mut state = self.lock();
         state.status.checkpoint_seq = Some(seq);
         state.status.checkpoint_segment_next = Some(checkpoint.segment_id_next);
+        if let Some(old) = state.stored.insert((object.kind, seq), object.clone())
+            && old != object
+        {
+            state.superseded.push(old);
+        }
+        drop(state);
+        self.collect_garbage(checkpoint);
         Ok(())
     }
 }

@@ -226,6 +226,7 @@ impl ServedVolume {
             "pid": std::process::id(),
             "read_only": self.volume.is_read_only(),
             "io": self.volume.io_mode().as_str(),
+            "meta_cache": meta_cache_status(&self.volume.meta_cache_stats()),
             "space": space,
             "compaction": {
                 "running": state.running,
@@ -236,4 +237,21 @@ impl ServedVolume {
             "keys": keys,
         }))
     }
+}
+
+/// The frame-meta cache as status shows it: its counters and the share of
+/// lookups it answered.
+fn meta_cache_status(stats: &crate::store::MetaCacheStats) -> Value {
+    let lookups = stats.hits + stats.misses;
+    let hit_rate = match lookups {
+        0 => 0.0,
+        _ => stats.hits as f64 / lookups as f64,
+    };
+    json!({
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "hit_rate": hit_rate,
+        "pages": stats.pages,
+        "capacity_pages": stats.capacity_pages,
+    })
 }

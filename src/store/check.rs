@@ -13,7 +13,7 @@
 //! is a list of typed [`Damage`] findings so that further checks (record
 //! MACs) can add kinds without changing its callers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +86,9 @@ pub struct DamageReport {
     pub checkpoints_checked: u64,
     /// Bytes of segment files read.
     pub bytes_checked: u64,
+    /// Segments whose records are not in their files (evicted to the
+    /// volume's object store): their header and seal were checked only.
+    pub segments_evicted: u64,
     /// Everything found wrong, in file order.
     pub findings: Vec<Damage>,
 }
@@ -135,18 +138,21 @@ impl std::fmt::Display for DamageReport {
 const RESTARTS_MAX: usize = 3;
 
 /// Checks the log in `dir` (its `segments/` and `checkpoints/`) against
-/// `config` (volume id, block size, capacity). An `Err` is a failure to
-/// check (a directory that cannot be listed), never damage.
+/// `config` (volume id, block size, capacity); the segments in `evicted`
+/// (their records punched out of the file, kept in an object store) at
+/// [`CheckDepth::Headers`] only. An `Err` is a failure to check (a
+/// directory that cannot be listed), never damage.
 pub fn check_files(
     dir: &Path,
     config: &LogConfig,
     depth: CheckDepth,
+    evicted: &BTreeSet<u64>,
 ) -> Result<DamageReport, StoreError> {
     let checkpoints_dir = dir.join("checkpoints");
     let mut attempt = 0;
     loop {
         let newest_before = checkpoint::list_checkpoints(&checkpoints_dir)?;
-        let report = check_once(dir, config, depth, &newest_before)?;
+        let report = check_once(dir, config, (depth, evicted), &newest_before)?;
         let newest_after = checkpoint::list_checkpoints(&checkpoints_dir)?;
         attempt += 1;
         if newest_after.first() == newest_before.first() || attempt >= RESTARTS_MAX {
@@ -158,7 +164,7 @@ pub fn check_files(
 fn check_once(
     dir: &Path,
     config: &LogConfig,
-    depth: CheckDepth,
+    (depth, evicted): (CheckDepth, &BTreeSet<u64>),
     checkpoint_paths: &[PathBuf],
 ) -> Result<DamageReport, StoreError> {
     let mut report = DamageReport::default();
@@ -187,6 +193,12 @@ fn check_once(
             file: &file,
             path: &path,
             id,
+        };
+        let depth = if evicted.contains(&id) {
+            report.segments_evicted += 1;
+            CheckDepth::Headers
+        } else {
+            depth
         };
         if let Some(seal) = check_segment(&segment, config, depth, &newest, &mut report)? {
             unlisted_seals.insert(id, seal);

@@ -6,6 +6,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 
 pub mod direct;
+pub mod meta_cache;
+pub mod reads;
 pub mod uring;
 
 /// Most iovecs one `pwritev` takes (Linux IOV_MAX).

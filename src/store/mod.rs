@@ -88,10 +88,11 @@ pub use checkpoint::{
 };
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use io::direct::IoMode;
+pub use io::meta_cache::{META_CACHE_BYTES_DEFAULT, MetaCacheStats};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, LogEvents, ReadPiece, RecordPosition, RecoveryReport, RekeyPlan, RekeyTransform,
-    SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view,
+    LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, RecordPosition, RecoveryReport, RekeyPlan,
+    RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view,
 };
 pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};

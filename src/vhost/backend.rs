@@ -7,7 +7,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
@@ -312,6 +314,16 @@ impl VhostUserBackend for BlockBackend {
             worker.finish_held(&vring, &mut queue)?;
         }
         queue.resumed = false;
+        drop(queue);
+        // Dirty logging on: a live migration stops the device, and the
+        // destination's daemon will ask for the volume next. Seal and
+        // checkpoint now, while QEMU still copies the VM's last state.
+        let logging = self.shared.acked_features.load(Ordering::Relaxed)
+            & VhostUserVirtioFeatures::LOG_ALL.bits()
+            != 0;
+        if logging && !self.shared.is_running() {
+            self.shared.served.prepare_hand_over();
+        }
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYT
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::store::{AlignedBuf, HeadId};
-use crate::volume::{Change, Volume, VolumeError};
+use crate::volume::{Change, ReadRequest, Volume, VolumeError};
 
 /// One worker's view of the device while it drains a queue.
 pub(crate) struct QueueWorker<'a> {
@@ -74,6 +74,29 @@ impl WriteBatch {
     }
 }
 
+/// Reads gathered from one drain, run together (their ciphertext in
+/// flight at once): each with the guest buffers it fills.
+#[derive(Default)]
+struct ReadBatch {
+    indexes: Vec<usize>,
+    requests: Vec<(u64, Vec<GuestBuffer>)>,
+}
+
+impl ReadBatch {
+    /// True when one of `buffers` shares guest memory with a read already
+    /// in the batch (the guest may point two reads at the same pages; they
+    /// then run one after the other, as written).
+    fn overlaps(&self, buffers: &[GuestBuffer]) -> bool {
+        let ours = self.requests.iter().flat_map(|(_, bufs)| bufs.iter());
+        ours.into_iter().any(|a| {
+            buffers.iter().any(|b| {
+                let (a0, b0) = (a.ptr as usize, b.ptr as usize);
+                a0 < b0 + b.len && b0 < a0 + a.len
+            })
+        })
+    }
+}
+
 /// Why an executed request failed: the host's fault, not the guest's.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HostError {
@@ -83,8 +106,8 @@ pub(crate) enum HostError {
     Memory(String),
     #[error("no volume to serve with: {0}")]
     NoVolume(String),
-    #[error("a write reached the single-request path instead of a batch")]
-    UnbatchedWrite,
+    #[error("a read or write reached the single-request path instead of a batch")]
+    Unbatched,
 }
 
 impl QueueWorker<'_> {
@@ -197,6 +220,7 @@ impl QueueWorker<'_> {
         }
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
         let mut writes = WriteBatch::default();
+        let mut reads = ReadBatch::default();
         for chain in chains {
             let parsed = request::parse(&chain.descs, mem, limits);
             let index = outcomes.len();
@@ -227,6 +251,7 @@ impl QueueWorker<'_> {
                     data,
                     bytes,
                 }) => {
+                    self.run_reads(&mut reads, &mut outcomes);
                     // Before copying, not after: the copy is what the limit
                     // bounds (a ring of 4 MiB writes is gigabytes).
                     if writes.is_full_for(bytes) {
@@ -237,8 +262,23 @@ impl QueueWorker<'_> {
                         Err(error) => outcomes[index].status = self.host_failure(&error),
                     }
                 }
+                // Reads wait to be run together, after the writes before them.
+                Ok(Request::Read { sector, data, .. }) => {
+                    self.run_writes(&mut writes, &mut outcomes);
+                    match guest_buffers(mem, &data) {
+                        Ok(buffers) => {
+                            if reads.overlaps(&buffers) {
+                                self.run_reads(&mut reads, &mut outcomes);
+                            }
+                            reads.indexes.push(index);
+                            reads.requests.push((sector * SECTOR_BYTES, buffers));
+                        }
+                        Err(error) => outcomes[index].status = self.host_failure(&error),
+                    }
+                }
                 Ok(other) => {
                     self.run_writes(&mut writes, &mut outcomes);
+                    self.run_reads(&mut reads, &mut outcomes);
                     let (status, data_len) = match self.execute(&other, mem) {
                         Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
                         Err(error) => (self.host_failure(&error), 0),
@@ -249,6 +289,7 @@ impl QueueWorker<'_> {
             }
         }
         self.run_writes(&mut writes, &mut outcomes);
+        self.run_reads(&mut reads, &mut outcomes);
         self.complete(vring, queue, &outcomes, mem, started)
     }
 
@@ -318,6 +359,54 @@ impl QueueWorker<'_> {
         }
     }
 
+    /// Runs the pending reads as one batch and records their status.
+    fn run_reads(&self, reads: &mut ReadBatch, outcomes: &mut [Outcome]) {
+        if reads.requests.is_empty() {
+            return;
+        }
+        let ReadBatch {
+            indexes,
+            mut requests,
+        } = std::mem::take(reads);
+        let results: Vec<Result<(), HostError>> = match &self.volume {
+            Ok(volume) => {
+                let offsets: Vec<u64> = requests.iter().map(|(offset, _)| *offset).collect();
+                let mut slices: Vec<Vec<&mut [u8]>> = requests
+                    .iter_mut()
+                    .map(|(_, buffers)| buffers.iter_mut().map(|b| b.as_mut_slice()).collect())
+                    .collect();
+                let mut batch: Vec<ReadRequest<'_, '_>> = offsets
+                    .into_iter()
+                    .zip(slices.iter_mut())
+                    .map(|(offset, bufs)| ReadRequest { offset, bufs })
+                    .collect();
+                let done = volume.read_batch(&mut batch);
+                done.into_iter()
+                    .map(|r| r.map_err(HostError::from))
+                    .collect()
+            }
+            Err(reason) => requests
+                .iter()
+                .map(|_| Err(HostError::NoVolume(reason.clone())))
+                .collect(),
+        };
+        for ((index, (_, buffers)), result) in indexes.into_iter().zip(&requests).zip(results) {
+            match result {
+                Ok(()) => {
+                    // Written behind vm-memory's back: log the pages for a
+                    // migration in progress.
+                    for buffer in buffers {
+                        buffer.dirty.mark_dirty(0, buffer.len);
+                    }
+                    outcomes[index].status = VIRTIO_BLK_S_OK as u8;
+                    outcomes[index].data_len =
+                        u32::try_from(outcomes[index].bytes).unwrap_or(u32::MAX);
+                }
+                Err(error) => outcomes[index].status = self.host_failure(&error),
+            }
+        }
+    }
+
     fn volume(&self) -> Result<&Arc<Volume>, HostError> {
         self.volume
             .as_ref()
@@ -353,22 +442,6 @@ impl QueueWorker<'_> {
     fn execute(&self, request: &Request, mem: &GuestRam) -> Result<u32, HostError> {
         let volume = self.volume()?;
         match request {
-            Request::Read {
-                sector,
-                data,
-                bytes,
-            } => {
-                let mut buffers = guest_buffers(mem, data)?;
-                let mut slices: Vec<&mut [u8]> =
-                    buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
-                volume.read_vectored(sector * SECTOR_BYTES, &mut slices)?;
-                // Written behind vm-memory's back: log the pages for a
-                // migration in progress.
-                for buffer in &buffers {
-                    buffer.dirty.mark_dirty(0, buffer.len);
-                }
-                Ok(u32::try_from(*bytes).unwrap_or(u32::MAX))
-            }
             Request::Flush => {
                 volume.flush()?;
                 Ok(0)
@@ -399,8 +472,9 @@ impl QueueWorker<'_> {
                 self.writethrough()?;
                 Ok(0)
             }
-            // `drain` gathers every write into a batch; one here is a bug.
-            Request::Write { .. } => Err(HostError::UnbatchedWrite),
+            // `run` gathers every read and write into a batch; one here is
+            // a bug.
+            Request::Read { .. } | Request::Write { .. } => Err(HostError::Unbatched),
         }
     }
 

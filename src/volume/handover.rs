@@ -18,7 +18,13 @@
 //! the holder daemon's control socket), then takes the lock and opens the
 //! volume from the checkpoint the holder just wrote. A holder that is gone
 //! (crashed) cannot answer; its lock went with it, and the open recovers its
-//! log. For a volume in an object store the same transition applies between
+//! log.
+//!
+//! The source's daemon can do the expensive part of handing over early:
+//! [`Served::prepare_hand_over`] (called when a migration stops its device)
+//! seals the log heads and writes the checkpoint in the background while QEMU
+//! still copies the VM's last state. If nothing was written since, the hand-over
+//! itself then only lets go of the lock. For a volume in an object store the same transition applies between
 //! hosts, with a lease in the store for the lock and a [`Holder`] that reaches
 //! the other host.
 
@@ -148,6 +154,9 @@ pub struct Served {
     changed: Condvar,
     superblock: Superblock,
     on_active: Mutex<Option<OnActive>>,
+    /// The log's next sequence number right after the last early
+    /// preparation: while it still is, that checkpoint covers everything.
+    prepared_at: Mutex<Option<u64>>,
 }
 
 impl Served {
@@ -158,6 +167,7 @@ impl Served {
             state: Mutex::new(State::Active(volume)),
             changed: Condvar::new(),
             on_active: Mutex::new(None),
+            prepared_at: Mutex::new(None),
         }
     }
 
@@ -169,6 +179,7 @@ impl Served {
             state: Mutex::new(State::Standby(standby)),
             changed: Condvar::new(),
             on_active: Mutex::new(None),
+            prepared_at: Mutex::new(None),
         })
     }
 
@@ -278,7 +289,55 @@ impl Served {
                 }
             }
         };
-        volume.close()?;
+        let prepared_at = self.prepared_at.lock_or_recover().take();
+        if prepared_at.is_some() && prepared_at == Some(volume.log().peek_next_seq()) {
+            // Sealed and checkpointed early, nothing written since: the
+            // next open replays nothing. Dropping the volume lets go of the
+            // lock.
+            drop(volume);
+        } else {
+            volume.close()?;
+        }
         Ok(())
     }
+
+    /// The expensive part of a hand-over, done ahead of it in a background
+    /// thread: seals the log heads and writes a checkpoint, as closing would.
+    /// The volume stays open and writable (a later write just makes the
+    /// hand-over close it in full). For when a migration has stopped the
+    /// device; nothing happens unless the volume is active.
+    pub fn prepare_hand_over(self: &Arc<Self>) {
+        let Some(volume) = self.if_active() else {
+            return;
+        };
+        let served = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("prepare-hand-over".to_owned())
+            .spawn(move || {
+                let started = Instant::now();
+                // Held while it runs: a hand-over waits for it (its
+                // `Arc::try_unwrap` does).
+                let mut prepared_at = served.prepared_at.lock_or_recover();
+                match volume.log().close() {
+                    Ok(()) => {
+                        *prepared_at = Some(volume.log().peek_next_seq());
+                        tracing::info!(
+                            ms = started.elapsed().as_millis(),
+                            "device stopped for a migration: log sealed and checkpointed ahead of the hand-over"
+                        );
+                    }
+                    Err(error) => {
+                        *prepared_at = None;
+                        tracing::warn!(%error, "preparing the hand-over failed; it will close the volume in full");
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot prepare the hand-over ahead of it");
+        }
+    }
 }
+
+#[cfg(test)]
+#[path = "handover_tests.rs"]
+mod tests;

@@ -45,6 +45,7 @@ mod open;
 mod over_base;
 mod policy;
 mod read;
+pub use read::ReadRequest;
 mod rotation;
 mod scrub;
 mod snapshots;
@@ -57,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use base::{BaseImage, BaseRef};
-pub use check::check_files;
+pub use check::{check_files, check_files_evicted};
 pub use clock::{Clock, ManualClock, SkewedClock, SystemClock};
 pub use error::VolumeError;
 pub use key_state::KeyStatus;
@@ -112,6 +113,9 @@ pub struct VolumeOptions {
     /// How the log writes segment files: direct (the default; buffered
     /// where the filesystem refuses it) or buffered.
     pub io: IoMode,
+    /// Bytes of frame meta (block tables) the read path keeps in memory,
+    /// so a random read needs one device read, not two (0: none).
+    pub meta_cache_bytes: u64,
 }
 
 impl Default for VolumeOptions {
@@ -126,6 +130,7 @@ impl Default for VolumeOptions {
             integrity: Integrity::Mac,
             clock: None,
             io: IoMode::default(),
+            meta_cache_bytes: crate::store::META_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -231,6 +236,12 @@ impl Volume {
     /// asked for buffered or the filesystem refuses direct I/O).
     pub fn io_mode(&self) -> IoMode {
         self.log.io_mode()
+    }
+
+    /// Hits, misses and size of the read path's frame-meta cache (the
+    /// volume's own log; a clone's parents keep their own).
+    pub fn meta_cache_stats(&self) -> crate::store::MetaCacheStats {
+        self.log.meta_cache_stats()
     }
 
     /// What recovery did when the volume was opened.

@@ -431,6 +431,7 @@ pub(super) fn log_config(
         heads: options.heads.max(1),
         read_only: options.read_only,
         io: options.io,
+        meta_cache_bytes: options.meta_cache_bytes,
         macs,
     })
 }

@@ -526,6 +526,7 @@ pub(crate) fn open_snapshot_view(
         heads: 1,
         read_only: true,
         io: store::IoMode::Buffered,
+        meta_cache_bytes: store::META_CACHE_BYTES_DEFAULT,
         macs,
     };
     let log = store::open_view(dir, &paths.index, config)?;

@@ -1,9 +1,10 @@
-//! Losing the host, a second writer, a zombie writer, a remote FLUSH
-//! racing background compaction.
-
-use std::time::{Duration, Instant};
+//! Losing the host, a second writer, a zombie writer (whose late uploads
+//! are collected), a remote FLUSH racing background compaction.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lsvblk::objstore::{ObjectKey, ObjectStore};
 
 use crate::kit::ceph::cluster;
 use crate::kit::cli::exit;
@@ -157,8 +158,33 @@ fn a_zombie_writer_after_a_takeover_never_appears() {
     assert!(zombie.stderr().contains("fenced"), "{}", zombie.stderr());
     new.write(0, 64 * 1024, &pattern(3)).unwrap();
     new.flush(0).unwrap();
+    let epoch_of = |dir: &Path| setup.status(dir)["upload"]["epoch"].as_u64().unwrap();
+    let (fenced, current) = (epoch_of(&setup.volume), epoch_of(&second));
     drop(new);
     successor.stop_cleanly();
+
+    // What the zombie uploaded after the takeover is collected: every
+    // object left in its epoch's folder is one the successor adopted.
+    let store = setup.store();
+    let key = |name: String| ObjectKey::new(name).unwrap();
+    let base = store
+        .get(&key(format!("e{current:016x}/base.json")))
+        .unwrap();
+    let base: serde_json::Value = serde_json::from_slice(&base).unwrap();
+    let adopted: Vec<&str> = base["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    let left: Vec<String> = store
+        .list(&key(format!("e{fenced:016x}")))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.as_str().to_string())
+        .filter(|k| !k.ends_with("base.json") && !adopted.contains(&k.as_str()))
+        .collect();
+    assert!(left.is_empty(), "the fenced epoch's orphans stay: {left:?}");
 
     // A third host (no --takeover needed: the successor released it) sees
     // the successor's writes and none of the zombie's.

@@ -10,6 +10,12 @@
 //!   FLUSHes racing background compaction;
 //! - [`faults`]: an OSD killed (kill -9) under writes, radosgw stopped for
 //!   30 s (writes go on, a remote FLUSH waits, `status` shows the backlog);
+//! - [`cache`]: a volume bigger than its `--cache-size`, read back through
+//!   ranged GETs, also after a restart;
+//! - [`collect`]: objects of segments compaction dropped deleted from the
+//!   store, the rest still the whole volume;
+//! - [`handoff`]: alice's snapshot served read-only to bob on another host
+//!   from the store, with bob's token (mallory refused);
 //! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or
 //!   altered object, another volume's object: each a clear error.
 //!
@@ -19,7 +25,10 @@
 mod kit;
 
 mod bad_input;
+mod cache;
+mod collect;
 mod faults;
+mod handoff;
 mod lifecycle;
 
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +39,7 @@ use kit::ceph::{cluster, unique_prefix};
 use kit::cli::Lsvblk;
 use kit::daemon::{Daemon, ServeOptions, create_volume_using};
 use kit::kms::Kms;
-use lsvblk::objstore::{ObjectKey, S3Store};
+use lsvblk::objstore::{ObjectKey, ObjectStore, S3Store};
 
 const MIB: u64 = 1 << 20;
 
@@ -125,6 +134,25 @@ impl Setup {
     /// `lsvblk status --json` of the daemon serving `dir`.
     fn status(&self, dir: &Path) -> serde_json::Value {
         lsvblk().json(&["status", dir.to_str().unwrap(), "--json"])
+    }
+}
+
+impl Drop for Setup {
+    /// A passing test's objects go: left behind, every run's objects would
+    /// fill the cluster, and a full cluster stalls every PUT (a remote FLUSH
+    /// then fails after --store-wait). A failing test's stay for a look.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Some((parent, name)) = self.prefix.as_str().rsplit_once('/') else {
+            return;
+        };
+        let store = cluster().store(&ObjectKey::new(parent).unwrap());
+        if let Ok(objects) = store.list(&ObjectKey::new(name).unwrap()) {
+            let keys: Vec<ObjectKey> = objects.into_iter().map(|o| o.key).collect();
+            let _ = store.delete(&keys);
+        }
     }
 }
 

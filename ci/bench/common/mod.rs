@@ -44,6 +44,17 @@ pub fn median(samples: &[f64]) -> f64 {
     }
 }
 
+/// Nearest-rank percentile `p` (0-100) of `values`.
+///
+/// # Panics
+/// If `values` is empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
 /// Options every benchmark accepts after `--` (`ci/bench.sh NAME [args]`).
 #[derive(Clone, Debug)]
 pub struct Options {

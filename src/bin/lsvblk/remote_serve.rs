@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lsvblk::remote::{self, FlushMode, RemoteFlush, RemoteStore, Ticker, UploadLag, Uploader};
+use lsvblk::remote::{
+    self, FlushMode, ObjectKind, RemoteError, RemoteFlush, RemoteStore, SegmentCache, StoredObject,
+    Ticker, UploadLag, Uploader,
+};
 use lsvblk::volume::{Volume, VolumeLock};
 
 use crate::exit::Failure;
@@ -36,6 +39,13 @@ pub struct RemoteServeArgs {
     /// long a clean stop waits for the last uploads).
     #[arg(long, default_value = "5m", value_parser = parse_kms_timeout, requires = "store")]
     store_wait: Duration,
+    /// Keep at most SIZE (e.g. 8G) of uploaded segments in the volume
+    /// directory, evicting the least recently read; reads of evicted data
+    /// fetch it back with ranged GETs. An empty directory is rebuilt with
+    /// the segments' headers and seals only (records fetched when read).
+    /// Default: keep everything.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "store")]
+    cache_size: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -62,20 +72,29 @@ pub struct Claimed {
     remote: RemoteStore,
     args: RemoteServeArgs,
     epoch: u64,
-    stored_segments: Vec<u64>,
+    stored: Vec<StoredObject>,
     lock: Option<VolumeLock>,
 }
 
-/// Claims the volume in `dir` in its store, if `--store` was given.
+/// Claims the volume in `dir` in its store, if `--store` was given. To
+/// serve `snapshot` (read-only) nothing is claimed: an empty `dir` gets
+/// the snapshot from the store instead.
 pub fn claim(
     store: &StoreArgs,
     args: &RemoteServeArgs,
     dir: &Path,
     read_only: bool,
+    snapshot: Option<&str>,
 ) -> Result<Option<Claimed>, Failure> {
     let Some(remote) = store.open()? else {
         return Ok(None);
     };
+    if let Some(name) = snapshot {
+        if remote::fetch_snapshot(&remote, dir, name).map_err(remote_failure)? {
+            tracing::info!(dir = %dir.display(), snapshot = name, "fetched the snapshot from the object store");
+        }
+        return Ok(None);
+    }
     if read_only {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--store serves a volume read-write; --read-only is not supported with it"
@@ -88,7 +107,10 @@ pub fn claim(
     if !remote::needs_rebuild(dir) {
         lock = Some(VolumeLock::acquire(dir, false)?);
     }
-    let claimed = remote::claim(&remote, dir, args.takeover).map_err(remote_failure)?;
+    // With a cache size, an empty directory gets the records of the
+    // checkpointed segments only when they are read.
+    let lazy = args.cache_size.is_some();
+    let claimed = remote::claim(&remote, dir, args.takeover, lazy).map_err(remote_failure)?;
     if claimed.rebuilt {
         tracing::info!(dir = %dir.display(), epoch = claimed.epoch, "rebuilt the volume from the object store");
     }
@@ -99,7 +121,7 @@ pub fn claim(
         remote,
         args: args.clone(),
         epoch: claimed.epoch,
-        stored_segments: claimed.stored_segments.into_iter().collect(),
+        stored: claimed.stored,
         lock,
     }))
 }
@@ -126,12 +148,14 @@ impl Claimed {
     /// Starts uploading `volume` (opened from the claimed directory).
     pub fn start(self, volume: &Arc<Volume>) -> Result<Serving, Failure> {
         let dir = volume.dir().to_path_buf();
+        let cache = self.open_cache(&dir).map_err(remote_failure)?;
         let uploader = Uploader::start(
             Arc::clone(&self.remote.store),
             &dir,
             self.epoch,
-            self.stored_segments,
+            &self.stored,
             self.remote.threads,
+            cache,
         )
         .map_err(remote_failure)?;
         volume.log().set_events(Arc::clone(&uploader) as _);
@@ -161,6 +185,33 @@ impl Claimed {
             store_wait: self.args.store_wait,
             dir,
         })
+    }
+}
+
+impl Claimed {
+    /// The cache of uploaded segments, with `--cache-size` or when segments
+    /// were evicted before (then nothing more is evicted without it).
+    fn open_cache(&self, dir: &Path) -> Result<Option<Arc<SegmentCache>>, RemoteError> {
+        let evicted = SegmentCache::persisted_evicted(dir)?;
+        let Some(capacity) = self
+            .args
+            .cache_size
+            .or_else(|| (!evicted.is_empty()).then_some(u64::MAX))
+        else {
+            return Ok(None);
+        };
+        let cache = SegmentCache::open(Arc::clone(&self.remote.store), dir, capacity);
+        let segments = dir.join("segments");
+        let stored_segments = self.stored.iter().filter(|o| o.kind == ObjectKind::Segment);
+        for object in stored_segments {
+            if segments
+                .join(format!("{:016x}.seg", object.number))
+                .exists()
+            {
+                cache.admit(object.clone(), evicted.contains(&object.number));
+            }
+        }
+        Ok(Some(cache))
     }
 }
 

@@ -99,13 +99,17 @@ pub struct ServeArgs {
     /// CPU per request; an idle queue costs nothing.
     #[arg(long, env = "LSVBLK_POLL_US", default_value_t = lsvblk::vhost::POLL_US_DEFAULT)]
     poll_us: u32,
-    /// How segment files are written: `buffered` (through the host's page
-    /// cache) or `direct` (O_DIRECT, past it; a filesystem that refuses it
-    /// falls back to buffered, said in the log). Direct is not the default
-    /// yet: reads still go through the page cache, and with direct writes
-    /// they all miss it. `lsvblk status` shows the mode in use.
+    /// How segment files are written and read: `buffered` (through the
+    /// host's page cache) or `direct` (O_DIRECT, past it; a filesystem that
+    /// refuses it falls back to buffered, said in the log). `lsvblk status`
+    /// shows the mode in use.
     #[arg(long = "io", env = "LSVBLK_IO", default_value_t = lsvblk::store::IoMode::default())]
     io: lsvblk::store::IoMode,
+    /// MiB of block tables (each block's checksum and tag) kept in memory
+    /// for reads, so a random read costs one device read, not two (0: no
+    /// cache). `lsvblk status` shows its hit rate.
+    #[arg(long, env = "LSVBLK_META_CACHE_MIB", default_value_t = lsvblk::store::META_CACHE_BYTES_DEFAULT >> 20)]
+    meta_cache_mib: u64,
     /// Serve read-only (writes fail with IOERR; the guest sees VIRTIO_BLK_F_RO).
     #[arg(long, env = "LSVBLK_READ_ONLY")]
     read_only: bool,
@@ -168,16 +172,22 @@ pub fn run(args: ServeArgs) -> Outcome {
     let started = Instant::now();
     raise_open_file_limit();
     // A volume kept in an object store: claim it (an empty directory is
-    // rebuilt from the store first).
+    // rebuilt from the store first), or fetch the snapshot to serve.
     let mut serving = None;
-    let mut remote =
-        crate::remote_serve::claim(&args.store, &args.remote, &args.volume, args.read_only)?;
+    let mut remote = crate::remote_serve::claim(
+        &args.store,
+        &args.remote,
+        &args.volume,
+        args.read_only,
+        args.snapshot.as_deref(),
+    )?;
     let pool =
         CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
         heads: usize::from(args.num_queues.max(1)),
         read_only: args.read_only,
         io: args.io,
+        meta_cache_bytes: args.meta_cache_mib.saturating_mul(1 << 20),
         pool: Some(Arc::new(pool)),
         clock: args
             .clock_skew_file

@@ -40,7 +40,9 @@ pub struct S3Config {
     /// Longest a TCP (and TLS) connect may take. Default 5 s.
     pub connect_timeout: Duration,
     /// Objects larger than this are uploaded in parts, in parallel. Default
-    /// 16 MiB: below it one PUT is as fast and costs one request.
+    /// 64 MiB: a segment object of a store volume (16 MiB and its seal by
+    /// default) goes up in one PUT; as a multipart upload it took three part
+    /// requests plus the initiate and complete requests.
     pub multipart_threshold: usize,
     /// Size of each part (at least 5 MiB). Default 8 MiB.
     pub part_bytes: usize,
@@ -66,7 +68,7 @@ impl S3Config {
             retry_backoff_max: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
-            multipart_threshold: 16 << 20,
+            multipart_threshold: 64 << 20,
             part_bytes: 8 << 20,
             part_concurrency: 4,
             runtime_threads: 2,

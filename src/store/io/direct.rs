@@ -1,15 +1,14 @@
-//! Direct I/O: which way the log writes its segment files, and opening a
-//! segment's `O_DIRECT` writer.
+//! Direct I/O: which way the log writes and reads its segment files, and
+//! opening a segment's `O_DIRECT` descriptor.
 //!
 //! With [`IoMode::Direct`] frames go from the writer's aligned memory to
 //! the device without passing through the host's page cache: the guest
 //! caches what it reads, so a second copy in the host is wasted memory,
 //! and filling the page cache first costs more than the write itself. A
 //! filesystem that refuses `O_DIRECT` gets [`IoMode::Buffered`] instead,
-//! said once in the log. [`IoMode::Buffered`] stays the default until
-//! reads bypass the page cache too: with direct writes every read misses
-//! the cache and goes to the device one request at a time (4 KiB random
-//! reads at QD32 fell to a tenth in the device bench).
+//! said once in the log. Reads then bypass the page cache too (`reads`,
+//! `meta_cache`): ciphertext `O_DIRECT` straight into the caller's memory
+//! where it is aligned, a batch's reads in flight together.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -86,10 +85,12 @@ fn probe_direct(dir: &Path) -> io::Result<()> {
     super::pwritev_all(&file, &[block.padded()], 0)
 }
 
-/// Opens the existing file `path` for `O_DIRECT` writes.
-pub fn open_writer(path: &Path) -> io::Result<File> {
+/// Opens the existing file `path` with `O_DIRECT`: for reads, and for
+/// writes too when `write`.
+pub fn open_direct(path: &Path, write: bool) -> io::Result<File> {
     OpenOptions::new()
-        .write(true)
+        .read(true)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
 }

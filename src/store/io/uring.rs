@@ -94,37 +94,47 @@ impl WriteRing {
             let pushed = unsafe { self.ring.submission().push(&entry) };
             assert!(pushed.is_ok(), "a wave fits the empty submission queue");
         }
-        let mut outcomes: Vec<Option<io::Result<usize>>> = wave.iter().map(|_| None).collect();
-        let mut done = 0;
-        while done < wave.len() {
-            if let Err(error) = self.ring.submit_and_wait(1) {
-                match error.raw_os_error() {
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => {}
-                    _ => {
-                        tracing::error!(%error, "io_uring stopped answering with writes in flight: aborting (their buffers may still be read)");
-                        std::process::abort();
-                    }
-                }
-            }
-            for completion in self.ring.completion() {
-                let result = completion.result();
-                let outcome = match result >= 0 {
-                    true => Ok(result as usize),
-                    false => Err(io::Error::from_raw_os_error(-result)),
-                };
-                if let Some(slot) = outcomes.get_mut(completion.user_data() as usize)
-                    && slot.is_none()
-                {
-                    *slot = Some(outcome);
-                    done += 1;
+        wait_all(&mut self.ring, wave.len(), "writes")
+            .into_iter()
+            .map(|result| match result >= 0 {
+                true => Ok(result as usize),
+                false => Err(io::Error::from_raw_os_error(-result)),
+            })
+            .collect()
+    }
+}
+
+/// Waits until the `count` entries just submitted to `ring` (user data
+/// `0..count`) have all completed; returns each one's result (bytes, or a
+/// negative errno), in order. A ring that stops answering with `what` in
+/// flight leaves no safe way back (their buffers may still be in use): the
+/// process aborts.
+pub(super) fn wait_all(ring: &mut IoUring, count: usize, what: &str) -> Vec<i32> {
+    let mut results: Vec<Option<i32>> = vec![None; count];
+    let mut done = 0;
+    while done < count {
+        if let Err(error) = ring.submit_and_wait(1) {
+            match error.raw_os_error() {
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => {}
+                _ => {
+                    tracing::error!(%error, what, "io_uring stopped answering with I/O in flight: aborting (its buffers may still be in use)");
+                    std::process::abort();
                 }
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.expect("every piece completed"))
-            .collect()
+        for completion in ring.completion() {
+            if let Some(slot) = results.get_mut(completion.user_data() as usize)
+                && slot.is_none()
+            {
+                *slot = Some(completion.result());
+                done += 1;
+            }
+        }
     }
+    results
+        .into_iter()
+        .map(|r| r.expect("every entry completed"))
+        .collect()
 }
 
 /// Cuts `slices` (written back to back from `offset`) into pieces of at

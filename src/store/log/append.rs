@@ -198,6 +198,12 @@ impl Log {
             self.take_back(fields, start);
             return Err(StoreError::io(&path, error));
         }
+        let mut frame_offset = start;
+        for frame in &built {
+            let meta = frame.meta.meta.padded();
+            self.meta_cache.insert(open.id, frame_offset, meta);
+            frame_offset += frame.meta.layout.frame_bytes as u64;
+        }
         open.offset = offset;
         open.records += records.len() as u64;
         open.last_mac = last_mac;
@@ -233,6 +239,7 @@ impl Log {
     /// a seal is ignored).
     fn take_back(&self, head: &mut Head, start: u64) {
         let open = head.open.as_ref().expect("an open segment failed");
+        self.meta_cache.forget_from(open.id, start);
         if open.file.file.set_len(start).is_err() {
             let abandoned = head.open.take().expect("checked above");
             self.pending.lock_or_recover().push(PendingSeal {
@@ -315,10 +322,10 @@ impl Log {
             segment::create_segment(&self.segments_dir, id, &self.config.volume_id, &fields)?;
         // The directory entry becomes durable at the next flush.
         self.dir_dirty.store(true, Ordering::SeqCst);
-        let writer = match self.io_mode() {
+        let direct = match self.io_mode() {
             IoMode::Direct => {
                 let path = self.segment_path(id);
-                Some(direct::open_writer(&path).map_err(|e| StoreError::io(&path, e))?)
+                Some(direct::open_direct(&path, true).map_err(|e| StoreError::io(&path, e))?)
             }
             IoMode::Buffered => None,
         };
@@ -331,7 +338,7 @@ impl Log {
         drop(state);
         let file = Arc::new(SegmentFile {
             file,
-            writer,
+            direct,
             version: SegmentVersion::V2,
             macs: self.config.macs.is_some(),
         });

@@ -521,6 +521,7 @@ impl Log {
                 .map_or(0, |m| m.len());
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
             self.write_state().unretire(*id, false);
+            self.notify_deleted(*id);
             deleted_any = true;
             report.segments_deleted += 1;
             report.bytes_freed += bytes;

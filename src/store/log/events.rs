@@ -1,13 +1,15 @@
 //! What the log tells an observer that mirrors it elsewhere (the object-store
 //! uploader): a segment was sealed, a checkpoint was written. Additive: the
-//! log works the same with no observer; an observer only learns, and may
-//! hold back one thing: compaction deleting a segment file it still has to
-//! copy.
+//! log works the same with no observer; an observer mostly learns. It may
+//! hold back compaction deleting a segment file it still has to copy, and it
+//! is asked before the log reads a sealed segment's data (a cache that
+//! evicted it brings it back).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::super::StoreError;
 use super::super::checkpoint::CheckpointData;
 use super::super::snapshot::segments_needed;
 use super::Log;
@@ -56,7 +58,24 @@ pub trait LogEvents: Send + Sync {
         let _ = segment_id;
         true
     }
+    /// Compaction deleted the file of segment `segment_id`: nothing in the
+    /// log refers to it any more. Called with log locks held.
+    fn segment_deleted(&self, segment_id: u64) {
+        let _ = segment_id;
+    }
+    /// Called before the log reads bytes `start..end` of sealed segment
+    /// `segment_id` for their data: an observer that evicted them from the
+    /// file (a cache of an object store) writes them back first, and keeps
+    /// them there while the returned pin lives (the log drops it after the
+    /// read). Called without log locks.
+    fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
+        let _ = (segment_id, start, end);
+        Ok(None)
+    }
 }
+
+/// What [`LogEvents::before_read`] returns: held for the length of a read.
+pub type ReadPin = Option<Box<dyn Send>>;
 
 impl Log {
     /// Sets the observer of this log's seals and checkpoints (once; later
@@ -76,6 +95,28 @@ impl Log {
         self.events
             .get()
             .is_none_or(|events| events.may_delete_segment(segment_id))
+    }
+
+    pub(super) fn notify_deleted(&self, segment_id: u64) {
+        if let Some(events) = self.events.get() {
+            events.segment_deleted(segment_id);
+        }
+    }
+
+    /// Asks the observer, if any, to make bytes `start..end` of segment
+    /// `segment_id` readable (see [`LogEvents::before_read`]).
+    pub(super) fn before_read(
+        &self,
+        segment_id: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<ReadPin, StoreError> {
+        match self.events.get() {
+            Some(events) => events
+                .before_read(segment_id, start, end)
+                .map_err(|e| StoreError::io(&self.segment_path(segment_id), e)),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn notify_checkpoint(&self, path: PathBuf, data: &CheckpointData) {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::frame::Mac;
 use super::io::direct::{self, IoMode};
+use super::io::meta_cache::{MetaCache, MetaCacheStats};
 use super::io::uring::WriteRing;
 use super::macs::MacKeys;
 use super::segment::{self, SegmentVersion};
@@ -54,8 +55,8 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
-pub use events::{LogEvents, WrittenCheckpoint};
-pub use read::{DataPiece, ReadPiece};
+pub use events::{LogEvents, ReadPin, WrittenCheckpoint};
+pub use read::{DataPiece, PieceRead, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
 pub(crate) use replay::list_segments;
@@ -79,6 +80,9 @@ pub struct LogConfig {
     /// How segment files are written (direct unless the filesystem refuses
     /// it; see [`Log::io_mode`]).
     pub io: IoMode,
+    /// Bytes of frame meta (block table pages) the read path keeps in
+    /// memory ([`super::io::meta_cache`]; 0: none).
+    pub meta_cache_bytes: u64,
     /// The keys records and seals are MACed with, when the volume's
     /// records are authenticated (integrity `mac`); `None` for CRCs only.
     pub macs: Option<Arc<dyn MacKeys>>,
@@ -107,11 +111,12 @@ impl std::fmt::Display for HeadId {
 /// A segment file the log has open, and its format version.
 #[derive(Debug)]
 pub(crate) struct SegmentFile {
-    /// Buffered: reads, syncs, truncation, and writes without `writer`.
+    /// Buffered: syncs, truncation, reads and writes without `direct`.
     pub(crate) file: File,
-    /// The `O_DIRECT` descriptor frames are written through, for a segment
-    /// this process appends to in direct mode.
-    pub(crate) writer: Option<File>,
+    /// The `O_DIRECT` descriptor of a log in direct mode: frames are
+    /// written (segments this process appends to) and ciphertext and
+    /// frame meta are read through it.
+    pub(crate) direct: Option<File>,
     pub(crate) version: SegmentVersion,
     /// Its header says its records carry MACs.
     pub(crate) macs: bool,
@@ -122,7 +127,7 @@ impl SegmentFile {
     pub(crate) fn buffered(file: File, version: SegmentVersion, macs: bool) -> Self {
         Self {
             file,
-            writer: None,
+            direct: None,
             version,
             macs,
         }
@@ -131,7 +136,13 @@ impl SegmentFile {
     /// The descriptor frames are written through: the `O_DIRECT` one if
     /// there is one (every frame is aligned in offset, length and memory).
     pub(crate) fn frame_writer(&self) -> &File {
-        self.writer.as_ref().unwrap_or(&self.file)
+        self.direct.as_ref().unwrap_or(&self.file)
+    }
+
+    /// The descriptor ciphertext and frame meta are read through: the
+    /// `O_DIRECT` one if there is one (reads through it must be aligned).
+    pub(crate) fn read_fd(&self) -> &File {
+        self.direct.as_ref().unwrap_or(&self.file)
     }
 }
 
@@ -212,6 +223,8 @@ pub struct Log {
     /// How this process writes segment files: the configured mode, or
     /// buffered where the filesystem refuses direct I/O.
     io_mode: IoMode,
+    /// Block table pages, for reads (see `read`).
+    meta_cache: MetaCache,
 }
 
 impl Log {
@@ -245,6 +258,7 @@ impl Log {
                 })
             })
             .collect::<Vec<_>>();
+        let config_meta_cache_bytes = config.meta_cache_bytes;
         let mut state = IndexState::empty(heads.len());
         state.segment_id_next = segment_id_next;
         Self {
@@ -265,6 +279,7 @@ impl Log {
             pins: Mutex::new(BTreeMap::new()),
             compact_lock: Mutex::new(()),
             events: OnceLock::new(),
+            meta_cache: MetaCache::new(config_meta_cache_bytes),
         }
     }
 
@@ -279,10 +294,21 @@ impl Log {
         self.io_mode
     }
 
+    /// Hits, misses and size of the frame-meta cache of the read path.
+    pub fn meta_cache_stats(&self) -> MetaCacheStats {
+        self.meta_cache.stats()
+    }
+
     /// Takes the next write sequence number. Never returns the same number
     /// twice for one volume, across reopens and crashes.
     pub fn next_seq(&self) -> u64 {
         self.seq_next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The sequence number the next write will take, without taking it:
+    /// unchanged for as long as nothing is written.
+    pub fn peek_next_seq(&self) -> u64 {
+        self.seq_next.load(Ordering::Relaxed)
     }
 
     /// Number of extents in the index.

@@ -99,6 +99,12 @@ impl Log {
         let file = self.segment_file(piece.segment_id)?;
         let block_bytes = 1usize << self.config.block_shift;
         let mut table = vec![0u8; piece.format.table_bytes(piece.blocks) as usize];
+        let payload_bytes = piece.blocks << self.config.block_shift;
+        let _resident = self.before_read(
+            piece.segment_id,
+            piece.payload_offset.min(piece.table_offset),
+            (piece.payload_offset + payload_bytes).max(piece.table_offset + table.len() as u64),
+        )?;
         let payload = AlignedBuf::overwritten_by(piece.blocks as usize * block_bytes, |buf| {
             file.file.read_exact_at(buf, piece.payload_offset)
         })

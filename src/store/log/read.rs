@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::super::StoreError;
+use super::super::aligned::{ALIGN, AlignedBuf, align_up};
 use super::super::index::{Location, Piece};
-use super::super::segment;
+use super::super::io::reads::{ReadOp, read_all};
 use super::super::table::TableFormat;
 use super::state::IndexState;
 use super::{Log, SegmentFile};
@@ -119,36 +120,194 @@ impl Log {
         }
     }
 
-    /// Reads the ciphertext of `piece` into `buf` and its entries of the
-    /// record's block table into `table` (`piece.table_format()`'s
+    /// Reads each piece's ciphertext into its `buf` and its entries of the
+    /// record's block table into its `table` (`piece.table_format()`'s
     /// `table_bytes` of the piece's blocks) without checking them: the
     /// caller verifies each block (`TableFormat::first_corrupt_block`, then
     /// [`Log::block_corrupt`]) before using it; the volume does so on the
-    /// crypto pool, next to decryption.
-    pub fn read_ciphertext_unverified(
+    /// crypto pool, next to decryption. Returns each read's outcome, in
+    /// order.
+    ///
+    /// Table entries come from the frame-meta cache where it has them;
+    /// every read the cache does not answer is submitted together
+    /// (`io::reads`). In direct mode ciphertext is read `O_DIRECT` straight
+    /// into `buf` when `buf` and the range are 4 KiB-aligned, else through
+    /// an aligned bounce buffer; table pages read on a miss join the cache.
+    pub fn read_pieces_unverified(
         &self,
-        piece: &DataPiece,
-        buf: &mut [u8],
-        table: &mut [u8],
-    ) -> Result<(), StoreError> {
-        assert_eq!(buf.len() as u64, piece.blocks << self.config.block_shift);
-        assert_eq!(
-            table.len() as u64,
-            piece.table_format().table_bytes(piece.blocks)
-        );
-        let path = || self.segment_path(piece.segment_id);
-        let short = |offset| StoreError::Corrupt {
-            path: path(),
-            offset_bytes: offset,
-            reason: "segment ends inside an indexed record",
-        };
-        for (part, offset) in [(buf, piece.payload_offset), (table, piece.table_offset)] {
-            if !segment::read_exact_or_eof(&piece.file.file, part, offset)
-                .map_err(|e| StoreError::io(&path(), e))?
-            {
-                return Err(short(offset));
+        reads: &mut [PieceRead<'_>],
+    ) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = reads.iter().map(|_| Ok(())).collect();
+        let mut bounces: Vec<Bounce> = Vec::new();
+        // Per read: its table entries, its ciphertext read in place.
+        let mut in_place = vec![(false, false); reads.len()];
+        // Held until every read completed (see `LogEvents::before_read`).
+        let mut _pins = Vec::with_capacity(reads.len());
+        for (index, read) in reads.iter_mut().enumerate() {
+            let piece = read.piece;
+            assert_eq!(
+                read.buf.len() as u64,
+                piece.blocks << self.config.block_shift
+            );
+            assert_eq!(
+                read.table.len() as u64,
+                piece.table_format().table_bytes(piece.blocks)
+            );
+            // Whole pages: what a bounce buffer or the cache may read.
+            let start = piece.payload_offset.min(piece.table_offset);
+            let end = (piece.payload_offset + read.buf.len() as u64)
+                .max(piece.table_offset + read.table.len() as u64);
+            let pages = start - start % ALIGN as u64..align_up(end as usize) as u64;
+            match self.before_read(piece.segment_id, pages.start, pages.end) {
+                Ok(pin) => _pins.push(pin),
+                Err(error) => {
+                    results[index] = Err(error);
+                    continue;
+                }
+            }
+            let direct = piece.file.direct.is_some();
+            let cached = self
+                .meta_cache
+                .copy_out(piece.segment_id, piece.table_offset, read.table);
+            match (cached, direct) {
+                (true, _) => {}
+                (false, true) => bounces.push(Bounce::around(
+                    index,
+                    Part::Table,
+                    piece.table_offset,
+                    read.table.len(),
+                )),
+                (false, false) => in_place[index].0 = true,
+            }
+            in_place[index].1 = !direct
+                || (piece.payload_offset.is_multiple_of(ALIGN as u64)
+                    && read.buf.len().is_multiple_of(ALIGN)
+                    && (read.buf.as_ptr() as usize).is_multiple_of(ALIGN));
+            if !in_place[index].1 {
+                bounces.push(Bounce::around(
+                    index,
+                    Part::Payload,
+                    piece.payload_offset,
+                    read.buf.len(),
+                ));
             }
         }
-        Ok(())
+        let pieces: Vec<&DataPiece> = reads.iter().map(|r| r.piece).collect();
+        let outcomes = {
+            // Ciphertext first, in order: pieces that follow each other in a
+            // segment merge into one read.
+            let mut payloads: Vec<(usize, ReadOp<'_>)> = Vec::with_capacity(reads.len());
+            let mut tables: Vec<(usize, ReadOp<'_>)> = Vec::new();
+            for (index, read) in reads.iter_mut().enumerate() {
+                if results[index].is_err() {
+                    continue;
+                }
+                let PieceRead { piece, buf, table } = read;
+                let file = piece.file.read_fd();
+                if in_place[index].0 {
+                    let offset = piece.table_offset;
+                    tables.push((
+                        index,
+                        ReadOp {
+                            file,
+                            offset,
+                            buf: table,
+                        },
+                    ));
+                }
+                if in_place[index].1 {
+                    let offset = piece.payload_offset;
+                    payloads.push((index, ReadOp { file, offset, buf }));
+                }
+            }
+            for bounce in bounces.iter_mut() {
+                let file = pieces[bounce.read].file.read_fd();
+                let (start, pages) = (bounce.start, &mut bounce.pages[..]);
+                tables.push((
+                    bounce.read,
+                    ReadOp {
+                        file,
+                        offset: start,
+                        buf: pages,
+                    },
+                ));
+            }
+            let (owners, mut ops): (Vec<usize>, Vec<ReadOp<'_>>) =
+                payloads.into_iter().chain(tables).unzip();
+            owners
+                .into_iter()
+                .zip(read_all(&mut ops))
+                .collect::<Vec<_>>()
+        };
+        for (index, outcome) in outcomes {
+            let piece = pieces[index];
+            let failed = match outcome {
+                Ok(true) => continue,
+                Ok(false) => StoreError::Corrupt {
+                    path: self.segment_path(piece.segment_id),
+                    offset_bytes: piece.payload_offset,
+                    reason: "segment ends inside an indexed record",
+                },
+                Err(error) => StoreError::io(&self.segment_path(piece.segment_id), error),
+            };
+            if results[index].is_ok() {
+                results[index] = Err(failed);
+            }
+        }
+        for bounce in &bounces {
+            if results[bounce.read].is_err() {
+                continue;
+            }
+            let read = &mut reads[bounce.read];
+            let (at, target) = match bounce.part {
+                Part::Table => {
+                    self.meta_cache
+                        .insert(read.piece.segment_id, bounce.start, &bounce.pages);
+                    (read.piece.table_offset, &mut *read.table)
+                }
+                Part::Payload => (read.piece.payload_offset, &mut *read.buf),
+            };
+            let skip = (at - bounce.start) as usize;
+            target.copy_from_slice(&bounce.pages[skip..skip + target.len()]);
+        }
+        results
+    }
+}
+
+/// One piece to read, and where its ciphertext and table entries go.
+pub struct PieceRead<'a> {
+    /// The piece.
+    pub piece: &'a DataPiece,
+    /// Its ciphertext.
+    pub buf: &'a mut [u8],
+    /// Its block table entries.
+    pub table: &'a mut [u8],
+}
+
+/// Which part of a piece a bounce buffer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Table,
+    Payload,
+}
+
+/// Whole 4 KiB pages around a range that cannot be read in place.
+struct Bounce {
+    read: usize,
+    part: Part,
+    start: u64,
+    pages: AlignedBuf,
+}
+
+impl Bounce {
+    fn around(read: usize, part: Part, offset: u64, len: usize) -> Self {
+        let start = offset - offset % ALIGN as u64;
+        let end = align_up((offset + len as u64) as usize);
+        Self {
+            read,
+            part,
+            start,
+            pages: AlignedBuf::zeroed(end - start as usize),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::super::checkpoint::{self, CheckpointData};
+use super::super::io::direct::{self, IoMode};
 use super::super::record::PlacedRecord;
 use super::super::scan::{ScanOutcome, find_v1_seal};
 use super::super::segment::{self, SegmentVersion};
@@ -181,7 +182,17 @@ fn open_files(log: &Log, segment_ids: &[u64]) -> Result<(), StoreError> {
         )?;
         let macs = version == SegmentVersion::V2
             && segment::header_says_macs(&file).map_err(|e| StoreError::io(&path, e))?;
-        files.insert(*id, Arc::new(SegmentFile::buffered(file, version, macs)));
+        let mut segment = SegmentFile::buffered(file, version, macs);
+        if log.io_mode() == IoMode::Direct && version == SegmentVersion::V2 {
+            // For reads, and for the seal a recovered unsealed segment gets
+            // at the next flush. Version 1 records are not aligned, and a
+            // file system that refuses O_DIRECT here is read through the
+            // page cache.
+            segment.direct = direct::open_direct(&path, !log.config.read_only)
+                .inspect_err(|error| tracing::debug!(path = %path.display(), %error, "segment read buffered"))
+                .ok();
+        }
+        files.insert(*id, Arc::new(segment));
     }
     Ok(())
 }

@@ -1,0 +1,479 @@
+//! The local directory as a cache of the store (`--cache-size`): once a
+//! segment is uploaded, its records may be evicted from the local file (a
+//! hole punched over them; the header and the seal stay, so opening the
+//! volume checks it as before), least recently read first, to keep what the
+//! segment files hold under the cache size. A read of evicted records
+//! fetches the chunks it touches with ranged GETs and writes them back into
+//! the file: the cache refills.
+//!
+//! Rules that keep it safe:
+//! - only segments below the newest local checkpoint's `segment_id_next`
+//!   are evicted: a local recovery never replays them;
+//! - a segment being read is never evicted (readers hold a [`CachePin`]);
+//! - the evicted set is written (`cache.json`, atomically) before a hole is
+//!   punched, and a segment leaves it only after its refilled file is
+//!   synced: after a crash every hole is known, never read as data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{RemoteError, Result};
+use super::layout::StoredObject;
+use crate::kms::fsutil::write_atomic;
+use crate::objstore::{ByteRange, ObjectStore};
+use crate::store::ALIGN;
+use crate::sync::LockOrRecover;
+
+/// The file in the volume directory that lists the evicted segments.
+pub const CACHE_STATE_FILE: &str = "cache.json";
+/// Unit of eviction and refill: a random read of evicted data fetches the
+/// chunks it touches (small, so that a cold 4 KiB read costs little more
+/// than its own bytes).
+const CHUNK_BYTES: u64 = 256 << 10;
+/// Chunks a sequential read fetches beyond what it asked for, in the same
+/// GET (4 MiB GETs in all: larger GETs run closer to the store's
+/// throughput).
+const READAHEAD_CHUNKS: u64 = 15;
+/// Bytes at a segment's end that stay (the seal, for every version).
+const TAIL_KEPT_BYTES: u64 = 2 * ALIGN as u64;
+
+/// What `lsvblk status` shows of the cache.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CacheStatus {
+    /// `--cache-size`.
+    pub capacity_bytes: u64,
+    /// Bytes of uploaded segments held locally.
+    pub resident_bytes: u64,
+    /// Segments with evicted records now.
+    pub evicted_segments: usize,
+    /// Evictions so far.
+    pub evictions: u64,
+    /// Ranged GETs that refilled the cache.
+    pub fetches: u64,
+    /// Their bytes.
+    pub fetched_bytes: u64,
+}
+
+/// One uploaded segment the cache keeps track of.
+struct Cached {
+    object: StoredObject,
+    /// When it was last read (the LRU order).
+    tick: u64,
+    /// Reads in progress: it is not evicted while any runs.
+    readers: usize,
+    /// The chunks punched out and not fetched back; empty when whole.
+    missing: BTreeSet<u64>,
+}
+
+/// The byte range of a segment file of `len` bytes that eviction punches
+/// out: the records between the header and the seal. What is outside it
+/// (the header, the seal) always stays in the file.
+pub fn evictable_range(len: u64) -> std::ops::Range<u64> {
+    let end = len.saturating_sub(TAIL_KEPT_BYTES) / ALIGN as u64 * ALIGN as u64;
+    ALIGN as u64..end.max(ALIGN as u64)
+}
+
+/// Writes `cache.json` of the volume in `dir`: segments `evicted` have
+/// records punched out (a rebuild that fetches only their headers and
+/// seals says so before the volume opens).
+pub fn write_evicted(dir: &Path, evicted: &BTreeSet<u64>) -> Result<()> {
+    let persisted = Persisted {
+        evicted: evicted.iter().copied().collect(),
+    };
+    let bytes = serde_json::to_vec(&persisted).expect("a list serializes");
+    let path = dir.join(CACHE_STATE_FILE);
+    write_atomic(&path, &bytes, 0o600).map_err(|e| RemoteError::io(&path, e))
+}
+
+impl Cached {
+    /// See [`evictable_range`].
+    fn evictable(&self) -> std::ops::Range<u64> {
+        evictable_range(self.object.len)
+    }
+
+    fn chunk_span(&self, chunk: u64) -> std::ops::Range<u64> {
+        let range = self.evictable();
+        let start = range.start + chunk * CHUNK_BYTES;
+        start..(start + CHUNK_BYTES).min(range.end)
+    }
+
+    fn chunks(&self) -> std::ops::Range<u64> {
+        let range = self.evictable();
+        0..(range.end - range.start).div_ceil(CHUNK_BYTES)
+    }
+
+    /// Bytes of records it holds locally (the header and seal, which
+    /// always stay, do not count: they are not the cache's to free).
+    fn resident_bytes(&self) -> u64 {
+        let missing: u64 = self
+            .missing
+            .iter()
+            .map(|c| {
+                let span = self.chunk_span(*c);
+                span.end - span.start
+            })
+            .sum();
+        let range = self.evictable();
+        range.end - range.start - missing
+    }
+}
+
+#[derive(Default)]
+struct State {
+    segments: BTreeMap<u64, Cached>,
+    tick: u64,
+    /// Segments below this are never replayed by a local recovery.
+    replay_floor: u64,
+    status: CacheStatus,
+}
+
+/// What `cache.json` holds.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    evicted: Vec<u64>,
+}
+
+/// The cache of a volume's uploaded segments (see the module doc).
+pub struct SegmentCache {
+    store: Arc<dyn ObjectStore>,
+    segments_dir: PathBuf,
+    volume_dir: PathBuf,
+    state: Mutex<State>,
+}
+
+/// Keeps a segment's records in its file while the log reads them.
+pub struct CachePin {
+    cache: Arc<SegmentCache>,
+    segment_id: u64,
+}
+
+impl Drop for CachePin {
+    fn drop(&mut self) {
+        if let Some(cached) = self.cache.lock().segments.get_mut(&self.segment_id) {
+            cached.readers -= 1;
+        }
+    }
+}
+
+impl SegmentCache {
+    /// The cache of the volume in `dir`, holding at most `capacity` bytes of
+    /// uploaded segments (tell it which with [`SegmentCache::admit`]).
+    pub fn open(store: Arc<dyn ObjectStore>, dir: &Path, capacity: u64) -> Arc<Self> {
+        let cache = Self {
+            store,
+            segments_dir: dir.join("segments"),
+            volume_dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                status: CacheStatus {
+                    capacity_bytes: capacity,
+                    ..CacheStatus::default()
+                },
+                ..State::default()
+            }),
+        };
+        Arc::new(cache)
+    }
+
+    /// Segments `cache.json` lists as evicted (they must be fetched back
+    /// before they are read, whatever the file shows).
+    pub fn persisted_evicted(dir: &Path) -> Result<BTreeSet<u64>> {
+        let path = dir.join(CACHE_STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Persisted>(&bytes)
+                .map(|p| p.evicted.into_iter().collect())
+                .map_err(|e| RemoteError::Corrupt {
+                    key: path.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(RemoteError::io(&path, e)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock_or_recover()
+    }
+
+    /// The cache's figures.
+    pub fn status(&self) -> CacheStatus {
+        let state = self.lock();
+        let mut status = state.status.clone();
+        status.resident_bytes = state.segments.values().map(Cached::resident_bytes).sum();
+        status.evicted_segments = state
+            .segments
+            .values()
+            .filter(|c| !c.missing.is_empty())
+            .count();
+        status
+    }
+
+    /// Takes in segment `object` (uploaded, its file whole unless
+    /// `evicted`), then evicts what the capacity asks for.
+    pub fn admit(&self, object: StoredObject, evicted: bool) {
+        let mut state = self.lock();
+        state.tick += 1;
+        let mut cached = Cached {
+            object,
+            tick: state.tick,
+            readers: 0,
+            missing: BTreeSet::new(),
+        };
+        if evicted {
+            cached.missing = cached.chunks().collect();
+        }
+        state.segments.insert(cached.object.number, cached);
+        self.evict_over_capacity(state);
+    }
+
+    /// Segment `segment_id` is about to be deleted: forget it.
+    pub fn forget(&self, segment_id: u64) {
+        self.lock().segments.remove(&segment_id);
+    }
+
+    /// A local checkpoint was written: segments below `segment_id_next`
+    /// may be evicted from now on (by the next [`SegmentCache::trim`]).
+    pub fn checkpoint_written(&self, segment_id_next: u64) {
+        let mut state = self.lock();
+        state.replay_floor = state.replay_floor.max(segment_id_next);
+    }
+
+    /// Evicts what the capacity asks for.
+    pub fn trim(&self) {
+        self.evict_over_capacity(self.lock());
+    }
+
+    /// True when the cache is over its size and only a newer local
+    /// checkpoint would let it evict more.
+    pub fn wants_checkpoint(&self) -> bool {
+        let state = self.lock();
+        let resident: u64 = state.segments.values().map(Cached::resident_bytes).sum();
+        resident > state.status.capacity_bytes
+            && state
+                .segments
+                .range(state.replay_floor..)
+                .any(|(_, c)| c.missing.is_empty())
+    }
+
+    /// Makes bytes `start..end` of segment `segment_id` readable from its
+    /// file (fetching evicted chunks back) and keeps them there until the
+    /// returned pin is dropped. A segment the cache does not track is
+    /// always whole.
+    pub fn pin(
+        self: &Arc<Self>,
+        segment_id: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<CachePin>> {
+        let mut state = self.lock();
+        state.tick += 1;
+        let tick = state.tick;
+        let Some(cached) = state.segments.get_mut(&segment_id) else {
+            return Ok(None);
+        };
+        cached.tick = tick;
+        cached.readers += 1;
+        let pin = CachePin {
+            cache: Arc::clone(self),
+            segment_id,
+        };
+        let wanted: Vec<u64> = cached
+            .missing
+            .iter()
+            .copied()
+            .filter(|c| {
+                let span = cached.chunk_span(*c);
+                span.start < end && start < span.end
+            })
+            .collect();
+        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
+            return Ok(Some(pin));
+        };
+        let mut chunks = wanted.clone();
+        // A sequential reader (the chunk before is here already, or this is
+        // the first) gets the missing chunks after these in the same GET.
+        if first == 0 || !cached.missing.contains(&(first - 1)) {
+            chunks.extend(
+                (last + 1..last + 1 + READAHEAD_CHUNKS).take_while(|c| cached.missing.contains(c)),
+            );
+        }
+        let runs = contiguous_runs(&chunks);
+        let spans: Vec<std::ops::Range<u64>> = runs
+            .iter()
+            .map(|(a, b)| cached.chunk_span(*a).start..cached.chunk_span(*b).end)
+            .collect();
+        let object = cached.object.clone();
+        drop(state);
+        let path = self.segments_dir.join(format!("{segment_id:016x}.seg"));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| RemoteError::io(&path, e))?;
+        let mut fetched = 0;
+        for span in &spans {
+            let bytes = get_span(self.store.as_ref(), &object, span.clone())?;
+            file.write_all_at(&bytes, span.start)
+                .map_err(|e| RemoteError::io(&path, e))?;
+            fetched += bytes.len() as u64;
+        }
+        let mut state = self.lock();
+        state.status.fetches += spans.len() as u64;
+        state.status.fetched_bytes += fetched;
+        let whole = match state.segments.get_mut(&segment_id) {
+            Some(cached) => {
+                for chunk in &chunks {
+                    cached.missing.remove(chunk);
+                }
+                cached.missing.is_empty()
+            }
+            None => false,
+        };
+        if whole {
+            // Synced before `cache.json` stops listing it (see the module doc).
+            file.sync_data().map_err(|e| RemoteError::io(&path, e))?;
+            self.persist(&state)?;
+        }
+        self.evict_over_capacity(state);
+        Ok(Some(pin))
+    }
+
+    /// Evicts least recently read segments until the resident bytes fit.
+    fn evict_over_capacity(&self, mut state: MutexGuard<'_, State>) {
+        loop {
+            let resident: u64 = state.segments.values().map(Cached::resident_bytes).sum();
+            if resident <= state.status.capacity_bytes {
+                return;
+            }
+            let floor = state.replay_floor;
+            let victim = state
+                .segments
+                .range(..floor)
+                .filter(|(_, c)| c.readers == 0 && c.missing.len() < c.chunks().count())
+                .min_by_key(|(_, c)| c.tick)
+                .map(|(id, _)| *id);
+            let Some(id) = victim else {
+                return;
+            };
+            if let Err(error) = self.evict(&mut state, id) {
+                tracing::warn!(%error, segment = format!("{id:016x}"), "cannot evict a segment from the cache; keeping it");
+                state.segments.remove(&id);
+            }
+        }
+    }
+
+    /// Punches segment `id`'s records out of its file, after recording it
+    /// as evicted.
+    fn evict(&self, state: &mut State, id: u64) -> Result<()> {
+        let cached = state.segments.get_mut(&id).expect("a tracked segment");
+        let range = cached.evictable();
+        cached.missing = cached.chunks().collect();
+        self.persist(state)?;
+        let path = self.segments_dir.join(format!("{id:016x}.seg"));
+        let file = File::options()
+            .write(true)
+            .open(&path)
+            .map_err(|e| RemoteError::io(&path, e))?;
+        punch_hole(&file, range.start, range.end - range.start)
+            .map_err(|e| RemoteError::io(&path, e))?;
+        state.status.evictions += 1;
+        Ok(())
+    }
+
+    /// Writes `cache.json`: every segment with records punched out.
+    fn persist(&self, state: &State) -> Result<()> {
+        let evicted = state
+            .segments
+            .iter()
+            .filter(|(_, c)| !c.missing.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        write_evicted(&self.volume_dir, &evicted)
+    }
+}
+
+/// The runs of consecutive numbers in the ascending `chunks`, as (first,
+/// last) pairs.
+fn contiguous_runs(chunks: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &chunk in chunks {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == chunk => *last = chunk,
+            _ => runs.push((chunk, chunk)),
+        }
+    }
+    runs
+}
+
+/// Bytes `span` of `object`, with a ranged GET that must return them all.
+pub fn get_span(
+    store: &dyn ObjectStore,
+    object: &StoredObject,
+    span: std::ops::Range<u64>,
+) -> Result<bytes::Bytes> {
+    let range = ByteRange::Span {
+        start: span.start,
+        end: span.end,
+    };
+    let bytes = store.get_range(&object.key(), range)?;
+    if bytes.len() as u64 != span.end - span.start {
+        return Err(RemoteError::Corrupt {
+            key: object.key().as_str().to_string(),
+            reason: format!("a ranged GET of {span:?} returned {} bytes", bytes.len()),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Frees `len` bytes of `file` from `offset` (the size stays; they read as
+/// zeros until written again).
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate(2) on a descriptor we own, with plain integer
+    // arguments; it touches no memory of ours.
+    let result = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_consecutive_chunks() {
+        assert!(contiguous_runs(&[]).is_empty());
+        assert_eq!(
+            contiguous_runs(&[0, 1, 2, 5, 7, 8]),
+            [(0, 2), (5, 5), (7, 8)]
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_the_header_and_the_seal() {
+        let range = evictable_range(16 << 20);
+        assert_eq!(range.start, ALIGN as u64);
+        assert_eq!(range.end, (16 << 20) - TAIL_KEPT_BYTES);
+        // A segment smaller than what always stays has nothing to evict.
+        assert!(evictable_range(8192).is_empty());
+    }
+}
