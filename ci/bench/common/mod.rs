@@ -16,6 +16,7 @@
 
 pub mod args;
 pub mod build;
+pub mod load;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -74,7 +74,6 @@ mod common;
 mod kit;
 
 mod device_file;
-mod load;
 mod report;
 mod targets;
 
@@ -82,6 +81,7 @@ use std::path::{Path, PathBuf};
 
 use common::args::Args;
 use common::build::Binaries;
+use common::load::Workload;
 use common::{Options, USER, which};
 use device_file::DeviceFile;
 use kit::kms::Kms;
@@ -104,28 +104,6 @@ const LSVBLK_QUEUES: u16 = 2;
 /// Preconditioning: request size and queue depth.
 const FILL_BYTES: usize = 1 << 20;
 const FILL_QD: usize = 8;
-
-/// One workload, run the same way against every target.
-#[derive(Clone, Copy, Debug)]
-struct Workload {
-    /// JSON / `--only` name, e.g. `randwrite_qd32`.
-    key: &'static str,
-    label: &'static str,
-    write: bool,
-    random: bool,
-    block: usize,
-    /// Requests in flight on each queue.
-    qd: usize,
-    /// Queues driven at once, each by a thread of its own.
-    queues: usize,
-}
-
-impl Workload {
-    /// IOPS for 4 KiB workloads, MB/s for large ones.
-    fn in_mbps(&self) -> bool {
-        self.block >= 65536
-    }
-}
 
 const WORKLOADS: [Workload; 7] = [
     Workload {

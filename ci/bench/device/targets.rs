@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::common::load::drive;
 use super::common::serve::{
     QUEUE_SIZE, client_options_with_queues, lsvblk_at, serve_options_with_queues,
 };
@@ -16,7 +17,6 @@ use super::kit::daemon::{Daemon, create_volume_using};
 use super::kit::kms::Kms;
 use super::kit::process::{OnDrop, Process, START_WAIT};
 use super::kit::rng::Rng;
-use super::load::drive;
 use super::{FILL_BYTES, FILL_QD, Workload};
 
 /// One device under test: its server process and, once connected, a client.

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use lsvblk::objstore::{ObjectKey, ObjectStore};
 
 use super::common::build::Binaries;
+use super::common::load::Workload;
 use super::common::serve::{client_options, lsvblk_at, serve_options};
 use super::common::{Options, USER, median};
-use super::drive::{Workload, drive};
+use super::drive::drive;
 use super::kit::blkio::{BlkClient, REGION_BYTES};
 use super::kit::ceph::{cluster, unique_prefix};
 use super::kit::cli::Lsvblk;
@@ -44,6 +45,7 @@ pub const WRITES: [Workload; 2] = [
         random: true,
         block: 4096,
         qd: 32,
+        queues: 1,
     },
     Workload {
         key: "seqwrite_1m",
@@ -52,6 +54,7 @@ pub const WRITES: [Workload; 2] = [
         random: false,
         block: 1 << 20,
         qd: 8,
+        queues: 1,
     },
 ];
 
@@ -64,6 +67,7 @@ pub const COLD_READS: [Workload; 2] = [
         random: true,
         block: 4096,
         qd: 32,
+        queues: 1,
     },
     Workload {
         key: "cold_seqread_1m",
@@ -72,6 +76,7 @@ pub const COLD_READS: [Workload; 2] = [
         random: false,
         block: 1 << 20,
         qd: 8,
+        queues: 1,
     },
 ];
 

@@ -1,16 +1,54 @@
-//! The load generator of one repetition on a vhost-user target: each queue
-//! the workload uses is driven by a thread of its own (as a guest's vCPUs
-//! drive theirs), keeping the workload's queue depth in flight on it until
-//! the time or the write cap runs out.
+//! The load generator of one repetition on a vhost-user target (the device
+//! and object-store benchmarks): each queue the workload uses is driven by a
+//! thread of its own (as a guest's vCPUs drive theirs), keeping the
+//! workload's queue depth in flight on it until the time or the write cap
+//! runs out.
 
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use blkio::Completion;
 
-use super::Workload;
-use super::kit::blkio::{BlkClient, QueueIo, completions};
-use super::kit::rng::Rng;
+use super::MB_BYTES;
+use crate::kit::blkio::{BlkClient, QueueIo, completions};
+use crate::kit::rng::Rng;
+
+/// What a repetition does.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// JSON / `--only` name, e.g. `randwrite_qd32`.
+    pub key: &'static str,
+    pub label: &'static str,
+    pub write: bool,
+    pub random: bool,
+    /// Bytes per request.
+    pub block: usize,
+    /// Requests in flight on each queue.
+    pub qd: usize,
+    /// Queues driven at once, each by a thread of its own.
+    pub queues: usize,
+}
+
+impl Workload {
+    /// IOPS for 4 KiB workloads, MB/s for large ones.
+    pub fn in_mbps(&self) -> bool {
+        self.block >= 65536
+    }
+
+    /// `done` requests over `seconds` in this workload's unit.
+    pub fn rate(&self, done: u64, seconds: f64) -> f64 {
+        if self.in_mbps() {
+            (done * self.block as u64) as f64 / seconds / MB_BYTES
+        } else {
+            done as f64 / seconds
+        }
+    }
+
+    /// The unit [`Workload::rate`] reports in.
+    pub fn unit(&self) -> &'static str {
+        if self.in_mbps() { "MB/s" } else { "IOPS" }
+    }
+}
 
 /// What one repetition did: requests completed, and over how long.
 pub struct Driven {
