@@ -10,16 +10,17 @@
 //! - only segments below the newest local checkpoint's `segment_id_next`
 //!   are evicted: a local recovery never replays them;
 //! - a segment being read is never evicted (readers hold a [`CachePin`]);
+//!   what a batch of reads needs is fetched in parallel, and a sequential
+//!   reader's next chunks in the background (`refill.rs`);
 //! - the evicted set is written (`cache.json`, atomically) before a hole is
 //!   punched, and a segment leaves it only after its refilled file is
 //!   synced: after a crash every hole is known, never read as data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,16 +31,14 @@ use crate::objstore::{ByteRange, ObjectStore};
 use crate::store::ALIGN;
 use crate::sync::LockOrRecover;
 
+mod refill;
+
 /// The file in the volume directory that lists the evicted segments.
 pub const CACHE_STATE_FILE: &str = "cache.json";
 /// Unit of eviction and refill: a random read of evicted data fetches the
 /// chunks it touches (small, so that a cold 4 KiB read costs little more
 /// than its own bytes).
 const CHUNK_BYTES: u64 = 256 << 10;
-/// Chunks a sequential read fetches beyond what it asked for, in the same
-/// GET (4 MiB GETs in all: larger GETs run closer to the store's
-/// throughput).
-const READAHEAD_CHUNKS: u64 = 15;
 /// Bytes at a segment's end that stay (the seal, for every version).
 const TAIL_KEPT_BYTES: u64 = 2 * ALIGN as u64;
 
@@ -69,6 +68,9 @@ struct Cached {
     readers: usize,
     /// The chunks punched out and not fetched back; empty when whole.
     missing: BTreeSet<u64>,
+    /// The last chunk a read touched (a read that follows it is
+    /// sequential: the chunks after it are read ahead).
+    last_chunk_read: Option<u64>,
 }
 
 /// The byte range of a segment file of `len` bytes that eviction punches
@@ -103,6 +105,16 @@ impl Cached {
         start..(start + CHUNK_BYTES).min(range.end)
     }
 
+    /// The chunks bytes `start..end` of the file touch.
+    fn chunks_touched(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        let range = self.evictable();
+        let (start, end) = (start.max(range.start), end.min(range.end));
+        if start >= end {
+            return 0..0;
+        }
+        (start - range.start) / CHUNK_BYTES..(end - range.start).div_ceil(CHUNK_BYTES)
+    }
+
     fn chunks(&self) -> std::ops::Range<u64> {
         let range = self.evictable();
         0..(range.end - range.start).div_ceil(CHUNK_BYTES)
@@ -127,6 +139,11 @@ impl Cached {
 #[derive(Default)]
 struct State {
     segments: BTreeMap<u64, Cached>,
+    /// Chunks being fetched now (segment, chunk), by a reader or the
+    /// readahead: a reader that needs one waits for it.
+    fetching: BTreeSet<(u64, u64)>,
+    /// A background readahead runs (one at a time).
+    reading_ahead: bool,
     tick: u64,
     /// Segments below this are never replayed by a local recovery.
     replay_floor: u64,
@@ -145,6 +162,8 @@ pub struct SegmentCache {
     segments_dir: PathBuf,
     volume_dir: PathBuf,
     state: Mutex<State>,
+    /// Signalled when fetched chunks land (or a fetch fails).
+    fetched: Condvar,
 }
 
 /// Keeps a segment's records in its file while the log reads them.
@@ -176,6 +195,7 @@ impl SegmentCache {
                 },
                 ..State::default()
             }),
+            fetched: Condvar::new(),
         };
         Arc::new(cache)
     }
@@ -223,6 +243,7 @@ impl SegmentCache {
             tick: state.tick,
             readers: 0,
             missing: BTreeSet::new(),
+            last_chunk_read: None,
         };
         if evicted {
             cached.missing = cached.chunks().collect();
@@ -260,88 +281,6 @@ impl SegmentCache {
                 .any(|(_, c)| c.missing.is_empty())
     }
 
-    /// Makes bytes `start..end` of segment `segment_id` readable from its
-    /// file (fetching evicted chunks back) and keeps them there until the
-    /// returned pin is dropped. A segment the cache does not track is
-    /// always whole.
-    pub fn pin(
-        self: &Arc<Self>,
-        segment_id: u64,
-        start: u64,
-        end: u64,
-    ) -> Result<Option<CachePin>> {
-        let mut state = self.lock();
-        state.tick += 1;
-        let tick = state.tick;
-        let Some(cached) = state.segments.get_mut(&segment_id) else {
-            return Ok(None);
-        };
-        cached.tick = tick;
-        cached.readers += 1;
-        let pin = CachePin {
-            cache: Arc::clone(self),
-            segment_id,
-        };
-        let wanted: Vec<u64> = cached
-            .missing
-            .iter()
-            .copied()
-            .filter(|c| {
-                let span = cached.chunk_span(*c);
-                span.start < end && start < span.end
-            })
-            .collect();
-        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
-            return Ok(Some(pin));
-        };
-        let mut chunks = wanted.clone();
-        // A sequential reader (the chunk before is here already, or this is
-        // the first) gets the missing chunks after these in the same GET.
-        if first == 0 || !cached.missing.contains(&(first - 1)) {
-            chunks.extend(
-                (last + 1..last + 1 + READAHEAD_CHUNKS).take_while(|c| cached.missing.contains(c)),
-            );
-        }
-        let runs = contiguous_runs(&chunks);
-        let spans: Vec<std::ops::Range<u64>> = runs
-            .iter()
-            .map(|(a, b)| cached.chunk_span(*a).start..cached.chunk_span(*b).end)
-            .collect();
-        let object = cached.object.clone();
-        drop(state);
-        let path = self.segments_dir.join(format!("{segment_id:016x}.seg"));
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| RemoteError::io(&path, e))?;
-        let mut fetched = 0;
-        for span in &spans {
-            let bytes = get_span(self.store.as_ref(), &object, span.clone())?;
-            file.write_all_at(&bytes, span.start)
-                .map_err(|e| RemoteError::io(&path, e))?;
-            fetched += bytes.len() as u64;
-        }
-        let mut state = self.lock();
-        state.status.fetches += spans.len() as u64;
-        state.status.fetched_bytes += fetched;
-        let whole = match state.segments.get_mut(&segment_id) {
-            Some(cached) => {
-                for chunk in &chunks {
-                    cached.missing.remove(chunk);
-                }
-                cached.missing.is_empty()
-            }
-            None => false,
-        };
-        if whole {
-            // Synced before `cache.json` stops listing it (see the module doc).
-            file.sync_data().map_err(|e| RemoteError::io(&path, e))?;
-            self.persist(&state)?;
-        }
-        self.evict_over_capacity(state);
-        Ok(Some(pin))
-    }
-
     /// Evicts least recently read segments until the resident bytes fit.
     fn evict_over_capacity(&self, mut state: MutexGuard<'_, State>) {
         loop {
@@ -371,9 +310,14 @@ impl SegmentCache {
     fn evict(&self, state: &mut State, id: u64) -> Result<()> {
         let cached = state.segments.get_mut(&id).expect("a tracked segment");
         let range = cached.evictable();
+        // A segment with chunks missing is listed already: no write (and
+        // no fsync) for the eviction of a partly refilled one.
+        let listed = !cached.missing.is_empty();
         cached.missing = cached.chunks().collect();
-        self.persist(state)?;
-        let path = self.segments_dir.join(format!("{id:016x}.seg"));
+        if !listed {
+            self.persist(state)?;
+        }
+        let path = self.segment_path(id);
         let file = File::options()
             .write(true)
             .open(&path)
@@ -382,6 +326,11 @@ impl SegmentCache {
             .map_err(|e| RemoteError::io(&path, e))?;
         state.status.evictions += 1;
         Ok(())
+    }
+
+    /// The file of segment `id`.
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.segments_dir.join(format!("{id:016x}.seg"))
     }
 
     /// Writes `cache.json`: every segment with records punched out.
@@ -394,19 +343,6 @@ impl SegmentCache {
             .collect();
         write_evicted(&self.volume_dir, &evicted)
     }
-}
-
-/// The runs of consecutive numbers in the ascending `chunks`, as (first,
-/// last) pairs.
-fn contiguous_runs(chunks: &[u64]) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for &chunk in chunks {
-        match runs.last_mut() {
-            Some((_, last)) if *last + 1 == chunk => *last = chunk,
-            _ => runs.push((chunk, chunk)),
-        }
-    }
-    runs
 }
 
 /// Bytes `span` of `object`, with a ranged GET that must return them all.
@@ -458,15 +394,6 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runs_of_consecutive_chunks() {
-        assert!(contiguous_runs(&[]).is_empty());
-        assert_eq!(
-            contiguous_runs(&[0, 1, 2, 5, 7, 8]),
-            [(0, 2), (5, 5), (7, 8)]
-        );
-    }
 
     #[test]
     fn eviction_keeps_the_header_and_the_seal() {

@@ -75,9 +75,14 @@ impl FlushHook for RemoteFlush {
             // Every segment sealed so far is uploaded before compaction may
             // delete it, so the store then holds an unbroken run of segments
             // after its checkpoint up to the last write before this FLUSH.
+            // The records are of no use without the keys they name: the
+            // metadata must be there too (it changes rarely: a rotation, a
+            // rewrap, a snapshot).
             FlushMode::Remote => {
                 log.roll_heads()?;
-                self.uploader.wait_sealed_uploaded(self.wait_max)
+                self.uploader
+                    .wait_sealed_uploaded(self.wait_max)
+                    .and_then(|()| self.uploader.wait_metadata_stored(log, self.wait_max))
             }
             FlushMode::Local => self
                 .uploader
@@ -87,7 +92,24 @@ impl FlushHook for RemoteFlush {
             reason: e.to_string(),
         })
     }
+
+    /// A rebuild from the store reads the stored metadata: it must not name
+    /// (or need records under) a key lsvkms destroyed. So the metadata as
+    /// it is now, without the keys about to go, and a checkpoint after it
+    /// are stored first.
+    fn before_key_destroy(&self, log: &Log) -> Result<(), VolumeError> {
+        let wait = self.wait_max.min(KEY_DESTROY_WAIT_MAX);
+        self.uploader
+            .wait_metadata_stored(log, wait)
+            .map_err(|e| VolumeError::RemoteFlush {
+                reason: e.to_string(),
+            })
+    }
 }
+
+/// Longest a key's destruction waits for the store before it is put off
+/// to the key caretaker's next look.
+const KEY_DESTROY_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Seals the volume's log heads every lag interval, checks the lease now
 /// and then (and then writes a checkpoint if the metadata changed, so that

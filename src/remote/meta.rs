@@ -80,7 +80,11 @@ fn meta_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            if !is_plain_name(&name) || name.contains(".tmp") {
+            // Snapshot metadata and frozen indexes; not the locks, nor the
+            // clone registrations (`NAME.clones/`: paths of clones on this
+            // host, which another host does not have).
+            let kept = name.ends_with(".json") || name.ends_with(".index");
+            if !kept || !is_plain_name(&name) || name.contains(".tmp") || !entry.path().is_file() {
                 continue;
             }
             files.push((format!("{SNAPSHOTS_DIR}/{name}"), entry.path()));
@@ -154,13 +158,19 @@ mod tests {
         fs::write(from.path().join("volume.json"), b"{}").unwrap();
         fs::create_dir(from.path().join(SNAPSHOTS_DIR)).unwrap();
         fs::write(from.path().join("snapshots/a.json"), b"snap").unwrap();
+        fs::write(from.path().join("snapshots/a.lock"), b"").unwrap();
+        // A clone registration: local to this host, not metadata.
+        fs::create_dir(from.path().join("snapshots/a.clones")).unwrap();
         let bundle = collect(from.path()).unwrap();
+        assert!(fingerprint(from.path()).is_ok());
         let to = tempfile::tempdir().unwrap();
         restore(to.path(), "k", &bundle).unwrap();
         assert_eq!(
             fs::read(to.path().join("snapshots/a.json")).unwrap(),
             b"snap"
         );
+        assert!(!to.path().join("snapshots/a.lock").exists());
+        assert!(!to.path().join("snapshots/a.clones").exists());
         let evil = br#"{"format":"lsvblk-volume-meta","files":{"volume.json":"","../x":""}}"#;
         let error = restore(to.path(), "k", evil).unwrap_err().to_string();
         assert!(error.contains("outside the volume"), "{error}");

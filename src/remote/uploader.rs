@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+mod events;
 mod garbage;
 
 use super::cache::{CacheStatus, SegmentCache};
@@ -27,7 +28,7 @@ use super::error::{RemoteError, Result};
 use super::layout::{ObjectKind, StoredObject};
 use super::{lease, meta};
 use crate::objstore::ObjectStore;
-use crate::store::{LogEvents, ReadPin, WrittenCheckpoint};
+use crate::store::{Log, LogEvents, WrittenCheckpoint};
 use crate::sync::LockOrRecover;
 
 /// First wait after a failed upload; doubles up to [`BACKOFF_MAX`].
@@ -93,6 +94,9 @@ struct State {
     checkpoints: Vec<(u64, WrittenCheckpoint, Bytes)>,
     /// Checkpoints heard of so far (the order of the next one).
     checkpoints_written: u64,
+    /// The order of the newest checkpoint stored (with the metadata as it
+    /// was when it went up).
+    checkpoints_stored: u64,
     checkpoint_busy: bool,
     meta_crc: Option<u32>,
     /// `meta::fingerprint` of the metadata files when they were last
@@ -283,6 +287,32 @@ impl Uploader {
         self.check_fence()
     }
 
+    /// Waits until the store holds the volume's metadata as it is now: the
+    /// wrapped keys its records need (a rotation's new key, rewrapped
+    /// blobs, a new ACL). When it does not, writes a checkpoint (the
+    /// metadata goes up with each) and waits for its upload. Gives up
+    /// after `timeout`.
+    pub fn wait_metadata_stored(&self, log: &Log, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let now = meta::fingerprint(&self.shared.dir)?;
+        if self.shared.lock().meta_fingerprint == Some(now) {
+            return Ok(());
+        }
+        // Its upload collects the metadata files after this point; with the
+        // heads sealed it needs no segment that is still being written.
+        log.roll_heads()?;
+        log.checkpoint()?;
+        let mut state = self.shared.lock();
+        let written = state.checkpoints_written;
+        while state.checkpoints_stored < written {
+            fenced(&state, self.shared.epoch)?;
+            state = self
+                .shared
+                .wait_until(state, deadline, "the volume's metadata")?;
+        }
+        Ok(())
+    }
+
     /// True when the metadata files (a new snapshot, a new ACL, ...) changed
     /// since their last upload and no checkpoint waits to take them up:
     /// then a checkpoint is due (it writes out snapshot indexes, and the
@@ -361,62 +391,6 @@ impl Uploader {
             let _ = worker.join();
         }
         drained
-    }
-}
-
-impl LogEvents for Uploader {
-    fn segment_sealed(&self, segment_id: u64, path: &Path) {
-        let len = std::fs::metadata(path).map_or(0, |m| m.len());
-        let mut state = self.shared.lock();
-        if !state.uploaded.contains(&segment_id) && !state.in_flight.contains_key(&segment_id) {
-            state.queued.insert(segment_id, (path.to_path_buf(), len));
-            self.shared.changed.notify_all();
-        }
-    }
-
-    fn checkpoint_written(&self, checkpoint: &WrittenCheckpoint) {
-        // The file was just written and synced: this read is from the page
-        // cache. A failure only skips this checkpoint; a later one follows.
-        let bytes = match std::fs::read(&checkpoint.path) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(error) => {
-                tracing::warn!(%error, path = %checkpoint.path.display(), "cannot read a checkpoint to upload");
-                return;
-            }
-        };
-        if let Some(cache) = &self.shared.cache {
-            cache.checkpoint_written(checkpoint.segment_id_next);
-        }
-        // The log writes checkpoints one at a time: this one is the newest.
-        let mut state = self.shared.lock();
-        state.checkpoints_written += 1;
-        let order = state.checkpoints_written;
-        state.checkpoints.push((order, checkpoint.clone(), bytes));
-        if state.checkpoints.len() > CHECKPOINTS_PENDING_MAX {
-            state.checkpoints.remove(0);
-        }
-        self.shared.changed.notify_all();
-    }
-
-    fn may_delete_segment(&self, segment_id: u64) -> bool {
-        self.shared.lock().uploaded.contains(&segment_id)
-    }
-
-    fn segment_deleted(&self, segment_id: u64) {
-        self.shared.lock().deleted.insert(segment_id);
-        if let Some(cache) = &self.shared.cache {
-            cache.forget(segment_id);
-        }
-    }
-
-    fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
-        let Some(cache) = &self.shared.cache else {
-            return Ok(None);
-        };
-        match cache.pin(segment_id, start, end) {
-            Ok(pin) => Ok(pin.map(|p| Box::new(p) as Box<dyn Send>)),
-            Err(error) => Err(std::io::Error::other(error.to_string())),
-        }
     }
 }
 
@@ -512,6 +486,7 @@ impl Shared {
             }
             Job::Checkpoint(order, ..) => {
                 state.checkpoint_busy = false;
+                state.checkpoints_stored = state.checkpoints_stored.max(*order);
                 state.checkpoints.retain(|(o, ..)| o > order);
             }
         }

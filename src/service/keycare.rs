@@ -335,6 +335,14 @@ impl KeyCare {
                 return;
             }
         };
+        if owed.is_empty() {
+            return;
+        }
+        // A copy of the volume in an object store must not need them either.
+        if let Err(error) = self.volume.before_key_destroy() {
+            tracing::warn!(%error, "the keys owed to lsvkms wait for the object store");
+            return;
+        }
         let mut destroyed = Vec::new();
         for key_id in owed {
             match kms.set_key_state(key_id, KeyAction::Destroy) {

@@ -91,9 +91,9 @@ pub use io::direct::IoMode;
 pub use io::meta_cache::{META_CACHE_BYTES_DEFAULT, MetaCacheStats};
 pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
-    LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, RecordPosition, RecoveryReport, RekeyPlan,
-    RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open, open_view,
-    write_snapshot_index,
+    LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, ReadRange, RecordPosition, RecoveryReport,
+    RekeyPlan, RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open,
+    open_view, write_snapshot_index,
 };
 pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};

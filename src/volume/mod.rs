@@ -318,6 +318,15 @@ impl Volume {
         Ok(())
     }
 
+    /// Waits until lsvkms may destroy keys the volume no longer needs (see
+    /// [`FlushHook::before_key_destroy`]).
+    pub fn before_key_destroy(&self) -> Result<(), VolumeError> {
+        match self.flush_hook.get() {
+            Some(hook) => hook.before_key_destroy(&self.log),
+            None => Ok(()),
+        }
+    }
+
     /// Sets what every [`Volume::flush`] also waits for, after the local
     /// flush (once; later calls are ignored and return false).
     pub fn set_flush_hook(&self, hook: Arc<dyn FlushHook>) -> bool {
@@ -337,6 +346,13 @@ pub trait FlushHook: Send + Sync {
     /// Called by [`Volume::flush`] after the local flush; an error fails the
     /// flush.
     fn after_flush(&self, log: &Log) -> Result<(), VolumeError>;
+
+    /// Called before lsvkms is asked to destroy keys the volume no longer
+    /// needs: a copy of the volume kept elsewhere must not need them either.
+    /// An error puts the destruction off.
+    fn before_key_destroy(&self, _log: &Log) -> Result<(), VolumeError> {
+        Ok(())
+    }
 }
 
 /// Reads the superblock of `dir` without opening the volume.

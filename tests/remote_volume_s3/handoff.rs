@@ -9,7 +9,7 @@ use lsvblk::objstore::{ObjectKey, ObjectStore};
 use crate::kit::ceph::cluster;
 use crate::kit::cli::{exit, wait_for};
 use crate::kit::daemon::Daemon;
-use crate::{MIB, Setup, lsvblk, refused};
+use crate::{MIB, Setup, refused};
 
 fn pattern(seed: u8) -> Vec<u8> {
     (0..64 * 1024)
@@ -39,18 +39,7 @@ fn stored_with_index(setup: &Setup, name: &str) -> bool {
 fn bob_serves_alices_snapshot_from_the_store_on_another_host() {
     let _shared = cluster().fault_lock(false);
     let setup = Setup::new("handoff", 16 * MIB);
-    let volume = setup.volume.to_str().unwrap().to_string();
-    let alice_token = setup.token.to_str().unwrap().to_string();
-    let mut alice = setup.serve(&setup.volume, &["--flush", "remote"]);
-    let mut client = alice.client(1);
-    client.write(0, 0, &pattern(1)).unwrap();
-    client.flush(0).unwrap();
-    let kms = setup.kms.address();
-    let acl = ["acl", "set", &volume, "--acl", "alice,bob"];
-    let mut acl = acl.to_vec();
-    acl.extend(["--kms", &kms, "--token-file", &alice_token, "--json"]);
-    lsvblk().json(&acl);
-    lsvblk().json(&["snapshot", "create", &volume, "snap1", "--json"]);
+    let (mut alice, mut client) = setup.share_a_snapshot(&pattern(1));
     client.write(0, 0, &pattern(2)).unwrap();
     client.flush(0).unwrap();
     // The daemon writes a checkpoint when the metadata changed; the

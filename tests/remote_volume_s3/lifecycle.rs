@@ -48,7 +48,7 @@ fn remote_flushed_writes_survive_losing_the_host() {
 
 /// The host is lost: the daemon dies, its directory with it; the volume
 /// rebuilt from the store in `elsewhere` holds every block as the model says.
-fn lose_the_host_and_verify(
+pub fn lose_the_host_and_verify(
     setup: &Setup,
     daemon: &mut Daemon,
     load: &mut VerifiedLoad,
@@ -57,10 +57,16 @@ fn lose_the_host_and_verify(
     daemon.kill9();
     std::fs::remove_dir_all(&setup.volume).unwrap();
     let mut rebuilt = setup.serve(elsewhere, &["--takeover"]);
+    verify_rebuilt(&mut rebuilt, load, setup.size_bytes);
+}
+
+/// The daemon `rebuilt` serves a volume of `size_bytes` it rebuilt from the
+/// store: every block is as `load`'s model says. Stops it.
+pub fn verify_rebuilt(rebuilt: &mut Daemon, load: &mut VerifiedLoad, size_bytes: u64) {
+    let stderr = rebuilt.stderr();
     assert!(
-        rebuilt
-            .stderr()
-            .contains("rebuilt the volume from the object store")
+        stderr.contains("rebuilt the volume from the object store"),
+        "{stderr}"
     );
     load.client = Some(rebuilt.client(1));
     let check = load.verify_disk();
@@ -70,7 +76,7 @@ fn lose_the_host_and_verify(
         "{}",
         rebuilt.stderr()
     );
-    assert_eq!(check.verified, 32 * MIB / 4096);
+    assert_eq!(check.verified, size_bytes / 4096);
     rebuilt.stop_cleanly();
 }
 

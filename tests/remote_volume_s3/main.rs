@@ -16,6 +16,12 @@
 //!   store, the rest still the whole volume;
 //! - [`handoff`]: alice's snapshot served read-only to bob on another host
 //!   from the store, with bob's token (mallory refused);
+//! - [`clone`]: a writable clone of a stored volume's snapshot, served
+//!   beside it;
+//! - [`keys`]: a key rotation while writing, rewrapped blobs and a new ACL:
+//!   each in the store before lsvkms forgets what it replaces;
+//! - [`dir_store`]: the host-loss story with the volume kept in a
+//!   directory (`--store file:///DIR`) instead of the cluster;
 //! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or
 //!   altered object, another volume's object: each a clear error.
 //!
@@ -26,15 +32,19 @@ mod kit;
 
 mod bad_input;
 mod cache;
+mod clone;
 mod collect;
+mod dir_store;
 mod faults;
 mod handoff;
+mod keys;
 mod lifecycle;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kit::blkio::BlkClient;
 use kit::ceph::{cluster, unique_prefix};
 use kit::cli::Lsvblk;
 use kit::daemon::{Daemon, ServeOptions, create_volume_using};
@@ -52,6 +62,8 @@ struct Setup {
     credentials: PathBuf,
     /// The directory `lsvblk create` made.
     volume: PathBuf,
+    /// The volume's size.
+    size_bytes: u64,
 }
 
 impl Setup {
@@ -74,6 +86,7 @@ impl Setup {
             prefix,
             credentials,
             volume: PathBuf::new(),
+            size_bytes,
         };
         let mut args = setup.store_args();
         args.extend(["--segment-size".to_string(), "1M".to_string()]);
@@ -129,6 +142,30 @@ impl Setup {
     /// The same, returning at once (for a daemon that must refuse).
     fn spawn(&self, dir: &Path, extra: &[&str]) -> Daemon {
         Daemon::spawn_with(dir, &self.kms, &self.token, &self.options(extra))
+    }
+
+    /// Alice serves the volume (`--flush remote`) and writes `data` at 0
+    /// (flushed); bob joins the ACL and snapshot `snap1` is taken (the new
+    /// ACL takes effect there). Her daemon and client.
+    fn share_a_snapshot(&self, data: &[u8]) -> (Daemon, BlkClient) {
+        let alice = self.serve(&self.volume, &["--flush", "remote"]);
+        let mut client = alice.client(1);
+        client.write(0, 0, data).unwrap();
+        client.flush(0).unwrap();
+        self.set_acl("alice,bob");
+        let volume = self.volume.to_str().unwrap();
+        lsvblk().json(&["snapshot", "create", volume, "snap1", "--json"]);
+        (alice, client)
+    }
+
+    /// `lsvblk acl set VOLUME --acl ACL` with alice's token.
+    fn set_acl(&self, acl: &str) {
+        let (volume, kms) = (self.volume.to_str().unwrap(), self.kms.address());
+        let token = self.token.to_str().unwrap();
+        let args = ["acl", "set", volume, "--acl", acl, "--kms", &kms];
+        let mut args = args.to_vec();
+        args.extend(["--token-file", token, "--json"]);
+        lsvblk().json(&args);
     }
 
     /// `lsvblk status --json` of the daemon serving `dir`.

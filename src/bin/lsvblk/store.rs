@@ -1,9 +1,12 @@
-//! `--store` and friends: a volume kept in an S3-compatible object store.
+//! `--store` and friends: a volume kept in an object store (S3-compatible,
+//! or a directory).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lsvblk::objstore::{Credentials, Error as StoreError, S3Config, S3Store};
+use lsvblk::objstore::{
+    Credentials, Error as StoreError, LocalDirStore, ObjectStore, S3Config, S3Store,
+};
 use lsvblk::remote::{RemoteError, RemoteStore};
 
 use crate::exit::{BUSY, DATA, DENIED, Failure, IO, KMS_UNAVAILABLE, USAGE};
@@ -11,11 +14,13 @@ use crate::exit::{BUSY, DATA, DENIED, Failure, IO, KMS_UNAVAILABLE, USAGE};
 /// Where a volume is kept besides its directory.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StoreArgs {
-    /// Keep the volume in an S3-compatible object store as well:
-    /// s3://BUCKET/PREFIX (the bucket must exist; one volume per prefix).
-    /// Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the
-    /// environment, or --credentials-file.
-    #[arg(long, value_name = "s3://BUCKET/PREFIX", requires = "endpoint")]
+    /// Keep the volume in an object store as well: s3://BUCKET/PREFIX, an
+    /// S3-compatible store (the bucket must exist; one volume per prefix;
+    /// needs --endpoint; credentials: AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY from the environment, or --credentials-file),
+    /// or file:///DIR, the same objects as files under a directory (another
+    /// disk, a network mount; created if missing).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX|file:///DIR")]
     pub store: Option<String>,
     /// The S3 endpoint's URL, e.g. http://127.0.0.1:7480.
     #[arg(long, value_name = "URL", requires = "store")]
@@ -32,8 +37,26 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The store, if `--store` was given.
     pub fn open(&self) -> Result<Option<RemoteStore>, Failure> {
-        let (Some(url), Some(endpoint)) = (&self.store, &self.endpoint) else {
+        let Some(url) = &self.store else {
             return Ok(None);
+        };
+        let store: Arc<dyn ObjectStore> = match url.strip_prefix("file://") {
+            Some(root) => Arc::new(LocalDirStore::create(Path::new(root)).map_err(store_failure)?),
+            None => Arc::new(self.open_s3(url)?),
+        };
+        Ok(Some(RemoteStore {
+            store,
+            location: url.clone(),
+            threads: self.store_threads.max(1),
+        }))
+    }
+
+    /// The S3 store at `url`, probed.
+    fn open_s3(&self, url: &str) -> Result<S3Store, Failure> {
+        let Some(endpoint) = &self.endpoint else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--store {url} needs --endpoint URL (or use file:///DIR)"
+            )));
         };
         let credentials = match &self.credentials_file {
             Some(path) => Credentials::from_file(path),
@@ -47,11 +70,7 @@ impl StoreArgs {
         let store = S3Store::new(config, &credentials).map_err(store_failure)?;
         // Wrong credentials or a missing bucket: say so now, not mid-serve.
         store.probe().map_err(store_failure)?;
-        Ok(Some(RemoteStore {
-            store: Arc::new(store),
-            location: url.clone(),
-            threads: self.store_threads.max(1),
-        }))
+        Ok(store)
     }
 }
 

@@ -72,10 +72,31 @@ pub trait LogEvents: Send + Sync {
         let _ = (segment_id, start, end);
         Ok(None)
     }
+    /// [`LogEvents::before_read`] for the reads of one batch at once: an
+    /// observer may fetch what they all need in parallel. One outcome per
+    /// range, in order. Called without log locks.
+    fn before_reads(&self, ranges: &[ReadRange]) -> Vec<std::io::Result<ReadPin>> {
+        ranges
+            .iter()
+            .map(|r| self.before_read(r.segment_id, r.start, r.end))
+            .collect()
+    }
 }
 
 /// What [`LogEvents::before_read`] returns: held for the length of a read.
 pub type ReadPin = Option<Box<dyn Send>>;
+
+/// Bytes `start..end` of sealed segment `segment_id` that a read is about
+/// to read (see [`LogEvents::before_reads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRange {
+    /// The segment.
+    pub segment_id: u64,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
 
 impl Log {
     /// Sets the observer of this log's seals and checkpoints (once; later
@@ -116,6 +137,22 @@ impl Log {
                 .before_read(segment_id, start, end)
                 .map_err(|e| StoreError::io(&self.segment_path(segment_id), e)),
             None => Ok(None),
+        }
+    }
+
+    /// [`Log::before_read`] for a batch of reads (see
+    /// [`LogEvents::before_reads`]).
+    pub(super) fn before_reads(&self, ranges: &[ReadRange]) -> Vec<Result<ReadPin, StoreError>> {
+        match self.events.get() {
+            Some(events) => events
+                .before_reads(ranges)
+                .into_iter()
+                .zip(ranges)
+                .map(|(pin, range)| {
+                    pin.map_err(|e| StoreError::io(&self.segment_path(range.segment_id), e))
+                })
+                .collect(),
+            None => ranges.iter().map(|_| Ok(None)).collect(),
         }
     }
 

@@ -55,7 +55,7 @@ pub use compact::{
     CompactOptions, CompactProgress, CompactReport, RekeyPlan, RekeyTransform, SegmentSpace,
     SpaceReport,
 };
-pub use events::{LogEvents, ReadPin, WrittenCheckpoint};
+pub use events::{LogEvents, ReadPin, ReadRange, WrittenCheckpoint};
 pub use read::{DataPiece, PieceRead, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;

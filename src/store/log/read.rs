@@ -9,6 +9,7 @@ use super::super::aligned::{ALIGN, AlignedBuf, align_up};
 use super::super::index::{Location, Piece};
 use super::super::io::reads::{ReadOp, read_all};
 use super::super::table::TableFormat;
+use super::events::ReadRange;
 use super::state::IndexState;
 use super::{Log, SegmentFile};
 use crate::crypto::KeyId;
@@ -120,6 +121,28 @@ impl Log {
         }
     }
 
+    /// The whole pages of its segment that `read` touches (its ciphertext
+    /// and its entries of the block table).
+    fn pages_of(&self, read: &PieceRead<'_>) -> ReadRange {
+        let piece = read.piece;
+        assert_eq!(
+            read.buf.len() as u64,
+            piece.blocks << self.config.block_shift
+        );
+        assert_eq!(
+            read.table.len() as u64,
+            piece.table_format().table_bytes(piece.blocks)
+        );
+        let start = piece.payload_offset.min(piece.table_offset);
+        let end = (piece.payload_offset + read.buf.len() as u64)
+            .max(piece.table_offset + read.table.len() as u64);
+        ReadRange {
+            segment_id: piece.segment_id,
+            start: start - start % ALIGN as u64,
+            end: align_up(end as usize) as u64,
+        }
+    }
+
     /// Reads each piece's ciphertext into its `buf` and its entries of the
     /// record's block table into its `table` (`piece.table_format()`'s
     /// `table_bytes` of the piece's blocks) without checking them: the
@@ -141,24 +164,13 @@ impl Log {
         let mut bounces: Vec<Bounce> = Vec::new();
         // Per read: its table entries, its ciphertext read in place.
         let mut in_place = vec![(false, false); reads.len()];
-        // Held until every read completed (see `LogEvents::before_read`).
+        // Whole pages: what a bounce buffer or the cache may read. Held
+        // until every read completed (see `LogEvents::before_reads`).
+        let ranges: Vec<ReadRange> = reads.iter().map(|read| self.pages_of(read)).collect();
         let mut _pins = Vec::with_capacity(reads.len());
-        for (index, read) in reads.iter_mut().enumerate() {
+        for ((index, read), pin) in reads.iter_mut().enumerate().zip(self.before_reads(&ranges)) {
             let piece = read.piece;
-            assert_eq!(
-                read.buf.len() as u64,
-                piece.blocks << self.config.block_shift
-            );
-            assert_eq!(
-                read.table.len() as u64,
-                piece.table_format().table_bytes(piece.blocks)
-            );
-            // Whole pages: what a bounce buffer or the cache may read.
-            let start = piece.payload_offset.min(piece.table_offset);
-            let end = (piece.payload_offset + read.buf.len() as u64)
-                .max(piece.table_offset + read.table.len() as u64);
-            let pages = start - start % ALIGN as u64..align_up(end as usize) as u64;
-            match self.before_read(piece.segment_id, pages.start, pages.end) {
+            match pin {
                 Ok(pin) => _pins.push(pin),
                 Err(error) => {
                     results[index] = Err(error);

@@ -1,0 +1,60 @@
+//! A writable clone of a stored volume's snapshot, on the volume's host: it
+//! reads the snapshot's blocks from the volume's directory and writes its
+//! own log, while the volume goes on being written and uploaded.
+
+use crate::kit::ceph::cluster;
+use crate::kit::daemon::Daemon;
+use crate::{MIB, Setup, lsvblk};
+
+const PIECE: u64 = 64 * 1024;
+
+fn pattern(seed: u64) -> Vec<u8> {
+    (0..PIECE)
+        .map(|i| (i as u8).wrapping_mul(11) ^ (seed as u8))
+        .collect()
+}
+
+#[test]
+fn a_clone_of_a_stored_volumes_snapshot_serves_beside_it() {
+    let _shared = cluster().fault_lock(false);
+    let setup = Setup::new("clone", 8 * MIB);
+    let volume = setup.volume.to_str().unwrap().to_string();
+    let mut alice = setup.serve(&setup.volume, &["--flush", "remote"]);
+    let mut client = alice.client(1);
+    for piece in 0..8 {
+        client.write(0, piece * PIECE, &pattern(piece)).unwrap();
+    }
+    client.flush(0).unwrap();
+    lsvblk().json(&["snapshot", "create", &volume, "snap1", "--json"]);
+    client.write(0, 0, &pattern(100)).unwrap();
+    client.flush(0).unwrap();
+
+    let clone_dir = setup.fresh_dir();
+    let clone_path = clone_dir.to_str().unwrap();
+    let (kms, token) = (setup.kms.address(), setup.token.to_str().unwrap());
+    let args = ["clone", &volume, "snap1", clone_path, "--acl", "alice"];
+    let mut args = args.to_vec();
+    args.extend(["--kms", &kms, "--token-file", token, "--json"]);
+    let cloned = lsvblk().json(&args);
+    assert_eq!(cloned["parent"]["snapshot"], "snap1", "{cloned}");
+
+    let mut clone = Daemon::start(&clone_dir, &setup.kms, &setup.token, &[]);
+    let mut writer = clone.client(1);
+    writer.write(0, PIECE, &pattern(200)).unwrap();
+    writer.flush(0).unwrap();
+    // The snapshot's blocks, the clone's own write, and the volume's own
+    // write after the snapshot, each where it belongs.
+    assert_eq!(writer.read(0, 0, PIECE as usize).unwrap(), pattern(0));
+    assert_eq!(writer.read(0, PIECE, PIECE as usize).unwrap(), pattern(200));
+    for piece in 2..8 {
+        let got = writer.read(0, piece * PIECE, PIECE as usize).unwrap();
+        assert_eq!(got, pattern(piece), "piece {piece}");
+    }
+    assert_eq!(client.read(0, 0, PIECE as usize).unwrap(), pattern(100));
+    assert_eq!(client.read(0, PIECE, PIECE as usize).unwrap(), pattern(1));
+
+    drop(writer);
+    clone.stop_cleanly();
+    drop(client);
+    alice.stop_cleanly();
+}
