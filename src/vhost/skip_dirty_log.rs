@@ -3,10 +3,10 @@
 //! During a live migration QEMU copies guest RAM while the guest runs, and
 //! copies again the pages written since; the daemon's writes into guest
 //! memory (the data of a read) reach QEMU only through the dirty-page log
-//! (`VHOST_F_LOG_ALL`). The migration test with page-cache reads
-//! (`qemu/migrate-test.sh --cached-reads`) must fail without that log. With
-//! [`SKIP_DIRTY_LOG_VARIABLE`] set to 1, read data is not logged (the used
-//! ring and status bytes still are), so a test can show exactly that.
+//! (`VHOST_F_LOG_ALL`). With [`SKIP_DIRTY_LOG_VARIABLE`] set to 1, read data
+//! is not logged (the used ring and status bytes still are), so a migration
+//! test with reads during the RAM copy (`qemu/migrate-test.sh
+//! --cached-reads`) can be run without that log.
 //!
 //! Compiled in, off unless the variable is set, read once per process. Never
 //! set it on a production daemon: a migrated guest then reads stale data.
