@@ -14,9 +14,9 @@
 #   5. qemu-storage-daemon, the same 10 migrations: the reference (~2-2.5 min)
 # Each migration starts at the end of a round while the guest idles
 # (--idle-switch 3): the guest is migrated running, but without requests in
-# flight; with requests in flight QEMU 7.2's TCG guest still crashed after 1
-# migration in 16 (qemu/README.md, "Live migration under TCG"). Each group
-# runs under a time limit (GROUP_LIMIT_S, default 600 s).
+# flight; with requests in flight QEMU 7.2's TCG guest crashes after some
+# migrations, with either backend (qemu/README.md, "Live migration under
+# TCG"). Each group runs under a time limit (GROUP_LIMIT_S, default 600 s).
 # Environment: LSVBLK_BIN_DIR (prebuilt lsvblk + lsvkms; default: a debug
 # build, as ci/test.sh makes), LSVBLK_QSD.
 set -euo pipefail

@@ -19,6 +19,11 @@
 #   --warmup-rounds N  the first migration starts after N verified rounds (default 1)
 #   --idle-switch S    the guest idles S seconds after each round and each
 #                      migration starts at a round's end: no I/O in flight
+#   --cached-reads S   each round also reads the loop region into the guest's
+#                      page cache and checks the cached copy S seconds later;
+#                      each migration starts just before such a read and
+#                      switches over only after it (the destination must get
+#                      the pages the backend wrote meanwhile: its dirty log)
 #   --boot-timeout S   limit for the whole guest run (default 600)
 #   --progress-timeout S  guest progress needed within S seconds (default 120)
 #   --summary FILE     append one result line (key=value) to FILE
@@ -35,7 +40,7 @@ set -euo pipefail
 . "$QEMU_DIR/host-lib.sh"
 
 BACKEND=lsvblk MIGRATIONS=3 BOOT_TIMEOUT=600 PROGRESS_TIMEOUT=120 SUMMARY="" KEEP=0
-VM_ARGS="" KERNEL_ARGS="" WARMUP_ROUNDS=1 IDLE_SWITCH=0
+VM_ARGS="" KERNEL_ARGS="" WARMUP_ROUNDS=1 IDLE_SWITCH=0 CACHED_READS=0
 while [ $# -gt 0 ]; do
   loop_option "$@"
   if [ "$SHIFT" -gt 0 ]; then shift "$SHIFT"; continue; fi
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --kernel-args) KERNEL_ARGS=${2?}; shift 2 ;;
     --warmup-rounds) WARMUP_ROUNDS=${2:?}; shift 2 ;;
     --idle-switch) IDLE_SWITCH=${2:?}; shift 2 ;;
+    --cached-reads) CACHED_READS=${2:?}; shift 2 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -99,7 +105,7 @@ start_vm() {
   local k=$1 incoming=() vm_args
   [ -z "${2:-}" ] || incoming=(--incoming "$2")
   read -r -a vm_args <<<"$VM_ARGS"
-  "$QEMU_DIR/run-vm.sh" --socket "$TMPD/vhost-$k.sock" --scenario loop --append "lsvblk.rounds=$ROUNDS lsvblk.gap=$IDLE_SWITCH${KERNEL_ARGS:+ $KERNEL_ARGS}" \
+  "$QEMU_DIR/run-vm.sh" --socket "$TMPD/vhost-$k.sock" --scenario loop --append "lsvblk.rounds=$ROUNDS lsvblk.gap=$IDLE_SWITCH lsvblk.cached=$CACHED_READS${KERNEL_ARGS:+ $KERNEL_ARGS}" \
     --qmp "$TMPD/qmp-$k.sock" "${incoming[@]}" "${vm_args[@]}" --log "$OUT/console-$k.log" --timeout "$BOOT_TIMEOUT" \
     >"$OUT/guest-$k.result" 2>"$OUT/guest-$k.stderr" &
   VPID=$!
@@ -115,6 +121,14 @@ start_vm() {
 
 consoles() { cat "$OUT"/console-*.log 2>/dev/null | tr -d '\r'; }
 rounds_done() { consoles | grep -a -c -E '^lsvblk-loop: round [0-9]+/[0-9]+ ok' || true; }
+# What a migration waits for: a round's end, or (--cached-reads) the line
+# before a round's page cache read.
+if [ "$CACHED_READS" = 0 ]; then
+  TRIGGER='^lsvblk-loop: round [0-9]+/[0-9]+ ok'
+else
+  TRIGGER='^lsvblk-loop: round [0-9]+: page cache read in'
+fi
+triggers() { consoles | grep -a -c -E "$TRIGGER" || true; }
 # The guest kernel's first crash report line, if any (it may hang instead of
 # powering off after one).
 guest_crash() { consoles | grep -a -m1 -E 'Kernel panic|BUG: |kernel BUG at|Oops: |general protection fault' || true; }
@@ -154,19 +168,24 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
   start_vm "$d" "unix:$TMPD/migrate-$d.sock"
   DST_VM=$VPID
   # A moment into a round: the migration lands with requests in flight.
-  want=$(($(rounds_done) + 1))
+  want=$(($(triggers) + 1))
   [ "$m" -gt 1 ] || [ "$want" -ge "$WARMUP_ROUNDS" ] || want=$WARMUP_ROUNDS
   for ((i = 0; i < PROGRESS_TIMEOUT * 20; i++)); do
-    [ "$(rounds_done)" -ge "$want" ] && break
+    [ "$(triggers)" -ge "$want" ] && break
     crash=$(guest_crash)
     [ -z "$crash" ] || die "migration $m: the guest kernel crashed before it: $crash (console: $OUT/console-$k.log)"
     exited "$SRC_VM" && die "migration $m: the guest stopped before it (console: $OUT/console-$k.log)"
     consoles | grep -a -q '^LSVBLK-E2E: ' && die "migration $m: the guest finished its $ROUNDS rounds before it"
     sleep 0.05
   done
-  [ "$(rounds_done)" -ge "$want" ] || die "migration $m: no guest progress for ${PROGRESS_TIMEOUT}s"
-  [ "$IDLE_SWITCH" != 0 ] || sleep 0.5
-  result=$("$QEMU_DIR/migrate.pl" "$TMPD/qmp-$k.sock" "$TMPD/qmp-$d.sock" "unix:$TMPD/migrate-$d.sock" "$PROGRESS_TIMEOUT" 2>"$OUT/migrate-$m.stderr") ||
+  [ "$(triggers)" -ge "$want" ] || die "migration $m: no guest progress for ${PROGRESS_TIMEOUT}s"
+  converge=()
+  if [ "$CACHED_READS" != 0 ]; then
+    converge=(--converge-after "$OUT/console-$k.log" '^lsvblk-loop: round [0-9]+: page cache filled')
+  elif [ "$IDLE_SWITCH" = 0 ]; then
+    sleep 0.5
+  fi
+  result=$("$QEMU_DIR/migrate.pl" "${converge[@]}" "$TMPD/qmp-$k.sock" "$TMPD/qmp-$d.sock" "unix:$TMPD/migrate-$d.sock" "$PROGRESS_TIMEOUT" 2>"$OUT/migrate-$m.stderr") ||
     die "migration $m failed: $result $(cat "$OUT/migrate-$m.stderr")"
   echo "$result" >"$OUT/migrate-$m.result"
   stop_at=$(field stop_at) resume_at=$(field resume_at)

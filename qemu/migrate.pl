@@ -2,9 +2,13 @@
 # migrate.pl - live-migrate a QEMU guest to a QEMU waiting with -incoming,
 # through both QMP monitors, and report what the guest went through.
 #
-# Usage: qemu/migrate.pl SOURCE_QMP DESTINATION_QMP URI [TIMEOUT_S]
+# Usage: qemu/migrate.pl [--converge-after FILE REGEX] SOURCE_QMP DESTINATION_QMP URI [TIMEOUT_S]
 #   SOURCE_QMP, DESTINATION_QMP  the QMP sockets (run-vm.sh --qmp)
 #   URI                          where the destination listens (unix:PATH)
+#   --converge-after FILE REGEX  keep copying RAM while the guest runs (no
+#                                switch-over: downtime limit 0) until FILE
+#                                has one more line matching REGEX than at the
+#                                start, then let the migration finish (300 ms)
 # Sets the bandwidth limit to 1 GiB/s (QEMU's default, 32 MiB/s, is meant for
 # networks, not one host), migrates, waits for the source to report
 # "completed" and the destination to resume the guest, then quits the source
@@ -21,8 +25,12 @@ use IO::Socket::UNIX;
 use JSON::PP;
 use Time::HiRes qw(time);
 
+my ($hold_file, $hold_regex);
+if (@ARGV && $ARGV[0] eq '--converge-after') {
+  (undef, $hold_file, $hold_regex) = splice(@ARGV, 0, 3);
+}
 my ($src_path, $dst_path, $uri, $timeout) = @ARGV;
-die "usage: $0 SOURCE_QMP DESTINATION_QMP URI [TIMEOUT_S]\n" unless defined $uri;
+die "usage: $0 [--converge-after FILE REGEX] SOURCE_QMP DESTINATION_QMP URI [TIMEOUT_S]\n" unless defined $uri;
 $timeout //= 300;
 my $json = JSON::PP->new->canonical;
 $SIG{PIPE} = 'IGNORE';    # a QEMU that went away is an error message, not a silent death
@@ -92,9 +100,18 @@ sub drain_events {
   }
 }
 
+# Lines of $hold_file matching $hold_regex.
+sub hold_lines {
+  open(my $fh, '<', $hold_file) or return 0;
+  my $n = grep { /$hold_regex/ } <$fh>;
+  close($fh);
+  return $n;
+}
+
 my $src = connect_qmp('src', $src_path);
 my $dst = connect_qmp('dst', $dst_path);
-command($src, 'migrate-set-parameters', { 'max-bandwidth' => 1 << 30 });
+my $held = defined $hold_file ? hold_lines() : undef;
+command($src, 'migrate-set-parameters', { 'max-bandwidth' => 1 << 30, 'downtime-limit' => defined $held ? 0 : 300 });
 command($src, 'migrate', { uri => $uri });
 
 my $deadline = time + $timeout;
@@ -104,6 +121,10 @@ while (1) {
   my $status = $info->{status} // 'none';
   last if $status eq 'completed' || $status eq 'failed' || $status eq 'cancelled';
   die "migration still '$status' after ${timeout}s\n" if time > $deadline;
+  if (defined $held && hold_lines() > $held) {
+    command($src, 'migrate-set-parameters', { 'downtime-limit' => 300 });
+    $held = undef;
+  }
   drain_events($dst, 0.05);
 }
 # The destination resumes the guest once it has loaded the last state.

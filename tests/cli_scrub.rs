@@ -4,51 +4,11 @@
 
 mod kit;
 
-use std::path::Path;
-
 use kit::cli::{assert_refused, json_of, run_lsvblk};
 use kit::daemon::{Daemon, create_volume};
 use kit::kms::Kms;
-use lsvblk::store::V2_FIRST_FRAME;
 
 const MIB: u64 = 1 << 20;
-
-fn crc(bytes: &[u8]) -> [u8; 4] {
-    crc32c::crc32c(bytes).to_le_bytes()
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> usize {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
-}
-
-/// Flips a bit of the first block of the first data record in the
-/// volume's segments and recomputes every CRC over it (the block's, the
-/// frame's meta and header CRCs); returns the block's number.
-fn forge_first_block(volume: &Path) -> u64 {
-    for segment in kit::volume::segment_files(volume) {
-        let mut bytes = std::fs::read(&segment).unwrap();
-        let at = V2_FIRST_FRAME as usize;
-        if bytes.len() < at + 4096 || &bytes[at..at + 4] != b"LSVF" || bytes[at + 64] != 1 {
-            continue;
-        }
-        let record = at + 64;
-        let lba = u64::from_le_bytes(bytes[record + 16..record + 24].try_into().unwrap());
-        let (payload, table) = (
-            at + u32_at(&bytes, record + 40),
-            at + u32_at(&bytes, record + 44),
-        );
-        bytes[payload + 7] ^= 0x20;
-        let block_crc = crc(&bytes[payload..payload + 4096]);
-        bytes[table..table + 4].copy_from_slice(&block_crc);
-        let meta_crc = crc(&bytes[at + 64..at + u32_at(&bytes, at + 28)]);
-        bytes[at + 56..at + 60].copy_from_slice(&meta_crc);
-        let header_crc = crc(&bytes[at..at + 60]);
-        bytes[at + 60..at + 64].copy_from_slice(&header_crc);
-        std::fs::write(&segment, bytes).unwrap();
-        return lba;
-    }
-    panic!("no data record found");
-}
 
 #[test]
 fn scrub_finds_nothing_on_a_whole_volume_and_names_a_forged_block_with_exit_65() {
@@ -74,7 +34,7 @@ fn scrub_finds_nothing_on_a_whole_volume_and_names_a_forged_block_with_exit_65()
     let out = run_lsvblk(&["scrub", vol]);
     assert_refused("scrub without a key", &out, 64, &["--kms"]);
 
-    let forged = forge_first_block(&volume);
+    let forged = kit::forge::forge_first_block(&volume);
     let (address, token) = (kms.address(), token.to_str().unwrap().to_string());
     let args = [
         "scrub",

@@ -60,7 +60,10 @@ fn key_in_locked_memory(pid: u32, id: KeyId) -> Vec<u8> {
         bytes.truncate(read);
         for at in (0..bytes.len().saturating_sub(63)).step_by(8) {
             let window = &bytes[at..at + 64];
-            if window.iter().any(|&b| b != 0) && KeyId::derive(KeyKind::Aes256Xts, window) == id {
+            let kinds = [KeyKind::Aes256Xts, KeyKind::Aes256XtsMac];
+            if window.iter().any(|&b| b != 0)
+                && kinds.iter().any(|k| KeyId::derive(*k, window) == id)
+            {
                 return window.to_vec();
             }
         }

@@ -97,6 +97,17 @@ fn older_record_over_the_newest(segment: &mut [u8]) {
     restamp(segment, last, 0);
 }
 
+/// Flips a bit of the newest write's block (in the last frame) and
+/// recomputes every CRC; returns that frame's offset.
+fn flip_a_bit_of_the_newest_block(segment: &mut [u8]) -> usize {
+    let (last, _) = frames(segment)[2];
+    let record = last + 64;
+    let payload = u32::from_le_bytes(segment[record + 40..record + 44].try_into().unwrap());
+    segment[last + payload as usize + 100] ^= 1;
+    kit::forge::fix_segment_crcs(segment).unwrap();
+    last
+}
+
 fn open_result(dir: &Path) -> Result<Volume, VolumeError> {
     Volume::open(dir, kit::volume::key(1), &options(BLOCK as u32))
 }
@@ -226,4 +237,21 @@ fn an_untouched_log_reopens_after_a_crash() {
     let volume = open(dir.path(), BLOCK as u32);
     assert_eq!(read_block(&volume, 0), blocks[2]);
     assert_eq!(read_block(&volume, 1), blocks[1]);
+}
+
+/// The block's CRC is in its table entry, which the record MAC covers: the
+/// record MAC fails first; the tag check behind it refuses too.
+#[test]
+fn a_block_changed_in_the_unsealed_tail_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_writes(dir.path(), Integrity::Mac);
+    let mut frame = 0;
+    tamper_with_segment(dir.path(), |s| frame = flip_a_bit_of_the_newest_block(s));
+    let error = open_result(dir.path()).expect_err("a forged block must not be replayed");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("segment 0000000000000000 at offset {frame}: "))
+            && (text.contains("record MAC mismatch") || text.contains("tag does not match")),
+        "the refusal names the segment, the frame and the failed check: {text}"
+    );
 }

@@ -2,8 +2,9 @@
 //! the volume's files but has no key: removing `integrity` from
 //! `volume.json` does not turn the checks off (the log says it carries
 //! MACs); a checkpoint changed with its CRCs recomputed fails its MAC and
-//! is skipped for an older one; and an open without the key writes nothing
-//! it could not sign.
+//! is skipped for an older one; a snapshot's index changed the same way is
+//! refused when the snapshot is opened; and an open without the key writes
+//! nothing it could not sign.
 
 mod kit;
 
@@ -100,4 +101,51 @@ fn an_open_without_the_key_writes_nothing_and_refuses_to_sign() {
     assert_eq!(before, after, "no checkpoint written without the key");
     let volume = open(dir.path(), BLOCK as u32);
     assert_eq!(read_block(&volume, 0), kit::data::pattern(BLOCK, 1));
+}
+
+/// The last extent of the checkpoint or snapshot index at `path` (the 64
+/// bytes before its MAC).
+fn last_extent(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes[bytes.len() - 16 - 64..bytes.len() - 16].to_vec()
+}
+
+#[test]
+fn a_snapshot_index_changed_with_its_crcs_recomputed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (kit::data::pattern(BLOCK, 1), kit::data::pattern(BLOCK, 2));
+    let volume = create_with(dir.path(), 1 << 20, BLOCK as u32, Integrity::Mac);
+    volume.write(0, &old).unwrap();
+    volume.close().unwrap();
+    let old_extent = last_extent(&newest_checkpoint(dir.path()));
+    let volume = open(dir.path(), BLOCK as u32);
+    volume.write(0, &new).unwrap();
+    volume.create_snapshot("monday").unwrap();
+    volume.close().unwrap();
+    // The snapshot's block 0 pointed back at the older write (its block
+    // tag holds), the index's CRCs recomputed.
+    let index = dir.path().join("snapshots/monday.index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let at = bytes.len() - 16 - 64;
+    bytes[at..at + 64].copy_from_slice(&old_extent);
+    kit::forge::fix_checkpoint_crcs(&mut bytes).unwrap();
+    std::fs::write(&index, bytes).unwrap();
+    let keys = vec![kit::volume::key(1)];
+    match Volume::open_snapshot(dir.path(), "monday", keys, &options(BLOCK as u32)) {
+        Ok(snapshot) => {
+            let back = read_block(&snapshot, 0);
+            let what = if back == old {
+                "the older write"
+            } else {
+                "its own data"
+            };
+            panic!("the changed index was trusted: block 0 reads {what}");
+        }
+        Err(error) => assert!(
+            error.to_string().contains("snapshot index MAC mismatch"),
+            "the refusal says why: {error}"
+        ),
+    }
+    let volume = open(dir.path(), BLOCK as u32);
+    assert_eq!(read_block(&volume, 0), new, "the volume itself is unharmed");
 }

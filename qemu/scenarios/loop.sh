@@ -9,7 +9,12 @@
 # and then lost reads back as an older round's pattern: the round fails. After
 # each round the console shows "lsvblk-loop: round K/N ok", which the host
 # waits for. With lsvblk.gap=S the guest then idles S seconds (no I/O) before
-# the next round. At the end the kernel log must show no I/O error.
+# the next round. With lsvblk.cached=S each round then also reads the region
+# into the page cache (buffered: the device writes the data into page cache
+# pages), waits S seconds and checks the cached copy without touching the
+# disk: a live migration in between must carry those pages over (the
+# backend's dirty-page log), or the check finds an older round's data. At the
+# end the kernel log must show no I/O error.
 # shellcheck source=SCRIPTDIR/../guest/e2e-lib.sh
 . /lib/lsvblk-e2e.sh
 
@@ -19,6 +24,8 @@ rounds=${LSVBLK_ROUNDS:-12}
 case $rounds in *[!0-9]* | "") fail "bad lsvblk.rounds=$rounds" ;; esac
 gap=${LSVBLK_GAP:-0}
 case $gap in *[!0-9]* | "") fail "bad lsvblk.gap=$gap" ;; esac
+cached=${LSVBLK_CACHED:-0}
+case $cached in *[!0-9]* | "") fail "bad lsvblk.cached=$cached" ;; esac
 
 check_size
 check_queues
@@ -32,6 +39,23 @@ while [ "$r" -le "$rounds" ]; do
     --offset="$LOOP_OFF" --size="$LOOP_SIZE" --randseed="$r" \
     --verify=pattern --verify_pattern="\"$tag\"%o" --do_verify=1 ||
     fail "round $r: fio write+verify failed: $(grep -m1 -iE 'verify|error' "$FIO_LOG")"
+  if [ "$cached" != 0 ]; then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    # The host starts a migration on this line; the read comes once its
+    # first copy of the RAM is under way.
+    echo "lsvblk-loop: round $r: page cache read in 1 s"
+    sleep 1
+    dd if="$DISK" of=/dev/null bs=1M skip=$((LOOP_OFF / MIB)) count=$((LOOP_SIZE / MIB)) 2>/dev/null ||
+      fail "round $r: buffered read failed"
+    echo "lsvblk-loop: round $r: page cache filled"
+    sleep "$cached"
+    # From the page cache: no invalidation, no O_DIRECT.
+    fio_run "cached-$r" --direct=0 --invalidate=0 --rw=randwrite --bs=16k \
+      --offset="$LOOP_OFF" --size="$LOOP_SIZE" --randseed="$r" \
+      --verify=pattern --verify_pattern="\"$tag\"%o" --verify_only ||
+      fail "round $r: the page cache copy changed: $(grep -m1 -iE 'verify|error' "$FIO_LOG")"
+  fi
   echo "lsvblk-loop: round $r/$rounds ok"
   [ "$gap" = 0 ] || sleep "$gap"
   r=$((r + 1))

@@ -34,6 +34,12 @@ const KEY_ID_LABEL: &[u8] = b"lsvblk/key-id/v1";
 pub enum KeyKind {
     /// AES-256 in XTS mode: 64 bytes of material.
     Aes256Xts,
+    /// AES-256 in XTS mode for a volume whose blocks and log are
+    /// authenticated (integrity `mac`): 64 bytes of material. Sealed into
+    /// the key's wrapped blob (authenticated there), so a volume holding
+    /// such a key can tell that it must carry MACs even when every MAC and
+    /// flag was stripped from its files.
+    Aes256XtsMac,
 }
 
 impl KeyKind {
@@ -41,6 +47,7 @@ impl KeyKind {
     pub fn code(self) -> u8 {
         match self {
             KeyKind::Aes256Xts => 1,
+            KeyKind::Aes256XtsMac => 2,
         }
     }
 
@@ -48,6 +55,7 @@ impl KeyKind {
     pub fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(KeyKind::Aes256Xts),
+            2 => Some(KeyKind::Aes256XtsMac),
             _ => None,
         }
     }
@@ -55,8 +63,14 @@ impl KeyKind {
     /// Bytes of key material a key of this kind has.
     pub fn material_bytes(self) -> usize {
         match self {
-            KeyKind::Aes256Xts => XTS_KEY_BYTES,
+            KeyKind::Aes256Xts | KeyKind::Aes256XtsMac => XTS_KEY_BYTES,
         }
+    }
+
+    /// Whether a volume holding a key of this kind must authenticate its
+    /// blocks and log (integrity `mac`).
+    pub fn requires_macs(self) -> bool {
+        self == KeyKind::Aes256XtsMac
     }
 }
 
@@ -264,6 +278,14 @@ mod tests {
         assert_ne!(a.id(), c.id());
         // The id is not a prefix of the material.
         assert_ne!(&a.id().0[..], &[1u8; 16][..]);
+        // Nor can the same material pass for a key of another kind.
+        let mac = DataKey::from_bytes(KeyKind::Aes256XtsMac, &[1u8; 64]).unwrap();
+        assert_ne!(a.id(), mac.id());
+        assert!(mac.kind().requires_macs() && !a.kind().requires_macs());
+        assert_eq!(
+            KeyKind::from_code(KeyKind::Aes256XtsMac.code()),
+            Some(mac.kind())
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum MacDomain {
     Seal = 3,
     /// A checkpoint.
     Checkpoint = 4,
+    /// A snapshot's index file.
+    SnapshotIndex = 5,
 }
 
 /// The MAC key of one data key: an AES-256 schedule and a POLYVAL key.

@@ -161,20 +161,22 @@ impl KmsClient {
         self
     }
 
-    /// `POST /v1/datakey`.
+    /// `POST /v1/datakey`: a key of the default kind (AES-256-XTS).
     pub fn generate_data_key(
         &self,
         acl: &[String],
         context: &KeyContext,
     ) -> Result<GeneratedKey, ClientError> {
-        self.generate_replacement_key(acl, context, None)
+        self.generate_key_of_kind(KeyKind::Aes256Xts, acl, context, None)
     }
 
-    /// `POST /v1/datakey` with `replaces`: a new key for a rotation away
-    /// from `replaces` (a key of the same volume), which lsvkms records on
-    /// both keys for the users on the ACL to see.
-    pub fn generate_replacement_key(
+    /// `POST /v1/datakey` for a key of `kind` (sealed into its blob); with
+    /// `replaces`, a new key for a rotation away from `replaces` (a key of
+    /// the same volume), which lsvkms records on both keys for the users on
+    /// the ACL to see.
+    pub fn generate_key_of_kind(
         &self,
+        kind: KeyKind,
         acl: &[String],
         context: &KeyContext,
         replaces: Option<KeyId>,
@@ -182,7 +184,7 @@ impl KmsClient {
         let request = DataKeyRequest {
             acl: acl.to_vec(),
             context: context.clone(),
-            key_type: KeyKind::Aes256Xts,
+            key_type: kind,
             replaces,
         };
         let body = self.call("POST", "/v1/datakey", &to_json(&request))?;

@@ -203,7 +203,8 @@ impl KeyCare {
             }
             let generated = self
                 .kms()?
-                .generate_replacement_key(
+                .generate_key_of_kind(
+                    superblock.integrity.key_kind(),
                     &current.acl,
                     &KeyContext {
                         volume_id: superblock.volume_id.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use base64::Engine;
 
 use super::{ServiceError, unwrap_all, wrapped_blob};
-use crate::crypto::{CryptoPool, DataKey, KeyId};
+use crate::crypto::{CryptoPool, DataKey, KeyId, KeyKind};
 use crate::kms::api::KeyContext;
 use crate::kms::client::KmsClient;
 use crate::remote::RemoteStore;
@@ -63,7 +63,12 @@ pub fn create_volume(kms: &KmsClient, new: NewVolume<'_>) -> Result<Created, Ser
         crate::remote::check_vacant(store)?;
     }
     let volume_id = new_volume_id()?;
-    let (key, wrapped) = new_data_key(kms, volume_id, new.acl, "asking lsvkms for a data key")?;
+    let (key, wrapped) = new_data_key(
+        kms,
+        (volume_id, new.options.integrity.key_kind()),
+        new.acl,
+        "asking lsvkms for a data key",
+    )?;
     let key_id = key.id();
     let volume = Volume::create_over_base(
         new.dir,
@@ -122,9 +127,10 @@ pub fn clone_snapshot(
     let meta = load_snapshot(clone.parent, clone.snapshot)?;
     let parent_keys = unwrap_all(kms, token, &parent.volume_id, &meta.keys)?;
     let volume_id = new_volume_id()?;
+    // A clone checks its reads as its parent does (its integrity).
     let (key, wrapped) = new_data_key(
         kms,
-        volume_id,
+        (volume_id, parent.integrity.key_kind()),
         clone.acl,
         "asking lsvkms for the clone's data key",
     )?;
@@ -189,11 +195,11 @@ pub fn set_acl(
     Ok(pending)
 }
 
-/// A new data key from lsvkms for the volume `volume_id`, sealed for `acl`
-/// (`action` names the call in an error).
+/// A new data key of `kind` from lsvkms for the volume `volume_id`, sealed
+/// for `acl` (`action` names the call in an error).
 fn new_data_key(
     kms: &KmsClient,
-    volume_id: [u8; 16],
+    (volume_id, kind): ([u8; 16], KeyKind),
     acl: &[String],
     action: &str,
 ) -> Result<(DataKey, WrappedKey), ServiceError> {
@@ -201,12 +207,12 @@ fn new_data_key(
         volume_id: hex::encode(volume_id),
         snapshot_id: String::new(),
     };
-    let generated =
-        kms.generate_data_key(acl, &context)
-            .map_err(|source| ServiceError::KeyService {
-                action: action.into(),
-                source,
-            })?;
+    let generated = kms
+        .generate_key_of_kind(kind, acl, &context, None)
+        .map_err(|source| ServiceError::KeyService {
+            action: action.into(),
+            source,
+        })?;
     let wrapped = WrappedKey {
         blob: base64::engine::general_purpose::STANDARD.encode(&generated.wrapped_blob),
         acl: acl.to_vec(),

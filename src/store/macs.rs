@@ -29,6 +29,12 @@ pub trait MacKeys: Send + Sync + std::fmt::Debug {
     /// `MAC(domain, parts concatenated)` under the MAC key of key `key`;
     /// `None` when the volume does not hold that key.
     fn mac(&self, key: &KeyId, domain: MacDomain, parts: &[&[u8]]) -> Option<Mac>;
+
+    /// Whether every MAC must be there: a key of the volume was made for
+    /// an authenticated volume (its wrapped blob says so), so a checkpoint,
+    /// snapshot index or replayed segment without MACs was stripped of
+    /// them, not written before the log had them.
+    fn required(&self) -> bool;
 }
 
 /// Bytes of a record header a record MAC covers (all but the MAC).
@@ -86,6 +92,25 @@ pub fn seal_mac(
     ];
     keys.mac(key, MacDomain::Seal, &parts)
         .ok_or(StoreError::MacKeyMissing { key_id: *key })
+}
+
+/// The MAC of the snapshot index named `name` (its file name without
+/// `.index`) whose [`mac_input`](super::checkpoint::mac_input) is `input`,
+/// under key `key`: `MAC(5, le64(len(name)) || name || input)`. The domain
+/// keeps a checkpoint from standing in for an index, the name one
+/// snapshot's index from standing in for another's.
+pub fn snapshot_index_mac(
+    keys: &dyn MacKeys,
+    key: &KeyId,
+    name: &str,
+    input: &[u8],
+) -> Option<Mac> {
+    let length = (name.len() as u64).to_le_bytes();
+    keys.mac(
+        key,
+        MacDomain::SnapshotIndex,
+        &[&length, name.as_bytes(), input],
+    )
 }
 
 /// The current key of `keys`, which signing needs.

@@ -93,7 +93,7 @@ pub use log::{
     AppendRecord, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId, KeyUsage, Log,
     LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, ReadRange, RecordPosition, RecoveryReport,
     RekeyPlan, RekeyTransform, SegmentSpace, SpaceReport, TornTail, WrittenCheckpoint, open,
-    open_view, write_snapshot_index,
+    open_view,
 };
 pub use macs::MacKeys;
 pub use record::{RECORD_HEADER_BYTES, RecordHeader, RecordKind};
@@ -207,6 +207,17 @@ pub enum StoreError {
         "the volume's log is authenticated (its records carry MACs), but volume.json says integrity crc: was its \"integrity\" field removed? Refusing to open it unchecked"
     )]
     IntegrityDowngrade,
+    /// One of the volume's keys was made for a volume whose blocks and log
+    /// are authenticated (its kind, sealed in its wrapped blob, says so),
+    /// but the volume was opened as one without MACs: someone stripped
+    /// them (every flag and MAC, CRCs recomputed) to turn the checks off.
+    #[error(
+        "key {key_id} was made for a volume whose blocks and log are authenticated (its wrapped blob says so), but volume.json says integrity crc: were the volume's MACs stripped from its files? Refusing to open it unchecked"
+    )]
+    MacsStripped {
+        /// The key whose kind requires MACs.
+        key_id: crate::crypto::KeyId,
+    },
     /// A frame or seal whose checksums are valid fails its MAC: not a torn
     /// write but a change by someone without the key (or a record moved
     /// in from elsewhere). Opening refuses it.

@@ -24,7 +24,7 @@ use super::hold::HoldHook;
 use super::inflight::InflightArea;
 use super::metrics::DeviceMetrics;
 use super::poll::PollWindow;
-use super::state::{GuestMemory, QueueState, Shared, Vring};
+use super::state::{GuestMemory, QueueState, RingPosition, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::store::HeadId;
@@ -115,6 +115,7 @@ impl BlockBackend {
             volume: self.volume(),
         };
         if !queue.resumed {
+            RingPosition::of(vring, &memory.memory()).log(index, "queue started");
             worker.resume(vring, queue)?;
         }
         // After each drain, poll for the next request a while before
@@ -314,6 +315,9 @@ impl VhostUserBackend for BlockBackend {
             worker.finish_held(&vring, &mut queue)?;
         }
         queue.resumed = false;
+        if let (Some(vring), Some(memory)) = (queue.vring.clone(), self.shared.memory()) {
+            RingPosition::of(&vring, &memory.memory()).log(queue_index as usize, "queue stopped");
+        }
         drop(queue);
         // Dirty logging on: a live migration stops the device, and the
         // destination's daemon will ask for the volume next. Seal and

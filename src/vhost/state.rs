@@ -4,7 +4,7 @@
 //! requests). `backend` writes it as the frontend configures the device,
 //! `worker` reads it while draining queues.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost_user_backend::bitmap::BitmapMmapRegion;
@@ -66,6 +66,43 @@ pub(crate) struct QueueState {
     pub(crate) held: Vec<Chain>,
     /// The vring, kept to finish held requests when the queue stops.
     pub(crate) vring: Option<Vring>,
+}
+
+/// Where a queue stands: the backend's own counters and the guest's ring
+/// indexes (logged when a queue starts and stops, to check a restart or a
+/// migration handed the ring over where it left off).
+pub(crate) struct RingPosition {
+    pub(crate) next_avail: u16,
+    pub(crate) next_used: u16,
+    /// The guest's `avail.idx` and `used.idx` (`None`: not readable).
+    pub(crate) avail_idx: Option<u16>,
+    pub(crate) used_idx: Option<u16>,
+}
+
+impl RingPosition {
+    /// `vring`'s position in `mem`.
+    pub(crate) fn of(vring: &Vring, mem: &GuestRam) -> Self {
+        let state = vring.get_ref();
+        let queue = state.get_queue();
+        Self {
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+            avail_idx: queue.avail_idx(mem, Ordering::Acquire).ok().map(|i| i.0),
+            used_idx: queue.used_idx(mem, Ordering::Acquire).ok().map(|i| i.0),
+        }
+    }
+
+    /// Logs the position of queue `queue` with `event` as the message.
+    pub(crate) fn log(&self, queue: usize, event: &str) {
+        tracing::info!(
+            queue,
+            next_avail = self.next_avail,
+            next_used = self.next_used,
+            avail_idx = ?self.avail_idx,
+            used_idx = ?self.used_idx,
+            "{event}"
+        );
+    }
 }
 
 impl Shared {

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::superblock::SUPERBLOCK_FILE;
 use super::{Volume, VolumeError, VolumeLock, VolumeOptions, new_volume_id};
-use crate::crypto::{DataKey, KeyKind};
+use crate::crypto::DataKey;
 
 /// This process's owner mark: 128 random bits, made at first use, kept in
 /// memory only.
@@ -42,7 +42,7 @@ impl Volume {
         size_bytes: u64,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        let key = DataKey::generate(KeyKind::Aes256Xts)?;
+        let key = DataKey::generate(options.integrity.key_kind())?;
         Self::create_marked(
             dir,
             size_bytes,

@@ -119,6 +119,11 @@ impl MacKeys for LogMacKeys {
         let key = self.keys.read_or_recover().by_id.get(key).cloned()?;
         Some(key.mac_key().mac(domain, parts))
     }
+
+    fn required(&self) -> bool {
+        let state = self.keys.read_or_recover();
+        state.by_id.values().any(|k| k.key.kind().requires_macs())
+    }
 }
 
 impl Keyring {
@@ -157,9 +162,40 @@ impl Keyring {
         Ok(keyring)
     }
 
+    /// A key made for a volume whose blocks and log are authenticated
+    /// ([`crate::crypto::KeyKind::requires_macs`]), if the keyring holds
+    /// one: then the volume opens only as integrity `mac`, every MAC
+    /// checked.
+    pub fn requiring_macs(&self) -> Option<KeyId> {
+        self.by_id
+            .values()
+            .map(|active| &active.key)
+            .find(|key| key.kind().requires_macs())
+            .map(DataKey::id)
+    }
+
     /// The keys as the log uses them (see [`LogMacKeys`]).
     pub fn log_keys(&self) -> Arc<LogMacKeys> {
         Arc::clone(&self.log_keys)
+    }
+
+    /// Those of the keys `ids` the keyring holds, as a log checks MACs with
+    /// them (a snapshot's keys, for its index); `None` if it holds none.
+    pub fn log_keys_for(&self, ids: impl IntoIterator<Item = KeyId>) -> Option<Arc<dyn MacKeys>> {
+        let by_id: HashMap<KeyId, Arc<ActiveKey>> = ids
+            .into_iter()
+            .filter_map(|id| Some((id, Arc::clone(self.by_id.get(&id)?))))
+            .collect();
+        if by_id.is_empty() {
+            return None;
+        }
+        let state = LogMacKeyState {
+            current: None,
+            by_id,
+        };
+        Some(Arc::new(LogMacKeys {
+            keys: RwLock::new(state),
+        }))
     }
 
     /// Brings the log's copy of the keys up to date.

@@ -75,6 +75,7 @@ impl Volume {
         let mut superblock = new_superblock(volume_id, size_bytes, options, &key, wrapped);
         mark(&mut superblock);
         let keyring = Keyring::new(key, options.null_cipher)?;
+        check_key_kinds(&superblock, &keyring)?;
         // The log first, the superblock last: a directory without a
         // superblock is not a volume, so a crash here leaves no half volume.
         let macs = log_keys(&superblock, &keyring);
@@ -163,15 +164,16 @@ impl Volume {
             snapshot: snapshot.to_string(),
             snapshot_id: meta.snapshot_id.clone(),
         });
-        // Hold the parent snapshot (shared lock) and register on it before
-        // the clone exists, so it cannot be deleted under the clone.
-        let parents = snapshots::open_parent_views(&superblock)?;
-        let paths = SnapshotPaths::new(&parent_dir, snapshot);
-        snapshots::register_clone(&paths, &superblock.volume_id, &dir)?;
         let mut keys = parent_keys;
         let current = key.id();
         keys.push(key);
         let keyring = Keyring::with_keys(Some(current), keys, options.null_cipher)?;
+        check_key_kinds(&superblock, &keyring)?;
+        // Hold the parent snapshot (shared lock) and register on it before
+        // the clone exists, so it cannot be deleted under the clone.
+        let parents = snapshots::open_parent_views(&superblock, &keyring)?;
+        let paths = SnapshotPaths::new(&parent_dir, snapshot);
+        snapshots::register_clone(&paths, &superblock.volume_id, &dir)?;
         let macs = log_keys(&superblock, &keyring);
         let log = Log::create(&dir, log_config(&superblock, &options, macs)?)?;
         superblock.store(&dir)?;
@@ -234,7 +236,8 @@ impl Volume {
         keyring: Keyring,
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        let parents = snapshots::open_parent_views(&superblock)?;
+        check_key_kinds(&superblock, &keyring)?;
+        let parents = snapshots::open_parent_views(&superblock, &keyring)?;
         let unmaterialized = snapshots::unmaterialized(dir)?;
         let config = log_config(&superblock, options, log_keys(&superblock, &keyring))?;
         let (log, report) = store::open(dir, config, &unmaterialized)?;
@@ -261,9 +264,10 @@ impl Volume {
         options: &VolumeOptions,
     ) -> Result<Self, VolumeError> {
         let superblock = Superblock::load(dir)?;
-        let (log, lock) = snapshots::open_snapshot_view(dir, &superblock, name)?;
-        let parents = snapshots::open_parent_views(&superblock)?;
         let keyring = Keyring::with_keys(None, keys, superblock.cipher == CipherName::Null)?;
+        check_key_kinds(&superblock, &keyring)?;
+        let (log, lock) = snapshots::open_snapshot_view(dir, &superblock, name, &keyring)?;
+        let parents = snapshots::open_parent_views(&superblock, &keyring)?;
         let options = VolumeOptions {
             read_only: true,
             ..options.clone()
@@ -390,6 +394,19 @@ fn new_superblock(
         destroy_owed: Vec::new(),
         ephemeral_owner: None,
         base: None,
+    }
+}
+
+/// Refuses a volume that holds a key made for an authenticated volume
+/// (its kind, sealed in its wrapped blob, says so) when its superblock says
+/// integrity `crc`: its MACs were stripped to turn the checks off
+/// (docs/format.md, section 14).
+fn check_key_kinds(superblock: &Superblock, keyring: &Keyring) -> Result<(), VolumeError> {
+    match keyring.requiring_macs() {
+        Some(key_id) if superblock.integrity == Integrity::Crc => {
+            Err(store::StoreError::MacsStripped { key_id }.into())
+        }
+        _ => Ok(()),
     }
 }
 

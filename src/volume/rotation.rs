@@ -218,7 +218,6 @@ impl Volume {
     ) -> Result<(), VolumeError> {
         let _one = self.lifecycle_lock();
         let superblock = Superblock::load(&self.dir)?;
-        let volume_id = superblock.volume_id_bytes()?;
         let Some(current) = superblock
             .keys
             .iter()
@@ -231,7 +230,16 @@ impl Volume {
         let transform = self.rekey_transform(&new_key);
         for mut meta in list_snapshots(&self.dir)? {
             let paths = SnapshotPaths::new(&self.dir, &meta.name);
-            let data = crate::store::read_checkpoint(&paths.index, &volume_id)?;
+            // An index that fails its MAC is not re-signed with the new key.
+            let data = match self.log.read_snapshot_index(&paths.index) {
+                Ok(data) => data,
+                Err(error) => {
+                    outcome
+                        .snapshots_skipped
+                        .push((meta.name.clone(), error.to_string()));
+                    continue;
+                }
+            };
             let from: BTreeSet<KeyId> = used_keys(&data)
                 .into_iter()
                 .filter(|k| *k != state.to)
@@ -265,7 +273,7 @@ impl Volume {
             let (new, bytes) = self
                 .log
                 .rekey_snapshot(&meta.name, &data, &plan, &mut |d| {
-                    crate::store::write_snapshot_index(&paths.index, &volume_id, d)
+                    self.log.write_snapshot_index(&paths.index, d)
                 })?;
             let still_used = used_keys(&new);
             meta.keys

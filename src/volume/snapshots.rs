@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::unix_now_s;
 use super::json_file::{io_error, write_json_atomic};
 use super::superblock::{ParentRef, new_volume_id};
-use super::{KeyEntry, Superblock, Volume, VolumeError, VolumeLock};
+use super::{Integrity, KeyEntry, Keyring, Superblock, Volume, VolumeError, VolumeLock};
 use crate::crypto::KeyId;
 use crate::fsmode;
 use crate::store::{self, SnapshotPoint};
@@ -470,6 +470,7 @@ impl Volume {
 /// read-only view, under a shared lock that keeps it from being deleted.
 pub(crate) fn open_parent_views(
     superblock: &Superblock,
+    keyring: &Keyring,
 ) -> Result<Vec<(store::Log, VolumeLock)>, VolumeError> {
     let mut views = Vec::new();
     let mut next: Option<ParentRef> = superblock.parent.clone();
@@ -491,7 +492,8 @@ pub(crate) fn open_parent_views(
                 ),
             });
         }
-        let (log, lock) = open_snapshot_view(&parent.volume_dir, &parent_superblock, &meta.name)?;
+        let (log, lock) =
+            open_snapshot_view(&parent.volume_dir, &parent_superblock, &meta.name, keyring)?;
         views.push((log, lock));
         next = parent_superblock.parent.clone();
     }
@@ -499,16 +501,22 @@ pub(crate) fn open_parent_views(
 }
 
 /// Opens snapshot `name` of the volume in `dir` as a read-only log, holding
-/// its shared reader lock.
+/// its shared reader lock; its index's MAC is checked with those of the
+/// snapshot's keys `keyring` holds (none: a keyless open, nothing checked).
 pub(crate) fn open_snapshot_view(
     dir: &Path,
     superblock: &Superblock,
     name: &str,
+    keyring: &Keyring,
 ) -> Result<(store::Log, VolumeLock), VolumeError> {
     let paths = SnapshotPaths::new(dir, name);
     let lock = VolumeLock::acquire_file(&paths.lock, true)?;
     // Deleted between listing and locking?
-    load_snapshot(dir, name)?;
+    let meta = load_snapshot(dir, name)?;
+    let macs = match superblock.integrity {
+        Integrity::Mac => keyring.log_keys_for(meta.keys.iter().map(|k| k.key_id)),
+        Integrity::Crc => None,
+    };
     wait_for_index(&paths, name)?;
     let config = store::LogConfig {
         volume_id: superblock.volume_id_bytes()?,
@@ -519,7 +527,7 @@ pub(crate) fn open_snapshot_view(
         read_only: true,
         io: store::IoMode::Buffered,
         meta_cache_bytes: store::META_CACHE_BYTES_DEFAULT,
-        macs: None,
+        macs,
     };
     let log = store::open_view(dir, &paths.index, config)?;
     Ok((log, lock))

@@ -53,6 +53,17 @@ impl Integrity {
     pub fn is_crc(&self) -> bool {
         *self == Integrity::Crc
     }
+
+    /// The kind of data key a volume of this integrity asks the key
+    /// service for: with MACs, a kind whose wrapped blob says so
+    /// ([`KeyKind::Aes256XtsMac`]), so that stripping the MACs from the
+    /// volume's files cannot turn its checks off.
+    pub fn key_kind(&self) -> KeyKind {
+        match self {
+            Integrity::Mac => KeyKind::Aes256XtsMac,
+            Integrity::Crc => KeyKind::Aes256Xts,
+        }
+    }
 }
 
 /// One data key the volume knows, by id (never material).

@@ -16,6 +16,8 @@
 //!   on it;
 //! - [`secrets`]: key material looked for in bytes and in a process's memory;
 //! - [`dirs`]: temporary directories and the files under them;
+//! - [`forge`]: a volume's files changed with their CRCs recomputed, MAC
+//!   flags stripped (what someone without the key can do);
 //! - [`stranger`]: another local user (a forked child under another uid)
 //!   for tests of who may connect to a socket;
 //! - [`volume`]: volumes in this process, with deterministic keys;
@@ -46,6 +48,7 @@ pub mod daemon;
 pub mod data;
 pub mod dirs;
 pub mod disk;
+pub mod forge;
 pub mod frontend;
 pub mod kms;
 pub mod kms_acceptance;

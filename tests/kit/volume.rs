@@ -9,10 +9,20 @@ use lsvblk::volume::{Integrity, KeyEntry, Volume, VolumeOptions};
 
 /// A deterministic test key from a one-byte seed.
 pub fn key(seed: u8) -> DataKey {
+    key_of_kind(KeyKind::Aes256Xts, seed)
+}
+
+/// A deterministic test key like [`key`], of the kind lsvkms makes for a
+/// volume with integrity `mac`: every MAC of such a volume is required.
+pub fn authenticated_key(seed: u8) -> DataKey {
+    key_of_kind(KeyKind::Aes256XtsMac, seed)
+}
+
+fn key_of_kind(kind: KeyKind, seed: u8) -> DataKey {
     let material: Vec<u8> = (0..64u8)
         .map(|i| i.wrapping_mul(31).wrapping_add(seed))
         .collect();
-    DataKey::from_bytes(KeyKind::Aes256Xts, &material).unwrap()
+    DataKey::from_bytes(kind, &material).unwrap()
 }
 
 /// The superblock entry of `key` for a volume made in this process (no

@@ -233,11 +233,23 @@ pub fn write_signed(
     sign: impl FnOnce(&[u8]) -> Result<Mac, StoreError>,
 ) -> Result<(PathBuf, Mac), StoreError> {
     let path = checkpoint_path(dir, data.seq_next);
+    let mac = write_signed_to(&path, volume_id, data, sign)?;
+    Ok((path, mac))
+}
+
+/// Writes `data` durably at `path` (see [`write_to`]) with the MAC `sign`
+/// makes of its [`mac_input`]; returns that MAC.
+pub fn write_signed_to(
+    path: &Path,
+    volume_id: &[u8; 16],
+    data: &CheckpointData,
+    sign: impl FnOnce(&[u8]) -> Result<Mac, StoreError>,
+) -> Result<Mac, StoreError> {
     let mut bytes = encode(volume_id, data);
     let mac = sign(&mac_input(&bytes))?;
     v3::put_mac(&mut bytes, &mac);
-    write_bytes(&path, &bytes)?;
-    Ok((path, mac))
+    write_bytes(path, &bytes)?;
+    Ok(mac)
 }
 
 /// Writes `data` durably at `path`: temporary file, sync, rename, directory

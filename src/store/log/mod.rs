@@ -60,7 +60,6 @@ pub use read::{DataPiece, PieceRead, ReadPiece};
 pub use recovery::{RecoveryReport, TornTail, open, open_view};
 pub use rekey::KeyUsage;
 pub(crate) use replay::list_segments;
-pub use snapshot_index::write_snapshot_index;
 pub(crate) use verify::chain_seals;
 
 /// Fixed facts about the log, from the volume's superblock.

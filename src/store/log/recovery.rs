@@ -16,6 +16,7 @@ use super::super::scan::{ScanOutcome, find_v1_seal};
 use super::super::segment::{self, SegmentVersion};
 use super::super::snapshot::{SnapshotPoint, referenced_segments};
 use super::super::{StoreError, sync_dir};
+use super::authenticate::authenticate_snapshot_index;
 use super::durability::PendingSeal;
 use super::replay::{SegmentScan, list_segments, replay_plan};
 use super::verify::{chain_seals, sealed_entry};
@@ -313,10 +314,13 @@ fn seal_if_open(log: &Log, segment: &Replayed) -> Result<(), StoreError> {
 
 /// Opens a snapshot's frozen index (written by
 /// [`Log::materialize_snapshots`]) as a read-only log over the segments of
-/// `dir`. Only the segments the index refers to are opened.
+/// `dir`, its MAC checked with `config.macs` (the snapshot's keys). Only
+/// the segments the index refers to are opened.
 pub fn open_view(dir: &Path, index_path: &Path, mut config: LogConfig) -> Result<Log, StoreError> {
     config.read_only = true;
-    let data = checkpoint::read(index_path, &config.volume_id)?;
+    let bytes = fs::read(index_path).map_err(|e| StoreError::io(index_path, e))?;
+    let data = checkpoint::decode(index_path, &config.volume_id, &bytes)?;
+    let data = authenticate_snapshot_index(config.macs.as_deref(), index_path, &bytes, data)?;
     let log = Log::empty(dir, config, data.seq_next, data.segment_id_next);
     let segments: Vec<u64> = referenced_segments(&data).into_iter().collect();
     open_files(&log, &segments)?;

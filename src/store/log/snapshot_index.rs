@@ -5,7 +5,10 @@
 //! a snapshot ([`Log::snapshot_index_now`]); recovery rebuilds it from the
 //! records it replayed when the process died first
 //! ([`Log::rebuild_snapshot_index`]). Either way it is written in
-//! checkpoint format ([`write_snapshot_index`]).
+//! checkpoint format ([`Log::write_snapshot_index`]), signed when the
+//! log's records carry MACs: a snapshot index MAC (`macs::snapshot_index_mac`)
+//! under a key of its blocks, checked when the snapshot is opened
+//! (`authenticate::authenticate_snapshot_index`).
 //!
 //! The checkpoint is always older than the point: a checkpoint first
 //! materializes every snapshot taken before it (see `Log::checkpoint`).
@@ -14,11 +17,14 @@ use std::path::Path;
 
 use super::super::StoreError;
 use super::super::checkpoint::{self, CheckpointData};
+use super::super::index::Location;
+use super::super::macs::{MacKeys, signing_key, snapshot_index_mac};
 use super::super::record::PlacedRecord;
 use super::super::snapshot::SnapshotPoint;
 use super::Log;
 use super::replay::{list_segments, replay_plan};
 use super::state::IndexState;
+use crate::crypto::KeyId;
 
 impl Log {
     /// The index of the snapshot at `point` while the log is open: the
@@ -75,8 +81,61 @@ impl Log {
         }
         let data = build(checkpoint, records, point);
         tracing::info!(snapshot = %path.display(), "rebuilt a snapshot index from the log");
-        write_snapshot_index(path, &self.config.volume_id, &data)
+        self.write_snapshot_index(path, &data)
     }
+
+    /// Writes the snapshot index `data` durably at `path` (checkpoint
+    /// format, no heads): signed, when the log's records carry MACs, under
+    /// the key of its newest data extent the log holds (a key the snapshot
+    /// needs, so any reader of the snapshot holds it), else the current key.
+    pub fn write_snapshot_index(
+        &self,
+        path: &Path,
+        data: &CheckpointData,
+    ) -> Result<(), StoreError> {
+        let volume_id = &self.config.volume_id;
+        let Some(keys) = &self.config.macs else {
+            return checkpoint::write_to(path, volume_id, data);
+        };
+        let key = index_signing_key(keys.as_ref(), data)?;
+        let name = index_name(path);
+        let signed = CheckpointData {
+            macs: true,
+            mac_key_id: key,
+            ..data.clone()
+        };
+        let sign = |input: &[u8]| {
+            snapshot_index_mac(keys.as_ref(), &key, &name, input)
+                .ok_or(StoreError::MacKeyMissing { key_id: key })
+        };
+        checkpoint::write_signed_to(path, volume_id, &signed, sign).map(|_| ())
+    }
+}
+
+/// The key a snapshot index is signed under (see
+/// [`Log::write_snapshot_index`]).
+fn index_signing_key(keys: &dyn MacKeys, data: &CheckpointData) -> Result<KeyId, StoreError> {
+    let newest = data
+        .extents
+        .iter()
+        .filter_map(|(_, extent)| match extent.location {
+            Location::Data(at) => Some((extent.seq, at.key_index)),
+            Location::Zero => None,
+        })
+        .max_by_key(|(seq, _)| *seq)
+        .and_then(|(_, index)| data.keys.get(index as usize).copied())
+        .filter(|key| {
+            keys.mac(key, crate::crypto::mac::MacDomain::SnapshotIndex, &[])
+                .is_some()
+        });
+    newest.map_or_else(|| signing_key(keys), Ok)
+}
+
+/// The name a snapshot index's MAC binds it to: its file name without the
+/// extension (the snapshot's name).
+pub(super) fn index_name(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned())
 }
 
 /// The index of the snapshot at `point`: `checkpoint` (older than the
@@ -94,13 +153,4 @@ fn build(
         state.apply(record);
     }
     state.frozen_at(point)
-}
-
-/// Writes a snapshot index durably at `path` (checkpoint format, no heads).
-pub fn write_snapshot_index(
-    path: &Path,
-    volume_id: &[u8; 16],
-    data: &CheckpointData,
-) -> Result<(), StoreError> {
-    checkpoint::write_to(path, volume_id, data)
 }

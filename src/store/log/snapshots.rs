@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use super::super::StoreError;
 use super::super::snapshot::{SnapshotPoint, referenced_segments};
 use super::Log;
-use super::snapshot_index::write_snapshot_index;
 use crate::sync::LockOrRecover;
 
 /// A snapshot taken whose index is not written yet.
@@ -71,7 +70,7 @@ impl Log {
         let mut queue = self.unmaterialized.lock_or_recover();
         while let Some(snapshot) = queue.first() {
             let data = self.snapshot_index_now(&snapshot.point)?;
-            write_snapshot_index(&snapshot.path, &self.config.volume_id, &data)?;
+            self.write_snapshot_index(&snapshot.path, &data)?;
             self.pin(&snapshot.name, referenced_segments(&data));
             queue.remove(0);
         }
