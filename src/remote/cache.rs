@@ -16,7 +16,7 @@
 //!   punched, and a segment leaves it only after its refilled file is
 //!   synced: after a crash every hole is known, never read as data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -37,8 +37,8 @@ mod refill;
 pub const CACHE_STATE_FILE: &str = "cache.json";
 /// Unit of eviction and refill: a random read of evicted data fetches the
 /// chunks it touches (small, so that a cold 4 KiB read costs little more
-/// than its own bytes).
-const CHUNK_BYTES: u64 = 256 << 10;
+/// than its own bytes; runs of chunks go in GETs of up to 1 MiB).
+const CHUNK_BYTES: u64 = 64 << 10;
 /// Bytes at a segment's end that stay (the seal, for every version).
 const TAIL_KEPT_BYTES: u64 = 2 * ALIGN as u64;
 
@@ -68,9 +68,11 @@ struct Cached {
     readers: usize,
     /// The chunks punched out and not fetched back; empty when whole.
     missing: BTreeSet<u64>,
-    /// The last chunk a read touched (a read that follows it is
-    /// sequential: the chunks after it are read ahead).
-    last_chunk_read: Option<u64>,
+    /// The last chunks of the latest reads, newest last (a read that
+    /// follows one of them is sequential: the chunks after it are read
+    /// ahead; several, since a read of table pages comes between two reads
+    /// of data).
+    recent_reads: VecDeque<u64>,
 }
 
 /// The byte range of a segment file of `len` bytes that eviction punches
@@ -243,7 +245,7 @@ impl SegmentCache {
             tick: state.tick,
             readers: 0,
             missing: BTreeSet::new(),
-            last_chunk_read: None,
+            recent_reads: VecDeque::new(),
         };
         if evicted {
             cached.missing = cached.chunks().collect();

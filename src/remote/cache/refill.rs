@@ -26,7 +26,9 @@ const GET_BYTES_MAX: u64 = 1 << 20;
 const GETS_IN_FLIGHT: usize = 8;
 /// Chunks fetched ahead of a sequential reader (8 MiB), and never more
 /// than a quarter of the cache.
-const READAHEAD_CHUNKS: u64 = 32;
+const READAHEAD_CHUNKS: u64 = (8 << 20) / CHUNK_BYTES;
+/// Reads per segment whose ends a following read is compared with.
+const RECENT_READS: usize = 8;
 /// Longest wait for a chunk someone else fetches before looking again.
 const WAIT_SLICE: Duration = Duration::from_millis(200);
 
@@ -67,7 +69,7 @@ impl SegmentCache {
         let mut state = self.lock();
         let pins: Vec<Option<CachePin>> =
             reads.iter().map(|r| self.pin_one(&mut state, r)).collect();
-        let sequential = self.sequential(&mut state, reads);
+        let sequential = sequential_reads(&mut state, reads);
         let needed = missing_chunks(&state, reads);
         let mine = claim(&mut state, &needed);
         let mut readahead = None;
@@ -149,30 +151,6 @@ impl SegmentCache {
             cache: Arc::clone(self),
             segment_id: id,
         })
-    }
-
-    /// Of `reads`, those that continue where the last read of their segment
-    /// ended (or start it): each segment's last chunk read is noted.
-    fn sequential(&self, state: &mut State, reads: &[ReadRange]) -> Vec<ReadRange> {
-        let mut sequential = Vec::new();
-        for read in reads {
-            let Some(cached) = state.segments.get_mut(&read.segment_id) else {
-                continue;
-            };
-            let chunks = cached.chunks_touched(read.start, read.end);
-            if chunks.is_empty() {
-                continue;
-            }
-            let follows = chunks.start == 0
-                || cached
-                    .last_chunk_read
-                    .is_some_and(|last| last + 1 >= chunks.start && last <= chunks.start);
-            cached.last_chunk_read = Some(chunks.end - 1);
-            if follows {
-                sequential.push(*read);
-            }
-        }
-        sequential
     }
 
     /// Fetches `fetches` in the background, holding `pins` meanwhile.
@@ -291,6 +269,34 @@ impl SegmentCache {
     }
 }
 
+/// Of `reads`, those that go on from where one of the latest reads of their
+/// segment ended (into the next chunk); each read is noted. A read of the
+/// same chunk again (a record's table) is not one.
+fn sequential_reads(state: &mut State, reads: &[ReadRange]) -> Vec<ReadRange> {
+    let mut sequential = Vec::new();
+    for read in reads {
+        let Some(cached) = state.segments.get_mut(&read.segment_id) else {
+            continue;
+        };
+        let chunks = cached.chunks_touched(read.start, read.end);
+        if chunks.is_empty() {
+            continue;
+        }
+        let last_touched = chunks.end - 1;
+        let follows = cached.recent_reads.iter().any(|last| {
+            *last + 1 == chunks.start || (*last == chunks.start && last_touched > *last)
+        });
+        if cached.recent_reads.len() == RECENT_READS {
+            cached.recent_reads.pop_front();
+        }
+        cached.recent_reads.push_back(last_touched);
+        if follows {
+            sequential.push(*read);
+        }
+    }
+    sequential
+}
+
 /// The evicted chunks each segment's `reads` touch.
 fn missing_chunks(state: &State, reads: &[ReadRange]) -> Chunks {
     let mut chunks = Chunks::new();
@@ -379,7 +385,7 @@ mod tests {
             tick: 0,
             readers: 0,
             missing: missing.iter().copied().collect(),
-            last_chunk_read: None,
+            recent_reads: std::collections::VecDeque::new(),
         };
         let mut state = State {
             status: CacheStatus {
@@ -395,16 +401,43 @@ mod tests {
     #[test]
     fn runs_of_missing_chunks_become_gets_of_at_most_a_mib() {
         let state = state_with_segment(16 << 20, &[]);
-        let chunks: Chunks = [(7, [0, 1, 2, 3, 4, 5, 9].into_iter().collect())].into();
+        let per_get = GET_BYTES_MAX / CHUNK_BYTES;
+        let mut wanted: BTreeSet<u64> = (0..per_get + 2).collect();
+        wanted.insert(per_get + 5);
+        let chunks: Chunks = [(7, wanted)].into();
         let fetches = plan(&state, &chunks);
         let runs: Vec<Range<u64>> = fetches.iter().map(|f| f.chunks.clone()).collect();
-        assert_eq!(runs, [0..4, 4..6, 9..10]);
+        let expected = [0..per_get, per_get..per_get + 2, per_get + 5..per_get + 6];
+        assert_eq!(runs, expected);
         assert_eq!(fetches[0].span.end - fetches[0].span.start, GET_BYTES_MAX);
     }
 
     #[test]
+    fn only_a_read_that_goes_on_from_a_recent_one_is_sequential() {
+        let mut state = state_with_segment(16 << 20, &[]);
+        let span = |first: u64, last: u64| ReadRange {
+            segment_id: 7,
+            start: 4096 + first * CHUNK_BYTES,
+            end: 4096 + (last + 1) * CHUNK_BYTES - 8192,
+        };
+        // A table in chunk 0 and a random read; the table again.
+        assert!(sequential_reads(&mut state, &[span(0, 0), span(40, 40)]).is_empty());
+        assert!(sequential_reads(&mut state, &[span(0, 0)]).is_empty());
+        // Reads that go on from the random one: into the next chunk, or
+        // from within its last chunk past it.
+        assert_eq!(
+            sequential_reads(&mut state, &[span(41, 41)]),
+            [span(41, 41)]
+        );
+        assert_eq!(
+            sequential_reads(&mut state, &[span(41, 43)]),
+            [span(41, 43)]
+        );
+    }
+
+    #[test]
     fn a_sequential_reader_gets_the_missing_chunks_after_its_read() {
-        let state = state_with_segment(16 << 20, &[3, 4, 5, 40]);
+        let state = state_with_segment(16 << 20, &[3, 4, 5, 200]);
         let read = ReadRange {
             segment_id: 7,
             start: 4096,

@@ -121,26 +121,32 @@ impl Log {
         }
     }
 
-    /// The whole pages of its segment that `read` touches (its ciphertext
-    /// and its entries of the block table).
-    fn pages_of(&self, read: &PieceRead<'_>) -> ReadRange {
+    /// The whole pages of its segment that `read` needs: its ciphertext's
+    /// and, `with_table`, those of its entries of the block table; apart
+    /// unless they touch (a 4 KiB read inside a large record needs nothing
+    /// of what lies between the record's table and its data).
+    fn pages_of(&self, read: &PieceRead<'_>, with_table: bool) -> Vec<ReadRange> {
         let piece = read.piece;
-        assert_eq!(
-            read.buf.len() as u64,
-            piece.blocks << self.config.block_shift
-        );
-        assert_eq!(
-            read.table.len() as u64,
-            piece.table_format().table_bytes(piece.blocks)
-        );
-        let start = piece.payload_offset.min(piece.table_offset);
-        let end = (piece.payload_offset + read.buf.len() as u64)
-            .max(piece.table_offset + read.table.len() as u64);
-        ReadRange {
+        let pages = |start: u64, len: u64| ReadRange {
             segment_id: piece.segment_id,
             start: start - start % ALIGN as u64,
-            end: align_up(end as usize) as u64,
+            end: align_up((start + len) as usize) as u64,
+        };
+        let payload = pages(piece.payload_offset, read.buf.len() as u64);
+        if !with_table {
+            return vec![payload];
         }
+        let table = pages(piece.table_offset, read.table.len() as u64);
+        if table.end >= payload.start && payload.end >= table.start {
+            let start = table.start.min(payload.start);
+            let end = table.end.max(payload.end);
+            return vec![ReadRange {
+                start,
+                end,
+                ..payload
+            }];
+        }
+        vec![table, payload]
     }
 
     /// Reads each piece's ciphertext into its `buf` and its entries of the
@@ -164,24 +170,47 @@ impl Log {
         let mut bounces: Vec<Bounce> = Vec::new();
         // Per read: its table entries, its ciphertext read in place.
         let mut in_place = vec![(false, false); reads.len()];
-        // Whole pages: what a bounce buffer or the cache may read. Held
-        // until every read completed (see `LogEvents::before_reads`).
-        let ranges: Vec<ReadRange> = reads.iter().map(|read| self.pages_of(read)).collect();
-        let mut _pins = Vec::with_capacity(reads.len());
-        for ((index, read), pin) in reads.iter_mut().enumerate().zip(self.before_reads(&ranges)) {
-            let piece = read.piece;
+        // Table entries from the frame-meta cache where it has them.
+        let cached: Vec<bool> = reads
+            .iter_mut()
+            .map(|read| {
+                let piece = read.piece;
+                assert_eq!(
+                    read.buf.len() as u64,
+                    piece.blocks << self.config.block_shift
+                );
+                assert_eq!(
+                    read.table.len() as u64,
+                    piece.table_format().table_bytes(piece.blocks)
+                );
+                self.meta_cache
+                    .copy_out(piece.segment_id, piece.table_offset, read.table)
+            })
+            .collect();
+        // The pages to read (what a bounce buffer or the cache may read),
+        // held until every read completed (see `LogEvents::before_reads`).
+        let (owners, ranges): (Vec<usize>, Vec<ReadRange>) = reads
+            .iter()
+            .enumerate()
+            .flat_map(|(index, read)| {
+                let pages = self.pages_of(read, !cached[index]);
+                pages.into_iter().map(move |range| (index, range))
+            })
+            .unzip();
+        let mut _pins = Vec::with_capacity(ranges.len());
+        for (owner, pin) in owners.into_iter().zip(self.before_reads(&ranges)) {
             match pin {
                 Ok(pin) => _pins.push(pin),
-                Err(error) => {
-                    results[index] = Err(error);
-                    continue;
-                }
+                Err(error) => results[owner] = Err(error),
             }
+        }
+        for (index, read) in reads.iter_mut().enumerate() {
+            if results[index].is_err() {
+                continue;
+            }
+            let piece = read.piece;
             let direct = piece.file.direct.is_some();
-            let cached = self
-                .meta_cache
-                .copy_out(piece.segment_id, piece.table_offset, read.table);
-            match (cached, direct) {
+            match (cached[index], direct) {
                 (true, _) => {}
                 (false, true) => bounces.push(Bounce::around(
                     index,
