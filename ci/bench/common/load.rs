@@ -50,6 +50,30 @@ impl Workload {
     }
 }
 
+/// 4 KiB random writes at QD32 on one queue: the device and object-store
+/// benchmarks both measure it, under the same key.
+pub const RANDWRITE_QD32: Workload = Workload {
+    key: "randwrite_qd32",
+    label: "4 KiB randwrite QD32",
+    write: true,
+    random: true,
+    block: 4096,
+    qd: 32,
+    queues: 1,
+};
+
+/// 1 MiB sequential writes at QD8 on one queue: the device and object-store
+/// benchmarks both measure it, under the same key.
+pub const SEQWRITE_1M: Workload = Workload {
+    key: "seqwrite_1m",
+    label: "1 MiB seqwrite QD8",
+    write: true,
+    random: false,
+    block: 1 << 20,
+    qd: 8,
+    queues: 1,
+};
+
 /// What one repetition did: requests completed, and over how long.
 pub struct Driven {
     pub done: u64,

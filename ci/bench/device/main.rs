@@ -81,7 +81,7 @@ use std::path::{Path, PathBuf};
 
 use common::args::Args;
 use common::build::Binaries;
-use common::load::Workload;
+use common::load::{RANDWRITE_QD32, SEQWRITE_1M, Workload};
 use common::{Options, USER, which};
 use device_file::DeviceFile;
 use kit::kms::Kms;
@@ -115,15 +115,7 @@ const WORKLOADS: [Workload; 7] = [
         qd: 1,
         queues: 1,
     },
-    Workload {
-        key: "randwrite_qd32",
-        label: "4 KiB randwrite QD32",
-        write: true,
-        random: true,
-        block: 4096,
-        qd: 32,
-        queues: 1,
-    },
+    RANDWRITE_QD32,
     Workload {
         key: "randread_qd1",
         label: "4 KiB randread QD1",
@@ -142,15 +134,7 @@ const WORKLOADS: [Workload; 7] = [
         qd: 32,
         queues: 1,
     },
-    Workload {
-        key: "seqwrite_1m",
-        label: "1 MiB seqwrite QD8",
-        write: true,
-        random: false,
-        block: 1 << 20,
-        qd: 8,
-        queues: 1,
-    },
+    SEQWRITE_1M,
     Workload {
         key: "seqread_1m",
         label: "1 MiB seqread QD8",

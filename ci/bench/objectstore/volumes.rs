@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use lsvblk::objstore::{ObjectKey, ObjectStore};
 
 use super::common::build::Binaries;
-use super::common::load::Workload;
+use super::common::load::{RANDWRITE_QD32, SEQWRITE_1M, Workload};
 use super::common::serve::{client_options, lsvblk_at, serve_options};
 use super::common::{Options, USER, median};
 use super::drive::drive;
@@ -37,26 +37,7 @@ use super::kit::kms::Kms;
 use super::kit::rng::Rng;
 
 /// The write workloads, local volume against store volume.
-pub const WRITES: [Workload; 2] = [
-    Workload {
-        key: "randwrite_qd32",
-        label: "4 KiB randwrite QD32",
-        write: true,
-        random: true,
-        block: 4096,
-        qd: 32,
-        queues: 1,
-    },
-    Workload {
-        key: "seqwrite_1m",
-        label: "1 MiB seqwrite QD8",
-        write: true,
-        random: false,
-        block: 1 << 20,
-        qd: 8,
-        queues: 1,
-    },
-];
+pub const WRITES: [Workload; 2] = [RANDWRITE_QD32, SEQWRITE_1M];
 
 /// The cold-read workloads.
 pub const COLD_READS: [Workload; 2] = [
