@@ -79,6 +79,11 @@ impl Volume {
             });
         }
         let _one = self.lifecycle_lock();
+        // A snapshot's index is signed under a key the snapshot holds: the
+        // current one when it has no block to take a key from. Write the
+        // indexes still pending now, while that is the key the snapshots
+        // were taken under (after the switch, and after a crash, it is not).
+        self.log.materialize_snapshots()?;
         let mut superblock = Superblock::load(&self.dir)?;
         // Every key of this volume's own log but the new one; a rotation
         // that was interrupted keeps its keys in the set.
