@@ -89,7 +89,7 @@ fn build(dir: &Path, io: IoMode) -> (Vec<u8>, Vec<Change>, u64) {
     image[..base.len()].copy_from_slice(&base);
     let flushed_image = image.clone();
     let segment = segment_files(dir).pop().unwrap();
-    let flushed_len = std::fs::metadata(&segment).unwrap().len();
+    let flushed_len = log_end(&segment);
 
     let mut changes = Vec::new();
     let mut change = |offset: u64, new: Vec<u8>, image: &mut Vec<u8>| {
@@ -114,6 +114,25 @@ fn build(dir: &Path, io: IoMode) -> (Vec<u8>, Vec<Change>, u64) {
     change(10 * BLOCK + 512, second, &mut image);
     drop(volume); // crash: no flush, no seal, no checkpoint
     (flushed_image, changes, flushed_len)
+}
+
+/// Where the log written to the open segment at `path` ends: past its last
+/// page that is not all zeros (the file runs on, zeros preallocated for
+/// appends that never came; every frame ends with a page that is not).
+fn log_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+    (last / ALIGN + 1) as u64 * ALIGN as u64
+}
+
+/// Keeps two pages of the zeros preallocated after the log, so that each
+/// of the many copies a test damages stays small.
+fn trim_preallocation(path: &Path) {
+    let keep = log_end(path) + 2 * ALIGN as u64;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    if file.metadata().unwrap().len() > keep {
+        file.set_len(keep).unwrap();
+    }
 }
 
 /// Opens a damaged copy and checks the contract.
@@ -149,7 +168,8 @@ fn truncating_the_tail_at_every_byte(io: IoMode) {
     let original = fast_tempdir();
     let (flushed, changes, flushed_len) = build(original.path(), io);
     let segment = segment_files(original.path()).pop().unwrap();
-    let end = std::fs::metadata(&segment).unwrap().len();
+    let end = log_end(&segment);
+    trim_preallocation(&segment);
     assert!(
         end > flushed_len + 3 * BLOCK,
         "the unflushed records are in the last segment"
@@ -168,6 +188,40 @@ fn truncating_the_tail_at_every_byte(io: IoMode) {
     }
 }
 
+/// A head's segment is preallocated, so a crash leaves zeros after the
+/// log: the reopen takes them for its end (nothing torn, every write that
+/// completed is there) and seals the segment, cut at its seal.
+#[test]
+fn preallocated_space_after_the_log_is_its_end_not_a_torn_tail() {
+    for io in [IoMode::Direct, IoMode::Buffered] {
+        // On the disk the tests run on, where O_DIRECT works.
+        let original = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let (flushed, changes, _) = build(original.path(), io);
+        let segment = segment_files(original.path()).pop().unwrap();
+        let preallocated = std::fs::metadata(&segment).unwrap().len();
+        let end = log_end(&segment);
+        assert!(
+            preallocated >= 8 << 20 && end < preallocated,
+            "{io}: the open segment is preallocated ({preallocated} bytes, log to {end})"
+        );
+        let volume = open(original.path(), 4096);
+        let torn = &volume.recovery_report().torn_tails;
+        assert!(
+            torn.is_empty(),
+            "{io}: zeros taken for a torn tail: {torn:?}"
+        );
+        let mut image = flushed.clone();
+        for change in &changes {
+            image[change.offset as usize..][..change.new.len()].copy_from_slice(&change.new);
+        }
+        let mut all = vec![0u8; VOLUME_BYTES as usize];
+        volume.read(0, &mut all).unwrap();
+        assert!(all == image, "{io}: a completed write is missing");
+        let sealed = std::fs::metadata(&segment).unwrap().len();
+        assert_eq!(sealed, end + ALIGN as u64, "{io}: cut after its seal frame");
+    }
+}
+
 #[test]
 fn flipping_a_bit_in_the_tail_keeps_the_contract() {
     for io in [IoMode::Direct, IoMode::Buffered] {
@@ -179,9 +233,10 @@ fn flipping_a_bit_in_the_tail(io: IoMode) {
     let original = fast_tempdir();
     let (flushed, changes, flushed_len) = build(original.path(), io);
     let segment = segment_files(original.path()).pop().unwrap();
+    trim_preallocation(&segment);
     let bytes = std::fs::read(&segment).unwrap();
     let name = segment.file_name().unwrap().to_owned();
-    for at in flushed_len..bytes.len() as u64 {
+    for at in flushed_len..log_end(&segment) {
         let (copy, file) = copy_with_segment(original.path(), &name);
         file.write_all_at(&[bytes[at as usize] ^ (1 << (at % 8))], at)
             .unwrap();

@@ -1,5 +1,5 @@
-//! Thin, checked wrappers over the syscalls the standard library lacks,
-//! and how segment files are written (`direct`).
+//! Thin, checked wrappers over the syscalls the standard library lacks
+//! (`pwritev`, `fallocate`), and how segment files are written (`direct`).
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -46,6 +46,33 @@ pub fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io::Result
         }
     }
     Ok(())
+}
+
+/// Allocates the first `len` bytes of `file` on disk and makes it at least
+/// that long (`fallocate` mode 0: what was not there reads as zeros).
+///
+/// A log head's segment is preallocated when it is created so that its
+/// appends are writes inside the file, not past its end: on ext4 an
+/// `O_DIRECT` write past the end of a file takes the inode lock
+/// exclusively and completes synchronously, so a head's writes would go
+/// to the device one at a time; inside the file they are in flight
+/// together. Fails where the filesystem cannot preallocate (the caller
+/// goes on without).
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length past off_t"))?;
+    loop {
+        // SAFETY: fallocate only reads its integer arguments; the descriptor
+        // is open for as long as `file` lives.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 fn pwritev(file: &File, slices: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {

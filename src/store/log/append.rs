@@ -24,7 +24,10 @@ use std::sync::atomic::Ordering;
 
 use super::super::StoreError;
 use super::super::checkpoint::HeadPosition;
-use super::super::io::direct::{self, IoMode};
+use super::super::io::{
+    self,
+    direct::{self, IoMode},
+};
 use super::super::macs::signing_key;
 use super::super::record::{RecordHeader, RecordKind};
 use super::super::segment::{self, SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
@@ -315,6 +318,11 @@ impl Log {
         };
         let file =
             segment::create_segment(&self.segments_dir, id, &self.config.volume_id, &fields)?;
+        // Appends then write inside the file (see `io::preallocate`); the
+        // seal cuts what the head did not use. Without it they still work.
+        if let Err(error) = io::preallocate(&file, self.config.segment_bytes) {
+            tracing::debug!(segment_id = id, %error, "segment not preallocated");
+        }
         // The directory entry becomes durable at the next flush.
         self.dir_dirty.store(true, Ordering::SeqCst);
         let direct = match self.io_mode() {

@@ -185,6 +185,7 @@ impl Steps {
 impl Log {
     /// Live bytes per segment (from the index), file sizes and pins.
     pub fn space(&self) -> Result<SpaceReport, StoreError> {
+        let ends = self.unsealed_ends();
         let live = self.live_bytes_by_segment();
         let pinned = self.pinned_segments();
         let files: Vec<(u64, Arc<SegmentFile>)> = self
@@ -201,6 +202,9 @@ impl Log {
                 .metadata()
                 .map_err(|e| StoreError::io(&path, e))?
                 .len();
+            // An unsealed segment's file runs past its log by what was
+            // preallocated for it (`io::preallocate`): count the log.
+            let file_bytes = ends.get(&id).map_or(file_bytes, |end| file_bytes.min(*end));
             let live_bytes = live.get(&id).copied().unwrap_or(0);
             report.live_bytes += live_bytes;
             report.file_bytes += file_bytes;
@@ -212,6 +216,22 @@ impl Log {
             });
         }
         Ok(report)
+    }
+
+    /// Where the log of each segment not yet sealed ends: the heads'
+    /// open segments and those waiting for a flush to seal them.
+    fn unsealed_ends(&self) -> BTreeMap<u64, u64> {
+        let mut ends: BTreeMap<u64, u64> = self
+            .pending
+            .lock_or_recover()
+            .iter()
+            .map(|p| (p.id, p.end))
+            .collect();
+        let state = self.read_state();
+        for head in state.head_positions.iter().flatten() {
+            ends.insert(head.segment_id, head.offset);
+        }
+        ends
     }
 
     pub(super) fn live_bytes_by_segment(&self) -> BTreeMap<u64, u64> {

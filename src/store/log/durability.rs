@@ -88,11 +88,13 @@ impl Log {
                     mac,
                 };
                 let meta = build_meta(segment.id, segment.end, self.config.block_shift, &[record]);
+                let end = segment.end + meta.layout.frame_bytes as u64;
                 pwritev_all(
                     segment.file.frame_writer(),
                     &[meta.meta.padded()],
                     segment.end,
                 )
+                .and_then(|()| cut_after(&segment.file.file, end))
             }
         };
         written
@@ -244,4 +246,14 @@ impl Log {
             }
         }
     }
+}
+
+/// Cuts `file` at `end` if it is longer: a sealed segment ends with its
+/// seal, and the space preallocated past it (`io::preallocate`) goes back
+/// to the filesystem before the segment is synced and announced.
+fn cut_after(file: &fs::File, end: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > end {
+        file.set_len(end)?;
+    }
+    Ok(())
 }

@@ -76,8 +76,14 @@ pub(super) fn scan(segment: Scanned<'_>, start: u64) -> Result<ScanOutcome, Stor
             }
             Err(FrameError::Io(e)) => return Err(io_error(e)),
             Err(FrameError::Invalid(reason)) => {
-                stopped = Some((offset, reason));
-                seal = seal_after(file, segment_id, offset, file_bytes).map_err(io_error)?;
+                let after = seal_after(file, segment_id, offset, file_bytes).map_err(io_error)?;
+                seal = after.seal;
+                // Nothing but zeros from here on is space preallocated for
+                // appends that never came (`io::preallocate`): the log ends
+                // here, nothing was torn.
+                if seal.is_some() || !after.unwritten {
+                    stopped = Some((offset, reason));
+                }
                 break;
             }
         }
@@ -224,22 +230,50 @@ pub fn read_seal(file: &File, segment_id: u64, offset: u64) -> io::Result<Option
     }
 }
 
+/// What follows an invalid frame ([`seal_after`]).
+struct AfterInvalid {
+    /// A valid seal frame of this segment, if there is one.
+    seal: Option<SealFound>,
+    /// True when every 4 KiB page from the invalid frame on starts with a
+    /// frame header's worth of zeros: preallocated space nothing was
+    /// written to (a frame always starts with a non-zero header, a payload
+    /// page with ciphertext).
+    unwritten: bool,
+}
+
 /// A valid seal frame of this segment somewhere after the invalid frame at
-/// `invalid`, if there is one.
+/// `invalid`, if there is one, and whether the pages there are unwritten.
 fn seal_after(
     file: &File,
     segment_id: u64,
     invalid: u64,
     file_bytes: u64,
-) -> io::Result<Option<SealFound>> {
+) -> io::Result<AfterInvalid> {
+    let mut unwritten = page_starts_zero(file, invalid)?;
     let mut offset = invalid + ALIGN as u64;
     while offset + ALIGN as u64 <= file_bytes {
-        if let Some(found) = read_seal(file, segment_id, offset)? {
-            return Ok(Some(found));
+        if !page_starts_zero(file, offset)? {
+            unwritten = false;
+            if let Some(found) = read_seal(file, segment_id, offset)? {
+                return Ok(AfterInvalid {
+                    seal: Some(found),
+                    unwritten,
+                });
+            }
         }
         offset += ALIGN as u64;
     }
-    Ok(None)
+    Ok(AfterInvalid {
+        seal: None,
+        unwritten,
+    })
+}
+
+/// True when the frame header's bytes at `offset` are all zero (or the
+/// file ends first).
+fn page_starts_zero(file: &File, offset: u64) -> io::Result<bool> {
+    let mut first = [0u8; FRAME_HEADER_BYTES];
+    Ok(!read_exact_or_eof(file, &mut first, offset)? || first.iter().all(|&b| b == 0))
 }
 
 /// The headers of the records of a segment, up to its seal or the first
