@@ -27,8 +27,13 @@ pub const ALIGN: usize = 4096;
 pub const POOLED_BYTES_MAX: usize = 1 << 20;
 /// Size classes: 4 KiB, 8 KiB, ... [`POOLED_BYTES_MAX`].
 const CLASSES: usize = (POOLED_BYTES_MAX / ALIGN).trailing_zeros() as usize + 1;
-/// Free bytes each size class may keep (at least one buffer).
-const CLASS_FREE_BYTES_MAX: usize = 4 << 20;
+/// Free bytes each size class may keep (at least one buffer): a queue's
+/// whole write batch of one request size, so that the next batch's shadow
+/// buffers all come back from the pool. Memory fresh from the allocator
+/// costs a page fault and a zeroing per 4 KiB on first touch (with 4 MiB
+/// here, half of each batch of eight 1 MiB writes did); the pool keeps no
+/// more than was once in use at once.
+const CLASS_FREE_BYTES_MAX: usize = crate::limits::WRITE_BATCH_BYTES_MAX as usize;
 
 /// One aligned block of the buffer's storage.
 #[derive(Clone, Copy)]
