@@ -42,6 +42,14 @@ while [ "$r" -le "$rounds" ]; do
   if [ "$cached" != 0 ]; then
     sync
     echo 3 >/proc/sys/vm/drop_caches
+    # Guest RAM keeps changing until the check (a tmpfs file rewritten): a
+    # QEMU that switches over as soon as nothing is left to copy (10 does)
+    # must wait for the host's go instead, after the read below.
+    rm -f /tmp/cached-done
+    (while [ ! -e /tmp/cached-done ]; do
+      dd if=/dev/zero of=/tmp/cached-dirty bs=64k count=16 2>/dev/null
+    done) &
+    dirtier=$!
     # The host starts a migration on this line; the read comes once its
     # first copy of the RAM is under way.
     echo "lsvblk-loop: round $r: page cache read in 1 s"
@@ -55,6 +63,8 @@ while [ "$r" -le "$rounds" ]; do
       --offset="$LOOP_OFF" --size="$LOOP_SIZE" --randseed="$r" \
       --verify=pattern --verify_pattern="\"$tag\"%o" --verify_only ||
       fail "round $r: the page cache copy changed: $(grep -m1 -iE 'verify|error' "$FIO_LOG")"
+    touch /tmp/cached-done
+    wait "$dirtier"
   fi
   echo "lsvblk-loop: round $r/$rounds ok"
   [ "$gap" = 0 ] || sleep "$gap"
