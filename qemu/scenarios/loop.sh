@@ -10,10 +10,11 @@
 # each round the console shows "lsvblk-loop: round K/N ok", which the host
 # waits for. With lsvblk.gap=S the guest then idles S seconds (no I/O) before
 # the next round. With lsvblk.cached=S each round then also reads the region
-# into the page cache (buffered: the device writes the data into page cache
-# pages), waits S seconds and checks the cached copy without touching the
-# disk: a live migration in between must carry those pages over (the
-# backend's dirty-page log), or the check finds an older round's data. At the
+# into the page cache S seconds after announcing it (buffered: the device
+# writes the data into page cache pages), waits S seconds and checks the
+# cached copy without touching the disk: a live migration in between must
+# carry those pages over (the backend's dirty-page log), or the check finds
+# an older round's data. At the
 # end the kernel log must show no I/O error.
 # shellcheck source=SCRIPTDIR/../guest/e2e-lib.sh
 . /lib/lsvblk-e2e.sh
@@ -50,10 +51,12 @@ while [ "$r" -le "$rounds" ]; do
       dd if=/dev/zero of=/tmp/cached-dirty bs=64k count=16 2>/dev/null
     done) &
     dirtier=$!
-    # The host starts a migration on this line; the read comes once its
-    # first copy of the RAM is under way.
-    echo "lsvblk-loop: round $r: page cache read in 1 s"
-    sleep 1
+    # The host starts a migration on this line; the read comes S seconds
+    # later, while QEMU's first pass over the RAM is under way: pages that
+    # pass sent before the read filled them go again only through the
+    # backend's dirty log.
+    echo "lsvblk-loop: round $r: page cache read in $cached s"
+    sleep "$cached"
     dd if="$DISK" of=/dev/null bs=1M skip=$((LOOP_OFF / MIB)) count=$((LOOP_SIZE / MIB)) 2>/dev/null ||
       fail "round $r: buffered read failed"
     echo "lsvblk-loop: round $r: page cache filled"
