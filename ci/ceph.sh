@@ -12,6 +12,8 @@
 #   ci/ceph.sh env         the S3 settings as `export ...` lines (eval "$(ci/ceph.sh env)")
 #   ci/ceph.sh osd-kill N  kill -9 OSD N (0..2)       ci/ceph.sh osd-start N
 #   ci/ceph.sh rgw-stop    stop radosgw               ci/ceph.sh rgw-start
+#   ci/ceph.sh key-add ACCESS SECRET   give the S3 user another key pair
+#   ci/ceph.sh key-rm ACCESS           revoke it (requests signed with it: 403)
 #   ci/ceph.sh use CMD...  up, run CMD, then down unless someone else still uses
 #                          the cluster or it was started by a plain `up`
 #
@@ -408,6 +410,21 @@ cmd_rgw_start() {
   log "radosgw up"
 }
 
+# A key pair of the S3 user that a test can revoke under a running daemon
+# (the user's own keys stay, so other tests go on).
+cmd_key_add() {
+  [ $# -eq 2 ] || die "usage: ci/ceph.sh key-add ACCESS SECRET"
+  radosgw-admin -c "$CONF" key create --uid lsvblk --key-type s3 \
+    --access-key "$1" --secret-key "$2" >/dev/null
+  log "S3 key $1 added"
+}
+
+cmd_key_rm() {
+  [ $# -eq 1 ] || die "usage: ci/ceph.sh key-rm ACCESS"
+  radosgw-admin -c "$CONF" key rm --uid lsvblk --key-type s3 --access-key "$1" >/dev/null
+  log "S3 key $1 revoked"
+}
+
 # use CMD...: the cluster for the length of CMD (ci/test.sh, the benchmark).
 # Takes it down afterwards (also when CMD fails or we are interrupted) only
 # if a `use` started it and no other `use` still runs. CMD sees
@@ -475,6 +492,8 @@ case "$command" in
   osd-start) with_lock cmd_osd_start "$@" ;;
   rgw-stop) with_lock cmd_rgw_stop ;;
   rgw-start) with_lock cmd_rgw_start ;;
+  key-add) cmd_key_add "$@" ;;
+  key-rm) cmd_key_rm "$@" ;;
   use) cmd_use "$@" ;;
   -h | --help | help) usage ;;
   *) log "unknown command: $command"; usage ;;

@@ -60,6 +60,19 @@ pub enum RemoteError {
         /// The epoch that took over.
         by: u64,
     },
+    /// The store refuses the volume's uploads (credentials refused or
+    /// revoked, the bucket gone): a wait for the store fails at once rather
+    /// than until its deadline.
+    #[error(
+        "the object store has refused the volume's uploads for {for_s:.0} s ({error}); \
+         restore its credentials or bucket: uploads are retried every 10 s"
+    )]
+    Refused {
+        /// The store's last answer.
+        error: String,
+        /// Seconds since the first refusal.
+        for_s: f64,
+    },
     /// The local directory and the store went separate ways.
     #[error(
         "{} last held epoch {local} but the object store is at epoch {store}: another host \

@@ -44,4 +44,4 @@ pub use flush::{FlushMode, RemoteFlush, Ticker, UploadLag};
 pub use layout::{ObjectKind, StoredObject};
 pub use lease::{Holder, Leases, release};
 pub use resolve::{Resolution, resolve};
-pub use uploader::{UploadStatus, Uploader};
+pub use uploader::{Refusal, UploadStatus, Uploader};

@@ -1,6 +1,8 @@
 //! The uploader: background threads that copy each sealed segment, then
 //! each checkpoint (once every segment it needs is up) and the metadata, to
-//! the object store, retrying with backoff until they succeed.
+//! the object store, retrying until they succeed: with backoff while the
+//! store fails, and reporting it while the store refuses them
+//! (`failures.rs`).
 //!
 //! It hears of seals and checkpoints through the log's [`LogEvents`] and
 //! reads the files by path; it never changes the local volume, and it keeps
@@ -20,7 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 mod events;
+mod failures;
 mod garbage;
+
+pub use failures::Refusal;
 
 use super::cache::{CacheStatus, SegmentCache};
 use super::collect::StoredObjects;
@@ -31,12 +36,8 @@ use crate::objstore::ObjectStore;
 use crate::store::{Log, LogEvents, WrittenCheckpoint};
 use crate::sync::LockOrRecover;
 
-/// First wait after a failed upload; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// Checkpoints kept waiting for their segments; older ones are dropped.
 const CHECKPOINTS_PENDING_MAX: usize = 16;
-/// Longest wait between two attempts of one upload.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What the uploader has done and has left, for `lsvblk status`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -58,6 +59,10 @@ pub struct UploadStatus {
     pub checkpoint_segment_next: Option<u64>,
     /// The last failure, while uploads are failing.
     pub last_error: Option<String>,
+    /// While the store refuses uploads (credentials revoked, bucket gone):
+    /// what it answers, and since when. FLUSHes that wait for the store
+    /// fail meanwhile.
+    pub refused: Option<Refusal>,
     /// The epoch that took the volume over from us, if one did.
     pub fenced_by: Option<u64>,
     /// Objects deleted because nothing needs them any more.
@@ -103,6 +108,8 @@ struct State {
     /// collected for upload.
     meta_fingerprint: Option<u64>,
     status: UploadStatus,
+    /// The run of failed uploads going on, if any.
+    failing: Option<failures::Failing>,
     /// When older epochs' folders were last swept for objects the
     /// volume does not hold.
     last_orphan_sweep: Option<Instant>,
@@ -239,6 +246,7 @@ impl Uploader {
         status.backlog_bytes = state.backlog_bytes();
         status.uploaded_segments = state.uploaded.len();
         status.metadata_pending = state.meta_fingerprint != fingerprint;
+        status.refused = state.failing.as_ref().and_then(failures::Failing::refusal);
         drop(state);
         status.cache = self.shared.cache.as_ref().map(|c| c.status());
         status
@@ -417,6 +425,7 @@ impl Shared {
         deadline: Instant,
         what: &str,
     ) -> Result<MutexGuard<'a, State>> {
+        failures::check_refused(&state)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let reason = state.status.last_error.clone().unwrap_or_default();
@@ -433,21 +442,10 @@ impl Shared {
 
     fn work(&self) {
         while let Some(job) = self.next_job() {
-            let mut backoff = BACKOFF_FIRST;
-            loop {
-                match self.run(&job) {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "upload failed; retrying");
-                        let mut state = self.lock();
-                        state.status.last_error = Some(error.to_string());
-                        if state.status.fenced_by.is_some() || state.stopped {
-                            return;
-                        }
-                        drop(state);
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
+            let mut backoff = failures::BACKOFF_FIRST;
+            while let Err(error) = self.run(&job) {
+                if !self.failed(&error, &mut backoff) {
+                    return;
                 }
             }
             self.done(&job);
@@ -490,7 +488,7 @@ impl Shared {
                 state.checkpoints.retain(|(o, ..)| o > order);
             }
         }
-        state.status.last_error = None;
+        failures::succeeded(&mut state);
         self.changed.notify_all();
     }
 

@@ -23,7 +23,10 @@
 //! - [`dir_store`]: the host-loss story with the volume kept in a
 //!   directory (`--store file:///DIR`) instead of the cluster;
 //! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or
-//!   altered object, another volume's object: each a clear error.
+//!   altered object, another volume's object: each a clear error;
+//! - [`refused`]: the daemon's access key revoked while it serves (remote
+//!   FLUSHes fail at once, the refusal reported), then restored (uploads
+//!   resume, nothing lost).
 //!
 //! About 2 minutes; the fault tests hold the cluster's fault lock.
 
@@ -39,6 +42,10 @@ mod faults;
 mod handoff;
 mod keys;
 mod lifecycle;
+mod refused;
+#[allow(dead_code)] // the operating tests' scraper; not all of it is used here
+#[path = "../operating/scrape.rs"]
+mod scrape;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lsvblk::kms::client::KmsClient;
 use lsvblk::service::ServedVolume;
-use lsvblk::volume::Volume;
+use lsvblk::volume::{Volume, VolumeError};
 use serde_json::Value;
 
 use crate::admin::{control_error, service_error};
@@ -54,7 +54,17 @@ impl Daemon {
     /// The upkeep's status (what `lsvblk status` shows of it), for the
     /// metrics; `None` if it cannot be read now.
     pub fn upkeep_status(&self) -> Option<Value> {
-        self.served.status().ok()
+        self.status().ok()
+    }
+
+    /// `served`'s status, with the uploader's for a volume kept in an
+    /// object store.
+    fn status(&self) -> Result<Value, VolumeError> {
+        let mut status = self.served.status()?;
+        if let (Some(uploader), Some(fields)) = (self.uploader.get(), status.as_object_mut()) {
+            fields.insert("upload".to_string(), serde_json::json!(uploader.status()));
+        }
+        Ok(status)
     }
 
     /// Runs the background upkeep until [`Daemon::stop`] (see
@@ -120,15 +130,7 @@ impl ControlHandler for Daemon {
                 .scrub(&mut |done, total| progress(crate::scrub::scrub_progress(done, total)))
                 .map(|report| crate::scrub::report_json(&report))
                 .map_err(control_error),
-            ControlRequest::Status => {
-                let mut status = served.status().map_err(control_error)?;
-                if let (Some(uploader), Some(fields)) =
-                    (self.uploader.get(), status.as_object_mut())
-                {
-                    fields.insert("upload".to_string(), serde_json::json!(uploader.status()));
-                }
-                Ok(status)
-            }
+            ControlRequest::Status => self.status().map_err(control_error),
             // The serving loop hands the volume over (`services`), not this.
             ControlRequest::HandOver => Err(ControlError::new(
                 ControlError::BAD_REQUEST,

@@ -9,7 +9,8 @@
 //! short-lived connection at a time. Collectors, one per source:
 //!
 //! - [`DeviceCollector`]: the vhost-user device's queues and the log;
-//! - [`UpkeepCollector`]: compaction, keys, rotation, lsvkms calls;
+//! - [`UpkeepCollector`]: compaction, keys, rotation, lsvkms calls, and
+//!   the uploads of a volume kept in an object store;
 //! - [`KmsCollector`]: lsvkms's requests, refusals and audit log.
 
 mod device;
@@ -17,6 +18,7 @@ mod encode;
 pub mod histogram;
 mod kms;
 mod upkeep;
+mod upload;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};

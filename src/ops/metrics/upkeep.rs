@@ -1,5 +1,6 @@
 //! The metrics of a served volume's upkeep: compaction, keys and rotation,
-//! and the daemon's calls to lsvkms. Read at scrape time from the same
+//! the uploads to an object store (`upload.rs`), and the daemon's calls to
+//! lsvkms. Read at scrape time from the same
 //! status `lsvblk status` shows ([`crate::service::ServedVolume::status`]),
 //! so the two never disagree, and from the client's call record
 //! ([`crate::kms::calls`]).
@@ -42,6 +43,7 @@ impl Collector for UpkeepCollector {
             return Ok(());
         };
         encode_compaction(&mut encoder, &status["compaction"])?;
+        super::upload::encode_upload(&mut encoder, &status["upload"])?;
         encode_keys(&mut encoder, &status["keys"])
     }
 }
