@@ -13,7 +13,16 @@ CACHE=${LSVBLK_QEMU_CACHE:-$QEMU_DIR/.cache}
 
 # Private QEMU root (qemu-system-x86 unpacked, never installed: installing it
 # would remove qemu-utils 10 / qemu-storage-daemon, see README).
-QEMU_ROOT=$CACHE/qemu-root
+# LSVBLK_QEMU picks the QEMU: 7.2 (Debian 12's, the default) or 10 (Debian 12's
+# backports, the same release as the qemu-storage-daemon here). Live migrations
+# with requests in flight need 10: 7.2's TCG loses guest stores during a
+# migration (README.md, "Live migration under TCG").
+QEMU_SERIES=${LSVBLK_QEMU:-7.2}
+case $QEMU_SERIES in
+  7.2) QEMU_ROOT=$CACHE/qemu-root ;;
+  10) QEMU_ROOT=$CACHE/qemu10-root ;;
+  *) printf 'LSVBLK_QEMU must be 7.2 or 10, not %s\n' "$QEMU_SERIES" >&2; exit 2 ;;
+esac
 QEMU_BIN=$QEMU_ROOT/usr/bin/qemu-system-x86_64
 QEMU_MODDIR=$QEMU_ROOT/usr/lib/x86_64-linux-gnu/qemu
 

@@ -3,7 +3,10 @@
 #   * a private QEMU root: qemu-system-x86 (+ -common, -data, seabios, ipxe-qemu)
 #     downloaded and unpacked with dpkg-deb -x, NOT installed (installing Debian 12's
 #     qemu-system-x86 7.2 removes qemu-utils 10 and with it qemu-storage-daemon);
-#     only its shared-library dependencies are apt-get installed on the host;
+#     only its shared-library dependencies are apt-get installed on the host.
+#     With LSVBLK_QEMU=10, qemu-system-x86 10 from bookworm-backports (read
+#     through a private apt list, the system's sources untouched) in its own
+#     root, with bookworm's seabios and ipxe-qemu;
 #   * the newest Debian 6.1 kernel (linux-image-6.1.0-N-amd64): vmlinuz + the
 #     virtio / loop / ext4 modules the guest insmods;
 #   * a static busybox (busybox-static);
@@ -11,6 +14,7 @@
 #     so it runs inside the initramfs.
 #
 # Usage: qemu/fetch.sh            (idempotent; a second run only re-checks)
+#        LSVBLK_QEMU=10 qemu/fetch.sh   (QEMU 10 instead of 7.2, see common.sh)
 #        LSVBLK_QEMU_REFRESH=1 qemu/fetch.sh   (re-download everything, e.g. to
 #                                               pick up a newer kernel ABI)
 # Needs: Debian 12 (bookworm) apt sources, root for apt-get install of the QEMU
@@ -68,15 +72,37 @@ cached() { [ "$REFRESH" != 1 ] && [ -s "$1" ]; }
 fetched=()   # what this run downloaded
 reused=()    # what was already cached
 
+# bookworm-backports through a private apt list (system sources untouched), from
+# the same mirror as the system's bookworm: `download_backports PKG...` into $DEBS.
+download_backports() {
+  local dir=$CACHE/apt-backports uri opts
+  uri=$(apt-cache policy | awk '$3 == "bookworm/main" { print $2; exit }')
+  [ -n "$uri" ] || { apt_update_once; uri=$(apt-cache policy | awk '$3 == "bookworm/main" { print $2; exit }'); }
+  [ -n "$uri" ] || die "no bookworm/main apt source to take the backports mirror from"
+  mkdir -p "$dir/lists/partial"
+  echo "deb $uri bookworm-backports main" >"$dir/sources.list"
+  opts=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$dir/lists")
+  log "apt-get update (bookworm-backports, private list)"
+  apt-get "${APT_OPTS[@]}" "${opts[@]}" update -qq
+  (cd "$DEBS" && apt-get "${APT_OPTS[@]}" "${opts[@]}" download -qq "$@" >/dev/null)
+}
+
 # --------------------------------------------------------------------------- QEMU
 QEMU_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 QEMU_STAMP=$QEMU_ROOT/.lsvblk-fetched
 if cached "$QEMU_STAMP" && [ -x "$QEMU_BIN" ]; then
   reused+=("qemu: $(head -n1 "$QEMU_STAMP")")
 else
-  log "downloading ${QEMU_PKGS[*]}"
+  log "downloading ${QEMU_PKGS[*]} (QEMU $QEMU_SERIES)"
   rm -f "$DEBS"/qemu-system-*.deb "$DEBS"/seabios_*.deb "$DEBS"/ipxe-qemu_*.deb
-  download "${QEMU_PKGS[@]}"
+  if [ "$QEMU_SERIES" = 10 ]; then
+    # 10's package asks for seabios > 1.16.3 (not in bookworm); bookworm's 1.16.2
+    # boots the guests here.
+    download_backports qemu-system-x86 qemu-system-common qemu-system-data
+    download seabios ipxe-qemu
+  else
+    download "${QEMU_PKGS[@]}"
+  fi
   rm -rf "$QEMU_ROOT"
   mkdir -p "$QEMU_ROOT"
   : >"$TMP/stamp"
@@ -90,8 +116,10 @@ else
 fi
 
 # Host libraries for the QEMU binary and its TCG accelerator module. Checked on
-# every run: the cache may have been restored onto a fresh machine.
-QEMU_NEEDED=("$QEMU_BIN" "$QEMU_MODDIR/accel-tcg-x86_64.so")
+# every run: the cache may have been restored onto a fresh machine. TCG is a
+# module in 7.2, built into 10's binary.
+QEMU_NEEDED=("$QEMU_BIN")
+[ "$QEMU_SERIES" = 10 ] || QEMU_NEEDED+=("$QEMU_MODDIR/accel-tcg-x86_64.so")
 if [ -n "$(missing_libs "${QEMU_NEEDED[@]}")" ]; then
   log "QEMU needs: $(missing_libs "${QEMU_NEEDED[@]}" | tr '\n' ' ')"
   # Library dependencies declared by qemu-system-x86 (first alternative of each).

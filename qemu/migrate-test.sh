@@ -20,10 +20,12 @@
 #   --idle-switch S    the guest idles S seconds after each round and each
 #                      migration starts at a round's end: no I/O in flight
 #   --cached-reads S   each round also reads the loop region into the guest's
-#                      page cache and checks the cached copy S seconds later;
-#                      each migration starts just before such a read and
-#                      switches over only after it (the destination must get
-#                      the pages the backend wrote meanwhile: its dirty log)
+#                      page cache S seconds after announcing it and checks the
+#                      cached copy S seconds later; each migration starts on
+#                      the announcement and copies slowly until the read ended
+#                      (QEMU 10 may switch over after its first pass anyway;
+#                      the destination must get the pages the backend wrote
+#                      meanwhile: its dirty log)
 #   --boot-timeout S   limit for the whole guest run (default 600)
 #   --progress-timeout S  guest progress needed within S seconds (default 120)
 #   --summary FILE     append one result line (key=value) to FILE

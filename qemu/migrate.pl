@@ -6,14 +6,16 @@
 #   SOURCE_QMP, DESTINATION_QMP  the QMP sockets (run-vm.sh --qmp)
 #   URI                          where the destination listens (unix:PATH)
 #   --converge-after FILE REGEX  keep copying RAM while the guest runs (no
-#                                switch-over: downtime limit 0) until FILE
-#                                has one more line matching REGEX than at the
-#                                start, then let the migration finish (300 ms)
+#                                switch-over: 64 MiB/s and a 1 ms downtime
+#                                limit) until FILE has one more line matching
+#                                REGEX than at the start, then let the
+#                                migration finish (1 GiB/s, 300 ms)
 # Sets the bandwidth limit to 1 GiB/s (QEMU's default, 32 MiB/s, is meant for
 # networks, not one host), migrates, waits for the source to report
 # "completed" and the destination to resume the guest, then quits the source
 # QEMU. Prints one line of key=value:
 #   status, total_ms and qemu_downtime_ms (QEMU's own figures), ram_mib,
+#   first_pass_ms (--converge-after: when QEMU's first pass over the RAM ended),
 #   stop_at and resume_at (the source's STOP and the destination's RESUME
 #   events, seconds since the epoch with microseconds: the guest's pause as
 #   the two QEMUs saw it).
@@ -111,9 +113,19 @@ sub hold_lines {
 my $src = connect_qmp('src', $src_path);
 my $dst = connect_qmp('dst', $dst_path);
 my $held = defined $hold_file ? hold_lines() : undef;
-command($src, 'migrate-set-parameters', { 'max-bandwidth' => 1 << 30, 'downtime-limit' => defined $held ? 0 : 300 });
+# Holding: QEMU (10 here) switches over as soon as what it has left to send
+# fits in bandwidth x downtime limit, even with a limit of 0 once a pass has
+# sent everything it knew of, and on a local socket its bandwidth is gigabytes
+# per second: a guest dirtying a few MiB is done in one go. So the hold copies
+# at 64 MiB/s (the first pass over the RAM takes seconds) with a 1 ms limit
+# (64 KiB left): whatever the guest dirties is more, and QEMU goes on copying.
+command($src, 'migrate-set-parameters', defined $held
+  ? { 'max-bandwidth' => 64 << 20, 'downtime-limit' => 1 }
+  : { 'max-bandwidth' => 1 << 30, 'downtime-limit' => 300 });
 command($src, 'migrate', { uri => $uri });
 
+my $started = time;
+my $first_pass_ms = '-';    # --converge-after: when QEMU's first pass over the RAM ended
 my $deadline = time + $timeout;
 my $info;
 while (1) {
@@ -121,8 +133,11 @@ while (1) {
   my $status = $info->{status} // 'none';
   last if $status eq 'completed' || $status eq 'failed' || $status eq 'cancelled';
   die "migration still '$status' after ${timeout}s\n" if time > $deadline;
+  if (defined $held && $first_pass_ms eq '-' && ($info->{ram}{'dirty-sync-count'} // 0) >= 2) {
+    $first_pass_ms = int((time - $started) * 1000);
+  }
   if (defined $held && hold_lines() > $held) {
-    command($src, 'migrate-set-parameters', { 'downtime-limit' => 300 });
+    command($src, 'migrate-set-parameters', { 'max-bandwidth' => 1 << 30, 'downtime-limit' => 300 });
     $held = undef;
   }
   drain_events($dst, 0.05);
@@ -145,9 +160,10 @@ my %line = (
   total_ms => $info->{'total-time'} // '-',
   qemu_downtime_ms => $info->{downtime} // '-',
   ram_mib => int(($info->{ram}{transferred} // 0) / 1048576),
+  first_pass_ms => $first_pass_ms,
   stop_at => $events{'src STOP'} // '-',
   resume_at => $events{'dst RESUME'} // '-',
   resumed => $resumed ? 'yes' : 'no',
 );
-print join(' ', map { "$_=$line{$_}" } qw(status total_ms qemu_downtime_ms ram_mib stop_at resume_at resumed)), "\n";
+print join(' ', map { "$_=$line{$_}" } qw(status total_ms qemu_downtime_ms ram_mib first_pass_ms stop_at resume_at resumed)), "\n";
 exit($status eq 'completed' && $resumed ? 0 : 1);

@@ -10,10 +10,11 @@
 # each round the console shows "lsvblk-loop: round K/N ok", which the host
 # waits for. With lsvblk.gap=S the guest then idles S seconds (no I/O) before
 # the next round. With lsvblk.cached=S each round then also reads the region
-# into the page cache (buffered: the device writes the data into page cache
-# pages), waits S seconds and checks the cached copy without touching the
-# disk: a live migration in between must carry those pages over (the
-# backend's dirty-page log), or the check finds an older round's data. At the
+# into the page cache S seconds after announcing it (buffered: the device
+# writes the data into page cache pages), waits S seconds and checks the
+# cached copy without touching the disk: a live migration in between must
+# carry those pages over (the backend's dirty-page log), or the check finds
+# an older round's data. At the
 # end the kernel log must show no I/O error.
 # shellcheck source=SCRIPTDIR/../guest/e2e-lib.sh
 . /lib/lsvblk-e2e.sh
@@ -42,10 +43,20 @@ while [ "$r" -le "$rounds" ]; do
   if [ "$cached" != 0 ]; then
     sync
     echo 3 >/proc/sys/vm/drop_caches
-    # The host starts a migration on this line; the read comes once its
-    # first copy of the RAM is under way.
-    echo "lsvblk-loop: round $r: page cache read in 1 s"
-    sleep 1
+    # Guest RAM keeps changing until the check (a tmpfs file rewritten): a
+    # QEMU that switches over as soon as nothing is left to copy (10 does)
+    # must wait for the host's go instead, after the read below.
+    rm -f /tmp/cached-done
+    (while [ ! -e /tmp/cached-done ]; do
+      dd if=/dev/zero of=/tmp/cached-dirty bs=64k count=16 2>/dev/null
+    done) &
+    dirtier=$!
+    # The host starts a migration on this line; the read comes S seconds
+    # later, while QEMU's first pass over the RAM is under way: pages that
+    # pass sent before the read filled them go again only through the
+    # backend's dirty log.
+    echo "lsvblk-loop: round $r: page cache read in $cached s"
+    sleep "$cached"
     dd if="$DISK" of=/dev/null bs=1M skip=$((LOOP_OFF / MIB)) count=$((LOOP_SIZE / MIB)) 2>/dev/null ||
       fail "round $r: buffered read failed"
     echo "lsvblk-loop: round $r: page cache filled"
@@ -55,6 +66,8 @@ while [ "$r" -le "$rounds" ]; do
       --offset="$LOOP_OFF" --size="$LOOP_SIZE" --randseed="$r" \
       --verify=pattern --verify_pattern="\"$tag\"%o" --verify_only ||
       fail "round $r: the page cache copy changed: $(grep -m1 -iE 'verify|error' "$FIO_LOG")"
+    touch /tmp/cached-done
+    wait "$dirtier"
   fi
   echo "lsvblk-loop: round $r/$rounds ok"
   [ "$gap" = 0 ] || sleep "$gap"

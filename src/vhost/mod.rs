@@ -7,7 +7,7 @@
 //! and workers share, `backend` is the `VhostUserBackend` (features, config
 //! space, one thread per queue), `inflight` the inflight I/O tracking area
 //! that lets a restarted daemon finish what its predecessor left in flight,
-//! `hold` and `skip_dirty_log` test-only hooks, `metrics` what the device
+//! `hold` a test-only hook, `metrics` what the device
 //! counts (requests, bytes, errors, latency, in flight, per queue), `poll`
 //! the short spin on a queue after a drain (`--poll-us`), `server` accepts
 //! connections one after another and stops on a signal.
@@ -22,7 +22,6 @@ pub mod peer_check;
 mod poll;
 pub mod request;
 mod server;
-mod skip_dirty_log;
 pub mod socket_access;
 mod state;
 mod worker;
@@ -34,7 +33,6 @@ pub use backend::BlockBackend;
 pub use hold::HOLD_VARIABLE;
 pub use poll::{POLL_US_DEFAULT, POLL_US_MAX};
 pub use server::{ServeError, Server, StopHandle};
-pub use skip_dirty_log::SKIP_DIRTY_LOG_VARIABLE;
 pub use state::{GuestMemory, GuestRam};
 
 use crate::limits::{QUEUE_SIZE_MAX, QUEUES_MAX};

@@ -21,7 +21,6 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, Vola
 use super::chain::Chain;
 use super::metrics::{ErrorKind, Op};
 use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
-use super::skip_dirty_log::skip_dirty_log;
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::store::{AlignedBuf, HeadId};
@@ -396,7 +395,7 @@ impl QueueWorker<'_> {
                 Ok(()) => {
                     // Written behind vm-memory's back: log the pages for a
                     // migration in progress.
-                    for buffer in buffers.iter().filter(|_| !skip_dirty_log()) {
+                    for buffer in buffers {
                         buffer.dirty.mark_dirty(0, buffer.len);
                     }
                     outcomes[index].status = VIRTIO_BLK_S_OK as u8;
