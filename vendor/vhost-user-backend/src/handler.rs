@@ -103,6 +103,8 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     queues_per_thread: Vec<u64>,
     mappings: Vec<AddrMapping>,
     atomic_mem: GM<T::Bitmap>,
+    // The dirty-page log set by SET_LOG_BASE: regions mapped later log into it too.
+    log: Option<Arc<MmapLogReg>>,
     vrings: Vec<T::Vring>,
     #[cfg(feature = "postcopy")]
     uffd: Option<Uffd>,
@@ -167,6 +169,7 @@ where
             queues_per_thread,
             mappings: Vec::new(),
             atomic_mem,
+            log: None,
             vrings,
             #[cfg(feature = "postcopy")]
             uffd: None,
@@ -412,6 +415,9 @@ where
 
         let mem = GuestMemoryMmap::from_regions(regions)
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
+        for region in mem.iter() {
+            log_region(region, &self.log)?;
+        }
 
         #[cfg(feature = "postcopy")]
         if postcopy_listening == Some(true) {
@@ -706,6 +712,8 @@ where
             ))?,
         );
 
+        log_region(&guest_region, &self.log)?;
+
         let addr_mapping = AddrMapping {
             #[cfg(feature = "postcopy")]
             local_addr: guest_region.as_ptr() as u64,
@@ -915,9 +923,24 @@ where
         for (region, bitmap) in bitmaps {
             (*region).bitmap().replace(bitmap);
         }
+        self.log = Some(logmem);
 
         Ok(())
     }
+}
+
+/// Makes `region` log its writes into `log`, the dirty-page log of a migration
+/// in progress (regions mapped after SET_LOG_BASE must log too).
+fn log_region<B: BitmapReplace>(
+    region: &GuestRegionMmap<B>,
+    log: &Option<Arc<MmapLogReg>>,
+) -> VhostUserResult<()> {
+    if let Some(log) = log {
+        let bitmap = B::InnerBitmap::new(region, Arc::clone(log))
+            .map_err(VhostUserError::ReqHandlerError)?;
+        region.bitmap().replace(bitmap);
+    }
+    Ok(())
 }
 
 impl<T: VhostUserBackend> Drop for VhostUserHandler<T> {
@@ -944,7 +967,111 @@ mod tests {
     use std::time::Duration;
     use vhost::vhost_user::message::VhostUserVirtioFeatures;
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-    use vmm_sys_util::event::{new_event_consumer_and_notifier, EventFlag};
+    use vmm_sys_util::event::{
+        new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+    };
+
+    /// A backend whose guest memory logs the writes made through it (the
+    /// bitmap a live migration needs); it does nothing else.
+    struct LoggingBackend {
+        exit: Vec<(EventConsumer, EventNotifier)>,
+    }
+
+    type LoggedMem = GuestMemoryMmap<crate::bitmap::BitmapMmapRegion>;
+
+    impl crate::VhostUserBackendMut for LoggingBackend {
+        type Bitmap = crate::bitmap::BitmapMmapRegion;
+        type Vring = crate::VringRwLock<GuestMemoryAtomic<LoggedMem>>;
+
+        fn num_queues(&self) -> usize {
+            1
+        }
+        fn max_queue_size(&self) -> usize {
+            256
+        }
+        fn features(&self) -> u64 {
+            0xffff_ffff_ffff_ffff
+        }
+        fn protocol_features(&self) -> vhost::vhost_user::message::VhostUserProtocolFeatures {
+            vhost::vhost_user::message::VhostUserProtocolFeatures::all()
+        }
+        fn set_event_idx(&mut self, _enabled: bool) {}
+        fn update_memory(&mut self, _mem: GuestMemoryAtomic<LoggedMem>) -> io::Result<()> {
+            Ok(())
+        }
+        fn queues_per_thread(&self) -> Vec<u64> {
+            vec![1]
+        }
+        fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+            self.exit
+                .get(thread_index)
+                .map(|(c, n)| (c.try_clone().unwrap(), n.try_clone().unwrap()))
+        }
+        fn handle_event(
+            &mut self,
+            _device_event: u16,
+            _evset: EventSet,
+            _vrings: &[Self::Vring],
+            _thread_id: usize,
+        ) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The bits set in a dirty-page log (one bit per 4 KiB page, LSB first).
+    fn dirty_pages(log: &File) -> Vec<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; log.metadata().unwrap().len() as usize];
+        log.read_exact_at(&mut bytes, 0).unwrap();
+        (0..bytes.len() as u64 * 8)
+            .filter(|page| bytes[(page / 8) as usize] & (1 << (page % 8)) != 0)
+            .collect()
+    }
+
+    fn memfd_of(len: u64) -> File {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(len).unwrap();
+        file
+    }
+
+    #[test]
+    fn test_regions_mapped_after_set_log_base_are_logged() {
+        use vhost::vhost_user::message::{
+            VhostUserLog, VhostUserMemoryRegion, VhostUserSingleMemoryRegion,
+        };
+        use vm_memory::Bytes;
+        let mem = GuestMemoryAtomic::new(
+            LoggedMem::from_ranges(&[(GuestAddress(0x100000), 0x10000)]).unwrap(),
+        );
+        let exit = vec![new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap()];
+        let backend = Arc::new(Mutex::new(LoggingBackend { exit }));
+        let mut handler = VhostUserHandler::new(backend, mem).unwrap();
+
+        // Migration starts: the log (4 KiB: 32768 pages, 128 MiB of guest memory).
+        let log = memfd_of(0x1000);
+        handler
+            .set_log_base(&VhostUserLog::new(0x1000, 0), log.try_clone().unwrap())
+            .unwrap();
+        // Then the frontend maps guest memory anew: a table, then one more region.
+        let table = [VhostUserMemoryRegion::new(
+            0x200000,
+            0x100000,
+            0x7f00_0000_0000,
+            0,
+        )];
+        handler
+            .set_mem_table(&table, vec![memfd_of(0x100000)], None)
+            .unwrap();
+        let added = VhostUserSingleMemoryRegion::new(0x400000, 0x100000, 0x7f00_1000_0000, 0);
+        handler
+            .add_mem_region(&added, memfd_of(0x100000), None)
+            .unwrap();
+
+        let guest = handler.atomic_mem.memory();
+        guest.write_obj(0xabu8, GuestAddress(0x205000)).unwrap();
+        guest.write_obj(0xcdu8, GuestAddress(0x4ff000)).unwrap();
+        assert_eq!(dirty_pages(&log), vec![0x205, 0x4ff]);
+    }
 
     #[test]
     fn test_get_vring_base_stops_vring() {
