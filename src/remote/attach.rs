@@ -222,7 +222,7 @@ pub fn newest_checkpoint(dir: &Path, volume_id: &str) -> Result<Option<WrittenCh
 }
 
 /// The id of the volume the store holds; none there is `NoVolume`.
-fn existing_volume_id(remote: &RemoteStore) -> Result<String> {
+pub(crate) fn existing_volume_id(remote: &RemoteStore) -> Result<String> {
     match stored_volume_id(remote) {
         Err(RemoteError::Store(StoreError::NotFound { .. })) => Err(RemoteError::NoVolume {
             location: remote.location.clone(),

@@ -166,6 +166,9 @@ pub struct SegmentCache {
     state: Mutex<State>,
     /// Signalled when fetched chunks land (or a fetch fails).
     fetched: Condvar,
+    /// Another process's cache (a clone reading its parent's files): it
+    /// never evicts and never writes `cache.json`.
+    borrowed: bool,
 }
 
 /// Keeps a segment's records in its file while the log reads them.
@@ -198,8 +201,40 @@ impl SegmentCache {
                 ..State::default()
             }),
             fetched: Condvar::new(),
+            borrowed: false,
         };
         Arc::new(cache)
+    }
+
+    /// The cache of another process's volume in `dir` (a clone's parent):
+    /// it refills what reads need and never evicts nor writes `cache.json`
+    /// (tell it what the owner evicted with [`SegmentCache::mark_evicted`]).
+    pub fn borrowed(store: Arc<dyn ObjectStore>, dir: &Path) -> Arc<Self> {
+        let mut cache = Arc::into_inner(Self::open(store, dir, u64::MAX)).expect("just made");
+        cache.borrowed = true;
+        Arc::new(cache)
+    }
+
+    /// Segment `object`'s records may be missing from its file (its owner
+    /// evicted them): every chunk is fetched again before it is read.
+    pub fn mark_evicted(&self, object: StoredObject) {
+        let mut state = self.lock();
+        let id = object.number;
+        match state.segments.get_mut(&id) {
+            Some(cached) => cached.missing = cached.chunks().collect(),
+            None => {
+                state.tick += 1;
+                let mut cached = Cached {
+                    object,
+                    tick: state.tick,
+                    readers: 0,
+                    missing: BTreeSet::new(),
+                    recent_reads: VecDeque::new(),
+                };
+                cached.missing = cached.chunks().collect();
+                state.segments.insert(id, cached);
+            }
+        }
     }
 
     /// Segments `cache.json` lists as evicted (they must be fetched back
@@ -337,6 +372,9 @@ impl SegmentCache {
 
     /// Writes `cache.json`: every segment with records punched out.
     fn persist(&self, state: &State) -> Result<()> {
+        if self.borrowed {
+            return Ok(());
+        }
         let evicted = state
             .segments
             .iter()

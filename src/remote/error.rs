@@ -73,6 +73,17 @@ pub enum RemoteError {
         /// Seconds since the first refusal.
         for_s: f64,
     },
+    /// `--store` for a volume that is neither kept in a store nor a clone
+    /// of a volume that is.
+    #[error(
+        "{} is not a clone: --store on a volume without remote.json names the store its \
+         clone's parent is kept in",
+        dir.display()
+    )]
+    NotAClone {
+        /// The volume directory.
+        dir: PathBuf,
+    },
     /// The local directory and the store went separate ways.
     #[error(
         "{} last held epoch {local} but the object store is at epoch {store}: another host \

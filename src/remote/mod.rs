@@ -16,6 +16,7 @@
 //! nothing needs any more), `meta.rs` (metadata files as one object),
 //! `rebuild.rs` (an empty directory from the store), `attach.rs` (create
 //! and claim), `flush.rs` (flush modes and the upload-lag ticker),
+//! `parent.rs` (a clone's reads of its stored parent's evicted blocks),
 //! `error.rs`.
 //!
 //! The log knows nothing of this: the uploader hears of seals and
@@ -30,6 +31,7 @@ mod flush;
 mod layout;
 mod lease;
 mod meta;
+mod parent;
 mod rebuild;
 mod resolve;
 mod uploader;
@@ -43,5 +45,6 @@ pub use error::{RemoteError, Result};
 pub use flush::{FlushMode, RemoteFlush, Ticker, UploadLag};
 pub use layout::{ObjectKind, StoredObject};
 pub use lease::{Holder, Leases, release};
+pub use parent::{ParentReads, attach_parent_reads};
 pub use resolve::{Resolution, resolve};
 pub use uploader::{Refusal, UploadStatus, Uploader};

@@ -206,6 +206,12 @@ impl Volume {
         &self.dir
     }
 
+    /// For a clone: the snapshots it reads through, nearest first (each a
+    /// read-only log of its parent's directory).
+    pub fn parent_logs(&self) -> &[Log] {
+        &self.parents
+    }
+
     /// The snapshot this volume is a read-only view of, if it is one.
     pub fn snapshot_name(&self) -> Option<&str> {
         self.snapshot.as_deref()

@@ -3,7 +3,7 @@
 //! own log, while the volume goes on being written and uploaded.
 
 use crate::kit::ceph::cluster;
-use crate::kit::daemon::Daemon;
+use crate::kit::daemon::{Daemon, ServeOptions};
 use crate::{MIB, Setup, lsvblk};
 
 const PIECE: u64 = 64 * 1024;
@@ -54,6 +54,86 @@ fn a_clone_of_a_stored_volumes_snapshot_serves_beside_it() {
     assert_eq!(client.read(0, PIECE, PIECE as usize).unwrap(), pattern(1));
 
     drop(writer);
+    clone.stop_cleanly();
+    drop(client);
+    alice.stop_cleanly();
+}
+
+/// Polls the parent's `status` until its cache evicted `segments`.
+fn wait_evicted(setup: &Setup, segments: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let status = setup.status(&setup.volume);
+        if status["upload"]["cache"]["evicted_segments"].as_u64() >= Some(segments) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the cache did not evict: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_clone_reads_what_its_stored_parent_evicted_from_the_store() {
+    let _shared = cluster().fault_lock(false);
+    let setup = Setup::new("clone-evicted", 16 * MIB);
+    let volume = setup.volume.to_str().unwrap().to_string();
+    // 8 MiB of snapshot data (1 MiB segments) and a cache of 2 MiB.
+    let pieces = 8 * MIB / PIECE;
+    let mut alice = setup.serve(&setup.volume, &["--flush", "remote", "--cache-size", "2M"]);
+    let mut client = alice.client(1);
+    for piece in 0..pieces {
+        client.write(0, piece * PIECE, &pattern(piece)).unwrap();
+    }
+    client.flush(0).unwrap();
+    lsvblk().json(&["snapshot", "create", &volume, "snap1", "--json"]);
+    wait_evicted(&setup, 4);
+
+    let clone_dir = setup.fresh_dir();
+    let clone_path = clone_dir.to_str().unwrap();
+    let (kms, token) = (setup.kms.address(), setup.token.to_str().unwrap());
+    let args = ["clone", &volume, "snap1", clone_path, "--acl", "alice"];
+    let mut args = args.to_vec();
+    args.extend(["--kms", &kms, "--token-file", token, "--json"]);
+    lsvblk().json(&args);
+
+    // Without its parent's store, the clone cannot read what the parent
+    // evicted: an I/O error, never wrong data.
+    let mut clone = Daemon::start(&clone_dir, &setup.kms, &setup.token, &[]);
+    let mut reader = clone.client(1);
+    let mut failed = 0;
+    for piece in 0..pieces {
+        match reader.read(0, piece * PIECE, PIECE as usize) {
+            Ok(got) => assert_eq!(got, pattern(piece), "piece {piece}"),
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed > 0, "nothing was evicted: the test shows nothing");
+    drop(reader);
+    clone.stop_cleanly();
+
+    // With it (`--store` names the parent's), every block, fetched by
+    // ranged GETs; the clone's own writes go to its own log.
+    let mut options = ServeOptions::args(&[]);
+    options.lsvblk = lsvblk();
+    options.args.extend(setup.store_args());
+    let mut clone = Daemon::start_with(&clone_dir, &setup.kms, &setup.token, &options);
+    let mut reader = clone.client(1);
+    for piece in 0..pieces {
+        let got = reader.read(0, piece * PIECE, PIECE as usize).unwrap();
+        assert_eq!(got, pattern(piece), "piece {piece}");
+    }
+    reader.write(0, 0, &pattern(300)).unwrap();
+    reader.flush(0).unwrap();
+    assert_eq!(reader.read(0, 0, PIECE as usize).unwrap(), pattern(300));
+    // The parent goes on, its blocks unchanged by the clone's refills.
+    for piece in 0..pieces {
+        let got = client.read(0, piece * PIECE, PIECE as usize).unwrap();
+        assert_eq!(got, pattern(piece), "parent piece {piece}");
+    }
+    drop(reader);
     clone.stop_cleanly();
     drop(client);
     alice.stop_cleanly();

@@ -67,6 +67,22 @@ fn parse_lag(text: &str) -> Result<UploadLagArg, String> {
     }))
 }
 
+/// The store `--store` names for a clone whose parent is kept in it: a
+/// volume directory without `remote.json` of its own that is a clone.
+/// `None` when the volume is (or is to be) kept in the store itself.
+pub fn parent_store(store: &StoreArgs, dir: &Path) -> Result<Option<RemoteStore>, Failure> {
+    if store.store.is_none()
+        || remote::needs_rebuild(dir)
+        || dir.join(remote::LOCAL_STATE_FILE).exists()
+    {
+        return Ok(None);
+    }
+    match lsvblk::volume::Superblock::load(dir) {
+        Ok(superblock) if superblock.parent.is_some() => store.open(),
+        _ => Ok(None),
+    }
+}
+
 /// A volume claimed in its store, before it is opened.
 pub struct Claimed {
     remote: RemoteStore,

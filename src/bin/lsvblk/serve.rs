@@ -174,13 +174,19 @@ pub fn run(args: ServeArgs) -> Outcome {
     // A volume kept in an object store: claim it (an empty directory is
     // rebuilt from the store first), or fetch the snapshot to serve.
     let mut serving = None;
-    let mut remote = crate::remote_serve::claim(
-        &args.store,
-        &args.remote,
-        &args.volume,
-        args.read_only,
-        args.snapshot.as_deref(),
-    )?;
+    // A clone of a stored volume's snapshot: --store names its parent's
+    // store, which its reads of evicted parent blocks go to.
+    let parent_store = crate::remote_serve::parent_store(&args.store, &args.volume)?;
+    let mut remote = match parent_store {
+        Some(_) => None,
+        None => crate::remote_serve::claim(
+            &args.store,
+            &args.remote,
+            &args.volume,
+            args.read_only,
+            args.snapshot.as_deref(),
+        )?,
+    };
     let pool =
         CryptoPool::new(args.crypto_threads, args.chunk_size as usize).map_err(Failure::usage)?;
     let options = VolumeOptions {
@@ -270,6 +276,10 @@ pub fn run(args: ServeArgs) -> Outcome {
             let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
             if let Some(claimed) = remote.take() {
                 serving = Some(claimed.start(&volume)?);
+            }
+            if let Some(store) = &parent_store {
+                lsvblk::remote::attach_parent_reads(store, &volume)
+                    .map_err(crate::store::remote_failure)?;
             }
             Served::open(volume)
         }

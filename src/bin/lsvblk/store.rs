@@ -19,7 +19,9 @@ pub struct StoreArgs {
     /// needs --endpoint; credentials: AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY from the environment, or --credentials-file),
     /// or file:///DIR, the same objects as files under a directory (another
-    /// disk, a network mount; created if missing).
+    /// disk, a network mount; created if missing). Serving a clone of such a
+    /// volume's snapshot: the parent's store, which the clone's reads of
+    /// blocks the parent evicted from its cache are fetched from.
     #[arg(long, value_name = "s3://BUCKET/PREFIX|file:///DIR")]
     pub store: Option<String>,
     /// The S3 endpoint's URL, e.g. http://127.0.0.1:7480.

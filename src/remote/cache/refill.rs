@@ -314,7 +314,9 @@ fn missing_chunks(state: &State, reads: &[ReadRange]) -> Chunks {
 }
 
 /// The evicted chunks after each of the `sequential` reads, up to the
-/// readahead's length.
+/// readahead's length: past a segment's end, on into the next segment
+/// (the log seals one after the other, so a reader of data written
+/// sequentially goes on there).
 fn readahead_chunks(state: &State, sequential: &[ReadRange]) -> Chunks {
     let window = READAHEAD_CHUNKS.min(state.status.capacity_bytes / 4 / CHUNK_BYTES);
     let mut chunks = Chunks::new();
@@ -322,11 +324,21 @@ fn readahead_chunks(state: &State, sequential: &[ReadRange]) -> Chunks {
         let Some(cached) = state.segments.get(&read.segment_id) else {
             continue;
         };
-        let after = cached.chunks_touched(read.start, read.end).end;
-        let ahead = (after..after + window)
-            .take_while(|c| *c < cached.chunks().end)
-            .filter(|c| cached.missing.contains(c));
-        chunks.entry(read.segment_id).or_default().extend(ahead);
+        let (mut id, mut from, mut left) = (
+            read.segment_id,
+            cached.chunks_touched(read.start, read.end).end,
+            window,
+        );
+        while left > 0 {
+            let Some(cached) = state.segments.get(&id) else {
+                break;
+            };
+            let end = cached.chunks().end.min(from.saturating_add(left));
+            let ahead = (from..end).filter(|c| cached.missing.contains(c));
+            chunks.entry(id).or_default().extend(ahead);
+            left -= end.saturating_sub(from);
+            (id, from) = (id + 1, 0);
+        }
     }
     chunks.retain(|_, c| !c.is_empty());
     chunks
@@ -447,5 +459,32 @@ mod tests {
         assert_eq!(ahead[&7], [3, 4, 5].into_iter().collect());
         let needed = missing_chunks(&state, &[read]);
         assert!(needed.is_empty(), "{needed:?}");
+    }
+
+    #[test]
+    fn the_readahead_goes_on_into_the_next_segment() {
+        let mut state = state_with_segment(2 << 20, &[]);
+        let next = StoredObject::describe(ObjectKind::Segment, 8, 1, &vec![0u8; 2 << 20]);
+        let chunks = Cached {
+            object: next,
+            tick: 0,
+            readers: 0,
+            missing: (0..40).collect(),
+            recent_reads: std::collections::VecDeque::new(),
+        };
+        state.segments.insert(8, chunks);
+        let last = state.segments[&7].chunks().end;
+        state.segments.get_mut(&7).unwrap().missing = (last - 2..last).collect();
+        let read = ReadRange {
+            segment_id: 7,
+            start: 4096 + (last - 4) * CHUNK_BYTES,
+            end: 4096 + (last - 2) * CHUNK_BYTES,
+        };
+        let ahead = readahead_chunks(&state, &[read]);
+        assert_eq!(ahead[&7], (last - 2..last).collect());
+        // The window (8 MiB: 128 chunks) less the 2 chunks of segment 7.
+        let window = READAHEAD_CHUNKS;
+        let in_next = (window - 2).min(state.segments[&8].chunks().end);
+        assert_eq!(ahead[&8], (0..in_next.min(40)).collect());
     }
 }

@@ -7,7 +7,7 @@
 //!   as it lasts. Waiters (a FLUSH, a clean stop) wait up to their own
 //!   deadline (`--store-wait`).
 //! - a **refusal** (credentials refused or revoked: 401/403; the bucket
-//!   gone: `NoSuchBucket`; any other 4xx the store will answer again):
+//!   gone: `NoSuchBucket`; credentials or settings we cannot use):
 //!   retrying the same request soon will not help, so it is reported at once
 //!   (one error line in the log, `upload.refused` in `lsvblk status`,
 //!   `lsvblk_upload_store_refusing` in the metrics), every wait for the store
@@ -15,6 +15,10 @@
 //!   instead of hanging), and the upload is tried again every
 //!   10 s: once an operator restores the key or the bucket,
 //!   the next attempt succeeds, the refusal clears and uploads resume.
+//!
+//! Other answers retrying may or may not change (a 400 such as S3's
+//! `RequestTimeout` under load, a 404 of one object) count as transient: a
+//! slow store must never fail a FLUSH early.
 //!
 //! Either way a failure is logged once when it starts (and once more if it
 //! turns from one kind into the other), and once when uploads resume, never
@@ -72,8 +76,6 @@ pub(super) fn is_refusal(error: &RemoteError) -> bool {
             error,
             StoreError::CredentialsRefused { .. }
                 | StoreError::BucketMissing { .. }
-                | StoreError::NotFound { .. }
-                | StoreError::Permanent { .. }
                 | StoreError::InvalidKey { .. }
                 | StoreError::Credentials { .. }
                 | StoreError::Config { .. }
@@ -183,10 +185,8 @@ mod tests {
                 detail: "InvalidAccessKeyId".into(),
             }),
             store(StoreError::BucketMissing { bucket: "b".into() }),
-            store(StoreError::Permanent {
-                op: "PUT",
-                key: "k".into(),
-                detail: "400".into(),
+            store(StoreError::Credentials {
+                reason: "no AWS_ACCESS_KEY_ID".into(),
             }),
         ];
         for error in &refused {
@@ -206,6 +206,13 @@ mod tests {
             }),
             RemoteError::io("/x", std::io::Error::from_raw_os_error(libc::EIO)),
             RemoteError::Fenced { epoch: 1, by: 2 },
+            // S3 answers 400 RequestTimeout to a client too slow to send.
+            store(StoreError::Permanent {
+                op: "PUT",
+                key: "k".into(),
+                detail: "400 <Code>RequestTimeout</Code>".into(),
+            }),
+            store(StoreError::NotFound { key: "k".into() }),
         ];
         for error in &transient {
             assert!(!is_refusal(error), "{error}");
