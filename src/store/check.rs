@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::aligned::ALIGN;
 use super::checkpoint::{self, CheckpointData, SealedSegment};
 use super::log::{LogConfig, chain_seals};
 use super::scan::{self, RecordLimits, SealFound, find_v1_seal, read_seal};
@@ -194,13 +195,20 @@ fn check_once(
             path: &path,
             id,
         };
-        let depth = if evicted.contains(&id) {
+        let segment_depth = if evicted.contains(&id) {
             report.segments_evicted += 1;
             CheckDepth::Headers
         } else {
             depth
         };
-        if let Some(seal) = check_segment(&segment, config, depth, &newest, &mut report)? {
+        let mut seal = check_segment(&segment, config, segment_depth, &newest, &mut report)?;
+        // An evicted segment sealed after the newest checkpoint (it was a
+        // head's open segment then) still continues the seal chain: its
+        // seal stays in the file's kept tail.
+        if seal.is_none() && depth != segment_depth {
+            seal = kept_seal(&segment, &newest).map_err(|e| StoreError::io(&path, e))?;
+        }
+        if let Some(seal) = seal {
             unlisted_seals.insert(id, seal);
         }
     }
@@ -273,6 +281,25 @@ fn check_segment(
     };
     let seal = check_records(segment, version, config, whole_up_to, report)?;
     Ok(seal.filter(|_| listed.is_none() && version == SegmentVersion::V2))
+}
+
+/// The version 2 seal an evicted segment keeps in its last pages (the
+/// cache never punches them), when the newest checkpoint does not list it:
+/// the seal chain check needs it although the records are in the store.
+fn kept_seal(segment: &Segment<'_>, newest: &CheckpointData) -> std::io::Result<Option<SealFound>> {
+    if newest.sealed.iter().any(|s| s.segment_id == segment.id) {
+        return Ok(None);
+    }
+    let len = segment.file.metadata()?.len();
+    let page = ALIGN as u64;
+    for back in [page, 2 * page] {
+        if let Some(offset) = len.checked_sub(back)
+            && let Some(seal) = read_seal(segment.file, segment.id, offset)?
+        {
+            return Ok(Some(seal));
+        }
+    }
+    Ok(None)
 }
 
 /// Checks that a segment the checkpoint lists as sealed is of the listed
