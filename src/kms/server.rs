@@ -76,11 +76,13 @@ pub fn serve_connection<S: Read + Write + TimeoutStream>(
             &request.body,
         );
         tracing::debug!(method = %request.method, target = %request.target, status = reply.status, "request");
-        let written = conn.write_response(reply.status, &reply.body, request.keep_alive);
+        // Counted before the answer goes out: a client that scrapes the
+        // metrics right after its answer must find its call in them.
         let endpoint = metrics::endpoint(&request.method, &request.target);
         service
             .metrics()
             .answered(endpoint, reply.status, started.elapsed());
+        let written = conn.write_response(reply.status, &reply.body, request.keep_alive);
         drop(reply);
         scrub_request_traces();
         if written.is_err() || !request.keep_alive {
