@@ -96,6 +96,22 @@ pub fn write_evicted(dir: &Path, evicted: &BTreeSet<u64>) -> Result<()> {
 }
 
 impl Cached {
+    /// Segment `object` as the cache takes it in at `tick`: whole in its
+    /// file, or with every chunk missing when `evicted`.
+    fn new(object: StoredObject, tick: u64, evicted: bool) -> Self {
+        let mut cached = Cached {
+            object,
+            tick,
+            readers: 0,
+            missing: BTreeSet::new(),
+            recent_reads: VecDeque::new(),
+        };
+        if evicted {
+            cached.missing = cached.chunks().collect();
+        }
+        cached
+    }
+
     /// See [`evictable_range`].
     fn evictable(&self) -> std::ops::Range<u64> {
         evictable_range(self.object.len)
@@ -224,14 +240,7 @@ impl SegmentCache {
             Some(cached) => cached.missing = cached.chunks().collect(),
             None => {
                 state.tick += 1;
-                let mut cached = Cached {
-                    object,
-                    tick: state.tick,
-                    readers: 0,
-                    missing: BTreeSet::new(),
-                    recent_reads: VecDeque::new(),
-                };
-                cached.missing = cached.chunks().collect();
+                let cached = Cached::new(object, state.tick, true);
                 state.segments.insert(id, cached);
             }
         }
@@ -275,16 +284,7 @@ impl SegmentCache {
     pub fn admit(&self, object: StoredObject, evicted: bool) {
         let mut state = self.lock();
         state.tick += 1;
-        let mut cached = Cached {
-            object,
-            tick: state.tick,
-            readers: 0,
-            missing: BTreeSet::new(),
-            recent_reads: VecDeque::new(),
-        };
-        if evicted {
-            cached.missing = cached.chunks().collect();
-        }
+        let cached = Cached::new(object, state.tick, evicted);
         state.segments.insert(cached.object.number, cached);
         self.evict_over_capacity(state);
     }
