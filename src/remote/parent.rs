@@ -105,17 +105,6 @@ impl LogEvents for ParentReads {
 
     fn checkpoint_written(&self, _checkpoint: &WrittenCheckpoint) {}
 
-    fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
-        let range = ReadRange {
-            segment_id,
-            start,
-            end,
-        };
-        self.before_reads(&[range])
-            .pop()
-            .expect("one outcome per read")
-    }
-
     fn before_reads(&self, ranges: &[ReadRange]) -> Vec<std::io::Result<ReadPin>> {
         if let Err(error) = self.refresh() {
             let text = error.to_string();

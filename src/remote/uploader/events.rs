@@ -54,17 +54,6 @@ impl LogEvents for Uploader {
         }
     }
 
-    fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
-        let range = ReadRange {
-            segment_id,
-            start,
-            end,
-        };
-        self.before_reads(&[range])
-            .pop()
-            .expect("one outcome per read")
-    }
-
     fn before_reads(&self, ranges: &[ReadRange]) -> Vec<std::io::Result<ReadPin>> {
         let Some(cache) = &self.shared.cache else {
             return ranges.iter().map(|_| Ok(None)).collect();

@@ -67,19 +67,23 @@ pub trait LogEvents: Send + Sync {
     /// `segment_id` for their data: an observer that evicted them from the
     /// file (a cache of an object store) writes them back first, and keeps
     /// them there while the returned pin lives (the log drops it after the
-    /// read). Called without log locks.
+    /// read). Called without log locks. A batch of one
+    /// ([`LogEvents::before_reads`]): observers implement that one.
     fn before_read(&self, segment_id: u64, start: u64, end: u64) -> std::io::Result<ReadPin> {
-        let _ = (segment_id, start, end);
-        Ok(None)
+        let range = ReadRange {
+            segment_id,
+            start,
+            end,
+        };
+        self.before_reads(&[range])
+            .pop()
+            .expect("one outcome per read")
     }
     /// [`LogEvents::before_read`] for the reads of one batch at once: an
     /// observer may fetch what they all need in parallel. One outcome per
     /// range, in order. Called without log locks.
     fn before_reads(&self, ranges: &[ReadRange]) -> Vec<std::io::Result<ReadPin>> {
-        ranges
-            .iter()
-            .map(|r| self.before_read(r.segment_id, r.start, r.end))
-            .collect()
+        ranges.iter().map(|_| Ok(None)).collect()
     }
 }
 
