@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -28,7 +27,7 @@ use super::error::{RemoteError, Result};
 use super::layout::StoredObject;
 use crate::kms::fsutil::write_atomic;
 use crate::objstore::{ByteRange, ObjectStore};
-use crate::store::ALIGN;
+use crate::store::{ALIGN, punch_hole};
 use crate::sync::LockOrRecover;
 
 mod refill;
@@ -403,32 +402,6 @@ pub fn get_span(
         });
     }
     Ok(bytes)
-}
-
-/// Frees `len` bytes of `file` from `offset` (the size stays; they read as
-/// zeros until written again).
-fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate(2) on a descriptor we own, with plain integer
-    // arguments; it touches no memory of ours.
-    let result = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

@@ -59,12 +59,32 @@ pub fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io::Result
 /// together. Fails where the filesystem cannot preallocate (the caller
 /// goes on without).
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length past off_t"))?;
+    fallocate(file, 0, 0, len)
+}
+
+/// Frees `len` bytes of `file` from `offset` (the size stays; they read as
+/// zeros until written again): how a store volume's cache evicts records.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, mode, offset, len)
+}
+
+/// `fallocate(2)` of bytes `offset..offset + len` of `file` in `mode`,
+/// retried when a signal interrupts it.
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range past off_t",
+        ));
+    };
     loop {
         // SAFETY: fallocate only reads its integer arguments; the descriptor
         // is open for as long as `file` lives.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
         if rc == 0 {
             return Ok(());
         }

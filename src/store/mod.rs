@@ -89,6 +89,7 @@ pub use checkpoint::{
 pub use index::{DataLocation, Extent, ExtentIndex, Location, Piece};
 pub use io::direct::IoMode;
 pub use io::meta_cache::{META_CACHE_BYTES_DEFAULT, MetaCacheStats};
+pub(crate) use io::punch_hole;
 pub use log::{
     AppendRecord, AppendStream, CompactOptions, CompactProgress, CompactReport, DataPiece, HeadId,
     KeyUsage, Log, LogConfig, LogEvents, PieceRead, ReadPiece, ReadPin, ReadRange, RecordPosition,
