@@ -12,15 +12,21 @@ use kit::volume::{create, key, options, segment_files};
 use lsvblk::store::{CheckDepth, StoreError};
 use lsvblk::volume::{Volume, VolumeError};
 
-/// A closed volume whose log is several sealed 64 KiB segments.
-fn sealed_log(dir: &std::path::Path) {
-    let volume = create(dir, 1 << 20, 4096);
-    for round in 0..6u8 {
+/// Writes `rounds` 48 KiB pieces (over the first 384 KiB, again and again),
+/// each flushed: a log of several sealed 64 KiB segments.
+fn write_rounds(volume: &Volume, rounds: u8) {
+    for round in 0..rounds {
         volume
-            .write(u64::from(round) * 48 * 1024, &pattern(48 * 1024, round))
+            .write(u64::from(round % 8) * 48 * 1024, &pattern(48 * 1024, round))
             .unwrap();
         volume.flush().unwrap();
     }
+}
+
+/// A closed volume whose log is several sealed 64 KiB segments.
+fn sealed_log(dir: &std::path::Path) {
+    let volume = create(dir, 1 << 20, 4096);
+    write_rounds(&volume, 6);
     volume.close().unwrap();
 }
 
@@ -79,12 +85,7 @@ fn an_evicted_segment_sealed_after_the_checkpoint_keeps_the_seal_chain() {
 
     let dir = tempfile::tempdir().unwrap();
     let volume = create(dir.path(), 1 << 20, 4096);
-    for round in 0..16u8 {
-        volume
-            .write(u64::from(round % 8) * 48 * 1024, &pattern(48 * 1024, round))
-            .unwrap();
-        volume.flush().unwrap();
-    }
+    write_rounds(&volume, 16);
     drop(volume); // no close: no checkpoint lists these seals
     let segments = segment_files(dir.path());
     assert!(segments.len() >= 4, "{segments:?}");

@@ -14,6 +14,19 @@ fn pattern(seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `lsvblk clone` of snapshot `snap1` of `volume` into a fresh directory
+/// (its key's ACL: alice): the directory and the command's JSON answer.
+fn clone_snap1(setup: &Setup, volume: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let clone_dir = setup.fresh_dir();
+    let clone_path = clone_dir.to_str().unwrap();
+    let (kms, token) = (setup.kms.address(), setup.token.to_str().unwrap());
+    let args = ["clone", volume, "snap1", clone_path, "--acl", "alice"];
+    let mut args = args.to_vec();
+    args.extend(["--kms", &kms, "--token-file", token, "--json"]);
+    let cloned = lsvblk().json(&args);
+    (clone_dir, cloned)
+}
+
 #[test]
 fn a_clone_of_a_stored_volumes_snapshot_serves_beside_it() {
     let _shared = cluster().fault_lock(false);
@@ -29,13 +42,7 @@ fn a_clone_of_a_stored_volumes_snapshot_serves_beside_it() {
     client.write(0, 0, &pattern(100)).unwrap();
     client.flush(0).unwrap();
 
-    let clone_dir = setup.fresh_dir();
-    let clone_path = clone_dir.to_str().unwrap();
-    let (kms, token) = (setup.kms.address(), setup.token.to_str().unwrap());
-    let args = ["clone", &volume, "snap1", clone_path, "--acl", "alice"];
-    let mut args = args.to_vec();
-    args.extend(["--kms", &kms, "--token-file", token, "--json"]);
-    let cloned = lsvblk().json(&args);
+    let (clone_dir, cloned) = clone_snap1(&setup, &volume);
     assert_eq!(cloned["parent"]["snapshot"], "snap1", "{cloned}");
 
     let mut clone = Daemon::start(&clone_dir, &setup.kms, &setup.token, &[]);
@@ -91,13 +98,7 @@ fn a_clone_reads_what_its_stored_parent_evicted_from_the_store() {
     lsvblk().json(&["snapshot", "create", &volume, "snap1", "--json"]);
     wait_evicted(&setup, 4);
 
-    let clone_dir = setup.fresh_dir();
-    let clone_path = clone_dir.to_str().unwrap();
-    let (kms, token) = (setup.kms.address(), setup.token.to_str().unwrap());
-    let args = ["clone", &volume, "snap1", clone_path, "--acl", "alice"];
-    let mut args = args.to_vec();
-    args.extend(["--kms", &kms, "--token-file", token, "--json"]);
-    lsvblk().json(&args);
+    let (clone_dir, _) = clone_snap1(&setup, &volume);
 
     // Without its parent's store, the clone cannot read what the parent
     // evicted: an I/O error, never wrong data.

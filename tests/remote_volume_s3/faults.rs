@@ -9,7 +9,7 @@ use crate::{MIB, Setup, for_time};
 
 /// Kills the daemon, rebuilds the volume on a new directory and checks
 /// every block against the model.
-fn rebuild_and_verify(
+pub fn rebuild_and_verify(
     setup: &Setup,
     daemon: &mut crate::kit::daemon::Daemon,
     load: &mut VerifiedLoad,

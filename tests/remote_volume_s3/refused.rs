@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::faults::rebuild_and_verify;
 use crate::kit::ceph::{ceph_sh, ceph_sh_ok, cluster};
 use crate::kit::versions::VerifiedLoad;
 use crate::scrape::Scrape;
@@ -148,10 +149,5 @@ fn revoked_credentials_fail_remote_flushes_at_once_and_uploads_resume_when_resto
     assert!(stderr.contains("uploads resumed"), "{stderr}");
 
     // The host lost: everything flushed is in the store.
-    daemon.kill9();
-    let mut rebuilt = setup.serve(&setup.fresh_dir(), &["--takeover"]);
-    load.client = Some(rebuilt.client(1));
-    let check = load.verify_disk();
-    assert_eq!((check.io_errors, check.mismatches), (0, 0));
-    rebuilt.stop_cleanly();
+    rebuild_and_verify(&setup, &mut daemon, &mut load);
 }
