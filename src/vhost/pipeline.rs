@@ -1,7 +1,7 @@
 //! Several batches of one queue in flight at once (direct mode).
 //!
 //! A queue's worker hands each batch of reads or writes (a job) to one of
-//! at most [`QUEUE_JOBS_IN_FLIGHT`] threads of its own and goes back to
+//! at most [`QUEUE_JOBS_IN_FLIGHT`](crate::limits::QUEUE_JOBS_IN_FLIGHT) threads of its own and goes back to
 //! the virtqueue; the job publishes its requests' completions itself once
 //! its I/O is done (`completion`). So the device works on one batch while
 //! the CPU encrypts or decrypts another, and the guest sees the first
@@ -208,4 +208,99 @@ pub(crate) fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> Vec<bool> {
         .iter()
         .map(|p| result > 0 && p.revents & libc::POLLIN != 0)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::limits::QUEUE_JOBS_IN_FLIGHT;
+
+    /// Jobs that each wait (up to 10 s) for all of them to have started:
+    /// they all meet only if the lane runs its depth of them at once.
+    #[test]
+    fn a_lane_runs_its_depth_of_jobs_at_once() {
+        let started = AtomicUsize::new(0);
+        let met = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let mut lane = Lane::new(scope, QUEUE_JOBS_IN_FLIGHT).unwrap();
+            assert!(!lane.runs_inline(false));
+            for _ in 0..QUEUE_JOBS_IN_FLIGHT {
+                lane.dispatch(Box::new(|| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while started.load(Ordering::SeqCst) < QUEUE_JOBS_IN_FLIGHT {
+                        if Instant::now() > deadline {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    met.fetch_add(1, Ordering::SeqCst);
+                }));
+            }
+            assert!(lane.busy());
+            lane.wait_all();
+            assert!(!lane.busy());
+        });
+        assert_eq!(met.load(Ordering::SeqCst), QUEUE_JOBS_IN_FLIGHT);
+    }
+
+    /// A full lane makes the next dispatch wait for a job to finish: never
+    /// more than its depth in flight.
+    #[test]
+    fn a_full_lane_waits_before_taking_another_job() {
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let mut lane = Lane::new(scope, 2).unwrap();
+            for _ in 0..20 {
+                lane.dispatch(Box::new(|| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }));
+            }
+            lane.wait_all();
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    /// Depth 1 runs each job on the caller, at once.
+    #[test]
+    fn a_lane_of_depth_one_runs_jobs_on_the_caller() {
+        let caller = std::thread::current().id();
+        let ran_on = Mutex::new(None);
+        std::thread::scope(|scope| {
+            let mut lane = Lane::new(scope, 1).unwrap();
+            assert!(lane.runs_inline(false));
+            lane.dispatch(Box::new(|| {
+                *ran_on.lock_or_recover() = Some(std::thread::current().id());
+            }));
+            assert!(!lane.busy());
+        });
+        assert_eq!(*ran_on.lock_or_recover(), Some(caller));
+    }
+
+    /// A read into memory a read in flight fills is seen as such until
+    /// the lane is idle again.
+    #[test]
+    fn memory_a_read_in_flight_fills_is_known_until_it_finishes() {
+        std::thread::scope(|scope| {
+            let mut lane = Lane::new(scope, 2).unwrap();
+            let (go, wait) = mpsc::channel::<()>();
+            lane.filling([(0x1000, 0x1000)]);
+            lane.dispatch(Box::new(move || {
+                let _ = wait.recv();
+            }));
+            assert!(lane.fills(0x1800, 16));
+            assert!(lane.fills(0x0800, 0x1000));
+            assert!(!lane.fills(0x2000, 0x1000));
+            go.send(()).unwrap();
+            lane.wait_all();
+            assert!(!lane.fills(0x1800, 16));
+        });
+    }
 }
