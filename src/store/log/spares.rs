@@ -121,13 +121,16 @@ impl Log {
     /// Keeps the emptied segment at `path` as a spare if there is room and
     /// nothing else holds `file` open: a reader that planned a read of it
     /// before compaction moved its blocks still reads the old contents of
-    /// a deleted file, but would read zeros from a reused one. True if kept.
+    /// a deleted file, but would read zeros from a reused one. Nor when an
+    /// observer (a store volume's cache) watches the segment files: it
+    /// opens them by name to punch out and refill records, and one such
+    /// call in flight would land in the reused file. True if kept.
     pub(super) fn recycle(
         &self,
         file: Option<Arc<SegmentFile>>,
         path: &Path,
     ) -> Result<bool, StoreError> {
-        if file.is_none_or(|f| Arc::strong_count(&f) != 1) {
+        if self.events.get().is_some() || file.is_none_or(|f| Arc::strong_count(&f) != 1) {
             return Ok(false);
         }
         self.spares.keep(path).map_err(|e| StoreError::io(path, e))
