@@ -25,8 +25,12 @@ use super::rebuild::{download, download_segments, rebuild, volume_id_bytes};
 use super::resolve::{Resolution, resolve};
 use super::{meta, uploader::segment_id_of};
 use crate::kms::fsutil::{fsync_dir, write_new};
+use crate::objstore::Error as StoreError;
 use crate::store::{read_checkpoint, segments_needed};
 use crate::volume::{VolumeError, VolumeLock};
+
+/// How often a catch-up starts over when an object went meanwhile.
+const CATCH_UP_ATTEMPTS: u32 = 5;
 
 /// What one catch-up did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,7 +75,27 @@ impl Follower {
     /// (`remote.json` names it, nothing holds its lock), which is cleared
     /// first. A directory of another volume, or one a daemon holds, is
     /// refused.
+    ///
+    /// The writer goes on deleting objects a newer checkpoint no longer
+    /// needs, and a reader holds no lease that would stop it: an object
+    /// gone between the listing and its download starts the catch-up over
+    /// (a few times) with a new listing.
     pub fn catch_up(&mut self) -> Result<CaughtUp> {
+        let mut attempt = 1;
+        loop {
+            match self.catch_up_once() {
+                Err(RemoteError::Store(StoreError::NotFound { .. }))
+                    if attempt < CATCH_UP_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, "an object went while catching up; listing again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn catch_up_once(&mut self) -> Result<CaughtUp> {
         let store = self.remote.store.as_ref();
         let volume_id = existing_volume_id(&self.remote)?;
         let leases = Leases::read(store)?;

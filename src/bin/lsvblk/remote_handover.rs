@@ -193,7 +193,12 @@ pub fn watch(
         .name("handover-watch".to_string())
         .spawn(move || {
             let mut device_stopped_at: Option<Instant> = None;
+            let mut asked_at: Option<Instant> = None;
             while !flag.load(Ordering::SeqCst) {
+                // The device's state is looked at every 10 ms, so that a
+                // stop is seen at once; the store is asked that often only
+                // for a while after a stop.
+                std::thread::sleep(WATCH_STOPPED);
                 let running = stop.is_device_running();
                 device_stopped_at = match (running, device_stopped_at) {
                     (true, _) => None,
@@ -201,7 +206,11 @@ pub fn watch(
                     (false, at) => at,
                 };
                 let soon = device_stopped_at.is_some_and(|at| at.elapsed() < WATCH_STOPPED_FOR);
-                std::thread::sleep(if soon { WATCH_STOPPED } else { WATCH_RUNNING });
+                let every = if soon { WATCH_STOPPED } else { WATCH_RUNNING };
+                if asked_at.is_some_and(|at| at.elapsed() < every) {
+                    continue;
+                }
+                asked_at = Some(Instant::now());
                 match handover::requested(store.as_ref(), epoch) {
                     Ok(true) => {}
                     Ok(false) => continue,

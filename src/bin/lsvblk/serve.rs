@@ -129,7 +129,9 @@ pub struct ServeArgs {
     /// Live migration destination: wait in standby (key unwrapped, volume
     /// neither opened nor locked) and take the volume over from the daemon
     /// serving it when the VM starts here; that daemon hands it over and
-    /// stops. Give the destination QEMU this daemon's socket.
+    /// stops. Give the destination QEMU this daemon's socket. With --store
+    /// (another host): the volume is rebuilt from the store into --volume
+    /// now and followed, and the hand-over goes through the store.
     #[arg(long, conflicts_with_all = ["read_only", "snapshot"])]
     standby: bool,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
