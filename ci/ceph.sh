@@ -14,6 +14,8 @@
 #   ci/ceph.sh rgw-stop    stop radosgw               ci/ceph.sh rgw-start
 #   ci/ceph.sh key-add ACCESS SECRET   give the S3 user another key pair
 #   ci/ceph.sh key-rm ACCESS           revoke it (requests signed with it: 403)
+#   ci/ceph.sh bucket-create NAME      create another bucket (a test's own)
+#   ci/ceph.sh bucket-rm NAME          delete that bucket and every object in it
 #   ci/ceph.sh use CMD...  up, run CMD, then down unless someone else still uses
 #                          the cluster or it was started by a plain `up`
 #
@@ -425,6 +427,19 @@ cmd_key_rm() {
   log "S3 key $1 revoked"
 }
 
+cmd_bucket_create() {
+  [ $# -eq 1 ] || die "usage: ci/ceph.sh bucket-create NAME"
+  s3 PUT "/$1" >/dev/null || die "cannot create bucket $1"
+  log "bucket $1 created"
+}
+
+cmd_bucket_rm() {
+  [ $# -eq 1 ] || die "usage: ci/ceph.sh bucket-rm NAME"
+  [ "$1" != "$BUCKET" ] || die "the shared bucket $BUCKET stays (other tests use it)"
+  radosgw-admin -c "$CONF" bucket rm --bucket "$1" --purge-objects >/dev/null
+  log "bucket $1 deleted with its objects"
+}
+
 # use CMD...: the cluster for the length of CMD (ci/test.sh, the benchmark).
 # Takes it down afterwards (also when CMD fails or we are interrupted) only
 # if a `use` started it and no other `use` still runs. CMD sees
@@ -494,6 +509,8 @@ case "$command" in
   rgw-start) with_lock cmd_rgw_start ;;
   key-add) cmd_key_add "$@" ;;
   key-rm) cmd_key_rm "$@" ;;
+  bucket-create) cmd_bucket_create "$@" ;;
+  bucket-rm) cmd_bucket_rm "$@" ;;
   use) cmd_use "$@" ;;
   -h | --help | help) usage ;;
   *) log "unknown command: $command"; usage ;;

@@ -20,6 +20,12 @@ pub const CRYPTO_CHUNK_BYTES_MIN: usize = 4096;
 /// Default target size of one segment file, bytes.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// Spare segment files a log keeps per head after compaction empties them,
+/// for its next segments to reuse (their blocks stay allocated, so a new
+/// segment costs no file creation and no allocation). One per head covers
+/// each head's next segment; the space they hold stays reported as spare.
+pub const SPARE_SEGMENTS_PER_HEAD: usize = 1;
+
 /// Smallest allowed segment target, bytes (small values are for tests).
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 

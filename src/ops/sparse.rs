@@ -27,6 +27,27 @@ pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<Range<u64>>> {
     Ok(ranges)
 }
 
+/// The holes of `file` within bytes `range`, in order (clipped to it). A
+/// file system without `SEEK_HOLE` support reports none.
+pub fn hole_ranges(file: &File, range: Range<u64>) -> io::Result<Vec<Range<u64>>> {
+    let mut holes = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let Some(start) = seek(file, at, libc::SEEK_HOLE)? else {
+            break; // past the end of the file
+        };
+        if start >= range.end {
+            break;
+        }
+        let end = seek(file, start, libc::SEEK_DATA)?
+            .unwrap_or(range.end)
+            .min(range.end);
+        holes.push(start..end);
+        at = end;
+    }
+    Ok(holes)
+}
+
 /// `lseek(fd, offset, whence)`; `None` for ENXIO (no data, or no hole,
 /// past `offset`).
 fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {

@@ -9,7 +9,9 @@
 //! Rules that keep it safe:
 //! - only segments below the newest local checkpoint's `segment_id_next`
 //!   are evicted: a local recovery never replays them;
-//! - a segment being read is never evicted (readers hold a [`CachePin`]);
+//! - a segment being read is never evicted (readers hold a [`CachePin`];
+//!   a clone reading its parent's segment holds its shared file lock,
+//!   `segment_lock`, and the owner skips a segment it cannot lock);
 //!   what a batch of reads needs is fetched in parallel, and a sequential
 //!   reader's next chunks in the background (`refill.rs`);
 //! - the evicted set is written (`cache.json`, atomically) before a hole is
@@ -31,6 +33,9 @@ use crate::store::{ALIGN, punch_hole};
 use crate::sync::LockOrRecover;
 
 mod refill;
+mod segment_lock;
+
+pub use segment_lock::{SharedLock, lock_shared};
 
 /// The file in the volume directory that lists the evicted segments.
 pub const CACHE_STATE_FILE: &str = "cache.json";
@@ -230,18 +235,21 @@ impl SegmentCache {
         Arc::new(cache)
     }
 
-    /// Segment `object`'s records may be missing from its file (its owner
-    /// evicted them): every chunk is fetched again before it is read.
-    pub fn mark_evicted(&self, object: StoredObject) {
+    /// Bytes `holes` of segment `object` are missing from its file (its
+    /// owner punched them out): the chunks they touch are fetched again
+    /// before they are read.
+    pub fn mark_missing(&self, object: StoredObject, holes: &[std::ops::Range<u64>]) {
         let mut state = self.lock();
         let id = object.number;
-        match state.segments.get_mut(&id) {
-            Some(cached) => cached.missing = cached.chunks().collect(),
-            None => {
-                state.tick += 1;
-                let cached = Cached::new(object, state.tick, true);
-                state.segments.insert(id, cached);
-            }
+        if !state.segments.contains_key(&id) {
+            state.tick += 1;
+            let cached = Cached::new(object, state.tick, false);
+            state.segments.insert(id, cached);
+        }
+        let cached = state.segments.get_mut(&id).expect("just tracked");
+        for hole in holes {
+            let touched = cached.chunks_touched(hole.start, hole.end);
+            cached.missing.extend(touched);
         }
     }
 
@@ -319,6 +327,8 @@ impl SegmentCache {
 
     /// Evicts least recently read segments until the resident bytes fit.
     fn evict_over_capacity(&self, mut state: MutexGuard<'_, State>) {
+        // Segments a clone is reading now (see `segment_lock`).
+        let mut busy = BTreeSet::new();
         loop {
             let resident: u64 = state.segments.values().map(Cached::resident_bytes).sum();
             if resident <= state.status.capacity_bytes {
@@ -328,22 +338,39 @@ impl SegmentCache {
             let victim = state
                 .segments
                 .range(..floor)
-                .filter(|(_, c)| c.readers == 0 && c.missing.len() < c.chunks().count())
+                .filter(|(id, c)| {
+                    c.readers == 0 && c.missing.len() < c.chunks().count() && !busy.contains(*id)
+                })
                 .min_by_key(|(_, c)| c.tick)
                 .map(|(id, _)| *id);
             let Some(id) = victim else {
                 return;
             };
-            if let Err(error) = self.evict(&mut state, id) {
-                tracing::warn!(%error, segment = format!("{id:016x}"), "cannot evict a segment from the cache; keeping it");
-                state.segments.remove(&id);
+            match self.evict(&mut state, id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    busy.insert(id);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, segment = format!("{id:016x}"), "cannot evict a segment from the cache; keeping it");
+                    state.segments.remove(&id);
+                }
             }
         }
     }
 
     /// Punches segment `id`'s records out of its file, after recording it
-    /// as evicted.
-    fn evict(&self, state: &mut State, id: u64) -> Result<()> {
+    /// as evicted. Evicts nothing and returns false while a clone reads the
+    /// file (it holds its shared lock).
+    fn evict(&self, state: &mut State, id: u64) -> Result<bool> {
+        let path = self.segment_path(id);
+        let file = File::options()
+            .write(true)
+            .open(&path)
+            .map_err(|e| RemoteError::io(&path, e))?;
+        if !segment_lock::try_lock_exclusive(&file).map_err(|e| RemoteError::io(&path, e))? {
+            return Ok(false);
+        }
         let cached = state.segments.get_mut(&id).expect("a tracked segment");
         let range = cached.evictable();
         // A segment with chunks missing is listed already: no write (and
@@ -353,15 +380,10 @@ impl SegmentCache {
         if !listed {
             self.persist(state)?;
         }
-        let path = self.segment_path(id);
-        let file = File::options()
-            .write(true)
-            .open(&path)
-            .map_err(|e| RemoteError::io(&path, e))?;
         punch_hole(&file, range.start, range.end - range.start)
             .map_err(|e| RemoteError::io(&path, e))?;
         state.status.evictions += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// The file of segment `id`.

@@ -73,6 +73,15 @@ pub enum RemoteError {
         /// Seconds since the first refusal.
         for_s: f64,
     },
+    /// The bucket was deleted and is back without the volume's objects:
+    /// nothing more is uploaded (the store would hold a volume with a hole).
+    #[error(
+        "the object store lost the volume: its bucket was deleted and is back without the \
+         volume's objects (it has no volume-id); nothing more is uploaded and FLUSHes \
+         that wait for the store fail. The local directory still holds every write: stop the \
+         daemon and serve it without --store (or export it)"
+    )]
+    StoreLost,
     /// `--store` for a volume that is neither kept in a store nor a clone
     /// of a volume that is.
     #[error(

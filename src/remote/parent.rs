@@ -6,25 +6,26 @@
 //! other block, checked against its table.
 //!
 //! The parent's daemon owns its cache: the clone never evicts from it and
-//! never writes its `cache.json`. It follows that file instead: a segment
-//! listed there is treated as evicted (all its chunks fetched before a
-//! read) each time the list changes, since the parent may have punched it
-//! again. A hole the parent punches between a clone's refill and its read
-//! of the same chunk fails that read's checks: an I/O error, never wrong
-//! data.
+//! never writes its `cache.json`. Before it reads a parent segment, the
+//! clone takes the file's shared lock (`cache::lock_shared`), which keeps
+//! the parent from punching it until the read is done (the parent evicts
+//! another segment meanwhile), and looks for holes in what it reads
+//! (`SEEK_HOLE`): those chunks are fetched first. So what the parent
+//! evicts at any moment is read back, never failed for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use super::attach::{RemoteStore, existing_volume_id};
-use super::cache::{CACHE_STATE_FILE, SegmentCache};
+use super::cache::{SegmentCache, SharedLock, lock_shared};
 use super::error::{RemoteError, Result};
 use super::layout::{ObjectKind, StoredObject};
 use super::lease::Leases;
 use super::resolve::resolve;
 use crate::objstore::ObjectStore;
+use crate::ops::sparse::hole_ranges;
 use crate::store::{Log, LogEvents, ReadPin, ReadRange, WrittenCheckpoint};
 use crate::sync::LockOrRecover;
 use crate::volume::Volume;
@@ -32,19 +33,12 @@ use crate::volume::Volume;
 /// Reads of a parent snapshot's evicted blocks (see the module doc).
 pub struct ParentReads {
     store: Arc<dyn ObjectStore>,
-    /// The parent's volume directory.
-    dir: PathBuf,
+    /// The parent's segment files.
+    segments_dir: PathBuf,
     cache: Arc<SegmentCache>,
-    known: Mutex<Known>,
-}
-
-#[derive(Default)]
-struct Known {
-    /// The parent's segment objects, by id (listed again when an evicted
-    /// segment is not among them).
-    objects: BTreeMap<u64, StoredObject>,
-    /// When `cache.json` was last read (its modification time).
-    listed: Option<SystemTime>,
+    /// The parent's segment objects, by id (listed again when a segment
+    /// with holes is not among them).
+    objects: Mutex<BTreeMap<u64, StoredObject>>,
 }
 
 impl ParentReads {
@@ -55,47 +49,65 @@ impl ParentReads {
         let reads = Arc::new(Self {
             cache: SegmentCache::borrowed(Arc::clone(&store), dir),
             store,
-            dir: dir.to_path_buf(),
-            known: Mutex::new(Known::default()),
+            segments_dir: dir.join("segments"),
+            objects: Mutex::new(BTreeMap::new()),
         });
-        reads.refresh()?;
+        reads.list_objects()?;
         log.set_events(Arc::clone(&reads) as _);
         Ok(reads)
     }
 
-    /// Follows `cache.json` of the parent: each segment it lists now must
-    /// be fetched before it is read.
-    fn refresh(&self) -> Result<()> {
-        let path = self.dir.join(CACHE_STATE_FILE);
-        let modified = match std::fs::metadata(&path) {
-            Ok(meta) => Some(meta.modified().map_err(|e| RemoteError::io(&path, e))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(RemoteError::io(&path, e)),
-        };
-        let mut known = self.known.lock_or_recover();
-        if modified.is_some() && known.listed == modified {
-            return Ok(());
-        }
-        let evicted = SegmentCache::persisted_evicted(&self.dir)?;
-        if evicted.iter().any(|id| !known.objects.contains_key(id)) {
-            let store = self.store.as_ref();
-            let resolution = resolve(store, &Leases::read(store)?.epochs)?;
-            known.objects = resolution
-                .of_kind(ObjectKind::Segment)
-                .map(|o| (o.number, o.clone()))
-                .collect();
-        }
-        for id in &evicted {
-            let object = known
-                .objects
-                .get(id)
-                .ok_or_else(|| RemoteError::Incomplete {
-                    reason: format!("the parent's evicted segment {id:016x} is not in its store"),
-                })?;
-            self.cache.mark_evicted(object.clone());
-        }
-        known.listed = modified;
+    /// Lists the parent's segment objects in the store again.
+    fn list_objects(&self) -> Result<()> {
+        let store = self.store.as_ref();
+        let resolution = resolve(store, &Leases::read(store)?.epochs)?;
+        *self.objects.lock_or_recover() = resolution
+            .of_kind(ObjectKind::Segment)
+            .map(|o| (o.number, o.clone()))
+            .collect();
         Ok(())
+    }
+
+    /// Segment `id`'s object in the store.
+    fn object(&self, id: u64) -> Result<StoredObject> {
+        if let Some(object) = self.objects.lock_or_recover().get(&id) {
+            return Ok(object.clone());
+        }
+        self.list_objects()?;
+        self.objects
+            .lock_or_recover()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RemoteError::Incomplete {
+                reason: format!("the parent's evicted segment {id:016x} is not in its store"),
+            })
+    }
+
+    /// Locks each segment `ranges` read (shared: the parent does not evict
+    /// it meanwhile) and tells the cache which of their chunks the parent
+    /// punched out. The locks, to hold until the reads are done.
+    fn lock_and_find_holes(&self, ranges: &[ReadRange]) -> Result<Vec<SharedLock>> {
+        let segments: BTreeSet<u64> = ranges.iter().map(|r| r.segment_id).collect();
+        let mut locks = Vec::with_capacity(segments.len());
+        for id in segments {
+            let path = self.segments_dir.join(format!("{id:016x}.seg"));
+            let Some(lock) = lock_shared(&path).map_err(|e| RemoteError::io(&path, e))? else {
+                continue; // no file: the read fails as it would have
+            };
+            locks.push(lock);
+            let file = File::open(&path).map_err(|e| RemoteError::io(&path, e))?;
+            let mut holes = Vec::new();
+            for range in ranges.iter().filter(|r| r.segment_id == id) {
+                holes.extend(
+                    hole_ranges(&file, range.start..range.end)
+                        .map_err(|e| RemoteError::io(&path, e))?,
+                );
+            }
+            if !holes.is_empty() {
+                self.cache.mark_missing(self.object(id)?, &holes);
+            }
+        }
+        Ok(locks)
     }
 }
 
@@ -106,18 +118,21 @@ impl LogEvents for ParentReads {
     fn checkpoint_written(&self, _checkpoint: &WrittenCheckpoint) {}
 
     fn before_reads(&self, ranges: &[ReadRange]) -> Vec<std::io::Result<ReadPin>> {
-        if let Err(error) = self.refresh() {
-            let text = error.to_string();
-            return ranges
-                .iter()
-                .map(|_| Err(std::io::Error::other(text.clone())))
-                .collect();
-        }
+        let locks = match self.lock_and_find_holes(ranges) {
+            Ok(locks) => Arc::new(locks),
+            Err(error) => {
+                let text = error.to_string();
+                return ranges
+                    .iter()
+                    .map(|_| Err(std::io::Error::other(text.clone())))
+                    .collect();
+            }
+        };
         self.cache
             .pin_all(ranges)
             .into_iter()
             .map(|outcome| match outcome {
-                Ok(pin) => Ok(pin.map(|p| Box::new(p) as Box<dyn Send>)),
+                Ok(pin) => Ok(Some(Box::new((pin, Arc::clone(&locks))) as Box<dyn Send>)),
                 Err(error) => Err(std::io::Error::other(error.to_string())),
             })
             .collect()

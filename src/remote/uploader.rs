@@ -113,6 +113,11 @@ struct State {
     /// When older epochs' folders were last swept for objects the
     /// volume does not hold.
     last_orphan_sweep: Option<Instant>,
+    /// An upload met `NoSuchBucket`: before the next one, check that the
+    /// store still holds the volume (the bucket may be back empty).
+    bucket_missing: bool,
+    /// The bucket came back without the volume: refused until we stop.
+    store_lost: bool,
     /// `finish` was called: upload what is queued, then stop.
     stopping: bool,
     /// `finish` is done waiting: the threads stop now.
@@ -443,7 +448,7 @@ impl Shared {
     fn work(&self) {
         while let Some(job) = self.next_job() {
             let mut backoff = failures::BACKOFF_FIRST;
-            while let Err(error) = self.run(&job) {
+            while let Err(error) = self.still_stored().and_then(|()| self.run(&job)) {
                 if !self.failed(&error, &mut backoff) {
                     return;
                 }

@@ -96,6 +96,8 @@ pub fn space(volume: &Volume) -> Result<Value, VolumeError> {
         "dead_bytes": space.file_bytes.saturating_sub(space.live_bytes),
         "segments": space.segments.len(),
         "snapshot_pinned_bytes": pinned,
+        "spare_segments": space.spare_segments,
+        "spare_bytes": space.spare_bytes,
         "base": volume.base_use()?,
     }))
 }

@@ -72,6 +72,18 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     fallocate(file, mode, offset, len)
 }
 
+/// Makes `len` bytes of `file` from `offset` read as zeros while keeping
+/// them allocated (`FALLOC_FL_ZERO_RANGE`; the size stays): how a spare
+/// segment is emptied before it is reused. Fails where the filesystem
+/// cannot (the caller then deletes the spare and creates a segment).
+pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, mode, offset, len)
+}
+
 /// `fallocate(2)` of bytes `offset..offset + len` of `file` in `mode`,
 /// retried when a signal interrupts it.
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {

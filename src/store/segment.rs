@@ -150,6 +150,33 @@ pub fn create_segment(
     Ok(file)
 }
 
+/// Makes segment `id` out of a spare segment file (`spare`, open as
+/// `file`, already zeroed by the caller): writes the header, then renames
+/// it to the segment's name, so that name never shows the spare's old
+/// contents. Fails, changing nothing under the segment's name, if a file
+/// of that name exists.
+pub fn reuse_segment(
+    segments_dir: &Path,
+    spare: &Path,
+    file: File,
+    id: u64,
+    volume_id: &[u8; 16],
+    fields: &SegmentHeaderFields,
+) -> Result<File, StoreError> {
+    let path = segment_path(segments_dir, id);
+    if path.symlink_metadata().is_ok() {
+        return Err(StoreError::io(
+            &path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    let mut block = AlignedBuf::zeroed(ALIGN);
+    block[..64].copy_from_slice(&encode_segment_header(id, volume_id, fields));
+    super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(spare, e))?;
+    std::fs::rename(spare, &path).map_err(|e| StoreError::io(&path, e))?;
+    Ok(file)
+}
+
 /// Checks a segment's header: magic, CRC, version, id and volume (and for
 /// version 2, the block size); returns its version.
 pub fn check_segment_header(

@@ -102,10 +102,14 @@ fn compaction_of_a_served_volume_under_verified_io_frees_space_and_keeps_every_b
     );
     let done: Value = serde_json::from_slice(&output.stdout).unwrap();
     let report = &done["report"];
-    // The first round's 12 segments at least, and the half-dead second.
+    // The first round's 12 segments at least, and the half-dead second;
+    // a few (one per log head at most) are kept as spares for reuse, the
+    // others' space goes back to the filesystem.
     assert!(report["segments_deleted"].as_u64().unwrap() >= 12, "{done}");
+    let recycled = report["segments_recycled"].as_u64().unwrap();
+    assert!(recycled <= 3, "{done}");
     assert!(
-        report["bytes_freed"].as_u64().unwrap() >= 12 * MIB,
+        report["bytes_freed"].as_u64().unwrap() >= (12 - recycled) * MIB,
         "{done}"
     );
     assert!(report["bytes_moved"].as_u64().unwrap() > 0, "{done}");

@@ -139,3 +139,83 @@ fn a_clone_reads_what_its_stored_parent_evicted_from_the_store() {
     drop(client);
     alice.stop_cleanly();
 }
+
+/// The race a clone's reads had with its parent's cache, provoked: the
+/// parent (a 2 MiB cache over 8 MiB of snapshot data) evicts all the time
+/// while its own reader refills other segments, and the clone reads the
+/// same snapshot blocks meanwhile. Before a clone pinned the parent's
+/// segments it read, a hole punched between its refill and its read failed
+/// that read; now every read returns the snapshot's data.
+#[test]
+fn a_clone_reads_while_its_stored_parent_evicts_the_same_segments() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _shared = cluster().fault_lock(false);
+    let setup = Setup::new("clone-race", 16 * MIB);
+    let volume = setup.volume.to_str().unwrap().to_string();
+    let pieces = 8 * MIB / PIECE;
+    let mut alice = setup.serve(&setup.volume, &["--flush", "remote", "--cache-size", "2M"]);
+    let mut client = alice.client(1);
+    for piece in 0..pieces {
+        client.write(0, piece * PIECE, &pattern(piece)).unwrap();
+    }
+    client.flush(0).unwrap();
+    lsvblk().json(&["snapshot", "create", &volume, "snap1", "--json"]);
+    wait_evicted(&setup, 4);
+    let (clone_dir, _) = clone_snap1(&setup, &volume);
+    let mut options = ServeOptions::args(&[]);
+    options.lsvblk = lsvblk();
+    options.args.extend(setup.store_args());
+    let mut clone = Daemon::start_with(&clone_dir, &setup.kms, &setup.token, &options);
+    let mut reader = clone.client(1);
+
+    let stop = AtomicBool::new(false);
+    let evictions_before = setup.status(&setup.volume)["upload"]["cache"]["evictions"]
+        .as_u64()
+        .unwrap();
+    let (clone_reads, failures) = std::thread::scope(|scope| {
+        // The parent reads its segments round and round: each refill
+        // evicts another segment.
+        let churn = scope.spawn(|| {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for piece in (0..pieces).step_by(4) {
+                    let got = client.read(0, piece * PIECE, PIECE as usize).unwrap();
+                    assert_eq!(got, pattern(piece), "parent piece {piece}");
+                }
+                rounds += 1;
+            }
+            rounds
+        });
+        let start = std::time::Instant::now();
+        let (mut reads, mut failures) = (0u64, Vec::new());
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            for piece in 0..pieces {
+                match reader.read(0, piece * PIECE, PIECE as usize) {
+                    Ok(got) => assert_eq!(got, pattern(piece), "clone piece {piece}"),
+                    Err(error) => failures.push((piece, error)),
+                }
+                reads += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(churn.join().unwrap() > 0, "the parent never read");
+        (reads, failures)
+    });
+    let evictions = setup.status(&setup.volume)["upload"]["cache"]["evictions"]
+        .as_u64()
+        .unwrap()
+        - evictions_before;
+    assert!(
+        evictions > pieces / 4,
+        "the parent evicted only {evictions} times: the race was not provoked"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {clone_reads} clone reads failed while the parent evicted ({evictions} evictions): {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    drop(reader);
+    clone.stop_cleanly();
+    alice.stop_cleanly();
+}

@@ -29,7 +29,10 @@
 //!   source refusing it while its device runs;
 //! - [`refused`]: the daemon's access key revoked while it serves (remote
 //!   FLUSHes fail at once, the refusal reported), then restored (uploads
-//!   resume, nothing lost).
+//!   resume, nothing lost);
+//! - [`bucket_gone`]: the volume's bucket deleted while it serves, then
+//!   created again empty (the store lost the volume: refused for good, the
+//!   journal keeps every write).
 //!
 //! About 2 minutes; the fault tests hold the cluster's fault lock.
 
@@ -37,6 +40,7 @@
 mod kit;
 
 mod bad_input;
+mod bucket_gone;
 mod cache;
 mod clone;
 mod collect;
@@ -75,12 +79,19 @@ struct Setup {
     volume: PathBuf,
     /// The volume's size.
     size_bytes: u64,
+    /// The bucket it is kept in.
+    bucket: String,
 }
 
 impl Setup {
     /// A `size_bytes` volume with 1 MiB segments (many objects from little
     /// data), in the store under `tests/NAME-RANDOM`.
     fn new(name: &str, size_bytes: u64) -> Self {
+        Self::new_in(name, size_bytes, cluster().bucket())
+    }
+
+    /// [`Setup::new`] in `bucket` instead of the cluster's.
+    fn new_in(name: &str, size_bytes: u64, bucket: &str) -> Self {
         let kms = Kms::start();
         let token = kms.token("alice");
         let prefix = unique_prefix(name);
@@ -98,6 +109,7 @@ impl Setup {
             credentials,
             volume: PathBuf::new(),
             size_bytes,
+            bucket: bucket.to_string(),
         };
         let mut args = setup.store_args();
         args.extend(["--segment-size".to_string(), "1M".to_string()]);
@@ -108,11 +120,7 @@ impl Setup {
 
     /// `--store s3://BUCKET/PREFIX --endpoint URL --credentials-file F`.
     fn store_args(&self) -> Vec<String> {
-        self.store_args_for(&format!(
-            "s3://{}/{}",
-            cluster().bucket(),
-            self.prefix.as_str()
-        ))
+        self.store_args_for(&format!("s3://{}/{}", self.bucket, self.prefix.as_str()))
     }
 
     fn store_args_for(&self, url: &str) -> Vec<String> {
@@ -131,6 +139,15 @@ impl Setup {
     /// The volume's objects, through our own client.
     fn store(&self) -> S3Store {
         cluster().store(&self.prefix)
+    }
+
+    /// Every object under the volume's prefix in its bucket.
+    fn objects(&self) -> Vec<lsvblk::objstore::ObjectInfo> {
+        let (parent, name) = self.prefix.as_str().rsplit_once('/').unwrap();
+        let mut config = cluster().config(&ObjectKey::new(parent).unwrap());
+        config.bucket = self.bucket.clone();
+        let store = S3Store::new(config, &cluster().credentials()).unwrap();
+        store.list(&ObjectKey::new(name).unwrap()).unwrap()
     }
 
     /// A directory that does not exist yet (as on a new host).

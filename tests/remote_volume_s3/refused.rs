@@ -51,7 +51,7 @@ impl Drop for ExtraKey {
 
 /// Polls `status` of the daemon serving the setup's volume until `done`
 /// says yes (panics after `wait`); returns that status.
-fn status_until(
+pub(crate) fn status_until(
     setup: &Setup,
     wait: Duration,
     done: impl Fn(&serde_json::Value) -> bool,

@@ -16,6 +16,13 @@
 //!   10 s: once an operator restores the key or the bucket,
 //!   the next attempt succeeds, the refusal clears and uploads resume.
 //!
+//! A bucket that was deleted may come back empty: before the next upload
+//! after a `NoSuchBucket` the uploader checks that the store still holds the
+//! volume (its `volume-id`). If it does not, the store lost the volume's
+//! objects, and uploading on would make a remote FLUSH claim what the store
+//! no longer has: the refusal stays (`RemoteError::StoreLost`) until the
+//! daemon stops; the local directory still holds every write.
+//!
 //! Other answers retrying may or may not change (a 400 such as S3's
 //! `RequestTimeout` under load, a 404 of one object) count as transient: a
 //! slow store must never fail a FLUSH early.
@@ -27,6 +34,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::error::RemoteError;
+use super::super::layout::{VOLUME_ID_KEY, root_key};
 use super::{Shared, State};
 use crate::objstore::Error as StoreError;
 
@@ -80,11 +88,30 @@ pub(super) fn is_refusal(error: &RemoteError) -> bool {
                 | StoreError::Credentials { .. }
                 | StoreError::Config { .. }
         ),
+        RemoteError::StoreLost => true,
         _ => false,
     }
 }
 
 impl Shared {
+    /// After the bucket went missing: whether the store still holds the
+    /// volume (see `failures.rs`).
+    pub(super) fn still_stored(&self) -> Result<(), RemoteError> {
+        if !self.lock().bucket_missing {
+            return Ok(());
+        }
+        // A GET, not a HEAD: a HEAD's answer has no body to tell a missing
+        // bucket (`NoSuchBucket`) from a missing object.
+        match self.store.get(&root_key(VOLUME_ID_KEY)) {
+            Ok(_) => {
+                self.lock().bucket_missing = false;
+                Ok(())
+            }
+            Err(StoreError::NotFound { .. }) => Err(RemoteError::StoreLost),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Notes a failed upload attempt and waits before the next one (less if
     /// the uploader stops meanwhile). False when the worker is to stop
     /// (fenced or stopped) instead of trying again.
@@ -96,6 +123,11 @@ impl Shared {
         let refused = is_refusal(error);
         let text = error.to_string();
         let mut state = self.lock();
+        match error {
+            RemoteError::Store(StoreError::BucketMissing { .. }) => state.bucket_missing = true,
+            RemoteError::StoreLost => state.store_lost = true,
+            _ => {}
+        }
         state.status.last_error = Some(text.clone());
         let starts = state.failing.as_ref().is_none_or(|f| f.refused != refused);
         if starts {
@@ -161,6 +193,9 @@ pub(super) fn succeeded(state: &mut State) {
 
 /// Fails a wait for the store at once while the store refuses uploads.
 pub(super) fn check_refused(state: &State) -> Result<(), RemoteError> {
+    if state.store_lost {
+        return Err(RemoteError::StoreLost);
+    }
     match state.failing.as_ref().and_then(Failing::refusal) {
         Some(refusal) => Err(RemoteError::Refused {
             error: refusal.error,

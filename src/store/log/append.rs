@@ -30,7 +30,7 @@ use super::super::io::{
 };
 use super::super::macs::signing_key;
 use super::super::record::{RecordHeader, RecordKind};
-use super::super::segment::{self, SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
+use super::super::segment::{SegmentHeaderFields, SegmentVersion, V2_FIRST_FRAME};
 use super::super::table::TableFormat;
 use super::append_stream::{AppendStream, Writer};
 use super::durability::PendingSeal;
@@ -306,6 +306,8 @@ impl Log {
                 last_mac: full.last_mac,
             });
         }
+        // A spare is zeroed before the index lock: that can take a while.
+        let spare = self.zeroed_spare();
         // Allocate, create and publish the segment under the index lock, so a
         // checkpoint sees either none of it or all of it.
         let mut state = self.write_state();
@@ -316,8 +318,7 @@ impl Log {
             macs: self.config.macs.is_some(),
             writer_epoch: 0,
         };
-        let file =
-            segment::create_segment(&self.segments_dir, id, &self.config.volume_id, &fields)?;
+        let file = self.new_segment_file(spare, id, &fields)?;
         // Appends then write inside the file (see `io::preallocate`); the
         // seal cuts what the head did not use. Without it they still work.
         if let Err(error) = io::preallocate(&file, self.config.segment_bytes) {

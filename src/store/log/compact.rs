@@ -80,13 +80,17 @@ pub struct CompactProgress {
 /// What a compaction did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CompactReport {
-    /// Segments deleted.
+    /// Segments taken out of the log (deleted, or kept as spares).
     pub segments_deleted: u64,
+    /// Of those, segment files kept as spares for new segments to reuse
+    /// (their space stays allocated; see `SPARE_SEGMENTS_PER_HEAD`).
+    pub segments_recycled: u64,
     /// Live payload bytes copied to the compaction head.
     pub bytes_moved: u64,
     /// Of those, bytes re-encrypted under a new key.
     pub bytes_rekeyed: u64,
-    /// Segment file bytes given back to the file system.
+    /// Segment file bytes given back to the file system (not those of
+    /// recycled segments).
     pub bytes_freed: u64,
     /// Segments kept because a live block in them fails its checksum.
     pub corrupt_segments: Vec<u64>,
@@ -114,6 +118,10 @@ pub struct SpaceReport {
     pub live_bytes: u64,
     /// Bytes of all segment files.
     pub file_bytes: u64,
+    /// Spare segment files kept for reuse (see `SPARE_SEGMENTS_PER_HEAD`).
+    pub spare_segments: usize,
+    /// Their bytes (allocated, not part of the log).
+    pub spare_bytes: u64,
 }
 
 /// A segment chosen for cleaning, and the live bytes to move out of it.
@@ -195,6 +203,7 @@ impl Log {
             .map(|(id, f)| (*id, Arc::clone(f)))
             .collect();
         let mut report = SpaceReport::default();
+        (report.spare_segments, report.spare_bytes) = self.spares.usage();
         for (id, file) in files {
             let path = self.segment_path(id);
             let file_bytes = file
@@ -537,14 +546,19 @@ impl Log {
             let file = self.files.write_or_recover().remove(id);
             let path = self.segment_path(*id);
             let bytes = file
+                .as_ref()
                 .and_then(|f| f.file.metadata().ok())
                 .map_or(0, |m| m.len());
-            fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            if self.recycle(file, &path)? {
+                report.segments_recycled += 1;
+            } else {
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                report.bytes_freed += bytes;
+            }
             self.write_state().unretire(*id, false);
             self.notify_deleted(*id);
             deleted_any = true;
             report.segments_deleted += 1;
-            report.bytes_freed += bytes;
             status.segments_done += 1;
             progress(status);
             steps.step()?;

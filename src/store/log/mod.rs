@@ -28,10 +28,11 @@ use super::io::uring::WriteRing;
 use super::macs::MacKeys;
 use super::segment::{self, SegmentVersion};
 use super::{StoreError, sync_dir};
-use crate::limits::CHECKPOINT_INTERVAL_BYTES;
+use crate::limits::{CHECKPOINT_INTERVAL_BYTES, SPARE_SEGMENTS_PER_HEAD};
 use crate::sync::RwLockOrRecover;
 use durability::PendingSeal;
 use snapshots::UnmaterializedSnapshot;
+use spares::SpareSegments;
 use state::IndexState;
 
 mod append;
@@ -48,6 +49,7 @@ mod rekey;
 mod replay;
 mod snapshot_index;
 mod snapshots;
+mod spares;
 mod state;
 mod verify;
 
@@ -227,6 +229,9 @@ pub struct Log {
     io_mode: IoMode,
     /// Block table pages, for reads (see `read`).
     meta_cache: MetaCache,
+    /// Segment files compaction emptied, kept for the next new segments
+    /// (see `spares`).
+    spares: SpareSegments,
 }
 
 impl Log {
@@ -261,6 +266,11 @@ impl Log {
             })
             .collect::<Vec<_>>();
         let config_meta_cache_bytes = config.meta_cache_bytes;
+        let spare_limit = match config.read_only {
+            true => 0,
+            false => heads.len() * SPARE_SEGMENTS_PER_HEAD,
+        };
+        let spares = SpareSegments::open(&segments_dir, spare_limit);
         let mut state = IndexState::empty(heads.len());
         state.segment_id_next = segment_id_next;
         Self {
@@ -282,6 +292,7 @@ impl Log {
             compact_lock: Mutex::new(()),
             events: OnceLock::new(),
             meta_cache: MetaCache::new(config_meta_cache_bytes),
+            spares,
         }
     }
 
