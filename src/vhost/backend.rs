@@ -181,6 +181,7 @@ impl BlockBackend {
         // sleeping (`poll`).
         let poll = PollWindow::from_us(self.shared.options.poll_us);
         let event_idx = self.shared.event_idx.load(Ordering::Relaxed);
+        let mut kicked = false;
         loop {
             // With EVENT_IDX the driver kicks only when it sees us idle:
             // keep draining until re-enabling notifications finds the queue
@@ -198,7 +199,7 @@ impl BlockBackend {
                 if event_idx && vring.enable_notification().map_err(io::Error::other)? {
                     continue;
                 }
-                wait_for_job_or_kick(vring, lane);
+                kicked = wait_for_job_or_kick(vring, lane, kicked);
                 continue;
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
@@ -208,20 +209,22 @@ impl BlockBackend {
     }
 }
 
-/// Sleeps until a job of `lane` finishes or the driver kicks `vring`
-/// (the kick is then consumed: the drain that follows sees its requests).
-fn wait_for_job_or_kick(vring: &Vring, lane: &mut Lane<'_, '_>) {
-    let kick = vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd());
+/// Sleeps until a job of `lane` finishes or, unless `kicked` already,
+/// the driver kicks `vring`; returns true once the kick has come. The
+/// kick is never read here: the event loop reads it (blocking) when the
+/// drain returns, and a kick read here would leave it waiting forever.
+/// Once kicked, only finished jobs wake the worker (each followed by a
+/// look at the ring).
+fn wait_for_job_or_kick(vring: &Vring, lane: &mut Lane<'_, '_>, kicked: bool) -> bool {
+    let kick = match kicked {
+        true => None,
+        false => vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd()),
+    };
     let mut fds = vec![lane.done_fd()];
     fds.extend(kick);
     let ready = wait_readable(&fds, -1);
-    if ready.get(1).copied().unwrap_or(false)
-        && let Err(error) = vring.read_kick()
-        && error.kind() != io::ErrorKind::WouldBlock
-    {
-        tracing::warn!(%error, "cannot read a queue's kick");
-    }
     lane.reap();
+    kicked || ready.get(1).copied().unwrap_or(false)
 }
 
 impl BlockBackend {
