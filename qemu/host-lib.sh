@@ -257,14 +257,15 @@ loop_check_options() {
 # (restart-test.sh, migrate-test.sh) need before a guest boots: for lsvblk the
 # binaries, lsvkms with a token for alice and a volume at DIR/vol; for qsd a raw
 # file DIR/disk.raw and QSD (the qemu-storage-daemon binary) with QSD_VERSION;
-# then the guest's kernel and initramfs. Sets KMS_PID/KMS_SOCK (lsvblk).
+# then the guest's kernel and initramfs. Sets KMS_PID/KMS_SOCK (lsvblk). The
+# array LOOP_CREATE_ARGS, if set, goes to `lsvblk create` (e.g. --store).
 loop_backend_setup() {
   local backend=$1 dir=$2 logs=$3 size=$4
   if [ "$backend" = lsvblk ]; then
     build_binaries
     kms_start "$dir" "$logs" alice
     "$LSVBLK" create --volume "$dir/vol" --size "$size" --acl alice --kms "unix:$KMS_SOCK" \
-      >"$logs/create.log" 2>&1 || { cat "$logs/create.log" >&2; die "lsvblk create failed"; }
+      ${LOOP_CREATE_ARGS[@]+"${LOOP_CREATE_ARGS[@]}"} >"$logs/create.log" 2>&1 || { cat "$logs/create.log" >&2; die "lsvblk create failed"; }
   else
     QSD=${LSVBLK_QSD:-$(command -v qemu-storage-daemon || echo "$QEMU_ROOT/usr/bin/qemu-storage-daemon")}
     truncate -s "$size" "$dir/disk.raw"

@@ -14,6 +14,12 @@
 #   --backend qsd      qemu-storage-daemon, the destination's a second instance
 #                      on the same raw file with locking=off: the reference
 #   --migrations N     migrations, back and forth (default 3)
+#   --s3               (lsvblk) the volume is kept in the Ceph cluster of
+#                      ci/ceph.sh (up already), served with --flush remote, and
+#                      each daemon has a directory of its own, as on two hosts:
+#                      the destination's `serve --standby --store` follows the
+#                      volume from the bucket and the hand-over goes through it
+#                      (a daemon migrated back to clears its stale copy first)
 #   --vm-args WORDS    more run-vm.sh options for every QEMU (e.g. --cpu, --tcg-thread)
 #   --kernel-args WORDS  more guest kernel command line words
 #   --warmup-rounds N  the first migration starts after N verified rounds (default 1)
@@ -42,7 +48,7 @@ set -euo pipefail
 . "$QEMU_DIR/host-lib.sh"
 
 BACKEND=lsvblk MIGRATIONS=3 BOOT_TIMEOUT=600 PROGRESS_TIMEOUT=120 SUMMARY="" KEEP=0
-VM_ARGS="" KERNEL_ARGS="" WARMUP_ROUNDS=1 IDLE_SWITCH=0 CACHED_READS=0
+VM_ARGS="" KERNEL_ARGS="" WARMUP_ROUNDS=1 IDLE_SWITCH=0 CACHED_READS=0 S3=0
 while [ $# -gt 0 ]; do
   loop_option "$@"
   if [ "$SHIFT" -gt 0 ]; then shift "$SHIFT"; continue; fi
@@ -53,10 +59,20 @@ while [ $# -gt 0 ]; do
     --warmup-rounds) WARMUP_ROUNDS=${2:?}; shift 2 ;;
     --idle-switch) IDLE_SWITCH=${2:?}; shift 2 ;;
     --cached-reads) CACHED_READS=${2:?}; shift 2 ;;
+    --s3) S3=1; shift ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 loop_check_options "$MIGRATIONS"
+STORE_ARGS=() S3_URL=""
+if [ "$S3" = 1 ]; then
+  [ "$BACKEND" = lsvblk ] || die "--s3 is for --backend lsvblk"
+  eval "$("$QEMU_DIR/../ci/ceph.sh" env)"
+  "$QEMU_DIR/../ci/ceph.sh" status >/dev/null || die "--s3: the Ceph cluster is not up (ci/ceph.sh up)"
+  S3_URL=s3://$LSVBLK_S3_BUCKET/migrate-test/$(date +%Y%m%d-%H%M%S)-$$
+  STORE_ARGS=(--store "$S3_URL" --endpoint "$AWS_ENDPOINT_URL")
+  LOOP_CREATE_ARGS=("${STORE_ARGS[@]}")
+fi
 
 SIZE=$((256 * 1048576))
 OUT=$QEMU_DIR/out/migrate-$BACKEND-$(date +%Y%m%d-%H%M%S)-$$
@@ -69,6 +85,9 @@ cleanup() {
   trap - INT TERM
   for p in "${VM_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   for p in "${BACKEND_PIDS[@]}"; do stop_pid "$p" || true; done
+  if [ -n "$S3_URL" ] && [ "$KEEP" = 0 ] && command -v aws >/dev/null; then
+    aws --endpoint-url "$AWS_ENDPOINT_URL" s3 rm --recursive --quiet "$S3_URL/" || true
+  fi
   loop_finish "$rc"
 }
 loop_traps cleanup
@@ -77,6 +96,7 @@ loop_traps cleanup
 loop_backend_setup "$BACKEND" "$TMPD" "$OUT" "$SIZE"
 if [ "$BACKEND" = lsvblk ]; then
   WHAT="lsvblk serve ($BIN_HOW), the destination's with --standby"
+  [ "$S3" = 0 ] || WHAT+=", the volume in $S3_URL, a directory per daemon"
 else
   WHAT="qemu-storage-daemon, the destination's with locking=off ($QSD_VERSION)"
 fi
@@ -86,10 +106,15 @@ start_backend() {
   local k=$1 sock=$TMPD/vhost-$1.sock log=$OUT/backend-$1.log
   rm -f "$sock"
   if [ "$BACKEND" = lsvblk ]; then
-    local standby=()
+    local standby=() dir=$TMPD/vol store=()
     [ "$2" = 0 ] || standby=(--standby)
-    "$LSVBLK" serve --volume "$TMPD/vol" --socket "$sock" --kms "unix:$KMS_SOCK" \
-      --token-file "$TMPD/alice.token" "${standby[@]}" >"$log" 2>&1 &
+    if [ "$S3" = 1 ]; then
+      # As on another host: a directory of its own, the bucket shared.
+      [ "$k" = 1 ] || dir=$TMPD/vol-$k
+      store=("${STORE_ARGS[@]}" --flush remote)
+    fi
+    "$LSVBLK" serve --volume "$dir" --socket "$sock" --kms "unix:$KMS_SOCK" \
+      --token-file "$TMPD/alice.token" "${standby[@]}" ${store[@]+"${store[@]}"} >"$log" 2>&1 &
   else
     local locking=""
     [ "$2" = 0 ] || locking=",locking=off"
@@ -244,7 +269,7 @@ echo
 echo "migrate-test: PASS $BACKEND, $MIGRATIONS migrations, $verified rounds verified, ${SECONDS}s"
 printf '%9s %9s %12s %9s %8s\n' migration total_ms qemu_down_ms disk_down ram_mib
 printf '%s\n' "${ROWS[@]}"
-line="backend=$BACKEND migrations=$MIGRATIONS guest=PASS guest_io_errors=$guest_errors"
+line="backend=$BACKEND${S3_URL:+-s3} migrations=$MIGRATIONS guest=PASS guest_io_errors=$guest_errors"
 line+=" total_p50_ms=$(percentile 50 "${TOTAL[@]}") qemu_downtime_p50_ms=$(percentile 50 "${QDOWN[@]}")"
 line+=" disk_down_p50_ms=$(percentile 50 "${DOWN[@]}") disk_down_max_ms=$(percentile 100 "${DOWN[@]}") wall_s=$SECONDS"
 echo "$line"

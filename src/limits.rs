@@ -67,6 +67,26 @@ pub const REQUEST_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// shadow buffers per queue. 16 MiB still batches 256 writes of 64 KiB.
 pub const WRITE_BATCH_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// Most batches (jobs) of one queue in flight at once in direct mode: the
+/// queue's worker hands each batch to a thread of its own and takes the
+/// next requests while the device or the crypto pool works on it. Four
+/// keep a 2-core host's device and CPU both busy (one batch decrypting
+/// while others wait for the device) without a thread per request.
+pub const QUEUE_JOBS_IN_FLIGHT: usize = 4;
+
+/// In direct mode a queue's batch of writes is handed on once it holds
+/// this many bytes (a batch of reads likewise, or at `QUEUE_JOB_READS`
+/// reads), so that the first requests of a large wake-up complete while
+/// the next are still being encrypted or read. With `QUEUE_JOBS_IN_FLIGHT`
+/// this bounds a queue's shadow buffers in flight to 4 × (2 MiB + one
+/// request of `REQUEST_BYTES_MAX`), 24 MiB, where one batch was 16 MiB.
+pub const QUEUE_JOB_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Most reads in one job in direct mode (see `QUEUE_JOB_BYTES`): 8 of a
+/// queue's 32 small random reads, so their completions reach the guest
+/// in four waves rather than one.
+pub const QUEUE_JOB_READS: usize = 8;
+
 /// Largest size of one guest data segment advertised (SIZE_MAX), bytes.
 /// One page: with SEG_MAX this caps a Linux guest's requests at
 /// REQUEST_BYTES_MAX however its buffers are laid out.

@@ -27,7 +27,7 @@ use crate::volume::Superblock;
 pub const LOCAL_STATE_FILE: &str = "remote.json";
 /// Present while a directory is being rebuilt: an interrupted rebuild is
 /// started over, never served.
-const REBUILDING_FILE: &str = ".rebuilding";
+pub(super) const REBUILDING_FILE: &str = ".rebuilding";
 
 /// A volume's object store and how to name it in messages.
 #[derive(Clone, Debug)]
@@ -42,9 +42,9 @@ pub struct RemoteStore {
 
 /// What a local volume directory remembers of its store.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct LocalState {
-    volume_id: String,
-    epoch: u64,
+pub(super) struct LocalState {
+    pub(super) volume_id: String,
+    pub(super) epoch: u64,
     location: String,
 }
 
@@ -240,7 +240,7 @@ fn stored_volume_id(remote: &RemoteStore) -> Result<String> {
 
 /// True for a missing or empty directory, or one an interrupted rebuild
 /// left (then emptied here).
-fn is_empty_or_rebuilding(dir: &Path) -> Result<bool> {
+pub(super) fn is_empty_or_rebuilding(dir: &Path) -> Result<bool> {
     if dir.join(REBUILDING_FILE).exists() {
         tracing::warn!(dir = %dir.display(), "starting over an interrupted rebuild");
         fs::remove_dir_all(dir).map_err(|e| RemoteError::io(dir, e))?;
@@ -253,7 +253,7 @@ fn is_empty_or_rebuilding(dir: &Path) -> Result<bool> {
     }
 }
 
-fn start_rebuild(dir: &Path) -> Result<()> {
+pub(super) fn start_rebuild(dir: &Path) -> Result<()> {
     crate::kms::fsutil::create_private_dir(dir).map_err(|e| RemoteError::io(dir, e))?;
     let marker = dir.join(REBUILDING_FILE);
     write_atomic(&marker, b"", 0o600).map_err(|e| RemoteError::io(&marker, e))
@@ -269,7 +269,7 @@ fn local_segments(dir: &Path) -> Result<BTreeSet<u64>> {
     Ok(ids)
 }
 
-fn read_local_state(dir: &Path) -> Result<LocalState> {
+pub(super) fn read_local_state(dir: &Path) -> Result<LocalState> {
     let path = dir.join(LOCAL_STATE_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -286,7 +286,12 @@ fn read_local_state(dir: &Path) -> Result<LocalState> {
     })
 }
 
-fn write_local_state(dir: &Path, volume_id: &str, epoch: u64, location: &str) -> Result<()> {
+pub(super) fn write_local_state(
+    dir: &Path,
+    volume_id: &str,
+    epoch: u64,
+    location: &str,
+) -> Result<()> {
     let state = LocalState {
         volume_id: volume_id.to_string(),
         epoch,

@@ -134,6 +134,7 @@ impl Ticker {
         interval: Duration,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let volume = Arc::downgrade(&volume);
         let thread = std::thread::Builder::new()
             .name("upload-lag".to_string())
             .spawn({
@@ -144,6 +145,11 @@ impl Ticker {
                     let mut last_cache_checkpoint = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
+                        // Held only while a tick runs: a hand-over to
+                        // another daemon waits for the volume's last user.
+                        let Some(volume) = volume.upgrade() else {
+                            return;
+                        };
                         if let Some(cache) = uploader.cache() {
                             // Only segments a local checkpoint covers may be
                             // evicted: write one when the cache needs it.
@@ -185,7 +191,7 @@ impl Ticker {
         })
     }
 
-    /// Stops the ticker (it lets go of the volume).
+    /// Stops the ticker.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.lock_or_recover().take() {

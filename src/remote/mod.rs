@@ -17,6 +17,8 @@
 //! `rebuild.rs` (an empty directory from the store), `attach.rs` (create
 //! and claim), `flush.rs` (flush modes and the upload-lag ticker),
 //! `parent.rs` (a clone's reads of its stored parent's evicted blocks),
+//! `follow.rs` (a standby's copy of the volume on another host),
+//! `handover.rs` (the hand-over between hosts, through the store),
 //! `error.rs`.
 //!
 //! The log knows nothing of this: the uploader hears of seals and
@@ -28,6 +30,8 @@ mod cache;
 mod collect;
 mod error;
 mod flush;
+mod follow;
+pub mod handover;
 mod layout;
 mod lease;
 mod meta;
@@ -43,6 +47,7 @@ pub use attach::{
 pub use cache::{CACHE_STATE_FILE, CacheStatus, SegmentCache};
 pub use error::{RemoteError, Result};
 pub use flush::{FlushMode, RemoteFlush, Ticker, UploadLag};
+pub use follow::{CaughtUp, Follower};
 pub use layout::{ObjectKind, StoredObject};
 pub use lease::{Holder, Leases, release};
 pub use parent::{ParentReads, attach_parent_reads};

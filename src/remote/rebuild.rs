@@ -156,7 +156,7 @@ fn incomplete(reason: &str) -> RemoteError {
 }
 
 /// Downloads `objects` into `segments_dir` with `threads` threads.
-fn download_segments(
+pub(super) fn download_segments(
     store: &dyn ObjectStore,
     objects: &[StoredObject],
     segments_dir: &Path,
@@ -227,7 +227,7 @@ fn fetch_all(
 }
 
 /// Gets an object and checks it against its name.
-fn download(store: &dyn ObjectStore, object: &StoredObject) -> Result<bytes::Bytes> {
+pub(super) fn download(store: &dyn ObjectStore, object: &StoredObject) -> Result<bytes::Bytes> {
     let bytes = store.get(&object.key())?;
     object.verify(&bytes)?;
     Ok(bytes)

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,12 +20,15 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use super::chain::Chain;
+use super::completion::Completer;
 use super::config::{CONFIG_BYTES, DeviceGeometry, WCE_OFFSET, config_space, device_features};
 use super::hold::HoldHook;
 use super::inflight::InflightArea;
 use super::metrics::DeviceMetrics;
+use super::pipeline::{Lane, wait_readable};
 use super::poll::PollWindow;
-use super::state::{GuestMemory, QueueState, RingPosition, Shared, Vring};
+use super::state::{GuestMemory, GuestRam, QueueState, RingPosition, Shared, Vring};
 use super::worker::QueueWorker;
 use super::{DeviceOptions, RateLimitedLog};
 use crate::store::HeadId;
@@ -101,6 +105,15 @@ impl BlockBackend {
         }
     }
 
+    fn worker<'a>(&'a self, index: usize, memory: &'a GuestMemory) -> QueueWorker<'a> {
+        QueueWorker {
+            shared: &self.shared,
+            memory,
+            head: HeadId(index),
+            volume: self.volume(),
+        }
+    }
+
     fn drain(
         &self,
         index: usize,
@@ -108,42 +121,110 @@ impl BlockBackend {
         queue: &mut QueueState,
         memory: &GuestMemory,
     ) -> io::Result<()> {
-        let worker = QueueWorker {
-            shared: &self.shared,
-            memory,
-            head: HeadId(index),
-            volume: self.volume(),
-        };
+        let worker = self.worker(index, memory);
+        let mut first = Vec::new();
         if !queue.resumed {
             RingPosition::of(vring, &memory.memory()).log(index, "queue started");
-            worker.resume(vring, queue)?;
+            first = worker.resume(vring, queue)?;
         }
+        self.serve(&worker, vring, queue, first, true)
+    }
+
+    /// Runs `first` (requests a previous backend left in flight, or held
+    /// ones), then, if `keep_draining`, the queue's requests until it is
+    /// idle; returns once every request it took is complete (so a queue's
+    /// stop, which waits for this, finds none in flight).
+    fn serve(
+        &self,
+        worker: &QueueWorker<'_>,
+        vring: &Vring,
+        queue: &mut QueueState,
+        first: Vec<Chain>,
+        keep_draining: bool,
+    ) -> io::Result<()> {
+        let mem = worker.memory.memory();
+        let depth = worker.depth();
+        let completer = Completer::new(
+            &self.shared,
+            vring,
+            &mem,
+            worker.head.0,
+            queue.inflight.take(),
+        );
+        let held = &mut queue.held;
+        let result = std::thread::scope(|scope| {
+            let mut lane = Lane::new(scope, depth)?;
+            if !first.is_empty() {
+                worker.run(first, &mut lane, &completer)?;
+            }
+            if keep_draining {
+                self.drain_loop(worker, vring, &mem, held, &mut lane, &completer)?;
+            }
+            lane.wait_all();
+            Ok(())
+        });
+        queue.inflight = completer.into_inflight();
+        result
+    }
+
+    /// Drains the queue until it is idle and nothing is in flight.
+    fn drain_loop<'env>(
+        &self,
+        worker: &'env QueueWorker<'env>,
+        vring: &Vring,
+        mem: &GuestRam,
+        held: &mut Vec<Chain>,
+        lane: &mut Lane<'_, 'env>,
+        completer: &'env Completer<'env>,
+    ) -> io::Result<()> {
         // After each drain, poll for the next request a while before
         // sleeping (`poll`).
         let poll = PollWindow::from_us(self.shared.options.poll_us);
-        let mem = memory.memory();
-        if !self.shared.event_idx.load(Ordering::Relaxed) {
-            loop {
-                worker.drain(vring, queue)?;
-                if !poll.wait_for_request(vring, &mem) {
-                    return Ok(());
-                }
-            }
-        }
-        // With EVENT_IDX the driver kicks only when it sees us idle: keep
-        // draining until re-enabling notifications finds the queue empty, or a
-        // request added in between would never be seen.
+        let event_idx = self.shared.event_idx.load(Ordering::Relaxed);
+        let mut kicked = false;
         loop {
-            vring.disable_notification().map_err(io::Error::other)?;
-            worker.drain(vring, queue)?;
-            if poll.wait_for_request(vring, &mem) {
+            // With EVENT_IDX the driver kicks only when it sees us idle:
+            // keep draining until re-enabling notifications finds the queue
+            // empty, or a request added in between would never be seen.
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            worker.drain(vring, held, lane, completer)?;
+            if poll.wait_for_request(vring, mem) {
                 continue;
             }
-            if !vring.enable_notification().map_err(io::Error::other)? {
+            if lane.busy() {
+                // Jobs in flight: sleep until one finishes or the driver
+                // kicks, whichever comes first.
+                if event_idx && vring.enable_notification().map_err(io::Error::other)? {
+                    continue;
+                }
+                kicked = wait_for_job_or_kick(vring, lane, kicked);
+                continue;
+            }
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
             }
         }
     }
+}
+
+/// Sleeps until a job of `lane` finishes or, unless `kicked` already,
+/// the driver kicks `vring`; returns true once the kick has come. The
+/// kick is never read here: the event loop reads it (blocking) when the
+/// drain returns, and a kick read here would leave it waiting forever.
+/// Once kicked, only finished jobs wake the worker (each followed by a
+/// look at the ring).
+fn wait_for_job_or_kick(vring: &Vring, lane: &mut Lane<'_, '_>, kicked: bool) -> bool {
+    let kick = match kicked {
+        true => None,
+        false => vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd()),
+    };
+    let mut fds = vec![lane.done_fd()];
+    fds.extend(kick);
+    let ready = wait_readable(&fds, -1);
+    lane.reap();
+    kicked || ready.get(1).copied().unwrap_or(false)
 }
 
 impl BlockBackend {
@@ -306,13 +387,9 @@ impl VhostUserBackend for BlockBackend {
         if !queue.held.is_empty()
             && let (Some(vring), Some(memory)) = (queue.vring.clone(), self.shared.memory())
         {
-            let worker = QueueWorker {
-                shared: &self.shared,
-                memory: &memory,
-                head: HeadId(queue_index as usize),
-                volume: self.volume(),
-            };
-            worker.finish_held(&vring, &mut queue)?;
+            let worker = self.worker(queue_index as usize, &memory);
+            let held = std::mem::take(&mut queue.held);
+            self.serve(&worker, &vring, &mut queue, held, false)?;
         }
         queue.resumed = false;
         if let (Some(vring), Some(memory)) = (queue.vring.clone(), self.shared.memory()) {

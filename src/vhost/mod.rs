@@ -3,7 +3,9 @@
 //!
 //! `request` parses descriptor chains (guest input: typed errors, no panics),
 //! `chain` walks a chain from its head (for resubmitted requests), `worker`
-//! drains a queue against the volume, `state` is what a connection's backend
+//! drains a queue against the volume (`batch` its batches of reads and
+//! writes, `pipeline` several of them in flight at once, `completion`
+//! publishing what finished), `state` is what a connection's backend
 //! and workers share, `backend` is the `VhostUserBackend` (features, config
 //! space, one thread per queue), `inflight` the inflight I/O tracking area
 //! that lets a restarted daemon finish what its predecessor left in flight,
@@ -13,12 +15,15 @@
 //! connections one after another and stops on a signal.
 
 mod backend;
+mod batch;
 mod chain;
+mod completion;
 pub mod config;
 mod hold;
 pub mod inflight;
 pub mod metrics;
 pub mod peer_check;
+mod pipeline;
 mod poll;
 pub mod request;
 mod server;

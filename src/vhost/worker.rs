@@ -5,6 +5,11 @@
 //! copied once out of guest memory into an aligned shadow buffer that is
 //! encrypted in place and written to the log as it is (guest memory is
 //! never modified by a write).
+//!
+//! Reads and writes go out in batches (jobs) through the queue's lane
+//! (`pipeline`): in direct mode several at once, each completing on its
+//! own; any other request waits for every job in flight before it runs
+//! (a FLUSH so covers every write completed before it).
 
 use std::io;
 use std::sync::Arc;
@@ -12,18 +17,20 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use vhost_user_backend::VringT;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
+use super::batch::{ReadBatch, WriteBatch, gather, guest_buffers};
 use super::chain::Chain;
-use super::metrics::{ErrorKind, Op};
-use super::request::{self, Desc, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
+use super::completion::{Completer, Outcome};
+use super::metrics::Op;
+use super::pipeline::Lane;
+use super::request::{self, DeviceLimits, Request, SECTOR_BYTES, SERIAL_BYTES, SectorRange};
 use super::state::{GuestMemory, GuestRam, QueueState, Shared, Vring};
-use crate::limits::WRITE_BATCH_BYTES_MAX;
-use crate::store::{AlignedBuf, HeadId};
+use crate::limits::{QUEUE_JOB_BYTES, QUEUE_JOB_READS, QUEUE_JOBS_IN_FLIGHT};
+use crate::store::{HeadId, IoMode};
 use crate::volume::{Change, ReadRequest, Volume, VolumeError};
 
 /// One worker's view of the device while it drains a queue.
@@ -35,66 +42,6 @@ pub(crate) struct QueueWorker<'a> {
     pub(crate) volume: Result<Arc<Volume>, String>,
     /// The log head this queue appends through (its queue index).
     pub(crate) head: HeadId,
-}
-
-/// How one chain ends: its status and the bytes it put in guest buffers;
-/// for the metrics, its type (`None` if it did not parse) and the bytes it
-/// asked to move.
-struct Outcome {
-    head: u16,
-    status_addr: Option<GuestAddress>,
-    status: u8,
-    data_len: u32,
-    op: Option<Op>,
-    bytes: u64,
-}
-
-/// Writes gathered from one drain, appended together: at most
-/// `WRITE_BATCH_BYTES_MAX` of them, as the guest picks how many are in flight.
-#[derive(Default)]
-struct WriteBatch {
-    indexes: Vec<usize>,
-    items: Vec<Change>,
-    bytes: u64,
-}
-
-impl WriteBatch {
-    fn push(&mut self, index: usize, offset: u64, shadow: AlignedBuf) {
-        self.bytes += shadow.len() as u64;
-        self.indexes.push(index);
-        self.items.push(Change::Write {
-            offset,
-            data: shadow,
-        });
-    }
-
-    /// True when a write of `bytes` more would take the batch past its limit.
-    fn is_full_for(&self, bytes: u64) -> bool {
-        self.bytes + bytes > WRITE_BATCH_BYTES_MAX
-    }
-}
-
-/// Reads gathered from one drain, run together (their ciphertext in
-/// flight at once): each with the guest buffers it fills.
-#[derive(Default)]
-struct ReadBatch {
-    indexes: Vec<usize>,
-    requests: Vec<(u64, Vec<GuestBuffer>)>,
-}
-
-impl ReadBatch {
-    /// True when one of `buffers` shares guest memory with a read already
-    /// in the batch (the guest may point two reads at the same pages; they
-    /// then run one after the other, as written).
-    fn overlaps(&self, buffers: &[GuestBuffer]) -> bool {
-        let ours = self.requests.iter().flat_map(|(_, bufs)| bufs.iter());
-        ours.into_iter().any(|a| {
-            buffers.iter().any(|b| {
-                let (a0, b0) = (a.ptr as usize, b.ptr as usize);
-                a0 < b0 + b.len && b0 < a0 + a.len
-            })
-        })
-    }
 }
 
 /// Why an executed request failed: the host's fault, not the guest's.
@@ -110,10 +57,36 @@ pub(crate) enum HostError {
     Unbatched,
 }
 
-impl QueueWorker<'_> {
+/// What one `run` has gathered and not yet handed to the lane.
+#[derive(Default)]
+struct Pending {
+    writes: WriteBatch,
+    reads: ReadBatch,
+    /// Requests already finished (invalid ones, and those run here).
+    ready: Vec<Outcome>,
+}
+
+impl<'w> QueueWorker<'w> {
+    /// How many jobs of this queue may be in flight at once: several in
+    /// direct mode, where the device and the CPU would otherwise take
+    /// turns; one (run here) in buffered mode, where the page cache
+    /// already overlaps them.
+    pub(crate) fn depth(&self) -> usize {
+        match &self.volume {
+            Ok(volume) if volume.io_mode() == IoMode::Direct => QUEUE_JOBS_IN_FLIGHT,
+            _ => 1,
+        }
+    }
+
     /// Processes every chain now available on `vring`. Each is marked in
     /// flight (when the frontend tracks inflight I/O) before any is run.
-    pub(crate) fn drain(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
+    pub(crate) fn drain<'env>(
+        &'env self,
+        vring: &Vring,
+        held: &mut Vec<Chain>,
+        lane: &mut Lane<'_, 'env>,
+        completer: &'env Completer<'env>,
+    ) -> io::Result<()> {
         let mem = self.memory.memory();
         let chains: Vec<Chain> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(iter) => iter
@@ -131,22 +104,18 @@ impl QueueWorker<'_> {
         if chains.is_empty() {
             return Ok(());
         }
-        if let Some(inflight) = queue.inflight.as_mut() {
-            for chain in &chains {
-                inflight.mark(chain.head);
-            }
-        }
-        let chains = self.hold_back(chains, queue);
-        self.run(vring, queue, chains, &mem)
+        completer.mark(chains.iter().map(|chain| chain.head));
+        let chains = self.hold_back(chains, held);
+        self.run(chains, lane, completer)
     }
 
     /// Brings the queue's inflight region up to date after the queue
-    /// started, and runs what the previous backend left in flight before
-    /// anything new (see `inflight`).
-    pub(crate) fn resume(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
+    /// started; returns what the previous backend left in flight, to run
+    /// before anything new (see `inflight`).
+    pub(crate) fn resume(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<Vec<Chain>> {
         queue.resumed = true;
         let Some(inflight) = queue.inflight.as_mut() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let used = vring.queue_used_idx().map_err(io::Error::other)?;
         let resume = match inflight.start(used) {
@@ -155,14 +124,14 @@ impl QueueWorker<'_> {
                 // Run without tracking rather than not at all.
                 tracing::error!(%error, "inflight I/O tracking off for this queue");
                 queue.inflight = None;
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         if let Some(next_avail) = resume.next_avail {
             vring.set_queue_next_avail(next_avail);
         }
         if resume.resubmit.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         tracing::info!(
             requests = resume.resubmit.len(),
@@ -175,55 +144,46 @@ impl QueueWorker<'_> {
             let q = state.get_queue();
             (GuestAddress(q.desc_table()), q.size())
         };
-        let chains = resume
+        Ok(resume
             .resubmit
             .into_iter()
             .map(|head| Chain::walk(&*mem, table, size, head))
-            .collect();
-        self.run(vring, queue, chains, &mem)
-    }
-
-    /// Runs the requests the test hook held back (when the queue stops).
-    pub(crate) fn finish_held(&self, vring: &Vring, queue: &mut QueueState) -> io::Result<()> {
-        let held = std::mem::take(&mut queue.held);
-        if held.is_empty() {
-            return Ok(());
-        }
-        let mem = self.memory.memory();
-        self.run(vring, queue, held, &mem)
+            .collect())
     }
 
     /// The test hook's hold-back: keeps the chosen chain for later.
-    fn hold_back(&self, chains: Vec<Chain>, queue: &mut QueueState) -> Vec<Chain> {
-        let (held, run): (Vec<Chain>, Vec<Chain>) = chains
+    fn hold_back(&self, chains: Vec<Chain>, held: &mut Vec<Chain>) -> Vec<Chain> {
+        let (hold, run): (Vec<Chain>, Vec<Chain>) = chains
             .into_iter()
             .partition(|c| self.shared.hold.take(c.head));
-        queue.held.extend(held);
+        held.extend(hold);
         run
     }
 
-    /// Parses and executes `chains` in order, then completes them.
-    fn run(
-        &self,
-        vring: &Vring,
-        queue: &mut QueueState,
+    /// Parses `chains` in order and hands their reads and writes to `lane`
+    /// in batches; runs anything else here once the jobs before it are
+    /// done. Returns once every request is handed over or finished.
+    pub(crate) fn run<'env>(
+        &'env self,
         chains: Vec<Chain>,
-        mem: &GuestRam,
+        lane: &mut Lane<'_, 'env>,
+        completer: &'env Completer<'env>,
     ) -> io::Result<()> {
+        let mem = self.memory.memory();
+        let mem: &GuestRam = &mem;
         let limits = DeviceLimits {
             capacity_sectors: self.shared.geometry.capacity_sectors,
             read_only: self.shared.options.read_only,
         };
         let started = Instant::now();
-        if let Some(metrics) = self.metrics() {
+        if let Some(metrics) = self.shared.metrics.queue(self.head.0) {
             metrics.started(chains.len());
         }
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(chains.len());
-        let mut writes = WriteBatch::default();
-        let mut reads = ReadBatch::default();
+        // Jobs are cut smaller when they run beside each other.
+        let pipelined = !lane.runs_inline(false);
+        let mut pending = Pending::default();
         for chain in chains {
             let parsed = request::parse(&chain.descs, mem, limits);
-            let index = outcomes.len();
             let (op, bytes) = match &parsed.request {
                 Ok(request) => {
                     let (op, bytes) = op_and_bytes(request);
@@ -231,121 +191,150 @@ impl QueueWorker<'_> {
                 }
                 Err(_) => (None, 0),
             };
-            outcomes.push(Outcome {
+            let mut outcome = Outcome {
                 head: chain.head,
                 status_addr: parsed.status,
                 status: 0,
                 data_len: 0,
                 op,
                 bytes,
-            });
+                started,
+            };
             match parsed.request {
                 Err(error) => {
                     self.shared.guest_errors.log(&error.to_string());
-                    outcomes[index].status = error.status();
+                    outcome.status = error.status();
+                    pending.ready.push(outcome);
                 }
-                // Writes wait to be appended together (one pwritev for the
-                // whole batch); anything else runs after the writes before it.
+                // Writes wait to be appended together (one append for the
+                // batch); anything else goes after the writes before it.
                 Ok(Request::Write {
                     sector,
                     data,
                     bytes,
                 }) => {
-                    self.run_reads(&mut reads, &mut outcomes);
+                    self.send_reads(&mut pending, lane, completer, false);
                     // Before copying, not after: the copy is what the limit
                     // bounds (a ring of 4 MiB writes is gigabytes).
-                    if writes.is_full_for(bytes) {
-                        self.run_writes(&mut writes, &mut outcomes);
+                    if pending.writes.is_full_for(bytes)
+                        || (pipelined && pending.writes.bytes >= QUEUE_JOB_BYTES)
+                    {
+                        self.send_writes(&mut pending, lane, completer, false);
                     }
                     match gather(mem, &data, bytes) {
-                        Ok(shadow) => writes.push(index, sector * SECTOR_BYTES, shadow),
-                        Err(error) => outcomes[index].status = self.host_failure(&error),
+                        Ok(shadow) => pending.writes.push(outcome, sector * SECTOR_BYTES, shadow),
+                        Err(error) => {
+                            outcome.status = self.host_failure(&error);
+                            pending.ready.push(outcome);
+                        }
                     }
                 }
                 // Reads wait to be run together, after the writes before them.
                 Ok(Request::Read { sector, data, .. }) => {
-                    self.run_writes(&mut writes, &mut outcomes);
+                    self.send_writes(&mut pending, lane, completer, false);
                     match guest_buffers(mem, &data) {
                         Ok(buffers) => {
-                            if reads.overlaps(&buffers) {
-                                self.run_reads(&mut reads, &mut outcomes);
+                            if pending.reads.overlaps(&buffers)
+                                || (pipelined
+                                    && (pending.reads.outcomes.len() >= QUEUE_JOB_READS
+                                        || pending.reads.bytes >= QUEUE_JOB_BYTES))
+                            {
+                                self.send_reads(&mut pending, lane, completer, false);
                             }
-                            reads.indexes.push(index);
-                            reads.requests.push((sector * SECTOR_BYTES, buffers));
+                            // The guest pointed this read at memory a read
+                            // in flight fills: it waits for it.
+                            if buffers.iter().any(|b| lane.fills(b.ptr as usize, b.len)) {
+                                lane.wait_all();
+                            }
+                            pending.reads.push(outcome, sector * SECTOR_BYTES, buffers);
                         }
-                        Err(error) => outcomes[index].status = self.host_failure(&error),
+                        Err(error) => {
+                            outcome.status = self.host_failure(&error);
+                            pending.ready.push(outcome);
+                        }
                     }
                 }
                 Ok(other) => {
-                    self.run_writes(&mut writes, &mut outcomes);
-                    self.run_reads(&mut reads, &mut outcomes);
-                    let (status, data_len) = match self.execute(&other, mem) {
-                        Ok(data_len) => (VIRTIO_BLK_S_OK as u8, data_len),
-                        Err(error) => (self.host_failure(&error), 0),
-                    };
-                    outcomes[index].status = status;
-                    outcomes[index].data_len = data_len;
+                    self.send_writes(&mut pending, lane, completer, false);
+                    self.send_reads(&mut pending, lane, completer, false);
+                    // A FLUSH covers every write completed before it: wait
+                    // for the writes in flight (and keep the order of
+                    // discards and write-zeroes with the writes around them).
+                    lane.wait_all();
+                    match self.execute(&other, mem) {
+                        Ok(data_len) => {
+                            outcome.status = VIRTIO_BLK_S_OK as u8;
+                            outcome.data_len = data_len;
+                        }
+                        Err(error) => outcome.status = self.host_failure(&error),
+                    }
+                    pending.ready.push(outcome);
                 }
             }
         }
-        self.run_writes(&mut writes, &mut outcomes);
-        self.run_reads(&mut reads, &mut outcomes);
-        self.complete(vring, queue, &outcomes, mem, started)
+        // At most one of the two is pending here (each sends the other).
+        self.send_writes(&mut pending, lane, completer, true);
+        self.send_reads(&mut pending, lane, completer, true);
+        completer.publish(&pending.ready)
     }
 
-    /// This queue's counters.
-    fn metrics(&self) -> Option<&super::metrics::QueueMetrics> {
-        self.shared.metrics.queue(self.head.0)
-    }
-
-    /// Writes each status byte and publishes each used element, one at a
-    /// time, each bracketed by the inflight region's completion steps.
-    fn complete(
-        &self,
-        vring: &Vring,
-        queue: &QueueState,
-        outcomes: &[Outcome],
-        mem: &GuestRam,
-        started: Instant,
-    ) -> io::Result<()> {
-        let metrics = self.metrics();
-        for outcome in outcomes {
-            let used_len = self.write_status(outcome, mem);
-            if let Some(inflight) = &queue.inflight {
-                inflight.completing(outcome.head);
-            }
-            let used_idx = {
-                let mut state = vring.get_mut();
-                let q = state.get_queue_mut();
-                q.add_used(mem, outcome.head, used_len)
-                    .map_err(io::Error::other)?;
-                q.next_used()
-            };
-            if let Some(inflight) = &queue.inflight {
-                inflight.completed(outcome.head, used_idx);
-            }
-            if let Some(metrics) = metrics {
-                let error = match (outcome.op, outcome.status == VIRTIO_BLK_S_OK as u8) {
-                    (_, true) => None,
-                    (None, false) => Some(ErrorKind::Guest),
-                    (Some(_), false) => Some(ErrorKind::Host),
-                };
-                metrics.completed(outcome.op, outcome.bytes, started.elapsed(), error);
-            }
-        }
-        self.shared.hold.completed(outcomes.len() as u64);
-        if vring.needs_notification().map_err(io::Error::other)? {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
-    }
-
-    /// Appends the pending writes as one batch and records their status.
-    fn run_writes(&self, writes: &mut WriteBatch, outcomes: &mut [Outcome]) {
-        if writes.items.is_empty() {
+    /// Hands the pending writes to the lane as one job (`last`: the run's
+    /// last, which runs here when nothing else is in flight).
+    fn send_writes<'env>(
+        &'env self,
+        pending: &mut Pending,
+        lane: &mut Lane<'_, 'env>,
+        completer: &'env Completer<'env>,
+        last: bool,
+    ) {
+        if pending.writes.outcomes.is_empty() {
             return;
         }
-        let WriteBatch { indexes, items, .. } = std::mem::take(writes);
+        let batch = std::mem::take(&mut pending.writes);
+        if lane.runs_inline(last) {
+            pending.ready.extend(self.run_writes(batch));
+            return;
+        }
+        lane.dispatch(Box::new(move || {
+            let outcomes = self.run_writes(batch);
+            if let Err(error) = completer.publish(&outcomes) {
+                tracing::error!(%error, "cannot complete a queue's writes");
+            }
+        }));
+    }
+
+    /// Hands the pending reads to the lane as one job (see `send_writes`).
+    fn send_reads<'env>(
+        &'env self,
+        pending: &mut Pending,
+        lane: &mut Lane<'_, 'env>,
+        completer: &'env Completer<'env>,
+        last: bool,
+    ) {
+        if pending.reads.outcomes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut pending.reads);
+        if lane.runs_inline(last) {
+            pending.ready.extend(self.run_reads(batch));
+            return;
+        }
+        lane.filling(batch.ranges());
+        lane.dispatch(Box::new(move || {
+            let outcomes = self.run_reads(batch);
+            if let Err(error) = completer.publish(&outcomes) {
+                tracing::error!(%error, "cannot complete a queue's reads");
+            }
+        }));
+    }
+
+    /// Appends `batch`'s writes as one and returns their outcomes.
+    fn run_writes(&self, batch: WriteBatch) -> Vec<Outcome> {
+        let WriteBatch {
+            mut outcomes,
+            items,
+            ..
+        } = batch;
         let status = match self
             .volume()
             .and_then(|volume| Ok(volume.write_batch(self.head, items)?))
@@ -354,20 +343,19 @@ impl QueueWorker<'_> {
             Ok(()) => VIRTIO_BLK_S_OK as u8,
             Err(error) => self.host_failure(&error),
         };
-        for index in indexes {
-            outcomes[index].status = status;
+        for outcome in &mut outcomes {
+            outcome.status = status;
         }
+        outcomes
     }
 
-    /// Runs the pending reads as one batch and records their status.
-    fn run_reads(&self, reads: &mut ReadBatch, outcomes: &mut [Outcome]) {
-        if reads.requests.is_empty() {
-            return;
-        }
+    /// Runs `batch`'s reads as one and returns their outcomes.
+    fn run_reads(&self, batch: ReadBatch) -> Vec<Outcome> {
         let ReadBatch {
-            indexes,
+            mut outcomes,
             mut requests,
-        } = std::mem::take(reads);
+            ..
+        } = batch;
         let results: Vec<Result<(), HostError>> = match &self.volume {
             Ok(volume) => {
                 let offsets: Vec<u64> = requests.iter().map(|(offset, _)| *offset).collect();
@@ -390,7 +378,7 @@ impl QueueWorker<'_> {
                 .map(|_| Err(HostError::NoVolume(reason.clone())))
                 .collect(),
         };
-        for ((index, (_, buffers)), result) in indexes.into_iter().zip(&requests).zip(results) {
+        for ((outcome, (_, buffers)), result) in outcomes.iter_mut().zip(&requests).zip(results) {
             match result {
                 Ok(()) => {
                     // Written behind vm-memory's back: log the pages for a
@@ -398,13 +386,13 @@ impl QueueWorker<'_> {
                     for buffer in buffers {
                         buffer.dirty.mark_dirty(0, buffer.len);
                     }
-                    outcomes[index].status = VIRTIO_BLK_S_OK as u8;
-                    outcomes[index].data_len =
-                        u32::try_from(outcomes[index].bytes).unwrap_or(u32::MAX);
+                    outcome.status = VIRTIO_BLK_S_OK as u8;
+                    outcome.data_len = u32::try_from(outcome.bytes).unwrap_or(u32::MAX);
                 }
-                Err(error) => outcomes[index].status = self.host_failure(&error),
+                Err(error) => outcome.status = self.host_failure(&error),
             }
         }
+        outcomes
     }
 
     fn volume(&self) -> Result<&Arc<Volume>, HostError> {
@@ -416,26 +404,6 @@ impl QueueWorker<'_> {
     fn host_failure(&self, error: &HostError) -> u8 {
         self.shared.host_errors.log(&error.to_string());
         virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8
-    }
-
-    /// Writes the status byte; returns the used length (bytes written to
-    /// device-writable buffers, status included), 0 without a status byte.
-    fn write_status(&self, outcome: &Outcome, mem: &GuestRam) -> u32 {
-        let Some(status_addr) = outcome.status_addr else {
-            return 0; // nowhere to write a status: the driver sees length 0
-        };
-        if mem.write_obj(outcome.status, status_addr).is_err() {
-            self.shared
-                .guest_errors
-                .log("status byte outside guest memory");
-            return 0;
-        }
-        let data_len = if outcome.status == VIRTIO_BLK_S_OK as u8 {
-            outcome.data_len
-        } else {
-            0
-        };
-        data_len.saturating_add(1)
     }
 
     /// Executes a valid request; returns bytes written into guest buffers.
@@ -506,58 +474,4 @@ fn range_offset(range: &SectorRange) -> u64 {
 
 fn range_len(range: &SectorRange) -> u64 {
     u64::from(range.sectors) * SECTOR_BYTES
-}
-
-/// A guest buffer as host memory, valid while the memory guard lives.
-struct GuestBuffer {
-    ptr: *mut u8,
-    len: usize,
-    /// Its region's dirty-page log, from the buffer's first byte.
-    dirty: BitmapMmapRegion,
-}
-
-impl GuestBuffer {
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr..ptr+len` lies inside a guest memory region mapped for
-        // as long as the caller holds the memory guard (it does, for the whole
-        // request), and the parser checked the range is in guest memory. The
-        // guest may touch the same bytes concurrently; that is its own race on
-        // its own buffer, and we never make decisions on values read back
-        // from it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-/// Host views of the guest buffers `data` (split where they cross regions).
-fn guest_buffers(mem: &GuestRam, data: &[Desc]) -> Result<Vec<GuestBuffer>, HostError> {
-    let mut buffers = Vec::with_capacity(data.len());
-    for desc in data {
-        for slice in mem.get_slices(desc.addr, desc.len as usize) {
-            let slice: VolatileSlice<'_, BitmapMmapRegion> =
-                slice.map_err(|e| HostError::Memory(e.to_string()))?;
-            let guard = slice.ptr_guard_mut();
-            buffers.push(GuestBuffer {
-                ptr: guard.as_ptr(),
-                len: slice.len(),
-                dirty: slice.bitmap().clone(),
-            });
-        }
-    }
-    Ok(buffers)
-}
-
-/// Copies the guest buffers `data` (`bytes` in all, the sum of their
-/// lengths) into one aligned shadow buffer.
-fn gather(mem: &GuestRam, data: &[Desc], bytes: u64) -> Result<AlignedBuf, HostError> {
-    AlignedBuf::overwritten_by(bytes as usize, |shadow| {
-        let mut at = 0usize;
-        for desc in data {
-            let len = desc.len as usize;
-            mem.read_slice(&mut shadow[at..at + len], desc.addr)
-                .map_err(|e| HostError::Memory(e.to_string()))?;
-            at += len;
-        }
-        debug_assert_eq!(at, shadow.len());
-        Ok(())
-    })
 }

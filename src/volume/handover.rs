@@ -49,6 +49,14 @@ pub trait Holder: Send + Sync {
     /// released). An error says why not; the taker then tries the lock anyway
     /// (a holder that crashed cannot answer, and holds no lock either).
     fn release(&self) -> Result<(), String>;
+
+    /// Whether the taker may try the lock when [`Holder::release`] failed:
+    /// true for a holder on this host (one that crashed holds no lock
+    /// either); false for one whose lock is a lease elsewhere, which only
+    /// its answer frees.
+    fn lock_without_answer(&self) -> bool {
+        true
+    }
 }
 
 /// Why the volume could not be had.
@@ -104,6 +112,11 @@ impl Standby {
         let asked = self.holder.release();
         let release_ms = started.elapsed().as_millis();
         if let Err(reason) = &asked {
+            if !self.holder.lock_without_answer() {
+                return Err(HandoverError::StillHeld {
+                    reason: reason.clone(),
+                });
+            }
             tracing::warn!(%reason, "the volume's holder did not hand it over; trying its lock");
         }
         let deadline = Instant::now() + LOCK_WAIT;
@@ -153,7 +166,7 @@ pub struct Served {
     state: Mutex<State>,
     changed: Condvar,
     superblock: Superblock,
-    on_active: Mutex<Option<OnActive>>,
+    on_active: Mutex<Vec<OnActive>>,
     /// The log's next sequence number right after the last early
     /// preparation: while it still is, that checkpoint covers everything.
     prepared_at: Mutex<Option<u64>>,
@@ -166,7 +179,7 @@ impl Served {
             superblock: volume.superblock().clone(),
             state: Mutex::new(State::Active(volume)),
             changed: Condvar::new(),
-            on_active: Mutex::new(None),
+            on_active: Mutex::new(Vec::new()),
             prepared_at: Mutex::new(None),
         }
     }
@@ -178,7 +191,7 @@ impl Served {
             superblock,
             state: Mutex::new(State::Standby(standby)),
             changed: Condvar::new(),
-            on_active: Mutex::new(None),
+            on_active: Mutex::new(Vec::new()),
             prepared_at: Mutex::new(None),
         })
     }
@@ -190,11 +203,12 @@ impl Served {
     }
 
     /// Calls `on_active` once the volume is active (at once if it is).
+    /// Several are called in the order they were given.
     pub fn when_active(&self, on_active: OnActive) {
         if let Some(volume) = self.if_active() {
             on_active(&volume);
         }
-        *self.on_active.lock_or_recover() = Some(on_active);
+        self.on_active.lock_or_recover().push(on_active);
     }
 
     /// The volume if it is active now, without taking it over.
@@ -235,11 +249,17 @@ impl Served {
         };
         drop(state);
         let started = Instant::now();
-        let result = standby.take_over();
+        let result = standby.take_over().map(Arc::new);
+        // What runs with the volume (its uploads, control socket) starts
+        // before any request gets it: the others wait until then.
+        if let Ok(volume) = &result {
+            for on_active in &*self.on_active.lock_or_recover() {
+                on_active(volume);
+            }
+        }
         let mut state = self.state.lock_or_recover();
         let outcome = match result {
             Ok(volume) => {
-                let volume = Arc::new(volume);
                 *state = State::Active(Arc::clone(&volume));
                 tracing::info!(
                     ms = started.elapsed().as_millis(),
@@ -254,11 +274,6 @@ impl Served {
         };
         drop(state);
         self.changed.notify_all();
-        if let Ok(volume) = &outcome
-            && let Some(on_active) = &*self.on_active.lock_or_recover()
-        {
-            on_active(volume);
-        }
         outcome
     }
 

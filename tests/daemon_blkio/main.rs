@@ -6,6 +6,8 @@
 //! - [`io`]: writes and reads of every size at sector offsets, flush,
 //!   discard and write-zeroes;
 //! - [`queues`]: four queues at once, on disjoint and overlapping ranges;
+//! - [`in_flight`]: one queue at QD 64 in direct mode, several batches in
+//!   flight, reads overlapping writes in flight, against a version model;
 //! - [`read_only`]: a `--read-only` daemon;
 //! - [`durability`]: acknowledged changes across SIGTERM, SIGINT and kill -9,
 //!   writes in flight, the daemon's memory under a deep queue;
@@ -30,6 +32,7 @@ mod kit;
 
 mod durability;
 mod handover;
+mod in_flight;
 mod io;
 mod queues;
 mod read_only;

@@ -353,6 +353,31 @@ impl BlkClient {
         }
     }
 
+    /// Like [`BlkClient::submit`] for requests of any size: the region is
+    /// cut into slots of `slot_bytes`, and the request moves `len` bytes
+    /// (at most `slot_bytes`) from or into the start of `slot`.
+    pub fn submit_sized(
+        &mut self,
+        queue: usize,
+        write: bool,
+        (slot, slot_bytes): (usize, usize),
+        offset: u64,
+        len: usize,
+    ) {
+        assert!(len <= slot_bytes, "request larger than its slot");
+        assert!(
+            (slot + 1) * slot_bytes <= self.region.len,
+            "region too small"
+        );
+        // SAFETY: inside the region, as just checked.
+        let buf = unsafe { self.buffer_ptr().add(slot * slot_bytes) };
+        if write {
+            self.queues[queue].write(offset, buf, len, slot, ReqFlags::empty());
+        } else {
+            self.queues[queue].read(offset, buf, len, slot, ReqFlags::empty());
+        }
+    }
+
     /// Writes the whole disk through `queue`, `request_bytes` at a time with
     /// `qd` requests in flight, each from its slot of the region as the
     /// region is (see [`BlkClient::randomize_region`]); then FLUSH. Panics if

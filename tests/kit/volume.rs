@@ -44,14 +44,26 @@ pub fn pool() -> Arc<CryptoPool> {
     Arc::clone(POOL.get_or_init(|| Arc::new(CryptoPool::new(2, 64 * 1024).unwrap())))
 }
 
-/// Options for small test volumes: small segments so that tests roll over.
+/// Options for small test volumes: small segments so that tests roll over;
+/// written the way `LSVBLK_IO` says (as the daemon's `--io`), the library's
+/// default without it.
 pub fn options(block_bytes: u32) -> VolumeOptions {
     VolumeOptions {
         block_bytes,
         segment_bytes: 64 * 1024,
         heads: 2,
         pool: Some(pool()),
+        io: io_mode(),
         ..VolumeOptions::default()
+    }
+}
+
+/// The io mode `LSVBLK_IO` names (`direct` or `buffered`), else the
+/// library's default; a value that is neither fails the test.
+pub fn io_mode() -> lsvblk::store::IoMode {
+    match std::env::var("LSVBLK_IO") {
+        Ok(mode) => mode.parse().expect("LSVBLK_IO"),
+        Err(_) => lsvblk::store::IoMode::default(),
     }
 }
 

@@ -24,6 +24,9 @@
 //!   directory (`--store file:///DIR`) instead of the cluster;
 //! - [`bad_input`]: wrong credentials, a missing bucket, a truncated or
 //!   altered object, another volume's object: each a clear error;
+//! - [`migrate`]: a live migration's hand-over to a standby daemon on
+//!   another directory (another host) mid-load, through the store; and the
+//!   source refusing it while its device runs;
 //! - [`refused`]: the daemon's access key revoked while it serves (remote
 //!   FLUSHes fail at once, the refusal reported), then restored (uploads
 //!   resume, nothing lost);
@@ -46,6 +49,7 @@ mod faults;
 mod handoff;
 mod keys;
 mod lifecycle;
+mod migrate;
 mod refused;
 #[allow(dead_code)] // the operating tests' scraper; not all of it is used here
 #[path = "../operating/scrape.rs"]

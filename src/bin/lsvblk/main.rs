@@ -19,6 +19,7 @@ mod keys;
 mod kms;
 mod lease;
 mod progress;
+mod remote_handover;
 mod remote_serve;
 mod rotate;
 mod scrub;

@@ -45,7 +45,7 @@ pub struct RemoteServeArgs {
     /// the segments' headers and seals only (records fetched when read).
     /// Default: keep everything.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "store")]
-    cache_size: Option<u64>,
+    pub cache_size: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -143,6 +143,23 @@ pub fn claim(
 }
 
 impl Claimed {
+    /// The epoch a standby claimed in `remote` after the hand-over (its
+    /// volume is opened and locked already).
+    pub fn handed_over(
+        remote: RemoteStore,
+        args: &RemoteServeArgs,
+        epoch: u64,
+        stored: Vec<StoredObject>,
+    ) -> Self {
+        Self {
+            remote,
+            args: args.clone(),
+            epoch,
+            stored,
+            lock: None,
+        }
+    }
+
     /// The volume's lock, which `claim` took (`serve` takes it over once).
     pub fn take_lock(&mut self) -> Result<VolumeLock, Failure> {
         self.lock
@@ -235,6 +252,20 @@ impl Serving {
     /// The uploader (for `status`).
     pub fn uploader(&self) -> Arc<Uploader> {
         Arc::clone(&self.uploader)
+    }
+
+    /// Answers a standby on another host that asks for the volume (see
+    /// `remote_handover`), until the watcher is dropped.
+    pub fn watch_handovers(
+        &self,
+        stop: lsvblk::vhost::StopHandle,
+    ) -> Result<crate::remote_handover::Watcher, Failure> {
+        crate::remote_handover::watch(
+            Arc::clone(&self.remote.store),
+            self.uploader.epoch(),
+            &self.dir,
+            stop,
+        )
     }
 
     /// Stops sealing heads on a timer (it holds the volume).

@@ -4,16 +4,17 @@
 mod open;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lsvblk::crypto::CryptoPool;
 use lsvblk::ops::metrics::{self, DeviceCollector, MetricsAddress, UpkeepCollector};
 use lsvblk::store::{CheckDepth, DamageKind};
+use lsvblk::sync::LockOrRecover;
 use lsvblk::vhost::peer_check::AllowedPeers;
 use lsvblk::vhost::socket_access::{SocketAccess, group_id};
 use lsvblk::vhost::{DeviceOptions, Server};
-use lsvblk::volume::handover::{Served, Standby};
+use lsvblk::volume::handover::{Holder, Served, Standby};
 use lsvblk::volume::{
     SkewedClock, Superblock, Volume, VolumeLock, VolumeOptions, check_files, load_snapshot,
 };
@@ -25,6 +26,8 @@ use crate::control::control_socket_path;
 use crate::exit::{Failure, Outcome};
 use crate::kms::{client, parse_kms_address, parse_kms_timeout};
 use crate::lease::{Credential, unwrap_all_with};
+use crate::remote_handover::{StoreHolder, Watcher};
+use crate::remote_serve::{Claimed, Serving};
 use crate::services::{ControlSocketHolder, Services};
 use crate::size::parse_size;
 
@@ -126,7 +129,9 @@ pub struct ServeArgs {
     /// Live migration destination: wait in standby (key unwrapped, volume
     /// neither opened nor locked) and take the volume over from the daemon
     /// serving it when the VM starts here; that daemon hands it over and
-    /// stops. Give the destination QEMU this daemon's socket.
+    /// stops. Give the destination QEMU this daemon's socket. With --store
+    /// (another host): the volume is rebuilt from the store into --volume
+    /// now and followed, and the hand-over goes through the store.
     #[arg(long, conflicts_with_all = ["read_only", "snapshot"])]
     standby: bool,
     /// Device serial returned by GET_ID (up to 20 bytes). Default: volume id.
@@ -173,12 +178,20 @@ pub fn run(args: ServeArgs) -> Outcome {
     raise_open_file_limit();
     // A volume kept in an object store: claim it (an empty directory is
     // rebuilt from the store first), or fetch the snapshot to serve.
-    let mut serving = None;
+    let serving: Arc<Mutex<Option<Serving>>> = Arc::default();
     // A clone of a stored volume's snapshot: --store names its parent's
     // store, which its reads of evicted parent blocks go to.
     let parent_store = crate::remote_serve::parent_store(&args.store, &args.volume)?;
+    // A live migration's destination on another host follows the volume
+    // from the store instead of claiming it.
+    let mut remote_standby = None;
     let mut remote = match parent_store {
         Some(_) => None,
+        None if args.standby => {
+            remote_standby =
+                crate::remote_handover::follow(&args.store, &args.remote, &args.volume)?;
+            None
+        }
         None => crate::remote_serve::claim(
             &args.store,
             &args.remote,
@@ -261,10 +274,13 @@ pub fn run(args: ServeArgs) -> Outcome {
         // A live migration's destination: the key now, the volume later.
         (None, None) if args.standby => {
             let keys = unwrap(&superblock.keys)?;
-            let holder = ControlSocketHolder {
-                socket: control_socket_path(&args.volume),
+            let holder: Box<dyn Holder> = match &remote_standby {
+                Some(standby) => Box::new(StoreHolder(Arc::clone(standby))),
+                None => Box::new(ControlSocketHolder {
+                    socket: control_socket_path(&args.volume),
+                }),
             };
-            Served::standby(Standby::new(&args.volume, keys, options, Box::new(holder)))?
+            Served::standby(Standby::new(&args.volume, keys, options, holder))?
         }
         (None, None) => {
             // Lock first: a second daemon on this volume must not get a key.
@@ -275,7 +291,7 @@ pub fn run(args: ServeArgs) -> Outcome {
             let keys = unwrap(&superblock.keys)?;
             let volume = Arc::new(Volume::open_locked(&args.volume, lock, keys, &options)?);
             if let Some(claimed) = remote.take() {
-                serving = Some(claimed.start(&volume)?);
+                *serving.lock_or_recover() = Some(claimed.start(&volume)?);
             }
             if let Some(store) = &parent_store {
                 lsvblk::remote::attach_parent_reads(store, &volume)
@@ -297,6 +313,39 @@ pub fn run(args: ServeArgs) -> Outcome {
         .apply(&args.socket)
         .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
+    // The writer of a volume in an object store answers a standby on
+    // another host; a standby that takes such a volume over starts
+    // uploading it (and answering) first, before its services start.
+    let watcher: Arc<Mutex<Option<Watcher>>> = Arc::default();
+    if let Some(serving) = &*serving.lock_or_recover() {
+        *watcher.lock_or_recover() = Some(serving.watch_handovers(server.stop_handle())?);
+    }
+    if let Some(standby) = remote_standby {
+        let (serving, watcher, stop) = (
+            Arc::clone(&serving),
+            Arc::clone(&watcher),
+            server.stop_handle(),
+        );
+        served.when_active(Box::new(move |volume| {
+            let Some((epoch, stored)) = standby.claimed() else {
+                return;
+            };
+            let (remote, args) = standby.remote();
+            let started = Claimed::handed_over(remote.clone(), args, epoch, stored)
+                .start(volume)
+                .and_then(|s| Ok((s.watch_handovers(stop.clone())?, s)));
+            match started {
+                Ok((watch, started)) => {
+                    *serving.lock_or_recover() = Some(started);
+                    *watcher.lock_or_recover() = Some(watch);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot upload the volume taken over; stopping");
+                    stop.stop();
+                }
+            }
+        }));
+    }
     // A writable volume answers `lsvblk snapshot/compact/status/...` on its
     // control socket and compacts in the background while it is active here.
     let services = (!args.read_only).then(|| {
@@ -309,7 +358,10 @@ pub fn run(args: ServeArgs) -> Outcome {
                 lsvblk::service::BACKGROUND_POLL_DEFAULT,
                 Duration::from_millis,
             ),
-            serving.as_ref().map(|s| s.uploader()),
+            {
+                let serving = Arc::clone(&serving);
+                Box::new(move || serving.lock_or_recover().as_ref().map(|s| s.uploader()))
+            },
         )
     });
     if let Some(address) = &args.metrics {
@@ -335,6 +387,8 @@ pub fn run(args: ServeArgs) -> Outcome {
     if let Some(services) = services {
         services.stop();
     }
+    drop(watcher.lock_or_recover().take());
+    let serving = serving.lock_or_recover().take();
     if let Some(serving) = &serving {
         serving.stop_ticker();
     }

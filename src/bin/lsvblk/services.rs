@@ -21,6 +21,10 @@ use crate::control::{
 };
 use crate::daemon::Daemon;
 
+/// Where the uploader of a volume kept in an object store is, once there
+/// is one (a standby starts uploading when it takes the volume over).
+pub type UploaderOf = Box<dyn Fn() -> Option<Arc<lsvblk::remote::Uploader>> + Send + Sync>;
+
 /// The daemon's services while it has the volume.
 struct Running {
     daemon: Arc<Daemon>,
@@ -38,8 +42,9 @@ pub struct Services {
     /// How often the background upkeep looks at keys and space.
     poll: Duration,
     running: Mutex<Option<Running>>,
-    /// The uploader of a volume kept in an object store (`status` shows it).
-    uploader: Option<Arc<lsvblk::remote::Uploader>>,
+    /// The uploader of a volume kept in an object store (`status` shows
+    /// it), looked up when the volume becomes active here.
+    uploader: UploaderOf,
 }
 
 impl Services {
@@ -50,7 +55,7 @@ impl Services {
         kms: Option<PathBuf>,
         stop: StopHandle,
         poll: Duration,
-        uploader: Option<Arc<lsvblk::remote::Uploader>>,
+        uploader: UploaderOf,
     ) -> Arc<Self> {
         let services = Arc::new(Self {
             served: Arc::clone(served),
@@ -79,8 +84,8 @@ impl Services {
             self.kms.as_ref().map(crate::kms::client),
             self.poll,
         );
-        if let Some(uploader) = &self.uploader {
-            daemon.set_uploader(Arc::clone(uploader));
+        if let Some(uploader) = (self.uploader)() {
+            daemon.set_uploader(uploader);
         }
         let handler = Arc::new(ServeControl {
             services: Arc::downgrade(self),
