@@ -69,6 +69,10 @@ if [ "$S3" = 1 ]; then
   [ "$BACKEND" = lsvblk ] || die "--s3 is for --backend lsvblk"
   eval "$("$QEMU_DIR/../ci/ceph.sh" env)"
   "$QEMU_DIR/../ci/ceph.sh" status >/dev/null || die "--s3: the Ceph cluster is not up (ci/ceph.sh up)"
+  # As the cluster's tests do: no fault test (an OSD or radosgw stopped)
+  # runs meanwhile.
+  exec {faults_fd}>>"$LSVBLK_CEPH_DIR.faults"
+  flock -s "$faults_fd"
   S3_URL=s3://$LSVBLK_S3_BUCKET/migrate-test/$(date +%Y%m%d-%H%M%S)-$$
   STORE_ARGS=(--store "$S3_URL" --endpoint "$AWS_ENDPOINT_URL")
   LOOP_CREATE_ARGS=("${STORE_ARGS[@]}")

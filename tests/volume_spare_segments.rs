@@ -176,3 +176,47 @@ fn a_reopen_adopts_spares_and_deletes_none_that_fit() {
     drop(view);
     assert_eq!(spare_files(dir.path()), spares);
 }
+
+/// A segment is made under a `.seg.new` name and renamed once its header
+/// is written, so a kill -9 in between leaves that file, never a segment
+/// without a header (which recovery refuses): the next open deletes it, and
+/// the segment it would have been is made again.
+#[test]
+fn a_half_made_segment_left_by_a_crash_is_deleted_at_open() {
+    for io in [IoMode::Direct, IoMode::Buffered] {
+        let dir = disk_tempdir();
+        let mut image = vec![0u8; BYTES as usize];
+        let v = Volume::create(dir.path(), BYTES, kit::volume::key(1), &options(io)).unwrap();
+        write_pass(&v, 1, &mut image);
+        v.flush().unwrap();
+        let next = kit::volume::segment_files(dir.path()).len();
+        drop(v); // a crash
+        let segments = dir.path().join("segments");
+        let leftovers = [
+            segments.join(format!("{:016x}.seg.new", next + 3)),
+            segments.join(format!("{:016x}.seg.new", next + 4)),
+        ];
+        std::fs::write(&leftovers[0], b"").unwrap();
+        std::fs::write(&leftovers[1], vec![0x5a; 4096]).unwrap();
+        let v = Volume::open(dir.path(), kit::volume::key(1), &options(io)).unwrap();
+        for leftover in &leftovers {
+            assert!(!leftover.exists(), "{io:?}: {} kept", leftover.display());
+        }
+        assert!(read_all(&v) == image, "{io:?}");
+        // New segments are made (past the leftovers' ids too) and read back.
+        write_pass(&v, 2, &mut image);
+        v.close().unwrap();
+        let v = Volume::open(dir.path(), kit::volume::key(1), &options(io)).unwrap();
+        assert!(read_all(&v) == image, "{io:?}");
+        let names: Vec<String> = std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with(".seg") || n.ends_with(".spare")),
+            "{io:?}: {names:?}"
+        );
+    }
+}

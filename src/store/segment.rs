@@ -138,16 +138,36 @@ pub fn create_segment(
     fields: &SegmentHeaderFields,
 ) -> Result<File, StoreError> {
     let path = segment_path(segments_dir, id);
+    if path.symlink_metadata().is_ok() {
+        return Err(StoreError::io(
+            &path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    // Made under another name and renamed once it has its header: a crash
+    // in between must not leave a segment file without one (recovery
+    // refuses such a file). A leftover of an earlier crash is replaced.
+    let new = creation_path(segments_dir, id);
     let file = crate::fsmode::private_file_options()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
+        .create(true)
+        .truncate(true)
+        .open(&new)
+        .map_err(|e| StoreError::io(&new, e))?;
     let mut block = AlignedBuf::zeroed(ALIGN);
     block[..64].copy_from_slice(&encode_segment_header(id, volume_id, fields));
-    super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(&path, e))?;
+    super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(&new, e))?;
+    std::fs::rename(&new, &path).map_err(|e| StoreError::io(&path, e))?;
     Ok(file)
+}
+
+/// The suffix of a segment file being created (see [`create_segment`]).
+pub const CREATION_SUFFIX: &str = ".seg.new";
+
+/// Where segment `id` is made before it is renamed to its name.
+fn creation_path(segments_dir: &Path, id: u64) -> PathBuf {
+    segments_dir.join(format!("{id:016x}{CREATION_SUFFIX}"))
 }
 
 /// Makes segment `id` out of a spare segment file (`spare`, open as

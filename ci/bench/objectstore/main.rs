@@ -21,7 +21,9 @@
 //! Options after `--`: `--reps N` (default 5; medians are reported),
 //! `--rep-ms N` (default 2000), `--size-mb N` (volume size, default 1024),
 //! `--write-cap-mb N` (most one write repetition writes, default 256),
-//! `--opens N` (default 3), `--flushes N` (default 50). The daemons are
+//! `--opens N` (default 3), `--flushes N` (default 50), `--upload-lag
+//! BYTES,TIME` (the store volume's `serve --upload-lag` in the write cases;
+//! default: the daemon's own). The daemons are
 //! this bench target's build of `lsvblk` and `lsvkms` (release settings
 //! under `ci/bench.sh`). Everything is under fresh prefixes in the
 //! cluster's bucket and deleted at the end.
@@ -96,6 +98,7 @@ fn sizes(options: &Options) -> Sizes {
         write_cap: value("--write-cap-mb", 256, 8) << 20,
         opens: value("--opens", 3, 1) as usize,
         flushes: value("--flushes", 50, 3) as usize,
+        upload_lag: args.text("--upload-lag"),
     }
 }
 

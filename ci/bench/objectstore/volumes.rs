@@ -70,6 +70,9 @@ pub struct Sizes {
     pub write_cap: u64,
     pub opens: usize,
     pub flushes: usize,
+    /// `--upload-lag` of the store volume in the write cases (`None`: the
+    /// daemon's default).
+    pub upload_lag: Option<String>,
 }
 
 /// What the volume cases measured: per case, its samples.
@@ -220,9 +223,14 @@ pub fn measure(bench: &mut Bench, options: &Options, sizes: &Sizes) -> Figures {
     // Writes: local against store, round-robin.
     let local = bench.create(sizes.volume_bytes, false);
     let remote = bench.create(sizes.volume_bytes, true);
+    let lag: Vec<&str> = sizes
+        .upload_lag
+        .iter()
+        .flat_map(|lag| ["--upload-lag", lag.as_str()])
+        .collect();
     let mut targets = [
         bench.serve(&local, "lsvblk-local", &[]),
-        bench.serve(&remote, "lsvblk-s3", &[]),
+        bench.serve(&remote, "lsvblk-s3", &lag),
     ];
     for workload in WRITES {
         figures.writes.push((workload, Vec::new(), Vec::new()));

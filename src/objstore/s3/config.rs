@@ -52,6 +52,14 @@ pub struct S3Config {
     /// Default 2: a blocking call waits on its own thread; the runtime
     /// threads only drive sockets.
     pub runtime_threads: usize,
+    /// Whether a request's signature covers a SHA-256 of its body. Default
+    /// false (`x-amz-content-sha256: UNSIGNED-PAYLOAD`, which S3 and radosgw
+    /// accept): hashing each uploaded segment cost the client and the store
+    /// a pass over its bytes each. What we store does not rely on it: every
+    /// object's name carries its length and CRC32C, checked on each
+    /// download, and each block carries a MAC under the volume's key; TLS
+    /// (`https://`) protects requests in transit.
+    pub sign_payload: bool,
 }
 
 impl S3Config {
@@ -72,6 +80,7 @@ impl S3Config {
             part_bytes: 8 << 20,
             part_concurrency: 4,
             runtime_threads: 2,
+            sign_payload: false,
         }
     }
 

@@ -89,6 +89,7 @@ impl S3Store {
             .with_secret_access_key(credentials.secret_access_key())
             .with_virtual_hosted_style_request(false)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_unsigned_payload(!config.sign_payload)
             .with_retry(retry)
             .with_client_options(options);
         if let Some(token) = credentials.session_token() {

@@ -13,7 +13,9 @@
 //! that looks like a freshly created one.
 //!
 //! Spares live beside the segments as `NNNNNNNNNNNNNNNN.spare` (same
-//! directory, so the renames never cross a filesystem).
+//! directory, so the renames never cross a filesystem). A writable open
+//! also deletes segment files a crash left half made
+//! (`segment::CREATION_SUFFIX`).
 
 use std::fs::{self, File};
 use std::io;
@@ -52,6 +54,7 @@ impl SpareSegments {
     pub(super) fn open(dir: &Path, limit: usize) -> Self {
         let mut spares = Spares::default();
         if limit > 0 {
+            remove_creation_leftovers(dir);
             let mut found = list(dir);
             found.sort_unstable();
             spares.next = found.last().map_or(0, |n| n + 1);
@@ -177,6 +180,26 @@ impl Log {
 /// The path of spare `number` in `dir`.
 fn spare_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:016x}{SPARE_SUFFIX}"))
+}
+
+/// Deletes segment files a crash left half made (`segment::CREATION_SUFFIX`:
+/// never named as segments, so nothing refers to them).
+fn remove_creation_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.ends_with(segment::CREATION_SUFFIX))
+        {
+            let path = entry.path();
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "half-made segment not deleted");
+            }
+        }
+    }
 }
 
 /// Numbers of the spare files in `dir` (none if it cannot be read).
