@@ -189,7 +189,12 @@ impl BlockBackend {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            worker.drain(vring, held, lane, completer)?;
+            if !worker.drain(vring, held, lane, completer)? {
+                // Nothing can be taken from this queue until the driver
+                // resets it (a not-ready queue may even look non-empty to
+                // `enable_notification`): sleep on its kick, do not spin.
+                return Ok(());
+            }
             if poll.wait_for_request(vring, mem) {
                 continue;
             }

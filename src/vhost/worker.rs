@@ -80,13 +80,16 @@ impl<'w> QueueWorker<'w> {
 
     /// Processes every chain now available on `vring`. Each is marked in
     /// flight (when the frontend tracks inflight I/O) before any is run.
+    /// False when the queue cannot be used (not ready, or its avail ring
+    /// unreadable): the caller stops draining it until the driver kicks or
+    /// resets it, instead of spinning on it.
     pub(crate) fn drain<'env>(
         &'env self,
         vring: &Vring,
         held: &mut Vec<Chain>,
         lane: &mut Lane<'_, 'env>,
         completer: &'env Completer<'env>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let mem = self.memory.memory();
         let chains: Vec<Chain> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(iter) => iter
@@ -98,15 +101,16 @@ impl<'w> QueueWorker<'w> {
                 self.shared
                     .guest_errors
                     .log(&format!("queue unusable: {error}"));
-                return Ok(());
+                return Ok(false);
             }
         };
         if chains.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         completer.mark(chains.iter().map(|chain| chain.head));
         let chains = self.hold_back(chains, held);
-        self.run(chains, lane, completer)
+        self.run(chains, lane, completer)?;
+        Ok(true)
     }
 
     /// Brings the queue's inflight region up to date after the queue
