@@ -167,9 +167,10 @@ pub struct Served {
     changed: Condvar,
     superblock: Superblock,
     on_active: Mutex<Vec<OnActive>>,
-    /// The log's next sequence number right after the last early
-    /// preparation: while it still is, that checkpoint covers everything.
-    prepared_at: Mutex<Option<u64>>,
+    /// The log's `write_mark` right after the last early preparation:
+    /// while it still is, that checkpoint covers everything (a compaction
+    /// that ran since moved blocks into an unsealed segment: it is not).
+    prepared_at: Mutex<Option<(u64, u64)>>,
 }
 
 impl Served {
@@ -305,7 +306,7 @@ impl Served {
             }
         };
         let prepared_at = self.prepared_at.lock_or_recover().take();
-        if prepared_at.is_some() && prepared_at == Some(volume.log().peek_next_seq()) {
+        if prepared_at.is_some() && prepared_at == Some(volume.log().write_mark()) {
             // Sealed and checkpointed early, nothing written since: the
             // next open replays nothing. Dropping the volume lets go of the
             // lock.
@@ -335,7 +336,7 @@ impl Served {
                 let mut prepared_at = served.prepared_at.lock_or_recover();
                 match volume.log().close() {
                     Ok(()) => {
-                        *prepared_at = Some(volume.log().peek_next_seq());
+                        *prepared_at = Some(volume.log().write_mark());
                         tracing::info!(
                             ms = started.elapsed().as_millis(),
                             "device stopped for a migration: log sealed and checkpointed ahead of the hand-over"

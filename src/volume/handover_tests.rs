@@ -107,3 +107,43 @@ fn a_write_after_the_preparation_makes_the_hand_over_close_in_full() {
     );
     assert_eq!(replayed, 0);
 }
+
+#[test]
+fn a_compaction_after_the_preparation_makes_the_hand_over_close_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = served(dir.path());
+    let volume = served.if_active().unwrap();
+    // Half of the segment dead: the compaction below moves the other half.
+    for block in 0..8u8 {
+        volume
+            .write(u64::from(block) * 4096, &[block + 0x41; 4096])
+            .unwrap();
+    }
+    drop(volume);
+    prepare(&served, dir.path());
+    // Compaction moves blocks with their sequence numbers into its own,
+    // unsealed, segment and writes a checkpoint naming it.
+    let options = crate::store::CompactOptions {
+        live_ratio_max: 0.9,
+        rate_bytes_per_s: None,
+        stop: None,
+        crash_after_steps: None,
+    };
+    let report = served
+        .if_active()
+        .unwrap()
+        .compact(&options, &mut |_| {})
+        .unwrap();
+    assert!(report.bytes_moved > 0, "{report:?}");
+    let after_compaction = checkpoints(dir.path());
+
+    served.hand_over().unwrap();
+    assert_ne!(
+        checkpoints(dir.path()),
+        after_compaction,
+        "the hand-over left the compaction's segment unsealed"
+    );
+    let (block, replayed) = reopened_block(dir.path(), 7);
+    assert_eq!(block, vec![7 + 0x41; 4096]);
+    assert_eq!(replayed, 0);
+}

@@ -218,6 +218,8 @@ impl Log {
         drop(head);
         self.bytes_since_checkpoint
             .fetch_add(done.end - start, Ordering::Relaxed);
+        self.bytes_appended
+            .fetch_add(done.end - start, Ordering::Relaxed);
         let positions = done
             .placed
             .iter()

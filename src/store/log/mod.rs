@@ -206,6 +206,9 @@ pub struct Log {
     files: RwLock<BTreeMap<u64, Arc<SegmentFile>>>,
     seq_next: AtomicU64,
     bytes_since_checkpoint: AtomicU64,
+    /// Bytes appended since the log was opened, by any head (compaction's
+    /// included): see `write_mark`.
+    bytes_appended: AtomicU64,
     checkpoint_lock: Mutex<()>,
     /// Segments that left a head (full or abandoned) and are not yet synced;
     /// the next flush syncs them and then seals the full ones.
@@ -283,6 +286,7 @@ impl Log {
             files: RwLock::new(BTreeMap::new()),
             seq_next: AtomicU64::new(seq_next),
             bytes_since_checkpoint: AtomicU64::new(0),
+            bytes_appended: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
             pending: Mutex::new(Vec::new()),
             dir_dirty: AtomicBool::new(false),
@@ -322,6 +326,16 @@ impl Log {
     /// unchanged for as long as nothing is written.
     pub fn peek_next_seq(&self) -> u64 {
         self.seq_next.load(Ordering::Relaxed)
+    }
+
+    /// A mark that changes whenever anything is appended to the log: guest
+    /// writes (which take new sequence numbers) and compaction's moves
+    /// (which keep theirs, so `peek_next_seq` alone misses them).
+    pub fn write_mark(&self) -> (u64, u64) {
+        (
+            self.seq_next.load(Ordering::Relaxed),
+            self.bytes_appended.load(Ordering::Relaxed),
+        )
     }
 
     /// Number of extents in the index.
