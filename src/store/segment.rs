@@ -137,16 +137,11 @@ pub fn create_segment(
     volume_id: &[u8; 16],
     fields: &SegmentHeaderFields,
 ) -> Result<File, StoreError> {
-    let path = segment_path(segments_dir, id);
-    if path.symlink_metadata().is_ok() {
-        return Err(StoreError::io(
-            &path,
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        ));
-    }
-    // Made under another name and renamed once it has its header: a crash
-    // in between must not leave a segment file without one (recovery
-    // refuses such a file). A leftover of an earlier crash is replaced.
+    refuse_existing(segments_dir, id)?;
+    // Made under another name and renamed once it has its header (as a
+    // reused spare is): a crash in between must not leave a segment file
+    // without one (recovery refuses such a file). A leftover of an earlier
+    // crash is replaced.
     let new = creation_path(segments_dir, id);
     let file = crate::fsmode::private_file_options()
         .read(true)
@@ -155,11 +150,19 @@ pub fn create_segment(
         .truncate(true)
         .open(&new)
         .map_err(|e| StoreError::io(&new, e))?;
-    let mut block = AlignedBuf::zeroed(ALIGN);
-    block[..64].copy_from_slice(&encode_segment_header(id, volume_id, fields));
-    super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(&new, e))?;
-    std::fs::rename(&new, &path).map_err(|e| StoreError::io(&path, e))?;
-    Ok(file)
+    reuse_segment(segments_dir, &new, file, id, volume_id, fields)
+}
+
+/// Fails if segment `id` exists already.
+fn refuse_existing(segments_dir: &Path, id: u64) -> Result<(), StoreError> {
+    let path = segment_path(segments_dir, id);
+    match path.symlink_metadata() {
+        Ok(_) => Err(StoreError::io(
+            &path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 /// The suffix of a segment file being created (see [`create_segment`]).
@@ -171,7 +174,8 @@ fn creation_path(segments_dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Makes segment `id` out of a spare segment file (`spare`, open as
-/// `file`, already zeroed by the caller): writes the header, then renames
+/// `file`, already zeroed by the caller; or a file just created, see
+/// [`create_segment`]): writes the header, then renames
 /// it to the segment's name, so that name never shows the spare's old
 /// contents. Fails, changing nothing under the segment's name, if a file
 /// of that name exists.
@@ -183,16 +187,11 @@ pub fn reuse_segment(
     volume_id: &[u8; 16],
     fields: &SegmentHeaderFields,
 ) -> Result<File, StoreError> {
-    let path = segment_path(segments_dir, id);
-    if path.symlink_metadata().is_ok() {
-        return Err(StoreError::io(
-            &path,
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        ));
-    }
+    refuse_existing(segments_dir, id)?;
     let mut block = AlignedBuf::zeroed(ALIGN);
     block[..64].copy_from_slice(&encode_segment_header(id, volume_id, fields));
     super::io::pwritev_all(&file, &[&block], 0).map_err(|e| StoreError::io(spare, e))?;
+    let path = segment_path(segments_dir, id);
     std::fs::rename(spare, &path).map_err(|e| StoreError::io(&path, e))?;
     Ok(file)
 }
