@@ -26,12 +26,6 @@ fn overwrite(v: &Volume, bytes: u64, chunk: u64, passes: u8, image: &mut [u8]) {
     }
 }
 
-fn read_all(v: &Volume, bytes: u64) -> Vec<u8> {
-    let mut all = vec![0u8; bytes as usize];
-    v.read(0, &mut all).unwrap();
-    all
-}
-
 fn snapshot_image(dir: &Path, name: &str, bytes: u64) -> Vec<u8> {
     let view = Volume::open_snapshot(
         dir,
@@ -40,7 +34,7 @@ fn snapshot_image(dir: &Path, name: &str, bytes: u64) -> Vec<u8> {
         &kit::volume::options(BLOCK),
     )
     .unwrap();
-    read_all(&view, bytes)
+    kit::volume::read_all(&view, bytes)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -96,7 +90,7 @@ fn compaction_interrupted_at_every_step_loses_nothing() {
         drop(v); // crash
         let v = kit::volume::open(work.path(), BLOCK);
         assert!(
-            read_all(&v, BYTES) == image,
+            kit::volume::read_all(&v, BYTES) == image,
             "image differs after a crash at step {steps}"
         );
         assert!(
@@ -108,7 +102,7 @@ fn compaction_interrupted_at_every_step_loses_nothing() {
         v.close().unwrap();
         let v = kit::volume::open(work.path(), BLOCK);
         assert!(
-            read_all(&v, BYTES) == image,
+            kit::volume::read_all(&v, BYTES) == image,
             "image differs after finishing (step {steps})"
         );
         match result {
@@ -148,7 +142,7 @@ fn deleting_a_snapshot_lets_compaction_free_its_blocks() {
         kept.file_bytes,
         freed.file_bytes
     );
-    assert!(read_all(&v, BYTES) == image);
+    assert!(kit::volume::read_all(&v, BYTES) == image);
 }
 
 /// The space target: a 1 GiB volume overwritten 3 times and
@@ -177,6 +171,9 @@ fn compacted_volume_space_stays_within_bounds() {
         eprintln!("snapshot kept: {keep_snapshot}: {used} B = {ratio:.3} x live (bound {bound})");
         assert!(ratio <= bound, "{ratio:.3} x live > {bound}");
         let v = Volume::open(dir.path(), kit::volume::key(1), &options).unwrap();
-        assert!(read_all(&v, GIB) == image, "data differs after compaction");
+        assert!(
+            kit::volume::read_all(&v, GIB) == image,
+            "data differs after compaction"
+        );
     }
 }

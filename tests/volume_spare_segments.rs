@@ -53,9 +53,7 @@ fn write_pass(v: &Volume, pass: u8, image: &mut [u8]) {
 }
 
 fn read_all(v: &Volume) -> Vec<u8> {
-    let mut all = vec![0u8; BYTES as usize];
-    v.read(0, &mut all).unwrap();
-    all
+    kit::volume::read_all(v, BYTES)
 }
 
 fn compact(v: &Volume) -> lsvblk::store::CompactReport {

@@ -86,6 +86,13 @@ pub fn open(dir: &Path, block_bytes: u32) -> Volume {
     Volume::open(dir, key(1), &options(block_bytes)).unwrap()
 }
 
+/// The first `len` bytes of `volume`, read in one call.
+pub fn read_all(volume: &Volume, len: u64) -> Vec<u8> {
+    let mut all = vec![0u8; len as usize];
+    volume.read(0, &mut all).unwrap();
+    all
+}
+
 /// Segment files of the volume in `dir`, in id order.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("segments"))
