@@ -176,6 +176,11 @@ epoch_of_log_line() {
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$result"; }
 
 # ms_between A B: milliseconds from epoch time A to B (decimals).
+# log_field FILE PATTERN KEY: KEY's value on FILE's last line matching PATTERN ("-" if none).
+log_field() {
+  grep -a "$2" "$1" 2>/dev/null | tail -1 | sed -e 's/\x1b\[[0-9;]*m//g' |
+    awk -v key="$3" '{ v = "-"; for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) v = substr($i, length(key) + 2) } END { print (NR ? v : "-") }'
+}
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }'; }
 
 # ---------------------------------------------------------------- run
@@ -243,6 +248,17 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
   QDOWN+=("$(field qemu_downtime_ms)")
   ROWS+=("$(printf '%9s %9s %12s %9s %8s' "$m" "$(field total_ms)" "$(field qemu_downtime_ms)" "$down_ms" "$(field ram_mib)")")
   echo "   migration $m: total $(field total_ms) ms, QEMU downtime $(field qemu_downtime_ms) ms, disk down ${down_ms} ms ($(field ram_mib) MiB RAM sent)"
+  if [ "$BACKEND" = lsvblk ] && [ -z "$S3_URL" ]; then
+    # Where the disk's downtime went, from both daemons' logs: the source's
+    # early preparation (upkeep paused, heads sealed, checkpoint), its
+    # hand-over (waits for the preparation; closes in full if something was
+    # written after it), the destination's wait for it and its lock + open.
+    prep='checkpointed ahead of the hand-over' gone='handed the volume over' took='opened it'
+    echo "     breakdown: source prep $(log_field "$OUT/backend-$k.log" "$prep" ms) ms" \
+      "(pause $(log_field "$OUT/backend-$k.log" "$prep" paused_ms), seal $(log_field "$OUT/backend-$k.log" "$prep" seal_ms))," \
+      "hand-over close $(log_field "$OUT/backend-$k.log" "$gone" close_ms) ms;" \
+      "destination waited $(log_field "$OUT/backend-$d.log" "$took" release_ms) ms, lock+open $(log_field "$OUT/backend-$d.log" "$took" lock_and_open_ms) ms"
+  fi
   k=$d SRC_BACKEND=$DST_BACKEND SRC_VM=$DST_VM
 done
 

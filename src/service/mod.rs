@@ -36,6 +36,6 @@ mod unserved;
 pub use error::ServiceError;
 pub use keycare::{KeyCare, RotateRequest, rewrap_blobs};
 pub use provision::{Cloned, Created, NewClone, NewVolume, clone_snapshot, create_volume, set_acl};
-pub use served::{BACKGROUND_POLL_DEFAULT, ServedVolume};
+pub use served::{BACKGROUND_POLL_DEFAULT, PAUSE_WAIT, PauseWhile, ServedVolume};
 pub use unlock::{unwrap_all, unwrap_entries, wrapped_blob};
 pub use unserved::rotate_unserved;

@@ -28,6 +28,12 @@ pub struct ServedVolume {
     /// How often the background thread looks at keys and space.
     poll: Duration,
     stop: Arc<AtomicBool>,
+    /// Stops a compaction in progress: set at [`ServedVolume::stop`] and
+    /// while the upkeep is paused.
+    interrupt: Arc<AtomicBool>,
+    /// While set and returning true, the background upkeep does nothing
+    /// (see [`ServedVolume::pause_while`]).
+    paused: Mutex<Option<PauseWhile>>,
     /// Wakes a sleeping compactor at [`ServedVolume::stop`] (shutdown and a
     /// live migration's hand-over join it: they must not wait a poll out).
     wake: (Mutex<()>, Condvar),
@@ -36,6 +42,13 @@ pub struct ServedVolume {
     compaction: Mutex<CompactionState>,
     keys: KeyCare,
 }
+
+/// How long [`ServedVolume::pause_while`] waits for a compaction in
+/// progress to stop (it stops at its next batch).
+pub const PAUSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Says whether a pause of the upkeep still holds.
+pub type PauseWhile = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// What `status` shows about compaction.
 #[derive(Default)]
@@ -56,6 +69,8 @@ impl ServedVolume {
             auto_rate_mib,
             poll: BACKGROUND_POLL_DEFAULT,
             stop,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            paused: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             compaction: Mutex::new(CompactionState::default()),
             keys,
@@ -79,7 +94,44 @@ impl ServedVolume {
     pub fn stop(&self) {
         let _guard = self.wake.0.lock_or_recover();
         self.stop.store(true, Ordering::SeqCst);
+        self.interrupt.store(true, Ordering::SeqCst);
         self.wake.1.notify_all();
+    }
+
+    /// Pauses the background upkeep (compaction, key care) for as long as
+    /// `holds` returns true: a compaction in progress stops at its next
+    /// batch (this waits up to [`PAUSE_WAIT`] for it), and none starts. For
+    /// a live migration's hand-over, whose early checkpoint covers the log
+    /// only if nothing writes to it after; `holds` says whether the
+    /// migration still goes on. Returns whether no compaction runs now.
+    pub fn pause_while(&self, holds: PauseWhile) -> bool {
+        *self.paused.lock_or_recover() = Some(holds);
+        self.interrupt.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + PAUSE_WAIT;
+        while self.state().running.is_some() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// True while a pause holds; lifts a pause that no longer does.
+    pub(crate) fn is_paused(&self) -> bool {
+        let mut paused = self.paused.lock_or_recover();
+        match paused.as_ref() {
+            Some(holds) if holds() => true,
+            Some(_) => {
+                *paused = None;
+                if !self.stop.load(Ordering::SeqCst) {
+                    self.interrupt.store(false, Ordering::SeqCst);
+                }
+                tracing::info!("background upkeep resumed");
+                false
+            }
+            None => false,
+        }
     }
 
     /// Sleeps `duration`, or until [`ServedVolume::stop`]; true if stopped.
@@ -116,7 +168,7 @@ impl ServedVolume {
             &self.volume,
             rate_mib_s,
             live_ratio_max,
-            Some(Arc::clone(&self.stop)),
+            Some(Arc::clone(&self.interrupt)),
             &mut |value| {
                 self.state().running = Some(value.clone());
                 progress(value);
@@ -159,6 +211,9 @@ impl ServedVolume {
         // An interrupted rotation resumes at once.
         self.keys.tick();
         while !self.sleep_unless_stopped(self.poll) {
+            if self.is_paused() {
+                continue;
+            }
             self.keys.tick();
             if self.auto_rate_mib == 0 || !self.compaction_worth_it() {
                 continue;

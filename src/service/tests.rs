@@ -388,3 +388,53 @@ fn only_a_user_on_the_acl_unwraps_the_key_set() {
         Err(ServiceError::BlobNotBase64 { .. })
     ));
 }
+
+#[test]
+fn a_paused_upkeep_stops_its_compaction_and_starts_none_until_the_pause_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let f = Fixture::new();
+    let served = Arc::new(super::ServedVolume::new(Arc::clone(&f.volume), 1, None));
+    // The whole volume written, then every other block again: the first
+    // writes' segments are half live, and compacting them moves 512 KiB.
+    for (seed, step) in [(1u8, 1), (2, 2)] {
+        for block in (0..256u64).step_by(step) {
+            let data = vec![seed; BLOCK];
+            f.volume.write(block * BLOCK as u64, &data).unwrap();
+        }
+    }
+    f.volume.log().roll_heads().unwrap();
+    // A compaction at 1 MiB/s runs for a while; the pause stops it.
+    let compaction = std::thread::spawn({
+        let served = Arc::clone(&served);
+        move || served.compact(Some(1), Some(1.0), &mut |_| {})
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served.status().unwrap()["compaction"]["running"].is_null() {
+        assert!(Instant::now() < deadline, "the compaction did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let holds = Arc::new(AtomicBool::new(true));
+    let asked = Instant::now();
+    assert!(served.pause_while(Box::new({
+        let holds = Arc::clone(&holds);
+        move || holds.load(Ordering::SeqCst)
+    })));
+    assert!(asked.elapsed() < super::served::PAUSE_WAIT);
+    assert!(compaction.join().unwrap().is_err(), "the compaction ran on");
+    // While the pause holds, a compaction stops before it writes.
+    assert!(served.is_paused());
+    let mark = f.volume.log().write_mark();
+    assert!(served.compact(None, Some(1.0), &mut |_| {}).is_err());
+    assert_eq!(f.volume.log().write_mark(), mark);
+    // Once it no longer holds, the upkeep goes on.
+    holds.store(false, Ordering::SeqCst);
+    assert!(!served.is_paused());
+    served.compact(None, Some(1.0), &mut |_| {}).unwrap();
+    for block in 0..256u64 {
+        let mut data = vec![0; BLOCK];
+        f.volume.read(block * BLOCK as u64, &mut data).unwrap();
+        let seed = if block % 2 == 0 { 2 } else { 1 };
+        assert!(data.iter().all(|b| *b == seed));
+    }
+}

@@ -161,12 +161,18 @@ enum State {
 /// control socket and compactor then).
 pub type OnActive = Box<dyn Fn(&Arc<Volume>) + Send + Sync>;
 
+/// Called when a migration stopped the device, before the early
+/// preparation of the hand-over (a daemon pauses its background upkeep
+/// then, so that nothing writes after the preparation's checkpoint).
+pub type OnPrepare = Box<dyn Fn() + Send + Sync>;
+
 /// A daemon's volume: active, in standby, or handed over (see the module).
 pub struct Served {
     state: Mutex<State>,
     changed: Condvar,
     superblock: Superblock,
     on_active: Mutex<Vec<OnActive>>,
+    on_prepare: Mutex<Vec<OnPrepare>>,
     /// The log's `write_mark` right after the last early preparation:
     /// while it still is, that checkpoint covers everything (a compaction
     /// that ran since moved blocks into an unsealed segment: it is not).
@@ -181,6 +187,7 @@ impl Served {
             state: Mutex::new(State::Active(volume)),
             changed: Condvar::new(),
             on_active: Mutex::new(Vec::new()),
+            on_prepare: Mutex::new(Vec::new()),
             prepared_at: Mutex::new(None),
         }
     }
@@ -193,6 +200,7 @@ impl Served {
             state: Mutex::new(State::Standby(standby)),
             changed: Condvar::new(),
             on_active: Mutex::new(Vec::new()),
+            on_prepare: Mutex::new(Vec::new()),
             prepared_at: Mutex::new(None),
         })
     }
@@ -210,6 +218,12 @@ impl Served {
             on_active(&volume);
         }
         self.on_active.lock_or_recover().push(on_active);
+    }
+
+    /// Calls `on_prepare` at each [`Served::prepare_hand_over`], before it
+    /// seals and checkpoints.
+    pub fn when_preparing(&self, on_prepare: OnPrepare) {
+        self.on_prepare.lock_or_recover().push(on_prepare);
     }
 
     /// The volume if it is active now, without taking it over.
@@ -334,11 +348,21 @@ impl Served {
                 // Held while it runs: a hand-over waits for it (its
                 // `Arc::try_unwrap` does).
                 let mut prepared_at = served.prepared_at.lock_or_recover();
-                match volume.log().close() {
+                for on_prepare in &*served.on_prepare.lock_or_recover() {
+                    on_prepare();
+                }
+                let paused_ms = started.elapsed().as_millis();
+                // Sealing the heads, then the checkpoint (what closing
+                // does), timed apart.
+                let sealed = volume.log().roll_heads();
+                let seal_ms = started.elapsed().as_millis() - paused_ms;
+                match sealed.and_then(|()| volume.log().close()) {
                     Ok(()) => {
                         *prepared_at = Some(volume.log().write_mark());
                         tracing::info!(
                             ms = started.elapsed().as_millis(),
+                            paused_ms,
+                            seal_ms,
                             "device stopped for a migration: log sealed and checkpointed ahead of the hand-over"
                         );
                     }

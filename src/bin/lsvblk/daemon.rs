@@ -51,6 +51,12 @@ impl Daemon {
         self.served.stop();
     }
 
+    /// Pauses the background upkeep while `holds` returns true (see
+    /// [`ServedVolume::pause_while`]); false if a compaction still runs.
+    pub fn pause_upkeep(&self, holds: lsvblk::service::PauseWhile) -> bool {
+        self.served.pause_while(holds)
+    }
+
     /// The upkeep's status (what `lsvblk status` shows of it), for the
     /// metrics; `None` if it cannot be read now.
     pub fn upkeep_status(&self) -> Option<Value> {

@@ -74,7 +74,27 @@ impl Services {
                 tracing::error!(error = %format!("{error:#}"), "cannot start the control socket");
             }
         }));
+        let weak = Arc::downgrade(&services);
+        served.when_preparing(Box::new(move || {
+            if let Some(services) = weak.upgrade() {
+                services.pause_upkeep();
+            }
+        }));
         services
+    }
+
+    /// Pauses the background upkeep while the device stays stopped (a
+    /// live migration's switch-over): a compaction writing after the early
+    /// preparation would make the hand-over close the volume in full. A
+    /// migration that fails restarts the device here, and the upkeep goes on.
+    fn pause_upkeep(&self) {
+        let Some(daemon) = self.daemon() else {
+            return;
+        };
+        let stop = self.stop.clone();
+        if !daemon.pause_upkeep(Box::new(move || !stop.is_device_running())) {
+            tracing::warn!("a compaction did not stop in time for the hand-over's preparation");
+        }
     }
 
     fn start(self: &Arc<Self>, volume: &Arc<Volume>) -> anyhow::Result<()> {
