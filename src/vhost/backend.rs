@@ -152,8 +152,9 @@ impl BlockBackend {
             queue.inflight.take(),
         );
         let held = &mut queue.held;
-        let result = std::thread::scope(|scope| {
-            let mut lane = Lane::new(scope, depth)?;
+        let result = (|| {
+            // Dropped (also on an early return) only once its jobs are done.
+            let mut lane = Lane::new(depth)?;
             if !first.is_empty() {
                 worker.run(first, &mut lane, &completer)?;
             }
@@ -162,7 +163,7 @@ impl BlockBackend {
             }
             lane.wait_all();
             Ok(())
-        });
+        })();
         queue.inflight = completer.into_inflight();
         result
     }
@@ -174,7 +175,7 @@ impl BlockBackend {
         vring: &Vring,
         mem: &GuestRam,
         held: &mut Vec<Chain>,
-        lane: &mut Lane<'_, 'env>,
+        lane: &mut Lane<'env>,
         completer: &'env Completer<'env>,
     ) -> io::Result<()> {
         // After each drain, poll for the next request a while before
@@ -220,7 +221,7 @@ impl BlockBackend {
 /// drain returns, and a kick read here would leave it waiting forever.
 /// Once kicked, only finished jobs wake the worker (each followed by a
 /// look at the ring).
-fn wait_for_job_or_kick(vring: &Vring, lane: &mut Lane<'_, '_>, kicked: bool) -> bool {
+fn wait_for_job_or_kick(vring: &Vring, lane: &mut Lane<'_>, kicked: bool) -> bool {
     let kick = match kicked {
         true => None,
         false => vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd()),

@@ -87,7 +87,7 @@ impl<'w> QueueWorker<'w> {
         &'env self,
         vring: &Vring,
         held: &mut Vec<Chain>,
-        lane: &mut Lane<'_, 'env>,
+        lane: &mut Lane<'env>,
         completer: &'env Completer<'env>,
     ) -> io::Result<bool> {
         let mem = self.memory.memory();
@@ -170,7 +170,7 @@ impl<'w> QueueWorker<'w> {
     pub(crate) fn run<'env>(
         &'env self,
         chains: Vec<Chain>,
-        lane: &mut Lane<'_, 'env>,
+        lane: &mut Lane<'env>,
         completer: &'env Completer<'env>,
     ) -> io::Result<()> {
         let mem = self.memory.memory();
@@ -287,7 +287,7 @@ impl<'w> QueueWorker<'w> {
     fn send_writes<'env>(
         &'env self,
         pending: &mut Pending,
-        lane: &mut Lane<'_, 'env>,
+        lane: &mut Lane<'env>,
         completer: &'env Completer<'env>,
         last: bool,
     ) {
@@ -311,7 +311,7 @@ impl<'w> QueueWorker<'w> {
     fn send_reads<'env>(
         &'env self,
         pending: &mut Pending,
-        lane: &mut Lane<'_, 'env>,
+        lane: &mut Lane<'env>,
         completer: &'env Completer<'env>,
         last: bool,
     ) {

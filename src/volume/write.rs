@@ -18,7 +18,9 @@
 //! 5. **append** through the caller's log head as a stream: each record
 //!    goes to the device as soon as it is sealed, while the next is
 //!    sealed (steps 4 and 5 overlap), the frame's meta last; then into the
-//!    index together.
+//!    index together. Writing direct, every record is sealed before the
+//!    append instead, outside the log head's lock: a queue's other batches
+//!    in flight write through the same head meanwhile.
 //!
 //! The batch's changes therefore succeed or fail together: either the
 //! append returns and all of them are in the kernel, or it fails and none
@@ -34,7 +36,9 @@ use super::tags::tag_blocks;
 use super::{ActiveKey, Volume, VolumeError};
 use crate::crypto::Tweak;
 use crate::limits::WRITE_BYTES_MAX;
-use crate::store::{AlignedBuf, AppendRecord, HeadId, RecordKind, RecordShape, TableFormat};
+use crate::store::{
+    AlignedBuf, AppendRecord, HeadId, IoMode, RecordKind, RecordShape, TableFormat,
+};
 
 /// One change of a batch ([`Volume::write_batch`]). Offsets and lengths are
 /// bytes, multiples of 512.
@@ -239,7 +243,8 @@ impl Volume {
     /// Seals the prepared steps in batch order and appends them through
     /// `head` as they are sealed: each record takes a fresh sequence
     /// number, then (data) is encrypted in place and checksummed, and goes
-    /// to the device while the next is encrypted. A data step larger than
+    /// to the device while the next is encrypted (buffered; direct, all are
+    /// sealed before the append takes the head, see the module docs). A data step larger than
     /// `WRITE_BYTES_MAX` becomes several records, and a zero step longer
     /// than `u32::MAX` blocks too.
     fn seal_and_append(
@@ -280,36 +285,60 @@ impl Volume {
             .collect();
         let tables: Vec<&mut Vec<u8>> = tables.iter_mut().collect();
         let key_id = key.map(|k| k.id()).unwrap_or_default();
-        let plan = &plan;
-        self.log.append_streamed(head, &shapes, move |stream| {
-            let mut payloads = payloads.into_iter();
-            for (record, table) in plan.iter().zip(tables) {
-                // Take the sequence number before encrypting: it is half
-                // of the XTS tweak, and no two writes under one key may
-                // share one.
-                let seq = self.log.next_seq();
-                let (payload, table): (&[u8], Option<&[u8]>) = match record.kind {
-                    RecordKind::Data => {
-                        let key = key.ok_or(VolumeError::NoKey)?;
-                        let chunk = payloads.next().expect("a payload per data record");
-                        self.encrypt_and_checksum(key, seq, record.lba, chunk, table);
-                        (chunk, Some(table))
-                    }
-                    _ => (&[], None),
-                };
-                stream.push(AppendRecord {
-                    kind: record.kind,
-                    seq,
-                    lba: record.lba,
-                    block_count: record.block_count,
-                    key_id,
-                    payload,
-                    table,
-                    moved: false,
-                });
+        let mut records = plan.iter().zip(tables);
+        let mut payloads = payloads.into_iter();
+        // Takes the record's sequence number and (data) encrypts its
+        // payload and fills its table. The sequence number comes before
+        // the encryption: it is half of the XTS tweak, and no two writes
+        // under one key may share one.
+        let mut seal = || {
+            let (record, table) = records.next().expect("a record per shape");
+            let seq = self.log.next_seq();
+            let (payload, table): (&[u8], Option<&[u8]>) = match record.kind {
+                RecordKind::Data => {
+                    let key = key.ok_or(VolumeError::NoKey)?;
+                    let chunk = payloads.next().expect("a payload per data record");
+                    self.encrypt_and_checksum(key, seq, record.lba, chunk, table);
+                    (chunk, Some(table))
+                }
+                _ => (&[], None),
+            };
+            Ok::<_, VolumeError>(AppendRecord {
+                kind: record.kind,
+                seq,
+                lba: record.lba,
+                block_count: record.block_count,
+                key_id,
+                payload,
+                table,
+                moved: false,
+            })
+        };
+        match self.log.io_mode() {
+            // Writing direct, a queue has several batches in flight and
+            // they share its log head, whose lock an append holds until
+            // its writes are done: seal every record first, outside it, so
+            // one batch is encrypted while another's writes are in flight.
+            // Sequence numbers then need not follow file order: the index
+            // and replay both take the newest sequence number.
+            IoMode::Direct => {
+                let sealed = (0..shapes.len())
+                    .map(|_| seal())
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.log.append_streamed(head, &shapes, |stream| {
+                    sealed.into_iter().for_each(|r| stream.push(r));
+                    Ok::<_, VolumeError>(())
+                })
             }
-            Ok::<_, VolumeError>(())
-        })
+            // Buffered, one batch at a time per queue: each record goes to
+            // the page cache while the next is sealed, in cache.
+            IoMode::Buffered => self.log.append_streamed(head, &shapes, |stream| {
+                for _ in 0..shapes.len() {
+                    stream.push(seal()?);
+                }
+                Ok::<_, VolumeError>(())
+            }),
+        }
     }
 
     /// The records of the prepared steps, in order (see

@@ -1,5 +1,6 @@
 //! Segment reads, many at once: the reads of one batch of guest requests
-//! submitted together through the calling thread's io_uring, so that a
+//! submitted together through an io_uring (one of a few shared by every
+//! thread, each used by one read call at a time), so that a
 //! queue's 32 random reads reach the device in parallel instead of one
 //! after another. Reads of one descriptor that follow each other in the
 //! file go out as one vectored read. One read alone is a plain `pread`
@@ -10,16 +11,18 @@
 //! submitted has completed; a ring the kernel stops answering with reads
 //! in flight aborts the process.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use io_uring::{IoUring, opcode, types};
 
 use super::super::segment::read_exact_or_eof;
 use super::IOV_MAX;
 use super::uring::wait_all;
+use crate::sync::LockOrRecover;
 
 /// Submission queue entries of a thread's read ring: the most reads in
 /// flight at once.
@@ -49,32 +52,49 @@ struct Group {
     iovecs: Vec<libc::iovec>,
 }
 
-thread_local! {
-    /// This thread's read ring: made on first use; `None` inside once the
-    /// kernel refused one (then reads are `pread`s).
-    static RING: RefCell<Option<Option<IoUring>>> = const { RefCell::new(None) };
-}
+/// Rings no read is using, for the next to take: a queue's read jobs run
+/// on threads that come and go (one set per busy spell of the queue), and
+/// a ring made for each would cost more than the reads it carries.
+static SPARE_RINGS: Mutex<Vec<IoUring>> = Mutex::new(Vec::new());
+/// Most spare rings kept (each holds a little locked kernel memory): a
+/// few per queue job in flight is plenty.
+const SPARE_RINGS_MAX: usize = 32;
+/// Set once the kernel refused a ring: reads are `pread`s from then on.
+static RING_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Reads every op. For each, in order: `Ok(true)` when its buffer is full,
 /// `Ok(false)` when the file ended first, or the error.
 pub fn read_all(ops: &mut [ReadOp<'_>]) -> Vec<io::Result<bool>> {
-    if ops.len() > 1 && uring_wanted() {
-        let done = RING.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            let ring = slot.get_or_insert_with(|| {
-                IoUring::new(RING_ENTRIES)
-                    .inspect_err(
-                        |error| tracing::info!(%error, "io_uring refused: segment reads use pread"),
-                    )
-                    .ok()
-            });
-            ring.as_mut().map(|ring| read_through(ring, ops))
-        });
-        if let Some(done) = done {
-            return done;
+    if ops.len() > 1
+        && uring_wanted()
+        && let Some(mut ring) = take_ring()
+    {
+        let done = read_through(&mut ring, ops);
+        // Every read of `ops` has completed: the ring holds nothing.
+        let mut spare = SPARE_RINGS.lock_or_recover();
+        if spare.len() < SPARE_RINGS_MAX {
+            spare.push(ring);
         }
+        return done;
     }
     ops.iter_mut().map(read_one).collect()
+}
+
+/// A spare ring, or a new one; `None` once the kernel refused one.
+fn take_ring() -> Option<IoUring> {
+    if let Some(ring) = SPARE_RINGS.lock_or_recover().pop() {
+        return Some(ring);
+    }
+    if RING_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
+    IoUring::new(RING_ENTRIES)
+        .inspect_err(|error| {
+            if !RING_REFUSED.swap(true, Ordering::Relaxed) {
+                tracing::info!(%error, "io_uring refused: segment reads use pread");
+            }
+        })
+        .ok()
 }
 
 /// `LSVBLK_IO_URING=0` turns io_uring off for reads as for writes.
