@@ -175,13 +175,16 @@ epoch_of_log_line() {
 # field NAME: the value of NAME in $result (migrate.pl's key=value line).
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$result"; }
 
-# ms_between A B: milliseconds from epoch time A to B (decimals).
 # log_field FILE PATTERN KEY: KEY's value on FILE's last line matching PATTERN ("-" if none).
 log_field() {
   grep -a "$2" "$1" 2>/dev/null | tail -1 | sed -e 's/\x1b\[[0-9;]*m//g' |
     awk -v key="$3" '{ v = "-"; for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) v = substr($i, length(key) + 2) } END { print (NR ? v : "-") }'
 }
-ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }'; }
+# ms_between A B: milliseconds from epoch time A to B (decimals); "-" if either is.
+ms_between() {
+  if [ "$1" = - ] || [ "$2" = - ]; then echo -; return; fi
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }'
+}
 
 # ---------------------------------------------------------------- run
 # A migration takes about two rounds (a destination started, then the next
@@ -257,7 +260,8 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
     echo "     breakdown: source prep $(log_field "$OUT/backend-$k.log" "$prep" ms) ms" \
       "(pause $(log_field "$OUT/backend-$k.log" "$prep" paused_ms), seal $(log_field "$OUT/backend-$k.log" "$prep" seal_ms))," \
       "hand-over close $(log_field "$OUT/backend-$k.log" "$gone" close_ms) ms;" \
-      "destination waited $(log_field "$OUT/backend-$d.log" "$took" release_ms) ms, lock+open $(log_field "$OUT/backend-$d.log" "$took" lock_and_open_ms) ms"
+      "destination waited $(log_field "$OUT/backend-$d.log" "$took" release_ms) ms, lock+open $(log_field "$OUT/backend-$d.log" "$took" lock_and_open_ms) ms;" \
+      "QEMU started the destination's device $(ms_between "$resume_at" "$(epoch_of_log_line "$OUT/backend-$d.log" 'frontend starts the device')") ms after RESUME"
   fi
   k=$d SRC_BACKEND=$DST_BACKEND SRC_VM=$DST_VM
 done

@@ -64,11 +64,7 @@ pub(super) fn orphans(
     stored: &StoredObjects,
 ) -> Result<Vec<ObjectKey>> {
     let mut found = Vec::new();
-    for older in Leases::read(store)?
-        .epochs
-        .into_iter()
-        .filter(|e| *e < epoch)
-    {
+    for older in to_sweep(&Leases::read(store)?, epoch) {
         for info in store.list(&ObjectKey::new(epoch_folder(older))?)? {
             let Some(object) = StoredObject::parse(info.key.as_str()) else {
                 continue;
@@ -79,6 +75,30 @@ pub(super) fn orphans(
         }
     }
     Ok(found)
+}
+
+/// The epochs older than `epoch` whose folders may hold orphans: all but
+/// those that stopped cleanly (no more uploads) and whose successor did
+/// too (its clean stop swept them, after they stopped). A clean stop then
+/// lists about one folder however many epochs came before (a live
+/// migration between hosts is one epoch each), plus one per writer that
+/// did not stop cleanly.
+fn to_sweep(leases: &Leases, epoch: u64) -> Vec<u64> {
+    let older: Vec<u64> = leases
+        .epochs
+        .iter()
+        .copied()
+        .filter(|e| *e < epoch)
+        .collect();
+    older
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            let successor = older.get(i + 1).copied().unwrap_or(epoch);
+            !(leases.released.contains(e) && leases.released.contains(&successor))
+        })
+        .map(|(_, e)| *e)
+        .collect()
 }
 
 #[cfg(test)]
@@ -134,5 +154,24 @@ mod tests {
                 (ObjectKind::Meta, 100),
             ]
         );
+    }
+
+    #[test]
+    fn a_clean_stop_sweeps_only_the_epochs_no_clean_successor_swept() {
+        let leases = Leases {
+            epochs: vec![1, 2, 3, 4, 5, 6, 7],
+            // 4 crashed (fenced, may still upload); 6 is the predecessor.
+            released: [1, 2, 3, 5, 6].into_iter().collect(),
+        };
+        // 1, 2 and 5 were swept by the clean stops of 2, 3 and 6; 3's
+        // successor crashed; 4 never stopped cleanly (a fenced writer may
+        // still upload); 6's successor is the sweeper, still running.
+        assert_eq!(to_sweep(&leases, 7), vec![3, 4, 6]);
+        // Fifty migrations: one folder listed, not forty-nine.
+        let leases = Leases {
+            epochs: (1..=50).collect(),
+            released: (1..50).collect(),
+        };
+        assert_eq!(to_sweep(&leases, 50), vec![49]);
     }
 }

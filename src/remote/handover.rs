@@ -72,22 +72,33 @@ pub fn answer(store: &dyn ObjectStore, epoch: u64) -> Result<Answer> {
     }
 }
 
-/// Polls for the answer every `poll` until there is one or `wait` passed
-/// (then [`Answer::Pending`]).
+/// Polls for the answer every `poll` until there is one, `wait` passed or
+/// `abandon` returns true (then [`Answer::Pending`]): a standby that is
+/// told to stop does not wait the writer out.
 pub fn wait_answer(
     store: &dyn ObjectStore,
     epoch: u64,
     wait: Duration,
     poll: Duration,
+    abandon: &dyn Fn() -> bool,
 ) -> Result<Answer> {
     let deadline = Instant::now() + wait;
     loop {
         let answer = answer(store, epoch)?;
-        if answer != Answer::Pending || Instant::now() >= deadline {
+        if answer != Answer::Pending || Instant::now() >= deadline || abandon() {
             return Ok(answer);
         }
         std::thread::sleep(poll);
     }
+}
+
+/// Takes a standby's request back (it stops waiting for the answer). A
+/// writer that already saw it may still hand over: its lease is then
+/// released with no one to claim the next epoch, and the volume is served
+/// nowhere until a daemon claims it.
+pub fn withdraw(store: &dyn ObjectStore, epoch: u64) -> Result<()> {
+    store.delete(&[request_key(epoch)])?;
+    Ok(())
 }
 
 /// True when a standby asked the writer of `epoch` to hand over.
@@ -132,8 +143,22 @@ mod tests {
         // Asking again clears the old refusal.
         ask(&store, 3).unwrap();
         assert_eq!(answer(&store, 3).unwrap(), Answer::Pending);
-        let waited = wait_answer(&store, 3, Duration::ZERO, Duration::ZERO).unwrap();
+        let waited = wait_answer(&store, 3, Duration::ZERO, Duration::ZERO, &|| false).unwrap();
         assert_eq!(waited, Answer::Pending);
+        // A standby told to stop does not wait the writer out.
+        let asked = Instant::now();
+        let waited = wait_answer(&store, 3, Duration::from_secs(60), Duration::ZERO, &|| {
+            asked.elapsed() > Duration::from_millis(20)
+        })
+        .unwrap();
+        assert_eq!(waited, Answer::Pending);
+        assert!(asked.elapsed() < Duration::from_secs(5));
+        withdraw(&store, 3).unwrap();
+        assert!(
+            !requested(&store, 3).unwrap(),
+            "a withdrawn request is gone"
+        );
+        ask(&store, 3).unwrap();
         super::super::lease::release(&store, 3).unwrap();
         assert_eq!(answer(&store, 3).unwrap(), Answer::Released);
     }

@@ -266,9 +266,16 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        self.shared
-            .acked_features
-            .store(features, Ordering::Relaxed);
+        let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
+        let before = self.shared.acked_features.swap(features, Ordering::Relaxed);
+        // Dirty logging turned on: a live migration starts. The log is made
+        // durable as it goes, so the switch-over's seal has little to sync.
+        if features & log_all != 0 && before & log_all == 0 {
+            let shared = Arc::clone(&self.shared);
+            self.shared.served.migration_started(Box::new(move || {
+                shared.acked_features.load(Ordering::Relaxed) & log_all != 0 && shared.is_running()
+            }));
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -318,6 +325,7 @@ impl VhostUserBackend for BlockBackend {
         // standby daemon takes the volume over now, while the frontend
         // finishes its setup, rather than at the first request.
         if self.shared.served.is_standby() {
+            tracing::info!("the frontend starts the device: taking the volume over");
             let backend = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("take-over".to_owned())

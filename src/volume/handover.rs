@@ -43,6 +43,10 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long handing over waits for the operations in progress to finish.
 pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
+/// How often the log is made durable while a live migration copies the
+/// VM (see [`Served::migration_started`]).
+pub const MIGRATION_FLUSH_EVERY: Duration = Duration::from_millis(50);
+
 /// The daemon that has the volume now, as seen by the one taking it over.
 pub trait Holder: Send + Sync {
     /// Asks it to hand the volume over and waits until it has (its lock is
@@ -329,6 +333,43 @@ impl Served {
             volume.close()?;
         }
         Ok(())
+    }
+
+    /// A live migration started (dirty logging on): until `goes_on` says
+    /// it no longer does (the device stopped for the switch-over, or the
+    /// migration ended), a background thread makes the log durable every
+    /// [`MIGRATION_FLUSH_EVERY`], as a guest's flush would. The switch-over's
+    /// seal then syncs only what the last moments wrote: a guest that never
+    /// flushes left the whole run since its last flush to sync there.
+    pub fn migration_started(self: &Arc<Self>, goes_on: Box<dyn Fn() -> bool + Send>) {
+        let served = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("migration-flush".to_owned())
+            .spawn(move || {
+                let (mut flushes, mut longest) = (0u32, Duration::ZERO);
+                loop {
+                    std::thread::sleep(MIGRATION_FLUSH_EVERY);
+                    let volume = served.upgrade().and_then(|served| served.if_active());
+                    let Some(volume) = volume.filter(|_| goes_on()) else {
+                        break;
+                    };
+                    let started = Instant::now();
+                    if let Err(error) = volume.flush() {
+                        tracing::warn!(%error, "flushing during the migration failed");
+                        break;
+                    }
+                    flushes += 1;
+                    longest = longest.max(started.elapsed());
+                }
+                tracing::info!(
+                    flushes,
+                    longest_ms = longest.as_millis(),
+                    "flushed the log while the migration copied the VM"
+                );
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot flush the log during the migration");
+        }
     }
 
     /// The expensive part of a hand-over, done ahead of it in a background

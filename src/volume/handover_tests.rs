@@ -147,3 +147,39 @@ fn a_compaction_after_the_preparation_makes_the_hand_over_close_in_full() {
     assert_eq!(block, vec![7 + 0x41; 4096]);
     assert_eq!(replayed, 0);
 }
+
+/// Counts the volume's flushes.
+#[derive(Default)]
+struct Flushes(std::sync::atomic::AtomicU32);
+
+impl crate::volume::FlushHook for Flushes {
+    fn after_flush(&self, _log: &crate::store::Log) -> Result<(), crate::volume::VolumeError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_log_is_flushed_while_a_migration_goes_on_and_no_longer_after() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let served = served(dir.path());
+    let flushes = Arc::new(Flushes::default());
+    assert!(served.if_active().unwrap().set_flush_hook(flushes.clone()));
+    let goes_on = Arc::new(AtomicBool::new(true));
+    served.migration_started(Box::new({
+        let goes_on = Arc::clone(&goes_on);
+        move || goes_on.load(Ordering::SeqCst)
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flushes.0.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "no flushes during the migration");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The device stopped for the switch-over: the flushes end.
+    goes_on.store(false, Ordering::SeqCst);
+    std::thread::sleep(super::MIGRATION_FLUSH_EVERY * 3);
+    let ended = flushes.0.load(Ordering::SeqCst);
+    std::thread::sleep(super::MIGRATION_FLUSH_EVERY * 4);
+    assert_eq!(flushes.0.load(Ordering::SeqCst), ended, "still flushing");
+}

@@ -3,8 +3,14 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::VolumeError;
+
+/// How long a writer waits for readers (`lsvblk status`, inspection: short
+/// read-only opens) to let go of the lock before it reports it busy. A
+/// writer holding it is reported at once.
+pub const READERS_WAIT: Duration = Duration::from_secs(5);
 
 /// File name of the lock file inside a volume directory.
 pub const LOCK_FILE: &str = "lock";
@@ -18,13 +24,32 @@ pub struct VolumeLock {
 
 impl VolumeLock {
     /// Takes the lock: exclusive for a writer, shared for a read-only open.
+    /// A writer waits up to [`READERS_WAIT`] while only readers hold it (a
+    /// `status` that opened the volume between two daemons of a hand-over
+    /// or a restart must not make the next one fail); another writer makes
+    /// it `Busy` at once.
     pub fn acquire(dir: &Path, read_only: bool) -> Result<Self, VolumeError> {
-        Self::acquire_file(&dir.join(LOCK_FILE), read_only).map_err(|e| match e {
-            VolumeError::Busy { .. } => VolumeError::Busy {
-                path: dir.to_path_buf(),
-            },
-            other => other,
-        })
+        let path = dir.join(LOCK_FILE);
+        let deadline = Instant::now() + READERS_WAIT;
+        loop {
+            match Self::acquire_file(&path, read_only) {
+                Err(VolumeError::Busy { .. })
+                    if !read_only
+                        && Instant::now() < deadline
+                        && Self::acquire_file(&path, true).is_ok() =>
+                {
+                    // Only readers hold it (a shared lock was granted and
+                    // is dropped again): they finish soon.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(VolumeError::Busy { .. }) => {
+                    return Err(VolumeError::Busy {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Takes an flock on the file at `path` (created if missing), shared or
@@ -55,5 +80,37 @@ impl VolumeLock {
             });
         }
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_waits_for_readers_but_not_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        // A reader (a status) holds the lock for a moment.
+        let reader = VolumeLock::acquire(dir.path(), true).unwrap();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(reader);
+        });
+        let asked = Instant::now();
+        let writer = VolumeLock::acquire(dir.path(), false).unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(150));
+        released.join().unwrap();
+        // A second writer is refused at once; so is a reader.
+        let asked = Instant::now();
+        assert!(matches!(
+            VolumeLock::acquire(dir.path(), false),
+            Err(VolumeError::Busy { .. })
+        ));
+        assert!(matches!(
+            VolumeLock::acquire(dir.path(), true),
+            Err(VolumeError::Busy { .. })
+        ));
+        assert!(asked.elapsed() < READERS_WAIT / 2);
+        drop(writer);
     }
 }

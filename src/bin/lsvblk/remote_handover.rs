@@ -44,6 +44,9 @@ pub struct RemoteStandby {
     follower: Mutex<Follower>,
     taken: AtomicBool,
     claimed: Mutex<Option<(u64, Vec<StoredObject>)>>,
+    /// The daemon's stop: a standby told to stop does not wait for the
+    /// writer's answer.
+    stop: std::sync::OnceLock<StopHandle>,
 }
 
 /// With `--standby --store`: follows the volume into `dir` (rebuilt now,
@@ -68,6 +71,7 @@ pub fn follow(
         follower: Mutex::new(follower),
         taken: AtomicBool::new(false),
         claimed: Mutex::new(None),
+        stop: std::sync::OnceLock::new(),
     });
     let weak = Arc::downgrade(&standby);
     std::thread::Builder::new()
@@ -107,6 +111,16 @@ impl RemoteStandby {
         (&self.remote, &self.args)
     }
 
+    /// Stops waiting for the writer's answer once `stop` is asked to stop
+    /// the daemon (SIGTERM).
+    pub fn stops_with(&self, stop: StopHandle) {
+        let _ = self.stop.set(stop);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stop.get().is_some_and(StopHandle::is_stopping)
+    }
+
     fn take_over(&self) -> Result<(), String> {
         let store = self.remote.store.as_ref();
         let started = Instant::now();
@@ -114,8 +128,19 @@ impl RemoteStandby {
         let epoch = leases.newest();
         if !leases.released.contains(&epoch) {
             handover::ask(store, epoch).map_err(|e| e.to_string())?;
-            match handover::wait_answer(store, epoch, ANSWER_WAIT, ANSWER_POLL) {
+            let stopping = || self.is_stopping();
+            match handover::wait_answer(store, epoch, ANSWER_WAIT, ANSWER_POLL, &stopping) {
                 Ok(Answer::Released) => {}
+                Ok(Answer::Pending) if self.is_stopping() => {
+                    if let Err(error) = handover::withdraw(store, epoch) {
+                        tracing::warn!(%error, "could not take the hand-over request back");
+                    }
+                    return Err(format!(
+                        "this daemon is stopping: it no longer waits for the writer (epoch {epoch}) \
+                         and took its request back (a writer already handing over leaves the \
+                         volume served nowhere; serve it again to claim it)"
+                    ));
+                }
                 Ok(Answer::Refused(reason)) => {
                     return Err(format!("the writer (epoch {epoch}) refused: {reason}"));
                 }

@@ -313,6 +313,9 @@ pub fn run(args: ServeArgs) -> Outcome {
         .apply(&args.socket)
         .map_err(|e| Failure::io(format!("{}: {e}", args.socket.display())))?;
     watch_signals(server.stop_handle())?;
+    if let Some(standby) = &remote_standby {
+        standby.stops_with(server.stop_handle());
+    }
     // The writer of a volume in an object store answers a standby on
     // another host; a standby that takes such a volume over starts
     // uploading it (and answering) first, before its services start.
