@@ -44,10 +44,17 @@ cargo test --doc
 # missing (~1.5 min), starts the cluster (~15 s), runs the tests (~1 min) and
 # stops it again, also when they fail (unless it was already running for
 # someone else).
-echo "== object stores on a real Ceph cluster: ci/ceph.sh use cargo test ${s3_tests[*]}"
+# With the cluster up, also three QEMU live migrations of a volume kept in
+# it between two daemons with directories of their own, as on two hosts
+# (the hand-over through the bucket; ~45 s).
+echo "== object stores on a real Ceph cluster: ci/ceph.sh use cargo test ${s3_tests[*]}; qemu/migrate-test.sh --s3"
 cargo test --no-run "${s3_tests[@]}"
+cargo build --bins
 stage_started=$SECONDS
-ci/ceph.sh use cargo test "${s3_tests[@]}"
+# shellcheck disable=SC2016 # expanded by the inner bash
+ci/ceph.sh use bash -c 'cargo test "$@" &&
+  LSVBLK_BIN_DIR="$PWD/target/debug" LSVBLK_QEMU=10 timeout 600 \
+    qemu/migrate-test.sh --backend lsvblk --s3 --migrations 3' s3-stage "${s3_tests[@]}"
 echo "(object-store stage: $((SECONDS - stage_started)) s with the cluster's start and stop)"
 
 echo "== QEMU end-to-end: qemu/e2e.sh"
