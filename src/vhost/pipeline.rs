@@ -314,6 +314,23 @@ mod tests {
         assert_eq!(*ran_on.lock_or_recover(), Some(caller));
     }
 
+    /// A lane dropped with a job in flight (as on an early return of the
+    /// drain) waits for it first: what the job borrows is still there
+    /// while it runs.
+    #[test]
+    fn dropping_a_lane_waits_for_its_jobs() {
+        let finished = AtomicUsize::new(0);
+        {
+            let mut lane = Lane::new(2).unwrap();
+            lane.dispatch(Box::new(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                finished.fetch_add(1, Ordering::SeqCst);
+            }));
+            assert!(lane.busy());
+        }
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+    }
+
     /// Job threads outlive their lane: a later lane's jobs run on the
     /// threads of an earlier one (no new thread per busy spell).
     #[test]
