@@ -5,10 +5,17 @@
 //!
 //! - writes: 4 KiB randwrite QD32 and 1 MiB seqwrite QD8 on a fresh 1 GiB
 //!   volume of each kind (`--flush local`, the default), round-robin,
-//!   `--reps` times for `--rep-ms` (or `--write-cap-mb`) each;
+//!   `--reps` times for `--rep-ms` (or `--write-cap-mb`) each. Each
+//!   repetition of either volume starts once the store volume's upload
+//!   backlog is empty: the targets are about writes with the upload in the
+//!   background, so a burst must not start behind the previous burst's
+//!   uploads (they would hold its closing FLUSH at `--upload-lag`, and take
+//!   the CPU from either volume's next repetition). The default cap keeps a
+//!   burst under the default lag;
 //! - upload: the whole of another 1 GiB store volume written once (1 MiB,
 //!   QD8); its uploaded bytes over the time from the first write until no
-//!   sealed segment waits for upload;
+//!   sealed segment waits for upload, and the write itself as a sustained
+//!   rate (four times the default lag: bound by the upload, by design);
 //! - open: that volume stopped cleanly (everything uploaded, a checkpoint
 //!   in the store), then served on an empty directory with `--cache-size`:
 //!   the time from the start of `lsvblk serve` until its socket listens,
@@ -85,6 +92,10 @@ pub struct Figures {
     /// Per cold-read workload, its samples.
     pub cold_reads: Vec<(Workload, Vec<f64>)>,
     pub flush_ms: Vec<f64>,
+    /// MB/s of the whole-volume write of the upload case (its closing
+    /// FLUSH included): a write longer than the lag runs at the upload's
+    /// pace.
+    pub sustained_write_mbps: f64,
 }
 
 /// A key service, a token, S3 credentials in a 0600 file, and the volumes
@@ -176,7 +187,27 @@ impl Bench {
             .json(&["status", dir.to_str().unwrap(), "--json"]);
         status["upload"].clone()
     }
+
+    /// Waits until no sealed segment of the volume served from `dir` waits
+    /// for upload.
+    fn wait_uploaded(&self, dir: &Path) {
+        let start = Instant::now();
+        loop {
+            let status = self.upload_status(dir);
+            if status["backlog_segments"].as_u64() == Some(0) {
+                return;
+            }
+            assert!(
+                start.elapsed() < UPLOAD_WAIT_MAX,
+                "the uploads did not catch up in {UPLOAD_WAIT_MAX:?}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
+
+/// How long the upload of a backlog may take before the bench gives up.
+const UPLOAD_WAIT_MAX: Duration = Duration::from_secs(600);
 
 impl Drop for Bench {
     /// Deletes every object of the volumes made (left behind they would
@@ -238,6 +269,7 @@ pub fn measure(bench: &mut Bench, options: &Options, sizes: &Sizes) -> Figures {
     for _ in 0..options.reps {
         for (w, workload) in WRITES.iter().enumerate() {
             for (t, (_, client)) in targets.iter_mut().enumerate() {
+                bench.wait_uploaded(&remote.dir);
                 let rate = drive(
                     client,
                     workload,
@@ -268,7 +300,7 @@ pub fn measure(bench: &mut Bench, options: &Options, sizes: &Sizes) -> Figures {
     // Upload: a whole store volume written once.
     let whole = bench.create(sizes.volume_bytes, true);
     let (mut daemon, mut client) = bench.serve(&whole, "lsvblk-s3-upload", &[]);
-    figures.upload_mbps = upload(bench, &whole.dir, &mut client);
+    (figures.upload_mbps, figures.sustained_write_mbps) = upload(bench, &whole.dir, &mut client);
     drop(client);
     daemon.stop_cleanly();
 
@@ -304,24 +336,19 @@ pub fn measure(bench: &mut Bench, options: &Options, sizes: &Sizes) -> Figures {
 }
 
 /// Writes the whole disk once (1 MiB, QD8) and waits until nothing sealed
-/// waits for upload: MB/s uploaded from the first write until then.
-fn upload(bench: &Bench, dir: &Path, client: &mut BlkClient) -> f64 {
+/// waits for upload: MB/s uploaded from the first write until then, and
+/// MB/s of the write (its FLUSH included).
+fn upload(bench: &Bench, dir: &Path, client: &mut BlkClient) -> (f64, f64) {
     let uploaded = |status: &serde_json::Value| status["uploaded_bytes"].as_u64().unwrap_or(0);
     let before = uploaded(&bench.upload_status(dir));
     let start = Instant::now();
-    client.write_whole_disk(0, 1 << 20, 8);
-    loop {
-        let status = bench.upload_status(dir);
-        if status["backlog_segments"].as_u64() == Some(0) {
-            let seconds = start.elapsed().as_secs_f64();
-            return (uploaded(&status) - before) as f64 / seconds / super::common::MB_BYTES;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the uploads did not catch up in 10 minutes: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let write_s = client.write_whole_disk(0, 1 << 20, 8);
+    let written_mbps = client.capacity() as f64 / write_s / super::common::MB_BYTES;
+    bench.wait_uploaded(dir);
+    let seconds = start.elapsed().as_secs_f64();
+    let status = bench.upload_status(dir);
+    let upload_mbps = (uploaded(&status) - before) as f64 / seconds / super::common::MB_BYTES;
+    (upload_mbps, written_mbps)
 }
 
 /// `count` times: 32 random 4 KiB writes, then a FLUSH, timed (ms).
