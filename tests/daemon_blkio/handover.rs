@@ -119,3 +119,30 @@ fn the_source_keeps_the_volume_while_its_device_runs() {
     drop(early);
     destination.stop_cleanly();
 }
+
+#[test]
+fn a_daemon_starting_while_a_status_reads_the_volume_waits_for_it() {
+    let setup = setup(8 * MIB, 4096, &[]);
+    let mut first = setup.serve(&[]);
+    let data = Rng(72).bytes(MIB as usize);
+    first.client(1).write(0, 0, &data).unwrap();
+    first.stop_cleanly();
+    // Between two daemons (a restart, a hand-over) `lsvblk status` opens
+    // the volume read-only: it holds the lock shared for a moment.
+    let reader = lsvblk::volume::VolumeLock::acquire(&first.volume, true).unwrap();
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        drop(reader);
+    });
+    // The next daemon waits for the reader instead of exiting 75.
+    let mut next = setup.serve(&[]);
+    released.join().unwrap();
+    next.check_alive();
+    assert_same(
+        &next.client(1).read(0, 0, MIB as usize).unwrap(),
+        &data,
+        0,
+        "after the reader let go",
+    );
+    next.stop_cleanly();
+}

@@ -132,3 +132,50 @@ fn the_source_keeps_the_volume_while_its_device_runs() {
     drop(early);
     destination.stop_cleanly();
 }
+
+#[test]
+fn a_standby_told_to_stop_does_not_wait_for_a_writer_that_cannot_answer() {
+    let _shared = cluster().fault_lock(false);
+    let setup = Setup::new("migrate-sigterm", 32 * MIB);
+    let mut source = setup.serve(&setup.volume, &[]);
+    let mut running = source.client(1);
+    running.write(0, 0, &vec![0x5a; MIB as usize]).unwrap();
+    let elsewhere = setup.fresh_dir();
+    let mut destination = setup.serve(&elsewhere, &["--standby"]);
+    // The source cannot answer (stopped, as a hung host would be): the
+    // destination's first request waits for its answer, up to a minute.
+    let source_pid = source.pid() as libc::pid_t;
+    // SAFETY: signals to a child process this test started.
+    assert_eq!(unsafe { libc::kill(source_pid, libc::SIGSTOP) }, 0);
+    let mut waiting = destination.client(1);
+    let destination_pid = destination.pid() as libc::pid_t;
+    let signaller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(destination_pid, libc::SIGTERM) }, 0);
+        Instant::now()
+    });
+    assert!(
+        waiting.read(0, 0, 4096).is_err(),
+        "served without the answer"
+    );
+    let signalled = signaller.join().unwrap();
+    let status = destination.wait_exit(Duration::from_secs(20));
+    let stopped_after = signalled.elapsed();
+    let stderr = destination.stderr();
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "the standby took {stopped_after:?} to stop ({status}):\n{stderr}"
+    );
+    assert!(stderr.contains("took its request back"), "{stderr}");
+    drop(waiting);
+    // The source goes on as the writer: the request was taken back.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(source_pid, libc::SIGCONT) }, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    source.check_alive();
+    running.write(0, MIB, &vec![0x6b; MIB as usize]).unwrap();
+    assert!(running.read(0, MIB, MIB as usize).unwrap() == vec![0x6b; MIB as usize]);
+    drop(running);
+    source.stop_cleanly();
+}
