@@ -82,10 +82,13 @@ pub const QUEUE_JOBS_IN_FLIGHT: usize = 4;
 /// request of `REQUEST_BYTES_MAX`), 24 MiB, where one batch was 16 MiB.
 pub const QUEUE_JOB_BYTES: u64 = 2 * 1024 * 1024;
 
-/// Most reads in one job in direct mode (see `QUEUE_JOB_BYTES`): 8 of a
-/// queue's 32 small random reads, so their completions reach the guest
-/// in four waves rather than one.
-pub const QUEUE_JOB_READS: usize = 8;
+/// Most reads in one job in direct mode (see `QUEUE_JOB_BYTES`): a
+/// queue's 32 small random reads go out as one job, through one ring
+/// submission. Cut into jobs of 8 (four waves of completions), each job's
+/// hand-over to a thread cost more than the waves won: randread QD32 at 8
+/// was 32 325 IOPS on 0.65 cores, at 32 41 638 on 0.38 (loaded runs,
+/// README Performance > Device).
+pub const QUEUE_JOB_READS: usize = 32;
 
 /// Largest size of one guest data segment advertised (SIZE_MAX), bytes.
 /// One page: with SEG_MAX this caps a Linux guest's requests at
