@@ -131,3 +131,17 @@ pub const AUTO_COMPACT_LIVE_RATIO: f64 = 0.5;
 /// Background compaction moves at most this many bytes per second unless
 /// told otherwise (`lsvblk serve --compact-rate`).
 pub const AUTO_COMPACT_RATE_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// A volume in an object store with `--flush local` holds its uploads back
+/// while a write burst streams: seals closer together than this are a
+/// burst (16 MiB segments sealing this often are 320 MB/s of writes, so a
+/// slow writer never holds anything back) ...
+pub const UPLOAD_HOLD_BURST_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// ... for at most this long after the first segment of the backlog was
+/// sealed (after it, uploads go on beside the writes) ...
+pub const UPLOAD_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// ... and only while the backlog is under this share of `--upload-lag`
+/// (a FLUSH waits at the whole lag: the uploads start before it does).
+pub const UPLOAD_HOLD_LAG_SHARE: f64 = 0.75;

@@ -24,6 +24,8 @@ use bytes::Bytes;
 mod events;
 mod failures;
 mod garbage;
+#[cfg(test)]
+mod hold_tests;
 
 pub use failures::Refusal;
 
@@ -32,6 +34,7 @@ use super::collect::StoredObjects;
 use super::error::{RemoteError, Result};
 use super::layout::{ObjectKind, StoredObject};
 use super::{lease, meta};
+use crate::limits;
 use crate::objstore::ObjectStore;
 use crate::store::{Log, LogEvents, WrittenCheckpoint};
 use crate::sync::LockOrRecover;
@@ -122,6 +125,16 @@ struct State {
     stopping: bool,
     /// `finish` is done waiting: the threads stop now.
     stopped: bool,
+    /// Segment uploads wait while fewer sealed bytes than this wait for
+    /// upload and a write burst streams (0: never; [`Uploader::hold_during_bursts`]).
+    hold_bytes: u64,
+    /// When a segment was last sealed.
+    last_seal: Option<Instant>,
+    /// When the oldest segment queued now was queued.
+    queued_since: Option<Instant>,
+    /// Callers waiting for uploads (a FLUSH, compaction, a hand-over):
+    /// nothing is held back for a burst while one waits.
+    waiters: usize,
 }
 
 impl State {
@@ -144,6 +157,27 @@ impl State {
         self.queued.values().map(|(_, len)| len).sum::<u64>() + self.in_flight.values().sum::<u64>()
     }
 
+    /// How much longer the next segment upload waits for the write burst
+    /// going on to pass; `None`: it goes now. Nothing waits while someone
+    /// waits for uploads, while stopping, once the backlog reaches
+    /// `hold_bytes`, once the burst paused for
+    /// [`limits::UPLOAD_HOLD_BURST_GAP`], or once the oldest queued segment
+    /// waited [`limits::UPLOAD_HOLD_MAX`].
+    fn burst_hold(&self, now: Instant) -> Option<Duration> {
+        if self.hold_bytes == 0
+            || self.stopping
+            || self.waiters > 0
+            || self.backlog_bytes() >= self.hold_bytes
+        {
+            return None;
+        }
+        let since_seal = now.saturating_duration_since(self.last_seal?);
+        let queued_for = now.saturating_duration_since(self.queued_since?);
+        let gap_left = limits::UPLOAD_HOLD_BURST_GAP.checked_sub(since_seal)?;
+        let max_left = limits::UPLOAD_HOLD_MAX.checked_sub(queued_for)?;
+        Some(gap_left.min(max_left)).filter(|left| !left.is_zero())
+    }
+
     fn unsettled(&self) -> BTreeSet<u64> {
         self.queued
             .keys()
@@ -161,6 +195,15 @@ struct Shared {
     epoch: u64,
     state: Mutex<State>,
     changed: Condvar,
+}
+
+/// A caller counted in `State::waiters` (see [`Shared::waiting`]).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiters -= 1;
+    }
 }
 
 enum Job {
@@ -242,6 +285,17 @@ impl Uploader {
         Ok(())
     }
 
+    /// Holds segment uploads back while a write burst streams and fewer
+    /// than `bytes` wait for upload (see [`limits::UPLOAD_HOLD_BURST_GAP`]):
+    /// on a host that also runs the store, or a network shared with the
+    /// guest's I/O, the burst's writes then do not compete with its
+    /// uploads. For `--flush local` only, where a FLUSH does not wait for
+    /// the store below the lag; a FLUSH, compaction or hand-over waiting
+    /// for uploads ends the hold at once.
+    pub fn hold_during_bursts(&self, bytes: u64) {
+        self.shared.lock().hold_bytes = bytes;
+    }
+
     /// The uploader's figures.
     pub fn status(&self) -> UploadStatus {
         let fingerprint = meta::fingerprint(&self.shared.dir).ok();
@@ -277,6 +331,7 @@ impl Uploader {
     /// after `timeout`.
     pub fn wait_sealed_uploaded(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let _waiting = self.shared.waiting();
         let mut state = self.shared.lock();
         let waiting_for = state.unsettled();
         loop {
@@ -315,6 +370,7 @@ impl Uploader {
         // heads sealed it needs no segment that is still being written.
         log.roll_heads()?;
         log.checkpoint()?;
+        let _waiting = self.shared.waiting();
         let mut state = self.shared.lock();
         let written = state.checkpoints_written;
         while state.checkpoints_stored < written {
@@ -346,6 +402,7 @@ impl Uploader {
     /// `bytes`, or `timeout` passes.
     pub fn wait_backlog_below(&self, bytes: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let _waiting = self.shared.waiting();
         let mut state = self.shared.lock();
         while state.backlog_bytes() > bytes {
             fenced(&state, self.shared.epoch)?;
@@ -424,6 +481,14 @@ impl Shared {
         self.state.lock_or_recover()
     }
 
+    /// Counts a caller waiting for uploads until the guard drops (take it
+    /// before the state's lock: it locks when it drops).
+    fn waiting(&self) -> Waiting<'_> {
+        self.lock().waiters += 1;
+        self.changed.notify_all();
+        Waiting(self)
+    }
+
     fn wait_until<'a>(
         &self,
         state: MutexGuard<'a, State>,
@@ -463,7 +528,20 @@ impl Shared {
             if state.status.fenced_by.is_some() || state.stopped {
                 return None;
             }
+            if !state.queued.is_empty()
+                && let Some(left) = state.burst_hold(Instant::now())
+            {
+                state = self
+                    .changed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+                continue;
+            }
             if let Some((id, (path, len))) = state.queued.pop_first() {
+                if state.queued.is_empty() {
+                    state.queued_since = None;
+                }
                 state.in_flight.insert(id, len);
                 return Some(Job::Segment { id, path, len });
             }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lsvblk::limits;
 use lsvblk::remote::{
     self, FlushMode, ObjectKind, RemoteError, RemoteFlush, RemoteStore, SegmentCache, StoredObject,
     Ticker, UploadLag, Uploader,
@@ -202,6 +203,9 @@ impl Claimed {
             FlushArg::Remote => FlushMode::Remote,
         };
         let lag = self.args.upload_lag.0;
+        if mode == FlushMode::Local {
+            uploader.hold_during_bursts((lag.bytes as f64 * limits::UPLOAD_HOLD_LAG_SHARE) as u64);
+        }
         volume.set_flush_hook(Arc::new(RemoteFlush::new(
             Arc::clone(&uploader),
             mode,

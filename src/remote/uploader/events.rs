@@ -13,7 +13,12 @@ impl LogEvents for Uploader {
     fn segment_sealed(&self, segment_id: u64, path: &Path) {
         let len = std::fs::metadata(path).map_or(0, |m| m.len());
         let mut state = self.shared.lock();
+        let now = std::time::Instant::now();
+        state.last_seal = Some(now);
         if !state.uploaded.contains(&segment_id) && !state.in_flight.contains_key(&segment_id) {
+            if state.queued.is_empty() {
+                state.queued_since = Some(now);
+            }
             state.queued.insert(segment_id, (path.to_path_buf(), len));
             self.shared.changed.notify_all();
         }
