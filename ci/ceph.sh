@@ -106,15 +106,6 @@ start_daemon() {
   echo $! >"$CEPH_DIR/run/$name.pid"
 }
 
-# running PID: the process exists and has not exited. A daemon started by an
-# earlier `up` was orphaned (its subshell is gone), so once it exits it stays
-# a zombie until init reaps it: that is gone, not running.
-running() {
-  local state
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
-
 # stop_daemons SIGNAL NAME...: signal them all at once (each takes ~2 s to
 # exit, radosgw ~6 s), wait until they are gone, SIGKILL any that lingers.
 stop_daemons() {
@@ -127,12 +118,10 @@ stop_daemons() {
     fi
   done
   for pid in "${pids[@]}"; do
-    local killed=0
-    while running "$pid"; do
-      if [ "$killed" = 0 ] && [ "$SECONDS" -ge "$deadline" ]; then
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
         log "pid $pid ignored SIG$signal for ${STOP_TIMEOUT_S} s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
-        killed=1
       fi
       sleep 0.1
     done
